@@ -1,0 +1,408 @@
+use super::*;
+use bytes::BytesMut;
+use proptest::prelude::*;
+
+const MAX: usize = 1 << 20;
+
+fn roundtrip(p: &Packet, proto: Protocol) -> Packet {
+    let mut buf = BytesMut::new();
+    encode(p, proto, &mut buf);
+    let total = buf.len();
+    // Every strict prefix is incomplete, never an error.
+    for cut in 0..total {
+        let mut part = BytesMut::from(&buf[..cut]);
+        assert_eq!(
+            decode(&mut part, proto, MAX),
+            Ok(None),
+            "prefix {cut} of {p:?}"
+        );
+    }
+    let out = decode(&mut buf, proto, MAX)
+        .expect("decodes")
+        .expect("complete");
+    assert!(buf.is_empty());
+    out
+}
+
+fn raw(bytes: &[u8], proto: Protocol) -> Result<Option<Packet>, ProtocolError> {
+    decode(&mut BytesMut::from(bytes), proto, MAX)
+}
+
+fn publish(qos: QoS, props: PublishProperties) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: true,
+        topic: "a/b".into(),
+        pkid: if qos == QoS::AtMostOnce { 0 } else { 7 },
+        properties: props,
+        payload: Bytes::from_static(b"hello"),
+    }
+}
+
+fn sample_packets(proto: Protocol) -> Vec<Packet> {
+    let v5 = proto == Protocol::V5;
+    let props = |p: Properties| if v5 { p } else { Properties::default() };
+    let pprops = PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(60),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("r/t".into()),
+        correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+        topic_alias: Some(3),
+        subscription_identifiers: vec![1, 300],
+        user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+    };
+    vec![
+        Packet::Connect(Box::new(Connect {
+            protocol: proto,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: "dev-1".into(),
+            will: Some(Will {
+                topic: "will/t".into(),
+                payload: Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: if v5 {
+                    PublishProperties {
+                        message_expiry_interval: Some(10),
+                        user_properties: vec![("a".into(), "b".into())],
+                        ..Default::default()
+                    }
+                } else {
+                    PublishProperties::default()
+                },
+                delay_interval: if v5 { 5 } else { 0 },
+            }),
+            username: Some("user".into()),
+            password: Some(Bytes::from_static(b"secret")),
+            properties: props(Properties {
+                session_expiry_interval: Some(3600),
+                receive_maximum: Some(10),
+                maximum_packet_size: Some(4096),
+                topic_alias_maximum: Some(8),
+                user_properties: vec![("x".into(), "y".into())],
+                ..Default::default()
+            }),
+        })),
+        Packet::ConnAck(ConnAck {
+            session_present: true,
+            code: 0,
+            properties: props(Properties {
+                maximum_qos: Some(1),
+                retain_available: Some(1),
+                assigned_client_identifier: Some("auto-1".into()),
+                server_keep_alive: Some(60),
+                reason_string: Some("ok".into()),
+                ..Default::default()
+            }),
+        }),
+        Packet::Publish(publish(QoS::AtMostOnce, PublishProperties::default())),
+        Packet::Publish(publish(
+            QoS::ExactlyOnce,
+            if v5 {
+                pprops
+            } else {
+                PublishProperties::default()
+            },
+        )),
+        Packet::PubAck(Ack::ok(1)),
+        Packet::PubRec(Ack {
+            pkid: 2,
+            code: if v5 { 0x10 } else { 0 },
+            properties: props(Properties {
+                reason_string: Some("none".into()),
+                ..Default::default()
+            }),
+        }),
+        Packet::PubRel(Ack::ok(3)),
+        Packet::PubComp(Ack::ok(4)),
+        Packet::Subscribe(Subscribe {
+            pkid: 5,
+            filters: vec![
+                ("a/+".into(), SubOptions::qos(QoS::AtLeastOnce)),
+                (
+                    "$share/g/b/#".into(),
+                    SubOptions {
+                        qos: QoS::ExactlyOnce,
+                        no_local: v5,
+                        retain_as_published: v5,
+                        retain_handling: if v5 { 2 } else { 0 },
+                    },
+                ),
+            ],
+            properties: props(Properties {
+                subscription_identifier: Some(42),
+                ..Default::default()
+            }),
+        }),
+        Packet::SubAck(SubAck {
+            pkid: 5,
+            codes: vec![1, 0x80],
+            properties: Properties::default(),
+        }),
+        Packet::Unsubscribe(Unsubscribe {
+            pkid: 6,
+            filters: vec!["a/+".into()],
+            properties: Properties::default(),
+        }),
+        Packet::UnsubAck(UnsubAck {
+            pkid: 6,
+            codes: if v5 { vec![0, 0x11] } else { vec![] },
+            properties: Properties::default(),
+        }),
+        Packet::PingReq,
+        Packet::PingResp,
+        Packet::Disconnect(if v5 {
+            Disconnect::with_reason(0x8e, Some("taken over".into()))
+        } else {
+            Disconnect::with_reason(0, None)
+        }),
+    ]
+}
+
+#[test]
+fn every_packet_roundtrips_in_both_versions() {
+    for proto in [Protocol::V4, Protocol::V5] {
+        for p in sample_packets(proto) {
+            assert_eq!(roundtrip(&p, proto), p, "{proto:?}");
+        }
+    }
+}
+
+#[test]
+fn auth_roundtrips_on_v5_and_is_invalid_on_v4() {
+    let p = Packet::Auth(Disconnect {
+        code: 0x18,
+        properties: Properties {
+            authentication_method: Some("m".into()),
+            ..Default::default()
+        },
+    });
+    assert_eq!(roundtrip(&p, Protocol::V5), p);
+    assert_eq!(
+        raw(&[0xf0, 0x00], Protocol::V4),
+        Err(ProtocolError::InvalidPacketType(15))
+    );
+}
+
+#[test]
+fn publish_len_matches_encoding() {
+    for proto in [Protocol::V4, Protocol::V5] {
+        for p in sample_packets(proto) {
+            if let Packet::Publish(p) = p {
+                let mut buf = BytesMut::new();
+                encode_publish(&p.view(), proto, &mut buf);
+                assert_eq!(publish_len(&p.view(), proto), buf.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn rejects_malformed_fixed_headers() {
+    // Remaining length with a fifth byte [MQTT-1.5.5-1].
+    assert_eq!(
+        raw(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], Protocol::V4),
+        Err(ProtocolError::MalformedLength)
+    );
+    // SUBSCRIBE must have flags 0010 [MQTT-3.8.1-1].
+    assert_eq!(
+        raw(&[0x80, 0x02, 0x00, 0x01], Protocol::V4),
+        Err(ProtocolError::BadFixedHeaderFlags)
+    );
+    // Packet type 0 is reserved.
+    assert_eq!(
+        raw(&[0x00, 0x00], Protocol::V4),
+        Err(ProtocolError::InvalidPacketType(0))
+    );
+    // PINGREQ with a body.
+    assert!(raw(&[0xc0, 0x01, 0x00], Protocol::V4).is_err());
+}
+
+#[test]
+fn rejects_oversize_before_buffering_it() {
+    // Header announces 1 MiB; only the header has arrived.
+    let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x40][..]);
+    assert_eq!(
+        decode(&mut buf, Protocol::V4, 1024),
+        Err(ProtocolError::PacketTooLarge {
+            size: 4 + (1 << 20),
+            max: 1024
+        })
+    );
+}
+
+#[test]
+fn rejects_publish_rule_breaks() {
+    // QoS 3.
+    assert!(matches!(
+        raw(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], Protocol::V4),
+        Err(ProtocolError::Malformed(_))
+    ));
+    // DUP on QoS 0 [MQTT-3.3.1-2].
+    assert!(matches!(
+        raw(&[0x38, 0x03, 0x00, 0x01, b'a'], Protocol::V4),
+        Err(ProtocolError::Malformed(_))
+    ));
+    // Wildcard in a topic name [MQTT-3.3.2-2].
+    assert_eq!(
+        raw(&[0x30, 0x03, 0x00, 0x01, b'#'], Protocol::V4),
+        Err(ProtocolError::Topic(
+            crate::topic::TopicError::WildcardInName
+        ))
+    );
+    // Packet id 0 on QoS 1 [MQTT-2.2.1-3].
+    assert!(matches!(
+        raw(&[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00], Protocol::V4),
+        Err(ProtocolError::Violation(_))
+    ));
+    // Invalid UTF-8 in the topic.
+    assert_eq!(
+        raw(&[0x30, 0x04, 0x00, 0x02, 0xc3, 0x28], Protocol::V4),
+        Err(ProtocolError::InvalidUtf8)
+    );
+    // U+0000 in the topic.
+    assert_eq!(
+        raw(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00], Protocol::V4),
+        Err(ProtocolError::InvalidUtf8)
+    );
+}
+
+#[test]
+fn rejects_bad_properties() {
+    // PUBLISH v5 with message expiry twice.
+    let bytes = [
+        0x30, 0x0e, 0x00, 0x01, b'a', 0x0a, 0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 1,
+    ];
+    assert_eq!(
+        raw(&bytes, Protocol::V5),
+        Err(ProtocolError::DuplicateProperty(0x02))
+    );
+    // PUBLISH v5 carrying a session expiry, which only CONNECT, CONNACK and DISCONNECT may.
+    let bytes = [0x30, 0x09, 0x00, 0x01, b'a', 0x05, 0x11, 0, 0, 0, 1];
+    assert_eq!(
+        raw(&bytes, Protocol::V5),
+        Err(ProtocolError::UnexpectedProperty(0x11))
+    );
+    // SUBSCRIBE with subscription identifier 0.
+    let bytes = [0x82, 0x08, 0x00, 0x01, 0x02, 0x0b, 0x00, 0x00, 0x01, b'a'];
+    assert!(raw(&bytes, Protocol::V5).is_err());
+}
+
+#[test]
+fn rejects_bad_connects() {
+    let connect = |name: &[u8], level: u8, flags: u8| {
+        let mut v = vec![0x10, 0];
+        v.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        v.extend_from_slice(name);
+        v.extend_from_slice(&[level, flags, 0, 60, 0, 1, b'c']);
+        v[1] = (v.len() - 2) as u8;
+        v
+    };
+    assert!(matches!(
+        raw(&connect(b"MQTT", 4, 0x02), Protocol::V4),
+        Ok(Some(Packet::Connect(_)))
+    ));
+    assert_eq!(
+        raw(&connect(b"MQTT", 3, 0x02), Protocol::V4),
+        Err(ProtocolError::UnsupportedProtocol(3))
+    );
+    assert_eq!(
+        raw(&connect(b"MQTX", 4, 0x02), Protocol::V4),
+        Err(ProtocolError::InvalidProtocolName)
+    );
+    // Reserved flag [MQTT-3.1.2-3].
+    assert!(raw(&connect(b"MQTT", 4, 0x03), Protocol::V4).is_err());
+    // Will QoS without will flag [MQTT-3.1.2-11].
+    assert!(raw(&connect(b"MQTT", 4, 0x0a), Protocol::V4).is_err());
+    // Password without user name on 3.1.1 [MQTT-3.1.2-22].
+    assert!(raw(&connect(b"MQTT", 4, 0x42), Protocol::V4).is_err());
+}
+
+#[test]
+fn subscribe_option_bits_are_checked() {
+    // v3.1.1: upper bits must be 0 [MQTT-3.8.3-4].
+    let bytes = [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x04];
+    assert!(raw(&bytes, Protocol::V4).is_err());
+    // v5: no local is allowed.
+    let bytes = [0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x04];
+    assert!(matches!(
+        raw(&bytes, Protocol::V5),
+        Ok(Some(Packet::Subscribe(_)))
+    ));
+    // Empty SUBSCRIBE [MQTT-3.8.3-3].
+    assert!(raw(&[0x82, 0x02, 0x00, 0x01], Protocol::V4).is_err());
+}
+
+#[test]
+fn connack_code_maps_to_v4_return_code() {
+    let p = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code: reason::NOT_AUTHORIZED,
+        properties: Properties::default(),
+    });
+    let mut buf = BytesMut::new();
+    encode(&p, Protocol::V4, &mut buf);
+    assert_eq!(&buf[..], &[0x20, 0x02, 0x00, 0x05]);
+}
+
+#[test]
+fn decodes_several_packets_from_one_buffer() {
+    let mut buf = BytesMut::new();
+    encode(&Packet::PingReq, Protocol::V4, &mut buf);
+    encode(&Packet::PubAck(Ack::ok(9)), Protocol::V4, &mut buf);
+    assert_eq!(
+        decode(&mut buf, Protocol::V4, MAX),
+        Ok(Some(Packet::PingReq))
+    );
+    assert_eq!(
+        decode(&mut buf, Protocol::V4, MAX),
+        Ok(Some(Packet::PubAck(Ack::ok(9))))
+    );
+    assert_eq!(decode(&mut buf, Protocol::V4, MAX), Ok(None));
+}
+
+proptest! {
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        for proto in [Protocol::V4, Protocol::V5] {
+            let mut buf = BytesMut::from(&bytes[..]);
+            // Decode until error or need-more; each step must make progress.
+            while let Ok(Some(_)) = decode(&mut buf, proto, 1024) {}
+        }
+    }
+
+    #[test]
+    fn publish_roundtrips(
+        topic in "[a-z/]{1,40}",
+        payload in proptest::collection::vec(any::<u8>(), 0..512),
+        qos in 0u8..3,
+        retain in any::<bool>(),
+        pkid in 1u16..,
+        expiry in proptest::option::of(any::<u32>()),
+        users in proptest::collection::vec(("[a-z]{0,5}", "[a-z]{0,5}"), 0..3),
+    ) {
+        let qos = QoS::from_u8(qos).expect("0..3");
+        for proto in [Protocol::V4, Protocol::V5] {
+            let properties = if proto == Protocol::V5 {
+                PublishProperties { message_expiry_interval: expiry, user_properties: users.clone(), ..Default::default() }
+            } else {
+                PublishProperties::default()
+            };
+            let p = Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain,
+                topic: topic.as_str().into(),
+                pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
+                properties,
+                payload: Bytes::from(payload.clone()),
+            });
+            let mut buf = BytesMut::new();
+            encode(&p, proto, &mut buf);
+            prop_assert_eq!(decode(&mut buf, proto, usize::MAX).expect("valid"), Some(p));
+        }
+    }
+}
