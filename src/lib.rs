@@ -6,4 +6,7 @@
 //! - [`codec`]: MQTT 3.1.1 and 5.0 packets to and from bytes (pure).
 
 pub mod codec;
+pub mod config;
+pub mod metrics;
+pub mod store;
 pub mod topic;

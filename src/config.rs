@@ -1,0 +1,449 @@
+//! `config.toml`: the gateway's one configuration file.
+//!
+//! Every section has safe defaults, unknown keys are errors, and loading
+//! reports every problem at once (each section is read on its own, then the
+//! whole is validated) so that an operator fixes a file in one pass. Paths
+//! are resolved against the directory of the file they came from.
+//!
+//! Secure by default: the gateway refuses a configuration that would serve
+//! plaintext MQTT or the admin API on a non-loopback address unless the
+//! matching `allow_*` switch says so explicitly.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The repository's `config.toml`, which is also the embedded default.
+pub const DEFAULT_TOML: &str = include_str!("../config.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store and generated certificates live.
+    pub data_dir: PathBuf,
+    /// Account and region used to build ARNs.
+    pub aws: Aws,
+    /// TLS material for the MQTT listeners.
+    pub tls: Tls,
+    /// MQTT listeners and protocol settings.
+    pub mqtt: Mqtt,
+    /// The loopback admin listener (metrics, health).
+    pub admin: Admin,
+    /// Protocol limits, AWS IoT's by default.
+    pub limits: Limits,
+    /// Durability of the store.
+    pub store: Store,
+}
+
+/// `[aws]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Aws {
+    /// Region used in ARNs.
+    pub region: String,
+    /// Account id used in ARNs.
+    pub account_id: String,
+}
+
+impl Default for Aws {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM file of the CA(s) trusted for client certificates.
+    pub ca: PathBuf,
+    /// PEM certificate chain the server presents.
+    pub cert: PathBuf,
+    /// PEM private key of the server certificate.
+    pub key: PathBuf,
+    /// On first run, create a CA, a server certificate and a device certificate.
+    pub generate_if_missing: bool,
+    /// One deadline for the TLS handshake and the CONNECT packet, in seconds.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            ca: "data/certs/ca.pem".into(),
+            cert: "data/certs/server.pem".into(),
+            key: "data/certs/server.key".into(),
+            generate_if_missing: true,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Tls {
+    /// The handshake-plus-CONNECT deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mqtt {
+    /// MQTT over mutual TLS listeners.
+    pub listen: Vec<String>,
+    /// Optional plaintext listener; its clients have no certificate identity.
+    pub plaintext_listen: Option<String>,
+    /// Allow `plaintext_listen` on a non-loopback address.
+    pub allow_plaintext_on_network: bool,
+    /// Keep alive used when a client asks for 0 or more than this (AWS IoT: 1200 s).
+    pub max_keep_alive_secs: u16,
+    /// Session expiry for 3.1.1 persistent sessions and the cap for MQTT 5 ones (AWS IoT: 1 h, at most 7 days).
+    pub session_expiry_secs: u32,
+    /// Largest session expiry a client may ask for.
+    pub max_session_expiry_secs: u32,
+    /// Most topic aliases a client may use (AWS IoT: 8).
+    pub topic_alias_maximum: u16,
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:8883".into()],
+            plaintext_listen: None,
+            allow_plaintext_on_network: false,
+            max_keep_alive_secs: 1200,
+            session_expiry_secs: 3600,
+            max_session_expiry_secs: 7 * 24 * 3600,
+            topic_alias_maximum: 8,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`).
+    pub listen: Option<String>,
+    /// Allow the admin listener on a non-loopback address.
+    pub allow_network: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: Some("127.0.0.1:9080".into()),
+            allow_network: false,
+        }
+    }
+}
+
+/// `[limits]`: AWS IoT's published limits (spec/aws-iot-auth.md §5.2) are the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest PUBLISH payload (AWS IoT: 128 KiB).
+    pub max_payload_bytes: usize,
+    /// Largest packet accepted from a client, header included.
+    pub max_packet_bytes: usize,
+    /// Longest topic name or filter in bytes (AWS IoT: 256).
+    pub max_topic_bytes: usize,
+    /// Most slashes in a topic or filter (AWS IoT: 7).
+    pub max_topic_slashes: usize,
+    /// Most client id bytes (AWS IoT: 128).
+    pub max_client_id_bytes: usize,
+    /// Most filters in one SUBSCRIBE (AWS IoT: 8).
+    pub max_filters_per_subscribe: usize,
+    /// Most subscriptions one session holds (AWS IoT: 50).
+    pub max_subscriptions_per_connection: usize,
+    /// Unacknowledged QoS 1/2 publishes in each direction (AWS IoT: 100).
+    pub max_inflight: u16,
+    /// Highest QoS granted; AWS IoT stops at 1, MQTT allows 2.
+    pub max_qos: u8,
+    /// Concurrent connections across all listeners.
+    pub max_connections: usize,
+    /// Messages waiting in a connected session's mailbox before QoS 0 is dropped.
+    pub max_queued_messages: usize,
+    /// Messages kept for a persistent session, online or offline, before the oldest QoS 0 and then new messages are refused.
+    pub max_stored_messages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 128 * 1024,
+            max_packet_bytes: 128 * 1024 + 4096,
+            max_topic_bytes: 256,
+            max_topic_slashes: 7,
+            max_client_id_bytes: 128,
+            max_filters_per_subscribe: 8,
+            max_subscriptions_per_connection: 50,
+            max_inflight: 100,
+            max_qos: 2,
+            max_connections: 100_000,
+            max_queued_messages: 1000,
+            max_stored_messages: 10_000,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// Flush every group commit to disk. Off trades crash safety for speed.
+    pub fsync: bool,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self { fsync: true }
+    }
+}
+
+/// Every problem found in a configuration, each on its own line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file the problems are in, if any.
+    pub file: Option<PathBuf>,
+    /// One entry per problem.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self
+            .file
+            .as_deref()
+            .map_or_else(|| "embedded defaults".into(), |p| p.display().to_string());
+        write!(f, "{} problem(s) in {file}:", self.problems.len())?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            problems: vec![format!("cannot read: {e}")],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|problems| ConfigError {
+            file: Some(path.to_owned()),
+            problems,
+        })
+    }
+
+    /// The embedded defaults, with paths relative to `base`.
+    pub fn embedded(base: &Path) -> Result<Self, ConfigError> {
+        Self::parse(DEFAULT_TOML, base).map_err(|problems| ConfigError {
+            file: None,
+            problems,
+        })
+    }
+
+    /// Parses TOML text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, Vec<String>> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let mut problems = Vec::new();
+        let mut data_dir = PathBuf::from("data");
+        for (key, value) in &table {
+            match key.as_str() {
+                "data_dir" => match value.as_str() {
+                    Some(s) => data_dir = s.into(),
+                    None => problems.push("data_dir: expected a string".into()),
+                },
+                "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" => {}
+                other => problems.push(format!("unknown key `{other}`")),
+            }
+        }
+        let mut cfg = Self {
+            data_dir,
+            aws: section(&table, "aws", &mut problems),
+            tls: section(&table, "tls", &mut problems),
+            mqtt: section(&table, "mqtt", &mut problems),
+            admin: section(&table, "admin", &mut problems),
+            limits: section(&table, "limits", &mut problems),
+            store: section(&table, "store", &mut problems),
+        };
+        cfg.resolve_paths(base);
+        problems.extend(cfg.validate());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.data_dir,
+            &mut self.tls.ca,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Semantic checks that serde cannot express; returns every problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.mqtt.listen.is_empty() && self.mqtt.plaintext_listen.is_none() {
+            problems.push("mqtt.listen: at least one listener is needed".into());
+        }
+        for addr in &self.mqtt.listen {
+            if let Err(e) = addr.parse::<SocketAddr>() {
+                problems.push(format!("mqtt.listen: `{addr}`: {e}"));
+            }
+        }
+        check_exposure(
+            "mqtt.plaintext_listen",
+            self.mqtt.plaintext_listen.as_deref(),
+            self.mqtt.allow_plaintext_on_network,
+            "mqtt.allow_plaintext_on_network",
+            &mut problems,
+        );
+        check_exposure(
+            "admin.listen",
+            self.admin.listen.as_deref(),
+            self.admin.allow_network,
+            "admin.allow_network",
+            &mut problems,
+        );
+        let l = &self.limits;
+        if l.max_qos > 2 {
+            problems.push(format!("limits.max_qos: {} is not 0, 1 or 2", l.max_qos));
+        }
+        for (name, value) in [
+            ("limits.max_payload_bytes", l.max_payload_bytes),
+            ("limits.max_packet_bytes", l.max_packet_bytes),
+            ("limits.max_topic_bytes", l.max_topic_bytes),
+            ("limits.max_client_id_bytes", l.max_client_id_bytes),
+            (
+                "limits.max_filters_per_subscribe",
+                l.max_filters_per_subscribe,
+            ),
+            (
+                "limits.max_subscriptions_per_connection",
+                l.max_subscriptions_per_connection,
+            ),
+            ("limits.max_inflight", usize::from(l.max_inflight)),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_queued_messages", l.max_queued_messages),
+            ("limits.max_stored_messages", l.max_stored_messages),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be greater than 0"));
+            }
+        }
+        if l.max_packet_bytes > 268_435_455 {
+            problems.push("limits.max_packet_bytes: MQTT packets stop at 268435455 bytes".into());
+        }
+        if self.tls.handshake_timeout_secs == 0 {
+            problems.push("tls.handshake_timeout_secs: must be greater than 0".into());
+        }
+        if self.mqtt.session_expiry_secs > self.mqtt.max_session_expiry_secs {
+            problems
+                .push("mqtt.session_expiry_secs: larger than mqtt.max_session_expiry_secs".into());
+        }
+        problems
+    }
+}
+
+/// Deserializes one section on its own so that its errors do not hide the others'.
+fn section<T: DeserializeOwned + Default>(
+    table: &toml::Table,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> T {
+    match table.get(name) {
+        None => T::default(),
+        Some(value) => match value.clone().try_into() {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("[{name}]: {}", e.to_string().trim()));
+                T::default()
+            }
+        },
+    }
+}
+
+fn check_exposure(
+    key: &str,
+    addr: Option<&str>,
+    allowed: bool,
+    switch: &str,
+    problems: &mut Vec<String>,
+) {
+    let Some(addr) = addr else { return };
+    match addr.parse::<SocketAddr>() {
+        Err(e) => problems.push(format!("{key}: `{addr}`: {e}")),
+        Ok(a) if !a.ip().is_loopback() && !allowed => problems.push(format!(
+            "{key}: `{addr}` is not a loopback address; set {switch} = true to expose it"
+        )),
+        Ok(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid_and_secure() {
+        let cfg = Config::embedded(Path::new("/srv")).expect("valid");
+        assert_eq!(cfg.data_dir, Path::new("/srv/data"));
+        assert_eq!(cfg.tls.ca, Path::new("/srv/data/certs/ca.pem"));
+        assert!(cfg.mqtt.plaintext_listen.is_none());
+        assert_eq!(cfg.admin.listen.as_deref(), Some("127.0.0.1:9080"));
+        assert_eq!(cfg.limits.max_payload_bytes, 128 * 1024);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = r#"
+            bogus = 1
+            [mqtt]
+            listen = ["nope"]
+            plaintext_listen = "0.0.0.0:1883"
+            typo = true
+            [admin]
+            listen = "0.0.0.0:9080"
+            [limits]
+            max_qos = 3
+        "#;
+        let problems = Config::parse(text, Path::new(".")).expect_err("invalid");
+        let all = problems.join("\n");
+        assert!(all.contains("unknown key `bogus`"), "{all}");
+        assert!(all.contains("typo"), "{all}");
+        assert!(all.contains("admin.listen"), "{all}");
+        assert!(all.contains("max_qos"), "{all}");
+        // The broken [mqtt] section still lets the others be checked.
+        assert!(problems.len() >= 4, "{all}");
+    }
+
+    #[test]
+    fn plaintext_on_network_needs_opt_in() {
+        let text =
+            "[mqtt]\nplaintext_listen = \"0.0.0.0:1883\"\nallow_plaintext_on_network = true\n";
+        assert!(Config::parse(text, Path::new(".")).is_ok());
+        let text = "[mqtt]\nplaintext_listen = \"127.0.0.1:1883\"\n";
+        assert!(Config::parse(text, Path::new(".")).is_ok());
+        let text = "[mqtt]\nplaintext_listen = \"0.0.0.0:1883\"\n";
+        assert!(Config::parse(text, Path::new(".")).is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! Every metric the gateway exports, by name, with its description.
+//!
+//! Nothing else spells a metric name. Each [`Metrics`] owns its own
+//! Prometheus recorder instead of the process-global one, so several
+//! gateways (as in the tests) never mix their figures, and every handle is
+//! registered once up front: the hot path increments a resolved counter and
+//! never looks a name up.
+
+use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::fmt;
+
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $variant,)+ }
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+            /// The Prometheus label value.
+            pub fn label(self) -> &'static str {
+                match self { $(Self::$variant => $label,)+ }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// Why a message was not delivered to a subscriber.
+    DropReason {
+        /// A QoS 0 message met a full mailbox.
+        QueueFull => "queue_full",
+        /// A persistent session already holds its maximum of stored messages.
+        SessionFull => "session_full",
+        /// The message expired before it could be delivered.
+        Expired => "expired",
+        /// The encoded message is larger than the client's Maximum Packet Size.
+        TooLargeForClient => "too_large_for_client",
+        /// A slow consumer was disconnected with messages still queued.
+        SlowConsumer => "slow_consumer",
+    }
+);
+
+label_enum!(
+    /// Why a connection failed before its session started.
+    HandshakeFailure {
+        /// The handshake plus CONNECT deadline passed.
+        Timeout => "timeout",
+        /// The client sent no certificate.
+        NoCertificate => "no_certificate",
+        /// The client certificate does not chain to a trusted CA.
+        UnknownCa => "unknown_ca",
+        /// The client certificate is expired or not yet valid.
+        Expired => "expired",
+        /// The client certificate is otherwise unacceptable.
+        BadCertificate => "bad_certificate",
+        /// Any other TLS failure (versions, suites, ALPN, alerts).
+        Tls => "tls",
+        /// The socket failed or closed.
+        Io => "io",
+        /// The first packet was not a valid CONNECT.
+        BadConnect => "bad_connect",
+        /// CONNECT was refused (identifier, version, limits).
+        Refused => "refused",
+        /// The connection limit was reached.
+        ConnectionLimit => "connection_limit",
+    }
+);
+
+label_enum!(
+    /// Which limit refused an operation.
+    LimitKind {
+        /// Payload larger than `limits.max_payload_bytes`.
+        Payload => "payload",
+        /// Packet larger than `limits.max_packet_bytes`.
+        Packet => "packet",
+        /// Topic longer than `limits.max_topic_bytes`.
+        TopicLength => "topic_length",
+        /// Topic with more slashes than `limits.max_topic_slashes`.
+        TopicDepth => "topic_depth",
+        /// More filters in one SUBSCRIBE than allowed.
+        FiltersPerSubscribe => "filters_per_subscribe",
+        /// More subscriptions on a session than allowed.
+        Subscriptions => "subscriptions",
+        /// More unacknowledged inbound QoS 1/2 messages than the receive maximum.
+        Inflight => "inflight",
+        /// QoS above `limits.max_qos`.
+        Qos => "qos",
+        /// Client id longer than allowed.
+        ClientId => "client_id",
+    }
+);
+
+/// Packet type names by MQTT control packet type number.
+const PACKET_TYPES: [&str; 16] = [
+    "reserved",
+    "connect",
+    "connack",
+    "publish",
+    "puback",
+    "pubrec",
+    "pubrel",
+    "pubcomp",
+    "subscribe",
+    "suback",
+    "unsubscribe",
+    "unsuback",
+    "pingreq",
+    "pingresp",
+    "disconnect",
+    "auth",
+];
+
+/// A counter per value of a label enum.
+pub struct Family(Vec<Counter>);
+
+impl Family {
+    /// The counter for one label value.
+    pub fn get(&self, index: usize) -> &Counter {
+        &self.0[index.min(self.0.len() - 1)]
+    }
+}
+
+/// Resolved handles of every metric, plus the renderer.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    /// `edgegate_connections`: open MQTT connections with a session.
+    pub connections: Gauge,
+    /// `edgegate_connections_total`: sessions started.
+    pub connections_total: Counter,
+    /// `edgegate_handshake_failures_total{reason}`.
+    pub handshake_failures: Family,
+    /// `edgegate_packets_received_total{type}`.
+    pub packets_in: Family,
+    /// `edgegate_packets_sent_total{type}`.
+    pub packets_out: Family,
+    /// `edgegate_messages_received_total{qos}`: PUBLISH accepted from clients.
+    pub messages_in: Family,
+    /// `edgegate_messages_sent_total{qos}`: PUBLISH written to clients.
+    pub messages_out: Family,
+    /// `edgegate_bytes_received_total`.
+    pub bytes_in: Counter,
+    /// `edgegate_bytes_sent_total`.
+    pub bytes_out: Counter,
+    /// `edgegate_messages_dropped_total{reason}`.
+    pub dropped: Family,
+    /// `edgegate_limit_refusals_total{limit}`.
+    pub limit_refusals: Family,
+    /// `edgegate_protocol_errors_total`: connections closed for a protocol error.
+    pub protocol_errors: Counter,
+    /// `edgegate_retained_messages`.
+    pub retained: Gauge,
+    /// `edgegate_sessions`: sessions held, online or offline.
+    pub sessions: Gauge,
+    /// `edgegate_subscriptions`.
+    pub subscriptions: Gauge,
+    /// `edgegate_store_commits_total`: group commits written.
+    pub store_commits: Counter,
+    /// `edgegate_store_errors_total`: failed store transactions.
+    pub store_errors: Counter,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+static META: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl Metrics {
+    /// Creates a private recorder and registers every metric in it.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let r = &recorder;
+        let counter = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), None, help.into());
+            r.register_counter(&Key::from_static_name(name), &META)
+        };
+        let gauge = |name: &'static str, help: &'static str| {
+            r.describe_gauge(name.into(), None, help.into());
+            r.register_gauge(&Key::from_static_name(name), &META)
+        };
+        let family = |name: &'static str,
+                      help: &'static str,
+                      label: &'static str,
+                      values: &[&'static str]| {
+            r.describe_counter(name.into(), Some(Unit::Count), help.into());
+            Family(
+                values
+                    .iter()
+                    .map(|v| {
+                        let key = Key::from_parts(name, vec![Label::from_static_parts(label, v)]);
+                        r.register_counter(&key, &META)
+                    })
+                    .collect(),
+            )
+        };
+        let qos = ["0", "1", "2"];
+        Self {
+            connections: gauge(
+                "edgegate_connections",
+                "Open MQTT connections with a session.",
+            ),
+            connections_total: counter("edgegate_connections_total", "MQTT sessions started."),
+            handshake_failures: family(
+                "edgegate_handshake_failures_total",
+                "Connections that failed before their session started, by reason.",
+                "reason",
+                &HandshakeFailure::ALL
+                    .iter()
+                    .map(|v| v.label())
+                    .collect::<Vec<_>>(),
+            ),
+            packets_in: family(
+                "edgegate_packets_received_total",
+                "MQTT packets received, by type.",
+                "type",
+                &PACKET_TYPES,
+            ),
+            packets_out: family(
+                "edgegate_packets_sent_total",
+                "MQTT packets sent, by type.",
+                "type",
+                &PACKET_TYPES,
+            ),
+            messages_in: family(
+                "edgegate_messages_received_total",
+                "PUBLISH messages accepted from clients, by QoS.",
+                "qos",
+                &qos,
+            ),
+            messages_out: family(
+                "edgegate_messages_sent_total",
+                "PUBLISH messages written to clients, by QoS.",
+                "qos",
+                &qos,
+            ),
+            bytes_in: counter(
+                "edgegate_bytes_received_total",
+                "Bytes read from MQTT clients.",
+            ),
+            bytes_out: counter(
+                "edgegate_bytes_sent_total",
+                "Bytes written to MQTT clients.",
+            ),
+            dropped: family(
+                "edgegate_messages_dropped_total",
+                "Messages not delivered to a subscriber, by reason.",
+                "reason",
+                &DropReason::ALL
+                    .iter()
+                    .map(|v| v.label())
+                    .collect::<Vec<_>>(),
+            ),
+            limit_refusals: family(
+                "edgegate_limit_refusals_total",
+                "Operations refused by a configured limit, by limit.",
+                "limit",
+                &LimitKind::ALL.iter().map(|v| v.label()).collect::<Vec<_>>(),
+            ),
+            protocol_errors: counter(
+                "edgegate_protocol_errors_total",
+                "Connections closed because the client broke the MQTT protocol.",
+            ),
+            retained: gauge("edgegate_retained_messages", "Retained messages held."),
+            sessions: gauge("edgegate_sessions", "Sessions held, online or offline."),
+            subscriptions: gauge("edgegate_subscriptions", "Subscriptions held."),
+            store_commits: counter(
+                "edgegate_store_commits_total",
+                "Group commits written to the store.",
+            ),
+            store_errors: counter(
+                "edgegate_store_errors_total",
+                "Store transactions that failed.",
+            ),
+            handle,
+        }
+    }
+
+    /// Counts a handshake failure.
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake_failures.get(reason as usize).increment(1);
+    }
+
+    /// Counts a dropped message.
+    pub fn drop(&self, reason: DropReason) {
+        self.dropped.get(reason as usize).increment(1);
+    }
+
+    /// Counts a limit refusal.
+    pub fn refused(&self, limit: LimitKind) {
+        self.limit_refusals.get(limit as usize).increment(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,333 @@
+//! Durable state: retained messages, persistent sessions and their queued
+//! messages, in one redb database.
+//!
+//! Design:
+//! - One writer thread owns every write transaction. Callers send batches of
+//!   [`Op`]s over a bounded channel; the writer takes every batch that is
+//!   already waiting, applies them all in one transaction and commits once
+//!   (group commit), then tells each caller. While one commit is being
+//!   fsynced the next group gathers, so the fsync rate adapts to the load.
+//! - A caller that must not acknowledge before its data is durable (a QoS 1/2
+//!   publish) awaits the [`Commit`] of its batch; one that only tidies up (a
+//!   delivered message) does not wait.
+//! - Records are opaque bytes to the store; their owners encode them.
+//!
+//! Tables: `retained` (topic → record), `sessions` (client id → record) and
+//! `queue` ((client id, sequence) → record), so a session's messages are one
+//! ordered range.
+
+use crate::metrics::Metrics;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+const RETAINED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("retained");
+const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sessions");
+const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
+
+/// Batches waiting for the writer; senders wait when it is full.
+const WRITER_QUEUE: usize = 4096;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        /// Database file.
+        path: String,
+        /// Cause.
+        source: Box<redb::DatabaseError>,
+    },
+    /// A transaction failed (disk full, IO error, corruption).
+    #[error("store transaction failed: {0}")]
+    Transaction(String),
+    /// The writer thread has stopped.
+    #[error("store writer has stopped")]
+    Closed,
+}
+
+fn txn_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Transaction(e.to_string())
+}
+
+/// One change to durable state.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Store or replace the retained message of a topic.
+    PutRetained(String, Vec<u8>),
+    /// Clear the retained message of a topic.
+    DelRetained(String),
+    /// Store or replace a session record.
+    PutSession(Arc<str>, Vec<u8>),
+    /// Delete a session with every message queued for it.
+    DelSession(Arc<str>),
+    /// Queue a message for a session under a sequence number.
+    PutQueued(Arc<str>, u64, Arc<[u8]>),
+    /// Remove a delivered message.
+    DelQueued(Arc<str>, u64),
+}
+
+/// Resolves when a batch is durable.
+pub type Commit = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+
+struct Batch {
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+}
+
+enum Msg {
+    Batch(Batch),
+    /// Commit what is queued, close the database and say so.
+    Close(oneshot::Sender<()>),
+}
+
+/// What was durable when the gateway started.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Retained messages by topic.
+    pub retained: Vec<(String, Vec<u8>)>,
+    /// Sessions with their queued messages in order.
+    pub sessions: Vec<StoredSession>,
+}
+
+/// One persistent session as stored.
+#[derive(Debug)]
+pub struct StoredSession {
+    /// Client identifier.
+    pub client_id: String,
+    /// The session record.
+    pub record: Vec<u8>,
+    /// Queued messages, by sequence number.
+    pub queue: Vec<(u64, Vec<u8>)>,
+}
+
+/// A cheap handle to the store; clones share one writer.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database, reads what it holds, and starts its writer thread.
+    ///
+    /// With `fsync` false, commits are not flushed to disk: faster, but a
+    /// crash of the machine loses what was acknowledged.
+    pub fn open(
+        path: &Path,
+        fsync: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Snapshot), StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        {
+            let txn = db.begin_write().map_err(txn_err)?;
+            txn.open_table(RETAINED).map_err(txn_err)?;
+            txn.open_table(SESSIONS).map_err(txn_err)?;
+            txn.open_table(QUEUE).map_err(txn_err)?;
+            txn.commit().map_err(txn_err)?;
+        }
+        let snapshot = snapshot(&db)?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        std::thread::Builder::new()
+            .name("edgegate-store".into())
+            .spawn(move || writer(db, rx, fsync, metrics))
+            .map_err(txn_err)?;
+        Ok((Self { tx }, snapshot))
+    }
+
+    /// Queues `ops` and returns a [`Commit`] that resolves once they are durable.
+    pub async fn submit(&self, ops: Vec<Op>) -> Commit {
+        let (done, commit) = oneshot::channel();
+        let batch = Batch {
+            ops,
+            done: Some(done),
+        };
+        if let Err(mpsc::error::SendError(Msg::Batch(batch))) =
+            self.tx.send(Msg::Batch(batch)).await
+            && let Some(done) = batch.done
+        {
+            let _ = done.send(Err(Arc::new(StoreError::Closed)));
+        }
+        commit
+    }
+
+    /// Queues `ops` without waiting for durability (tidying up after delivery).
+    pub async fn apply(&self, ops: Vec<Op>) {
+        let _ = self.tx.send(Msg::Batch(Batch { ops, done: None })).await;
+    }
+
+    /// Commits everything queued so far and closes the database file.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+/// Reads everything durable; used once at startup.
+fn snapshot(db: &Database) -> Result<Snapshot, StoreError> {
+    let txn = db.begin_read().map_err(txn_err)?;
+    let mut snap = Snapshot::default();
+    let retained = txn.open_table(RETAINED).map_err(txn_err)?;
+    for row in retained.iter().map_err(txn_err)? {
+        let (k, v) = row.map_err(txn_err)?;
+        snap.retained
+            .push((k.value().to_owned(), v.value().to_vec()));
+    }
+    let sessions = txn.open_table(SESSIONS).map_err(txn_err)?;
+    let queue = txn.open_table(QUEUE).map_err(txn_err)?;
+    for row in sessions.iter().map_err(txn_err)? {
+        let (k, v) = row.map_err(txn_err)?;
+        let client_id = k.value().to_owned();
+        let mut stored = Vec::new();
+        for q in queue
+            .range((client_id.as_str(), 0)..=(client_id.as_str(), u64::MAX))
+            .map_err(txn_err)?
+        {
+            let (qk, qv) = q.map_err(txn_err)?;
+            stored.push((qk.value().1, qv.value().to_vec()));
+        }
+        snap.sessions.push(StoredSession {
+            client_id,
+            record: v.value().to_vec(),
+            queue: stored,
+        });
+    }
+    Ok(snap)
+}
+
+/// The writer loop: gather every waiting batch, apply in one transaction, commit, notify.
+fn writer(db: Database, mut rx: mpsc::Receiver<Msg>, fsync: bool, metrics: Arc<Metrics>) {
+    let mut group = Vec::new();
+    let mut close = None;
+    while close.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Batch(b) => group.push(b),
+                Msg::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if group.len() < WRITER_QUEUE {
+                next = rx.try_recv().ok();
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let result = apply(&db, &group, fsync).map_err(Arc::new);
+        match &result {
+            Ok(()) => metrics.store_commits.increment(1),
+            Err(e) => {
+                metrics.store_errors.increment(1);
+                tracing::error!(error = %e, "store commit failed");
+            }
+        }
+        for batch in group.drain(..) {
+            if let Some(done) = batch.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+    drop(db);
+    if let Some(done) = close {
+        let _ = done.send(());
+    }
+}
+
+fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(txn_err)?;
+    if !fsync {
+        txn.set_durability(Durability::None).map_err(txn_err)?;
+    }
+    {
+        let mut retained = txn.open_table(RETAINED).map_err(txn_err)?;
+        let mut sessions = txn.open_table(SESSIONS).map_err(txn_err)?;
+        let mut queue = txn.open_table(QUEUE).map_err(txn_err)?;
+        for op in group.iter().flat_map(|b| &b.ops) {
+            match op {
+                Op::PutRetained(topic, rec) => {
+                    retained
+                        .insert(topic.as_str(), rec.as_slice())
+                        .map_err(txn_err)?;
+                }
+                Op::DelRetained(topic) => {
+                    retained.remove(topic.as_str()).map_err(txn_err)?;
+                }
+                Op::PutSession(id, rec) => {
+                    sessions.insert(&**id, rec.as_slice()).map_err(txn_err)?;
+                }
+                Op::DelSession(id) => {
+                    sessions.remove(&**id).map_err(txn_err)?;
+                    queue
+                        .extract_from_if((&**id, 0)..=(&**id, u64::MAX), |_, _| true)
+                        .map_err(txn_err)?
+                        .for_each(drop);
+                }
+                Op::PutQueued(id, seq, rec) => {
+                    queue.insert((&**id, *seq), &**rec).map_err(txn_err)?;
+                }
+                Op::DelQueued(id, seq) => {
+                    queue.remove((&**id, *seq)).map_err(txn_err)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(txn_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_survive_reopen_and_deletes_cascade() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.redb");
+        let metrics = Arc::new(Metrics::new());
+        {
+            let (store, _) = Store::open(&path, true, metrics.clone()).expect("open");
+            let id: Arc<str> = "dev".into();
+            let ops = vec![
+                Op::PutRetained("a/b".into(), b"r".to_vec()),
+                Op::PutSession(id.clone(), b"s".to_vec()),
+                Op::PutQueued(id.clone(), 2, Arc::from(&b"m2"[..])),
+                Op::PutQueued(id.clone(), 1, Arc::from(&b"m1"[..])),
+                Op::PutSession("gone".into(), b"s".to_vec()),
+                Op::PutQueued("gone".into(), 1, Arc::from(&b"x"[..])),
+            ];
+            store
+                .submit(ops)
+                .await
+                .await
+                .expect("sent")
+                .expect("durable");
+            let commit = store
+                .submit(vec![Op::DelSession("gone".into()), Op::DelQueued(id, 2)])
+                .await;
+            commit.await.expect("sent").expect("durable");
+            store.close().await;
+        }
+        let (_store, snap) = Store::open(&path, true, metrics).expect("reopen");
+        assert_eq!(snap.retained, vec![("a/b".to_owned(), b"r".to_vec())]);
+        assert_eq!(snap.sessions.len(), 1);
+        assert_eq!(snap.sessions[0].client_id, "dev");
+        assert_eq!(snap.sessions[0].queue, vec![(1, b"m1".to_vec())]);
+    }
+}
