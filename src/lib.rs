@@ -8,5 +8,7 @@
 pub mod codec;
 pub mod config;
 pub mod metrics;
+pub mod router;
 pub mod store;
 pub mod topic;
+pub mod transport;

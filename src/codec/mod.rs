@@ -20,7 +20,7 @@ mod encode;
 mod error;
 
 pub use decode::decode;
-pub use encode::{encode, encode_publish, publish_len};
+pub use encode::{PublishView, encode, encode_publish, publish_len};
 pub use error::ProtocolError;
 
 use bytes::Bytes;

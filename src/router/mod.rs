@@ -1,0 +1,607 @@
+//! Message routing: subscriptions, retained messages, and fan-out into
+//! session mailboxes.
+//!
+//! A publish becomes one [`Message`] behind an `Arc`; every subscriber gets
+//! a [`Delivery`] that points at it. The trie is read-mostly behind a
+//! `parking_lot` lock held only for the lookup, never across `.await`.
+//!
+//! Mailboxes are bounded with a named overflow policy ([`Mailbox::push`]):
+//! QoS 0 beyond `max_queued_messages` is dropped; QoS 1/2 is kept up to
+//! `max_stored_messages`, after which a connected consumer is disconnected
+//! as too slow and an offline session drops the message. Every drop is
+//! counted by reason.
+//!
+//! Durability: a QoS 1/2 message for a persistent session is written to the
+//! store under the session's next sequence number before the publisher is
+//! acknowledged; [`Router::publish`] returns the writes, the caller commits
+//! them.
+
+pub mod retained;
+pub mod trie;
+
+use crate::codec::{self, ByteStr, Protocol, PublishProperties, QoS, SubOptions};
+use crate::metrics::{DropReason, Metrics};
+use crate::store::Op;
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// One published message, shared by every delivery of it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name.
+    pub topic: ByteStr,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag it was published with.
+    pub retain: bool,
+    /// Properties to forward (no topic alias, no subscription identifiers).
+    pub properties: PublishProperties,
+    /// When it expires (MQTT 5 message expiry).
+    pub expires_at: Option<Instant>,
+    /// Session that published it, for No Local; 0 for the gateway itself.
+    pub origin: u64,
+}
+
+impl Message {
+    /// Seconds left to live: `None` if expired, `Some(None)` if it never expires.
+    pub fn remaining(&self, now: Instant) -> Option<Option<u32>> {
+        match self.expires_at {
+            None => Some(None),
+            Some(at) if at <= now => None,
+            Some(at) => {
+                let secs = (at - now).as_secs_f64().ceil() as u32;
+                Some(Some(secs.max(1)))
+            }
+        }
+    }
+
+    /// Serializes for the store: wall-clock expiry, then the message as an MQTT 5 PUBLISH.
+    pub fn to_record(&self, now: Instant) -> Vec<u8> {
+        let expiry_ms = self.expires_at.map_or(0, |at| {
+            let left = at.saturating_duration_since(now);
+            unix_ms(SystemTime::now() + left)
+        });
+        let view = codec::PublishView {
+            dup: false,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic.as_bytes(),
+            pkid: 1,
+            properties: &self.properties,
+            message_expiry_interval: None,
+            topic_alias: None,
+            subscription_identifiers: &[],
+            payload: &self.payload,
+        };
+        let mut buf = BytesMut::with_capacity(8 + codec::publish_len(&view, Protocol::V5));
+        buf.extend_from_slice(&expiry_ms.to_be_bytes());
+        codec::encode_publish(&view, Protocol::V5, &mut buf);
+        buf.to_vec()
+    }
+
+    /// Reads a stored record; `None` if it is unreadable or has expired.
+    pub fn from_record(record: &[u8], now: Instant) -> Option<Self> {
+        let (expiry, packet) = record.split_at_checked(8)?;
+        let expiry_ms = u64::from_be_bytes(expiry.try_into().ok()?);
+        let mut buf = BytesMut::from(packet);
+        let Ok(Some(codec::Packet::Publish(p))) = codec::decode(&mut buf, Protocol::V5, usize::MAX)
+        else {
+            return None;
+        };
+        let expires_at = if expiry_ms == 0 {
+            None
+        } else {
+            let left = expiry_ms.checked_sub(unix_ms(SystemTime::now()))?;
+            Some(now + Duration::from_millis(left))
+        };
+        Some(Self {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            expires_at,
+            origin: 0,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS of this delivery: the lower of the message's and the subscription's.
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions.
+    pub sub_ids: Vec<u32>,
+    /// Store sequence number when the delivery is durable, else 0.
+    pub seq: u64,
+}
+
+/// Limits every mailbox obeys.
+#[derive(Debug, Clone, Copy)]
+pub struct MailboxLimits {
+    /// QoS 0 is dropped beyond this many queued deliveries.
+    pub queued: usize,
+    /// QoS 1/2 is refused beyond this many.
+    pub stored: usize,
+}
+
+/// What happened to a pushed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for the session.
+    Queued,
+    /// Dropped for the given reason (already counted).
+    Dropped(DropReason),
+}
+
+/// A session's inbox: filled by the router, drained by the connection that owns the session.
+#[derive(Debug)]
+pub struct Mailbox {
+    /// Session id (unique for the life of the process).
+    pub session_id: u64,
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    persistent: AtomicBool,
+    online: AtomicBool,
+    seq: AtomicU64,
+    state: Mutex<Inbox>,
+    notify: Notify,
+    limits: MailboxLimits,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: VecDeque<Delivery>,
+    slow: bool,
+}
+
+impl Mailbox {
+    /// A new, empty mailbox.
+    pub fn new(
+        session_id: u64,
+        client_id: Arc<str>,
+        persistent: bool,
+        limits: MailboxLimits,
+    ) -> Self {
+        Self {
+            session_id,
+            client_id,
+            persistent: AtomicBool::new(persistent),
+            online: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+            state: Mutex::new(Inbox::default()),
+            notify: Notify::new(),
+            limits,
+        }
+    }
+
+    /// Whether QoS 1/2 deliveries are written to the store.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
+    }
+
+    /// Changes persistence (MQTT 5 DISCONNECT may change the session expiry).
+    pub fn set_persistent(&self, p: bool) {
+        self.persistent.store(p, Ordering::Relaxed);
+    }
+
+    /// Marks whether a connection is draining this mailbox.
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Continues sequence numbers after those already stored.
+    pub fn resume_seq(&self, last: u64) {
+        self.seq.fetch_max(last, Ordering::Relaxed);
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Queues a delivery under the overflow policy described in the module docs.
+    pub fn push(&self, d: Delivery, metrics: &Metrics) -> Pushed {
+        let mut inbox = self.state.lock();
+        let len = inbox.queue.len();
+        let verdict = if d.qos == QoS::AtMostOnce && len >= self.limits.queued {
+            Pushed::Dropped(DropReason::QueueFull)
+        } else if len >= self.limits.stored {
+            if self.online.load(Ordering::Relaxed) {
+                inbox.slow = true;
+                Pushed::Dropped(DropReason::SlowConsumer)
+            } else {
+                Pushed::Dropped(DropReason::SessionFull)
+            }
+        } else {
+            Pushed::Queued
+        };
+        match verdict {
+            Pushed::Queued => inbox.queue.push_back(d),
+            Pushed::Dropped(reason) => metrics.drop(reason),
+        }
+        drop(inbox);
+        self.notify.notify_one();
+        verdict
+    }
+
+    /// Puts deliveries back at the front (a connection ended before sending them).
+    pub fn requeue_front(&self, items: impl DoubleEndedIterator<Item = Delivery>) {
+        let mut inbox = self.state.lock();
+        for d in items.rev() {
+            inbox.queue.push_front(d);
+        }
+    }
+
+    /// Moves up to `max` deliveries into `out`, QoS 0 ones not counting
+    /// towards `max`, and reports whether the consumer was found too slow.
+    pub fn drain(&self, out: &mut Vec<Delivery>, max_acked: usize) -> bool {
+        let mut inbox = self.state.lock();
+        let mut acked = 0;
+        while let Some(front) = inbox.queue.front() {
+            if front.qos != QoS::AtMostOnce {
+                if acked == max_acked {
+                    break;
+                }
+                acked += 1;
+            }
+            if let Some(d) = inbox.queue.pop_front() {
+                out.push(d);
+            }
+            if out.len() >= 1024 {
+                break;
+            }
+        }
+        std::mem::take(&mut inbox.slow)
+    }
+
+    /// Number of queued deliveries.
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves when something was pushed since the last call.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Takes every queued delivery (the session is being discarded).
+    pub fn clear(&self) -> Vec<Delivery> {
+        self.state.lock().queue.drain(..).collect()
+    }
+}
+
+/// A subscription as the trie holds it.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The subscribing session's mailbox.
+    pub mailbox: Arc<Mailbox>,
+    /// Options given in SUBSCRIBE.
+    pub options: SubOptions,
+    /// MQTT 5 subscription identifier.
+    pub sub_id: Option<u32>,
+}
+
+impl trie::Entry for Subscriber {
+    fn owner(&self) -> u64 {
+        self.mailbox.session_id
+    }
+}
+
+/// The result of routing one publish.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Sessions the message was queued for.
+    pub matched: usize,
+    /// Writes that must be durable before the publisher is acknowledged.
+    pub ops: Vec<Op>,
+}
+
+/// Subscriptions and retained messages of the whole gateway.
+#[derive(Debug)]
+pub struct Router {
+    subs: RwLock<trie::Trie<Subscriber>>,
+    retained: RwLock<retained::Retained<Arc<Message>>>,
+    metrics: Arc<Metrics>,
+}
+
+struct Target {
+    mailbox: Arc<Mailbox>,
+    qos: QoS,
+    retain: bool,
+    sub_ids: Vec<u32>,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            subs: RwLock::new(trie::Trie::default()),
+            retained: RwLock::new(retained::Retained::default()),
+            metrics,
+        }
+    }
+
+    /// Adds or replaces a subscription; returns true if it is new.
+    pub fn subscribe(&self, filter: &str, share: Option<&str>, sub: Subscriber) -> bool {
+        let mut subs = self.subs.write();
+        let new = subs.insert(filter, share, sub);
+        self.metrics.subscriptions.set(subs.len() as f64);
+        new
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&self, filter: &str, share: Option<&str>, session_id: u64) -> bool {
+        let mut subs = self.subs.write();
+        let existed = subs.remove(filter, share, session_id);
+        self.metrics.subscriptions.set(subs.len() as f64);
+        existed
+    }
+
+    /// Retained messages matching `filter`.
+    pub fn retained(&self, filter: &str) -> Vec<Arc<Message>> {
+        let mut out = Vec::new();
+        self.retained
+            .read()
+            .for_each_match(filter, &mut |m| out.push(m.clone()));
+        out
+    }
+
+    /// Loads a retained message read from the store at startup.
+    pub fn restore_retained(&self, msg: Arc<Message>) {
+        let mut r = self.retained.write();
+        let topic = msg.topic.clone();
+        r.insert(topic.as_str(), msg);
+        self.metrics.retained.set(r.len() as f64);
+    }
+
+    /// Updates retained state and queues the message for every matching session.
+    pub fn publish(&self, msg: &Arc<Message>, now: Instant) -> Routed {
+        let mut routed = Routed::default();
+        if msg.retain {
+            let topic = msg.topic.as_str();
+            let mut r = self.retained.write();
+            if msg.payload.is_empty() {
+                if r.remove(topic).is_some() {
+                    routed.ops.push(Op::DelRetained(topic.to_owned()));
+                }
+            } else {
+                r.insert(topic, msg.clone());
+                routed
+                    .ops
+                    .push(Op::PutRetained(topic.to_owned(), msg.to_record(now)));
+            }
+            self.metrics.retained.set(r.len() as f64);
+        }
+        let mut targets: Vec<Target> = Vec::new();
+        {
+            let subs = self.subs.read();
+            let mut add = |s: &Subscriber| {
+                if s.options.no_local && s.mailbox.session_id == msg.origin {
+                    return;
+                }
+                let qos = msg.qos.min(s.options.qos);
+                let retain = s.options.retain_as_published && msg.retain;
+                // Overlapping subscriptions of one session get one delivery at
+                // the highest QoS with every identifier [MQTT-3.3.4-2, MQTT-3.3.4-3].
+                if let Some(t) = targets
+                    .iter_mut()
+                    .find(|t| t.mailbox.session_id == s.mailbox.session_id)
+                {
+                    t.qos = t.qos.max(qos);
+                    t.retain |= retain;
+                    t.sub_ids.extend(s.sub_id);
+                    return;
+                }
+                targets.push(Target {
+                    mailbox: s.mailbox.clone(),
+                    qos,
+                    retain,
+                    sub_ids: s.sub_id.into_iter().collect(),
+                });
+            };
+            let mut shared: Vec<Target> = Vec::new();
+            subs.for_each_match(msg.topic.as_str(), &mut add, &mut |g| {
+                if g.members.is_empty() {
+                    return;
+                }
+                // Round robin, preferring a member that is online.
+                let start = g.next.fetch_add(1, Ordering::Relaxed);
+                let n = g.members.len();
+                let pick = (0..n)
+                    .map(|i| &g.members[(start + i) % n])
+                    .find(|m| m.mailbox.online.load(Ordering::Relaxed))
+                    .unwrap_or(&g.members[start % n]);
+                shared.push(Target {
+                    mailbox: pick.mailbox.clone(),
+                    qos: msg.qos.min(pick.options.qos),
+                    retain: false,
+                    sub_ids: pick.sub_id.into_iter().collect(),
+                });
+            });
+            targets.extend(shared);
+        }
+        for t in targets {
+            let seq = if t.qos != QoS::AtMostOnce && t.mailbox.is_persistent() {
+                t.mailbox.next_seq()
+            } else {
+                0
+            };
+            let delivery = Delivery {
+                msg: msg.clone(),
+                qos: t.qos,
+                retain: t.retain,
+                sub_ids: t.sub_ids,
+                seq,
+            };
+            if t.mailbox.push(delivery, &self.metrics) == Pushed::Queued {
+                routed.matched += 1;
+                if seq != 0 {
+                    let mut record = msg.to_record(now);
+                    record.push(t.qos as u8);
+                    routed.ops.push(Op::PutQueued(
+                        t.mailbox.client_id.clone(),
+                        seq,
+                        record.into(),
+                    ));
+                }
+            }
+        }
+        routed
+    }
+}
+
+/// Splits a queued-message record into the message and its delivery QoS.
+pub fn queued_from_record(record: &[u8], now: Instant) -> Option<(Message, QoS)> {
+    let (qos, msg) = record.split_last()?;
+    Some((Message::from_record(msg, now)?, QoS::from_u8(*qos)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, qos: QoS, retain: bool, origin: u64) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"p"),
+            qos,
+            retain,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            origin,
+        })
+    }
+
+    fn mailbox(id: u64, persistent: bool) -> Arc<Mailbox> {
+        Arc::new(Mailbox::new(
+            id,
+            format!("c{id}").into(),
+            persistent,
+            MailboxLimits {
+                queued: 2,
+                stored: 3,
+            },
+        ))
+    }
+
+    fn sub(mb: &Arc<Mailbox>, qos: QoS, id: Option<u32>) -> Subscriber {
+        Subscriber {
+            mailbox: mb.clone(),
+            options: SubOptions::qos(qos),
+            sub_id: id,
+        }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_give_one_delivery_at_max_qos() {
+        let r = Router::new(Arc::new(Metrics::new()));
+        let mb = mailbox(1, false);
+        r.subscribe("a/+", None, sub(&mb, QoS::AtMostOnce, Some(1)));
+        r.subscribe("a/#", None, sub(&mb, QoS::AtLeastOnce, Some(2)));
+        let routed = r.publish(&message("a/b", QoS::ExactlyOnce, false, 0), Instant::now());
+        assert_eq!(routed.matched, 1);
+        let mut out = Vec::new();
+        mb.drain(&mut out, 10);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].qos, QoS::AtLeastOnce);
+        let mut ids = out[0].sub_ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn persistent_sessions_get_durable_writes_and_no_local_is_honoured() {
+        let r = Router::new(Arc::new(Metrics::new()));
+        let durable = mailbox(1, true);
+        let own = mailbox(2, false);
+        r.subscribe("t", None, sub(&durable, QoS::AtLeastOnce, None));
+        let mut nl = sub(&own, QoS::AtLeastOnce, None);
+        nl.options.no_local = true;
+        r.subscribe("t", None, nl);
+        let routed = r.publish(&message("t", QoS::AtLeastOnce, true, 2), Instant::now());
+        assert_eq!(routed.matched, 1);
+        assert!(matches!(routed.ops[0], Op::PutRetained(..)));
+        assert!(matches!(routed.ops[1], Op::PutQueued(_, 1, _)));
+        assert!(own.is_empty());
+        assert_eq!(r.retained("t").len(), 1);
+        let clear = message("t", QoS::AtMostOnce, true, 0);
+        let clear = Arc::new(Message {
+            payload: Bytes::new(),
+            ..Arc::unwrap_or_clone(clear)
+        });
+        r.publish(&clear, Instant::now());
+        assert!(r.retained("t").is_empty());
+    }
+
+    #[test]
+    fn overflow_policy() {
+        let metrics = Metrics::new();
+        let mb = mailbox(1, false);
+        let d = |qos| Delivery {
+            msg: message("t", qos, false, 0),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+            seq: 0,
+        };
+        assert_eq!(mb.push(d(QoS::AtMostOnce), &metrics), Pushed::Queued);
+        assert_eq!(mb.push(d(QoS::AtMostOnce), &metrics), Pushed::Queued);
+        assert_eq!(
+            mb.push(d(QoS::AtMostOnce), &metrics),
+            Pushed::Dropped(DropReason::QueueFull)
+        );
+        assert_eq!(mb.push(d(QoS::AtLeastOnce), &metrics), Pushed::Queued);
+        assert_eq!(
+            mb.push(d(QoS::AtLeastOnce), &metrics),
+            Pushed::Dropped(DropReason::SessionFull)
+        );
+        mb.set_online(true);
+        assert_eq!(
+            mb.push(d(QoS::AtLeastOnce), &metrics),
+            Pushed::Dropped(DropReason::SlowConsumer)
+        );
+        let mut out = Vec::new();
+        assert!(mb.drain(&mut out, 10), "slow consumer is reported");
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn records_roundtrip_with_expiry() {
+        let now = Instant::now();
+        let mut m = Arc::unwrap_or_clone(message("a/b", QoS::AtLeastOnce, true, 0));
+        m.expires_at = Some(now + Duration::from_secs(60));
+        m.properties.user_properties.push(("k".into(), "v".into()));
+        let rec = m.to_record(now);
+        let back = Message::from_record(&rec, now).expect("readable");
+        assert_eq!(back.topic, m.topic);
+        assert_eq!(back.payload, m.payload);
+        assert_eq!(back.properties, m.properties);
+        let left = back.remaining(now).expect("not expired").expect("expires");
+        assert!((58..=60).contains(&left), "{left}");
+        assert!(Message::from_record(b"junk", now).is_none());
+    }
+}

@@ -1,0 +1,4 @@
+//! How bytes reach a session: listeners, TLS, and client identity.
+
+pub mod pki;
+pub mod tls;

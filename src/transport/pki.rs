@@ -1,0 +1,290 @@
+//! Certificate material the gateway makes for itself: a local CA, the
+//! server certificate and device certificates signed by that CA.
+//!
+//! ECDSA P-256 is the default everywhere (small, fast handshakes, what AWS
+//! IoT recommends for constrained devices); RSA 2048 is available for
+//! device stacks that cannot do ECC. Private keys are written with mode 0600.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+
+/// Why certificate material could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Generating, parsing or signing failed.
+    #[error("certificate error: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// RSA key generation failed.
+    #[error("RSA key generation failed: {0}")]
+    Rsa(String),
+}
+
+/// The key algorithm of a new certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyKind {
+    /// ECDSA on P-256 with SHA-256.
+    #[default]
+    EcdsaP256,
+    /// RSA 2048 with SHA-256.
+    Rsa2048,
+}
+
+/// A certificate and its private key, PEM encoded.
+#[derive(Clone)]
+pub struct Pem {
+    /// Certificate PEM.
+    pub cert: String,
+    /// Private key PEM (PKCS#8).
+    pub key: String,
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pem").field("key", &"<redacted>").finish()
+    }
+}
+
+/// A CA able to sign certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate and key.
+    pub pem: Pem,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ca")
+    }
+}
+
+fn new_key(kind: KeyKind) -> Result<KeyPair, PkiError> {
+    match kind {
+        KeyKind::EcdsaP256 => Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?),
+        KeyKind::Rsa2048 => {
+            use rsa::pkcs8::EncodePrivateKey;
+            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+                .map_err(|e| PkiError::Rsa(e.to_string()))?;
+            let der = key
+                .to_pkcs8_der()
+                .map_err(|e| PkiError::Rsa(e.to_string()))?;
+            Ok(KeyPair::from_pkcs8_der_and_sign_algo(
+                &der.as_bytes().into(),
+                &rcgen::PKCS_RSA_SHA256,
+            )?)
+        }
+    }
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+impl Ca {
+    /// Creates a new self-signed CA (ECDSA P-256, ten years).
+    pub fn generate(common_name: &str) -> Result<Self, PkiError> {
+        let key = new_key(KeyKind::EcdsaP256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "edgegate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, 3650);
+        let cert = params.self_signed(&key)?;
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            pem,
+        })
+    }
+
+    /// Loads a CA from its certificate and key PEM.
+    pub fn from_pem(cert: &str, key: &str) -> Result<Self, PkiError> {
+        let key_pair = KeyPair::from_pem(key)?;
+        let issuer = Issuer::from_ca_cert_pem(cert, key_pair)?;
+        Ok(Self {
+            issuer,
+            pem: Pem {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            },
+        })
+    }
+
+    /// Loads a CA from `ca.pem` and `ca.key` in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert = read(&dir.join("ca.pem"))?;
+        let key = read(&dir.join("ca.key"))?;
+        Self::from_pem(&cert, &key)
+    }
+
+    /// Issues a server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(&self, names: &[&str]) -> Result<Pem, PkiError> {
+        let key = new_key(KeyKind::EcdsaP256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("edgegate"),
+        );
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName((*n).try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, 825);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a device (client) certificate with the given common name.
+    pub fn issue_device(&self, common_name: &str, kind: KeyKind) -> Result<Pem, PkiError> {
+        self.issue_device_valid(common_name, kind, -1, 825)
+    }
+
+    /// Issues a device certificate valid from `from_days` to `to_days` relative to now
+    /// (tests use a window in the past to make an expired certificate).
+    pub fn issue_device_valid(
+        &self,
+        common_name: &str,
+        kind: KeyKind,
+        from_days: i64,
+        to_days: i64,
+    ) -> Result<Pem, PkiError> {
+        let key = new_key(kind)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + Duration::days(from_days);
+        params.not_after = now + Duration::days(to_days);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a file, creating its directory; private keys get mode 0600.
+pub fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    use std::io::Write;
+    let mut f = options.open(path).map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)
+}
+
+/// Writes `NAME.pem` and `NAME.key` into `dir`.
+pub fn write_pair(dir: &Path, name: &str, pem: &Pem) -> Result<(PathBuf, PathBuf), PkiError> {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    write(&cert, &pem.cert, false)?;
+    write(&key, &pem.key, true)?;
+    Ok((cert, key))
+}
+
+/// What first-run generation created.
+#[derive(Debug, Clone)]
+pub struct FirstRun {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The device certificate.
+    pub device_cert: PathBuf,
+    /// The device key.
+    pub device_key: PathBuf,
+    /// The device's common name (and so its thing name).
+    pub device_name: String,
+}
+
+/// The device made on first run.
+pub const FIRST_DEVICE: &str = "device-1";
+
+/// Creates the CA, the server certificate and one device certificate in
+/// `certs_dir` unless the CA, server certificate and key already exist.
+/// Returns what was created, or `None` if nothing was needed.
+pub fn ensure_first_run(
+    certs_dir: &Path,
+    ca_path: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Option<FirstRun>, PkiError> {
+    if ca_path.exists() && cert_path.exists() && key_path.exists() {
+        return Ok(None);
+    }
+    let ca = match Ca::load(certs_dir) {
+        Ok(ca) => ca,
+        Err(_) => {
+            let ca = Ca::generate("edgegate local CA")?;
+            write(&certs_dir.join("ca.key"), &ca.pem.key, true)?;
+            ca
+        }
+    };
+    write(ca_path, &ca.pem.cert, false)?;
+    let server = ca.issue_server(&["localhost", "127.0.0.1"])?;
+    write(cert_path, &server.cert, false)?;
+    write(key_path, &server.key, true)?;
+    let device = ca.issue_device(FIRST_DEVICE, KeyKind::EcdsaP256)?;
+    let (device_cert, device_key) = write_pair(certs_dir, FIRST_DEVICE, &device)?;
+    Ok(Some(FirstRun {
+        ca: ca_path.to_owned(),
+        device_cert,
+        device_key,
+        device_name: FIRST_DEVICE.into(),
+    }))
+}
