@@ -7,8 +7,11 @@
 
 pub mod codec;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod router;
+pub mod server;
+pub mod session;
 pub mod store;
 pub mod topic;
 pub mod transport;

@@ -1,1 +1,218 @@
-fn main() {}
+//! The `edgegate` command line: serve the gateway, make certificates.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgegate::config::Config;
+use edgegate::server::Server;
+use edgegate::transport::pki::{self, Ca, KeyKind};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit code for a configuration that cannot be used (sysexits EX_USAGE).
+const EX_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "edgegate",
+    version,
+    about = "An MQTT gateway that devices talk to as they talk to AWS IoT Core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file; without it `config.toml` in the working
+        /// directory is used if present, else the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Make certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create a new CA (ca.pem, ca.key).
+    Ca {
+        /// Directory to write to.
+        #[arg(long, default_value = "data/certs")]
+        out: PathBuf,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a device certificate (NAME.pem, NAME.key) signed by the CA.
+    Issue {
+        /// Common name, which is also the thing name.
+        #[arg(long)]
+        cn: String,
+        /// Directory to write to.
+        #[arg(long, default_value = "data/certs")]
+        out: PathBuf,
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, default_value = "data/certs")]
+        ca_dir: PathBuf,
+        /// RSA 2048 instead of ECDSA P-256.
+        #[arg(long)]
+        rsa: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "edgegate=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => return serve(config),
+        Command::Cert { command } => cert(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, edgegate::config::ConfigError> {
+    match path {
+        Some(p) => Config::load(&p),
+        None if Path::new("config.toml").exists() => Config::load(Path::new("config.toml")),
+        None => Config::embedded(Path::new(".")),
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let server = Server::bind(config.clone())
+        .await
+        .context("starting the gateway")?;
+    for addr in &server.mqtt {
+        tracing::info!(%addr, "MQTT over mutual TLS");
+    }
+    if let Some(addr) = server.plaintext {
+        tracing::warn!(%addr, "plaintext MQTT listener: clients there have no certificate identity");
+    }
+    if let Some(addr) = server.admin {
+        tracing::info!(%addr, "admin listener (/metrics, /healthz)");
+    }
+    if let Some(port) = server.mqtt.first().map(|a| a.port()) {
+        print_quickstart(&config, port);
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Prints client command lines that work against this gateway as configured.
+fn print_quickstart(config: &Config, port: u16) {
+    let certs = config.data_dir.join("certs");
+    let cert = certs.join(format!("{}.pem", pki::FIRST_DEVICE));
+    let key = certs.join(format!("{}.key", pki::FIRST_DEVICE));
+    if !cert.exists() || !key.exists() {
+        return;
+    }
+    let (ca, cert, key) = (config.tls.ca.display(), cert.display(), key.display());
+    let id = pki::FIRST_DEVICE;
+    println!(
+        "\nedgegate is listening. Try it with the device certificate made on first run:\n\n  \
+         mosquitto_sub -h localhost -p {port} --cafile {ca} --cert {cert} --key {key} -i {id}-sub -t 'things/{id}/#' -v\n  \
+         mosquitto_pub -h localhost -p {port} --cafile {ca} --cert {cert} --key {key} -i {id} -t 'things/{id}/hello' -m 'hello from {id}'\n\n\
+         More device certificates: edgegate cert issue --cn NAME\n"
+    );
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn cert(command: CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::Ca { out, force } => {
+            let cert = out.join("ca.pem");
+            if cert.exists() && !force {
+                anyhow::bail!("{} exists; pass --force to replace it", cert.display());
+            }
+            let ca = Ca::generate("edgegate local CA")?;
+            pki::write_pair(&out, "ca", &ca.pem)?;
+            println!(
+                "wrote {} and {}",
+                cert.display(),
+                out.join("ca.key").display()
+            );
+        }
+        CertCommand::Issue {
+            cn,
+            out,
+            ca_dir,
+            rsa,
+        } => {
+            if cn.is_empty() || cn.contains(['/', '\\']) || cn.starts_with('.') {
+                anyhow::bail!("--cn must be a plain name (it names the files)");
+            }
+            let ca = Ca::load(&ca_dir)
+                .with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
+            let kind = if rsa {
+                KeyKind::Rsa2048
+            } else {
+                KeyKind::EcdsaP256
+            };
+            let pem = ca.issue_device(&cn, kind)?;
+            let (cert, key) = pki::write_pair(&out, &cn, &pem)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+    }
+    Ok(())
+}

@@ -287,7 +287,7 @@ impl Metrics {
     }
 
     /// Counts a dropped message.
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         self.dropped.get(reason as usize).increment(1);
     }
 

@@ -236,7 +236,7 @@ impl Mailbox {
         };
         match verdict {
             Pushed::Queued => inbox.queue.push_back(d),
-            Pushed::Dropped(reason) => metrics.drop(reason),
+            Pushed::Dropped(reason) => metrics.count_drop(reason),
         }
         drop(inbox);
         self.notify.notify_one();

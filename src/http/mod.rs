@@ -1,0 +1,3 @@
+//! HTTP servers of the gateway.
+
+pub mod admin;

@@ -1,0 +1,314 @@
+//! Wires the gateway together: binds every listener first, then serves, and
+//! owns the shutdown order.
+//!
+//! [`Server::bind`] returns only once every socket is bound, with the real
+//! addresses (so tests bind port 0). Shutdown: stop accepting, let each
+//! connection say goodbye (MQTT 5 DISCONNECT 0x8B), wait for the tasks
+//! within a grace period, then flush and close the store.
+
+use crate::config::Config;
+use crate::metrics::{HandshakeFailure, Metrics};
+use crate::router::{MailboxLimits, Router};
+use crate::session::Sessions;
+use crate::session::conn::{self, Shared};
+use crate::store::{Store, StoreError};
+use crate::transport::pki::{self, FirstRun, PkiError};
+use crate::transport::tls::{self, Acceptor, ClientIdentity, TlsError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long shutdown waits for connections to finish.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// Directory.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// First-run certificate generation failed.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// The gateway, bound and serving.
+#[derive(Debug)]
+pub struct Server {
+    /// Bound MQTT over TLS listeners, in configuration order.
+    pub mqtt: Vec<SocketAddr>,
+    /// Bound plaintext listener, if configured.
+    pub plaintext: Option<SocketAddr>,
+    /// Bound admin listener, if configured.
+    pub admin: Option<SocketAddr>,
+    /// Certificates created on this start (first run), if any.
+    pub first_run: Option<FirstRun>,
+    /// Metrics of this gateway.
+    pub metrics: Arc<Metrics>,
+    /// Swappable TLS configuration.
+    pub acceptor: Arc<Acceptor>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    store: Store,
+}
+
+impl Server {
+    /// Prepares state, binds every listener, and starts serving.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let config = Arc::new(config);
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let first_run = if config.tls.generate_if_missing {
+            pki::ensure_first_run(
+                &config.data_dir.join("certs"),
+                &config.tls.ca,
+                &config.tls.cert,
+                &config.tls.key,
+            )?
+        } else {
+            None
+        };
+        let acceptor = Arc::new(Acceptor::new(tls::server_config(
+            &config.tls.ca,
+            &config.tls.cert,
+            &config.tls.key,
+        )?));
+        let metrics = Arc::new(Metrics::new());
+        let (store, snapshot) = Store::open(
+            &config.data_dir.join("edgegate.redb"),
+            config.store.fsync,
+            metrics.clone(),
+        )?;
+        let router = Arc::new(Router::new(metrics.clone()));
+        let limits = MailboxLimits {
+            queued: config.limits.max_queued_messages,
+            stored: config.limits.max_stored_messages,
+        };
+        let sessions = Arc::new(Sessions::new(
+            router.clone(),
+            store.clone(),
+            metrics.clone(),
+            limits,
+        ));
+        sessions.restore(snapshot);
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            router,
+            sessions,
+            store: store.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            next_conn: AtomicU64::new(1),
+        });
+
+        // Bind everything before serving anything.
+        let mut tls_listeners = Vec::new();
+        for addr in &config.mqtt.listen {
+            tls_listeners.push(bind(addr).await?);
+        }
+        let plaintext = match &config.mqtt.plaintext_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let admin = match &config.admin.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+        let mut mqtt = Vec::new();
+        for l in tls_listeners {
+            mqtt.push(local(&l)?);
+            tracker.spawn(accept_loop(
+                l,
+                Some(acceptor.clone()),
+                shared.clone(),
+                permits.clone(),
+                tracker.clone(),
+            ));
+        }
+        let plaintext = match plaintext {
+            Some(l) => {
+                let addr = local(&l)?;
+                tracker.spawn(accept_loop(
+                    l,
+                    None,
+                    shared.clone(),
+                    permits.clone(),
+                    tracker.clone(),
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
+        let admin = match admin {
+            Some(l) => {
+                let addr = local(&l)?;
+                let app = crate::http::admin::router(metrics.clone());
+                let token = shutdown.clone();
+                tracker.spawn(async move {
+                    let served = axum::serve(l, app)
+                        .with_graceful_shutdown(token.cancelled_owned())
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "admin listener failed");
+                    }
+                });
+                Some(addr)
+            }
+            None => None,
+        };
+        Ok(Self {
+            mqtt,
+            plaintext,
+            admin,
+            first_run,
+            metrics,
+            acceptor,
+            shutdown,
+            tracker,
+            store,
+        })
+    }
+
+    /// A token that is cancelled when the gateway shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, ends every connection, and closes the store.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the grace period");
+        }
+        self.store.close().await;
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+fn local(l: &TcpListener) -> Result<SocketAddr, ServerError> {
+    l.local_addr().map_err(|source| ServerError::Bind {
+        addr: "listener".into(),
+        source,
+    })
+}
+
+/// Accepts connections and spawns one task each; the handshake runs in that task.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<Arc<Acceptor>>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let timeout = shared.config.tls.handshake_timeout();
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .handshake_failed(HandshakeFailure::ConnectionLimit);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let deadline = Instant::now() + timeout;
+            match acceptor {
+                Some(a) => handshake(stream, peer, &a, shared, deadline).await,
+                None => conn::serve(stream, None, peer, shared, deadline).await,
+            }
+        });
+    }
+}
+
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &Acceptor,
+    shared: Arc<Shared>,
+    deadline: Instant,
+) {
+    let tls = match tokio::time::timeout_at(deadline, acceptor.current().accept(stream)).await {
+        Err(_) => {
+            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
+            return;
+        }
+        Ok(Err(e)) => {
+            let reason = tls::classify(&e);
+            tracing::debug!(%peer, error = %e, reason = reason.label(), "TLS handshake failed");
+            shared.metrics.handshake_failed(reason);
+            return;
+        }
+        Ok(Ok(s)) => s,
+    };
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| ClientIdentity::from_der(der));
+    let Some(identity) = identity else {
+        shared
+            .metrics
+            .handshake_failed(HandshakeFailure::BadCertificate);
+        return;
+    };
+    conn::serve(tls, Some(identity), peer, shared, deadline).await;
+}

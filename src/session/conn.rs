@@ -1,0 +1,1008 @@
+//! The connection task: one per client, from CONNECT to the end.
+//!
+//! One `select!` loop owns the socket and waits on shutdown, the session
+//! table's control channel, the socket, the mailbox, the commit of the
+//! oldest unacknowledged publish, and the keepalive deadline. Everything it
+//! owes the client is encoded into one write buffer and written with one
+//! call per loop turn, so a burst of deliveries costs one syscall.
+//!
+//! Acknowledgements of QoS 1/2 publishes go out in the order the publishes
+//! arrived [MQTT-4.6.0-2], each only after the store has committed what the
+//! publish made durable.
+
+use super::{Control, SessionData, Sessions};
+use crate::codec::{
+    self, Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, ProtocolError,
+    Publish, PublishView, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
+};
+use crate::config::Config;
+use crate::metrics::{DropReason, HandshakeFailure, LimitKind, Metrics};
+use crate::router::{Delivery, Message, Router, Subscriber};
+use crate::store::{Commit, Op, Store};
+use crate::topic::{self, Subscription};
+use crate::transport::tls::ClientIdentity;
+use bytes::BytesMut;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Longest a single write to a client may take before it is dropped as stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes of deliveries encoded per loop turn before the buffer is written.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Everything a connection task shares with the rest of the gateway.
+#[derive(Debug)]
+pub struct Shared {
+    /// Configuration in force.
+    pub config: Arc<Config>,
+    /// Subscriptions and retained messages.
+    pub router: Arc<Router>,
+    /// The session table.
+    pub sessions: Arc<Sessions>,
+    /// Durable state.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
+    /// Connection ids.
+    pub next_conn: AtomicU64,
+}
+
+/// Why a connection ended; decides the will, the DISCONNECT sent and the log level.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT; `will` is true for reason 0x04.
+    Client { will: bool },
+    /// The socket closed or failed.
+    Io,
+    /// The client broke the protocol; the reason code goes in DISCONNECT.
+    Protocol(u8, &'static str),
+    /// No packet within 1.5 times the keep alive.
+    KeepAlive,
+    /// Another connection took the client id.
+    TakenOver(tokio::sync::oneshot::Sender<Box<SessionData>>),
+    /// The gateway is shutting down.
+    Shutdown,
+    /// The client reads too slowly to keep up with its messages.
+    SlowConsumer,
+}
+
+impl From<ProtocolError> for End {
+    fn from(e: ProtocolError) -> Self {
+        End::Protocol(e.reason_code(), e.label())
+    }
+}
+
+/// Reads CONNECT (within `deadline`), then serves the session until it ends.
+pub async fn serve<S>(
+    mut stream: S,
+    identity: Option<ClientIdentity>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    deadline: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &shared.config.limits;
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let connect = match tokio::time::timeout_at(
+        deadline,
+        read_connect(
+            &mut stream,
+            &mut rbuf,
+            limits.max_packet_bytes,
+            &shared.metrics,
+        ),
+    )
+    .await
+    {
+        Err(_) => {
+            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
+            return;
+        }
+        Ok(Err(e)) => {
+            shared
+                .metrics
+                .handshake_failed(HandshakeFailure::BadConnect);
+            tracing::debug!(%peer, error = %e, "bad CONNECT");
+            if let ProtocolError::UnsupportedProtocol(level) = e {
+                let proto = if level >= 5 {
+                    Protocol::V5
+                } else {
+                    Protocol::V4
+                };
+                let _ = refuse(&mut stream, proto, reason::UNSUPPORTED_PROTOCOL_VERSION).await;
+            }
+            return;
+        }
+        Ok(Ok(None)) => {
+            shared.metrics.handshake_failed(HandshakeFailure::Io);
+            return;
+        }
+        Ok(Ok(Some(c))) => c,
+    };
+    let mut conn = match Conn::accept(&shared, *connect, identity, peer) {
+        Ok(c) => c,
+        Err((proto, code)) => {
+            shared.metrics.handshake_failed(HandshakeFailure::Refused);
+            let _ = refuse(&mut stream, proto, code).await;
+            return;
+        }
+    };
+    conn.run(stream, rbuf).await;
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    proto: Protocol,
+    code: u8,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    codec::encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        }),
+        proto,
+        &mut buf,
+    );
+    stream.write_all(&buf).await?;
+    stream.shutdown().await
+}
+
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max: usize,
+    metrics: &Metrics,
+) -> Result<Option<Box<Connect>>, ProtocolError> {
+    loop {
+        if let Some(packet) = codec::decode(rbuf, Protocol::V5, max)? {
+            metrics.packets_in.get(1).increment(1);
+            return match packet {
+                Packet::Connect(c) => Ok(Some(c)),
+                _ => Err(ProtocolError::Violation(
+                    "first packet is not CONNECT [MQTT-3.1.0-1]",
+                )),
+            };
+        }
+        match stream.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => metrics.bytes_in.increment(n as u64),
+        }
+    }
+}
+
+/// An inbound QoS 1/2 publish whose acknowledgement is not sent yet.
+struct PendingAck {
+    pkid: u16,
+    qos2: bool,
+    code: u8,
+    commit: Option<Commit>,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    id: u64,
+    protocol: Protocol,
+    client_id: Arc<str>,
+    clean_start: bool,
+    expiry: u32,
+    keep_alive: Duration,
+    will: Option<codec::Will>,
+    /// Largest packet the client accepts.
+    client_max_packet: usize,
+    /// Outbound window: the client's Receive Maximum capped by our limit.
+    send_window: usize,
+    aliases: HashMap<u16, ByteStr>,
+    /// Whether reason strings may be sent (MQTT 5 Request Problem Information).
+    problem_info: bool,
+    acks: VecDeque<PendingAck>,
+    wbuf: BytesMut,
+    connack: ConnAck,
+    identity: Option<ClientIdentity>,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Validates CONNECT; on refusal returns the protocol and reason code for CONNACK.
+    fn accept(
+        shared: &Arc<Shared>,
+        c: Connect,
+        identity: Option<ClientIdentity>,
+        peer: SocketAddr,
+    ) -> Result<Self, (Protocol, u8)> {
+        let cfg = &shared.config;
+        let limits = &cfg.limits;
+        let v5 = c.protocol == Protocol::V5;
+        let refuse = |code| Err((c.protocol, code));
+        if c.properties.authentication_method.is_some() {
+            return refuse(reason::BAD_AUTHENTICATION_METHOD);
+        }
+        if c.client_id.len() > limits.max_client_id_bytes || c.client_id.starts_with('$') {
+            shared.metrics.refused(LimitKind::ClientId);
+            return refuse(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        if c.client_id.is_empty() && !c.clean_start && !v5 {
+            // [MQTT-3.1.3-8]
+            return refuse(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        if let Some(w) = &c.will {
+            if w.qos as u8 > limits.max_qos {
+                shared.metrics.refused(LimitKind::Qos);
+                return refuse(reason::QOS_NOT_SUPPORTED);
+            }
+            if topic_limits(cfg).check(w.topic.as_str()).is_err()
+                || w.topic.as_str().starts_with("$aws/events/")
+                || w.payload.len() > limits.max_payload_bytes
+            {
+                return refuse(reason::TOPIC_NAME_INVALID);
+            }
+        }
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut props = Properties::default();
+        let client_id: Arc<str> = if c.client_id.is_empty() {
+            let assigned = format!("edgegate-{:016x}", id ^ 0x5bd1_e995_u64.rotate_left(17));
+            if v5 {
+                props.assigned_client_identifier = Some(assigned.clone());
+            }
+            assigned.into()
+        } else {
+            c.client_id.as_str().into()
+        };
+        let max_ka = cfg.mqtt.max_keep_alive_secs;
+        let keep_alive = if c.keep_alive == 0 || c.keep_alive > max_ka {
+            if v5 {
+                props.server_keep_alive = Some(max_ka);
+            }
+            max_ka
+        } else {
+            c.keep_alive
+        };
+        let expiry = if v5 {
+            let asked = c.properties.session_expiry_interval.unwrap_or(0);
+            let capped = asked.min(cfg.mqtt.max_session_expiry_secs);
+            if capped != asked {
+                props.session_expiry_interval = Some(capped);
+            }
+            capped
+        } else if c.clean_start {
+            0
+        } else {
+            cfg.mqtt.session_expiry_secs
+        };
+        if v5 {
+            props.receive_maximum = Some(limits.max_inflight);
+            props.maximum_packet_size = Some(limits.max_packet_bytes as u32);
+            props.topic_alias_maximum = Some(cfg.mqtt.topic_alias_maximum);
+            if limits.max_qos < 2 {
+                props.maximum_qos = Some(limits.max_qos);
+            }
+        }
+        let client_recv_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        Ok(Self {
+            shared: shared.clone(),
+            id,
+            protocol: c.protocol,
+            client_id,
+            clean_start: c.clean_start,
+            expiry,
+            keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
+            will: c.will,
+            client_max_packet: c
+                .properties
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m as usize),
+            send_window: usize::from(client_recv_max.min(limits.max_inflight)),
+            aliases: HashMap::new(),
+            problem_info: c.properties.request_problem_information != Some(0),
+            acks: VecDeque::new(),
+            wbuf: BytesMut::with_capacity(4096),
+            connack: ConnAck {
+                session_present: false,
+                code: reason::SUCCESS,
+                properties: props,
+            },
+            identity,
+            peer,
+        })
+    }
+
+    fn send(&mut self, p: &Packet) {
+        codec::encode(p, self.protocol, &mut self.wbuf);
+        let ty = match p {
+            Packet::ConnAck(_) => 2,
+            Packet::PubAck(_) => 4,
+            Packet::PubRec(_) => 5,
+            Packet::PubRel(_) => 6,
+            Packet::PubComp(_) => 7,
+            Packet::SubAck(_) => 9,
+            Packet::UnsubAck(_) => 11,
+            Packet::PingResp => 13,
+            Packet::Disconnect(_) => 14,
+            _ => 0,
+        };
+        self.shared.metrics.packets_out.get(ty).increment(1);
+    }
+
+    fn reason(&self, text: &str) -> Option<String> {
+        (self.protocol == Protocol::V5 && self.problem_info).then(|| text.to_owned())
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S, mut rbuf: BytesMut) {
+        let shared = self.shared.clone();
+        let metrics = shared.metrics.clone();
+        let (control_tx, mut control_rx) = mpsc::channel(1);
+        let opened = shared
+            .sessions
+            .open(
+                self.client_id.clone(),
+                self.clean_start,
+                self.expiry,
+                self.protocol,
+                self.id,
+                control_tx,
+            )
+            .await;
+        let mut data = opened.data;
+        self.connack.session_present = opened.present;
+        let connack = Packet::ConnAck(self.connack.clone());
+        self.send(&connack);
+        metrics.connections.increment(1.0);
+        metrics.connections_total.increment(1);
+        tracing::debug!(
+            client_id = %self.client_id,
+            conn = self.id,
+            peer = %self.peer,
+            certificate_id = self.identity.as_ref().map(|i| i.certificate_id.as_str()),
+            "session started"
+        );
+        // Resend what was in flight when the client went away [MQTT-4.4.0-1].
+        let resend: Vec<(u16, Delivery, bool)> = data
+            .inflight
+            .iter()
+            .map(|p| (p.pkid, p.delivery.clone(), p.released))
+            .collect();
+        for (pkid, d, released) in resend {
+            if released {
+                self.send(&Packet::PubRel(Ack::ok(pkid)));
+            } else {
+                self.write_publish(&d, pkid, true);
+            }
+        }
+        let end = self
+            .serve(&mut stream, &mut rbuf, &mut data, &mut control_rx)
+            .await;
+        metrics.connections.decrement(1.0);
+        self.finish(stream, end, data, &mut control_rx).await;
+    }
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        data: &mut SessionData,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> End {
+        let shared = self.shared.clone();
+        let metrics = shared.metrics.clone();
+        let max_packet = shared.config.limits.max_packet_bytes;
+        let mailbox = data.mailbox.clone();
+        let mut deadline = Instant::now() + self.keep_alive;
+        let mut batch = Vec::new();
+        let mut mail_ready = true;
+        loop {
+            // Decode and handle every whole packet already read.
+            loop {
+                match codec::decode(rbuf, self.protocol, max_packet) {
+                    Ok(Some(p)) => {
+                        deadline = Instant::now() + self.keep_alive;
+                        if let Err(end) = self.handle(p, data).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if matches!(e, ProtocolError::PacketTooLarge { .. }) {
+                            metrics.refused(LimitKind::Packet);
+                        }
+                        return e.into();
+                    }
+                }
+            }
+            // Move mail into the write buffer while the window has room,
+            // up to a buffer's worth per turn so reads are not starved.
+            if mail_ready {
+                mail_ready = false;
+                while self.wbuf.len() < WRITE_BATCH {
+                    let room = self.send_window.saturating_sub(data.inflight.len());
+                    if mailbox.drain(&mut batch, room) {
+                        metrics.count_drop(DropReason::SlowConsumer);
+                        mailbox.requeue_front(batch.drain(..));
+                        return End::SlowConsumer;
+                    }
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let now = Instant::now();
+                    for d in batch.drain(..) {
+                        self.deliver(d, data, now).await;
+                    }
+                    mail_ready = true;
+                }
+            }
+            self.flush_ready_acks();
+            if !self.wbuf.is_empty() {
+                let n = self.wbuf.len();
+                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&self.wbuf)).await {
+                    Ok(Ok(())) => metrics.bytes_out.increment(n as u64),
+                    _ => return End::Io,
+                }
+                self.wbuf.clear();
+            }
+            let window_open = data.inflight.len() < self.send_window;
+            // Stop reading while too many acknowledgements wait for the store.
+            let reading = self.acks.len() < usize::from(shared.config.limits.max_inflight) * 2;
+            let has_commit = self.acks.front().is_some_and(|a| a.commit.is_some());
+            let commit_wait = self.acks.front_mut().and_then(|a| a.commit.as_mut());
+            let event = tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => Event::Shutdown,
+                Some(Control::TakeOver(reply)) = control.recv() => Event::TakeOver(reply),
+                res = async { commit_wait.expect("guarded by has_commit").await }, if has_commit => {
+                    Event::Committed(matches!(res, Ok(Ok(()))))
+                }
+                res = stream.read_buf(rbuf), if reading => Event::Read(res),
+                _ = mailbox.notified(), if window_open && !mail_ready => Event::Mail,
+                _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
+                _ = tokio::time::sleep_until(deadline) => Event::KeepAlive,
+            };
+            match event {
+                Event::Shutdown => return End::Shutdown,
+                Event::TakeOver(reply) => return End::TakenOver(reply),
+                Event::Committed(ok) => {
+                    if let Some(front) = self.acks.front_mut() {
+                        front.commit = None;
+                        if !ok {
+                            front.code = reason::UNSPECIFIED_ERROR;
+                        }
+                    }
+                }
+                Event::Read(Ok(0) | Err(_)) => return End::Io,
+                Event::Read(Ok(n)) => metrics.bytes_in.increment(n as u64),
+                Event::Mail => mail_ready = true,
+                Event::KeepAlive => return End::KeepAlive,
+            }
+        }
+    }
+
+    /// Sends every acknowledgement at the front whose commit is done.
+    fn flush_ready_acks(&mut self) {
+        while let Some(front) = self.acks.front_mut() {
+            if let Some(commit) = front.commit.as_mut() {
+                match commit.try_recv() {
+                    Ok(Ok(())) => {}
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+                    _ => front.code = reason::UNSPECIFIED_ERROR,
+                }
+            }
+            let Some(a) = self.acks.pop_front() else {
+                return;
+            };
+            let ack = Ack::with_code(a.pkid, a.code);
+            self.send(&if a.qos2 {
+                Packet::PubRec(ack)
+            } else {
+                Packet::PubAck(ack)
+            });
+        }
+    }
+
+    async fn handle(&mut self, p: Packet, data: &mut SessionData) -> Result<(), End> {
+        let metrics = self.shared.metrics.clone();
+        let ty = match &p {
+            Packet::Connect(_) => 1,
+            Packet::Publish(_) => 3,
+            Packet::PubAck(_) => 4,
+            Packet::PubRec(_) => 5,
+            Packet::PubRel(_) => 6,
+            Packet::PubComp(_) => 7,
+            Packet::Subscribe(_) => 8,
+            Packet::Unsubscribe(_) => 10,
+            Packet::PingReq => 12,
+            Packet::Disconnect(_) => 14,
+            Packet::Auth(_) => 15,
+            _ => 0,
+        };
+        metrics.packets_in.get(ty).increment(1);
+        match p {
+            Packet::Publish(p) => self.publish(p, data).await,
+            Packet::PubAck(a) => {
+                self.acked(data.inflight.complete(a.pkid), data).await;
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                if a.code >= 0x80 {
+                    self.acked(data.inflight.complete(a.pkid), data).await;
+                } else if data.inflight.release(a.pkid) == super::state::Acked::Released {
+                    self.send(&Packet::PubRel(Ack::ok(a.pkid)));
+                } else {
+                    self.send(&Packet::PubRel(Ack::with_code(
+                        a.pkid,
+                        reason::PACKET_IDENTIFIER_NOT_FOUND,
+                    )));
+                }
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.acked(data.inflight.complete(a.pkid), data).await;
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                let code = if data.qos2_in.remove(&a.pkid) {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(&Packet::PubComp(Ack::with_code(a.pkid, code)));
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.subscribe(s, data).await,
+            Packet::Unsubscribe(u) => {
+                self.unsubscribe(u, data).await;
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.expiry == 0 && e > 0 {
+                        return Err(End::Protocol(
+                            reason::PROTOCOL_ERROR,
+                            "session expiry changed from 0 [MQTT-3.14.2-2]",
+                        ));
+                    }
+                    data.expiry = e.min(self.shared.config.mqtt.max_session_expiry_secs);
+                    data.mailbox.set_persistent(data.expiry > 0);
+                }
+                Err(End::Client {
+                    will: d.code == reason::DISCONNECT_WITH_WILL,
+                })
+            }
+            Packet::Connect(_) => Err(End::Protocol(
+                reason::PROTOCOL_ERROR,
+                "second CONNECT [MQTT-3.1.0-2]",
+            )),
+            Packet::Auth(_) => Err(End::Protocol(
+                reason::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+            )),
+            _ => Err(End::Protocol(
+                reason::PROTOCOL_ERROR,
+                "packet a client may not send",
+            )),
+        }
+    }
+
+    async fn acked(&mut self, acked: super::state::Acked, data: &mut SessionData) {
+        if let super::state::Acked::Done(seq) = acked
+            && seq != 0
+        {
+            self.shared
+                .store
+                .apply(vec![Op::DelQueued(data.mailbox.client_id.clone(), seq)])
+                .await;
+        }
+    }
+
+    async fn publish(&mut self, mut p: Publish, data: &mut SessionData) -> Result<(), End> {
+        let cfg = self.shared.config.clone();
+        let limits = &cfg.limits;
+        let metrics = self.shared.metrics.clone();
+        let v5 = self.protocol == Protocol::V5;
+        if p.qos as u8 > limits.max_qos {
+            metrics.refused(LimitKind::Qos);
+            return Err(End::Protocol(
+                reason::QOS_NOT_SUPPORTED,
+                "QoS above the maximum",
+            ));
+        }
+        // Topic aliases [MQTT-3.3.2-7..12].
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias == 0 || alias > cfg.mqtt.topic_alias_maximum {
+                return Err(End::Protocol(
+                    reason::TOPIC_ALIAS_INVALID,
+                    "topic alias out of range",
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Err(End::Protocol(reason::PROTOCOL_ERROR, "unknown topic alias"));
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(End::Protocol(
+                reason::PROTOCOL_ERROR,
+                "client sent a subscription identifier [MQTT-3.3.4-6]",
+            ));
+        }
+        if p.payload.len() > limits.max_payload_bytes {
+            metrics.refused(LimitKind::Payload);
+            return Err(End::Protocol(reason::PACKET_TOO_LARGE, "payload too large"));
+        }
+        let refusal = if let Err(e) = topic_limits(&cfg).check(p.topic.as_str()) {
+            metrics.refused(match e {
+                topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
+                _ => LimitKind::TopicLength,
+            });
+            Some((reason::TOPIC_NAME_INVALID, "topic too long or too deep"))
+        } else if p.topic.as_str().starts_with("$aws/events/") {
+            Some((
+                reason::NOT_AUTHORIZED,
+                "clients may not publish lifecycle events",
+            ))
+        } else if p.retain && topic::is_reserved(p.topic.as_str()) {
+            Some((reason::RETAIN_NOT_SUPPORTED, "retain on a reserved topic"))
+        } else {
+            None
+        };
+        if let Some((code, why)) = refusal {
+            // MQTT 5 refuses a QoS 1/2 publish in its ack and keeps the connection.
+            if v5 && p.qos != QoS::AtMostOnce {
+                let ack = Ack {
+                    pkid: p.pkid,
+                    code,
+                    properties: Properties {
+                        reason_string: self.reason(why),
+                        ..Properties::default()
+                    },
+                };
+                self.send(&if p.qos == QoS::ExactlyOnce {
+                    Packet::PubRec(ack)
+                } else {
+                    Packet::PubAck(ack)
+                });
+                return Ok(());
+            }
+            return Err(End::Protocol(code, why));
+        }
+        if p.qos != QoS::AtMostOnce
+            && self.acks.len() + data.qos2_in.len() >= usize::from(limits.max_inflight)
+            && v5
+        {
+            metrics.refused(LimitKind::Inflight);
+            return Err(End::Protocol(
+                reason::RECEIVE_MAXIMUM_EXCEEDED,
+                "more unacknowledged publishes than Receive Maximum",
+            ));
+        }
+        metrics.messages_in.get(p.qos as usize).increment(1);
+        if p.qos == QoS::ExactlyOnce && data.qos2_in.contains(&p.pkid) {
+            // A resent PUBLISH whose PUBREL has not come yet: acknowledge again, route once.
+            self.acks.push_back(PendingAck {
+                pkid: p.pkid,
+                qos2: true,
+                code: reason::SUCCESS,
+                commit: None,
+            });
+            return Ok(());
+        }
+        let now = Instant::now();
+        let expires_at = p
+            .properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        let (pkid, qos) = (p.pkid, p.qos);
+        let msg = Arc::new(Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            expires_at,
+            origin: data.mailbox.session_id,
+        });
+        let routed = self.shared.router.publish(&msg, now);
+        let code = if routed.matched == 0 && v5 {
+            reason::NO_MATCHING_SUBSCRIBERS
+        } else {
+            reason::SUCCESS
+        };
+        if qos == QoS::AtMostOnce {
+            if !routed.ops.is_empty() {
+                self.shared.store.apply(routed.ops).await;
+            }
+            return Ok(());
+        }
+        let commit = if routed.ops.is_empty() {
+            None
+        } else {
+            Some(self.shared.store.submit(routed.ops).await)
+        };
+        if qos == QoS::ExactlyOnce {
+            data.qos2_in.insert(pkid);
+        }
+        self.acks.push_back(PendingAck {
+            pkid,
+            qos2: qos == QoS::ExactlyOnce,
+            code,
+            commit,
+        });
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, s: Subscribe, data: &mut SessionData) -> Result<(), End> {
+        let cfg = self.shared.config.clone();
+        let limits = &cfg.limits;
+        let metrics = self.shared.metrics.clone();
+        let sub_id = s.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (i, (raw, opts)) in s.filters.iter().enumerate() {
+            let parsed = match Subscription::parse(raw) {
+                Ok(p) => p,
+                Err(_) => {
+                    codes.push(reason::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            if parsed.share.is_some() && opts.no_local {
+                return Err(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "No Local on a shared subscription [MQTT-3.8.3-4]",
+                ));
+            }
+            if i >= limits.max_filters_per_subscribe {
+                metrics.refused(LimitKind::FiltersPerSubscribe);
+                codes.push(reason::QUOTA_EXCEEDED);
+                continue;
+            }
+            if let Err(e) = topic_limits(&cfg).check(parsed.filter) {
+                metrics.refused(match e {
+                    topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
+                    _ => LimitKind::TopicLength,
+                });
+                codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let exists = data.subscriptions.contains_key(raw.as_str());
+            if !exists && data.subscriptions.len() >= limits.max_subscriptions_per_connection {
+                metrics.refused(LimitKind::Subscriptions);
+                codes.push(reason::QUOTA_EXCEEDED);
+                continue;
+            }
+            let mut granted = *opts;
+            granted.qos =
+                QoS::from_u8((opts.qos as u8).min(limits.max_qos)).unwrap_or(QoS::AtMostOnce);
+            let new = self.shared.router.subscribe(
+                parsed.filter,
+                parsed.share,
+                Subscriber {
+                    mailbox: data.mailbox.clone(),
+                    options: granted,
+                    sub_id,
+                },
+            );
+            data.subscriptions.insert(raw.clone(), (granted, sub_id));
+            codes.push(granted.qos as u8);
+            let send_retained = parsed.share.is_none()
+                && match opts.retain_handling {
+                    0 => true,
+                    1 => new,
+                    _ => false,
+                };
+            if send_retained {
+                retained.push((parsed.filter.to_owned(), granted.qos));
+            }
+        }
+        if let Some(op) = self.shared.sessions.persist(data) {
+            self.shared.store.apply(vec![op]).await;
+        }
+        self.send(&Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            codes,
+            properties: Properties::default(),
+        }));
+        // Retained messages follow the SUBACK, flagged RETAIN [MQTT-3.3.1-8].
+        let now = Instant::now();
+        for (filter, qos) in retained {
+            for msg in self.shared.router.retained(&filter) {
+                let d = Delivery {
+                    qos: msg.qos.min(qos),
+                    msg,
+                    retain: true,
+                    sub_ids: sub_id.into_iter().collect(),
+                    seq: 0,
+                };
+                self.deliver(d, data, now).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, u: Unsubscribe, data: &mut SessionData) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for raw in &u.filters {
+            let existed = match Subscription::parse(raw) {
+                Ok(s) if data.subscriptions.remove(raw.as_str()).is_some() => {
+                    self.shared
+                        .router
+                        .unsubscribe(s.filter, s.share, data.mailbox.session_id);
+                    true
+                }
+                Ok(_) => false,
+                Err(_) => {
+                    codes.push(reason::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            codes.push(if existed {
+                reason::SUCCESS
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        if let Some(op) = self.shared.sessions.persist(data) {
+            self.shared.store.apply(vec![op]).await;
+        }
+        self.send(&Packet::UnsubAck(UnsubAck {
+            pkid: u.pkid,
+            codes,
+            properties: Properties::default(),
+        }));
+    }
+
+    /// Encodes one delivery, assigning a packet id for QoS 1/2.
+    async fn deliver(&mut self, d: Delivery, data: &mut SessionData, now: Instant) {
+        let metrics = &self.shared.metrics;
+        let Some(remaining) = d.msg.remaining(now) else {
+            metrics.count_drop(DropReason::Expired);
+            if d.seq != 0 {
+                self.shared
+                    .store
+                    .apply(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)])
+                    .await;
+            }
+            return;
+        };
+        let view = view(&d, 0, false, remaining);
+        if codec::publish_len(&view, self.protocol) > self.client_max_packet {
+            // Too big for the client: discard as if sent [MQTT-3.1.2-25].
+            metrics.count_drop(DropReason::TooLargeForClient);
+            if d.seq != 0 {
+                self.shared
+                    .store
+                    .apply(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)])
+                    .await;
+            }
+            return;
+        }
+        let pkid = if d.qos == QoS::AtMostOnce {
+            0
+        } else {
+            data.inflight.send(d.clone())
+        };
+        self.write_publish(&d, pkid, false);
+    }
+
+    fn write_publish(&mut self, d: &Delivery, pkid: u16, dup: bool) {
+        let remaining = d.msg.remaining(Instant::now()).unwrap_or(Some(1));
+        let mut v = view(d, pkid, dup, remaining);
+        v.dup = dup && d.qos != QoS::AtMostOnce;
+        codec::encode_publish(&v, self.protocol, &mut self.wbuf);
+        let metrics = &self.shared.metrics;
+        metrics.packets_out.get(3).increment(1);
+        metrics.messages_out.get(d.qos as usize).increment(1);
+    }
+
+    async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        mut stream: S,
+        end: End,
+        mut data: Box<SessionData>,
+        control: &mut mpsc::Receiver<Control>,
+    ) {
+        let v5 = self.protocol == Protocol::V5;
+        let metrics = self.shared.metrics.clone();
+        let (code, publish_will, why): (Option<u8>, bool, &str) = match &end {
+            End::Client { will } => (None, *will, "client disconnected"),
+            End::Io => (None, true, "connection lost"),
+            End::Protocol(code, why) => {
+                metrics.protocol_errors.increment(1);
+                (Some(*code), true, why)
+            }
+            End::KeepAlive => (Some(reason::KEEP_ALIVE_TIMEOUT), true, "keep alive timeout"),
+            End::TakenOver(_) => (Some(reason::SESSION_TAKEN_OVER), true, "session taken over"),
+            End::Shutdown => (
+                Some(reason::SERVER_SHUTTING_DOWN),
+                true,
+                "server shutting down",
+            ),
+            End::SlowConsumer => (Some(reason::QUOTA_EXCEEDED), true, "client too slow"),
+        };
+        tracing::debug!(client_id = %self.client_id, conn = self.id, reason = why, "session ended");
+        // Acknowledge what is already durable; the rest the client will resend.
+        self.flush_ready_acks();
+        if let (Some(code), true) = (code, v5) {
+            self.send(&Packet::Disconnect(Disconnect::with_reason(
+                code,
+                self.reason(why),
+            )));
+        }
+        if !self.wbuf.is_empty() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), stream.write_all(&self.wbuf)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        drop(stream);
+        if publish_will && let Some(will) = self.will.take() {
+            // On takeover the session continues at once, which cancels a delayed will.
+            let delay = will.delay_interval.min(data.expiry);
+            if !(matches!(end, End::TakenOver(_)) && delay > 0) {
+                data.pending_will =
+                    self.shared
+                        .sessions
+                        .schedule_will(will, data.mailbox.session_id, delay);
+            }
+        }
+        let sessions = self.shared.sessions.clone();
+        if let End::TakenOver(reply) = end {
+            data.mailbox.set_online(false);
+            if let Err(d) = reply.send(data) {
+                sessions.close(self.id, d, control).await;
+            }
+            return;
+        }
+        sessions.close(self.id, data, control).await;
+    }
+}
+
+/// What woke the connection loop.
+enum Event {
+    Shutdown,
+    TakeOver(tokio::sync::oneshot::Sender<Box<SessionData>>),
+    Committed(bool),
+    Read(std::io::Result<usize>),
+    Mail,
+    KeepAlive,
+}
+
+fn view(d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) -> PublishView<'_> {
+    PublishView {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic: d.msg.topic.as_bytes(),
+        pkid,
+        properties: &d.msg.properties,
+        message_expiry_interval: remaining,
+        topic_alias: None,
+        subscription_identifiers: &d.sub_ids,
+        payload: &d.msg.payload,
+    }
+}
+
+fn topic_limits(cfg: &Config) -> topic::Limits {
+    topic::Limits {
+        max_len: cfg.limits.max_topic_bytes,
+        max_slashes: cfg.limits.max_topic_slashes,
+    }
+}
