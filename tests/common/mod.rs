@@ -1,0 +1,491 @@
+//! Test harness: a real gateway on 127.0.0.1:0 with certificates made in
+//! the test, and real MQTT clients (rumqttc v4 and v5 over rustls, or raw
+//! bytes over TLS for what no client library sends).
+#![allow(dead_code, unreachable_pub)]
+
+use edgegate::config::Config;
+use edgegate::server::Server;
+use edgegate::transport::pki::{self, Ca, KeyKind, Pem};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub extra_toml: String,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Starts with extra TOML appended to the test configuration (sections
+    /// given there replace the defaults, so name whole sections).
+    pub async fn start_with(extra_toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        let ca = Ca::generate("test CA").expect("ca");
+        pki::write_pair(&certs, "ca", &ca.pem).expect("write ca");
+        let server = ca.issue_server(&["localhost", "127.0.0.1"]).expect("server cert");
+        pki::write_pair(&certs, "server", &server).expect("write server");
+        let mut t = Self {
+            server: None,
+            dir,
+            ca,
+            extra_toml: extra_toml.to_owned(),
+        };
+        t.boot().await;
+        t
+    }
+
+    pub fn config(&self) -> Config {
+        let base = format!(
+            r#"
+data_dir = "data"
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/server.pem"
+key = "certs/server.key"
+generate_if_missing = false
+handshake_timeout_secs = 2
+{extra}
+"#,
+            extra = self.extra_toml
+        );
+        let mut text = base;
+        if !self.extra_toml.contains("[mqtt]") {
+            text.push_str("[mqtt]\nlisten = [\"127.0.0.1:0\"]\n");
+        }
+        if !self.extra_toml.contains("[admin]") {
+            text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        Config::parse(&text, self.dir.path()).expect("test config is valid")
+    }
+
+    async fn boot(&mut self) {
+        let server = Server::bind(self.config()).await.expect("gateway starts");
+        self.server = Some(server);
+    }
+
+    /// Clean shutdown and start again on the same data directory.
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.boot().await;
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server().mqtt[0]
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.server().admin.expect("admin listener")
+    }
+
+    pub fn device(&self, cn: &str) -> Pem {
+        self.ca.issue_device(cn, KeyKind::EcdsaP256).expect("device cert")
+    }
+
+    pub fn tls_config(&self, pem: Option<&Pem>) -> Arc<rustls::ClientConfig> {
+        client_tls(&self.ca.pem.cert, pem)
+    }
+
+    pub async fn v4(&self, id: &str, clean: bool) -> V4 {
+        V4::connect(self, id, clean, None, |_| {}).await
+    }
+
+    pub async fn v5(&self, id: &str) -> V5 {
+        V5::connect(self, id, |_| {}).await
+    }
+
+    /// A raw TLS connection with a valid device certificate.
+    pub async fn raw(&self, cn: &str) -> Raw {
+        let pem = self.device(cn);
+        Raw::connect(self.addr(), self.tls_config(Some(&pem)))
+            .await
+            .expect("tls handshake")
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.admin(), "/metrics").await
+    }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect admin");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("admin answers")
+        .expect("read");
+    out
+}
+
+/// Value of a metric line (exact name with labels) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+pub fn client_tls(ca_pem: &str, device: Option<&Pem>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("add root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match device {
+        Some(pem) => {
+            let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("cert pem");
+            let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.key.as_bytes())
+                .expect("key pem")
+                .expect("a key");
+            builder.with_client_auth_cert(chain, key).expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+pub struct Raw {
+    pub stream: TlsStream<TcpStream>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let mut stream = connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await?;
+        // With TLS 1.3 a refused client certificate shows only on the first read.
+        stream.flush().await?;
+        Ok(Self { stream })
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.flush().await;
+    }
+
+    /// Reads until the server closes (or `WAIT` passes, which fails the test).
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let res = tokio::time::timeout(WAIT, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match self.stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(res.is_ok(), "server did not close the connection");
+        out
+    }
+
+    /// Reads at least `n` bytes.
+    pub async fn read_n(&mut self, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        tokio::time::timeout(WAIT, self.stream.read_exact(&mut out))
+            .await
+            .expect("bytes arrive")
+            .expect("read");
+        out
+    }
+}
+
+/// A CONNECT packet as raw bytes.
+pub fn connect_bytes(level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+pub enum Ev4 {
+    Publish(rumqttc::Publish),
+    Other(rumqttc::Packet),
+    Error(String),
+}
+
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Ev4>,
+    pub session_present: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl V4 {
+    pub async fn connect(
+        t: &TestServer,
+        id: &str,
+        clean: bool,
+        will: Option<rumqttc::LastWill>,
+        tweak: impl FnOnce(&mut rumqttc::MqttOptions),
+    ) -> Self {
+        let pem = t.device(id);
+        let mut opts = rumqttc::MqttOptions::new(id, "localhost", t.addr().port());
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&pem))),
+        ));
+        opts.set_clean_session(clean);
+        opts.set_keep_alive(Duration::from_secs(30));
+        if let Some(w) = will {
+            opts.set_last_will(w);
+        }
+        tweak(&mut opts);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let _ = tx.send(Ev4::Publish(p));
+                    }
+                    Ok(rumqttc::Event::Incoming(p)) => {
+                        let _ = tx.send(Ev4::Other(p));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Ev4::Error(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let session_present = loop {
+            match tokio::time::timeout(WAIT, events.recv()).await {
+                Ok(Some(Ev4::Other(rumqttc::Packet::ConnAck(a)))) => {
+                    assert_eq!(a.code, rumqttc::ConnectReturnCode::Success);
+                    break a.session_present;
+                }
+                Ok(Some(Ev4::Error(e))) => panic!("connect failed: {e}"),
+                Ok(Some(_)) => {}
+                _ => panic!("no CONNACK"),
+            }
+        };
+        Self {
+            client,
+            events,
+            session_present,
+            task,
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client.subscribe(filter, qos).await.expect("queue subscribe");
+        loop {
+            match self.next().await {
+                Ev4::Other(rumqttc::Packet::SubAck(a)) => return a.return_codes,
+                Ev4::Error(e) => panic!("subscribe failed: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, qos: rumqttc::QoS, retain: bool, payload: &[u8]) {
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .expect("queue publish");
+    }
+
+    pub async fn next(&mut self) -> Ev4 {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("an event in time")
+            .expect("event loop alive")
+    }
+
+    pub async fn recv(&mut self) -> rumqttc::Publish {
+        loop {
+            match self.next().await {
+                Ev4::Publish(p) => return p,
+                Ev4::Error(e) => panic!("connection failed: {e}"),
+                Ev4::Other(_) => {}
+            }
+        }
+    }
+
+    /// Waits for the PUBACK of a QoS 1 publish.
+    pub async fn puback(&mut self) {
+        loop {
+            match self.next().await {
+                Ev4::Other(rumqttc::Packet::PubAck(_)) => return,
+                Ev4::Error(e) => panic!("connection failed: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Asserts nothing is published to this client for `d`.
+    pub async fn nothing_for(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            if let Ev4::Publish(p) = ev {
+                panic!("unexpected publish on {}", p.topic);
+            }
+        }
+    }
+
+    /// Drops the connection without DISCONNECT (as a crashed device would).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(ev) = self.events.recv().await {
+                if matches!(ev, Ev4::Error(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.task.abort();
+    }
+}
+
+pub enum Ev5 {
+    Publish(rumqttc::v5::mqttbytes::v5::Publish),
+    Other(rumqttc::v5::mqttbytes::v5::Packet),
+    Error(String),
+}
+
+pub struct V5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Ev5>,
+    pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl V5 {
+    pub async fn connect(t: &TestServer, id: &str, tweak: impl FnOnce(&mut rumqttc::v5::MqttOptions)) -> Self {
+        let pem = t.device(id);
+        let mut opts = rumqttc::v5::MqttOptions::new(id, "localhost", t.addr().port());
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&pem))),
+        ));
+        opts.set_keep_alive(Duration::from_secs(30));
+        tweak(&mut opts);
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 100);
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            use rumqttc::v5::mqttbytes::v5::Packet;
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(Ev5::Publish(p));
+                    }
+                    Ok(rumqttc::v5::Event::Incoming(p)) => {
+                        let _ = tx.send(Ev5::Other(p));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Ev5::Error(format!("{e:?}")));
+                        return;
+                    }
+                }
+            }
+        });
+        let connack = loop {
+            match tokio::time::timeout(WAIT, events.recv()).await {
+                Ok(Some(Ev5::Other(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(a)))) => break a,
+                Ok(Some(Ev5::Error(e))) => panic!("connect failed: {e}"),
+                Ok(Some(_)) => {}
+                _ => panic!("no CONNACK"),
+            }
+        };
+        Self {
+            client,
+            events,
+            connack,
+            task,
+        }
+    }
+
+    pub async fn next(&mut self) -> Ev5 {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("an event in time")
+            .expect("event loop alive")
+    }
+
+    pub async fn suback(&mut self) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        loop {
+            match self.next().await {
+                Ev5::Other(rumqttc::v5::mqttbytes::v5::Packet::SubAck(a)) => return a.return_codes,
+                Ev5::Error(e) => panic!("subscribe failed: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        loop {
+            match self.next().await {
+                Ev5::Publish(p) => return p,
+                Ev5::Error(e) => panic!("connection failed: {e}"),
+                Ev5::Other(_) => {}
+            }
+        }
+    }
+
+    /// Waits until the connection ends and returns how (DISCONNECT or error text).
+    pub async fn ended(&mut self) -> String {
+        loop {
+            match self.next().await {
+                Ev5::Other(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(d)) => {
+                    return format!("disconnect {:?}", d.reason_code);
+                }
+                Ev5::Error(e) => return e,
+                _ => {}
+            }
+        }
+    }
+
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Writes a temporary config file for running the binary.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
