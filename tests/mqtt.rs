@@ -14,11 +14,22 @@ async fn v4_publish_subscribe_at_every_qos_with_wildcards() {
     let t = TestServer::start().await;
     let mut sub = t.v4("sub-1", true).await;
     let codes = sub.subscribe("sensors/+/temp", QoS::ExactlyOnce).await;
-    assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Success(QoS::ExactlyOnce)]);
+    assert_eq!(
+        codes,
+        vec![rumqttc::SubscribeReasonCode::Success(QoS::ExactlyOnce)]
+    );
     let pub_ = t.v4("pub-1", true).await;
-    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
-        pub_.publish(&format!("sensors/s{i}/temp"), qos, false, format!("v{i}").as_bytes())
-            .await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        pub_.publish(
+            &format!("sensors/s{i}/temp"),
+            qos,
+            false,
+            format!("v{i}").as_bytes(),
+        )
+        .await;
         let got = sub.recv().await;
         assert_eq!(got.topic, format!("sensors/s{i}/temp"));
         assert_eq!(&got.payload[..], format!("v{i}").as_bytes());
@@ -26,7 +37,8 @@ async fn v4_publish_subscribe_at_every_qos_with_wildcards() {
         assert!(!got.retain);
     }
     // Not matching: one level too deep.
-    pub_.publish("sensors/s1/temp/x", QoS::AtMostOnce, false, b"no").await;
+    pub_.publish("sensors/s1/temp/x", QoS::AtMostOnce, false, b"no")
+        .await;
     sub.nothing_for(Duration::from_millis(300)).await;
 }
 
@@ -70,7 +82,10 @@ async fn v5_properties_travel_with_the_message() {
     assert_eq!(p.payload_format_indicator, Some(1));
     assert_eq!(p.subscription_identifiers, vec![42]);
     let left = p.message_expiry_interval.expect("expiry forwarded");
-    assert!((95..=100).contains(&left), "remaining expiry rewritten: {left}");
+    assert!(
+        (95..=100).contains(&left),
+        "remaining expiry rewritten: {left}"
+    );
 }
 
 #[tokio::test]
@@ -86,7 +101,8 @@ async fn retained_messages_are_delivered_on_subscribe_and_cleared_by_empty_paylo
     assert_eq!(&got.payload[..], b"on");
     assert!(got.retain, "retained delivery carries RETAIN=1");
     // A live message is not flagged retained [MQTT-3.3.1-9].
-    p.publish("state/lamp", QoS::AtLeastOnce, true, b"off").await;
+    p.publish("state/lamp", QoS::AtLeastOnce, true, b"off")
+        .await;
     let live = s.recv().await;
     assert!(!live.retain);
     // Empty payload clears it.
@@ -152,7 +168,10 @@ async fn v5_will_delay_is_cancelled_by_reconnecting() {
     let started = tokio::time::Instant::now();
     let got = watcher.recv().await;
     assert_eq!(got.topic, "wills/d5");
-    assert!(started.elapsed() >= Duration::from_millis(1500), "will waited for its delay");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "will waited for its delay"
+    );
 }
 
 #[tokio::test]
@@ -173,8 +192,13 @@ async fn persistent_session_queues_qos1_while_offline() {
     dev.disconnect().await;
     let mut p = t.v4("commander", true).await;
     for i in 0..5 {
-        p.publish("cmd/persist-1", QoS::AtLeastOnce, false, format!("c{i}").as_bytes())
-            .await;
+        p.publish(
+            "cmd/persist-1",
+            QoS::AtLeastOnce,
+            false,
+            format!("c{i}").as_bytes(),
+        )
+        .await;
         p.puback().await;
     }
     let mut dev = t.v4("persist-1", false).await;
@@ -195,7 +219,10 @@ async fn shared_subscription_splits_messages_between_members() {
     let mut a = t.v5("share-a").await;
     let mut b = t.v5("share-b").await;
     for c in [&mut a, &mut b] {
-        c.client.subscribe("$share/g/jobs/#", QoS5::AtLeastOnce).await.expect("sub");
+        c.client
+            .subscribe("$share/g/jobs/#", QoS5::AtLeastOnce)
+            .await
+            .expect("sub");
         c.suback().await;
     }
     let p = t.v5("share-pub").await;
@@ -229,10 +256,20 @@ async fn no_local_and_retain_as_published() {
     g.retain_forward_rule = RetainForwardRule::Never;
     c.client.subscribe_many(vec![f, g]).await.expect("sub");
     c.suback().await;
-    c.client.publish("loop/x", QoS5::AtLeastOnce, false, "mine").await.expect("pub");
-    c.client.publish("rap/x", QoS5::AtLeastOnce, true, "kept").await.expect("pub");
+    c.client
+        .publish("loop/x", QoS5::AtLeastOnce, false, "mine")
+        .await
+        .expect("pub");
+    c.client
+        .publish("rap/x", QoS5::AtLeastOnce, true, "kept")
+        .await
+        .expect("pub");
     let got = c.recv().await;
-    assert_eq!(&got.topic[..], b"rap/x", "own message on a No Local subscription is skipped");
+    assert_eq!(
+        &got.topic[..],
+        b"rap/x",
+        "own message on a No Local subscription is skipped"
+    );
     assert!(got.retain, "Retain As Published keeps the flag");
 }
 
@@ -275,14 +312,22 @@ async fn connack_advertises_limits() {
 async fn qos_above_the_cap_is_refused_with_a_reason() {
     let t = TestServer::start_with("[limits]\nmax_qos = 1\n").await;
     let mut c = t.v5("capped").await;
-    c.client.subscribe("cap/#", QoS5::ExactlyOnce).await.expect("sub");
+    c.client
+        .subscribe("cap/#", QoS5::ExactlyOnce)
+        .await
+        .expect("sub");
     let codes = c.suback().await;
     assert_eq!(
         codes,
-        vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(QoS5::AtLeastOnce)],
+        vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(
+            QoS5::AtLeastOnce
+        )],
         "granted QoS is capped"
     );
-    c.client.publish("cap/x", QoS5::ExactlyOnce, false, "x").await.expect("pub");
+    c.client
+        .publish("cap/x", QoS5::ExactlyOnce, false, "x")
+        .await
+        .expect("pub");
     let how = c.ended().await;
     assert!(how.contains("QoSNotSupported"), "{how}");
     // Others are still served.
@@ -308,7 +353,10 @@ async fn subscription_limits_answer_per_filter() {
         ]
     );
     let m = t.metrics().await;
-    assert_eq!(metric(&m, "edgegate_limit_refusals_total{limit=\"subscriptions\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "edgegate_limit_refusals_total{limit=\"subscriptions\"}"),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -323,8 +371,14 @@ async fn metrics_and_health_on_the_admin_listener() {
     assert!(health.contains(r#"{"status":"ok"}"#));
     let m = t.metrics().await;
     assert_eq!(metric(&m, "edgegate_connections"), 1.0, "{m}");
-    assert_eq!(metric(&m, "edgegate_messages_received_total{qos=\"0\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "edgegate_messages_received_total{qos=\"0\"}"),
+        1.0
+    );
     assert_eq!(metric(&m, "edgegate_messages_sent_total{qos=\"0\"}"), 1.0);
-    assert_eq!(metric(&m, "edgegate_packets_received_total{type=\"subscribe\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "edgegate_packets_received_total{type=\"subscribe\"}"),
+        1.0
+    );
     assert!(metric(&m, "edgegate_bytes_received_total") > 0.0);
 }

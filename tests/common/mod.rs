@@ -38,7 +38,9 @@ impl TestServer {
         let certs = dir.path().join("certs");
         let ca = Ca::generate("test CA").expect("ca");
         pki::write_pair(&certs, "ca", &ca.pem).expect("write ca");
-        let server = ca.issue_server(&["localhost", "127.0.0.1"]).expect("server cert");
+        let server = ca
+            .issue_server(&["localhost", "127.0.0.1"])
+            .expect("server cert");
         pki::write_pair(&certs, "server", &server).expect("write server");
         let mut t = Self {
             server: None,
@@ -100,7 +102,9 @@ handshake_timeout_secs = 2
     }
 
     pub fn device(&self, cn: &str) -> Pem {
-        self.ca.issue_device(cn, KeyKind::EcdsaP256).expect("device cert")
+        self.ca
+            .issue_device(cn, KeyKind::EcdsaP256)
+            .expect("device cert")
     }
 
     pub fn tls_config(&self, pem: Option<&Pem>) -> Arc<rustls::ClientConfig> {
@@ -159,13 +163,16 @@ pub fn client_tls(ca_pem: &str, device: Option<&Pem>) -> Arc<rustls::ClientConfi
         .with_root_certificates(roots);
     let config = match device {
         Some(pem) => {
-            let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.cert.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("cert pem");
+            let chain: Vec<CertificateDer<'static>> =
+                rustls_pemfile::certs(&mut pem.cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .expect("cert pem");
             let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.key.as_bytes())
                 .expect("key pem")
                 .expect("a key");
-            builder.with_client_auth_cert(chain, key).expect("client auth")
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
         }
         None => builder.with_no_client_auth(),
     };
@@ -177,7 +184,10 @@ pub struct Raw {
 }
 
 impl Raw {
-    pub async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+    pub async fn connect(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let mut stream = connector
@@ -305,8 +315,15 @@ impl V4 {
         }
     }
 
-    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
-        self.client.subscribe(filter, qos).await.expect("queue subscribe");
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("queue subscribe");
         loop {
             match self.next().await {
                 Ev4::Other(rumqttc::Packet::SubAck(a)) => return a.return_codes,
@@ -394,7 +411,11 @@ pub struct V5 {
 }
 
 impl V5 {
-    pub async fn connect(t: &TestServer, id: &str, tweak: impl FnOnce(&mut rumqttc::v5::MqttOptions)) -> Self {
+    pub async fn connect(
+        t: &TestServer,
+        id: &str,
+        tweak: impl FnOnce(&mut rumqttc::v5::MqttOptions),
+    ) -> Self {
         let pem = t.device(id);
         let mut opts = rumqttc::v5::MqttOptions::new(id, "localhost", t.addr().port());
         opts.set_transport(rumqttc::Transport::tls_with_config(

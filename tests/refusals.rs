@@ -1,0 +1,227 @@
+//! What the gateway refuses, and that it keeps serving everyone else.
+
+mod common;
+
+use common::*;
+use edgegate::transport::pki::{Ca, KeyKind};
+use rumqttc::QoS;
+
+/// Connects with the given TLS config, sends CONNECT and returns whatever comes back.
+async fn attempt(t: &TestServer, config: std::sync::Arc<rustls::ClientConfig>) -> Vec<u8> {
+    match Raw::connect(t.addr(), config).await {
+        Err(_) => Vec::new(),
+        Ok(mut raw) => {
+            raw.send(&connect_bytes(4, "intruder", 30)).await;
+            raw.read_to_close().await
+        }
+    }
+}
+
+async fn still_serving(t: &TestServer) {
+    let mut c = t.v4("good-device", true).await;
+    c.subscribe("ok", QoS::AtMostOnce).await;
+}
+
+#[tokio::test]
+async fn certificates_that_are_missing_foreign_or_expired_are_refused() {
+    let t = TestServer::start().await;
+
+    assert!(
+        attempt(&t, t.tls_config(None)).await.is_empty(),
+        "no certificate"
+    );
+
+    let other = Ca::generate("other CA").expect("ca");
+    let foreign = other
+        .issue_device("intruder", KeyKind::EcdsaP256)
+        .expect("cert");
+    assert!(
+        attempt(&t, t.tls_config(Some(&foreign))).await.is_empty(),
+        "foreign CA"
+    );
+
+    let expired =
+        t.ca.issue_device_valid("old", KeyKind::EcdsaP256, -30, -1)
+            .expect("cert");
+    assert!(
+        attempt(&t, t.tls_config(Some(&expired))).await.is_empty(),
+        "expired"
+    );
+
+    still_serving(&t).await;
+    let m = t.metrics().await;
+    for reason in ["no_certificate", "unknown_ca", "expired"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("edgegate_handshake_failures_total{{reason=\"{reason}\"}}")
+            ),
+            1.0,
+            "{reason}\n{m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rsa_device_certificates_work() {
+    let t = TestServer::start().await;
+    let pem =
+        t.ca.issue_device("rsa-dev", KeyKind::Rsa2048)
+            .expect("rsa cert");
+    let mut raw = Raw::connect(t.addr(), t.tls_config(Some(&pem)))
+        .await
+        .expect("tls");
+    raw.send(&connect_bytes(4, "rsa-dev", 30)).await;
+    assert_eq!(raw.read_n(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_connect_is_dropped_at_the_deadline() {
+    let t = TestServer::start().await;
+    let mut raw = t.raw("silent").await;
+    let started = tokio::time::Instant::now();
+    assert!(raw.read_to_close().await.is_empty());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+    still_serving(&t).await;
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_handshake_failures_total{reason=\"timeout\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn unsupported_protocol_level_gets_connack_1() {
+    let t = TestServer::start().await;
+    let mut raw = t.raw("old-client").await;
+    raw.send(&connect_bytes(3, "old", 30)).await;
+    // MQTT 3.1 is refused with return code 1 [MQTT-3.1.2-2].
+    assert_eq!(raw.read_to_close().await, vec![0x20, 0x02, 0x00, 0x01]);
+}
+
+#[tokio::test]
+async fn reserved_client_ids_are_refused() {
+    let t = TestServer::start().await;
+    let mut raw = t.raw("dollar").await;
+    raw.send(&connect_bytes(4, "$aws-id", 30)).await;
+    assert_eq!(raw.read_to_close().await, vec![0x20, 0x02, 0x00, 0x02]);
+}
+
+async fn connected_v5(t: &TestServer, id: &str) -> Raw {
+    let mut raw = t.raw(id).await;
+    raw.send(&connect_bytes(5, id, 30)).await;
+    let head = raw.read_n(2).await;
+    assert_eq!(head[0], 0x20, "CONNACK");
+    let rest = raw.read_n(usize::from(head[1])).await;
+    assert_eq!(rest[1], 0x00, "accepted");
+    raw
+}
+
+async fn connected_v4(t: &TestServer, id: &str) -> Raw {
+    let mut raw = t.raw(id).await;
+    raw.send(&connect_bytes(4, id, 30)).await;
+    assert_eq!(raw.read_n(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    raw
+}
+
+/// The reason code of the DISCONNECT that closes a v5 connection.
+fn disconnect_reason(bytes: &[u8]) -> u8 {
+    assert!(bytes.len() >= 3, "a DISCONNECT with a reason: {bytes:?}");
+    assert_eq!(bytes[0], 0xe0, "DISCONNECT: {bytes:?}");
+    bytes[2]
+}
+
+#[tokio::test]
+async fn malformed_packets_close_the_connection() {
+    let t = TestServer::start().await;
+    // Reserved packet type 0.
+    let mut raw = connected_v4(&t, "garbage").await;
+    raw.send(&[0x00, 0x00]).await;
+    assert!(raw.read_to_close().await.is_empty());
+    // Remaining length longer than four bytes, on v5: DISCONNECT 0x81.
+    let mut raw = connected_v5(&t, "garbage5").await;
+    raw.send(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x7f]).await;
+    assert_eq!(disconnect_reason(&raw.read_to_close().await), 0x81);
+    // SUBSCRIBE with wrong fixed-header flags.
+    let mut raw = connected_v5(&t, "flags5").await;
+    raw.send(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, b'a'])
+        .await;
+    assert_eq!(disconnect_reason(&raw.read_to_close().await), 0x81);
+    still_serving(&t).await;
+    assert!(metric(&t.metrics().await, "edgegate_protocol_errors_total") >= 3.0);
+}
+
+#[tokio::test]
+async fn oversize_packets_are_refused_before_they_are_buffered() {
+    let t = TestServer::start_with("[limits]\nmax_packet_bytes = 1024\nmax_payload_bytes = 512\n")
+        .await;
+    let mut raw = connected_v5(&t, "big").await;
+    // Announces 1 MiB; only the header is sent.
+    raw.send(&[0x30, 0x80, 0x80, 0x40]).await;
+    assert_eq!(disconnect_reason(&raw.read_to_close().await), 0x95);
+    // A payload over the payload limit but inside the packet limit.
+    let mut raw = connected_v5(&t, "big2").await;
+    let mut p = vec![0x30, 0xc8, 0x05, 0x00, 0x01, b't', 0x00];
+    p.extend(std::iter::repeat_n(b'x', 0x2c8 - 4));
+    raw.send(&p).await;
+    assert_eq!(disconnect_reason(&raw.read_to_close().await), 0x95);
+    still_serving(&t).await;
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_limit_refusals_total{limit=\"packet\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "edgegate_limit_refusals_total{limit=\"payload\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn protocol_violations_get_their_reason_codes() {
+    let t = TestServer::start().await;
+    // A second CONNECT [MQTT-3.1.0-2].
+    let mut raw = connected_v5(&t, "twice").await;
+    raw.send(&connect_bytes(5, "twice", 30)).await;
+    assert_eq!(disconnect_reason(&raw.read_to_close().await), 0x82);
+    // A wildcard in a PUBLISH topic [MQTT-3.3.2-2].
+    let mut raw = connected_v5(&t, "wild").await;
+    raw.send(&[0x30, 0x04, 0x00, 0x01, b'#', 0x00]).await;
+    assert_eq!(disconnect_reason(&raw.read_to_close().await), 0x90);
+    // The same on 3.1.1 just closes.
+    let mut raw = connected_v4(&t, "wild4").await;
+    raw.send(&[0x30, 0x03, 0x00, 0x01, b'#']).await;
+    assert!(raw.read_to_close().await.is_empty());
+    // An invalid filter gets SUBACK 0x8F and the connection stays.
+    let mut raw = connected_v5(&t, "badfilter").await;
+    raw.send(&[
+        0x82, 0x09, 0x00, 0x07, 0x00, 0x00, 0x03, b'a', b'#', b'b', 0x00,
+    ])
+    .await;
+    let suback = raw.read_n(6).await;
+    assert_eq!(suback, vec![0x90, 0x04, 0x00, 0x07, 0x00, 0x8f]);
+    raw.send(&[0xc0, 0x00]).await;
+    assert_eq!(
+        raw.read_n(2).await,
+        vec![0xd0, 0x00],
+        "still alive: PINGRESP"
+    );
+    still_serving(&t).await;
+}
+
+#[tokio::test]
+async fn keep_alive_is_enforced_at_one_and_a_half_times() {
+    let t = TestServer::start().await;
+    let mut raw = t.raw("sleepy").await;
+    raw.send(&connect_bytes(5, "sleepy", 1)).await;
+    let head = raw.read_n(2).await;
+    raw.read_n(usize::from(head[1])).await;
+    let started = tokio::time::Instant::now();
+    let rest = raw.read_to_close().await;
+    assert_eq!(disconnect_reason(&rest), 0x8d);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(1400),
+        "{waited:?}"
+    );
+}
