@@ -34,6 +34,13 @@ impl TestServer {
     /// Starts with extra TOML appended to the test configuration (sections
     /// given there replace the defaults, so name whole sections).
     pub async fn start_with(extra_toml: &str) -> Self {
+        let mut t = Self::prepare(extra_toml);
+        t.boot().await;
+        t
+    }
+
+    /// Makes the directory and certificates without starting a gateway.
+    pub fn prepare(extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         let ca = Ca::generate("test CA").expect("ca");
@@ -42,14 +49,12 @@ impl TestServer {
             .issue_server(&["localhost", "127.0.0.1"])
             .expect("server cert");
         pki::write_pair(&certs, "server", &server).expect("write server");
-        let mut t = Self {
+        Self {
             server: None,
             dir,
             ca,
             extra_toml: extra_toml.to_owned(),
-        };
-        t.boot().await;
-        t
+        }
     }
 
     pub fn config(&self) -> Config {
@@ -266,8 +271,19 @@ impl V4 {
         will: Option<rumqttc::LastWill>,
         tweak: impl FnOnce(&mut rumqttc::MqttOptions),
     ) -> Self {
+        Self::connect_to(t, t.addr().port(), id, clean, will, tweak).await
+    }
+
+    pub async fn connect_to(
+        t: &TestServer,
+        port: u16,
+        id: &str,
+        clean: bool,
+        will: Option<rumqttc::LastWill>,
+        tweak: impl FnOnce(&mut rumqttc::MqttOptions),
+    ) -> Self {
         let pem = t.device(id);
-        let mut opts = rumqttc::MqttOptions::new(id, "localhost", t.addr().port());
+        let mut opts = rumqttc::MqttOptions::new(id, "localhost", port);
         opts.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&pem))),
         ));
