@@ -1,0 +1,84 @@
+"""Runs the edgegate binary on 127.0.0.1 with certificates made for the test.
+
+The binary is taken from EDGEGATE_BIN (set by .ci/run), else target/release.
+"""
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("EDGEGATE_BIN", ROOT / "target" / "release" / "edgegate")).resolve()
+
+CONFIG = """
+data_dir = "data"
+[tls]
+ca = "data/certs/ca.pem"
+cert = "data/certs/server.pem"
+key = "data/certs/server.key"
+generate_if_missing = true
+[mqtt]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+"""
+
+
+class Gateway:
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        self.certs = workdir / "data" / "certs"
+        (workdir / "config.toml").write_text(CONFIG)
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--config", str(workdir / "config.toml")],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RUST_LOG": "edgegate=info"},
+        )
+        self.port = None
+        deadline = time.monotonic() + 30
+        for line in self.proc.stderr:
+            m = re.search(r"MQTT over mutual TLS addr=127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+            if time.monotonic() > deadline:
+                break
+        assert self.port, "gateway did not report its listener"
+        # Keep draining stderr so the gateway never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+
+    @property
+    def ca(self) -> str:
+        return str(self.certs / "ca.pem")
+
+    def device(self, name: str) -> tuple[str, str]:
+        """Issues a device certificate with the gateway's own CLI."""
+        cert, key = self.certs / f"{name}.pem", self.certs / f"{name}.key"
+        if not cert.exists():
+            subprocess.run(
+                [str(BIN), "cert", "issue", "--cn", name,
+                 "--ca-dir", str(self.certs), "--out", str(self.certs)],
+                check=True, capture_output=True, timeout=60,
+            )
+        return str(cert), str(key)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    g = Gateway(tmp_path)
+    yield g
+    g.stop()
