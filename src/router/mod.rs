@@ -165,6 +165,7 @@ pub struct Mailbox {
     seq: AtomicU64,
     state: Mutex<Inbox>,
     notify: Notify,
+    kick: Notify,
     limits: MailboxLimits,
 }
 
@@ -190,6 +191,7 @@ impl Mailbox {
             seq: AtomicU64::new(0),
             state: Mutex::new(Inbox::default()),
             notify: Notify::new(),
+            kick: Notify::new(),
             limits,
         }
     }
@@ -204,9 +206,18 @@ impl Mailbox {
         self.persistent.store(p, Ordering::Relaxed);
     }
 
-    /// Marks whether a connection is draining this mailbox.
+    /// Marks whether a connection is draining this mailbox; a new connection
+    /// starts with a clean record.
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
+        if online {
+            self.take_slow();
+        }
+    }
+
+    /// Whether the consumer was found too slow since the last call.
+    pub fn take_slow(&self) -> bool {
+        std::mem::take(&mut self.state.lock().slow)
     }
 
     /// Continues sequence numbers after those already stored.
@@ -227,6 +238,7 @@ impl Mailbox {
         } else if len >= self.limits.stored {
             if self.online.load(Ordering::Relaxed) {
                 inbox.slow = true;
+                self.kick.notify_one();
                 Pushed::Dropped(DropReason::SlowConsumer)
             } else {
                 Pushed::Dropped(DropReason::SessionFull)
@@ -251,9 +263,9 @@ impl Mailbox {
         }
     }
 
-    /// Moves up to `max` deliveries into `out`, QoS 0 ones not counting
-    /// towards `max`, and reports whether the consumer was found too slow.
-    pub fn drain(&self, out: &mut Vec<Delivery>, max_acked: usize) -> bool {
+    /// Moves up to `max_acked` QoS 1/2 deliveries into `out` (QoS 0 ones do
+    /// not count), at most 1024 in all.
+    pub fn drain(&self, out: &mut Vec<Delivery>, max_acked: usize) {
         let mut inbox = self.state.lock();
         let mut acked = 0;
         while let Some(front) = inbox.queue.front() {
@@ -270,7 +282,6 @@ impl Mailbox {
                 break;
             }
         }
-        std::mem::take(&mut inbox.slow)
     }
 
     /// Number of queued deliveries.
@@ -286,6 +297,12 @@ impl Mailbox {
     /// Resolves when something was pushed since the last call.
     pub async fn notified(&self) {
         self.notify.notified().await;
+    }
+
+    /// Resolves when the consumer may have been found too slow (confirm with
+    /// [`Mailbox::take_slow`]); wakes a connection even while it is stuck writing.
+    pub async fn kicked(&self) {
+        self.kick.notified().await;
     }
 
     /// Takes every queued delivery (the session is being discarded).
@@ -585,7 +602,9 @@ mod tests {
             Pushed::Dropped(DropReason::SlowConsumer)
         );
         let mut out = Vec::new();
-        assert!(mb.drain(&mut out, 10), "slow consumer is reported");
+        assert!(mb.take_slow(), "slow consumer is reported");
+        assert!(!mb.take_slow(), "once");
+        mb.drain(&mut out, 10);
         assert_eq!(out.len(), 3);
     }
 

@@ -74,6 +74,8 @@ enum End {
     Shutdown,
     /// The client reads too slowly to keep up with its messages.
     SlowConsumer,
+    /// The store could not make a publish durable.
+    Store,
 }
 
 impl From<ProtocolError> for End {
@@ -423,14 +425,9 @@ impl Conn {
             // Move mail into the write buffer while the window has room,
             // up to a buffer's worth per turn so reads are not starved.
             if mail_ready {
-                mail_ready = false;
                 while self.wbuf.len() < WRITE_BATCH {
                     let room = self.send_window.saturating_sub(data.inflight.len());
-                    if mailbox.drain(&mut batch, room) {
-                        metrics.count_drop(DropReason::SlowConsumer);
-                        mailbox.requeue_front(batch.drain(..));
-                        return End::SlowConsumer;
-                    }
+                    mailbox.drain(&mut batch, room);
                     if batch.is_empty() {
                         break;
                     }
@@ -438,13 +435,26 @@ impl Conn {
                     for d in batch.drain(..) {
                         self.deliver(d, data, now).await;
                     }
-                    mail_ready = true;
                 }
+                // Whatever is left waits for the window or the next turn.
+                mail_ready = !mailbox.is_empty();
             }
-            self.flush_ready_acks();
+            if let Err(end) = self.flush_ready_acks() {
+                return end;
+            }
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
-                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&self.wbuf)).await {
+                let write = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&self.wbuf));
+                tokio::pin!(write);
+                let written = loop {
+                    tokio::select! {
+                        r = &mut write => break r,
+                        _ = mailbox.kicked() => if mailbox.take_slow() {
+                            return End::SlowConsumer;
+                        },
+                    }
+                };
+                match written {
                     Ok(Ok(())) => metrics.bytes_out.increment(n as u64),
                     _ => return End::Io,
                 }
@@ -463,8 +473,9 @@ impl Conn {
                     Event::Committed(matches!(res, Ok(Ok(()))))
                 }
                 res = stream.read_buf(rbuf), if reading => Event::Read(res),
-                _ = mailbox.notified(), if window_open && !mail_ready => Event::Mail,
+                _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
+                _ = mailbox.kicked() => Event::Slow,
                 _ = tokio::time::sleep_until(deadline) => Event::KeepAlive,
             };
             match event {
@@ -482,22 +493,35 @@ impl Conn {
                 Event::Read(Ok(n)) => metrics.bytes_in.increment(n as u64),
                 Event::Mail => mail_ready = true,
                 Event::KeepAlive => return End::KeepAlive,
+                Event::Slow => {
+                    if mailbox.take_slow() {
+                        return End::SlowConsumer;
+                    }
+                }
             }
         }
     }
 
     /// Sends every acknowledgement at the front whose commit is done.
-    fn flush_ready_acks(&mut self) {
+    ///
+    /// A publish the store could not make durable is refused: MQTT 5 says so
+    /// in the ack; MQTT 3.1.1 has no failure ack, so the connection is closed
+    /// unacknowledged and the client sends the message again.
+    fn flush_ready_acks(&mut self) -> Result<(), End> {
         while let Some(front) = self.acks.front_mut() {
             if let Some(commit) = front.commit.as_mut() {
                 match commit.try_recv() {
                     Ok(Ok(())) => {}
-                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return Ok(()),
                     _ => front.code = reason::UNSPECIFIED_ERROR,
                 }
+                front.commit = None;
+            }
+            if front.code >= 0x80 && self.protocol == Protocol::V4 {
+                return Err(End::Store);
             }
             let Some(a) = self.acks.pop_front() else {
-                return;
+                return Ok(());
             };
             let ack = Ack::with_code(a.pkid, a.code);
             self.send(&if a.qos2 {
@@ -506,6 +530,7 @@ impl Conn {
                 Packet::PubAck(ack)
             });
         }
+        Ok(())
     }
 
     async fn handle(&mut self, p: Packet, data: &mut SessionData) -> Result<(), End> {
@@ -684,10 +709,10 @@ impl Conn {
             }
             return Err(End::Protocol(code, why));
         }
-        if p.qos != QoS::AtMostOnce
-            && self.acks.len() + data.qos2_in.len() >= usize::from(limits.max_inflight)
-            && v5
-        {
+        // QoS 2 publishes count until PUBCOMP (they are in `qos2_in`), QoS 1
+        // ones until their PUBACK leaves.
+        let unacked = self.acks.iter().filter(|a| !a.qos2).count() + data.qos2_in.len();
+        if p.qos != QoS::AtMostOnce && v5 && unacked >= usize::from(limits.max_inflight) {
             metrics.refused(LimitKind::Inflight);
             return Err(End::Protocol(
                 reason::RECEIVE_MAXIMUM_EXCEEDED,
@@ -937,10 +962,11 @@ impl Conn {
                 "server shutting down",
             ),
             End::SlowConsumer => (Some(reason::QUOTA_EXCEEDED), true, "client too slow"),
+            End::Store => (Some(reason::UNSPECIFIED_ERROR), true, "store failure"),
         };
         tracing::debug!(client_id = %self.client_id, conn = self.id, reason = why, "session ended");
         // Acknowledge what is already durable; the rest the client will resend.
-        self.flush_ready_acks();
+        let _ = self.flush_ready_acks();
         if let (Some(code), true) = (code, v5) {
             self.send(&Packet::Disconnect(Disconnect::with_reason(
                 code,
@@ -983,6 +1009,7 @@ enum Event {
     Read(std::io::Result<usize>),
     Mail,
     KeepAlive,
+    Slow,
 }
 
 fn view(d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) -> PublishView<'_> {

@@ -1,0 +1,264 @@
+//! Session lifetimes, expiry, flow control and the listeners around them.
+
+mod common;
+
+use common::*;
+use rumqttc::QoS;
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use std::time::Duration;
+
+/// Polls the metrics until `series` equals `want`, within `WAIT`.
+async fn metric_becomes(t: &TestServer, series: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = t.metrics().await;
+        if metric(&m, series) == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never became {want}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn v5_session_expires_after_its_interval() {
+    let t = TestServer::start().await;
+    let persistent = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(1));
+    };
+    let mut c = V5::connect(&t, "brief", persistent).await;
+    c.client
+        .subscribe("brief/#", QoS5::AtLeastOnce)
+        .await
+        .expect("sub");
+    c.suback().await;
+    c.client.disconnect().await.expect("disconnect");
+    c.ended().await;
+    metric_becomes(&t, "edgegate_sessions", 0.0).await;
+    let c = V5::connect(&t, "brief", persistent).await;
+    assert!(!c.connack.session_present, "the session expired");
+}
+
+#[tokio::test]
+async fn expired_messages_are_not_delivered() {
+    let t = TestServer::start().await;
+    let persistent = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+    };
+    let mut c = V5::connect(&t, "away", persistent).await;
+    c.client
+        .subscribe("news/#", QoS5::AtLeastOnce)
+        .await
+        .expect("sub");
+    c.suback().await;
+    c.kill();
+    let p = t.v5("newsroom").await;
+    let expiring = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    p.client
+        .publish_with_properties("news/stale", QoS5::AtLeastOnce, false, "old", expiring)
+        .await
+        .expect("pub");
+    p.client
+        .publish("news/fresh", QoS5::AtLeastOnce, false, "new")
+        .await
+        .expect("pub");
+    // Longer than the first message may live.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut c = V5::connect(&t, "away", persistent).await;
+    assert!(c.connack.session_present);
+    let got = c.recv().await;
+    assert_eq!(&got.topic[..], b"news/fresh");
+    assert!(
+        metric(
+            &t.metrics().await,
+            "edgegate_messages_dropped_total{reason=\"expired\"}"
+        ) == 1.0
+    );
+}
+
+#[tokio::test]
+async fn shutdown_tells_v5_clients_why() {
+    let mut t = TestServer::start().await;
+    let mut c = t.v5("leaving").await;
+    let server = t.server.take().expect("running");
+    let stop = tokio::spawn(server.shutdown());
+    let how = c.ended().await;
+    assert!(how.contains("ServerShuttingDown"), "{how}");
+    tokio::time::timeout(WAIT, stop)
+        .await
+        .expect("shutdown completes")
+        .expect("no panic");
+}
+
+/// Raw MQTT 5 CONNECT with a QoS 0 will on `will_topic`.
+fn connect_with_will(id: &str, will_topic: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x06, 0, 30, 0];
+    for s in [id.as_bytes(), &[], will_topic.as_bytes(), b"bye"] {
+        if s.is_empty() {
+            body.push(0); // will properties
+            continue;
+        }
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s);
+    }
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+#[tokio::test]
+async fn disconnect_with_will_message_publishes_the_will() {
+    let t = TestServer::start().await;
+    let mut watcher = t.v4("will-watch", true).await;
+    watcher.subscribe("lwt/#", QoS::AtMostOnce).await;
+    let mut raw = t.raw("leaver").await;
+    raw.send(&connect_with_will("leaver", "lwt/leaver")).await;
+    let head = raw.read_n(2).await;
+    raw.read_n(usize::from(head[1])).await;
+    // DISCONNECT with reason 0x04: "disconnect with will message".
+    raw.send(&[0xe0, 0x01, 0x04]).await;
+    let got = watcher.recv().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("lwt/leaver", &b"bye"[..])
+    );
+}
+
+#[tokio::test]
+async fn messages_too_large_for_the_client_are_dropped_not_sent() {
+    let t = TestServer::start().await;
+    let mut small = V5::connect(&t, "small", |o| {
+        o.set_max_packet_size(Some(200));
+    })
+    .await;
+    small
+        .client
+        .subscribe("big/#", QoS5::AtMostOnce)
+        .await
+        .expect("sub");
+    small.suback().await;
+    let p = t.v5("bigpub").await;
+    p.client
+        .publish("big/1", QoS5::AtMostOnce, false, vec![b'x'; 500])
+        .await
+        .expect("pub");
+    p.client
+        .publish("big/2", QoS5::AtMostOnce, false, "small")
+        .await
+        .expect("pub");
+    let got = small.recv().await;
+    assert_eq!(&got.topic[..], b"big/2");
+    metric_becomes(
+        &t,
+        "edgegate_messages_dropped_total{reason=\"too_large_for_client\"}",
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn receive_maximum_is_enforced_for_qos2() {
+    let t = TestServer::start_with("[limits]\nmax_inflight = 3\n").await;
+    let mut raw = t.raw("flood").await;
+    raw.send(&connect_bytes(5, "flood", 30)).await;
+    let head = raw.read_n(2).await;
+    raw.read_n(usize::from(head[1])).await;
+    // Three QoS 2 publishes stay unacknowledged until PUBREL; the fourth is one too many.
+    for id in 1u8..=4 {
+        raw.send(&[0x34, 0x06, 0x00, 0x01, b't', 0x00, id, 0x00])
+            .await;
+    }
+    let bytes = raw.read_to_close().await;
+    // Three PUBRECs ("no matching subscribers"), then DISCONNECT 0x93.
+    assert_eq!(&bytes[..5], &[0x50, 0x03, 0x00, 0x01, 0x10]);
+    let disconnect = &bytes[15..];
+    assert_eq!(disconnect[0], 0xe0, "{bytes:?}");
+    assert_eq!(disconnect[2], 0x93, "{bytes:?}");
+}
+
+#[tokio::test]
+async fn qos2_is_exactly_once_even_when_the_publish_is_resent() {
+    let t = TestServer::start().await;
+    let mut sub = t.v4("once-sub", true).await;
+    sub.subscribe("once", QoS::ExactlyOnce).await;
+    let mut raw = t.raw("once-pub").await;
+    raw.send(&connect_bytes(4, "once-pub", 30)).await;
+    raw.read_n(4).await;
+    let publish = [0x34, 0x07, 0x00, 0x04, b'o', b'n', b'c', b'e', 0x00, 0x09];
+    let mut publish = publish.to_vec();
+    publish[1] = 0x09;
+    publish.push(b'!');
+    raw.send(&publish).await;
+    assert_eq!(raw.read_n(4).await, vec![0x50, 0x02, 0x00, 0x09], "PUBREC");
+    // The same packet again with DUP set, before PUBREL.
+    publish[0] |= 0x08;
+    raw.send(&publish).await;
+    assert_eq!(
+        raw.read_n(4).await,
+        vec![0x50, 0x02, 0x00, 0x09],
+        "PUBREC again"
+    );
+    raw.send(&[0x62, 0x02, 0x00, 0x09]).await;
+    assert_eq!(raw.read_n(4).await, vec![0x70, 0x02, 0x00, 0x09], "PUBCOMP");
+    let got = sub.recv().await;
+    assert_eq!(&got.payload[..], b"!");
+    sub.nothing_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn plaintext_listener_is_off_by_default_and_works_on_loopback_when_enabled() {
+    let t = TestServer::start().await;
+    assert!(t.server().plaintext.is_none());
+    let t = TestServer::start_with(
+        "[mqtt]\nlisten = [\"127.0.0.1:0\"]\nplaintext_listen = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let addr = t.server().plaintext.expect("plaintext listener");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(&connect_bytes(4, "plain", 30))
+        .await
+        .expect("write");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut connack))
+        .await
+        .expect("CONNACK in time")
+        .expect("read");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_disconnected_instead_of_blocking_publishers() {
+    let t =
+        TestServer::start_with("[limits]\nmax_stored_messages = 20\nmax_queued_messages = 10\n")
+            .await;
+    // A subscriber that never acknowledges: its inflight window fills, then its mailbox.
+    let mut raw = t.raw("stalled").await;
+    raw.send(&connect_bytes(4, "stalled", 30)).await;
+    raw.read_n(4).await;
+    raw.send(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b's', 0x01])
+        .await;
+    raw.read_n(5).await;
+    let p = t.v4("fast", true).await;
+    let payload = vec![b'x'; 100];
+    for _ in 0..200 {
+        p.publish("s", QoS::AtLeastOnce, false, &payload).await;
+    }
+    metric_becomes(&t, "edgegate_connections", 1.0).await;
+    let m = t.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "edgegate_messages_dropped_total{reason=\"slow_consumer\"}"
+        ) >= 1.0
+    );
+}
