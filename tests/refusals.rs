@@ -225,3 +225,26 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
         "{waited:?}"
     );
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused() {
+    let t = TestServer::start_with("[limits]\nmax_connections = 1\n").await;
+    let _first = t.v4("only-one", true).await;
+    let pem = t.device("second");
+    let refused = match Raw::connect(t.addr(), t.tls_config(Some(&pem))).await {
+        Err(_) => true,
+        Ok(mut raw) => {
+            raw.send(&connect_bytes(4, "second", 30)).await;
+            raw.read_to_close().await.is_empty()
+        }
+    };
+    assert!(refused, "a second connection got through");
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_handshake_failures_total{reason=\"connection_limit\"}"
+        ),
+        1.0
+    );
+}

@@ -431,9 +431,7 @@ impl Sessions {
         self.metrics.sessions.set(self.map.len() as f64);
     }
 
-    /// Asks every connection to end (shutdown) by dropping nothing: the
-    /// connection tasks watch the shutdown token themselves. Returns how many
-    /// sessions are held.
+    /// Sessions held, online or offline.
     pub fn len(&self) -> usize {
         self.map.len()
     }
