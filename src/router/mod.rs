@@ -352,6 +352,55 @@ struct Target {
     sub_ids: Vec<u32>,
 }
 
+thread_local! {
+    /// Matches of the publish being routed, reused so routing does not allocate.
+    static TARGETS: std::cell::RefCell<Vec<Target>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn add_plain(targets: &mut Vec<Target>, s: &Subscriber, msg: &Message) {
+    if s.options.no_local && s.mailbox.session_id == msg.origin {
+        return;
+    }
+    let qos = msg.qos.min(s.options.qos);
+    let retain = s.options.retain_as_published && msg.retain;
+    // Overlapping subscriptions of one session get one delivery at the
+    // highest QoS with every identifier [MQTT-3.3.4-2, MQTT-3.3.4-3].
+    if let Some(t) = targets
+        .iter_mut()
+        .find(|t| t.mailbox.session_id == s.mailbox.session_id)
+    {
+        t.qos = t.qos.max(qos);
+        t.retain |= retain;
+        t.sub_ids.extend(s.sub_id);
+        return;
+    }
+    targets.push(Target {
+        mailbox: s.mailbox.clone(),
+        qos,
+        retain,
+        sub_ids: s.sub_id.into_iter().collect(),
+    });
+}
+
+/// Picks one member of a shared group, round robin, preferring one that is online.
+fn add_shared(targets: &mut Vec<Target>, g: &trie::Group<Subscriber>, msg: &Message) {
+    let n = g.members.len();
+    if n == 0 {
+        return;
+    }
+    let start = g.next.fetch_add(1, Ordering::Relaxed);
+    let pick = (0..n)
+        .map(|i| &g.members[(start + i) % n])
+        .find(|m| m.mailbox.online.load(Ordering::Relaxed))
+        .unwrap_or(&g.members[start % n]);
+    targets.push(Target {
+        mailbox: pick.mailbox.clone(),
+        qos: msg.qos.min(pick.options.qos),
+        retain: false,
+        sub_ids: pick.sub_id.into_iter().collect(),
+    });
+}
+
 impl Router {
     /// An empty router.
     pub fn new(metrics: Arc<Metrics>) -> Self {
@@ -413,80 +462,41 @@ impl Router {
             }
             self.metrics.retained.set(r.len() as f64);
         }
-        let mut targets: Vec<Target> = Vec::new();
-        {
-            let subs = self.subs.read();
-            let mut add = |s: &Subscriber| {
-                if s.options.no_local && s.mailbox.session_id == msg.origin {
-                    return;
-                }
-                let qos = msg.qos.min(s.options.qos);
-                let retain = s.options.retain_as_published && msg.retain;
-                // Overlapping subscriptions of one session get one delivery at
-                // the highest QoS with every identifier [MQTT-3.3.4-2, MQTT-3.3.4-3].
-                if let Some(t) = targets
-                    .iter_mut()
-                    .find(|t| t.mailbox.session_id == s.mailbox.session_id)
-                {
-                    t.qos = t.qos.max(qos);
-                    t.retain |= retain;
-                    t.sub_ids.extend(s.sub_id);
-                    return;
-                }
-                targets.push(Target {
-                    mailbox: s.mailbox.clone(),
-                    qos,
-                    retain,
-                    sub_ids: s.sub_id.into_iter().collect(),
+        TARGETS.with_borrow_mut(|targets| {
+            targets.clear();
+            self.subs
+                .read()
+                .for_each_match(msg.topic.as_str(), &mut |m| match m {
+                    trie::Match::Plain(s) => add_plain(targets, s, msg),
+                    trie::Match::Group(g) => add_shared(targets, g, msg),
                 });
-            };
-            let mut shared: Vec<Target> = Vec::new();
-            subs.for_each_match(msg.topic.as_str(), &mut add, &mut |g| {
-                if g.members.is_empty() {
-                    return;
-                }
-                // Round robin, preferring a member that is online.
-                let start = g.next.fetch_add(1, Ordering::Relaxed);
-                let n = g.members.len();
-                let pick = (0..n)
-                    .map(|i| &g.members[(start + i) % n])
-                    .find(|m| m.mailbox.online.load(Ordering::Relaxed))
-                    .unwrap_or(&g.members[start % n]);
-                shared.push(Target {
-                    mailbox: pick.mailbox.clone(),
-                    qos: msg.qos.min(pick.options.qos),
-                    retain: false,
-                    sub_ids: pick.sub_id.into_iter().collect(),
-                });
-            });
-            targets.extend(shared);
-        }
-        for t in targets {
-            let seq = if t.qos != QoS::AtMostOnce && t.mailbox.is_persistent() {
-                t.mailbox.next_seq()
-            } else {
-                0
-            };
-            let delivery = Delivery {
-                msg: msg.clone(),
-                qos: t.qos,
-                retain: t.retain,
-                sub_ids: t.sub_ids,
-                seq,
-            };
-            if t.mailbox.push(delivery, &self.metrics) == Pushed::Queued {
-                routed.matched += 1;
-                if seq != 0 {
-                    let mut record = msg.to_record(now);
-                    record.push(t.qos as u8);
-                    routed.ops.push(Op::PutQueued(
-                        t.mailbox.client_id.clone(),
-                        seq,
-                        record.into(),
-                    ));
+            for t in targets.drain(..) {
+                let seq = if t.qos != QoS::AtMostOnce && t.mailbox.is_persistent() {
+                    t.mailbox.next_seq()
+                } else {
+                    0
+                };
+                let delivery = Delivery {
+                    msg: msg.clone(),
+                    qos: t.qos,
+                    retain: t.retain,
+                    sub_ids: t.sub_ids,
+                    seq,
+                };
+                if t.mailbox.push(delivery, &self.metrics) == Pushed::Queued {
+                    routed.matched += 1;
+                    if seq != 0 {
+                        let mut record = msg.to_record(now);
+                        record.push(t.qos as u8);
+                        routed.ops.push(Op::PutQueued(
+                            t.mailbox.client_id.clone(),
+                            seq,
+                            record.into(),
+                        ));
+                    }
                 }
             }
-        }
+        });
         routed
     }
 }

@@ -64,6 +64,15 @@ impl<T> Node<T> {
     }
 }
 
+/// One match found by a lookup.
+#[derive(Debug)]
+pub enum Match<'a, T> {
+    /// A plain subscription.
+    Plain(&'a T),
+    /// A shared subscription group; the caller picks one member.
+    Group(&'a Group<T>),
+}
+
 /// Subscriptions indexed by filter.
 #[derive(Debug)]
 pub struct Trie<T> {
@@ -137,16 +146,11 @@ impl<T: Entry> Trie<T> {
         removed
     }
 
-    /// Calls `plain` for every plain entry and `group` for every shared group
-    /// whose filter matches `topic` (a valid topic name).
-    pub fn for_each_match(
-        &self,
-        topic: &str,
-        plain: &mut dyn FnMut(&T),
-        group: &mut dyn FnMut(&Group<T>),
-    ) {
+    /// Calls `f` for every plain entry and every shared group whose filter
+    /// matches `topic` (a valid topic name).
+    pub fn for_each_match<'a>(&'a self, topic: &str, f: &mut dyn FnMut(Match<'a, T>)) {
         let dollar = topic.starts_with('$');
-        walk(&self.root, Some(topic), true, dollar, plain, group);
+        walk(&self.root, Some(topic), true, dollar, f);
     }
 }
 
@@ -157,35 +161,34 @@ fn split(rest: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn visit<T>(node: &Node<T>, plain: &mut dyn FnMut(&T), group: &mut dyn FnMut(&Group<T>)) {
-    node.subs.iter().for_each(&mut *plain);
-    node.shared.iter().for_each(group);
+fn visit<'a, T>(node: &'a Node<T>, f: &mut dyn FnMut(Match<'a, T>)) {
+    node.subs.iter().for_each(|e| f(Match::Plain(e)));
+    node.shared.iter().for_each(|g| f(Match::Group(g)));
 }
 
 /// `rest` is the part of the topic not yet matched; `None` once every level is consumed.
-fn walk<T>(
-    node: &Node<T>,
+fn walk<'a, T>(
+    node: &'a Node<T>,
     rest: Option<&str>,
     first: bool,
     dollar: bool,
-    plain: &mut dyn FnMut(&T),
-    group: &mut dyn FnMut(&Group<T>),
+    f: &mut dyn FnMut(Match<'a, T>),
 ) {
     // Wildcards at the first level never match `$` topics [MQTT-4.7.2-1].
     let wild = !(first && dollar);
     if wild && let Some(h) = node.hash.as_deref() {
-        visit(h, plain, group);
+        visit(h, f);
     }
     let Some(rest) = rest else {
-        visit(node, plain, group);
+        visit(node, f);
         return;
     };
     let (level, tail) = split(rest);
     if let Some(child) = node.children.get(level) {
-        walk(child, tail, false, dollar, plain, group);
+        walk(child, tail, false, dollar, f);
     }
     if wild && let Some(p) = node.plus.as_deref() {
-        walk(p, tail, false, dollar, plain, group);
+        walk(p, tail, false, dollar, f);
     }
 }
 
@@ -268,11 +271,10 @@ mod tests {
 
     fn matching(t: &Trie<E>, topic: &str) -> Vec<u64> {
         let mut out = Vec::new();
-        let mut groups = Vec::new();
-        t.for_each_match(topic, &mut |e| out.push(e.0), &mut |g| {
-            groups.extend(g.members.iter().map(|e| e.0 + 1000))
+        t.for_each_match(topic, &mut |m| match m {
+            Match::Plain(e) => out.push(e.0),
+            Match::Group(g) => out.extend(g.members.iter().map(|e| e.0 + 1000)),
         });
-        out.extend(groups);
         out.sort_unstable();
         out
     }
