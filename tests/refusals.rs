@@ -248,3 +248,19 @@ async fn connections_beyond_the_limit_are_refused() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn alpn_as_aws_iot_sdks_offer_it() {
+    let t = TestServer::start().await;
+    let pem = t.device("alpn-dev");
+    for proto in [&b"x-amzn-mqtt-ca"[..], b"mqtt"] {
+        let mut config = (*t.tls_config(Some(&pem))).clone();
+        config.alpn_protocols = vec![proto.to_vec()];
+        let mut raw = Raw::connect(t.addr(), std::sync::Arc::new(config))
+            .await
+            .expect("handshake");
+        assert_eq!(raw.stream.get_ref().1.alpn_protocol(), Some(proto));
+        raw.send(&connect_bytes(4, "alpn-dev", 30)).await;
+        assert_eq!(raw.read_n(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    }
+}
