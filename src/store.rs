@@ -125,10 +125,30 @@ impl Store {
         fsync: bool,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Snapshot), StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            source: Box::new(e),
-        })?;
+        let path = path.to_owned();
+        Self::start(
+            move || {
+                Database::create(&path).map_err(|e| StoreError::Open {
+                    path: path.display().to_string(),
+                    source: Box::new(e),
+                })
+            },
+            fsync,
+            metrics,
+        )
+    }
+
+    /// Starts the writer on a database that `open` (re)opens. After a failed
+    /// commit (a full disk, an IO error) redb refuses further writes until
+    /// the database is opened again, so the writer reopens it before the
+    /// next group, and keeps answering every group with the error until that
+    /// succeeds: nothing is acknowledged that was not written.
+    fn start(
+        open: impl Fn() -> Result<Database, StoreError> + Send + 'static,
+        fsync: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Snapshot), StoreError> {
+        let db = open()?;
         {
             let txn = db.begin_write().map_err(txn_err)?;
             txn.open_table(RETAINED).map_err(txn_err)?;
@@ -140,7 +160,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         std::thread::Builder::new()
             .name("edgegate-store".into())
-            .spawn(move || writer(db, rx, fsync, metrics))
+            .spawn(move || writer(db, open, rx, fsync, metrics))
             .map_err(txn_err)?;
         Ok((Self { tx }, snapshot))
     }
@@ -208,7 +228,14 @@ fn snapshot(db: &Database) -> Result<Snapshot, StoreError> {
 }
 
 /// The writer loop: gather every waiting batch, apply in one transaction, commit, notify.
-fn writer(db: Database, mut rx: mpsc::Receiver<Msg>, fsync: bool, metrics: Arc<Metrics>) {
+fn writer(
+    db: Database,
+    open: impl Fn() -> Result<Database, StoreError>,
+    mut rx: mpsc::Receiver<Msg>,
+    fsync: bool,
+    metrics: Arc<Metrics>,
+) {
+    let mut db = Some(db);
     let mut group = Vec::new();
     let mut close = None;
     while close.is_none() {
@@ -231,12 +258,23 @@ fn writer(db: Database, mut rx: mpsc::Receiver<Msg>, fsync: bool, metrics: Arc<M
         if group.is_empty() {
             continue;
         }
-        let result = apply(&db, &group, fsync).map_err(Arc::new);
+        if db.is_none() {
+            db = open().ok();
+        }
+        let result = match &db {
+            Some(d) => apply(d, &group, fsync),
+            None => Err(StoreError::Transaction(
+                "database could not be reopened".into(),
+            )),
+        }
+        .map_err(Arc::new);
         match &result {
             Ok(()) => metrics.store_commits.increment(1),
             Err(e) => {
                 metrics.store_errors.increment(1);
                 tracing::error!(error = %e, "store commit failed");
+                // Drop it now so the next group starts from a reopened database.
+                db = None;
             }
         }
         for batch in group.drain(..) {
@@ -295,6 +333,119 @@ fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parking_lot::Mutex;
+    use redb::StorageBackend;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// In-memory storage that runs out of space at `limit` bytes.
+    #[derive(Debug, Clone, Default)]
+    struct Disk {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        limit: Arc<AtomicU64>,
+    }
+
+    impl Disk {
+        fn full(&self, at: u64) -> std::io::Result<()> {
+            if at > self.limit.load(Ordering::Relaxed) {
+                Err(std::io::Error::from_raw_os_error(28))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl StorageBackend for Disk {
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.bytes.lock().len() as u64)
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            let bytes = self.bytes.lock();
+            let start = offset as usize;
+            let src = bytes
+                .get(start..start + out.len())
+                .ok_or_else(|| std::io::Error::other("read past the end"))?;
+            out.copy_from_slice(src);
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.full(len)?;
+            self.bytes.lock().resize(len as usize, 0);
+            Ok(())
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.full(offset + data.len() as u64)?;
+            let mut bytes = self.bytes.lock();
+            let end = offset as usize + data.len();
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_fails_commits_without_losing_what_was_written() {
+        let disk = Disk::default();
+        disk.limit.store(u64::MAX, Ordering::Relaxed);
+        let opener = disk.clone();
+        let open = move || {
+            redb::Builder::new()
+                .create_with_backend(opener.clone())
+                .map_err(|e| StoreError::Open {
+                    path: "memory".into(),
+                    source: Box::new(e),
+                })
+        };
+        let (store, _) = Store::start(open, true, Arc::new(Metrics::new())).expect("start");
+        let put = |i: u32| vec![Op::PutRetained(format!("t/{i}"), vec![7u8; 4096])];
+        store
+            .submit(put(0))
+            .await
+            .await
+            .expect("sent")
+            .expect("written");
+        // The disk fills up: commits fail and say so.
+        let used = disk.bytes.lock().len() as u64;
+        disk.limit.store(used, Ordering::Relaxed);
+        let mut failed = 0;
+        for i in 1..50 {
+            if store.submit(put(i)).await.await.expect("sent").is_err() {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "a full disk must fail commits");
+        // Space comes back: writes succeed again and the first record is intact.
+        disk.limit.store(u64::MAX, Ordering::Relaxed);
+        store
+            .submit(put(100))
+            .await
+            .await
+            .expect("sent")
+            .expect("written again");
+        store.close().await;
+        let (_store, snap) = Store::start(
+            move || {
+                redb::Builder::new()
+                    .create_with_backend(disk.clone())
+                    .map_err(|e| StoreError::Open {
+                        path: "memory".into(),
+                        source: Box::new(e),
+                    })
+            },
+            true,
+            Arc::new(Metrics::new()),
+        )
+        .expect("reopen");
+        let topics: Vec<&str> = snap.retained.iter().map(|(t, _)| t.as_str()).collect();
+        assert!(
+            topics.contains(&"t/0") && topics.contains(&"t/100"),
+            "{topics:?}"
+        );
+    }
 
     #[tokio::test]
     async fn writes_survive_reopen_and_deletes_cascade() {
