@@ -106,7 +106,7 @@ impl Server {
             config.store.fsync,
             metrics.clone(),
         )?;
-        let router = Arc::new(Router::new(metrics.clone()));
+        let router = Arc::new(Router::new(store.clone(), metrics.clone()));
         let limits = MailboxLimits {
             queued: config.limits.max_queued_messages,
             stored: config.limits.max_stored_messages,

@@ -26,8 +26,9 @@ const RETAINED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("retaine
 const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sessions");
 const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
 
-/// Batches waiting for the writer; senders wait when it is full.
-const WRITER_QUEUE: usize = 4096;
+/// Batches waiting for the writer. Past it, durable writes are refused
+/// (`StoreError::Busy`) and tidying writes wait in a task of their own.
+const WRITER_QUEUE: usize = 65_536;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,9 @@ pub enum StoreError {
     /// The writer thread has stopped.
     #[error("store writer has stopped")]
     Closed,
+    /// The writer is this far behind; the write was not queued.
+    #[error("store writer queue is full")]
+    Busy,
 }
 
 fn txn_err(e: impl std::fmt::Display) -> StoreError {
@@ -165,25 +169,36 @@ impl Store {
         Ok((Self { tx }, snapshot))
     }
 
-    /// Queues `ops` and returns a [`Commit`] that resolves once they are durable.
-    pub async fn submit(&self, ops: Vec<Op>) -> Commit {
+    /// Queues `ops` at once and returns a [`Commit`] that resolves when they
+    /// are durable. Never waits: ops queued one after the other (from any
+    /// thread) are applied in that order, which is what lets callers keep
+    /// memory and store in step by queueing under their own locks.
+    pub fn try_submit(&self, ops: Vec<Op>) -> Result<Commit, StoreError> {
         let (done, commit) = oneshot::channel();
         let batch = Batch {
             ops,
             done: Some(done),
         };
-        if let Err(mpsc::error::SendError(Msg::Batch(batch))) =
-            self.tx.send(Msg::Batch(batch)).await
-            && let Some(done) = batch.done
-        {
-            let _ = done.send(Err(Arc::new(StoreError::Closed)));
+        match self.tx.try_send(Msg::Batch(batch)) {
+            Ok(()) => Ok(commit),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
         }
-        commit
     }
 
-    /// Queues `ops` without waiting for durability (tidying up after delivery).
-    pub async fn apply(&self, ops: Vec<Op>) {
-        let _ = self.tx.send(Msg::Batch(Batch { ops, done: None })).await;
+    /// Queues `ops` that need no acknowledgement (tidying up after delivery,
+    /// session records), in order with every other op. If the queue is full
+    /// they wait in a task of their own, and their order is then no longer
+    /// guaranteed; the worst outcome is a message delivered again after a
+    /// restart.
+    pub fn enqueue(&self, ops: Vec<Op>) {
+        let batch = Msg::Batch(Batch { ops, done: None });
+        if let Err(mpsc::error::TrySendError::Full(batch)) = self.tx.try_send(batch) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(batch).await;
+            });
+        }
     }
 
     /// Commits everything queued so far and closes the database file.
@@ -402,30 +417,21 @@ mod tests {
         };
         let (store, _) = Store::start(open, true, Arc::new(Metrics::new())).expect("start");
         let put = |i: u32| vec![Op::PutRetained(format!("t/{i}"), vec![7u8; 4096])];
-        store
-            .submit(put(0))
-            .await
-            .await
-            .expect("sent")
-            .expect("written");
+        let write = |i| store.try_submit(put(i)).expect("queued");
+        write(0).await.expect("sent").expect("written");
         // The disk fills up: commits fail and say so.
         let used = disk.bytes.lock().len() as u64;
         disk.limit.store(used, Ordering::Relaxed);
         let mut failed = 0;
         for i in 1..50 {
-            if store.submit(put(i)).await.await.expect("sent").is_err() {
+            if write(i).await.expect("sent").is_err() {
                 failed += 1;
             }
         }
         assert!(failed > 0, "a full disk must fail commits");
         // Space comes back: writes succeed again and the first record is intact.
         disk.limit.store(u64::MAX, Ordering::Relaxed);
-        store
-            .submit(put(100))
-            .await
-            .await
-            .expect("sent")
-            .expect("written again");
+        write(100).await.expect("sent").expect("written again");
         store.close().await;
         let (_store, snap) = Store::start(
             move || {
@@ -463,15 +469,11 @@ mod tests {
                 Op::PutSession("gone".into(), b"s".to_vec()),
                 Op::PutQueued("gone".into(), 1, Arc::from(&b"x"[..])),
             ];
-            store
-                .submit(ops)
-                .await
-                .await
-                .expect("sent")
-                .expect("durable");
+            let commit = store.try_submit(ops).expect("queued");
+            commit.await.expect("sent").expect("durable");
             let commit = store
-                .submit(vec![Op::DelSession("gone".into()), Op::DelQueued(id, 2)])
-                .await;
+                .try_submit(vec![Op::DelSession("gone".into()), Op::DelQueued(id, 2)])
+                .expect("queued");
             commit.await.expect("sent").expect("durable");
             store.close().await;
         }

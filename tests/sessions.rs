@@ -262,3 +262,111 @@ async fn a_slow_subscriber_is_disconnected_instead_of_blocking_publishers() {
         ) >= 1.0
     );
 }
+
+/// Raw MQTT 5 CONNECT with the given property bytes.
+fn connect_v5_with(id: &str, clean: bool, props: &[u8]) -> Vec<u8> {
+    let flags = if clean { 0x02 } else { 0x00 };
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        5,
+        flags,
+        0,
+        30,
+        props.len() as u8,
+    ];
+    body.extend_from_slice(props);
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+async fn read_packet(raw: &mut Raw) -> Vec<u8> {
+    let mut head = raw.read_n(2).await;
+    let body = raw.read_n(usize::from(head[1])).await;
+    head.extend(body);
+    head
+}
+
+#[tokio::test]
+async fn retained_messages_on_subscribe_respect_receive_maximum() {
+    let t = TestServer::start().await;
+    let mut p = t.v4("retainer", true).await;
+    for i in 0..5 {
+        p.publish(&format!("r/{i}"), QoS::AtLeastOnce, true, b"x")
+            .await;
+        p.puback().await;
+    }
+    let mut raw = t.raw("narrow").await;
+    // Receive Maximum 2.
+    raw.send(&connect_v5_with("narrow", true, &[0x21, 0x00, 0x02]))
+        .await;
+    read_packet(&mut raw).await;
+    raw.send(&[
+        0x82, 0x09, 0x00, 0x01, 0x00, 0x00, 0x03, b'r', b'/', b'#', 0x01,
+    ])
+    .await;
+    let suback = read_packet(&mut raw).await;
+    assert_eq!(suback[0], 0x90);
+    let first = read_packet(&mut raw).await;
+    let second = read_packet(&mut raw).await;
+    assert_eq!(first[0] & 0xf0, 0x30);
+    assert_eq!(second[0] & 0xf0, 0x30);
+    // No third PUBLISH until one is acknowledged [MQTT-3.3.4-9].
+    let mut probe = [0u8; 1];
+    let more = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::io::AsyncReadExt::read(&mut raw.stream, &mut probe),
+    )
+    .await;
+    assert!(
+        more.is_err(),
+        "a third message arrived beyond Receive Maximum"
+    );
+    // PUBACK the first one (its packet id follows the topic).
+    let topic_len = usize::from(u16::from_be_bytes([first[2], first[3]]));
+    let pkid = [first[4 + topic_len], first[5 + topic_len]];
+    raw.send(&[0x40, 0x02, pkid[0], pkid[1]]).await;
+    let third = read_packet(&mut raw).await;
+    assert_eq!(third[0] & 0xf0, 0x30, "the window reopened");
+}
+
+#[tokio::test]
+async fn a_session_ended_by_disconnect_does_not_come_back_after_restart() {
+    let mut t = TestServer::start().await;
+    let mut raw = t.raw("ender").await;
+    // Session Expiry 60, then DISCONNECT setting it to 0.
+    raw.send(&connect_v5_with("ender", false, &[0x11, 0, 0, 0, 60]))
+        .await;
+    read_packet(&mut raw).await;
+    raw.send(&[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'e', 0x01])
+        .await;
+    read_packet(&mut raw).await;
+    raw.send(&[0xe0, 0x07, 0x00, 0x05, 0x11, 0, 0, 0, 0]).await;
+    raw.read_to_close().await;
+    t.restart().await;
+    let c = V5::connect(&t, "ender", |o| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    assert!(!c.connack.session_present);
+}
+
+#[tokio::test]
+async fn a_clean_session_is_not_resumed_by_a_takeover() {
+    let t = TestServer::start().await;
+    let mut first = t.v4("fleeting", true).await;
+    first.subscribe("f/#", QoS::AtLeastOnce).await;
+    let second = t.v4("fleeting", false).await;
+    assert!(
+        !second.session_present,
+        "a clean session ends with its connection"
+    );
+}

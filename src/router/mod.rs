@@ -21,7 +21,7 @@ pub mod trie;
 
 use crate::codec::{self, ByteStr, Protocol, PublishProperties, QoS, SubOptions};
 use crate::metrics::{DropReason, Metrics};
-use crate::store::Op;
+use crate::store::{Commit, Op, Store, StoreError};
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
@@ -329,12 +329,12 @@ impl trie::Entry for Subscriber {
 }
 
 /// The result of routing one publish.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Routed {
     /// Sessions the message was queued for.
     pub matched: usize,
-    /// Writes that must be durable before the publisher is acknowledged.
-    pub ops: Vec<Op>,
+    /// Resolves when the publish is durable; `None` if nothing had to be written.
+    pub commit: Option<Commit>,
 }
 
 /// Subscriptions and retained messages of the whole gateway.
@@ -342,6 +342,7 @@ pub struct Routed {
 pub struct Router {
     subs: RwLock<trie::Trie<Subscriber>>,
     retained: RwLock<retained::Retained<Arc<Message>>>,
+    store: Store,
     metrics: Arc<Metrics>,
 }
 
@@ -350,6 +351,7 @@ struct Target {
     qos: QoS,
     retain: bool,
     sub_ids: Vec<u32>,
+    seq: u64,
 }
 
 thread_local! {
@@ -379,6 +381,7 @@ fn add_plain(targets: &mut Vec<Target>, s: &Subscriber, msg: &Message) {
         qos,
         retain,
         sub_ids: s.sub_id.into_iter().collect(),
+        seq: 0,
     });
 }
 
@@ -398,15 +401,17 @@ fn add_shared(targets: &mut Vec<Target>, g: &trie::Group<Subscriber>, msg: &Mess
         qos: msg.qos.min(pick.options.qos),
         retain: false,
         sub_ids: pick.sub_id.into_iter().collect(),
+        seq: 0,
     });
 }
 
 impl Router {
-    /// An empty router.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// An empty router writing durable state to `store`.
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
         Self {
             subs: RwLock::new(trie::Trie::default()),
             retained: RwLock::new(retained::Retained::default()),
+            store,
             metrics,
         }
     }
@@ -445,37 +450,60 @@ impl Router {
     }
 
     /// Updates retained state and queues the message for every matching session.
-    pub fn publish(&self, msg: &Arc<Message>, now: Instant) -> Routed {
-        let mut routed = Routed::default();
-        if msg.retain {
-            let topic = msg.topic.as_str();
-            let mut r = self.retained.write();
-            if msg.payload.is_empty() {
-                if r.remove(topic).is_some() {
-                    routed.ops.push(Op::DelRetained(topic.to_owned()));
-                }
+    ///
+    /// Durable writes (the retained message, the message for each persistent
+    /// session at QoS 1/2) are queued in the store before any memory changes
+    /// and before any subscriber can see the message, so a delivery's
+    /// deletion can never reach the store ahead of its insertion, and the
+    /// retained lock orders concurrent retained publishes the same way in
+    /// memory and in the store. If the store cannot take the writes, nothing
+    /// changes and the error is returned.
+    pub fn publish(&self, msg: &Arc<Message>, now: Instant) -> Result<Routed, StoreError> {
+        let topic = msg.topic.as_str();
+        let mut retained = msg.retain.then(|| self.retained.write());
+        let mut ops = Vec::new();
+        if retained.is_some() {
+            ops.push(if msg.payload.is_empty() {
+                Op::DelRetained(topic.to_owned())
             } else {
-                r.insert(topic, msg.clone());
-                routed
-                    .ops
-                    .push(Op::PutRetained(topic.to_owned(), msg.to_record(now)));
-            }
-            self.metrics.retained.set(r.len() as f64);
+                Op::PutRetained(topic.to_owned(), msg.to_record(now))
+            });
         }
         TARGETS.with_borrow_mut(|targets| {
             targets.clear();
-            self.subs
-                .read()
-                .for_each_match(msg.topic.as_str(), &mut |m| match m {
-                    trie::Match::Plain(s) => add_plain(targets, s, msg),
-                    trie::Match::Group(g) => add_shared(targets, g, msg),
-                });
-            for t in targets.drain(..) {
-                let seq = if t.qos != QoS::AtMostOnce && t.mailbox.is_persistent() {
-                    t.mailbox.next_seq()
+            self.subs.read().for_each_match(topic, &mut |m| match m {
+                trie::Match::Plain(s) => add_plain(targets, s, msg),
+                trie::Match::Group(g) => add_shared(targets, g, msg),
+            });
+            let mut record = None;
+            for t in targets.iter_mut() {
+                if t.qos != QoS::AtMostOnce && t.mailbox.is_persistent() {
+                    t.seq = t.mailbox.next_seq();
+                    let record = record.get_or_insert_with(|| msg.to_record(now));
+                    ops.push(Op::PutQueued(
+                        t.mailbox.client_id.clone(),
+                        t.seq,
+                        queued_record(record, t.qos, t.retain, &t.sub_ids).into(),
+                    ));
+                }
+            }
+            let commit = if ops.is_empty() {
+                None
+            } else {
+                Some(self.store.try_submit(ops)?)
+            };
+            if let Some(r) = retained.as_mut() {
+                if msg.payload.is_empty() {
+                    r.remove(topic);
                 } else {
-                    0
-                };
+                    r.insert(topic, msg.clone());
+                }
+                self.metrics.retained.set(r.len() as f64);
+            }
+            drop(retained);
+            let mut matched = 0;
+            for t in targets.drain(..) {
+                let (mailbox, seq) = (t.mailbox, t.seq);
                 let delivery = Delivery {
                     msg: msg.clone(),
                     qos: t.qos,
@@ -483,28 +511,48 @@ impl Router {
                     sub_ids: t.sub_ids,
                     seq,
                 };
-                if t.mailbox.push(delivery, &self.metrics) == Pushed::Queued {
-                    routed.matched += 1;
-                    if seq != 0 {
-                        let mut record = msg.to_record(now);
-                        record.push(t.qos as u8);
-                        routed.ops.push(Op::PutQueued(
-                            t.mailbox.client_id.clone(),
-                            seq,
-                            record.into(),
-                        ));
+                match mailbox.push(delivery, &self.metrics) {
+                    Pushed::Queued => matched += 1,
+                    Pushed::Dropped(_) if seq != 0 => {
+                        self.store
+                            .enqueue(vec![Op::DelQueued(mailbox.client_id.clone(), seq)]);
                     }
+                    Pushed::Dropped(_) => {}
                 }
             }
-        });
-        routed
+            Ok(Routed { matched, commit })
+        })
     }
 }
 
-/// Splits a queued-message record into the message and its delivery QoS.
-pub fn queued_from_record(record: &[u8], now: Instant) -> Option<(Message, QoS)> {
-    let (qos, msg) = record.split_last()?;
-    Some((Message::from_record(msg, now)?, QoS::from_u8(*qos)?))
+/// A queued message as stored: how it is to be delivered, then the message.
+fn queued_record(message: &[u8], qos: QoS, retain: bool, sub_ids: &[u32]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(3 + 4 * sub_ids.len() + message.len());
+    r.push(qos as u8);
+    r.push(u8::from(retain));
+    r.push(sub_ids.len().min(255) as u8);
+    for id in sub_ids.iter().take(255) {
+        r.extend_from_slice(&id.to_be_bytes());
+    }
+    r.extend_from_slice(message);
+    r
+}
+
+/// Reads a stored queued message back into a delivery with sequence `seq`;
+/// `None` if it is unreadable or expired.
+pub fn delivery_from_record(record: &[u8], seq: u64, now: Instant) -> Option<Delivery> {
+    let (&[qos, retain, n], rest) = record.split_first_chunk::<3>()?;
+    let (ids, message) = rest.split_at_checked(4 * usize::from(n))?;
+    Some(Delivery {
+        msg: Arc::new(Message::from_record(message, now)?),
+        qos: QoS::from_u8(qos)?,
+        retain: retain == 1,
+        sub_ids: ids
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        seq,
+    })
 }
 
 #[cfg(test)]
@@ -543,14 +591,25 @@ mod tests {
         }
     }
 
+    fn router(dir: &tempfile::TempDir) -> Router {
+        let metrics = Arc::new(Metrics::new());
+        let (store, _) =
+            Store::open(&dir.path().join("db"), false, metrics.clone()).expect("store");
+        Router::new(store, metrics)
+    }
+
     #[test]
     fn overlapping_subscriptions_give_one_delivery_at_max_qos() {
-        let r = Router::new(Arc::new(Metrics::new()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = router(&dir);
         let mb = mailbox(1, false);
         r.subscribe("a/+", None, sub(&mb, QoS::AtMostOnce, Some(1)));
         r.subscribe("a/#", None, sub(&mb, QoS::AtLeastOnce, Some(2)));
-        let routed = r.publish(&message("a/b", QoS::ExactlyOnce, false, 0), Instant::now());
+        let routed = r
+            .publish(&message("a/b", QoS::ExactlyOnce, false, 0), Instant::now())
+            .expect("routed");
         assert_eq!(routed.matched, 1);
+        assert!(routed.commit.is_none(), "nothing durable to write");
         let mut out = Vec::new();
         mb.drain(&mut out, 10);
         assert_eq!(out.len(), 1);
@@ -560,19 +619,23 @@ mod tests {
         assert_eq!(ids, vec![1, 2]);
     }
 
-    #[test]
-    fn persistent_sessions_get_durable_writes_and_no_local_is_honoured() {
-        let r = Router::new(Arc::new(Metrics::new()));
+    #[tokio::test]
+    async fn persistent_sessions_get_durable_writes_and_no_local_is_honoured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = router(&dir);
         let durable = mailbox(1, true);
         let own = mailbox(2, false);
-        r.subscribe("t", None, sub(&durable, QoS::AtLeastOnce, None));
+        r.subscribe("t", None, sub(&durable, QoS::AtLeastOnce, Some(9)));
         let mut nl = sub(&own, QoS::AtLeastOnce, None);
         nl.options.no_local = true;
         r.subscribe("t", None, nl);
-        let routed = r.publish(&message("t", QoS::AtLeastOnce, true, 2), Instant::now());
+        let now = Instant::now();
+        let routed = r
+            .publish(&message("t", QoS::AtLeastOnce, true, 2), now)
+            .expect("routed");
         assert_eq!(routed.matched, 1);
-        assert!(matches!(routed.ops[0], Op::PutRetained(..)));
-        assert!(matches!(routed.ops[1], Op::PutQueued(_, 1, _)));
+        let commit = routed.commit.expect("durable writes");
+        commit.await.expect("sent").expect("written");
         assert!(own.is_empty());
         assert_eq!(r.retained("t").len(), 1);
         let clear = message("t", QoS::AtMostOnce, true, 0);
@@ -580,8 +643,24 @@ mod tests {
             payload: Bytes::new(),
             ..Arc::unwrap_or_clone(clear)
         });
-        r.publish(&clear, Instant::now());
+        r.publish(&clear, now).expect("routed");
         assert!(r.retained("t").is_empty());
+        r.store.close().await;
+        let (_, snap) =
+            Store::open(&dir.path().join("db"), false, Arc::new(Metrics::new())).expect("reopen");
+        assert!(snap.retained.is_empty(), "the clear reached the store too");
+    }
+
+    #[test]
+    fn queued_records_keep_how_they_are_delivered() {
+        let now = Instant::now();
+        let msg = message("q", QoS::ExactlyOnce, true, 0);
+        let rec = queued_record(&msg.to_record(now), QoS::AtLeastOnce, true, &[3, 70_000]);
+        let d = delivery_from_record(&rec, 5, now).expect("readable");
+        assert_eq!((d.qos, d.retain, d.seq), (QoS::AtLeastOnce, true, 5));
+        assert_eq!(d.sub_ids, vec![3, 70_000]);
+        assert_eq!(d.msg.topic.as_str(), "q");
+        assert!(delivery_from_record(&rec[..5], 5, now).is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::store::{Commit, Op, Store};
 use crate::topic::{self, Subscription};
 use crate::transport::tls::ClientIdentity;
 use bytes::BytesMut;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -409,7 +409,7 @@ impl Conn {
                 match codec::decode(rbuf, self.protocol, max_packet) {
                     Ok(Some(p)) => {
                         deadline = Instant::now() + self.keep_alive;
-                        if let Err(end) = self.handle(p, data).await {
+                        if let Err(end) = self.handle(p, data) {
                             return end;
                         }
                     }
@@ -433,13 +433,13 @@ impl Conn {
                     }
                     let now = Instant::now();
                     for d in batch.drain(..) {
-                        self.deliver(d, data, now).await;
+                        self.deliver(d, data, now);
                     }
                 }
                 // Whatever is left waits for the window or the next turn.
                 mail_ready = !mailbox.is_empty();
             }
-            if let Err(end) = self.flush_ready_acks() {
+            if let Err(end) = self.flush_ready_acks(&mut data.qos2_in) {
                 return end;
             }
             if !self.wbuf.is_empty() {
@@ -452,6 +452,9 @@ impl Conn {
                         _ = mailbox.kicked() => if mailbox.take_slow() {
                             return End::SlowConsumer;
                         },
+                        // A stuck write must not keep a takeover or a shutdown waiting.
+                        Some(Control::TakeOver(reply)) = control.recv() => return End::TakenOver(reply),
+                        _ = shared.shutdown.cancelled() => return End::Shutdown,
                     }
                 };
                 match written {
@@ -507,7 +510,7 @@ impl Conn {
     /// A publish the store could not make durable is refused: MQTT 5 says so
     /// in the ack; MQTT 3.1.1 has no failure ack, so the connection is closed
     /// unacknowledged and the client sends the message again.
-    fn flush_ready_acks(&mut self) -> Result<(), End> {
+    fn flush_ready_acks(&mut self, qos2_in: &mut HashSet<u16>) -> Result<(), End> {
         while let Some(front) = self.acks.front_mut() {
             if let Some(commit) = front.commit.as_mut() {
                 match commit.try_recv() {
@@ -517,8 +520,14 @@ impl Conn {
                 }
                 front.commit = None;
             }
-            if front.code >= 0x80 && self.protocol == Protocol::V4 {
-                return Err(End::Store);
+            if front.code >= 0x80 {
+                // A refused QoS 2 id may be reused at once [MQTT-4.3.3-?]; it was never routed.
+                if front.qos2 {
+                    qos2_in.remove(&front.pkid);
+                }
+                if self.protocol == Protocol::V4 {
+                    return Err(End::Store);
+                }
             }
             let Some(a) = self.acks.pop_front() else {
                 return Ok(());
@@ -533,7 +542,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn handle(&mut self, p: Packet, data: &mut SessionData) -> Result<(), End> {
+    fn handle(&mut self, p: Packet, data: &mut SessionData) -> Result<(), End> {
         let metrics = self.shared.metrics.clone();
         let ty = match &p {
             Packet::Connect(_) => 1,
@@ -551,14 +560,14 @@ impl Conn {
         };
         metrics.packets_in.get(ty).increment(1);
         match p {
-            Packet::Publish(p) => self.publish(p, data).await,
+            Packet::Publish(p) => self.publish(p, data),
             Packet::PubAck(a) => {
-                self.acked(data.inflight.complete(a.pkid), data).await;
+                self.acked(data.inflight.complete(a.pkid), data);
                 Ok(())
             }
             Packet::PubRec(a) => {
                 if a.code >= 0x80 {
-                    self.acked(data.inflight.complete(a.pkid), data).await;
+                    self.acked(data.inflight.complete(a.pkid), data);
                 } else if data.inflight.release(a.pkid) == super::state::Acked::Released {
                     self.send(&Packet::PubRel(Ack::ok(a.pkid)));
                 } else {
@@ -570,7 +579,7 @@ impl Conn {
                 Ok(())
             }
             Packet::PubComp(a) => {
-                self.acked(data.inflight.complete(a.pkid), data).await;
+                self.acked(data.inflight.complete(a.pkid), data);
                 Ok(())
             }
             Packet::PubRel(a) => {
@@ -582,9 +591,9 @@ impl Conn {
                 self.send(&Packet::PubComp(Ack::with_code(a.pkid, code)));
                 Ok(())
             }
-            Packet::Subscribe(s) => self.subscribe(s, data).await,
+            Packet::Subscribe(s) => self.subscribe(s, data),
             Packet::Unsubscribe(u) => {
-                self.unsubscribe(u, data).await;
+                self.unsubscribe(u, data);
                 Ok(())
             }
             Packet::PingReq => {
@@ -621,18 +630,17 @@ impl Conn {
         }
     }
 
-    async fn acked(&mut self, acked: super::state::Acked, data: &mut SessionData) {
+    fn acked(&mut self, acked: super::state::Acked, data: &mut SessionData) {
         if let super::state::Acked::Done(seq) = acked
             && seq != 0
         {
             self.shared
                 .store
-                .apply(vec![Op::DelQueued(data.mailbox.client_id.clone(), seq)])
-                .await;
+                .enqueue(vec![Op::DelQueued(data.mailbox.client_id.clone(), seq)]);
         }
     }
 
-    async fn publish(&mut self, mut p: Publish, data: &mut SessionData) -> Result<(), End> {
+    fn publish(&mut self, mut p: Publish, data: &mut SessionData) -> Result<(), End> {
         let cfg = self.shared.config.clone();
         let limits = &cfg.limits;
         let metrics = self.shared.metrics.clone();
@@ -709,6 +717,17 @@ impl Conn {
             }
             return Err(End::Protocol(code, why));
         }
+        if p.qos == QoS::ExactlyOnce && data.qos2_in.contains(&p.pkid) {
+            // A resent PUBLISH whose PUBREL has not come yet: acknowledge again,
+            // route once, and count it once towards Receive Maximum.
+            self.acks.push_back(PendingAck {
+                pkid: p.pkid,
+                qos2: true,
+                code: reason::SUCCESS,
+                commit: None,
+            });
+            return Ok(());
+        }
         // QoS 2 publishes count until PUBCOMP (they are in `qos2_in`), QoS 1
         // ones until their PUBACK leaves.
         let unacked = self.acks.iter().filter(|a| !a.qos2).count() + data.qos2_in.len();
@@ -720,16 +739,6 @@ impl Conn {
             ));
         }
         metrics.messages_in.get(p.qos as usize).increment(1);
-        if p.qos == QoS::ExactlyOnce && data.qos2_in.contains(&p.pkid) {
-            // A resent PUBLISH whose PUBREL has not come yet: acknowledge again, route once.
-            self.acks.push_back(PendingAck {
-                pkid: p.pkid,
-                qos2: true,
-                code: reason::SUCCESS,
-                commit: None,
-            });
-            return Ok(());
-        }
         let now = Instant::now();
         let expires_at = p
             .properties
@@ -745,23 +754,19 @@ impl Conn {
             expires_at,
             origin: data.mailbox.session_id,
         });
-        let routed = self.shared.router.publish(&msg, now);
-        let code = if routed.matched == 0 && v5 {
-            reason::NO_MATCHING_SUBSCRIBERS
-        } else {
-            reason::SUCCESS
+        let (code, commit) = match self.shared.router.publish(&msg, now) {
+            Ok(routed) if routed.matched == 0 && v5 => {
+                (reason::NO_MATCHING_SUBSCRIBERS, routed.commit)
+            }
+            Ok(routed) => (reason::SUCCESS, routed.commit),
+            Err(e) => {
+                tracing::warn!(client_id = %self.client_id, error = %e, "publish refused: store unavailable");
+                (reason::UNSPECIFIED_ERROR, None)
+            }
         };
         if qos == QoS::AtMostOnce {
-            if !routed.ops.is_empty() {
-                self.shared.store.apply(routed.ops).await;
-            }
             return Ok(());
         }
-        let commit = if routed.ops.is_empty() {
-            None
-        } else {
-            Some(self.shared.store.submit(routed.ops).await)
-        };
         if qos == QoS::ExactlyOnce {
             data.qos2_in.insert(pkid);
         }
@@ -774,7 +779,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn subscribe(&mut self, s: Subscribe, data: &mut SessionData) -> Result<(), End> {
+    fn subscribe(&mut self, s: Subscribe, data: &mut SessionData) -> Result<(), End> {
         let cfg = self.shared.config.clone();
         let limits = &cfg.limits;
         let metrics = self.shared.metrics.clone();
@@ -838,16 +843,14 @@ impl Conn {
                 retained.push((parsed.filter.to_owned(), granted.qos));
             }
         }
-        if let Some(op) = self.shared.sessions.persist(data) {
-            self.shared.store.apply(vec![op]).await;
-        }
+        self.shared.sessions.persist(data);
         self.send(&Packet::SubAck(SubAck {
             pkid: s.pkid,
             codes,
             properties: Properties::default(),
         }));
-        // Retained messages follow the SUBACK, flagged RETAIN [MQTT-3.3.1-8].
-        let now = Instant::now();
+        // Retained messages follow the SUBACK, flagged RETAIN [MQTT-3.3.1-8],
+        // through the mailbox so that they respect the client's window.
         for (filter, qos) in retained {
             for msg in self.shared.router.retained(&filter) {
                 let d = Delivery {
@@ -857,13 +860,13 @@ impl Conn {
                     sub_ids: sub_id.into_iter().collect(),
                     seq: 0,
                 };
-                self.deliver(d, data, now).await;
+                data.mailbox.push(d, &metrics);
             }
         }
         Ok(())
     }
 
-    async fn unsubscribe(&mut self, u: Unsubscribe, data: &mut SessionData) {
+    fn unsubscribe(&mut self, u: Unsubscribe, data: &mut SessionData) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in &u.filters {
             let existed = match Subscription::parse(raw) {
@@ -885,9 +888,7 @@ impl Conn {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
         }
-        if let Some(op) = self.shared.sessions.persist(data) {
-            self.shared.store.apply(vec![op]).await;
-        }
+        self.shared.sessions.persist(data);
         self.send(&Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
             codes,
@@ -896,15 +897,14 @@ impl Conn {
     }
 
     /// Encodes one delivery, assigning a packet id for QoS 1/2.
-    async fn deliver(&mut self, d: Delivery, data: &mut SessionData, now: Instant) {
+    fn deliver(&mut self, d: Delivery, data: &mut SessionData, now: Instant) {
         let metrics = &self.shared.metrics;
         let Some(remaining) = d.msg.remaining(now) else {
             metrics.count_drop(DropReason::Expired);
             if d.seq != 0 {
                 self.shared
                     .store
-                    .apply(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)])
-                    .await;
+                    .enqueue(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)]);
             }
             return;
         };
@@ -915,17 +915,19 @@ impl Conn {
             if d.seq != 0 {
                 self.shared
                     .store
-                    .apply(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)])
-                    .await;
+                    .enqueue(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)]);
             }
             return;
         }
-        let pkid = if d.qos == QoS::AtMostOnce {
-            0
-        } else {
-            data.inflight.send(d.clone())
-        };
-        self.write_publish(&d, pkid, false);
+        if d.qos == QoS::AtMostOnce {
+            self.write_publish(&d, 0, false);
+            return;
+        }
+        match data.inflight.send(d) {
+            Ok(p) => self.write_publish(&p.delivery, p.pkid, false),
+            // Every packet id is in use: wait for acknowledgements.
+            Err(d) => data.mailbox.requeue_front(std::iter::once(d)),
+        }
     }
 
     fn write_publish(&mut self, d: &Delivery, pkid: u16, dup: bool) {
@@ -966,7 +968,7 @@ impl Conn {
         };
         tracing::debug!(client_id = %self.client_id, conn = self.id, reason = why, "session ended");
         // Acknowledge what is already durable; the rest the client will resend.
-        let _ = self.flush_ready_acks();
+        let _ = self.flush_ready_acks(&mut data.qos2_in);
         if let (Some(code), true) = (code, v5) {
             self.send(&Packet::Disconnect(Disconnect::with_reason(
                 code,
@@ -993,11 +995,11 @@ impl Conn {
         if let End::TakenOver(reply) = end {
             data.mailbox.set_online(false);
             if let Err(d) = reply.send(data) {
-                sessions.close(self.id, d, control).await;
+                sessions.close(self.id, d, control);
             }
             return;
         }
-        sessions.close(self.id, data, control).await;
+        sessions.close(self.id, data, control);
     }
 }
 

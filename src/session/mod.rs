@@ -17,7 +17,7 @@ pub mod state;
 
 use crate::codec::{Protocol, QoS, SubOptions, Will};
 use crate::metrics::Metrics;
-use crate::router::{self, Delivery, Mailbox, MailboxLimits, Message, Router, Subscriber};
+use crate::router::{self, Mailbox, MailboxLimits, Message, Pushed, Router, Subscriber};
 use crate::store::{Op, Snapshot, Store};
 use crate::topic::Subscription;
 use dashmap::DashMap;
@@ -48,6 +48,8 @@ pub struct SessionData {
     pub expiry: u32,
     /// Protocol of the connection that created it.
     pub protocol: Protocol,
+    /// Whether the store may hold a record of this session.
+    pub stored: bool,
     /// A delayed will waiting to be published; send `true` to publish now,
     /// drop to cancel.
     pub pending_will: Option<oneshot::Sender<bool>>,
@@ -68,6 +70,7 @@ enum Slot {
     Offline {
         data: Box<SessionData>,
         generation: u64,
+        expiry: tokio::task::AbortHandle,
     },
 }
 
@@ -113,6 +116,8 @@ enum Found {
     Nothing,
     Offline(Box<SessionData>),
     Online(oneshot::Receiver<Box<SessionData>>),
+    /// An owner that can no longer answer; its stored state is unknown.
+    Gone,
 }
 
 impl Sessions {
@@ -133,13 +138,13 @@ impl Sessions {
         }
     }
 
-    /// A fresh session id for internal publishers and new sessions.
+    /// A fresh id, unique for the life of the process.
     pub fn new_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Claims `client_id` for connection `conn`, taking over or resuming any
-    /// existing session as the clean-start flag says.
+    /// existing session as the clean-start flag and the old session's expiry say.
     pub async fn open(
         self: &Arc<Self>,
         client_id: Arc<str>,
@@ -154,54 +159,62 @@ impl Sessions {
                 v.insert(Slot::Online { conn, control });
                 Found::Nothing
             }
-            Entry::Occupied(mut o) => {
-                let old = o.insert(Slot::Online { conn, control });
-                match old {
-                    Slot::Offline { data, .. } => Found::Offline(data),
-                    Slot::Online { control, .. } => {
-                        let (tx, rx) = oneshot::channel();
-                        match control.try_send(Control::TakeOver(tx)) {
-                            Ok(()) => Found::Online(rx),
-                            Err(_) => Found::Nothing,
-                        }
+            Entry::Occupied(mut o) => match o.insert(Slot::Online { conn, control }) {
+                Slot::Offline { data, expiry, .. } => {
+                    expiry.abort();
+                    Found::Offline(data)
+                }
+                Slot::Online { control, .. } => {
+                    let (tx, rx) = oneshot::channel();
+                    match control.try_send(Control::TakeOver(tx)) {
+                        Ok(()) => Found::Online(rx),
+                        Err(_) => Found::Gone,
                     }
                 }
-            }
+            },
         };
-        let old = match found {
-            Found::Nothing => None,
-            Found::Offline(d) => Some(d),
-            Found::Online(rx) => tokio::time::timeout(TAKEOVER_TIMEOUT, rx)
-                .await
-                .ok()
-                .and_then(Result::ok),
+        let (old, maybe_stored) = match found {
+            Found::Nothing => (None, false),
+            Found::Gone => (None, true),
+            Found::Offline(d) => (Some(d), false),
+            Found::Online(rx) => match tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await {
+                Ok(Ok(d)) => (Some(d), false),
+                _ => (None, true),
+            },
         };
         let mut present = false;
-        let data = match old {
-            Some(mut d) if !clean_start && d.protocol == protocol => {
+        let mut forget = maybe_stored;
+        let mut data = match old {
+            // A session whose expiry is 0 ended with its connection [MQTT-3.1.2-4..6].
+            Some(mut d) if !clean_start && d.protocol == protocol && d.expiry > 0 => {
                 // Reconnecting before the will delay ends cancels the will [MQTT-3.1.3-9].
                 d.pending_will = None;
                 present = true;
                 d
             }
             Some(d) => {
-                self.discard(d).await;
+                forget |= d.stored;
+                self.discard(*d);
                 self.fresh(client_id.clone(), protocol)
             }
             None => self.fresh(client_id.clone(), protocol),
         };
-        let mut data = data;
         data.expiry = expiry;
         data.protocol = protocol;
         data.mailbox.set_persistent(expiry > 0);
         data.mailbox.set_online(true);
-        if expiry > 0 {
-            self.store
-                .apply(vec![Op::PutSession(client_id, record(&data, None))])
-                .await;
-        } else if present {
-            // The session was persistent and is not any more.
-            self.store.apply(vec![Op::DelSession(client_id)]).await;
+        let mut ops = Vec::new();
+        if forget || (data.stored && expiry == 0) {
+            ops.push(Op::DelSession(client_id.clone()));
+        }
+        data.stored = expiry > 0;
+        if data.stored {
+            ops.push(Op::PutSession(client_id.clone(), record(&data, None)));
+        }
+        if !ops.is_empty() {
+            // Under the entry lock, so that store writes for one client id keep their order.
+            let _guard = self.map.get(&client_id);
+            self.store.enqueue(ops);
         }
         self.metrics.sessions.set(self.map.len() as f64);
         Opened { data, present }
@@ -215,18 +228,23 @@ impl Sessions {
             qos2_in: HashSet::new(),
             expiry: 0,
             protocol,
+            stored: false,
             pending_will: None,
         })
     }
 
-    /// Writes the session's subscriptions so that they survive a restart.
-    pub fn persist(&self, data: &SessionData) -> Option<Op> {
-        (data.expiry > 0)
-            .then(|| Op::PutSession(data.mailbox.client_id.clone(), record(data, None)))
+    /// Stores the session's subscriptions so that they survive a restart.
+    pub fn persist(&self, data: &SessionData) {
+        if data.expiry > 0 {
+            let client_id = &data.mailbox.client_id;
+            let _guard = self.map.get(client_id);
+            self.store
+                .enqueue(vec![Op::PutSession(client_id.clone(), record(data, None))]);
+        }
     }
 
     /// Called by a connection task when its connection ends.
-    pub async fn close(
+    pub fn close(
         self: &Arc<Self>,
         conn: u64,
         data: Box<SessionData>,
@@ -234,70 +252,76 @@ impl Sessions {
     ) {
         data.mailbox.set_online(false);
         let client_id = data.mailbox.client_id.clone();
-        let mut discard = None;
-        let mut park = None;
         match self.map.entry(client_id.clone()) {
             Entry::Occupied(mut o) if matches!(o.get(), Slot::Online { conn: c, .. } if *c == conn) => {
                 if data.expiry == 0 {
+                    if data.stored {
+                        self.store.enqueue(vec![Op::DelSession(client_id)]);
+                    }
                     o.remove();
-                    discard = Some(data);
+                    self.discard(*data);
                 } else {
                     let generation = self.new_id();
-                    let expiry = data.expiry;
                     let rec = record(&data, Some(router::unix_ms(SystemTime::now())));
-                    o.insert(Slot::Offline { data, generation });
-                    park = Some((generation, expiry, rec));
+                    self.store
+                        .enqueue(vec![Op::PutSession(client_id.clone(), rec)]);
+                    let after = Duration::from_secs(u64::from(data.expiry));
+                    let expiry = self.expire_later(client_id, generation, after);
+                    o.insert(Slot::Offline {
+                        data,
+                        generation,
+                        expiry,
+                    });
                 }
             }
-            _ => {
-                // Taken over: the request is already in the channel.
+            occupied_or_vacant => {
+                drop(occupied_or_vacant);
+                // Taken over: the request is already in the channel. The new
+                // owner decides what the store keeps, so nothing is deleted here.
                 match control.try_recv() {
                     Ok(Control::TakeOver(reply)) => {
                         if let Err(d) = reply.send(data) {
-                            discard = Some(d);
+                            self.discard(*d);
                         }
                     }
-                    Err(_) => discard = Some(data),
+                    Err(_) => self.discard(*data),
                 }
             }
-        }
-        if let Some(d) = discard {
-            self.discard(d).await;
-        }
-        if let Some((generation, expiry, rec)) = park {
-            self.store
-                .apply(vec![Op::PutSession(client_id.clone(), rec)])
-                .await;
-            self.expire_later(
-                client_id,
-                generation,
-                Duration::from_secs(u64::from(expiry)),
-            );
         }
         self.metrics.sessions.set(self.map.len() as f64);
     }
 
-    fn expire_later(self: &Arc<Self>, client_id: Arc<str>, generation: u64, after: Duration) {
+    fn expire_later(
+        self: &Arc<Self>,
+        client_id: Arc<str>,
+        generation: u64,
+        after: Duration,
+    ) -> tokio::task::AbortHandle {
         let sessions = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             let Some(sessions) = sessions.upgrade() else {
                 return;
             };
-            let expired = sessions.map.remove_if(
-                &client_id,
-                |_, slot| matches!(slot, Slot::Offline { generation: g, .. } if *g == generation),
-            );
-            if let Some((_, Slot::Offline { data, .. })) = expired {
-                sessions.discard(data).await;
-                sessions.metrics.sessions.set(sessions.map.len() as f64);
+            let Entry::Occupied(o) = sessions.map.entry(client_id.clone()) else {
+                return;
+            };
+            if !matches!(o.get(), Slot::Offline { generation: g, .. } if *g == generation) {
+                return;
             }
-        });
+            sessions.store.enqueue(vec![Op::DelSession(client_id)]);
+            if let Slot::Offline { data, .. } = o.remove() {
+                sessions.discard(*data);
+            }
+            sessions.metrics.sessions.set(sessions.map.len() as f64);
+        })
+        .abort_handle()
     }
 
-    /// Ends a session for good: unsubscribes, forgets stored state, and
-    /// publishes a will that was still waiting for its delay.
-    async fn discard(&self, mut data: Box<SessionData>) {
+    /// Ends a session in memory: unsubscribes, drops what was queued, and
+    /// publishes a will that was still waiting for its delay. What the store
+    /// holds is the caller's business.
+    fn discard(&self, mut data: SessionData) {
         for filter in data.subscriptions.keys() {
             if let Ok(s) = Subscription::parse(filter) {
                 self.router
@@ -308,36 +332,19 @@ impl Sessions {
         if let Some(will) = data.pending_will.take() {
             let _ = will.send(true);
         }
-        if data.mailbox.is_persistent() || data.expiry > 0 {
-            self.store
-                .apply(vec![Op::DelSession(data.mailbox.client_id.clone())])
-                .await;
-        }
     }
 
     /// Publishes a will now, or after its delay unless the session comes back
-    /// first; returns the cancel handle for a delayed one.
+    /// first; returns the cancel handle for a delayed one. Message expiry
+    /// counts from when the will is published.
     pub fn schedule_will(
         self: &Arc<Self>,
         will: Will,
         origin: u64,
         delay: u32,
     ) -> Option<oneshot::Sender<bool>> {
-        let msg = Arc::new(Message {
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            expires_at: will
-                .properties
-                .message_expiry_interval
-                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
-            properties: will.properties,
-            origin,
-        });
         if delay == 0 {
-            let this = self.clone();
-            tokio::spawn(async move { this.publish_internal(&msg).await });
+            self.publish_will(will, origin);
             return None;
         }
         let (tx, rx) = oneshot::channel::<bool>();
@@ -348,35 +355,55 @@ impl Sessions {
                 now = rx => now.unwrap_or(false),
             };
             if let (true, Some(this)) = (publish, this.upgrade()) {
-                this.publish_internal(&msg).await;
+                this.publish_will(will, origin);
             }
         });
         Some(tx)
     }
 
-    /// Routes a message the gateway itself publishes and makes it durable.
-    pub async fn publish_internal(&self, msg: &Arc<Message>) {
-        let routed = self.router.publish(msg, Instant::now());
-        if !routed.ops.is_empty() {
-            self.store.apply(routed.ops).await;
+    fn publish_will(&self, will: Will, origin: u64) {
+        let now = Instant::now();
+        let msg = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            expires_at: will
+                .properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+            properties: will.properties,
+            origin,
+        });
+        if let Err(e) = self.router.publish(&msg, now) {
+            tracing::warn!(topic = %msg.topic, error = %e, "will not published");
         }
     }
 
-    /// Rebuilds persistent sessions and retained messages from the store.
+    /// Rebuilds persistent sessions and retained messages from the store;
+    /// expired records are deleted on the way.
     pub fn restore(self: &Arc<Self>, snapshot: Snapshot) {
         let now = Instant::now();
-        for (_, rec) in snapshot.retained {
-            if let Some(m) = Message::from_record(&rec, now) {
-                self.router.restore_retained(Arc::new(m));
+        let mut cleanup = Vec::new();
+        for (topic, rec) in snapshot.retained {
+            match Message::from_record(&rec, now) {
+                Some(m) => self.router.restore_retained(Arc::new(m)),
+                None => cleanup.push(Op::DelRetained(topic)),
             }
         }
         let now_ms = router::unix_ms(SystemTime::now());
         for stored in snapshot.sessions {
+            let client_id: Arc<str> = stored.client_id.into();
             let Ok(rec) = serde_json::from_slice::<Record>(&stored.record) else {
-                tracing::warn!(client_id = %stored.client_id, "unreadable stored session skipped");
+                tracing::warn!(%client_id, "unreadable stored session dropped");
+                cleanup.push(Op::DelSession(client_id));
                 continue;
             };
-            let client_id: Arc<str> = stored.client_id.into();
+            let gone_ms = now_ms.saturating_sub(rec.disconnected_ms.unwrap_or(now_ms));
+            let Some(left) = (u64::from(rec.expiry) * 1000).checked_sub(gone_ms) else {
+                cleanup.push(Op::DelSession(client_id));
+                continue;
+            };
             let protocol = if rec.protocol == 5 {
                 Protocol::V5
             } else {
@@ -384,20 +411,17 @@ impl Sessions {
             };
             let mut data = self.fresh(client_id.clone(), protocol);
             data.expiry = rec.expiry;
+            data.stored = true;
             data.mailbox.set_persistent(true);
             for (seq, bytes) in stored.queue {
                 data.mailbox.resume_seq(seq);
-                if let Some((msg, qos)) = router::queued_from_record(&bytes, now) {
-                    data.mailbox.push(
-                        Delivery {
-                            msg: Arc::new(msg),
-                            qos,
-                            retain: false,
-                            sub_ids: Vec::new(),
-                            seq,
-                        },
-                        &self.metrics,
-                    );
+                match router::delivery_from_record(&bytes, seq, now) {
+                    Some(d) => {
+                        if data.mailbox.push(d, &self.metrics) != Pushed::Queued {
+                            cleanup.push(Op::DelQueued(client_id.clone(), seq));
+                        }
+                    }
+                    None => cleanup.push(Op::DelQueued(client_id.clone(), seq)),
                 }
             }
             for (filter, qos, no_local, rap, rh, sub_id) in rec.subs {
@@ -421,12 +445,20 @@ impl Sessions {
                 );
                 data.subscriptions.insert(filter, (options, sub_id));
             }
-            let gone_ms = now_ms.saturating_sub(rec.disconnected_ms.unwrap_or(now_ms));
-            let left = (u64::from(rec.expiry) * 1000).saturating_sub(gone_ms);
             let generation = self.new_id();
-            self.map
-                .insert(client_id.clone(), Slot::Offline { data, generation });
-            self.expire_later(client_id, generation, Duration::from_millis(left));
+            let expiry =
+                self.expire_later(client_id.clone(), generation, Duration::from_millis(left));
+            self.map.insert(
+                client_id,
+                Slot::Offline {
+                    data,
+                    generation,
+                    expiry,
+                },
+            );
+        }
+        if !cleanup.is_empty() {
+            self.store.enqueue(cleanup);
         }
         self.metrics.sessions.set(self.map.len() as f64);
     }

@@ -47,22 +47,30 @@ impl Inflight {
         self.entries.is_empty()
     }
 
-    /// Records a message about to be sent and returns its packet identifier.
-    pub fn send(&mut self, delivery: Delivery) -> u16 {
-        let pkid = self.next_id();
+    /// Records a message about to be sent under a fresh packet identifier;
+    /// gives it back if all 65,535 identifiers are in use.
+    pub fn send(&mut self, delivery: Delivery) -> Result<&Pending, Delivery> {
+        let Some(pkid) = self.next_id() else {
+            return Err(delivery);
+        };
         self.entries.push_back(Pending {
             pkid,
             delivery,
             released: false,
         });
-        pkid
+        self.entries
+            .back()
+            .ok_or_else(|| unreachable!("just pushed"))
     }
 
-    fn next_id(&mut self) -> u16 {
+    fn next_id(&mut self) -> Option<u16> {
+        if self.entries.len() >= usize::from(u16::MAX) {
+            return None;
+        }
         loop {
             self.last_id = self.last_id.wrapping_add(1).max(1);
             if !self.entries.iter().any(|p| p.pkid == self.last_id) {
-                return self.last_id;
+                return Some(self.last_id);
             }
         }
     }
@@ -126,8 +134,8 @@ mod tests {
             last_id: u16::MAX - 1,
             ..Default::default()
         };
-        let a = f.send(delivery(1));
-        let b = f.send(delivery(2));
+        let a = f.send(delivery(1)).expect("room").pkid;
+        let b = f.send(delivery(2)).expect("room").pkid;
         assert_eq!((a, b), (u16::MAX, 1), "0 is skipped [MQTT-2.2.1-3]");
         assert_eq!(f.release(1), Acked::Released);
         assert_eq!(f.complete(1), Acked::Done(2));
@@ -138,8 +146,8 @@ mod tests {
     #[test]
     fn ids_in_use_are_skipped() {
         let mut f = Inflight::default();
-        let first = f.send(delivery(0));
+        let first = f.send(delivery(0)).expect("room").pkid;
         f.last_id = 0;
-        assert_ne!(f.send(delivery(0)), first);
+        assert_ne!(f.send(delivery(0)).expect("room").pkid, first);
     }
 }
