@@ -370,3 +370,40 @@ async fn a_clean_session_is_not_resumed_by_a_takeover() {
         "a clean session ends with its connection"
     );
 }
+
+#[tokio::test]
+async fn the_gateway_uses_topic_aliases_the_client_allows() {
+    let t = TestServer::start().await;
+    let mut raw = t.raw("aliased").await;
+    // Topic Alias Maximum 1.
+    raw.send(&connect_v5_with("aliased", true, &[0x22, 0x00, 0x01]))
+        .await;
+    let connack = read_packet(&mut raw).await;
+    // Server Keep Alive is always stated: 30 s as asked.
+    assert!(
+        connack.windows(3).any(|w| w == [0x13, 0x00, 30]),
+        "{connack:?}"
+    );
+    raw.send(&[
+        0x82, 0x09, 0x00, 0x01, 0x00, 0x00, 0x03, b'a', b'/', b'#', 0x00,
+    ])
+    .await;
+    read_packet(&mut raw).await;
+    let p = t.v4("alias-source", true).await;
+    for topic in ["a/x", "a/x", "a/y"] {
+        p.publish(topic, QoS::AtMostOnce, false, b"m").await;
+    }
+    // First: the topic and alias 1 (properties: length 3, 0x23 0x00 0x01).
+    let first = read_packet(&mut raw).await;
+    assert_eq!(
+        &first[2..10],
+        &[0x00, 0x03, b'a', b'/', b'x', 0x03, 0x23, 0x00]
+    );
+    assert_eq!(first[10], 0x01);
+    // Second: an empty topic and the alias alone.
+    let second = read_packet(&mut raw).await;
+    assert_eq!(&second[2..8], &[0x00, 0x00, 0x03, 0x23, 0x00, 0x01]);
+    // Third: another topic, and no alias left to give.
+    let third = read_packet(&mut raw).await;
+    assert_eq!(&third[2..8], &[0x00, 0x03, b'a', b'/', b'y', 0x00]);
+}

@@ -35,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 /// Longest a single write to a client may take before it is dropped as stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a connection the gateway closes keeps reading so its last words arrive.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// Bytes of deliveries encoded per loop turn before the buffer is written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -206,7 +209,11 @@ struct Conn {
     client_max_packet: usize,
     /// Outbound window: the client's Receive Maximum capped by our limit.
     send_window: usize,
+    /// Topic aliases the client set up.
     aliases: HashMap<u16, ByteStr>,
+    /// Topic aliases the gateway set up, at most the client's Topic Alias Maximum.
+    out_aliases: HashMap<ByteStr, u16>,
+    out_alias_max: u16,
     /// Whether reason strings may be sent (MQTT 5 Request Problem Information).
     problem_info: bool,
     acks: VecDeque<PendingAck>,
@@ -254,7 +261,7 @@ impl Conn {
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut props = Properties::default();
         let client_id: Arc<str> = if c.client_id.is_empty() {
-            let assigned = format!("edgegate-{:016x}", id ^ 0x5bd1_e995_u64.rotate_left(17));
+            let assigned = assigned_client_id();
             if v5 {
                 props.assigned_client_identifier = Some(assigned.clone());
             }
@@ -264,13 +271,13 @@ impl Conn {
         };
         let max_ka = cfg.mqtt.max_keep_alive_secs;
         let keep_alive = if c.keep_alive == 0 || c.keep_alive > max_ka {
-            if v5 {
-                props.server_keep_alive = Some(max_ka);
-            }
             max_ka
         } else {
             c.keep_alive
         };
+        if v5 {
+            props.server_keep_alive = Some(keep_alive);
+        }
         let expiry = if v5 {
             let asked = c.properties.session_expiry_interval.unwrap_or(0);
             let capped = asked.min(cfg.mqtt.max_session_expiry_secs);
@@ -307,6 +314,8 @@ impl Conn {
                 .map_or(usize::MAX, |m| m as usize),
             send_window: usize::from(client_recv_max.min(limits.max_inflight)),
             aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            out_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
             problem_info: c.properties.request_problem_information != Some(0),
             acks: VecDeque::new(),
             wbuf: BytesMut::with_capacity(4096),
@@ -521,7 +530,7 @@ impl Conn {
                 front.commit = None;
             }
             if front.code >= 0x80 {
-                // A refused QoS 2 id may be reused at once [MQTT-4.3.3-?]; it was never routed.
+                // A refused QoS 2 id may be reused at once (MQTT 5 §4.3.3); it was never routed.
                 if front.qos2 {
                     qos2_in.remove(&front.pkid);
                 }
@@ -934,6 +943,24 @@ impl Conn {
         let remaining = d.msg.remaining(Instant::now()).unwrap_or(Some(1));
         let mut v = view(d, pkid, dup, remaining);
         v.dup = dup && d.qos != QoS::AtMostOnce;
+        // The first topics sent get an alias each, as far as the client allows;
+        // later messages on them carry only the alias.
+        if self.out_alias_max > 0 {
+            match self.out_aliases.get(&d.msg.topic) {
+                Some(&alias) => {
+                    v.topic = b"";
+                    v.topic_alias = Some(alias);
+                }
+                None if self.out_aliases.len() < usize::from(self.out_alias_max) => {
+                    let alias = self.out_aliases.len() as u16 + 1;
+                    // A copy, so the alias table does not pin the publisher's read buffer.
+                    self.out_aliases
+                        .insert(ByteStr::from(d.msg.topic.as_str()), alias);
+                    v.topic_alias = Some(alias);
+                }
+                None => {}
+            }
+        }
         codec::encode_publish(&v, self.protocol, &mut self.wbuf);
         let metrics = &self.shared.metrics;
         metrics.packets_out.get(3).increment(1);
@@ -980,6 +1007,20 @@ impl Conn {
                 tokio::time::timeout(Duration::from_secs(1), stream.write_all(&self.wbuf)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        if code.is_some() {
+            // Read what the client still sends for a moment: closing with
+            // unread data makes the kernel reset the connection, and the
+            // client would lose the DISCONNECT that says why.
+            let _ = tokio::time::timeout(LINGER, async {
+                let mut scratch = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut scratch).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
         drop(stream);
         if publish_will && let Some(will) = self.will.take() {
             // On takeover the session continues at once, which cancels a delayed will.
@@ -1027,6 +1068,14 @@ fn view(d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) -> PublishVi
         subscription_identifiers: &d.sub_ids,
         payload: &d.msg.payload,
     }
+}
+
+/// A client id for a client that sent none: random, so it is unique across restarts too.
+fn assigned_client_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 12];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    format!("edgegate-{}", crate::transport::tls::hex(&bytes))
 }
 
 fn topic_limits(cfg: &Config) -> topic::Limits {
