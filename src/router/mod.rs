@@ -51,6 +51,29 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message as published now by session `origin`; its expiry counts from now.
+    pub fn new(
+        topic: ByteStr,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+        now: Instant,
+        origin: u64,
+    ) -> Self {
+        Self {
+            expires_at: properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            origin,
+        }
+    }
+
     /// Seconds left to live: `None` if expired, `Some(None)` if it never expires.
     pub fn remaining(&self, now: Instant) -> Option<Option<u32>> {
         match self.expires_at {
@@ -102,15 +125,9 @@ impl Message {
             let left = expiry_ms.checked_sub(unix_ms(SystemTime::now()))?;
             Some(now + Duration::from_millis(left))
         };
-        Some(Self {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties: p.properties,
-            expires_at,
-            origin: 0,
-        })
+        let mut msg = Self::new(p.topic, p.payload, p.qos, p.retain, p.properties, now, 0);
+        msg.expires_at = expires_at;
+        Some(msg)
     }
 }
 

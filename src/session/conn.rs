@@ -749,20 +749,16 @@ impl Conn {
         }
         metrics.messages_in.get(p.qos as usize).increment(1);
         let now = Instant::now();
-        let expires_at = p
-            .properties
-            .message_expiry_interval
-            .map(|s| now + Duration::from_secs(u64::from(s)));
         let (pkid, qos) = (p.pkid, p.qos);
-        let msg = Arc::new(Message {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties: p.properties,
-            expires_at,
-            origin: data.mailbox.session_id,
-        });
+        let msg = Arc::new(Message::new(
+            p.topic,
+            p.payload,
+            p.qos,
+            p.retain,
+            p.properties,
+            now,
+            data.mailbox.session_id,
+        ));
         let (code, commit) = match self.shared.router.publish(&msg, now) {
             Ok(routed) if routed.matched == 0 && v5 => {
                 (reason::NO_MATCHING_SUBSCRIBERS, routed.commit)

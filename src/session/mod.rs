@@ -363,18 +363,15 @@ impl Sessions {
 
     fn publish_will(&self, will: Will, origin: u64) {
         let now = Instant::now();
-        let msg = Arc::new(Message {
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            expires_at: will
-                .properties
-                .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s))),
-            properties: will.properties,
+        let msg = Arc::new(Message::new(
+            will.topic,
+            will.payload,
+            will.qos,
+            will.retain,
+            will.properties,
+            now,
             origin,
-        });
+        ));
         if let Err(e) = self.router.publish(&msg, now) {
             tracing::warn!(topic = %msg.topic, error = %e, "will not published");
         }

@@ -2,7 +2,6 @@
 import queue
 import subprocess
 import sys
-import time
 
 from awscrt import mqtt
 from awsiot import mqtt_connection_builder
@@ -91,7 +90,6 @@ def test_will_after_abrupt_disconnect(gateway):
     )
     try:
         assert proc.stdout.readline().strip() == "connected"
-        time.sleep(0.5)
     finally:
         proc.kill()
         proc.wait()

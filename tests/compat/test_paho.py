@@ -3,7 +3,6 @@ import os
 import queue
 import subprocess
 import sys
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -72,14 +71,17 @@ def test_retained_message(gateway, protocol):
 
 
 WILL_CLIENT = """
-import sys, time
+import queue, sys, time
 import paho.mqtt.client as mqtt
 ca, cert, key, port, name, proto = sys.argv[1:7]
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=int(proto))
 c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
 c.will_set("paho/wills/" + name, "offline", qos=1)
+acked = queue.Queue()
+c.on_connect = lambda *args: acked.put(True)
 c.connect("localhost", int(port), keepalive=30)
 c.loop_start()
+acked.get(timeout=10)
 print("connected", flush=True)
 time.sleep(60)
 """
@@ -97,7 +99,6 @@ def test_will_after_abrupt_disconnect(gateway, protocol):
     )
     try:
         assert proc.stdout.readline().strip() == "connected"
-        time.sleep(0.5)
     finally:
         proc.kill()
         proc.wait()
