@@ -33,10 +33,11 @@ class Gateway:
         self.dir = workdir
         self.certs = workdir / "data" / "certs"
         (workdir / "config.toml").write_text(CONFIG)
+        self.stdout = workdir / "stdout.txt"
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--config", str(workdir / "config.toml")],
             cwd=workdir,
-            stdout=subprocess.DEVNULL,
+            stdout=self.stdout.open("w"),
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "RUST_LOG": "edgegate=info"},
@@ -68,6 +69,11 @@ class Gateway:
                 check=True, capture_output=True, timeout=60,
             )
         return str(cert), str(key)
+
+    def quickstart(self) -> list[str]:
+        """The client command lines the gateway printed on start."""
+        lines = self.stdout.read_text().splitlines()
+        return [l.strip() for l in lines if l.strip().startswith("mosquitto_")]
 
     def stop(self):
         self.proc.terminate()
