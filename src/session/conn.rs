@@ -791,11 +791,13 @@ impl Conn {
         let sub_id = s.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let mut refusals = Vec::new();
         for (i, (raw, opts)) in s.filters.iter().enumerate() {
             let parsed = match Subscription::parse(raw) {
                 Ok(p) => p,
-                Err(_) => {
+                Err(e) => {
                     codes.push(reason::TOPIC_FILTER_INVALID);
+                    refusals.push(format!("{raw}: {e}"));
                     continue;
                 }
             };
@@ -805,23 +807,37 @@ impl Conn {
                     "No Local on a shared subscription [MQTT-3.8.3-4]",
                 ));
             }
-            if i >= limits.max_filters_per_subscribe {
-                metrics.refused(LimitKind::FiltersPerSubscribe);
-                codes.push(reason::QUOTA_EXCEEDED);
-                continue;
-            }
-            if let Err(e) = topic_limits(&cfg).check(parsed.filter) {
-                metrics.refused(match e {
+            let exists = data.subscriptions.contains_key(raw.as_str());
+            let refusal = if i >= limits.max_filters_per_subscribe {
+                Some((
+                    LimitKind::FiltersPerSubscribe,
+                    reason::QUOTA_EXCEEDED,
+                    "too many filters in one SUBSCRIBE",
+                ))
+            } else if let Err(e) = topic_limits(&cfg).check(parsed.filter) {
+                let kind = match e {
                     topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
                     _ => LimitKind::TopicLength,
-                });
-                codes.push(reason::TOPIC_FILTER_INVALID);
-                continue;
-            }
-            let exists = data.subscriptions.contains_key(raw.as_str());
-            if !exists && data.subscriptions.len() >= limits.max_subscriptions_per_connection {
-                metrics.refused(LimitKind::Subscriptions);
-                codes.push(reason::QUOTA_EXCEEDED);
+                };
+                Some((
+                    kind,
+                    reason::TOPIC_FILTER_INVALID,
+                    "filter too long or too deep",
+                ))
+            } else if !exists && data.subscriptions.len() >= limits.max_subscriptions_per_connection
+            {
+                Some((
+                    LimitKind::Subscriptions,
+                    reason::QUOTA_EXCEEDED,
+                    "too many subscriptions",
+                ))
+            } else {
+                None
+            };
+            if let Some((kind, code, why)) = refusal {
+                metrics.refused(kind);
+                codes.push(code);
+                refusals.push(format!("{raw}: {why}"));
                 continue;
             }
             let mut granted = *opts;
@@ -849,10 +865,18 @@ impl Conn {
             }
         }
         self.shared.sessions.persist(data);
+        let properties = Properties {
+            reason_string: if refusals.is_empty() {
+                None
+            } else {
+                self.reason(&refusals.join("; "))
+            },
+            ..Properties::default()
+        };
         self.send(&Packet::SubAck(SubAck {
             pkid: s.pkid,
             codes,
-            properties: Properties::default(),
+            properties,
         }));
         // Retained messages follow the SUBACK, flagged RETAIN [MQTT-3.3.1-8],
         // through the mailbox so that they respect the client's window.
