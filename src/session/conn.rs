@@ -38,6 +38,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection the gateway closes keeps reading so its last words arrive.
 const LINGER: Duration = Duration::from_millis(500);
 
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
 /// Bytes of deliveries encoded per loop turn before the buffer is written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -180,6 +183,9 @@ async fn read_connect<S: AsyncRead + Unpin>(
                     "first packet is not CONNECT [MQTT-3.1.0-1]",
                 )),
             };
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
         }
         match stream.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Ok(None),
@@ -475,6 +481,11 @@ impl Conn {
             let window_open = data.inflight.len() < self.send_window;
             // Stop reading while too many acknowledgements wait for the store.
             let reading = self.acks.len() < usize::from(shared.config.limits.max_inflight) * 2;
+            // Read in sizeable chunks: with no spare capacity `read_buf` would
+            // read 64 bytes at a time.
+            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                rbuf.reserve(READ_CHUNK);
+            }
             let has_commit = self.acks.front().is_some_and(|a| a.commit.is_some());
             let commit_wait = self.acks.front_mut().and_then(|a| a.commit.as_mut());
             let event = tokio::select! {
