@@ -204,7 +204,10 @@ async fn protocol_violations_get_their_reason_codes() {
     assert_eq!(&suback[..2], &[0x00, 0x07]);
     assert_eq!(suback.last(), Some(&0x8f), "Topic Filter invalid");
     let text = String::from_utf8_lossy(&suback);
-    assert!(text.contains("a#b"), "the reason string names the filter: {text}");
+    assert!(
+        text.contains("a#b"),
+        "the reason string names the filter: {text}"
+    );
     raw.send(&[0xc0, 0x00]).await;
     assert_eq!(
         raw.read_n(2).await,

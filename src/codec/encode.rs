@@ -142,21 +142,12 @@ fn varint_len(v: u32) -> usize {
 
 fn first_byte(packet: &Packet) -> u8 {
     match packet {
-        Packet::Connect(_) => 0x10,
-        Packet::ConnAck(_) => 0x20,
         Packet::Publish(p) => publish_first_byte(&p.view()),
-        Packet::PubAck(_) => 0x40,
-        Packet::PubRec(_) => 0x50,
-        Packet::PubRel(_) => 0x62,
-        Packet::PubComp(_) => 0x70,
-        Packet::Subscribe(_) => 0x82,
-        Packet::SubAck(_) => 0x90,
-        Packet::Unsubscribe(_) => 0xa2,
-        Packet::UnsubAck(_) => 0xb0,
-        Packet::PingReq => 0xc0,
-        Packet::PingResp => 0xd0,
-        Packet::Disconnect(_) => 0xe0,
-        Packet::Auth(_) => 0xf0,
+        // PUBREL, SUBSCRIBE and UNSUBSCRIBE carry flags 0010 [MQTT-2.2.2-1].
+        Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
+            packet.type_number() << 4 | 0x02
+        }
+        _ => packet.type_number() << 4,
     }
 }
 

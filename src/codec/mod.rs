@@ -435,24 +435,24 @@ pub enum Packet {
 }
 
 impl Packet {
-    /// Name used in metrics labels and logs.
-    pub fn kind(&self) -> &'static str {
+    /// The MQTT control packet type number (1 for CONNECT ... 15 for AUTH).
+    pub fn type_number(&self) -> u8 {
         match self {
-            Self::Connect(_) => "connect",
-            Self::ConnAck(_) => "connack",
-            Self::Publish(_) => "publish",
-            Self::PubAck(_) => "puback",
-            Self::PubRec(_) => "pubrec",
-            Self::PubRel(_) => "pubrel",
-            Self::PubComp(_) => "pubcomp",
-            Self::Subscribe(_) => "subscribe",
-            Self::SubAck(_) => "suback",
-            Self::Unsubscribe(_) => "unsubscribe",
-            Self::UnsubAck(_) => "unsuback",
-            Self::PingReq => "pingreq",
-            Self::PingResp => "pingresp",
-            Self::Disconnect(_) => "disconnect",
-            Self::Auth(_) => "auth",
+            Self::Connect(_) => 1,
+            Self::ConnAck(_) => 2,
+            Self::Publish(_) => 3,
+            Self::PubAck(_) => 4,
+            Self::PubRec(_) => 5,
+            Self::PubRel(_) => 6,
+            Self::PubComp(_) => 7,
+            Self::Subscribe(_) => 8,
+            Self::SubAck(_) => 9,
+            Self::Unsubscribe(_) => 10,
+            Self::UnsubAck(_) => 11,
+            Self::PingReq => 12,
+            Self::PingResp => 13,
+            Self::Disconnect(_) => 14,
+            Self::Auth(_) => 15,
         }
     }
 }

@@ -337,19 +337,11 @@ impl Conn {
 
     fn send(&mut self, p: &Packet) {
         codec::encode(p, self.protocol, &mut self.wbuf);
-        let ty = match p {
-            Packet::ConnAck(_) => 2,
-            Packet::PubAck(_) => 4,
-            Packet::PubRec(_) => 5,
-            Packet::PubRel(_) => 6,
-            Packet::PubComp(_) => 7,
-            Packet::SubAck(_) => 9,
-            Packet::UnsubAck(_) => 11,
-            Packet::PingResp => 13,
-            Packet::Disconnect(_) => 14,
-            _ => 0,
-        };
-        self.shared.metrics.packets_out.get(ty).increment(1);
+        self.shared
+            .metrics
+            .packets_out
+            .get(usize::from(p.type_number()))
+            .increment(1);
     }
 
     fn reason(&self, text: &str) -> Option<String> {
@@ -564,20 +556,7 @@ impl Conn {
 
     fn handle(&mut self, p: Packet, data: &mut SessionData) -> Result<(), End> {
         let metrics = self.shared.metrics.clone();
-        let ty = match &p {
-            Packet::Connect(_) => 1,
-            Packet::Publish(_) => 3,
-            Packet::PubAck(_) => 4,
-            Packet::PubRec(_) => 5,
-            Packet::PubRel(_) => 6,
-            Packet::PubComp(_) => 7,
-            Packet::Subscribe(_) => 8,
-            Packet::Unsubscribe(_) => 10,
-            Packet::PingReq => 12,
-            Packet::Disconnect(_) => 14,
-            Packet::Auth(_) => 15,
-            _ => 0,
-        };
+        let ty = usize::from(p.type_number());
         metrics.packets_in.get(ty).increment(1);
         match p {
             Packet::Publish(p) => self.publish(p, data),
