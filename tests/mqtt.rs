@@ -382,3 +382,27 @@ async fn metrics_and_health_on_the_admin_listener() {
     );
     assert!(metric(&m, "edgegate_bytes_received_total") > 0.0);
 }
+
+#[tokio::test]
+async fn wildcards_at_the_first_level_do_not_match_dollar_topics() {
+    let t = TestServer::start().await;
+    let mut all = t.v4("all", true).await;
+    all.subscribe("#", QoS::AtMostOnce).await;
+    let mut shadows = t.v4("shadows", true).await;
+    shadows
+        .subscribe("$aws/things/+/shadow/#", QoS::AtMostOnce)
+        .await;
+    let p = t.v4("dollar-pub", true).await;
+    p.publish(
+        "$aws/things/lamp/shadow/update",
+        QoS::AtMostOnce,
+        false,
+        b"{}",
+    )
+    .await;
+    let got = shadows.recv().await;
+    assert_eq!(got.topic, "$aws/things/lamp/shadow/update");
+    // `#` sees ordinary topics but not `$` ones [MQTT-4.7.2-1].
+    p.publish("plain/topic", QoS::AtMostOnce, false, b"x").await;
+    assert_eq!(all.recv().await.topic, "plain/topic");
+}

@@ -272,3 +272,53 @@ async fn alpn_as_aws_iot_sdks_offer_it() {
         assert_eq!(raw.read_n(4).await, vec![0x20, 0x02, 0x00, 0x00]);
     }
 }
+
+#[tokio::test]
+async fn tls_1_2_is_served_with_forward_secret_suites_only() {
+    let t = TestServer::start().await;
+    let pem = t.device("tls12");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let base = t.tls_config(Some(&pem));
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("tls 1.2")
+        .with_root_certificates(base_roots(&t))
+        .with_client_auth_cert(certs(&pem.cert), key(&pem.key))
+        .expect("client auth");
+    config.alpn_protocols = base.alpn_protocols.clone();
+    let mut raw = Raw::connect(t.addr(), std::sync::Arc::new(config))
+        .await
+        .expect("handshake");
+    let conn = raw.stream.get_ref().1;
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let suite = format!(
+        "{:?}",
+        conn.negotiated_cipher_suite().expect("suite").suite()
+    );
+    assert!(suite.starts_with("TLS_ECDHE_"), "{suite}");
+    raw.send(&connect_bytes(4, "tls12", 30)).await;
+    assert_eq!(raw.read_n(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+}
+
+fn base_roots(t: &TestServer) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&t.ca.pem.cert) {
+        roots.add(c).expect("root");
+    }
+    roots
+}
+
+fn certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("pem")
+}
+
+fn key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .expect("pem")
+        .expect("key")
+}
