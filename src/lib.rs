@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod policy;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -1,0 +1,255 @@
+//! Compiling policy documents for one connection: policy variables are
+//! substituted, ARN heads are checked against this gateway's partition,
+//! region and account, and conditions are decided, so that evaluating a
+//! request afterwards only matches actions and resources.
+//!
+//! Pure. Rules (spec/aws-iot-auth.md §1.7-§1.9):
+//! - `${key}` takes the key's first value, as literal text: a client id
+//!   with `*` in it is not a wildcard. `${*}`, `${?}` and `${$}` are the
+//!   literal characters.
+//! - A resource pattern with an unresolved variable never matches, whether
+//!   its statement allows or denies.
+//! - A condition on an absent key is false, except for negated operators
+//!   (true), `...IfExists` (true), `ForAllValues:` (true) and
+//!   `ForAnyValue:` (false); `Null` tests presence.
+//! - Keys compare case-insensitively.
+
+use super::document::{BaseOperator, Condition, Document, SetQualifier};
+use super::eval::{Cidr, CompiledStatement, Glob, PolicySet, ResourcePattern};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Values of the condition keys and policy variables for one connection.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    vars: Vec<(String, Vec<String>)>,
+}
+
+impl Context {
+    /// An empty context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a single-valued key.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.set_all(key, vec![value.into()])
+    }
+
+    /// Sets a multi-valued key (e.g. `iot:ConnectAttributes`).
+    pub fn set_all(&mut self, key: &str, values: Vec<String>) -> &mut Self {
+        let key = key.to_ascii_lowercase();
+        self.vars.retain(|(k, _)| *k != key);
+        self.vars.push((key, values));
+        self
+    }
+
+    /// The values of a key, if it is present.
+    pub fn get(&self, key: &str) -> Option<&[String]> {
+        self.vars
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every key that is set, for explanations.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.vars.iter().map(|(k, _)| k.as_str())
+    }
+}
+
+/// This gateway's place in ARNs.
+#[derive(Debug, Clone)]
+pub struct ArnHead {
+    /// `aws`
+    pub partition: String,
+    /// e.g. `us-east-1`
+    pub region: String,
+    /// e.g. `000000000000`
+    pub account: String,
+}
+
+impl ArnHead {
+    /// The head used for every resource of this gateway.
+    pub fn new(region: &str, account: &str) -> Self {
+        Self {
+            partition: "aws".into(),
+            region: region.into(),
+            account: account.into(),
+        }
+    }
+}
+
+/// Compiles named documents for a connection described by `ctx`.
+pub fn compile<'a>(
+    documents: impl IntoIterator<Item = (&'a Arc<str>, &'a Document)>,
+    head: &ArnHead,
+    ctx: &Context,
+) -> PolicySet {
+    let mut statements = Vec::new();
+    for (name, doc) in documents {
+        for (index, st) in doc.statements.iter().enumerate() {
+            if !st.conditions.iter().all(|c| holds(c, ctx, doc.variables)) {
+                continue;
+            }
+            statements.push(CompiledStatement {
+                policy: name.clone(),
+                index,
+                sid: st.sid.as_deref().map(Arc::from),
+                effect: st.effect,
+                actions: st
+                    .actions
+                    .iter()
+                    .map(|a| Glob::new(&a.to_ascii_lowercase()))
+                    .collect(),
+                not_action: st.not_action,
+                resources: st
+                    .resources
+                    .iter()
+                    .map(|r| resource(r, head, ctx, doc.variables))
+                    .collect(),
+                not_resource: st.not_resource,
+            });
+        }
+    }
+    PolicySet { statements }
+}
+
+/// Substitutes variables into a pattern; `None` if one is unresolved.
+fn substitute(text: &str, ctx: &Context, variables: bool) -> Option<Glob> {
+    let mut glob = Glob::default();
+    if !variables {
+        glob.push_pattern(text);
+        return Some(glob);
+    }
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        glob.push_pattern(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}')?;
+        match &after[..end] {
+            "*" => glob.push_literal("*"),
+            "?" => glob.push_literal("?"),
+            "$" => glob.push_literal("$"),
+            key => glob.push_literal(ctx.get(key)?.first()?),
+        }
+        rest = &after[end + 1..];
+    }
+    glob.push_pattern(rest);
+    Some(glob)
+}
+
+fn resource(pattern: &str, head: &ArnHead, ctx: &Context, variables: bool) -> ResourcePattern {
+    if pattern == "*" {
+        return ResourcePattern::Any;
+    }
+    // arn:partition:service:region:account:path; the path may contain ':'.
+    let mut parts = pattern.splitn(6, ':');
+    let fields: Vec<&str> = parts.by_ref().take(5).collect();
+    let Some(path) = parts.next() else {
+        return ResourcePattern::Never;
+    };
+    let ours = [
+        "arn",
+        head.partition.as_str(),
+        "iot",
+        &head.region,
+        &head.account,
+    ];
+    let head_ok = fields.len() == 5
+        && fields
+            .iter()
+            .zip(ours)
+            .all(|(f, o)| substitute(f, ctx, variables).is_some_and(|g| g.matches(o)));
+    if !head_ok {
+        return ResourcePattern::Never;
+    }
+    match substitute(path, ctx, variables) {
+        Some(g) => ResourcePattern::Path(g),
+        None => ResourcePattern::Never,
+    }
+}
+
+/// Whether a condition holds for the connection.
+pub fn holds(c: &Condition, ctx: &Context, variables: bool) -> bool {
+    let op = c.operator;
+    let present = ctx.get(&c.key).filter(|v| !v.is_empty());
+    if op.base == BaseOperator::Null {
+        // "true": the key must be absent; "false": present.
+        return c
+            .values
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("true") == present.is_none());
+    }
+    let Some(actual) = present else {
+        return op.if_exists
+            || match op.set {
+                Some(SetQualifier::AllValues) => true,
+                Some(SetQualifier::AnyValue) => false,
+                None => op.base.is_negated(),
+            };
+    };
+    // Condition values with unresolved variables match nothing.
+    let wanted: Vec<String> = c
+        .values
+        .iter()
+        .filter_map(|v| substitute_text(v, ctx, variables))
+        .collect();
+    let hit = |a: &String| wanted.iter().any(|w| compare(op.base, a, w));
+    let negated = op.base.is_negated();
+    match (op.set, negated) {
+        (Some(SetQualifier::AllValues), false) => actual.iter().all(hit),
+        (Some(SetQualifier::AllValues), true) => actual.iter().all(|a| !hit(a)),
+        (Some(SetQualifier::AnyValue), true) => actual.iter().any(|a| !hit(a)),
+        (_, false) => actual.iter().any(hit),
+        (None, true) => !actual.iter().any(hit),
+    }
+}
+
+/// Substitutes variables into a condition value as plain text.
+fn substitute_text(text: &str, ctx: &Context, variables: bool) -> Option<String> {
+    if !variables || !text.contains("${") {
+        return Some(text.to_owned());
+    }
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}')?;
+        match &after[..end] {
+            lit @ ("*" | "?" | "$") => out.push_str(lit),
+            key => out.push_str(ctx.get(key)?.first()?),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The positive form of each operator: equality for `StringNotEquals`, and so on.
+fn compare(op: BaseOperator, actual: &str, wanted: &str) -> bool {
+    use BaseOperator::*;
+    let num = || Some((actual.parse::<f64>().ok()?, wanted.parse::<f64>().ok()?));
+    match op {
+        StringEquals | StringNotEquals | ArnEquals | ArnNotEquals => actual == wanted,
+        StringEqualsIgnoreCase | StringNotEqualsIgnoreCase => {
+            actual.to_lowercase() == wanted.to_lowercase()
+        }
+        StringLike | StringNotLike | ArnLike | ArnNotLike => Glob::new(wanted).matches(actual),
+        NumericEquals | NumericNotEquals => num().is_some_and(|(a, w)| a == w),
+        NumericLessThan => num().is_some_and(|(a, w)| a < w),
+        NumericLessThanEquals => num().is_some_and(|(a, w)| a <= w),
+        NumericGreaterThan => num().is_some_and(|(a, w)| a > w),
+        NumericGreaterThanEquals => num().is_some_and(|(a, w)| a >= w),
+        Bool => actual.eq_ignore_ascii_case(wanted),
+        IpAddress | NotIpAddress => match (actual.parse::<IpAddr>(), Cidr::parse(wanted)) {
+            (Ok(ip), Some(net)) => net.contains(ip),
+            _ => false,
+        },
+        Null => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
