@@ -1,15 +1,28 @@
 //! edgegate: an MQTT gateway for the edge that devices talk to exactly as
 //! they talk to AWS IoT Core.
 //!
-//! Layout (a module imports only modules above it; `server` wires them):
-//! - [`topic`]: topic names and filters, validation and matching (pure).
-//! - [`codec`]: MQTT 3.1.1 and 5.0 packets to and from bytes (pure).
+//! Layout, in dependency order: a module imports only modules listed above
+//! it, except [`server`], which wires them together. (P) marks pure modules:
+//! no IO, time passed in.
+//! - [`topic`] (P): topic names and filters, validation and matching.
+//! - [`metrics`]: every metric name; a private Prometheus recorder per gateway.
+//! - [`config`]: `config.toml`, defaults, validation reporting every problem.
+//! - [`codec`] (P): MQTT 3.1.1 and 5.0 packets to and from bytes.
+//! - [`store`]: the redb database and its group-commit writer.
+//! - [`policy`]: AWS IoT policy documents, compilation and evaluation.
+//! - [`registry`]: principals: certificates and the identities read from them.
+//! - [`router`]: subscriptions, retained messages, fan-out into mailboxes.
+//! - [`session`]: the session table, wills, and the connection task.
+//! - [`transport`]: TLS configuration and certificate generation.
+//! - [`http`]: the admin listener.
+//! - [`server`]: binds everything, then serves; owns shutdown.
 
 pub mod codec;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod registry;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -8,12 +8,13 @@
 
 use crate::config::Config;
 use crate::metrics::{HandshakeFailure, Metrics};
+use crate::registry::ClientIdentity;
 use crate::router::{MailboxLimits, Router};
 use crate::session::Sessions;
 use crate::session::conn::{self, Shared};
 use crate::store::{Store, StoreError};
 use crate::transport::pki::{self, FirstRun, PkiError};
-use crate::transport::tls::{self, Acceptor, ClientIdentity, TlsError};
+use crate::transport::tls::{self, Acceptor, TlsError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -66,7 +66,7 @@ fn cert_commands_make_a_ca_and_device_certificates_it_signs() {
             .next()
             .expect("a certificate")
             .expect("pem");
-        let id = edgegate::transport::tls::ClientIdentity::from_der(&der).expect("parses");
+        let id = edgegate::registry::ClientIdentity::from_der(&der).expect("parses");
         assert_eq!(id.subject.common_name.as_deref(), Some(name));
         assert_eq!(id.issuer.common_name.as_deref(), Some("edgegate local CA"));
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");

@@ -17,10 +17,10 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::metrics::{DropReason, HandshakeFailure, LimitKind, Metrics};
+use crate::registry::ClientIdentity;
 use crate::router::{Delivery, Message, Router, Subscriber};
 use crate::store::{Commit, Op, Store};
 use crate::topic::{self, Subscription};
-use crate::transport::tls::ClientIdentity;
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -1085,7 +1085,7 @@ fn assigned_client_id() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 12];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    format!("edgegate-{}", crate::transport::tls::hex(&bytes))
+    format!("edgegate-{}", crate::registry::identity::hex(&bytes))
 }
 
 fn topic_limits(cfg: &Config) -> topic::Limits {

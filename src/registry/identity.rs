@@ -1,0 +1,110 @@
+//! Who is on the other end of a connection, read from its client
+//! certificate: the AWS certificate id and the subject and issuer fields
+//! that policy variables refer to.
+
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+
+/// Subject or issuer fields of a certificate that policies may refer to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Name {
+    /// CN
+    pub common_name: Option<String>,
+    /// O
+    pub organization: Option<String>,
+    /// OU
+    pub organizational_unit: Option<String>,
+    /// C
+    pub country: Option<String>,
+    /// ST
+    pub state: Option<String>,
+    /// L
+    pub locality: Option<String>,
+    /// The whole name in RFC 4514 form.
+    pub rfc4514: String,
+}
+
+impl Name {
+    fn from_x509(name: &X509Name<'_>) -> Self {
+        let first = |it: &mut dyn Iterator<
+            Item = &x509_parser::x509::AttributeTypeAndValue<'_>,
+        >| { it.next().and_then(|a| a.as_str().ok()).map(str::to_owned) };
+        Self {
+            common_name: first(&mut name.iter_common_name()),
+            organization: first(&mut name.iter_organization()),
+            organizational_unit: first(&mut name.iter_organizational_unit()),
+            country: first(&mut name.iter_country()),
+            state: first(&mut name.iter_state_or_province()),
+            locality: first(&mut name.iter_locality()),
+            rfc4514: name.to_string(),
+        }
+    }
+}
+
+/// Who is on the other end of a connection, from its client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// AWS certificate id: lowercase hex SHA-256 of the DER encoding.
+    pub certificate_id: String,
+    /// Subject fields.
+    pub subject: Name,
+    /// Issuer fields.
+    pub issuer: Name,
+    /// Serial number, lowercase hex.
+    pub serial_number: String,
+    /// Start of validity, seconds since the epoch.
+    pub not_before: i64,
+    /// End of validity, seconds since the epoch.
+    pub not_after: i64,
+}
+
+impl ClientIdentity {
+    /// Reads the identity from a DER certificate (already verified by the handshake).
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        Some(Self {
+            certificate_id: hex(digest.as_ref()),
+            subject: Name::from_x509(cert.subject()),
+            issuer: Name::from_x509(cert.issuer()),
+            serial_number: hex(cert.raw_serial()),
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::pki::{Ca, KeyKind};
+
+    #[test]
+    fn identity_from_generated_certificate() {
+        let ca = Ca::generate("test CA").expect("ca");
+        let dev = ca
+            .issue_device("thing-7", KeyKind::EcdsaP256)
+            .expect("device");
+        let der = rustls_pemfile::certs(&mut dev.cert.as_bytes())
+            .next()
+            .expect("one cert")
+            .expect("pem");
+        let id = ClientIdentity::from_der(&der).expect("parses");
+        assert_eq!(id.subject.common_name.as_deref(), Some("thing-7"));
+        assert_eq!(id.issuer.common_name.as_deref(), Some("test CA"));
+        assert_eq!(id.issuer.organization.as_deref(), Some("edgegate"));
+        assert_eq!(id.certificate_id.len(), 64);
+        let want = hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref());
+        assert_eq!(id.certificate_id, want);
+        assert!(id.not_before < id.not_after);
+    }
+}
