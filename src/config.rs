@@ -36,6 +36,8 @@ pub struct Config {
     pub limits: Limits,
     /// Durability of the store.
     pub store: Store,
+    /// Where policy documents live.
+    pub policies: Policies,
 }
 
 /// `[aws]`
@@ -208,6 +210,22 @@ impl Default for Store {
     }
 }
 
+/// `[policies]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policies {
+    /// Directory of policy documents, one `NAME.json` per policy.
+    pub dir: PathBuf,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self {
+            dir: "policies".into(),
+        }
+    }
+}
+
 /// Every problem found in a configuration, each on its own line.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -264,7 +282,7 @@ impl Config {
                     Some(s) => data_dir = s.into(),
                     None => problems.push("data_dir: expected a string".into()),
                 },
-                "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" => {}
+                "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" | "policies" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -276,6 +294,7 @@ impl Config {
             admin: section(&table, "admin", &mut problems),
             limits: section(&table, "limits", &mut problems),
             store: section(&table, "store", &mut problems),
+            policies: section(&table, "policies", &mut problems),
         };
         cfg.resolve_paths(base);
         problems.extend(cfg.validate());
@@ -292,6 +311,7 @@ impl Config {
             &mut self.tls.ca,
             &mut self.tls.cert,
             &mut self.tls.key,
+            &mut self.policies.dir,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);

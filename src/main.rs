@@ -36,6 +36,55 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Check policy documents and try requests against them.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate every policy document in DIR (default: the configured
+    /// policies directory); every error with file, statement and reason.
+    Check {
+        /// Directory of NAME.json policy documents.
+        dir: Option<PathBuf>,
+        /// Configuration file naming the policies directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Evaluate one request as AWS TestAuthorization does, and say which
+    /// statement decided.
+    Test {
+        /// The client certificate (PEM) whose variables apply.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The MQTT client id.
+        #[arg(long = "client-id")]
+        client_id: Option<String>,
+        /// The thing associated with the connection.
+        #[arg(long)]
+        thing: Option<String>,
+        /// The client's address, for aws:SourceIp.
+        #[arg(long = "source-ip")]
+        source_ip: Option<std::net::IpAddr>,
+        /// The action, e.g. iot:Publish.
+        #[arg(long)]
+        action: String,
+        /// The resource, e.g. topic/a/b, client/dev-1 or a full ARN.
+        #[arg(long)]
+        resource: String,
+        /// Policies to evaluate (repeat); default: every policy in the directory.
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// Directory of NAME.json policy documents.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Configuration file naming the policies directory and the ARN region and account.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +128,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => return serve(config),
         Command::Cert { command } => cert(command),
+        Command::Policy { command } => return policy(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +227,189 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn policy(command: PolicyCommand) -> ExitCode {
+    let config_for = |path: Option<PathBuf>| match load_config(path) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EX_CONFIG))
+        }
+    };
+    match command {
+        PolicyCommand::Check { dir, config } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => match config_for(config) {
+                    Ok(c) => c.policies.dir,
+                    Err(code) => return code,
+                },
+            };
+            let loaded = edgegate::policy::load_dir(&dir);
+            for e in &loaded.errors {
+                println!("{e}");
+            }
+            if loaded.errors.is_empty() {
+                println!(
+                    "{}: {} policies, all valid",
+                    dir.display(),
+                    loaded.documents.len()
+                );
+                ExitCode::SUCCESS
+            } else {
+                println!("{} problem(s)", loaded.errors.len());
+                ExitCode::FAILURE
+            }
+        }
+        PolicyCommand::Test {
+            cert,
+            client_id,
+            thing,
+            source_ip,
+            action,
+            resource,
+            policies,
+            dir,
+            config,
+        } => {
+            let config = match config_for(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let request = TestRequest {
+                cert,
+                client_id,
+                thing,
+                source_ip,
+                action,
+                resource,
+                policies,
+                dir: dir.unwrap_or(config.policies.dir.clone()),
+            };
+            match test_authorization(&config, request) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+struct TestRequest {
+    cert: Option<PathBuf>,
+    client_id: Option<String>,
+    thing: Option<String>,
+    source_ip: Option<std::net::IpAddr>,
+    action: String,
+    resource: String,
+    policies: Vec<String>,
+    dir: PathBuf,
+}
+
+fn test_authorization(config: &Config, r: TestRequest) -> anyhow::Result<()> {
+    use edgegate::policy::compile::{ArnHead, Context, compile, missing};
+    use edgegate::policy::eval::{Action, ResourceType};
+    let action = Action::parse(&r.action).with_context(|| {
+        format!(
+            "unknown action `{}` (iot:Connect, iot:Publish, ...)",
+            r.action
+        )
+    })?;
+    // A full ARN or just its path.
+    let path = if r.resource.starts_with("arn:") {
+        r.resource.splitn(6, ':').nth(5).unwrap_or_default()
+    } else {
+        r.resource.as_str()
+    };
+    let (ty, name) = [
+        ResourceType::TopicFilter,
+        ResourceType::Topic,
+        ResourceType::Client,
+        ResourceType::Thing,
+    ]
+    .into_iter()
+    .find_map(|t| path.strip_prefix(t.prefix()).map(|n| (t, n)))
+    .with_context(|| {
+        format!(
+            "resource `{}` is not client/, topic/, topicfilter/ or thing/",
+            r.resource
+        )
+    })?;
+    let loaded = edgegate::policy::load_dir(&r.dir);
+    for e in &loaded.errors {
+        eprintln!("skipped: {e}");
+    }
+    let chosen: Vec<_> = if r.policies.is_empty() {
+        loaded.documents.iter().collect()
+    } else {
+        r.policies
+            .iter()
+            .map(|p| {
+                loaded
+                    .documents
+                    .get_key_value(p.as_str())
+                    .with_context(|| format!("no valid policy `{p}` in {}", r.dir.display()))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut ctx = Context::new();
+    if let Some(path) = &r.cert {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .context("no certificate in the file")??;
+        edgegate::registry::ClientIdentity::from_der(&der)
+            .context("unreadable certificate")?
+            .add_to(&mut ctx);
+    }
+    if let Some(id) = &r.client_id {
+        ctx.set("iot:ClientId", id.clone());
+    }
+    if let Some(thing) = &r.thing {
+        ctx.set("iot:Connection.Thing.ThingName", thing.clone());
+        ctx.set("iot:Connection.Thing.IsAttached", "true");
+    }
+    if let Some(ip) = r.source_ip {
+        ctx.set("aws:SourceIp", ip.to_string());
+    }
+    let head = ArnHead::new(&config.aws.region, &config.aws.account_id);
+    let set = compile(chosen.iter().map(|(n, d)| (*n, &***d)), &head, &ctx);
+    let (decision, statement) = set.explain(action, ty, name);
+    println!("{}", decision.name());
+    match statement {
+        Some(st) => println!(
+            "  decided by policy `{}`, statement {}{}",
+            st.policy,
+            st.index,
+            st.sid
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        ),
+        None => println!(
+            "  no statement allows {} on {}{}",
+            r.action,
+            ty.prefix(),
+            name
+        ),
+    }
+    let names: Vec<&str> = chosen.iter().map(|(n, _)| &***n).collect();
+    println!(
+        "  evaluated: {}",
+        if names.is_empty() {
+            "(no policies)".into()
+        } else {
+            names.join(", ")
+        }
+    );
+    let missing = missing(chosen.iter().map(|(_, d)| &***d), &ctx);
+    if !missing.is_empty() {
+        println!("  missing context values: {}", missing.join(", "));
+    }
+    Ok(())
 }
 
 fn cert(command: CertCommand) -> anyhow::Result<()> {

@@ -91,3 +91,120 @@ fn cert_commands_make_a_ca_and_device_certificates_it_signs() {
         .expect("run");
     assert!(!bad.status.success());
 }
+
+#[test]
+fn policy_check_reports_file_statement_and_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("ok.json"),
+        r#"{"Statement": {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("typo.json"),
+        r#"{"Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
+                          {"Effect": "Alow", "Action": "iot:Publish", "Resource": "*"}]}"#,
+    )
+    .expect("write");
+    let out = edgegate()
+        .args(["policy", "check"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("typo.json: statement 1: Effect must be"),
+        "{text}"
+    );
+    std::fs::remove_file(dir.path().join("typo.json")).expect("rm");
+    let out = edgegate()
+        .args(["policy", "check"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The repository's own policies are valid.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let out = edgegate()
+        .args(["policy", "check"])
+        .arg(&shipped)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn policy_test_explains_the_decision_like_test_authorization() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let certs_s = certs.to_str().expect("utf8");
+    for args in [
+        vec!["cert", "ca", "--out", certs_s],
+        vec![
+            "cert", "issue", "--cn", "lamp-7", "--out", certs_s, "--ca-dir", certs_s,
+        ],
+    ] {
+        assert!(
+            edgegate()
+                .args(&args)
+                .output()
+                .expect("run")
+                .status
+                .success()
+        );
+    }
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("mkdir");
+    std::fs::write(
+        policies.join("by-cn.json"),
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Sid": "OwnTopics", "Effect": "Allow", "Action": "iot:Publish",
+             "Resource": "arn:aws:iot:us-east-1:000000000000:topic/lamps/${iot:Certificate.Subject.CommonName}/*"},
+            {"Sid": "NoAdmin", "Effect": "Deny", "Action": "iot:*",
+             "Resource": "arn:aws:iot:us-east-1:000000000000:topic/lamps/*/admin"}]}"#,
+    )
+    .expect("write");
+    let test = |resource: &str| {
+        let out = edgegate()
+            .args(["policy", "test", "--dir"])
+            .arg(&policies)
+            .arg("--cert")
+            .arg(certs.join("lamp-7.pem"))
+            .args([
+                "--client-id",
+                "lamp-7",
+                "--action",
+                "iot:Publish",
+                "--resource",
+                resource,
+            ])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let allowed = test("topic/lamps/lamp-7/state");
+    assert!(allowed.starts_with("ALLOWED"), "{allowed}");
+    assert!(
+        allowed.contains("`by-cn`, statement 0 (OwnTopics)"),
+        "{allowed}"
+    );
+    let denied = test("arn:aws:iot:us-east-1:000000000000:topic/lamps/lamp-7/admin");
+    assert!(denied.starts_with("EXPLICIT_DENY"), "{denied}");
+    assert!(denied.contains("statement 1 (NoAdmin)"), "{denied}");
+    let other = test("topic/lamps/lamp-8/state");
+    assert!(other.starts_with("IMPLICIT_DENY"), "{other}");
+}

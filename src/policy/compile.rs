@@ -115,6 +115,44 @@ pub fn compile<'a>(
     PolicySet { statements }
 }
 
+/// Policy variables and condition keys the documents use that `ctx` lacks
+/// (TestAuthorization's `missingContextValues`).
+pub fn missing<'a>(
+    documents: impl IntoIterator<Item = &'a Document>,
+    ctx: &Context,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut note = |key: &str| {
+        if ctx.get(key).is_none()
+            && !["*", "?", "$"].contains(&key)
+            && !out.iter().any(|k| k == key)
+        {
+            out.push(key.to_owned());
+        }
+    };
+    for doc in documents {
+        for st in &doc.statements {
+            let texts = st
+                .resources
+                .iter()
+                .chain(st.conditions.iter().flat_map(|c| &c.values));
+            for text in texts {
+                let mut rest = text.as_str();
+                while let Some(start) = rest.find("${") {
+                    let after = &rest[start + 2..];
+                    let Some(end) = after.find('}') else { break };
+                    note(&after[..end]);
+                    rest = &after[end + 1..];
+                }
+            }
+            for c in &st.conditions {
+                note(&c.key);
+            }
+        }
+    }
+    out
+}
+
 /// Substitutes variables into a pattern; `None` if one is unresolved.
 fn substitute(text: &str, ctx: &Context, variables: bool) -> Option<Glob> {
     let mut glob = Glob::default();

@@ -2,6 +2,7 @@
 //! certificate: the AWS certificate id and the subject and issuer fields
 //! that policy variables refer to.
 
+use crate::policy::compile::Context;
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
 /// Subject or issuer fields of a certificate that policies may refer to.
@@ -51,6 +52,8 @@ pub struct ClientIdentity {
     pub issuer: Name,
     /// Serial number, lowercase hex.
     pub serial_number: String,
+    /// Serial number in decimal, as `${iot:Certificate.SerialNumber}` gives it.
+    pub serial_decimal: String,
     /// Start of validity, seconds since the epoch.
     pub not_before: i64,
     /// End of validity, seconds since the epoch.
@@ -67,9 +70,33 @@ impl ClientIdentity {
             subject: Name::from_x509(cert.subject()),
             issuer: Name::from_x509(cert.issuer()),
             serial_number: hex(cert.raw_serial()),
+            serial_decimal: cert.serial.to_string(),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
         })
+    }
+
+    /// Adds the certificate's policy variables (spec/aws-iot-auth.md §1.7).
+    pub fn add_to(&self, ctx: &mut Context) {
+        ctx.set("iot:CertificateId", self.certificate_id.clone());
+        ctx.set("iot:Certificate.SerialNumber", self.serial_decimal.clone());
+        for (side, name) in [("Subject", &self.subject), ("Issuer", &self.issuer)] {
+            for (attr, value) in [
+                ("CommonName", &name.common_name),
+                ("Organization", &name.organization),
+                ("OrganizationalUnit", &name.organizational_unit),
+                ("Country", &name.country),
+                ("State", &name.state),
+            ] {
+                if let Some(v) = value {
+                    ctx.set(&format!("iot:Certificate.{side}.{attr}"), v.clone());
+                    ctx.set_all(
+                        &format!("iot:Certificate.{side}.{attr}.List"),
+                        vec![v.clone()],
+                    );
+                }
+            }
+        }
     }
 }
 
