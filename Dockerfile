@@ -10,6 +10,7 @@ RUN useradd --system --home /srv/edgegate edgegate \
     && mkdir -p /srv/edgegate/data && chown edgegate /srv/edgegate/data
 COPY --from=build /src/target/release/edgegate /usr/local/bin/edgegate
 COPY config.toml /srv/edgegate/config.toml
+COPY policies /srv/edgegate/policies
 WORKDIR /srv/edgegate
 USER edgegate
 EXPOSE 8883

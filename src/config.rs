@@ -38,6 +38,8 @@ pub struct Config {
     pub store: Store,
     /// Where policy documents live.
     pub policies: Policies,
+    /// How certificates become principals, and what anonymous clients may do.
+    pub auth: Auth,
 }
 
 /// `[aws]`
@@ -226,6 +228,63 @@ impl Default for Policies {
     }
 }
 
+/// How an unknown certificate that chains to a trusted CA is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Only registered, ACTIVE certificates connect (as on AWS IoT).
+    Registry,
+    /// Unknown certificates are registered ACTIVE on first connect, with the
+    /// provisioning template's policies and thing.
+    Auto,
+    /// Unknown certificates are registered PENDING_ACTIVATION, an event is
+    /// published, and the connection is refused until an operator activates it.
+    Jitr,
+}
+
+/// What auto registration gives a new certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Provisioning {
+    /// Policies attached to the certificate.
+    pub policies: Vec<String>,
+    /// Name of the thing created and attached, from certificate policy
+    /// variables; none when absent.
+    pub thing_name: Option<String>,
+}
+
+impl Default for Provisioning {
+    fn default() -> Self {
+        Self {
+            policies: vec!["device".into()],
+            thing_name: Some("${iot:Certificate.Subject.CommonName}".into()),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// `registry`, `auto` or `jitr`.
+    pub registration: Registration,
+    /// The template for auto registration.
+    pub provisioning: Provisioning,
+    /// Policies of clients on the plaintext listener, which have no
+    /// certificate; none by default, so they can do nothing.
+    pub anonymous_policies: Vec<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            registration: Registration::Auto,
+            provisioning: Provisioning::default(),
+            anonymous_policies: Vec::new(),
+        }
+    }
+}
+
 /// Every problem found in a configuration, each on its own line.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -282,7 +341,7 @@ impl Config {
                     Some(s) => data_dir = s.into(),
                     None => problems.push("data_dir: expected a string".into()),
                 },
-                "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" | "policies" => {}
+                "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" | "policies" | "auth" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -295,6 +354,7 @@ impl Config {
             limits: section(&table, "limits", &mut problems),
             store: section(&table, "store", &mut problems),
             policies: section(&table, "policies", &mut problems),
+            auth: section(&table, "auth", &mut problems),
         };
         cfg.resolve_paths(base);
         problems.extend(cfg.validate());
@@ -376,12 +436,31 @@ impl Config {
         if self.tls.handshake_timeout_secs == 0 {
             problems.push("tls.handshake_timeout_secs: must be greater than 0".into());
         }
+        for name in self
+            .auth
+            .provisioning
+            .policies
+            .iter()
+            .chain(&self.auth.anonymous_policies)
+        {
+            if !valid_policy_name(name) {
+                problems.push(format!("auth: `{name}` is not a valid policy name"));
+            }
+        }
         if self.mqtt.session_expiry_secs > self.mqtt.max_session_expiry_secs {
             problems
                 .push("mqtt.session_expiry_secs: larger than mqtt.max_session_expiry_secs".into());
         }
         problems
     }
+}
+
+/// Whether a policy name is one AWS accepts: `[\w+=,.@-]{1,128}`.
+pub fn valid_policy_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
 }
 
 /// Deserializes one section on its own so that its errors do not hide the others'.

@@ -196,21 +196,36 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints client command lines that work against this gateway as configured.
+/// Prints client command lines that work against this gateway as configured:
+/// the operator watches every thing's topics, the device publishes on its own.
 fn print_quickstart(config: &Config, port: u16) {
     let certs = config.data_dir.join("certs");
-    let cert = certs.join(format!("{}.pem", pki::FIRST_DEVICE));
-    let key = certs.join(format!("{}.key", pki::FIRST_DEVICE));
-    if !cert.exists() || !key.exists() {
+    let files = |name: &str| {
+        (
+            certs.join(format!("{name}.pem")),
+            certs.join(format!("{name}.key")),
+        )
+    };
+    let (device_cert, device_key) = files(pki::FIRST_DEVICE);
+    let (op_cert, op_key) = files(pki::FIRST_OPERATOR);
+    if ![&device_cert, &device_key, &op_cert, &op_key]
+        .iter()
+        .all(|p| p.exists())
+    {
         return;
     }
-    let (ca, cert, key) = (config.tls.ca.display(), cert.display(), key.display());
-    let id = pki::FIRST_DEVICE;
+    let ca = config.tls.ca.display();
+    let (dev, op) = (pki::FIRST_DEVICE, pki::FIRST_OPERATOR);
     println!(
-        "\nedgegate is listening. Try it with the device certificate made on first run:\n\n  \
-         mosquitto_sub -h localhost -p {port} --cafile {ca} --cert {cert} --key {key} -i {id}-sub -t 'things/{id}/#' -v\n  \
-         mosquitto_pub -h localhost -p {port} --cafile {ca} --cert {cert} --key {key} -i {id} -t 'things/{id}/hello' -m 'hello from {id}'\n\n\
-         More device certificates: edgegate cert issue --cn NAME\n"
+        "\nedgegate is listening. Try it with the certificates made on first run:\n\n  \
+         mosquitto_sub -h localhost -p {port} --cafile {ca} --cert {} --key {} -i {op} -t 'things/#' -v\n  \
+         mosquitto_pub -h localhost -p {port} --cafile {ca} --cert {} --key {} -i {dev} -t 'things/{dev}/hello' -m 'hello from {dev}'\n\n\
+         A device may use only its own topics (policies/device.json); the operator may watch them all\n\
+         (policies/operator.json). More device certificates: edgegate cert issue --cn NAME\n",
+        op_cert.display(),
+        op_key.display(),
+        device_cert.display(),
+        device_key.display(),
     );
 }
 

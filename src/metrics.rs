@@ -92,6 +92,22 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// Which policy action refused an operation.
+    AuthzAction {
+        /// `iot:Connect` (or the will's `iot:Publish`).
+        Connect => "connect",
+        /// `iot:Publish`.
+        Publish => "publish",
+        /// `iot:RetainPublish`.
+        RetainPublish => "retainpublish",
+        /// `iot:Subscribe`.
+        Subscribe => "subscribe",
+        /// `iot:Receive`.
+        Receive => "receive",
+    }
+);
+
 /// Packet type names by MQTT control packet type number.
 const PACKET_TYPES: [&str; 16] = [
     "reserved",
@@ -147,8 +163,14 @@ pub struct Metrics {
     pub dropped: Family,
     /// `edgegate_limit_refusals_total{limit}`.
     pub limit_refusals: Family,
+    /// `edgegate_authz_denied_total{action}`.
+    pub authz_denied: Family,
+    /// `edgegate_connections_refused_total{reason}`: certificates refused by the registry.
+    pub principal_refused: Family,
     /// `edgegate_protocol_errors_total`: connections closed for a protocol error.
     pub protocol_errors: Counter,
+    /// `edgegate_reload_failures_total`: files that failed to load or reload.
+    pub reload_failures: Counter,
     /// `edgegate_retained_messages`.
     pub retained: Gauge,
     /// `edgegate_sessions`: sessions held, online or offline.
@@ -262,9 +284,28 @@ impl Metrics {
                 "limit",
                 &LimitKind::ALL.iter().map(|v| v.label()).collect::<Vec<_>>(),
             ),
+            authz_denied: family(
+                "edgegate_authz_denied_total",
+                "Operations refused by policy, by action.",
+                "action",
+                &AuthzAction::ALL
+                    .iter()
+                    .map(|v| v.label())
+                    .collect::<Vec<_>>(),
+            ),
+            principal_refused: family(
+                "edgegate_connections_refused_total",
+                "Connections refused because of their certificate's registration, by reason.",
+                "reason",
+                &["unknown", "inactive", "revoked", "pending_activation"],
+            ),
             protocol_errors: counter(
                 "edgegate_protocol_errors_total",
                 "Connections closed because the client broke the MQTT protocol.",
+            ),
+            reload_failures: counter(
+                "edgegate_reload_failures_total",
+                "Policy files that failed to load or reload (the last good version stays).",
             ),
             retained: gauge("edgegate_retained_messages", "Retained messages held."),
             sessions: gauge("edgegate_sessions", "Sessions held, online or offline."),
@@ -289,6 +330,11 @@ impl Metrics {
     /// Counts a dropped message.
     pub fn count_drop(&self, reason: DropReason) {
         self.dropped.get(reason as usize).increment(1);
+    }
+
+    /// Counts a policy denial.
+    pub fn denied(&self, action: AuthzAction) {
+        self.authz_denied.get(action as usize).increment(1);
     }
 
     /// Counts a limit refusal.

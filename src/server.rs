@@ -8,7 +8,9 @@
 
 use crate::config::Config;
 use crate::metrics::{HandshakeFailure, Metrics};
+use crate::policy::{self, PolicyStore, compile::ArnHead};
 use crate::registry::ClientIdentity;
+use crate::registry::{CertStatus, Registry};
 use crate::router::{MailboxLimits, Router};
 use crate::session::Sessions;
 use crate::session::conn::{self, Shared};
@@ -73,6 +75,11 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// Swappable TLS configuration.
     pub acceptor: Arc<Acceptor>,
+    /// Certificates and things.
+    pub registry: Arc<Registry>,
+    /// The policies in force.
+    pub policies: Arc<PolicyStore>,
+    policies_dir: std::path::PathBuf,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     store: Store,
@@ -102,12 +109,26 @@ impl Server {
             &config.tls.key,
         )?));
         let metrics = Arc::new(Metrics::new());
-        let (store, snapshot) = Store::open(
+        let (store, mut snapshot) = Store::open(
             &config.data_dir.join("edgegate.redb"),
             config.store.fsync,
             metrics.clone(),
         )?;
         let router = Arc::new(Router::new(store.clone(), metrics.clone()));
+        let loaded = policy::load_dir(&config.policies.dir);
+        for e in &loaded.errors {
+            metrics.reload_failures.increment(1);
+            tracing::error!(problem = %e, "policy not loaded");
+        }
+        let policies = Arc::new(PolicyStore::new(loaded.documents));
+        let registry = Arc::new(Registry::new(
+            store.clone(),
+            std::mem::take(&mut snapshot.registry),
+            trusted_cas(&config.tls.ca)?,
+        ));
+        if let Some(first) = &first_run {
+            register_first_run(&registry, &config, first);
+        }
         let limits = MailboxLimits {
             queued: config.limits.max_queued_messages,
             stored: config.limits.max_stored_messages,
@@ -128,6 +149,9 @@ impl Server {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             next_conn: AtomicU64::new(1),
+            registry: registry.clone(),
+            policies: policies.clone(),
+            arn_head: ArnHead::new(&config.aws.region, &config.aws.account_id),
         });
 
         // Bind everything before serving anything.
@@ -195,10 +219,24 @@ impl Server {
             first_run,
             metrics,
             acceptor,
+            registry,
+            policies,
+            policies_dir: config.policies.dir.clone(),
             shutdown,
             tracker,
             store,
         })
+    }
+
+    /// Re-reads the policies directory; files that fail keep their last good
+    /// version. Connections re-check themselves against the new generation.
+    pub fn reload_policies(&self) -> Vec<policy::FileError> {
+        let errors = self.policies.reload(&self.policies_dir);
+        for e in &errors {
+            self.metrics.reload_failures.increment(1);
+            tracing::error!(problem = %e, "policy reload kept the last good version");
+        }
+        errors
     }
 
     /// A token that is cancelled when the gateway shuts down.
@@ -217,6 +255,41 @@ impl Server {
             tracing::warn!("connections still open after the grace period");
         }
         self.store.close().await;
+    }
+}
+
+/// The trusted CA certificates as (certificate id, subject), to record which
+/// CA issued each registered certificate.
+fn trusted_cas(path: &std::path::Path) -> Result<Vec<(String, String)>, ServerError> {
+    Ok(tls::read_certs(path)?
+        .iter()
+        .filter_map(|der| {
+            let id = ClientIdentity::from_der(der)?;
+            Some((id.certificate_id, id.subject.rfc4514))
+        })
+        .collect())
+}
+
+/// Registers the certificates made on first run: the device with the
+/// provisioning template's policies and its thing, the operator with the
+/// `operator` policy.
+fn register_first_run(registry: &Registry, config: &Config, first: &FirstRun) {
+    let identity = |pem: &str| {
+        rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .and_then(|der| ClientIdentity::from_der(&der))
+    };
+    if let Some(id) = identity(&first.device) {
+        registry.register(
+            &id,
+            CertStatus::Active,
+            config.auth.provisioning.policies.clone(),
+            Some(pki::FIRST_DEVICE),
+        );
+    }
+    if let Some(id) = identity(&first.operator) {
+        registry.register(&id, CertStatus::Active, vec!["operator".into()], None);
     }
 }
 

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 const RETAINED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("retained");
 const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sessions");
 const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
+const REGISTRY: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("registry");
 
 /// Batches waiting for the writer. Past it, durable writes are refused
 /// (`StoreError::Busy`) and tidying writes wait in a task of their own.
@@ -71,6 +72,10 @@ pub enum Op {
     PutQueued(Arc<str>, u64, Arc<[u8]>),
     /// Remove a delivered message.
     DelQueued(Arc<str>, u64),
+    /// Store or replace a registry record (`cert/<id>`, `thing/<name>`).
+    PutRegistry(String, Vec<u8>),
+    /// Delete a registry record.
+    DelRegistry(String),
 }
 
 /// Resolves when a batch is durable.
@@ -94,6 +99,8 @@ pub struct Snapshot {
     pub retained: Vec<(String, Vec<u8>)>,
     /// Sessions with their queued messages in order.
     pub sessions: Vec<StoredSession>,
+    /// Registry records by key.
+    pub registry: Vec<(String, Vec<u8>)>,
 }
 
 /// One persistent session as stored.
@@ -158,6 +165,7 @@ impl Store {
             txn.open_table(RETAINED).map_err(txn_err)?;
             txn.open_table(SESSIONS).map_err(txn_err)?;
             txn.open_table(QUEUE).map_err(txn_err)?;
+            txn.open_table(REGISTRY).map_err(txn_err)?;
             txn.commit().map_err(txn_err)?;
         }
         let snapshot = snapshot(&db)?;
@@ -218,6 +226,12 @@ fn snapshot(db: &Database) -> Result<Snapshot, StoreError> {
     for row in retained.iter().map_err(txn_err)? {
         let (k, v) = row.map_err(txn_err)?;
         snap.retained
+            .push((k.value().to_owned(), v.value().to_vec()));
+    }
+    let registry = txn.open_table(REGISTRY).map_err(txn_err)?;
+    for row in registry.iter().map_err(txn_err)? {
+        let (k, v) = row.map_err(txn_err)?;
+        snap.registry
             .push((k.value().to_owned(), v.value().to_vec()));
     }
     let sessions = txn.open_table(SESSIONS).map_err(txn_err)?;
@@ -313,6 +327,7 @@ fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> 
         let mut retained = txn.open_table(RETAINED).map_err(txn_err)?;
         let mut sessions = txn.open_table(SESSIONS).map_err(txn_err)?;
         let mut queue = txn.open_table(QUEUE).map_err(txn_err)?;
+        let mut registry = txn.open_table(REGISTRY).map_err(txn_err)?;
         for op in group.iter().flat_map(|b| &b.ops) {
             match op {
                 Op::PutRetained(topic, rec) => {
@@ -338,6 +353,14 @@ fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> 
                 }
                 Op::DelQueued(id, seq) => {
                     queue.remove((&**id, *seq)).map_err(txn_err)?;
+                }
+                Op::PutRegistry(key, rec) => {
+                    registry
+                        .insert(key.as_str(), rec.as_slice())
+                        .map_err(txn_err)?;
+                }
+                Op::DelRegistry(key) => {
+                    registry.remove(key.as_str()).map_err(txn_err)?;
                 }
             }
         }
@@ -468,11 +491,17 @@ mod tests {
                 Op::PutQueued(id.clone(), 1, Arc::from(&b"m1"[..])),
                 Op::PutSession("gone".into(), b"s".to_vec()),
                 Op::PutQueued("gone".into(), 1, Arc::from(&b"x"[..])),
+                Op::PutRegistry("thing/a".into(), b"{}".to_vec()),
+                Op::PutRegistry("thing/b".into(), b"{}".to_vec()),
             ];
             let commit = store.try_submit(ops).expect("queued");
             commit.await.expect("sent").expect("durable");
             let commit = store
-                .try_submit(vec![Op::DelSession("gone".into()), Op::DelQueued(id, 2)])
+                .try_submit(vec![
+                    Op::DelSession("gone".into()),
+                    Op::DelQueued(id, 2),
+                    Op::DelRegistry("thing/b".into()),
+                ])
                 .expect("queued");
             commit.await.expect("sent").expect("durable");
             store.close().await;
@@ -482,5 +511,6 @@ mod tests {
         assert_eq!(snap.sessions.len(), 1);
         assert_eq!(snap.sessions[0].client_id, "dev");
         assert_eq!(snap.sessions[0].queue, vec![(1, b"m1".to_vec())]);
+        assert_eq!(snap.registry, vec![("thing/a".to_owned(), b"{}".to_vec())]);
     }
 }

@@ -63,6 +63,8 @@ generate_if_missing = false
 listen = ["127.0.0.1:0"]
 [admin]
 listen = "127.0.0.1:0"
+[auth]
+provisioning = { policies = ["open"] }
 "#;
     let config = write_config(t.dir.path(), text);
     let mut child = Command::new(env!("CARGO_BIN_EXE_edgegate"))

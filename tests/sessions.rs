@@ -215,25 +215,34 @@ async fn qos2_is_exactly_once_even_when_the_publish_is_resent() {
 }
 
 #[tokio::test]
-async fn plaintext_listener_is_off_by_default_and_works_on_loopback_when_enabled() {
+async fn plaintext_listener_is_off_by_default_and_anonymous_clients_get_only_their_policies() {
     let t = TestServer::start().await;
     assert!(t.server().plaintext.is_none());
-    let t = TestServer::start_with(
-        "[mqtt]\nlisten = [\"127.0.0.1:0\"]\nplaintext_listen = \"127.0.0.1:0\"\n",
-    )
-    .await;
-    let addr = t.server().plaintext.expect("plaintext listener");
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(&connect_bytes(4, "plain", 30))
-        .await
-        .expect("write");
-    let mut connack = [0u8; 4];
-    tokio::time::timeout(WAIT, s.read_exact(&mut connack))
-        .await
-        .expect("CONNACK in time")
-        .expect("read");
-    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    let connack = |auth: &'static str| async move {
+        let t = TestServer::start_with(&format!(
+            "[mqtt]\nlisten = [\"127.0.0.1:0\"]\nplaintext_listen = \"127.0.0.1:0\"\n{auth}"
+        ))
+        .await;
+        let addr = t.server().plaintext.expect("plaintext listener");
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        s.write_all(&connect_bytes(4, "plain", 30))
+            .await
+            .expect("write");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(WAIT, s.read_exact(&mut connack))
+            .await
+            .expect("CONNACK in time")
+            .expect("read");
+        connack
+    };
+    // No anonymous policies (the default): not authorized.
+    assert_eq!(connack("").await, [0x20, 0x02, 0x00, 0x05]);
+    // With a policy for them, anonymous clients connect.
+    assert_eq!(
+        connack("[auth]\nanonymous_policies = [\"open\"]\n").await,
+        [0x20, 0x02, 0x00, 0x00]
+    );
 }
 
 #[tokio::test]

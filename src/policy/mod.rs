@@ -38,14 +38,6 @@ pub struct Policies {
     pub errors: Vec<FileError>,
 }
 
-/// Whether a policy name is one AWS accepts: `[\w+=,.@-]{1,128}`.
-pub fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
-}
-
 /// Reads every `*.json` file of `dir` (other files are ignored).
 pub fn load_dir(dir: &Path) -> Policies {
     let mut out = Policies::default();
@@ -74,7 +66,7 @@ pub fn load_dir(dir: &Path) -> Policies {
         let Some(name) = file.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if !valid_name(name) {
+        if !crate::config::valid_policy_name(name) {
             out.errors.push(error(
                 &file,
                 format!("`{name}` is not a valid policy name ([A-Za-z0-9_+=,.@-], 1 to 128)"),
@@ -133,5 +125,94 @@ mod tests {
                 .any(|t| t.contains("broken.json") && t.contains("line 1"))
         );
         assert!(text.iter().any(|t| t.contains("not a valid policy name")));
+    }
+}
+
+/// One generation of loaded policies.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every reload.
+    pub generation: u64,
+    /// Documents by policy name.
+    pub documents: BTreeMap<Arc<str>, Arc<document::Document>>,
+}
+
+impl Snapshot {
+    /// Compiles the named policies (unknown names are skipped) for a connection.
+    pub fn compile(
+        &self,
+        names: &[String],
+        head: &compile::ArnHead,
+        ctx: &compile::Context,
+    ) -> eval::PolicySet {
+        compile::compile(
+            names
+                .iter()
+                .filter_map(|n| self.documents.get_key_value(n.as_str()))
+                .map(|(k, d)| (k, &**d)),
+            head,
+            ctx,
+        )
+    }
+}
+
+/// The policies in force, swapped whole on reload; connections notice a new
+/// generation through [`PolicyStore::subscribe`] and recompile.
+#[derive(Debug)]
+pub struct PolicyStore {
+    current: arc_swap::ArcSwap<Snapshot>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl PolicyStore {
+    /// Starts with the given documents as generation 1.
+    pub fn new(documents: BTreeMap<Arc<str>, Arc<document::Document>>) -> Self {
+        Self {
+            current: arc_swap::ArcSwap::from_pointee(Snapshot {
+                generation: 1,
+                documents,
+            }),
+            changed: tokio::sync::watch::channel(1).0,
+        }
+    }
+
+    /// The policies in force.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Whether `snapshot` is still the one in force (cheap: no reference count).
+    pub fn is_current(&self, snapshot: &Snapshot) -> bool {
+        self.current.load().generation == snapshot.generation
+    }
+
+    /// A receiver that changes whenever a new generation is swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Re-reads `dir`. A file that fails keeps its last good version; a
+    /// deleted file's policy goes. Returns the problems found.
+    pub fn reload(&self, dir: &Path) -> Vec<FileError> {
+        let loaded = load_dir(dir);
+        let old = self.current();
+        let mut documents = loaded.documents;
+        for e in &loaded.errors {
+            let kept = e
+                .file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|name| old.documents.get_key_value(name));
+            if let Some((name, doc)) = kept {
+                documents.insert(name.clone(), doc.clone());
+            }
+        }
+        let generation = old.generation + 1;
+        self.current.store(Arc::new(Snapshot {
+            generation,
+            documents,
+        }));
+        self.changed.send_replace(generation);
+        loaded.errors
     }
 }

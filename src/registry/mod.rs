@@ -1,5 +1,334 @@
-//! The registry of principals: certificates and the identities read from them.
+//! The registry of principals: certificates (with their status and attached
+//! policies), things, and which certificate is attached to which thing.
+//!
+//! Kept in memory behind one lock, written through to the store (`cert/<id>`
+//! and `thing/<name>` records, JSON) in the same order as it changes, and
+//! read back whole at startup. A connection asks [`Registry::admit`] once,
+//! at CONNECT; what it gets is a snapshot of its principal.
 
 pub mod identity;
 
 pub use identity::ClientIdentity;
+
+use crate::config::{Provisioning, Registration};
+use crate::policy::compile::Context;
+use crate::store::{Op, Store};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+/// A certificate's status, as AWS IoT names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CertStatus {
+    /// May connect.
+    Active,
+    /// Registered but switched off.
+    Inactive,
+    /// Revoked for good.
+    Revoked,
+    /// Registered by JITR, waiting for an operator.
+    PendingActivation,
+}
+
+/// A registered certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// Lowercase hex SHA-256 of the DER.
+    pub id: String,
+    /// Status.
+    pub status: CertStatus,
+    /// Id of the CA that issued it, when known.
+    pub ca_id: Option<String>,
+    /// Registration time, ms since the epoch.
+    pub created_ms: u64,
+    /// Names of the policies attached to it.
+    pub policies: Vec<String>,
+    /// Names of the things it is attached to.
+    pub things: Vec<String>,
+}
+
+/// A registered thing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thing {
+    /// Name.
+    pub name: String,
+    /// Thing type, if any.
+    pub thing_type: Option<String>,
+    /// Attributes.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Why a certificate may not connect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not registered, and the registration mode does not add it.
+    #[error("certificate is not registered")]
+    Unknown,
+    /// Registered but not ACTIVE.
+    #[error("certificate is {0:?}")]
+    NotActive(CertStatus),
+}
+
+/// What a connection may act as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Certificate id; `None` for an anonymous (plaintext) client.
+    pub certificate_id: Option<String>,
+    /// Policies that apply.
+    pub policies: Vec<String>,
+    /// The thing associated with this connection, if any.
+    pub thing: Option<Thing>,
+}
+
+impl Principal {
+    /// A client without a certificate, with the configured anonymous policies.
+    pub fn anonymous(policies: &[String]) -> Self {
+        Self {
+            certificate_id: None,
+            policies: policies.to_vec(),
+            thing: None,
+        }
+    }
+
+    /// Adds the thing variables of this principal to a policy context.
+    pub fn add_to(&self, ctx: &mut Context) {
+        if let Some(t) = &self.thing {
+            ctx.set("iot:Connection.Thing.ThingName", t.name.clone());
+            ctx.set("iot:Connection.Thing.IsAttached", "true");
+            if let Some(ty) = &t.thing_type {
+                ctx.set("iot:Connection.Thing.ThingTypeName", ty.clone());
+            }
+            for (k, v) in &t.attributes {
+                ctx.set(&format!("iot:Connection.Thing.Attributes[{k}]"), v.clone());
+            }
+        } else if self.certificate_id.is_some() {
+            ctx.set("iot:Connection.Thing.IsAttached", "false");
+        }
+    }
+}
+
+/// What `admit` did besides answering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// Nothing new.
+    Known,
+    /// The certificate was registered now (auto or JITR).
+    New(CertStatus),
+}
+
+#[derive(Default)]
+struct State {
+    certs: HashMap<String, Certificate>,
+    things: HashMap<String, Thing>,
+}
+
+/// Certificates and things.
+pub struct Registry {
+    state: RwLock<State>,
+    store: Store,
+    /// Ids of the trusted CAs by subject, to record which CA issued a certificate.
+    cas: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Registry {
+    /// A registry holding the stored records; `cas` are the trusted CA
+    /// certificates as (id, subject).
+    pub fn new(store: Store, records: Vec<(String, Vec<u8>)>, cas: Vec<(String, String)>) -> Self {
+        let mut state = State::default();
+        for (key, rec) in records {
+            if let Some(id) = key.strip_prefix("cert/") {
+                match serde_json::from_slice::<Certificate>(&rec) {
+                    Ok(c) => {
+                        state.certs.insert(id.to_owned(), c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "unreadable registry record skipped")
+                    }
+                }
+            } else if let Some(name) = key.strip_prefix("thing/") {
+                match serde_json::from_slice::<Thing>(&rec) {
+                    Ok(t) => {
+                        state.things.insert(name.to_owned(), t);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "unreadable registry record skipped")
+                    }
+                }
+            }
+        }
+        Self {
+            state: RwLock::new(state),
+            store,
+            cas,
+        }
+    }
+
+    /// Decides whether a certificate may connect, registering it first as the
+    /// mode says, and returns its principal for `client_id`.
+    ///
+    /// The thing associated with the connection is the attached thing named
+    /// like the client id (spec/aws-iot-auth.md §1.7).
+    pub fn admit(
+        &self,
+        identity: &ClientIdentity,
+        client_id: &str,
+        mode: Registration,
+        provisioning: &Provisioning,
+    ) -> (Result<Principal, Refusal>, Registered) {
+        let mut registered = Registered::Known;
+        let mut state = self.state.write();
+        if !state.certs.contains_key(&identity.certificate_id) {
+            let status = match mode {
+                Registration::Registry => return (Err(Refusal::Unknown), registered),
+                Registration::Auto => CertStatus::Active,
+                Registration::Jitr => CertStatus::PendingActivation,
+            };
+            let mut cert = Certificate {
+                id: identity.certificate_id.clone(),
+                status,
+                ca_id: self.ca_of(identity),
+                created_ms: now_ms(),
+                policies: Vec::new(),
+                things: Vec::new(),
+            };
+            let mut ops = Vec::new();
+            if mode == Registration::Auto {
+                cert.policies = provisioning.policies.clone();
+                if let Some(name) = provisioning_thing_name(provisioning, identity) {
+                    let thing = state.things.entry(name.clone()).or_insert_with(|| Thing {
+                        name: name.clone(),
+                        thing_type: None,
+                        attributes: BTreeMap::new(),
+                    });
+                    ops.push(record("thing/", &thing.name, &*thing));
+                    cert.things.push(name);
+                }
+            }
+            ops.push(record("cert/", &cert.id, &cert));
+            self.store.enqueue(ops);
+            state.certs.insert(cert.id.clone(), cert);
+            registered = Registered::New(status);
+        }
+        let Some(cert) = state.certs.get(&identity.certificate_id) else {
+            return (Err(Refusal::Unknown), registered);
+        };
+        if cert.status != CertStatus::Active {
+            return (Err(Refusal::NotActive(cert.status)), registered);
+        }
+        let thing = cert
+            .things
+            .iter()
+            .find(|t| t.as_str() == client_id)
+            .and_then(|t| state.things.get(t))
+            .cloned();
+        let principal = Principal {
+            certificate_id: Some(cert.id.clone()),
+            policies: cert.policies.clone(),
+            thing,
+        };
+        (Ok(principal), registered)
+    }
+
+    /// A registered certificate.
+    pub fn certificate(&self, id: &str) -> Option<Certificate> {
+        self.state.read().certs.get(id).cloned()
+    }
+
+    /// Every registered certificate.
+    pub fn certificates(&self) -> Vec<Certificate> {
+        let mut all: Vec<Certificate> = self.state.read().certs.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Registers a certificate (or updates one) with the given status and
+    /// policies, attached to `thing` if given (created when missing).
+    pub fn register(
+        &self,
+        identity: &ClientIdentity,
+        status: CertStatus,
+        policies: Vec<String>,
+        thing: Option<&str>,
+    ) {
+        let mut state = self.state.write();
+        let mut ops = Vec::new();
+        if let Some(name) = thing {
+            let t = state
+                .things
+                .entry(name.to_owned())
+                .or_insert_with(|| Thing {
+                    name: name.to_owned(),
+                    thing_type: None,
+                    attributes: BTreeMap::new(),
+                });
+            ops.push(record("thing/", &t.name, &*t));
+        }
+        let ca_id = self.ca_of(identity);
+        let cert = state
+            .certs
+            .entry(identity.certificate_id.clone())
+            .or_insert_with(|| Certificate {
+                id: identity.certificate_id.clone(),
+                status,
+                ca_id,
+                created_ms: now_ms(),
+                policies: Vec::new(),
+                things: Vec::new(),
+            });
+        cert.status = status;
+        cert.policies = policies;
+        if let Some(name) = thing
+            && !cert.things.iter().any(|t| t == name)
+        {
+            cert.things.push(name.to_owned());
+        }
+        ops.push(record("cert/", &cert.id, &*cert));
+        self.store.enqueue(ops);
+    }
+
+    fn ca_of(&self, identity: &ClientIdentity) -> Option<String> {
+        self.cas
+            .iter()
+            .find(|(_, subject)| *subject == identity.issuer.rfc4514)
+            .map(|(id, _)| id.clone())
+    }
+}
+
+/// The thing name the provisioning template gives a certificate, if it resolves.
+fn provisioning_thing_name(p: &Provisioning, identity: &ClientIdentity) -> Option<String> {
+    let template = p.thing_name.as_deref()?;
+    let mut ctx = Context::new();
+    identity.add_to(&mut ctx);
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}')?;
+        out.push_str(ctx.get(&after[..end])?.first()?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    (!out.is_empty()).then_some(out)
+}
+
+fn record<T: Serialize>(prefix: &str, key: &str, value: &T) -> Op {
+    Op::PutRegistry(
+        format!("{prefix}{key}"),
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}

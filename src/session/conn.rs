@@ -10,6 +10,7 @@
 //! arrived [MQTT-4.6.0-2], each only after the store has committed what the
 //! publish made durable.
 
+use super::authz::{Authz, ConnectFacts};
 use super::{Control, SessionData, Sessions};
 use crate::codec::{
     self, Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, ProtocolError,
@@ -17,7 +18,10 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::metrics::{DropReason, HandshakeFailure, LimitKind, Metrics};
-use crate::registry::ClientIdentity;
+use crate::policy::PolicyStore;
+use crate::policy::compile::ArnHead;
+use crate::policy::eval::{Action, ResourceType};
+use crate::registry::{CertStatus, ClientIdentity, Principal, Refusal, Registry};
 use crate::router::{Delivery, Message, Router, Subscriber};
 use crate::store::{Commit, Op, Store};
 use crate::topic::{self, Subscription};
@@ -61,6 +65,12 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Connection ids.
     pub next_conn: AtomicU64,
+    /// Certificates and things.
+    pub registry: Arc<Registry>,
+    /// The policies in force.
+    pub policies: Arc<PolicyStore>,
+    /// This gateway's partition, region and account, for ARNs.
+    pub arn_head: ArnHead,
 }
 
 /// Why a connection ended; decides the will, the DISCONNECT sent and the log level.
@@ -82,6 +92,8 @@ enum End {
     SlowConsumer,
     /// The store could not make a publish durable.
     Store,
+    /// A policy refused the connection or one of its publishes (MQTT 3.1.1).
+    NotAuthorized(&'static str),
 }
 
 impl From<ProtocolError> for End {
@@ -227,6 +239,122 @@ struct Conn {
     connack: ConnAck,
     identity: Option<ClientIdentity>,
     peer: SocketAddr,
+    authz: Authz,
+}
+
+/// Admits the principal behind a CONNECT and checks `iot:Connect` (and the
+/// will's `iot:Publish`); on refusal, the CONNACK reason code.
+fn authorize(
+    shared: &Shared,
+    identity: Option<&ClientIdentity>,
+    client_id: &str,
+    peer: SocketAddr,
+    persistent: bool,
+    will: Option<&codec::Will>,
+) -> Result<Authz, u8> {
+    let auth = &shared.config.auth;
+    let metrics = &shared.metrics;
+    let principal = match identity {
+        None => Principal::anonymous(&auth.anonymous_policies),
+        Some(id) => {
+            let (admitted, _) =
+                shared
+                    .registry
+                    .admit(id, client_id, auth.registration, &auth.provisioning);
+            match admitted {
+                Ok(p) => p,
+                Err(refusal) => {
+                    let label = match &refusal {
+                        Refusal::Unknown => 0,
+                        Refusal::NotActive(CertStatus::Revoked) => 2,
+                        Refusal::NotActive(CertStatus::PendingActivation) => 3,
+                        Refusal::NotActive(_) => 1,
+                    };
+                    metrics.principal_refused.get(label).increment(1);
+                    if refusal == Refusal::NotActive(CertStatus::PendingActivation) {
+                        announce_pending(shared, id);
+                    }
+                    tracing::info!(
+                        target: "edgegate::authz",
+                        certificate_id = %id.certificate_id,
+                        client_id,
+                        reason = %refusal,
+                        "connection refused"
+                    );
+                    return Err(reason::NOT_AUTHORIZED);
+                }
+            }
+        }
+    };
+    let facts = ConnectFacts {
+        client_id,
+        peer,
+        persistent,
+        will_topic: will.map(|w| w.topic.as_str()),
+    };
+    let authz = Authz::new(
+        identity,
+        principal,
+        facts,
+        &shared.policies,
+        &shared.arn_head,
+    );
+    let mut ok = authz.allows(
+        metrics,
+        client_id,
+        Action::Connect,
+        ResourceType::Client,
+        client_id,
+    );
+    if let Some(w) = will {
+        let topic = w.topic.as_str();
+        ok = ok
+            && authz.allows(
+                metrics,
+                client_id,
+                Action::Publish,
+                ResourceType::Topic,
+                topic,
+            );
+        if w.retain {
+            ok = ok
+                && authz.allows(
+                    metrics,
+                    client_id,
+                    Action::RetainPublish,
+                    ResourceType::Topic,
+                    topic,
+                );
+        }
+    }
+    if ok {
+        Ok(authz)
+    } else {
+        Err(reason::NOT_AUTHORIZED)
+    }
+}
+
+/// JITR: every connect of a certificate waiting for activation announces it
+/// on `$aws/events/certificates/registered/<caCertificateId>` (spec §2.6).
+fn announce_pending(shared: &Shared, identity: &ClientIdentity) {
+    let Some(cert) = shared.registry.certificate(&identity.certificate_id) else {
+        return;
+    };
+    let Some(ca_id) = cert.ca_id else {
+        return;
+    };
+    let payload = serde_json::json!({
+        "certificateId": cert.id,
+        "caCertificateId": ca_id,
+        "timestamp": cert.created_ms / 1000,
+        "certificateStatus": "PENDING_ACTIVATION",
+        "awsAccountId": shared.arn_head.account,
+        "certificateRegistrationTimestamp": null,
+    });
+    shared.sessions.publish_event(
+        &format!("$aws/events/certificates/registered/{ca_id}"),
+        payload.to_string(),
+    );
 }
 
 impl Conn {
@@ -305,6 +433,15 @@ impl Conn {
             }
         }
         let client_recv_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        let authz = authorize(
+            shared,
+            identity.as_ref(),
+            &client_id,
+            peer,
+            expiry > 0,
+            c.will.as_ref(),
+        )
+        .map_err(|code| (c.protocol, code))?;
         Ok(Self {
             shared: shared.clone(),
             id,
@@ -332,7 +469,17 @@ impl Conn {
             },
             identity,
             peer,
+            authz,
         })
+    }
+
+    /// Checks a request against the connection's policies (recompiled first
+    /// if they changed); denials are counted and logged.
+    fn allows(&mut self, action: Action, ty: ResourceType, name: &str) -> bool {
+        self.authz
+            .refresh(&self.shared.policies, &self.shared.arn_head);
+        self.authz
+            .allows(&self.shared.metrics, &self.client_id, action, ty, name)
     }
 
     fn send(&mut self, p: &Packet) {
@@ -410,6 +557,8 @@ impl Conn {
         let mut deadline = Instant::now() + self.keep_alive;
         let mut batch = Vec::new();
         let mut mail_ready = true;
+        let mut policy_changes = shared.policies.subscribe();
+        policy_changes.mark_unchanged();
         loop {
             // Decode and handle every whole packet already read.
             loop {
@@ -491,6 +640,7 @@ impl Conn {
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
                 _ = mailbox.kicked() => Event::Slow,
+                Ok(()) = policy_changes.changed() => Event::Policies,
                 _ = tokio::time::sleep_until(deadline) => Event::KeepAlive,
             };
             match event {
@@ -511,6 +661,13 @@ impl Conn {
                 Event::Slow => {
                     if mailbox.take_slow() {
                         return End::SlowConsumer;
+                    }
+                }
+                Event::Policies => {
+                    // A connection whose iot:Connect was revoked ends now.
+                    let id = self.client_id.clone();
+                    if !self.allows(Action::Connect, ResourceType::Client, &id) {
+                        return End::NotAuthorized("connect no longer authorized");
                     }
                 }
             }
@@ -716,6 +873,32 @@ impl Conn {
             }
             return Err(End::Protocol(code, why));
         }
+        let topic = p.topic.as_str();
+        let allowed = self.allows(Action::Publish, ResourceType::Topic, topic)
+            && (!p.retain || self.allows(Action::RetainPublish, ResourceType::Topic, topic));
+        if !allowed {
+            // MQTT 5 says so in the ack (or drops a QoS 0 publish); 3.1.1 has
+            // no way to say it but closing the connection (spec §1.3).
+            if !v5 {
+                return Err(End::NotAuthorized("publish not authorized"));
+            }
+            if p.qos != QoS::AtMostOnce {
+                let ack = Ack {
+                    pkid: p.pkid,
+                    code: reason::NOT_AUTHORIZED,
+                    properties: Properties {
+                        reason_string: self.reason("not authorized to publish to this topic"),
+                        ..Properties::default()
+                    },
+                };
+                self.send(&if p.qos == QoS::ExactlyOnce {
+                    Packet::PubRec(ack)
+                } else {
+                    Packet::PubAck(ack)
+                });
+            }
+            return Ok(());
+        }
         if p.qos == QoS::ExactlyOnce && data.qos2_in.contains(&p.pkid) {
             // A resent PUBLISH whose PUBREL has not come yet: acknowledge again,
             // route once, and count it once towards Receive Maximum.
@@ -796,6 +979,12 @@ impl Conn {
                     reason::PROTOCOL_ERROR,
                     "No Local on a shared subscription [MQTT-3.8.3-4]",
                 ));
+            }
+            // The filter exactly as sent, `$share/...` included (spec §1.3).
+            if !self.allows(Action::Subscribe, ResourceType::TopicFilter, raw) {
+                codes.push(reason::NOT_AUTHORIZED);
+                refusals.push(format!("{raw}: not authorized"));
+                continue;
             }
             let exists = data.subscriptions.contains_key(raw.as_str());
             let refusal = if i >= limits.max_filters_per_subscribe {
@@ -917,6 +1106,16 @@ impl Conn {
 
     /// Encodes one delivery, assigning a packet id for QoS 1/2.
     fn deliver(&mut self, d: Delivery, data: &mut SessionData, now: Instant) {
+        // iot:Receive at every delivery, so a revoked permission stops
+        // delivery on existing subscriptions (spec §1.3).
+        if !self.allows(Action::Receive, ResourceType::Topic, d.msg.topic.as_str()) {
+            if d.seq != 0 {
+                self.shared
+                    .store
+                    .enqueue(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)]);
+            }
+            return;
+        }
         let metrics = &self.shared.metrics;
         let Some(remaining) = d.msg.remaining(now) else {
             metrics.count_drop(DropReason::Expired);
@@ -1002,6 +1201,7 @@ impl Conn {
             ),
             End::SlowConsumer => (Some(reason::QUOTA_EXCEEDED), true, "client too slow"),
             End::Store => (Some(reason::UNSPECIFIED_ERROR), true, "store failure"),
+            End::NotAuthorized(why) => (Some(reason::NOT_AUTHORIZED), true, *why),
         };
         tracing::debug!(client_id = %self.client_id, conn = self.id, reason = why, "session ended");
         // Acknowledge what is already durable; the rest the client will resend.
@@ -1063,6 +1263,7 @@ enum Event {
     Mail,
     KeepAlive,
     Slow,
+    Policies,
 }
 
 fn view(d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) -> PublishView<'_> {

@@ -12,6 +12,7 @@
 //!   discards it, unless it was taken over, in which case it answers the
 //!   pending takeover request instead.
 
+pub mod authz;
 pub mod conn;
 pub mod state;
 
@@ -359,6 +360,22 @@ impl Sessions {
             }
         });
         Some(tx)
+    }
+
+    /// Publishes an event of the gateway's own (`$aws/events/...`), at QoS 1.
+    pub fn publish_event(&self, topic: &str, payload: String) {
+        let msg = Arc::new(Message::new(
+            topic.into(),
+            payload.into(),
+            QoS::AtLeastOnce,
+            false,
+            Default::default(),
+            Instant::now(),
+            0,
+        ));
+        if let Err(e) = self.router.publish(&msg, Instant::now()) {
+            tracing::warn!(topic, error = %e, "event not published");
+        }
     }
 
     fn publish_will(&self, will: Will, origin: u64) {

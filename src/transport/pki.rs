@@ -239,24 +239,25 @@ pub fn write_pair(dir: &Path, name: &str, pem: &Pem) -> Result<(PathBuf, PathBuf
     Ok((cert, key))
 }
 
-/// What first-run generation created.
+/// What first-run generation created: the device's and the operator's
+/// certificates (PEM), for registration.
 #[derive(Debug, Clone)]
 pub struct FirstRun {
-    /// The CA certificate.
-    pub ca: PathBuf,
-    /// The device certificate.
-    pub device_cert: PathBuf,
-    /// The device key.
-    pub device_key: PathBuf,
-    /// The device's common name (and so its thing name).
-    pub device_name: String,
+    /// The device certificate, PEM.
+    pub device: String,
+    /// The operator certificate, PEM.
+    pub operator: String,
 }
 
 /// The device made on first run.
 pub const FIRST_DEVICE: &str = "device-1";
 
-/// Creates the CA, the server certificate and one device certificate in
-/// `certs_dir` unless the CA, server certificate and key already exist.
+/// The operator made on first run: it may watch every thing's topics.
+pub const FIRST_OPERATOR: &str = "operator";
+
+/// Creates the CA, the server certificate, a device certificate and an
+/// operator certificate in `certs_dir` unless the CA, server certificate and
+/// key already exist.
 /// Returns what was created, or `None` if nothing was needed.
 pub fn ensure_first_run(
     certs_dir: &Path,
@@ -280,11 +281,11 @@ pub fn ensure_first_run(
     write(cert_path, &server.cert, false)?;
     write(key_path, &server.key, true)?;
     let device = ca.issue_device(FIRST_DEVICE, KeyKind::EcdsaP256)?;
-    let (device_cert, device_key) = write_pair(certs_dir, FIRST_DEVICE, &device)?;
+    write_pair(certs_dir, FIRST_DEVICE, &device)?;
+    let operator = ca.issue_device(FIRST_OPERATOR, KeyKind::EcdsaP256)?;
+    write_pair(certs_dir, FIRST_OPERATOR, &operator)?;
     Ok(Some(FirstRun {
-        ca: ca_path.to_owned(),
-        device_cert,
-        device_key,
-        device_name: FIRST_DEVICE.into(),
+        device: device.cert,
+        operator: operator.cert,
     }))
 }

@@ -16,6 +16,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 
+/// Allows everything: tests of the broker itself run under it; the
+/// authorization tests write their own policies.
+pub const OPEN_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}"#;
+
 /// How long any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -49,6 +53,9 @@ impl TestServer {
             .issue_server(&["localhost", "127.0.0.1"])
             .expect("server cert");
         pki::write_pair(&certs, "server", &server).expect("write server");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        std::fs::write(policies.join("open.json"), OPEN_POLICY).expect("write policy");
         Self {
             server: None,
             dir,
@@ -78,6 +85,9 @@ handshake_timeout_secs = 2
         if !self.extra_toml.contains("[admin]") {
             text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
         }
+        if !self.extra_toml.contains("[auth]") {
+            text.push_str("[auth]\nprovisioning = { policies = [\"open\"] }\n");
+        }
         Config::parse(&text, self.dir.path()).expect("test config is valid")
     }
 
@@ -92,6 +102,18 @@ handshake_timeout_secs = 2
             s.shutdown().await;
         }
         self.boot().await;
+    }
+
+    /// Writes `policies/NAME.json`.
+    pub fn write_policy(&self, name: &str, text: &str) {
+        std::fs::write(
+            self.dir
+                .path()
+                .join("policies")
+                .join(format!("{name}.json")),
+            text,
+        )
+        .expect("write policy");
     }
 
     pub fn server(&self) -> &Server {

@@ -25,14 +25,32 @@ generate_if_missing = true
 listen = ["127.0.0.1:0"]
 [admin]
 listen = "127.0.0.1:0"
+[policies]
+dir = "{policies}"
 """
+
+# Client interoperability tests let every device talk to every other.
+OPEN_AUTH = """
+[auth]
+provisioning = { policies = ["open"] }
+"""
+OPEN_POLICY = '{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}'
 
 
 class Gateway:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, open_policies: bool):
         self.dir = workdir
         self.certs = workdir / "data" / "certs"
-        (workdir / "config.toml").write_text(CONFIG)
+        if open_policies:
+            policies = workdir / "policies"
+            policies.mkdir()
+            (policies / "open.json").write_text(OPEN_POLICY)
+            (policies / "operator.json").write_text((ROOT / "policies" / "operator.json").read_text())
+            config = CONFIG.format(policies=policies) + OPEN_AUTH
+        else:
+            # The repository's own policies and provisioning, as a user gets them.
+            config = CONFIG.format(policies=ROOT / "policies")
+        (workdir / "config.toml").write_text(config)
         self.stdout = workdir / "stdout.txt"
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--config", str(workdir / "config.toml")],
@@ -85,6 +103,13 @@ class Gateway:
 
 @pytest.fixture
 def gateway(tmp_path):
-    g = Gateway(tmp_path)
+    g = Gateway(tmp_path, open_policies=True)
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def default_gateway(tmp_path):
+    g = Gateway(tmp_path, open_policies=False)
     yield g
     g.stop()

@@ -6,7 +6,8 @@ import subprocess
 WAIT = 10
 
 
-def test_the_printed_quickstart_commands_work(gateway):
+def test_the_printed_quickstart_commands_work(default_gateway):
+    gateway = default_gateway
     assert shutil.which("mosquitto_sub") and shutil.which("mosquitto_pub"), \
         "mosquitto-clients must be installed (.ci/run installs it)"
     commands = gateway.quickstart()
@@ -31,6 +32,21 @@ def test_the_printed_quickstart_commands_work(gateway):
         raise AssertionError("mosquitto_sub never received the message")
     assert subscriber.returncode == 0, err
     assert out.strip() == "things/device-1/hello hello from device-1"
+
+
+def test_a_device_may_not_publish_on_another_devices_topics(default_gateway):
+    gateway = default_gateway
+    cert, key = gateway.device("device-9")
+    common = ["-h", "localhost", "-p", str(gateway.port), "--cafile", gateway.ca,
+              "--cert", cert, "--key", key, "-V", "mqttv5", "-i", "device-9", "-q", "1"]
+    mine = subprocess.run(["mosquitto_pub", *common, "-t", "things/device-9/x", "-m", "ok"],
+                          timeout=WAIT, capture_output=True, text=True)
+    assert mine.returncode == 0 and "failed" not in mine.stderr, mine.stderr
+    theirs = subprocess.run(["mosquitto_pub", *common, "-t", "things/device-1/x", "-m", "no"],
+                            timeout=WAIT, capture_output=True, text=True)
+    # MQTT 5: the PUBACK says 0x87 Not authorized, with the gateway's reason string.
+    assert "Publish 1 failed: Not authorized" in theirs.stderr, theirs.stderr
+    assert "not authorized to publish to this topic" in theirs.stderr
 
 
 def test_mosquitto_clients_with_qos1_and_mqtt5(gateway):

@@ -1,0 +1,128 @@
+//! Authorization of one connection: its principal, its policy context, and
+//! its compiled policy set, recompiled when the policies change.
+//!
+//! Every check that fails is counted in `edgegate_authz_denied_total{action}`
+//! and logged once, with certificate id, client id, action and resource.
+
+use crate::metrics::{AuthzAction, Metrics};
+use crate::policy::compile::{ArnHead, Context};
+use crate::policy::eval::{Action, PolicySet, ResourceType};
+use crate::policy::{PolicyStore, Snapshot};
+use crate::registry::{ClientIdentity, Principal};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the policy context needs to know about the CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectFacts<'a> {
+    /// The client id.
+    pub client_id: &'a str,
+    /// Where the client connects from.
+    pub peer: SocketAddr,
+    /// Whether the session is persistent.
+    pub persistent: bool,
+    /// The will's topic, if any.
+    pub will_topic: Option<&'a str>,
+}
+
+/// A connection's authorization state.
+#[derive(Debug)]
+pub struct Authz {
+    principal: Principal,
+    ctx: Context,
+    snapshot: Arc<Snapshot>,
+    set: PolicySet,
+}
+
+impl Authz {
+    /// Builds the policy context for a connection and compiles its policies.
+    pub fn new(
+        identity: Option<&ClientIdentity>,
+        principal: Principal,
+        facts: ConnectFacts<'_>,
+        policies: &PolicyStore,
+        head: &ArnHead,
+    ) -> Self {
+        let mut ctx = Context::new();
+        if let Some(id) = identity {
+            id.add_to(&mut ctx);
+        }
+        principal.add_to(&mut ctx);
+        ctx.set("iot:ClientId", facts.client_id);
+        let ip = match facts.peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            ip => ip,
+        };
+        ctx.set("aws:SourceIp", ip.to_string());
+        let mut attributes = Vec::new();
+        if facts.persistent {
+            attributes.push("PersistentConnect".to_owned());
+        }
+        if let Some(topic) = facts.will_topic {
+            attributes.push("LastWill".to_owned());
+            ctx.set(
+                "iot:LastWillTopic",
+                format!(
+                    "arn:{}:iot:{}:{}:topic/{topic}",
+                    head.partition, head.region, head.account
+                ),
+            );
+        }
+        ctx.set_all("iot:ConnectAttributes", attributes);
+        let snapshot = policies.current();
+        let set = snapshot.compile(&principal.policies, head, &ctx);
+        Self {
+            principal,
+            ctx,
+            snapshot,
+            set,
+        }
+    }
+
+    /// Recompiles if the policies changed since; returns whether they did.
+    pub fn refresh(&mut self, policies: &PolicyStore, head: &ArnHead) -> bool {
+        if policies.is_current(&self.snapshot) {
+            return false;
+        }
+        self.snapshot = policies.current();
+        self.set = self
+            .snapshot
+            .compile(&self.principal.policies, head, &self.ctx);
+        true
+    }
+
+    /// Decides one request; a denial is counted and logged.
+    pub fn allows(
+        &self,
+        metrics: &Metrics,
+        client_id: &str,
+        action: Action,
+        ty: ResourceType,
+        name: &str,
+    ) -> bool {
+        let decision = self.set.decide(action, ty, name);
+        if decision.is_allowed() {
+            return true;
+        }
+        metrics.denied(match action {
+            Action::Connect => AuthzAction::Connect,
+            Action::RetainPublish => AuthzAction::RetainPublish,
+            Action::Subscribe => AuthzAction::Subscribe,
+            Action::Receive => AuthzAction::Receive,
+            _ => AuthzAction::Publish,
+        });
+        tracing::info!(
+            target: "edgegate::authz",
+            certificate_id = self.principal.certificate_id.as_deref().unwrap_or("anonymous"),
+            client_id,
+            action = action.name(),
+            resource_type = ty.prefix().trim_end_matches('/'),
+            resource = name,
+            decision = decision.name(),
+            "denied"
+        );
+        false
+    }
+}
