@@ -1,0 +1,305 @@
+//! Authorization as devices meet it: AWS IoT policies on every operation,
+//! registration modes, and policy reloads on live connections.
+
+mod common;
+
+use common::*;
+use rumqttc::QoS;
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use std::time::Duration;
+
+/// The repository's device policy, and a device provisioned with it.
+const DEVICE_AUTH: &str = "[auth]\nprovisioning = { policies = [\"device\"] }\n";
+
+fn with_device_policy(t: &TestServer) {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/device.json");
+    t.write_policy(
+        "device",
+        &std::fs::read_to_string(shipped).expect("device.json"),
+    );
+}
+
+async fn start_with_device_policy() -> TestServer {
+    let mut t = TestServer::prepare(DEVICE_AUTH);
+    with_device_policy(&t);
+    t.restart().await;
+    t
+}
+
+async fn denied(t: &TestServer, action: &str) -> f64 {
+    metric(
+        &t.metrics().await,
+        &format!("edgegate_authz_denied_total{{action=\"{action}\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn a_device_connects_only_as_its_own_thing() {
+    let t = start_with_device_policy().await;
+    // Its certificate says lamp-1: client id lamp-1 is its thing.
+    let _ok = t.v4("lamp-1", true).await;
+    // The same certificate with another client id has no thing, so no Connect.
+    let pem = t.device("lamp-2");
+    let mut raw = Raw::connect(t.addr(), t.tls_config(Some(&pem)))
+        .await
+        .expect("tls");
+    raw.send(&connect_bytes(4, "someone-else", 30)).await;
+    assert_eq!(raw.read_to_close().await, vec![0x20, 0x02, 0x00, 0x05]);
+    let mut raw = Raw::connect(t.addr(), t.tls_config(Some(&pem)))
+        .await
+        .expect("tls");
+    raw.send(&connect_bytes(5, "someone-else", 30)).await;
+    let connack = raw.read_to_close().await;
+    assert_eq!(connack[3], 0x87, "MQTT 5: Not authorized: {connack:?}");
+    assert_eq!(denied(&t, "connect").await, 2.0);
+}
+
+#[tokio::test]
+async fn publish_and_subscribe_are_confined_to_the_devices_topics() {
+    let t = start_with_device_policy().await;
+    let mut c = t.v5("meter-1").await;
+    // Its own topics: allowed.
+    c.client
+        .subscribe("things/meter-1/#", QoS5::AtLeastOnce)
+        .await
+        .expect("sub");
+    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as R;
+    assert_eq!(c.suback().await, vec![R::Success(QoS5::AtLeastOnce)]);
+    c.client
+        .publish("things/meter-1/reading", QoS5::AtLeastOnce, false, "42")
+        .await
+        .expect("pub");
+    assert_eq!(&c.recv().await.topic[..], b"things/meter-1/reading");
+    // Another device's filter: refused with 0x87, the connection stays.
+    c.client
+        .subscribe("things/meter-2/#", QoS5::AtLeastOnce)
+        .await
+        .expect("sub");
+    assert_eq!(c.suback().await, vec![R::NotAuthorized]);
+    // Another device's topic: PUBACK 0x87.
+    c.client
+        .publish("things/meter-2/reading", QoS5::AtLeastOnce, false, "43")
+        .await
+        .expect("pub");
+    loop {
+        match c.next().await {
+            Ev5::Other(rumqttc::v5::mqttbytes::v5::Packet::PubAck(a)) => {
+                assert_eq!(
+                    a.reason,
+                    rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+                );
+                break;
+            }
+            Ev5::Error(e) => panic!("connection failed: {e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(denied(&t, "subscribe").await, 1.0);
+    assert_eq!(denied(&t, "publish").await, 1.0);
+}
+
+#[tokio::test]
+async fn mqtt_311_gets_suback_0x80_and_a_closed_connection_for_a_denied_publish() {
+    let t = start_with_device_policy().await;
+    let mut c = t.v4("valve-1", true).await;
+    assert_eq!(
+        c.subscribe("things/valve-2/#", QoS::AtLeastOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+    c.publish("things/valve-2/open", QoS::AtLeastOnce, false, b"1")
+        .await;
+    loop {
+        match c.next().await {
+            Ev4::Error(_) => break,
+            Ev4::Other(rumqttc::Packet::PubAck(_)) => panic!("a denied publish was acknowledged"),
+            _ => {}
+        }
+    }
+    // Everyone else is still served.
+    let _other = t.v4("valve-3", true).await;
+}
+
+#[tokio::test]
+async fn a_will_on_a_forbidden_topic_refuses_the_connect() {
+    let t = start_with_device_policy().await;
+    let will = rumqttc::LastWill::new("things/other/lwt", "x", QoS::AtMostOnce, false);
+    let pem = t.device("sneaky");
+    let mut opts = rumqttc::MqttOptions::new("sneaky", "localhost", t.addr().port());
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&pem))),
+    ));
+    opts.set_last_will(will);
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+    let err = tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .expect("answer in time")
+        .expect_err("refused");
+    assert!(err.to_string().contains("NotAuthorized"), "{err}");
+}
+
+#[tokio::test]
+async fn receive_is_checked_at_every_delivery() {
+    let t = TestServer::start_with("[auth]\nprovisioning = { policies = [\"watcher\"] }\n").await;
+    // May subscribe to anything under a/, but not receive a/restricted/...
+    t.write_policy(
+        "watcher",
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["iot:Connect", "iot:Publish"], "Resource": "*"},
+            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/a/*"},
+            {"Effect": "Allow", "Action": "iot:Receive", "NotResource": "arn:aws:iot:*:*:topic/a/restricted/*"}
+        ]}"#,
+    );
+    assert!(t.server().reload_policies().is_empty());
+    let mut w = t.v4("watcher", true).await;
+    w.subscribe("a/#", QoS::AtLeastOnce).await;
+    let p = t.v4("publisher", true).await;
+    p.publish("a/restricted/x", QoS::AtLeastOnce, false, b"secret")
+        .await;
+    p.publish("a/open/x", QoS::AtLeastOnce, false, b"fine")
+        .await;
+    let got = w.recv().await;
+    assert_eq!(
+        got.topic, "a/open/x",
+        "the restricted message was not delivered"
+    );
+    assert_eq!(denied(&t, "receive").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_policy_reload_takes_effect_on_live_connections() {
+    let t = TestServer::start_with("[auth]\nprovisioning = { policies = [\"live\"] }\n").await;
+    let everything = r#"{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}"#;
+    t.write_policy("live", everything);
+    assert!(t.server().reload_policies().is_empty());
+    let mut reader = t.v4("reader", true).await;
+    reader.subscribe("feed/#", QoS::AtLeastOnce).await;
+    let mut doomed = t.v5("doomed").await;
+    let p = t.v4("feeder", true).await;
+    p.publish("feed/1", QoS::AtLeastOnce, false, b"1").await;
+    assert_eq!(&reader.recv().await.payload[..], b"1");
+
+    // Receive on feed/ is revoked, and so is Connect for `doomed`.
+    t.write_policy(
+        "live",
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "iot:*", "Resource": "*"},
+            {"Effect": "Deny", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/feed/*"},
+            {"Effect": "Deny", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/doomed"}
+        ]}"#,
+    );
+    assert!(t.server().reload_policies().is_empty());
+    let how = doomed.ended().await;
+    assert!(how.contains("NotAuthorized"), "{how}");
+    p.publish("feed/2", QoS::AtLeastOnce, false, b"2").await;
+    reader.nothing_for(Duration::from_millis(500)).await;
+
+    // A broken edit keeps the last good version and is counted.
+    t.write_policy("live", "{ not json");
+    let errors = t.server().reload_policies();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].to_string().contains("live.json"));
+    p.publish("feed/3", QoS::AtLeastOnce, false, b"3").await;
+    reader.nothing_for(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&t.metrics().await, "edgegate_reload_failures_total"),
+        1.0
+    );
+    // Nobody else was disconnected: both still work.
+    reader.subscribe("other/#", QoS::AtLeastOnce).await;
+    p.publish("other/1", QoS::AtLeastOnce, false, b"ok").await;
+    assert_eq!(&reader.recv().await.payload[..], b"ok");
+}
+
+#[tokio::test]
+async fn registry_mode_refuses_unknown_certificates() {
+    let t = TestServer::start_with("[auth]\nregistration = \"registry\"\n").await;
+    let pem = t.device("stranger");
+    let mut raw = Raw::connect(t.addr(), t.tls_config(Some(&pem)))
+        .await
+        .expect("tls");
+    raw.send(&connect_bytes(4, "stranger", 30)).await;
+    assert_eq!(raw.read_to_close().await, vec![0x20, 0x02, 0x00, 0x05]);
+    assert_eq!(
+        metric(
+            &t.metrics().await,
+            "edgegate_connections_refused_total{reason=\"unknown\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn jitr_registers_pending_certificates_and_announces_them() {
+    let t = TestServer::start_with(
+        "[auth]\nregistration = \"jitr\"\nanonymous_policies = [\"open\"]\n\
+         [mqtt]\nlisten = [\"127.0.0.1:0\"]\nplaintext_listen = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    // An operator on the loopback plaintext listener watches the events.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut op = tokio::net::TcpStream::connect(t.server().plaintext.expect("plaintext"))
+        .await
+        .expect("tcp");
+    op.write_all(&connect_bytes(4, "operator", 30))
+        .await
+        .expect("write");
+    let mut buf = [0u8; 4];
+    op.read_exact(&mut buf).await.expect("connack");
+    assert_eq!(buf, [0x20, 0x02, 0x00, 0x00]);
+    let filter = b"$aws/events/certificates/registered/+";
+    let mut sub = vec![0x82, (2 + 2 + filter.len() + 1) as u8, 0x00, 0x01];
+    sub.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    sub.extend_from_slice(filter);
+    sub.push(0x01);
+    op.write_all(&sub).await.expect("subscribe");
+    let mut suback = [0u8; 5];
+    op.read_exact(&mut suback).await.expect("suback");
+    assert_eq!(suback[4], 0x01);
+
+    let pem = t.device("newcomer");
+    let mut raw = Raw::connect(t.addr(), t.tls_config(Some(&pem)))
+        .await
+        .expect("tls");
+    raw.send(&connect_bytes(4, "newcomer", 30)).await;
+    assert_eq!(raw.read_to_close().await, vec![0x20, 0x02, 0x00, 0x05]);
+
+    // The event arrives with AWS's fields.
+    let mut head = [0u8; 2];
+    tokio::time::timeout(WAIT, op.read_exact(&mut head))
+        .await
+        .expect("event in time")
+        .expect("read");
+    let mut len = usize::from(head[1] & 0x7f);
+    if head[1] & 0x80 != 0 {
+        let mut more = [0u8; 1];
+        op.read_exact(&mut more).await.expect("read");
+        len += usize::from(more[0]) << 7;
+    }
+    let mut body = vec![0u8; len];
+    op.read_exact(&mut body).await.expect("read");
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let topic = String::from_utf8_lossy(&body[2..2 + topic_len]).into_owned();
+    assert!(
+        topic.starts_with("$aws/events/certificates/registered/"),
+        "{topic}"
+    );
+    // QoS 1: a packet id follows the topic.
+    let payload: serde_json::Value =
+        serde_json::from_slice(&body[2 + topic_len + 2..]).expect("json payload");
+    assert_eq!(payload["certificateStatus"], "PENDING_ACTIVATION");
+    assert_eq!(payload["certificateId"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        topic.rsplit('/').next(),
+        payload["caCertificateId"].as_str()
+    );
+    let cert_id = payload["certificateId"].as_str().expect("id");
+    let cert = t
+        .server()
+        .registry
+        .certificate(cert_id)
+        .expect("registered");
+    assert_eq!(
+        cert.status,
+        edgegate::registry::CertStatus::PendingActivation
+    );
+}
