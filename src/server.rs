@@ -80,6 +80,7 @@ pub struct Server {
     /// The policies in force.
     pub policies: Arc<PolicyStore>,
     policies_dir: std::path::PathBuf,
+    _policy_watch: Option<policy::watch::Watch>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     store: Store,
@@ -129,6 +130,23 @@ impl Server {
         if let Some(first) = &first_run {
             register_first_run(&registry, &config, first);
         }
+        let policy_watch = {
+            let (store, metrics, dir) = (
+                policies.clone(),
+                metrics.clone(),
+                config.policies.dir.clone(),
+            );
+            let watched = policy::watch::watch(&config.policies.dir, move || {
+                reload_policies(&store, &metrics, &dir);
+            });
+            match watched {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(dir = %config.policies.dir.display(), error = %e, "policies are not watched; changes need a restart");
+                    None
+                }
+            }
+        };
         let limits = MailboxLimits {
             queued: config.limits.max_queued_messages,
             stored: config.limits.max_stored_messages,
@@ -222,6 +240,7 @@ impl Server {
             registry,
             policies,
             policies_dir: config.policies.dir.clone(),
+            _policy_watch: policy_watch,
             shutdown,
             tracker,
             store,
@@ -231,12 +250,7 @@ impl Server {
     /// Re-reads the policies directory; files that fail keep their last good
     /// version. Connections re-check themselves against the new generation.
     pub fn reload_policies(&self) -> Vec<policy::FileError> {
-        let errors = self.policies.reload(&self.policies_dir);
-        for e in &errors {
-            self.metrics.reload_failures.increment(1);
-            tracing::error!(problem = %e, "policy reload kept the last good version");
-        }
-        errors
+        reload_policies(&self.policies, &self.metrics, &self.policies_dir)
     }
 
     /// A token that is cancelled when the gateway shuts down.
@@ -256,6 +270,20 @@ impl Server {
         }
         self.store.close().await;
     }
+}
+
+fn reload_policies(
+    store: &PolicyStore,
+    metrics: &Metrics,
+    dir: &std::path::Path,
+) -> Vec<policy::FileError> {
+    let errors = store.reload(dir);
+    for e in &errors {
+        metrics.reload_failures.increment(1);
+        tracing::error!(problem = %e, "policy reload kept the last good version");
+    }
+    tracing::info!(generation = store.current().generation, "policies reloaded");
+    errors
 }
 
 /// The trusted CA certificates as (certificate id, subject), to record which

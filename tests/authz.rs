@@ -178,16 +178,16 @@ async fn a_policy_reload_takes_effect_on_live_connections() {
     p.publish("feed/1", QoS::AtLeastOnce, false, b"1").await;
     assert_eq!(&reader.recv().await.payload[..], b"1");
 
-    // Receive on feed/ is revoked, and so is Connect for `doomed`.
-    t.write_policy(
-        "live",
-        r#"{"Version": "2012-10-17", "Statement": [
+    // Receive on feed/ is revoked, and so is Connect for `doomed`: the
+    // gateway notices the edit itself (an atomic save: temp file, rename).
+    let revoked = r#"{"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": "iot:*", "Resource": "*"},
             {"Effect": "Deny", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/feed/*"},
             {"Effect": "Deny", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/doomed"}
-        ]}"#,
-    );
-    assert!(t.server().reload_policies().is_empty());
+        ]}"#;
+    let policies = t.dir.path().join("policies");
+    std::fs::write(policies.join(".live.json.tmp"), revoked).expect("write");
+    std::fs::rename(policies.join(".live.json.tmp"), policies.join("live.json")).expect("rename");
     let how = doomed.ended().await;
     assert!(how.contains("NotAuthorized"), "{how}");
     p.publish("feed/2", QoS::AtLeastOnce, false, b"2").await;
@@ -195,15 +195,19 @@ async fn a_policy_reload_takes_effect_on_live_connections() {
 
     // A broken edit keeps the last good version and is counted.
     t.write_policy("live", "{ not json");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&t.metrics().await, "edgegate_reload_failures_total") < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken edit was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let errors = t.server().reload_policies();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].to_string().contains("live.json"));
     p.publish("feed/3", QoS::AtLeastOnce, false, b"3").await;
     reader.nothing_for(Duration::from_millis(300)).await;
-    assert_eq!(
-        metric(&t.metrics().await, "edgegate_reload_failures_total"),
-        1.0
-    );
     // Nobody else was disconnected: both still work.
     reader.subscribe("other/#", QoS::AtLeastOnce).await;
     p.publish("other/1", QoS::AtLeastOnce, false, b"ok").await;
