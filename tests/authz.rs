@@ -307,3 +307,103 @@ async fn jitr_registers_pending_certificates_and_announces_them() {
         edgegate::registry::CertStatus::PendingActivation
     );
 }
+
+#[tokio::test]
+async fn two_devices_with_the_default_policy_stay_apart() {
+    let t = start_with_device_policy().await;
+    let mut a = t.v5("dev-a").await;
+    let mut b = t.v5("dev-b").await;
+    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as R;
+    // Neither may subscribe to everything...
+    a.client
+        .subscribe("#", QoS5::AtLeastOnce)
+        .await
+        .expect("sub");
+    assert_eq!(a.suback().await, vec![R::NotAuthorized]);
+    // ...nor to the other's topics.
+    a.client
+        .subscribe("things/dev-b/#", QoS5::AtLeastOnce)
+        .await
+        .expect("sub");
+    assert_eq!(a.suback().await, vec![R::NotAuthorized]);
+    b.client
+        .subscribe("things/dev-b/#", QoS5::AtLeastOnce)
+        .await
+        .expect("sub");
+    assert_eq!(b.suback().await, vec![R::Success(QoS5::AtLeastOnce)]);
+    // a cannot write into b's topics; b receives only its own.
+    a.client
+        .publish("things/dev-b/cmd", QoS5::AtLeastOnce, false, "evil")
+        .await
+        .expect("pub");
+    b.client
+        .publish("things/dev-b/state", QoS5::AtLeastOnce, false, "mine")
+        .await
+        .expect("pub");
+    let got = b.recv().await;
+    assert_eq!(&got.payload[..], b"mine");
+    // Auto registration made each certificate a principal with its thing.
+    let certs = t.server().registry.certificates();
+    assert_eq!(certs.len(), 2);
+    for c in &certs {
+        assert_eq!(c.status, edgegate::registry::CertStatus::Active);
+        assert_eq!(c.policies, vec!["device".to_owned()]);
+        assert_eq!(c.things.len(), 1);
+    }
+    let things: Vec<String> = t
+        .server()
+        .registry
+        .things()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(things, vec!["dev-a".to_owned(), "dev-b".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_disconnected_and_cannot_reconnect() {
+    let t = TestServer::start().await;
+    let pem = t.device("stolen");
+    let connect = || async {
+        let mut raw = Raw::connect(t.addr(), t.tls_config(Some(&pem)))
+            .await
+            .expect("tls");
+        raw.send(&connect_bytes(5, "stolen", 30)).await;
+        raw
+    };
+    let mut live = connect().await;
+    let head = live.read_n(2).await;
+    let connack = live.read_n(usize::from(head[1])).await;
+    assert_eq!(connack[1], 0x00, "connected");
+    let mut bystander = t.v5("bystander").await;
+    let id = t
+        .server()
+        .registry
+        .certificates()
+        .into_iter()
+        .find(|c| c.things == ["stolen"])
+        .expect("registered")
+        .id;
+    let started = tokio::time::Instant::now();
+    t.server()
+        .registry
+        .set_status(&id, edgegate::registry::CertStatus::Revoked)
+        .expect("revoke");
+    let rest = live.read_to_close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed within a second"
+    );
+    assert_eq!(rest[0], 0xe0, "DISCONNECT: {rest:?}");
+    assert_eq!(rest[2], 0x87, "Not authorized");
+    let mut again = connect().await;
+    let refused = again.read_to_close().await;
+    assert_eq!(refused[3], 0x87, "CONNACK Not authorized: {refused:?}");
+    // The bystander never noticed.
+    bystander
+        .client
+        .subscribe("x", QoS5::AtMostOnce)
+        .await
+        .expect("sub");
+    bystander.suback().await;
+}

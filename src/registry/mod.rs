@@ -60,6 +60,31 @@ pub struct Thing {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// Why a registry operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No such certificate.
+    #[error("certificate {0} is not registered")]
+    NoCertificate(String),
+    /// No such thing.
+    #[error("thing {0} does not exist")]
+    NoThing(String),
+    /// The status cannot be set by an operator (PENDING_ACTIVATION).
+    #[error("a certificate cannot be set to {0:?}")]
+    BadStatus(CertStatus),
+    /// A name that AWS would refuse.
+    #[error("`{0}` is not a valid thing name ([a-zA-Z0-9:_-], 1 to 128)")]
+    BadThingName(String),
+}
+
+/// Whether a thing name is one AWS accepts: `[a-zA-Z0-9:_-]{1,128}`.
+pub fn valid_thing_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_-".contains(c))
+}
+
 /// Why a certificate may not connect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -128,6 +153,9 @@ struct State {
 pub struct Registry {
     state: RwLock<State>,
     store: Store,
+    /// Bumped whenever a status or an attachment changes, so that live
+    /// connections re-check their principal.
+    changed: tokio::sync::watch::Sender<u64>,
     /// Ids of the trusted CAs by subject, to record which CA issued a certificate.
     cas: Vec<(String, String)>,
 }
@@ -173,8 +201,115 @@ impl Registry {
         Self {
             state: RwLock::new(state),
             store,
+            changed: tokio::sync::watch::channel(0).0,
             cas,
         }
+    }
+
+    /// Changes whenever a certificate's status or attachments change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Sets a certificate's status; connections using it re-check at once.
+    pub fn set_status(&self, id: &str, status: CertStatus) -> Result<(), RegistryError> {
+        if status == CertStatus::PendingActivation {
+            return Err(RegistryError::BadStatus(status));
+        }
+        self.update_cert(id, |c| c.status = status)
+    }
+
+    /// Attaches a policy to a certificate.
+    pub fn attach_policy(&self, id: &str, policy: &str) -> Result<(), RegistryError> {
+        self.update_cert(id, |c| {
+            if !c.policies.iter().any(|p| p == policy) {
+                c.policies.push(policy.to_owned());
+            }
+        })
+    }
+
+    /// Attaches a certificate to an existing thing.
+    pub fn attach_thing(&self, id: &str, thing: &str) -> Result<(), RegistryError> {
+        if !self.state.read().things.contains_key(thing) {
+            return Err(RegistryError::NoThing(thing.to_owned()));
+        }
+        self.update_cert(id, |c| {
+            if !c.things.iter().any(|t| t == thing) {
+                c.things.push(thing.to_owned());
+            }
+        })
+    }
+
+    fn update_cert(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Certificate),
+    ) -> Result<(), RegistryError> {
+        {
+            let mut state = self.state.write();
+            let cert = state
+                .certs
+                .get_mut(id)
+                .ok_or_else(|| RegistryError::NoCertificate(id.to_owned()))?;
+            change(cert);
+            self.store.enqueue(vec![record("cert/", &cert.id, &*cert)]);
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Creates a thing, or updates its type and attributes.
+    pub fn put_thing(
+        &self,
+        name: &str,
+        thing_type: Option<String>,
+        attributes: BTreeMap<String, String>,
+    ) -> Result<(), RegistryError> {
+        if !valid_thing_name(name) {
+            return Err(RegistryError::BadThingName(name.to_owned()));
+        }
+        {
+            let mut state = self.state.write();
+            let thing = Thing {
+                name: name.to_owned(),
+                thing_type,
+                attributes,
+            };
+            self.store.enqueue(vec![record("thing/", name, &thing)]);
+            state.things.insert(name.to_owned(), thing);
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Every thing, by name.
+    pub fn things(&self) -> Vec<Thing> {
+        let mut all: Vec<Thing> = self.state.read().things.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The principal a certificate has now for `client_id`, if it may still connect.
+    pub fn principal(&self, id: &str, client_id: &str) -> Result<Principal, Refusal> {
+        let state = self.state.read();
+        let cert = state.certs.get(id).ok_or(Refusal::Unknown)?;
+        if cert.status != CertStatus::Active {
+            return Err(Refusal::NotActive(cert.status));
+        }
+        Ok(Principal {
+            certificate_id: Some(cert.id.clone()),
+            policies: cert.policies.clone(),
+            thing: cert
+                .things
+                .iter()
+                .find(|t| t.as_str() == client_id)
+                .and_then(|t| state.things.get(t))
+                .cloned(),
+        })
     }
 
     /// Decides whether a certificate may connect, registering it first as the
@@ -223,24 +358,11 @@ impl Registry {
             state.certs.insert(cert.id.clone(), cert);
             registered = Registered::New(status);
         }
-        let Some(cert) = state.certs.get(&identity.certificate_id) else {
-            return (Err(Refusal::Unknown), registered);
-        };
-        if cert.status != CertStatus::Active {
-            return (Err(Refusal::NotActive(cert.status)), registered);
-        }
-        let thing = cert
-            .things
-            .iter()
-            .find(|t| t.as_str() == client_id)
-            .and_then(|t| state.things.get(t))
-            .cloned();
-        let principal = Principal {
-            certificate_id: Some(cert.id.clone()),
-            policies: cert.policies.clone(),
-            thing,
-        };
-        (Ok(principal), registered)
+        drop(state);
+        (
+            self.principal(&identity.certificate_id, client_id),
+            registered,
+        )
     }
 
     /// A registered certificate.
@@ -298,6 +420,8 @@ impl Registry {
         }
         ops.push(record("cert/", &cert.id, &*cert));
         self.store.enqueue(ops);
+        drop(state);
+        self.notify();
     }
 
     fn ca_of(&self, identity: &ClientIdentity) -> Option<String> {

@@ -29,6 +29,8 @@ pub struct ConnectFacts<'a> {
 #[derive(Debug)]
 pub struct Authz {
     principal: Principal,
+    /// Everything but the principal's own keys (its thing), which change with it.
+    base: Context,
     ctx: Context,
     snapshot: Arc<Snapshot>,
     set: PolicySet,
@@ -47,7 +49,6 @@ impl Authz {
         if let Some(id) = identity {
             id.add_to(&mut ctx);
         }
-        principal.add_to(&mut ctx);
         ctx.set("iot:ClientId", facts.client_id);
         let ip = match facts.peer.ip() {
             std::net::IpAddr::V6(v6) => v6
@@ -71,14 +72,34 @@ impl Authz {
             );
         }
         ctx.set_all("iot:ConnectAttributes", attributes);
+        let base = ctx.clone();
+        principal.add_to(&mut ctx);
         let snapshot = policies.current();
         let set = snapshot.compile(&principal.policies, head, &ctx);
         Self {
             principal,
+            base,
             ctx,
             snapshot,
             set,
         }
+    }
+
+    /// The certificate id of this connection's principal.
+    pub fn certificate_id(&self) -> Option<&str> {
+        self.principal.certificate_id.as_deref()
+    }
+
+    /// Takes a changed principal (attachments edited in the registry) and recompiles.
+    pub fn set_principal(&mut self, principal: Principal, head: &ArnHead) {
+        if principal == self.principal {
+            return;
+        }
+        let mut ctx = self.base.clone();
+        principal.add_to(&mut ctx);
+        self.set = self.snapshot.compile(&principal.policies, head, &ctx);
+        self.ctx = ctx;
+        self.principal = principal;
     }
 
     /// Recompiles if the policies changed since; returns whether they did.

@@ -559,6 +559,8 @@ impl Conn {
         let mut mail_ready = true;
         let mut policy_changes = shared.policies.subscribe();
         policy_changes.mark_unchanged();
+        let mut registry_changes = shared.registry.subscribe();
+        registry_changes.mark_unchanged();
         loop {
             // Decode and handle every whole packet already read.
             loop {
@@ -641,6 +643,7 @@ impl Conn {
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
                 _ = mailbox.kicked() => Event::Slow,
                 Ok(()) = policy_changes.changed() => Event::Policies,
+                Ok(()) = registry_changes.changed() => Event::Registry,
                 _ = tokio::time::sleep_until(deadline) => Event::KeepAlive,
             };
             match event {
@@ -661,6 +664,19 @@ impl Conn {
                 Event::Slow => {
                     if mailbox.take_slow() {
                         return End::SlowConsumer;
+                    }
+                }
+                Event::Registry => {
+                    // Revoked or deactivated: this certificate's connections end now.
+                    if let Some(cert) = self.authz.certificate_id().map(str::to_owned) {
+                        match shared.registry.principal(&cert, &self.client_id) {
+                            Ok(p) => self.authz.set_principal(p, &shared.arn_head),
+                            Err(_) => return End::NotAuthorized("certificate no longer active"),
+                        }
+                        let id = self.client_id.clone();
+                        if !self.allows(Action::Connect, ResourceType::Client, &id) {
+                            return End::NotAuthorized("connect no longer authorized");
+                        }
                     }
                 }
                 Event::Policies => {
@@ -1264,6 +1280,7 @@ enum Event {
     KeepAlive,
     Slow,
     Policies,
+    Registry,
 }
 
 fn view(d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) -> PublishView<'_> {
