@@ -3,7 +3,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgegate::config::Config;
+use edgegate::registry::{CertStatus, ClientIdentity, Registry};
 use edgegate::server::Server;
+use edgegate::store::{Store, StoreError};
 use edgegate::transport::pki::{self, Ca, KeyKind};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,11 +38,62 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Manage things.
+    Thing {
+        #[command(subcommand)]
+        command: ThingCommand,
+    },
     /// Check policy documents and try requests against them.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+}
+
+/// Where the configuration (and so the data directory) is.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file; default as for `serve`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// A certificate by id or by its PEM file.
+#[derive(clap::Args)]
+struct CertRef {
+    /// Certificate id (64 hex characters) or a PEM file.
+    cert: String,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum ThingCommand {
+    /// Create a thing, or update its type and attributes.
+    Create {
+        /// Thing name.
+        name: String,
+        /// Thing type.
+        #[arg(long = "type")]
+        thing_type: Option<String>,
+        /// Attributes, KEY=VALUE (repeat).
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Attach a certificate to a thing.
+    Attach {
+        /// Thing name.
+        name: String,
+        /// Certificate id or PEM file.
+        #[arg(long)]
+        cert: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List things.
+    List(ConfigArg),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +151,31 @@ enum CertCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Register a certificate (ACTIVE unless --inactive), with policies and a thing.
+    Register {
+        /// The certificate, PEM.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Register it INACTIVE.
+        #[arg(long)]
+        inactive: bool,
+        /// Policies to attach (repeat).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// A thing to attach it to (created if missing).
+        #[arg(long)]
+        thing: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Let a certificate connect again.
+    Activate(CertRef),
+    /// Stop a certificate from connecting; its live connections close.
+    Deactivate(CertRef),
+    /// Revoke a certificate; its live connections close.
+    Revoke(CertRef),
+    /// List registered certificates: id, status, policies, things.
+    List(ConfigArg),
     /// Issue a device certificate (NAME.pem, NAME.key) signed by the CA.
     Issue {
         /// Common name, which is also the thing name.
@@ -129,6 +207,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => return serve(config),
         Command::Cert { command } => cert(command),
         Command::Policy { command } => return policy(command),
+        Command::Thing { command } => thing(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -462,6 +541,129 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
             let (cert, key) = pki::write_pair(&out, &cn, &pem)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
+        CertCommand::Register {
+            cert,
+            inactive,
+            policies,
+            thing,
+            config,
+        } => {
+            let identity = read_identity(&cert)?;
+            let status = if inactive {
+                CertStatus::Inactive
+            } else {
+                CertStatus::Active
+            };
+            with_registry(config, |r| {
+                r.register(&identity, status, policies, thing.as_deref());
+                println!("{} {status:?}", identity.certificate_id);
+                Ok(())
+            })?;
+        }
+        CertCommand::Activate(r) => set_status(r, CertStatus::Active)?,
+        CertCommand::Deactivate(r) => set_status(r, CertStatus::Inactive)?,
+        CertCommand::Revoke(r) => set_status(r, CertStatus::Revoked)?,
+        CertCommand::List(config) => with_registry(config, |r| {
+            for c in r.certificates() {
+                println!(
+                    "{}\t{:?}\tpolicies={}\tthings={}",
+                    c.id,
+                    c.status,
+                    c.policies.join(","),
+                    c.things.join(",")
+                );
+            }
+            Ok(())
+        })?,
     }
     Ok(())
+}
+
+fn thing(command: ThingCommand) -> anyhow::Result<()> {
+    match command {
+        ThingCommand::Create {
+            name,
+            thing_type,
+            attributes,
+            config,
+        } => {
+            let attributes = attributes
+                .iter()
+                .map(|a| {
+                    a.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .with_context(|| format!("attribute `{a}` is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            with_registry(config, |r| Ok(r.put_thing(&name, thing_type, attributes)?))
+        }
+        ThingCommand::Attach { name, cert, config } => {
+            with_registry(config, |r| Ok(r.attach_thing(&cert_id(&cert)?, &name)?))
+        }
+        ThingCommand::List(config) => with_registry(config, |r| {
+            for t in r.things() {
+                let attrs: Vec<String> = t
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{}\ttype={}\t{}",
+                    t.name,
+                    t.thing_type.unwrap_or_default(),
+                    attrs.join(",")
+                );
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn set_status(r: CertRef, status: CertStatus) -> anyhow::Result<()> {
+    let id = cert_id(&r.cert)?;
+    with_registry(r.config, |reg| Ok(reg.set_status(&id, status)?))
+}
+
+fn read_identity(path: &Path) -> anyhow::Result<ClientIdentity> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .context("no certificate in the file")??;
+    ClientIdentity::from_der(&der).context("unreadable certificate")
+}
+
+/// A certificate id given as such, or read from a PEM file.
+fn cert_id(arg: &str) -> anyhow::Result<String> {
+    if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(arg.to_ascii_lowercase());
+    }
+    Ok(read_identity(Path::new(arg))?.certificate_id)
+}
+
+/// Opens the registry of a stopped gateway, runs `f`, and commits.
+fn with_registry(
+    config: ConfigArg,
+    f: impl FnOnce(&Registry) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let config = load_config(config.config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let path = config.data_dir.join("edgegate.redb");
+        let metrics = std::sync::Arc::new(edgegate::metrics::Metrics::new());
+        let (store, snapshot) = Store::open(&path, true, metrics).map_err(|e| match e {
+            StoreError::Locked(_) => anyhow::anyhow!(
+                "{e}\nIs the gateway running? The registry can be edited only while it is stopped."
+            ),
+            e => e.into(),
+        })?;
+        let cas = edgegate::registry::ca_subjects(&config.tls.ca);
+        let registry = Registry::new(store.clone(), snapshot.registry, cas);
+        let result = f(&registry);
+        store.close().await;
+        result
+    })
 }

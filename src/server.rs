@@ -125,7 +125,7 @@ impl Server {
         let registry = Arc::new(Registry::new(
             store.clone(),
             std::mem::take(&mut snapshot.registry),
-            trusted_cas(&config.tls.ca)?,
+            crate::registry::ca_subjects(&config.tls.ca),
         ));
         if let Some(first) = &first_run {
             register_first_run(&registry, &config, first);
@@ -284,18 +284,6 @@ fn reload_policies(
     }
     tracing::info!(generation = store.current().generation, "policies reloaded");
     errors
-}
-
-/// The trusted CA certificates as (certificate id, subject), to record which
-/// CA issued each registered certificate.
-fn trusted_cas(path: &std::path::Path) -> Result<Vec<(String, String)>, ServerError> {
-    Ok(tls::read_certs(path)?
-        .iter()
-        .filter_map(|der| {
-            let id = ClientIdentity::from_der(der)?;
-            Some((id.certificate_id, id.subject.rfc4514))
-        })
-        .collect())
 }
 
 /// Registers the certificates made on first run: the device with the

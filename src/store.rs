@@ -45,6 +45,9 @@ pub enum StoreError {
     /// A transaction failed (disk full, IO error, corruption).
     #[error("store transaction failed: {0}")]
     Transaction(String),
+    /// Another process (a running gateway) has the database open.
+    #[error("store {0} is in use by another process")]
+    Locked(String),
     /// The writer thread has stopped.
     #[error("store writer has stopped")]
     Closed,
@@ -139,9 +142,14 @@ impl Store {
         let path = path.to_owned();
         Self::start(
             move || {
-                Database::create(&path).map_err(|e| StoreError::Open {
-                    path: path.display().to_string(),
-                    source: Box::new(e),
+                Database::create(&path).map_err(|e| match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => {
+                        StoreError::Locked(path.display().to_string())
+                    }
+                    e => StoreError::Open {
+                        path: path.display().to_string(),
+                        source: Box::new(e),
+                    },
                 })
             },
             fsync,

@@ -407,3 +407,71 @@ async fn a_revoked_certificate_is_disconnected_and_cannot_reconnect() {
         .expect("sub");
     bystander.suback().await;
 }
+
+#[tokio::test]
+async fn the_cli_registers_lists_and_revokes_certificates_of_a_stopped_gateway() {
+    let mut t = TestServer::prepare(
+        "[auth]\nregistration = \"registry\"\nprovisioning = { policies = [\"open\"] }\n",
+    );
+    let config = t.config_file();
+    let pem = t.device("reg-1");
+    let cert_file = t.dir.path().join("reg-1.pem");
+    std::fs::write(&cert_file, &pem.cert).expect("write cert");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = cert_file.to_str().expect("utf8");
+    let (ok, _, err) = cli(&[
+        "cert", "register", "--cert", file, "--policy", "open", "--thing", "reg-1",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&[
+        "thing", "create", "lamp-9", "--type", "lamp", "--attr", "site=lab",
+    ]);
+    assert!(ok, "{err}");
+    let (_, list, _) = cli(&["cert", "list"]);
+    assert!(
+        list.contains("Active\tpolicies=open\tthings=reg-1"),
+        "{list}"
+    );
+    let (_, things, _) = cli(&["thing", "list"]);
+    assert!(things.contains("lamp-9\ttype=lamp\tsite=lab"), "{things}");
+
+    let connack = |t: &TestServer| {
+        let config = t.tls_config(Some(&pem));
+        let addr = t.addr();
+        async move {
+            let mut raw = Raw::connect(addr, config).await.expect("tls");
+            raw.send(&connect_bytes(4, "reg-1", 30)).await;
+            raw.read_n(4).await
+        }
+    };
+    t.restart().await;
+    assert_eq!(
+        connack(&t).await,
+        vec![0x20, 0x02, 0x00, 0x00],
+        "registered: admitted"
+    );
+    // While the gateway runs, its store is locked, and the CLI says why.
+    let (ok, _, err) = cli(&["cert", "list"]);
+    assert!(!ok && err.contains("Is the gateway running?"), "{err}");
+    t.server.take().expect("running").shutdown().await;
+    let (ok, _, err) = cli(&["cert", "revoke", file]);
+    assert!(ok, "{err}");
+    t.restart().await;
+    assert_eq!(
+        connack(&t).await,
+        vec![0x20, 0x02, 0x00, 0x05],
+        "revoked: refused"
+    );
+}

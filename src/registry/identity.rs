@@ -58,6 +58,8 @@ pub struct ClientIdentity {
     pub not_before: i64,
     /// End of validity, seconds since the epoch.
     pub not_after: i64,
+    /// The certificate, PEM encoded, for the registry.
+    pub pem: String,
 }
 
 impl ClientIdentity {
@@ -73,6 +75,7 @@ impl ClientIdentity {
             serial_decimal: cert.serial.to_string(),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
+            pem: pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())),
         })
     }
 

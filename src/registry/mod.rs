@@ -37,6 +37,8 @@ pub enum CertStatus {
 pub struct Certificate {
     /// Lowercase hex SHA-256 of the DER.
     pub id: String,
+    /// The certificate, PEM encoded.
+    pub pem: String,
     /// Status.
     pub status: CertStatus,
     /// Id of the CA that issued it, when known.
@@ -334,6 +336,7 @@ impl Registry {
             };
             let mut cert = Certificate {
                 id: identity.certificate_id.clone(),
+                pem: identity.pem.clone(),
                 status,
                 ca_id: self.ca_of(identity),
                 created_ms: now_ms(),
@@ -405,6 +408,7 @@ impl Registry {
             .entry(identity.certificate_id.clone())
             .or_insert_with(|| Certificate {
                 id: identity.certificate_id.clone(),
+                pem: identity.pem.clone(),
                 status,
                 ca_id,
                 created_ms: now_ms(),
@@ -430,6 +434,19 @@ impl Registry {
             .find(|(_, subject)| *subject == identity.issuer.rfc4514)
             .map(|(id, _)| id.clone())
     }
+}
+
+/// The CA certificates in a PEM file as (certificate id, subject), to record
+/// which CA issued each registered certificate. Unreadable entries are skipped.
+pub fn ca_subjects(pem_file: &std::path::Path) -> Vec<(String, String)> {
+    let Ok(data) = std::fs::read(pem_file) else {
+        return Vec::new();
+    };
+    rustls_pemfile::certs(&mut data.as_slice())
+        .filter_map(Result::ok)
+        .filter_map(|der| ClientIdentity::from_der(&der))
+        .map(|id| (id.certificate_id, id.subject.rfc4514))
+        .collect()
 }
 
 /// The thing name the provisioning template gives a certificate, if it resolves.

@@ -65,6 +65,15 @@ impl TestServer {
     }
 
     pub fn config(&self) -> Config {
+        Config::parse(&self.config_text(), self.dir.path()).expect("test config is valid")
+    }
+
+    /// Writes the test configuration to `config.toml` in the test directory, for the binary.
+    pub fn config_file(&self) -> PathBuf {
+        write_config(self.dir.path(), &self.config_text())
+    }
+
+    fn config_text(&self) -> String {
         let base = format!(
             r#"
 data_dir = "data"
@@ -88,7 +97,7 @@ handshake_timeout_secs = 2
         if !self.extra_toml.contains("[auth]") {
             text.push_str("[auth]\nprovisioning = { policies = [\"open\"] }\n");
         }
-        Config::parse(&text, self.dir.path()).expect("test config is valid")
+        text
     }
 
     async fn boot(&mut self) {
