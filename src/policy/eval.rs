@@ -402,6 +402,51 @@ impl PolicySet {
     }
 }
 
+/// Decisions of one connection for the per-message actions (Publish and
+/// Receive on topics), remembered by topic. A hit costs one hash lookup and
+/// allocates nothing; the owner clears it whenever the policy set changes.
+/// Bounded: when full it starts over.
+#[derive(Debug, Default)]
+pub struct DecisionCache {
+    publish: std::collections::HashMap<Box<str>, Decision>,
+    receive: std::collections::HashMap<Box<str>, Decision>,
+}
+
+impl DecisionCache {
+    /// Entries kept per action before the cache starts over.
+    pub const CAPACITY: usize = 256;
+
+    /// Decides through the cache.
+    pub fn decide(
+        &mut self,
+        set: &PolicySet,
+        action: Action,
+        ty: ResourceType,
+        name: &str,
+    ) -> Decision {
+        let map = match (action, ty) {
+            (Action::Publish, ResourceType::Topic) => &mut self.publish,
+            (Action::Receive, ResourceType::Topic) => &mut self.receive,
+            _ => return set.decide(action, ty, name),
+        };
+        if let Some(&d) = map.get(name) {
+            return d;
+        }
+        let d = set.decide(action, ty, name);
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(name.into(), d);
+        d
+    }
+
+    /// Forgets every decision (the policies or the principal changed).
+    pub fn clear(&mut self) {
+        self.publish.clear();
+        self.receive.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,6 +518,46 @@ mod tests {
                 .expect("host")
                 .contains("1.2.3.4".parse().expect("ip"))
         );
+    }
+
+    #[test]
+    fn the_cache_answers_as_the_set_does_and_stays_bounded() {
+        let set = PolicySet {
+            statements: vec![CompiledStatement {
+                policy: "p".into(),
+                index: 0,
+                sid: None,
+                effect: Effect::Allow,
+                actions: vec![Glob::new("iot:*")],
+                not_action: false,
+                resources: vec![ResourcePattern::Path(Glob::new("topic/ok/*"))],
+                not_resource: false,
+            }],
+        };
+        let mut cache = DecisionCache::default();
+        for i in 0..(DecisionCache::CAPACITY * 3) {
+            let topic = if i % 2 == 0 {
+                format!("ok/{i}")
+            } else {
+                format!("no/{i}")
+            };
+            for action in [Action::Publish, Action::Receive] {
+                let want = set.decide(action, ResourceType::Topic, &topic);
+                assert_eq!(
+                    cache.decide(&set, action, ResourceType::Topic, &topic),
+                    want
+                );
+                assert_eq!(
+                    cache.decide(&set, action, ResourceType::Topic, &topic),
+                    want,
+                    "hit"
+                );
+            }
+        }
+        assert!(cache.publish.len() <= DecisionCache::CAPACITY);
+        assert!(cache.receive.len() <= DecisionCache::CAPACITY);
+        cache.clear();
+        assert!(cache.publish.is_empty() && cache.receive.is_empty());
     }
 
     proptest! {

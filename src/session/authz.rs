@@ -6,7 +6,7 @@
 
 use crate::metrics::{AuthzAction, Metrics};
 use crate::policy::compile::{ArnHead, Context};
-use crate::policy::eval::{Action, PolicySet, ResourceType};
+use crate::policy::eval::{Action, DecisionCache, PolicySet, ResourceType};
 use crate::policy::{PolicyStore, Snapshot};
 use crate::registry::{ClientIdentity, Principal};
 use std::net::SocketAddr;
@@ -34,6 +34,7 @@ pub struct Authz {
     ctx: Context,
     snapshot: Arc<Snapshot>,
     set: PolicySet,
+    cache: DecisionCache,
 }
 
 impl Authz {
@@ -82,6 +83,7 @@ impl Authz {
             ctx,
             snapshot,
             set,
+            cache: DecisionCache::default(),
         }
     }
 
@@ -98,6 +100,7 @@ impl Authz {
         let mut ctx = self.base.clone();
         principal.add_to(&mut ctx);
         self.set = self.snapshot.compile(&principal.policies, head, &ctx);
+        self.cache.clear();
         self.ctx = ctx;
         self.principal = principal;
     }
@@ -116,14 +119,14 @@ impl Authz {
 
     /// Decides one request; a denial is counted and logged.
     pub fn allows(
-        &self,
+        &mut self,
         metrics: &Metrics,
         client_id: &str,
         action: Action,
         ty: ResourceType,
         name: &str,
     ) -> bool {
-        let decision = self.set.decide(action, ty, name);
+        let decision = self.cache.decide(&self.set, action, ty, name);
         if decision.is_allowed() {
             return true;
         }

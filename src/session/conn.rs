@@ -292,7 +292,7 @@ fn authorize(
         persistent,
         will_topic: will.map(|w| w.topic.as_str()),
     };
-    let authz = Authz::new(
+    let mut authz = Authz::new(
         identity,
         principal,
         facts,
