@@ -1,3 +1,4 @@
 //! HTTP servers of the gateway.
 
 pub mod admin;
+pub mod sigv4;
