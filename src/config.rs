@@ -134,10 +134,16 @@ impl Default for Mqtt {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
-    /// Address of the admin HTTP listener (`/metrics`, `/healthz`).
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`, the
+    /// AWS-shaped control plane).
     pub listen: Option<String>,
     /// Allow the admin listener on a non-loopback address.
     pub allow_network: bool,
+    /// SigV4 access key id the control plane accepts; without it, the
+    /// control plane refuses every request.
+    pub access_key_id: Option<String>,
+    /// Environment variable holding the matching secret (never in this file).
+    pub secret_access_key_env: String,
 }
 
 impl Default for Admin {
@@ -145,6 +151,8 @@ impl Default for Admin {
         Self {
             listen: Some("127.0.0.1:9080".into()),
             allow_network: false,
+            access_key_id: None,
+            secret_access_key_env: "EDGEGATE_ADMIN_SECRET".into(),
         }
     }
 }

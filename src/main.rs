@@ -3,12 +3,13 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgegate::config::Config;
-use edgegate::registry::{CertStatus, ClientIdentity, Registry};
+use edgegate::registry::{CertStatus, ClientIdentity};
 use edgegate::server::Server;
-use edgegate::store::{Store, StoreError};
 use edgegate::transport::pki::{self, Ca, KeyKind};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+mod registry_cli;
 
 /// Exit code for a configuration that cannot be used (sysexits EX_USAGE).
 const EX_CONFIG: u8 = 64;
@@ -264,7 +265,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(%addr, "plaintext MQTT listener: clients there have no certificate identity");
     }
     if let Some(addr) = server.admin {
-        tracing::info!(%addr, "admin listener (/metrics, /healthz)");
+        tracing::info!(%addr, "admin listener (/metrics, /healthz, control plane)");
     }
     if let Some(port) = server.mqtt.first().map(|a| a.port()) {
         print_quickstart(&config, port);
@@ -555,7 +556,7 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
                 CertStatus::Active
             };
             with_registry(config, |r| {
-                r.register(&identity, status, policies, thing.as_deref());
+                r.register(&identity, status, &policies, thing.as_deref())?;
                 println!("{} {status:?}", identity.certificate_id);
                 Ok(())
             })?;
@@ -564,9 +565,9 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
         CertCommand::Deactivate(r) => set_status(r, CertStatus::Inactive)?,
         CertCommand::Revoke(r) => set_status(r, CertStatus::Revoked)?,
         CertCommand::List(config) => with_registry(config, |r| {
-            for c in r.certificates() {
+            for c in r.certificates()? {
                 println!(
-                    "{}\t{:?}\tpolicies={}\tthings={}",
+                    "{}\t{}\tpolicies={}\tthings={}",
                     c.id,
                     c.status,
                     c.policies.join(","),
@@ -595,13 +596,13 @@ fn thing(command: ThingCommand) -> anyhow::Result<()> {
                         .with_context(|| format!("attribute `{a}` is not KEY=VALUE"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            with_registry(config, |r| Ok(r.put_thing(&name, thing_type, attributes)?))
+            with_registry(config, |r| r.put_thing(&name, thing_type, attributes))
         }
         ThingCommand::Attach { name, cert, config } => {
-            with_registry(config, |r| Ok(r.attach_thing(&cert_id(&cert)?, &name)?))
+            with_registry(config, |r| r.attach_thing(&cert_id(&cert)?, &name))
         }
         ThingCommand::List(config) => with_registry(config, |r| {
-            for t in r.things() {
+            for t in r.things()? {
                 let attrs: Vec<String> = t
                     .attributes
                     .iter()
@@ -621,7 +622,7 @@ fn thing(command: ThingCommand) -> anyhow::Result<()> {
 
 fn set_status(r: CertRef, status: CertStatus) -> anyhow::Result<()> {
     let id = cert_id(&r.cert)?;
-    with_registry(r.config, |reg| Ok(reg.set_status(&id, status)?))
+    with_registry(r.config, |reg| reg.set_status(&id, status))
 }
 
 fn read_identity(path: &Path) -> anyhow::Result<ClientIdentity> {
@@ -640,30 +641,10 @@ fn cert_id(arg: &str) -> anyhow::Result<String> {
     Ok(read_identity(Path::new(arg))?.certificate_id)
 }
 
-/// Opens the registry of a stopped gateway, runs `f`, and commits.
+/// Runs a registry command on the gateway the configuration describes.
 fn with_registry(
     config: ConfigArg,
-    f: impl FnOnce(&Registry) -> anyhow::Result<()>,
+    f: impl FnOnce(&dyn registry_cli::Ops) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let config = load_config(config.config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let path = config.data_dir.join("edgegate.redb");
-        let metrics = std::sync::Arc::new(edgegate::metrics::Metrics::new());
-        let (store, snapshot) = Store::open(&path, true, metrics).map_err(|e| match e {
-            StoreError::Locked(_) => anyhow::anyhow!(
-                "{e}\nIs the gateway running? The registry can be edited only while it is stopped."
-            ),
-            e => e.into(),
-        })?;
-        let cas = edgegate::registry::ca_subjects(&config.tls.ca);
-        let registry = Registry::new(store.clone(), snapshot.registry, cas);
-        let result = f(&registry);
-        store.close().await;
-        result
-    })
+    registry_cli::with_registry(&load_config(config.config)?, f)
 }

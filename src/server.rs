@@ -216,7 +216,13 @@ impl Server {
         let admin = match admin {
             Some(l) => {
                 let addr = local(&l)?;
-                let app = crate::http::admin::router(metrics.clone());
+                let app = crate::http::admin::router(crate::http::admin::AdminState {
+                    metrics: metrics.clone(),
+                    registry: registry.clone(),
+                    credentials: admin_credentials(&config),
+                    region: config.aws.region.clone(),
+                    account: config.aws.account_id.clone(),
+                });
                 let token = shutdown.clone();
                 tracker.spawn(async move {
                     let served = axum::serve(l, app)
@@ -269,6 +275,25 @@ impl Server {
             tracing::warn!("connections still open after the grace period");
         }
         self.store.close().await;
+    }
+}
+
+/// The control plane's key pair: the id from the configuration, the secret
+/// from the environment variable it names.
+fn admin_credentials(config: &Config) -> Option<crate::http::admin::Credentials> {
+    let access_key_id = config.admin.access_key_id.clone()?;
+    match std::env::var(&config.admin.secret_access_key_env) {
+        Ok(secret) if !secret.is_empty() => Some(crate::http::admin::Credentials {
+            access_key_id,
+            secret,
+        }),
+        _ => {
+            tracing::warn!(
+                variable = %config.admin.secret_access_key_env,
+                "admin.access_key_id is set but its secret is not: the control plane stays off"
+            );
+            None
+        }
     }
 }
 

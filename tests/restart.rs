@@ -4,8 +4,6 @@ mod common;
 
 use common::*;
 use rumqttc::QoS;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 
 #[tokio::test]
 async fn retained_and_queued_messages_survive_a_clean_restart() {
@@ -50,58 +48,12 @@ async fn retained_and_queued_messages_survive_a_clean_restart() {
     dev.nothing_for(std::time::Duration::from_millis(500)).await;
 }
 
-/// The gateway binary with a config in `t`'s directory; returns the child and its MQTT port.
-fn spawn_binary(t: &TestServer) -> (Child, u16) {
-    let text = r#"
-data_dir = "data"
-[tls]
-ca = "certs/ca.pem"
-cert = "certs/server.pem"
-key = "certs/server.key"
-generate_if_missing = false
-[mqtt]
-listen = ["127.0.0.1:0"]
-[admin]
-listen = "127.0.0.1:0"
-[auth]
-provisioning = { policies = ["open"] }
-"#;
-    let config = write_config(t.dir.path(), text);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgegate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "edgegate=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("the gateway logs its listener before anything else")
-            .expect("read stderr");
-        if let Some(rest) = line.split("MQTT over mutual TLS addr=").nth(1) {
-            break rest
-                .trim()
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .expect("port");
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
-}
-
 #[tokio::test]
 async fn acknowledged_qos1_messages_survive_kill_9() {
     // The TestServer only provides certificates and the directory; the
     // gateway under test is the built binary.
     let t = TestServer::prepare("");
-    let (mut child, port) = spawn_binary(&t);
+    let (mut child, port, _) = spawn_binary(&t, "", &[]);
     let connect = |id: &'static str, clean: bool, port: u16| {
         let t = &t;
         async move { V4::connect_to(t, port, id, clean, None, |_| {}).await }
@@ -125,7 +77,7 @@ async fn acknowledged_qos1_messages_survive_kill_9() {
     child.kill().expect("kill -9");
     child.wait().expect("reaped");
 
-    let (mut child, port) = spawn_binary(&t);
+    let (mut child, port, _) = spawn_binary(&t, "", &[]);
     let mut dev = connect("survivor", false, port).await;
     assert!(dev.session_present);
     let mut seen = Vec::new();

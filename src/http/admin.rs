@@ -1,27 +1,75 @@
-//! The admin listener: Prometheus metrics and a health check.
+//! The admin listener: Prometheus metrics, a health check, and the
+//! AWS-shaped control plane for certificates and things.
 //!
-//! Read-only and bound to loopback by default; nothing here changes state.
+//! `/metrics` and `/healthz` are read-only and open (the listener is on
+//! loopback by default). Everything else is the `iot` control plane in
+//! AWS's REST-JSON shapes (spec/aws-iot-auth.md §6), and every request
+//! must carry a valid SigV4 signature from the configured access key:
+//! there is no unauthenticated write path, and with no key configured the
+//! control plane refuses everything.
 
+use super::sigv4;
 use crate::metrics::Metrics;
+use crate::registry::{CertStatus, ClientIdentity, Registry, RegistryError};
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Largest control-plane request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The SigV4 key pair the control plane accepts.
+#[derive(Clone)]
+pub struct Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What the admin routes work with.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// The registry the control plane edits.
+    pub registry: Arc<Registry>,
+    /// Accepted credentials; `None` disables the control plane.
+    pub credentials: Option<Credentials>,
+    /// For ARNs.
+    pub region: String,
+    /// For ARNs.
+    pub account: String,
+}
+
 /// The admin routes.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
-        .with_state(metrics)
+        .fallback(control_plane)
+        .with_state(Arc::new(state))
 }
 
-async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn metrics_text(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
+        state.metrics.render(),
     )
 }
 
@@ -30,4 +78,360 @@ async fn healthz() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         r#"{"status":"ok"}"#,
     )
+}
+
+/// An error in AWS's shape: status, `x-amzn-ErrorType`, and `__type` in the body.
+struct AwsError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl AwsError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for AwsError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [
+                ("x-amzn-ErrorType", self.kind),
+                (header::CONTENT_TYPE.as_str(), "application/json"),
+            ],
+            json!({"__type": self.kind, "message": self.message}).to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<RegistryError> for AwsError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NoCertificate(_) | RegistryError::NoThing(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                e.to_string(),
+            ),
+            RegistryError::BadStatus(_) => Self::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "CertificateStateException",
+                e.to_string(),
+            ),
+            RegistryError::BadThingName(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestException",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+fn ok(body: Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn control_plane(State(state): State<Arc<AdminState>>, req: Request) -> Response {
+    match handle(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> {
+    let (parts, body) = req.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        AwsError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "InvalidRequestException",
+            "body too large",
+        )
+    })?;
+    authenticate(state, &parts.method, &parts.uri, &parts.headers, &body)?;
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or_default();
+    let segments: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let registry = &state.registry;
+    match (&parts.method, seg.as_slice()) {
+        (&Method::GET, ["certificates"]) => {
+            let certs: Vec<Value> = registry
+                .certificates()
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "certificateArn": state.arn("cert", &c.id),
+                        "certificateId": c.id,
+                        "status": status_name(c.status),
+                        "creationDate": c.created_ms as f64 / 1000.0,
+                        // Not in AWS's shape (clients ignore them); the edgegate CLI shows them.
+                        "policies": c.policies,
+                        "things": c.things,
+                    })
+                })
+                .collect();
+            Ok(ok(json!({ "certificates": certs })))
+        }
+        (&Method::GET, ["certificates", id]) => {
+            let c = registry.certificate(id).ok_or_else(|| {
+                AwsError::new(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    format!("certificate {id} is not registered"),
+                )
+            })?;
+            Ok(ok(json!({ "certificateDescription": {
+                "certificateArn": state.arn("cert", &c.id),
+                "certificateId": c.id,
+                "caCertificateId": c.ca_id,
+                "status": status_name(c.status),
+                "certificatePem": c.pem,
+                "creationDate": c.created_ms as f64 / 1000.0,
+            }})))
+        }
+        (&Method::PUT, ["certificates", id]) => {
+            let status = query_param(query, "newStatus")
+                .and_then(|s| parse_status(&s))
+                .ok_or_else(|| {
+                    AwsError::new(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequestException",
+                        "newStatus is required",
+                    )
+                })?;
+            registry.set_status(id, status)?;
+            Ok(ok(json!({})))
+        }
+        (&Method::POST, ["certificate", "register"]) => {
+            let input: Value = json_body(&body)?;
+            let pem = input["certificatePem"].as_str().ok_or_else(|| {
+                AwsError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestException",
+                    "certificatePem is required",
+                )
+            })?;
+            let identity = rustls_pemfile::certs(&mut pem.as_bytes())
+                .next()
+                .and_then(Result::ok)
+                .and_then(|der| ClientIdentity::from_der(&der))
+                .ok_or_else(|| {
+                    AwsError::new(
+                        StatusCode::BAD_REQUEST,
+                        "CertificateValidationException",
+                        "not a certificate",
+                    )
+                })?;
+            if registry.certificate(&identity.certificate_id).is_some() {
+                return Err(AwsError::new(
+                    StatusCode::CONFLICT,
+                    "ResourceAlreadyExistsException",
+                    "the certificate is already registered",
+                ));
+            }
+            let active = query_param(query, "setAsActive").as_deref() == Some("true")
+                || input["status"].as_str() == Some("ACTIVE");
+            let status = if active {
+                CertStatus::Active
+            } else {
+                CertStatus::Inactive
+            };
+            registry.register(&identity, status, Vec::new(), None);
+            Ok(ok(json!({
+                "certificateArn": state.arn("cert", &identity.certificate_id),
+                "certificateId": identity.certificate_id,
+            })))
+        }
+        (&Method::POST, ["things", name]) => {
+            let input: Value = if body.is_empty() {
+                json!({})
+            } else {
+                json_body(&body)?
+            };
+            let attributes: BTreeMap<String, String> = input["attributePayload"]["attributes"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let thing_type = input["thingTypeName"].as_str().map(str::to_owned);
+            registry.put_thing(name, thing_type, attributes)?;
+            Ok(ok(json!({
+                "thingName": name,
+                "thingArn": state.arn("thing", name),
+                "thingId": name,
+            })))
+        }
+        (&Method::GET, ["things"]) => {
+            let things: Vec<Value> = registry
+                .things()
+                .into_iter()
+                .map(|t| {
+                    json!({
+                        "thingName": t.name,
+                        "thingArn": state.arn("thing", &t.name),
+                        "thingTypeName": t.thing_type,
+                        "attributes": t.attributes,
+                        "version": 1,
+                    })
+                })
+                .collect();
+            Ok(ok(json!({ "things": things })))
+        }
+        (&Method::PUT, ["things", name, "principals"]) => {
+            let principal = parts
+                .headers
+                .get("x-amzn-principal")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            registry.attach_thing(&cert_id_of(principal)?, name)?;
+            Ok(ok(json!({})))
+        }
+        (&Method::PUT, ["target-policies", policy]) => {
+            let input: Value = json_body(&body)?;
+            let target = input["target"].as_str().unwrap_or_default();
+            registry.attach_policy(&cert_id_of(target)?, policy)?;
+            Ok(ok(json!({})))
+        }
+        _ => Err(AwsError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            format!(
+                "{} {path} is not an operation of this gateway",
+                parts.method
+            ),
+        )),
+    }
+}
+
+impl AdminState {
+    fn arn(&self, kind: &str, name: &str) -> String {
+        format!("arn:aws:iot:{}:{}:{kind}/{name}", self.region, self.account)
+    }
+}
+
+fn authenticate(
+    state: &AdminState,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), AwsError> {
+    let Some(creds) = &state.credentials else {
+        return Err(AwsError::new(
+            StatusCode::FORBIDDEN,
+            "UnrecognizedClientException",
+            "the control plane is off: set admin.access_key_id and its secret",
+        ));
+    };
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    let request = sigv4::Request {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or_default(),
+        headers: &pairs,
+        body,
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    sigv4::verify(&request, &creds.access_key_id, &creds.secret, now).map_err(|e| {
+        tracing::info!(error = %e, "control-plane request refused");
+        AwsError::new(
+            StatusCode::FORBIDDEN,
+            "InvalidSignatureException",
+            e.to_string(),
+        )
+    })
+}
+
+fn json_body(body: &[u8]) -> Result<Value, AwsError> {
+    serde_json::from_slice(body).map_err(|e| {
+        AwsError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestException",
+            format!("body: {e}"),
+        )
+    })
+}
+
+/// The certificate id in a `...:cert/<id>` ARN.
+fn cert_id_of(arn: &str) -> Result<String, AwsError> {
+    arn.rsplit_once(":cert/")
+        .map(|(_, id)| id.to_owned())
+        .ok_or_else(|| {
+            AwsError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestException",
+                format!("`{arn}` is not a certificate ARN"),
+            )
+        })
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(v) => {
+                out.push(v);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_name(s: CertStatus) -> &'static str {
+    match s {
+        CertStatus::Active => "ACTIVE",
+        CertStatus::Inactive => "INACTIVE",
+        CertStatus::Revoked => "REVOKED",
+        CertStatus::PendingActivation => "PENDING_ACTIVATION",
+    }
+}
+
+fn parse_status(s: &str) -> Option<CertStatus> {
+    Some(match s {
+        "ACTIVE" => CertStatus::Active,
+        "INACTIVE" => CertStatus::Inactive,
+        "REVOKED" => CertStatus::Revoked,
+        "PENDING_ACTIVATION" => CertStatus::PendingActivation,
+        _ => return None,
+    })
 }

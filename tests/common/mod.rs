@@ -557,3 +557,67 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// Runs the gateway binary on `t`'s directory (its certificates and
+/// policies) with `extra` configuration and environment; returns the child,
+/// its MQTT port and its admin address.
+pub fn spawn_binary(
+    t: &TestServer,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, u16, String) {
+    use std::io::{BufRead, BufReader};
+    let text = format!(
+        r#"
+data_dir = "data"
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/server.pem"
+key = "certs/server.key"
+generate_if_missing = false
+[mqtt]
+listen = ["127.0.0.1:0"]
+[auth]
+provisioning = {{ policies = ["open"] }}
+{extra}
+"#
+    );
+    let text = if extra.contains("[admin]") {
+        text
+    } else {
+        format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+    };
+    let config = write_config(t.dir.path(), &text);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "edgegate=info")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut port = None;
+    let mut admin = None;
+    while port.is_none() || admin.is_none() {
+        let line = lines
+            .next()
+            .expect("the gateway logs its listeners before anything else")
+            .expect("read stderr");
+        if let Some(rest) = line.split("MQTT over mutual TLS addr=").nth(1) {
+            port = rest.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+        }
+        if let Some(rest) = line
+            .split("addr=")
+            .nth(1)
+            .filter(|_| line.contains("admin listener"))
+        {
+            admin = Some(rest.trim().to_owned());
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, port.expect("port"), admin.expect("admin"))
+}
