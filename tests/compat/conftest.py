@@ -25,9 +25,15 @@ generate_if_missing = true
 listen = ["127.0.0.1:0"]
 [admin]
 listen = "127.0.0.1:0"
+access_key_id = "AKIDEDGEGATETEST"
+secret_access_key_env = "EDGEGATE_ADMIN_SECRET"
 [policies]
 dir = "{policies}"
 """
+
+# The control plane's key; the secret reaches the gateway only through its environment.
+ADMIN_KEY = "AKIDEDGEGATETEST"
+ADMIN_SECRET = "compat-test-secret"
 
 # Client interoperability tests let every device talk to every other.
 OPEN_AUTH = """
@@ -58,18 +64,21 @@ class Gateway:
             stdout=self.stdout.open("w"),
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "RUST_LOG": "edgegate=info"},
+            env={**os.environ, "RUST_LOG": "edgegate=info", "EDGEGATE_ADMIN_SECRET": ADMIN_SECRET},
         )
         self.port = None
+        self.admin = None
         deadline = time.monotonic() + 30
         for line in self.proc.stderr:
             m = re.search(r"MQTT over mutual TLS addr=127\.0\.0\.1:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
+            m = re.search(r"admin listener .* addr=(127\.0\.0\.1:\d+)", line)
+            if m:
+                self.admin = m.group(1)
+            if (self.port and self.admin) or time.monotonic() > deadline:
                 break
-            if time.monotonic() > deadline:
-                break
-        assert self.port, "gateway did not report its listener"
+        assert self.port and self.admin, "gateway did not report its listeners"
         # Keep draining stderr so the gateway never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
 
