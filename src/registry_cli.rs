@@ -375,8 +375,9 @@ pub(crate) fn with_registry(
         let metrics = std::sync::Arc::new(edgegate::metrics::Metrics::new());
         match Store::open(&path, true, metrics) {
             Ok((store, snapshot)) => {
-                let cas = edgegate::registry::ca_subjects(&config.tls.ca);
-                let registry = Registry::new(store.clone(), snapshot.registry, cas);
+                let cas = edgegate::registry::read_ca_file(&config.tls.ca);
+                let auto = config.auth.registration != edgegate::config::Registration::Registry;
+                let registry = Registry::new(store.clone(), snapshot.registry, cas, auto);
                 let result = f(&registry);
                 store.close().await;
                 result

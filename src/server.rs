@@ -125,7 +125,8 @@ impl Server {
         let registry = Arc::new(Registry::new(
             store.clone(),
             std::mem::take(&mut snapshot.registry),
-            crate::registry::ca_subjects(&config.tls.ca),
+            crate::registry::read_ca_file(&config.tls.ca),
+            config.auth.registration != crate::config::Registration::Registry,
         ));
         if let Some(first) = &first_run {
             register_first_run(&registry, &config, first);

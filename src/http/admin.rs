@@ -278,6 +278,44 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
                 "thingId": name,
             })))
         }
+        (&Method::GET, ["cacertificates"]) => {
+            let cas: Vec<Value> = registry
+                .ca_certificates()
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "certificateArn": state.arn("cacert", &c.id),
+                        "certificateId": c.id,
+                        "status": "ACTIVE",
+                        "creationDate": c.created_ms as f64 / 1000.0,
+                    })
+                })
+                .collect();
+            Ok(ok(json!({ "certificates": cas })))
+        }
+        (&Method::GET, ["cacertificate", id]) => {
+            let c = registry
+                .ca_certificates()
+                .into_iter()
+                .find(|c| c.id == *id)
+                .ok_or_else(|| {
+                    AwsError::new(
+                        StatusCode::NOT_FOUND,
+                        "ResourceNotFoundException",
+                        format!("CA certificate {id} is not registered"),
+                    )
+                })?;
+            Ok(ok(json!({ "certificateDescription": {
+                "certificateArn": state.arn("cacert", &c.id),
+                "certificateId": c.id,
+                "status": "ACTIVE",
+                "certificatePem": c.pem,
+                "ownedBy": state.account,
+                "creationDate": c.created_ms as f64 / 1000.0,
+                "autoRegistrationStatus": if c.auto_registration { "ENABLE" } else { "DISABLE" },
+                "certificateMode": "DEFAULT",
+            }})))
+        }
         (&Method::GET, ["things"]) => {
             let things: Vec<Value> = registry
                 .things()

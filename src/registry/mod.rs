@@ -51,6 +51,22 @@ pub struct Certificate {
     pub things: Vec<String>,
 }
 
+/// A CA certificate trusted for client certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaCertificate {
+    /// Lowercase hex SHA-256 of the DER.
+    pub id: String,
+    /// The certificate, PEM encoded.
+    pub pem: String,
+    /// Its subject, to match the issuer of device certificates.
+    pub subject: String,
+    /// Whether certificates it issued may be registered on first connect
+    /// (auto or JITR), as AWS's `autoRegistrationStatus`.
+    pub auto_registration: bool,
+    /// Registration time, ms since the epoch.
+    pub created_ms: u64,
+}
+
 /// A registered thing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Thing {
@@ -149,6 +165,7 @@ pub enum Registered {
 struct State {
     certs: HashMap<String, Certificate>,
     things: HashMap<String, Thing>,
+    cas: HashMap<String, CaCertificate>,
 }
 
 /// Certificates and things.
@@ -158,8 +175,6 @@ pub struct Registry {
     /// Bumped whenever a status or an attachment changes, so that live
     /// connections re-check their principal.
     changed: tokio::sync::watch::Sender<u64>,
-    /// Ids of the trusted CAs by subject, to record which CA issued a certificate.
-    cas: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -175,15 +190,30 @@ fn now_ms() -> u64 {
 }
 
 impl Registry {
-    /// A registry holding the stored records; `cas` are the trusted CA
-    /// certificates as (id, subject).
-    pub fn new(store: Store, records: Vec<(String, Vec<u8>)>, cas: Vec<(String, String)>) -> Self {
+    /// A registry holding the stored records; every CA of `cas` (the
+    /// configured trust) is registered if it is not yet, with auto
+    /// registration as `auto_registration` says.
+    pub fn new(
+        store: Store,
+        records: Vec<(String, Vec<u8>)>,
+        cas: Vec<ClientIdentity>,
+        auto_registration: bool,
+    ) -> Self {
         let mut state = State::default();
         for (key, rec) in records {
             if let Some(id) = key.strip_prefix("cert/") {
                 match serde_json::from_slice::<Certificate>(&rec) {
                     Ok(c) => {
                         state.certs.insert(id.to_owned(), c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "unreadable registry record skipped")
+                    }
+                }
+            } else if let Some(id) = key.strip_prefix("cacert/") {
+                match serde_json::from_slice::<CaCertificate>(&rec) {
+                    Ok(c) => {
+                        state.cas.insert(id.to_owned(), c);
                     }
                     Err(e) => {
                         tracing::warn!(%key, error = %e, "unreadable registry record skipped")
@@ -200,12 +230,40 @@ impl Registry {
                 }
             }
         }
+        let mut ops = Vec::new();
+        // The configured trust and registration mode govern: each start
+        // brings the CA records in line with them.
+        for ca in cas {
+            let entry = state
+                .cas
+                .entry(ca.certificate_id.clone())
+                .or_insert_with(|| CaCertificate {
+                    id: ca.certificate_id.clone(),
+                    pem: ca.pem,
+                    subject: ca.subject.rfc4514,
+                    auto_registration: !auto_registration,
+                    created_ms: now_ms(),
+                });
+            if entry.auto_registration != auto_registration {
+                entry.auto_registration = auto_registration;
+                ops.push(record("cacert/", &entry.id, &*entry));
+            }
+        }
+        if !ops.is_empty() {
+            store.enqueue(ops);
+        }
         Self {
             state: RwLock::new(state),
             store,
             changed: tokio::sync::watch::channel(0).0,
-            cas,
         }
+    }
+
+    /// Every registered CA certificate.
+    pub fn ca_certificates(&self) -> Vec<CaCertificate> {
+        let mut all: Vec<CaCertificate> = self.state.read().cas.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     /// Changes whenever a certificate's status or attachments change.
@@ -329,8 +387,12 @@ impl Registry {
         let mut registered = Registered::Known;
         let mut state = self.state.write();
         if !state.certs.contains_key(&identity.certificate_id) {
+            let ca_allows = ca_of(&state, identity)
+                .and_then(|id| state.cas.get(&id))
+                .is_some_and(|ca| ca.auto_registration);
             let status = match mode {
                 Registration::Registry => return (Err(Refusal::Unknown), registered),
+                _ if !ca_allows => return (Err(Refusal::Unknown), registered),
                 Registration::Auto => CertStatus::Active,
                 Registration::Jitr => CertStatus::PendingActivation,
             };
@@ -338,7 +400,7 @@ impl Registry {
                 id: identity.certificate_id.clone(),
                 pem: identity.pem.clone(),
                 status,
-                ca_id: self.ca_of(identity),
+                ca_id: ca_of(&state, identity),
                 created_ms: now_ms(),
                 policies: Vec::new(),
                 things: Vec::new(),
@@ -402,7 +464,7 @@ impl Registry {
                 });
             ops.push(record("thing/", &t.name, &*t));
         }
-        let ca_id = self.ca_of(identity);
+        let ca_id = ca_of(&state, identity);
         let cert = state
             .certs
             .entry(identity.certificate_id.clone())
@@ -427,25 +489,25 @@ impl Registry {
         drop(state);
         self.notify();
     }
-
-    fn ca_of(&self, identity: &ClientIdentity) -> Option<String> {
-        self.cas
-            .iter()
-            .find(|(_, subject)| *subject == identity.issuer.rfc4514)
-            .map(|(id, _)| id.clone())
-    }
 }
 
-/// The CA certificates in a PEM file as (certificate id, subject), to record
-/// which CA issued each registered certificate. Unreadable entries are skipped.
-pub fn ca_subjects(pem_file: &std::path::Path) -> Vec<(String, String)> {
+/// The registered CA that issued a certificate, by subject.
+fn ca_of(state: &State, identity: &ClientIdentity) -> Option<String> {
+    state
+        .cas
+        .values()
+        .find(|ca| ca.subject == identity.issuer.rfc4514)
+        .map(|ca| ca.id.clone())
+}
+
+/// The CA certificates in a PEM file; unreadable entries are skipped.
+pub fn read_ca_file(pem_file: &std::path::Path) -> Vec<ClientIdentity> {
     let Ok(data) = std::fs::read(pem_file) else {
         return Vec::new();
     };
     rustls_pemfile::certs(&mut data.as_slice())
         .filter_map(Result::ok)
         .filter_map(|der| ClientIdentity::from_der(&der))
-        .map(|id| (id.certificate_id, id.subject.rfc4514))
         .collect()
 }
 

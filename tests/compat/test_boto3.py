@@ -73,3 +73,14 @@ def test_things_and_errors_in_aws_shapes(gateway):
     with pytest.raises(botocore.exceptions.ClientError) as refused:
         iot(gateway, secret="wrong").list_things()
     assert refused.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+
+def test_the_trusted_ca_is_registered_with_auto_registration(gateway):
+    client = iot(gateway)
+    cas = client.list_ca_certificates()["certificates"]
+    assert len(cas) == 1
+    ca_id = cas[0]["certificateId"]
+    assert ca_id == certificate_id(gateway.ca)
+    described = client.describe_ca_certificate(certificateId=ca_id)["certificateDescription"]
+    assert described["autoRegistrationStatus"] == "ENABLE"
+    assert described["status"] == "ACTIVE"
