@@ -234,18 +234,25 @@ impl Registry {
         // The configured trust and registration mode govern: each start
         // brings the CA records in line with them.
         for ca in cas {
+            let mut changed = false;
             let entry = state
                 .cas
                 .entry(ca.certificate_id.clone())
-                .or_insert_with(|| CaCertificate {
-                    id: ca.certificate_id.clone(),
-                    pem: ca.pem,
-                    subject: ca.subject.rfc4514,
-                    auto_registration: !auto_registration,
-                    created_ms: now_ms(),
+                .or_insert_with(|| {
+                    changed = true;
+                    CaCertificate {
+                        id: ca.certificate_id.clone(),
+                        pem: ca.pem,
+                        subject: ca.subject.rfc4514,
+                        auto_registration,
+                        created_ms: now_ms(),
+                    }
                 });
             if entry.auto_registration != auto_registration {
                 entry.auto_registration = auto_registration;
+                changed = true;
+            }
+            if changed {
                 ops.push(record("cacert/", &entry.id, &*entry));
             }
         }
