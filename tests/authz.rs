@@ -190,6 +190,8 @@ async fn a_policy_reload_takes_effect_on_live_connections() {
     std::fs::rename(policies.join(".live.json.tmp"), policies.join("live.json")).expect("rename");
     let how = doomed.ended().await;
     assert!(how.contains("NotAuthorized"), "{how}");
+    // The very topic delivered before (its decision was cached) is refused now.
+    p.publish("feed/1", QoS::AtLeastOnce, false, b"again").await;
     p.publish("feed/2", QoS::AtLeastOnce, false, b"2").await;
     reader.nothing_for(Duration::from_millis(500)).await;
 

@@ -236,13 +236,6 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
                         "not a certificate",
                     )
                 })?;
-            if registry.certificate(&identity.certificate_id).is_some() {
-                return Err(AwsError::new(
-                    StatusCode::CONFLICT,
-                    "ResourceAlreadyExistsException",
-                    "the certificate is already registered",
-                ));
-            }
             let active = query_param(query, "setAsActive").as_deref() == Some("true")
                 || input["status"].as_str() == Some("ACTIVE");
             let status = if active {
@@ -250,7 +243,13 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
             } else {
                 CertStatus::Inactive
             };
-            registry.register(&identity, status, Vec::new(), None);
+            if !registry.register_new(&identity, status) {
+                return Err(AwsError::new(
+                    StatusCode::CONFLICT,
+                    "ResourceAlreadyExistsException",
+                    "the certificate is already registered",
+                ));
+            }
             Ok(ok(json!({
                 "certificateArn": state.arn("cert", &identity.certificate_id),
                 "certificateId": identity.certificate_id,
@@ -392,6 +391,13 @@ fn authenticate(
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     sigv4::verify(&request, &creds.access_key_id, &creds.secret, now).map_err(|e| {
         tracing::info!(error = %e, "control-plane request refused");
+        // An unknown key and a wrong signature look the same from outside,
+        // so that key ids cannot be probed.
+        let e = if e == sigv4::SigError::UnknownKey {
+            sigv4::SigError::Mismatch
+        } else {
+            e
+        };
         AwsError::new(
             StatusCode::FORBIDDEN,
             "InvalidSignatureException",

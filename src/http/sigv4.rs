@@ -137,9 +137,9 @@ fn canonical_request(r: &Request<'_>, signed: &[&str]) -> String {
         let collapsed = value.split_whitespace().collect::<Vec<_>>().join(" ");
         let _ = writeln!(headers, "{name}:{collapsed}");
     }
-    let payload = r
-        .header("x-amz-content-sha256")
-        .map_or_else(|| sha256_hex(r.body), str::to_owned);
+    // Always the body's own hash: a client-supplied one is only accepted
+    // (in `verify`) when it is signed and equal to this.
+    let payload = sha256_hex(r.body);
     format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
         r.method,
@@ -258,6 +258,11 @@ pub fn verify(r: &Request<'_>, access_key: &str, secret: &str, now: i64) -> Resu
     if !signed.contains(&"host") {
         return Err(SigError::Malformed);
     }
+    if let Some(claimed) = r.header("x-amz-content-sha256")
+        && (!signed.contains(&"x-amz-content-sha256") || claimed != sha256_hex(r.body))
+    {
+        return Err(SigError::Mismatch);
+    }
     let (key, string_to_sign) = to_sign(r, &signed, amz_date, scope, secret);
     let sig = unhex(sig).ok_or(SigError::Malformed)?;
     // ring compares in constant time.
@@ -349,6 +354,16 @@ mod tests {
             ..signed
         };
         assert_eq!(verify(&tampered, KEY, SECRET, now), Err(SigError::Mismatch));
+        // A payload hash header cannot vouch for a different body.
+        let original = sha256_hex(body);
+        let mut lying = headers.clone();
+        lying.push(("x-amz-content-sha256", &original));
+        let replayed = Request {
+            body: br#"{"a":2}"#,
+            headers: &lying,
+            ..signed
+        };
+        assert_eq!(verify(&replayed, KEY, SECRET, now), Err(SigError::Mismatch));
         let unsigned = Request {
             headers: &headers[..3],
             ..signed

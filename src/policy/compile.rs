@@ -92,6 +92,24 @@ pub fn compile<'a>(
             if !st.conditions.iter().all(|c| holds(c, ctx, doc.variables)) {
                 continue;
             }
+            let resolved: Option<Vec<ResourcePattern>> = st
+                .resources
+                .iter()
+                .map(|r| resource(r, head, ctx, doc.variables))
+                .collect();
+            let resources = match (resolved, st.not_resource) {
+                (Some(r), _) => r,
+                // An unresolved NotResource would widen the statement to
+                // everything; like an unresolved Resource, it matches nothing.
+                (None, true) => continue,
+                (None, false) => st
+                    .resources
+                    .iter()
+                    .map(|r| {
+                        resource(r, head, ctx, doc.variables).unwrap_or(ResourcePattern::Never)
+                    })
+                    .collect(),
+            };
             statements.push(CompiledStatement {
                 policy: name.clone(),
                 index,
@@ -103,11 +121,7 @@ pub fn compile<'a>(
                     .map(|a| Glob::new(&a.to_ascii_lowercase()))
                     .collect(),
                 not_action: st.not_action,
-                resources: st
-                    .resources
-                    .iter()
-                    .map(|r| resource(r, head, ctx, doc.variables))
-                    .collect(),
+                resources,
                 not_resource: st.not_resource,
             });
         }
@@ -177,15 +191,21 @@ fn substitute(text: &str, ctx: &Context, variables: bool) -> Option<Glob> {
     Some(glob)
 }
 
-fn resource(pattern: &str, head: &ArnHead, ctx: &Context, variables: bool) -> ResourcePattern {
+/// A resource pattern for this gateway; `None` if a variable in it is unresolved.
+fn resource(
+    pattern: &str,
+    head: &ArnHead,
+    ctx: &Context,
+    variables: bool,
+) -> Option<ResourcePattern> {
     if pattern == "*" {
-        return ResourcePattern::Any;
+        return Some(ResourcePattern::Any);
     }
     // arn:partition:service:region:account:path; the path may contain ':'.
     let mut parts = pattern.splitn(6, ':');
     let fields: Vec<&str> = parts.by_ref().take(5).collect();
     let Some(path) = parts.next() else {
-        return ResourcePattern::Never;
+        return Some(ResourcePattern::Never);
     };
     let ours = [
         "arn",
@@ -194,18 +214,14 @@ fn resource(pattern: &str, head: &ArnHead, ctx: &Context, variables: bool) -> Re
         &head.region,
         &head.account,
     ];
-    let head_ok = fields.len() == 5
-        && fields
-            .iter()
-            .zip(ours)
-            .all(|(f, o)| substitute(f, ctx, variables).is_some_and(|g| g.matches(o)));
+    let mut head_ok = fields.len() == 5;
+    for (f, o) in fields.iter().zip(ours) {
+        head_ok &= substitute(f, ctx, variables)?.matches(o);
+    }
     if !head_ok {
-        return ResourcePattern::Never;
+        return Some(ResourcePattern::Never);
     }
-    match substitute(path, ctx, variables) {
-        Some(g) => ResourcePattern::Path(g),
-        None => ResourcePattern::Never,
-    }
+    substitute(path, ctx, variables).map(ResourcePattern::Path)
 }
 
 /// Whether a condition holds for the connection.
@@ -228,12 +244,11 @@ pub fn holds(c: &Condition, ctx: &Context, variables: bool) -> bool {
             };
     };
     // Condition values with unresolved variables match nothing.
-    let wanted: Vec<String> = c
-        .values
-        .iter()
-        .filter_map(|v| substitute_text(v, ctx, variables))
-        .collect();
-    let hit = |a: &String| wanted.iter().any(|w| compare(op.base, a, w));
+    let hit = |a: &String| {
+        c.values
+            .iter()
+            .any(|w| value_matches(op.base, a, w, ctx, variables))
+    };
     let negated = op.base.is_negated();
     match (op.set, negated) {
         (Some(SetQualifier::AllValues), false) => actual.iter().all(hit),
@@ -265,16 +280,48 @@ fn substitute_text(text: &str, ctx: &Context, variables: bool) -> Option<String>
     Some(out)
 }
 
+/// Whether the key's value `actual` matches the condition value `wanted`
+/// under the positive form of `op`. Substituted variables are literal text,
+/// never wildcards.
+fn value_matches(
+    op: BaseOperator,
+    actual: &str,
+    wanted: &str,
+    ctx: &Context,
+    variables: bool,
+) -> bool {
+    use BaseOperator::*;
+    match op {
+        StringLike | StringNotLike => {
+            substitute(wanted, ctx, variables).is_some_and(|g| g.matches(actual))
+        }
+        // IAM matches ARNs field by field (wildcards allowed in Equals too),
+        // so `*` never crosses a `:` between the first five fields.
+        ArnEquals | ArnNotEquals | ArnLike | ArnNotLike => {
+            let mut pattern = wanted.splitn(6, ':');
+            let mut value = actual.splitn(6, ':');
+            (0..6).all(|_| match (pattern.next(), value.next()) {
+                (Some(p), Some(v)) => substitute(p, ctx, variables).is_some_and(|g| g.matches(v)),
+                (None, None) => true,
+                _ => false,
+            })
+        }
+        _ => substitute_text(wanted, ctx, variables).is_some_and(|w| compare(op, actual, &w)),
+    }
+}
+
 /// The positive form of each operator: equality for `StringNotEquals`, and so on.
 fn compare(op: BaseOperator, actual: &str, wanted: &str) -> bool {
     use BaseOperator::*;
     let num = || Some((actual.parse::<f64>().ok()?, wanted.parse::<f64>().ok()?));
     match op {
-        StringEquals | StringNotEquals | ArnEquals | ArnNotEquals => actual == wanted,
+        StringEquals | StringNotEquals => actual == wanted,
         StringEqualsIgnoreCase | StringNotEqualsIgnoreCase => {
             actual.to_lowercase() == wanted.to_lowercase()
         }
-        StringLike | StringNotLike | ArnLike | ArnNotLike => Glob::new(wanted).matches(actual),
+        StringLike | StringNotLike | ArnEquals | ArnNotEquals | ArnLike | ArnNotLike => {
+            Glob::new(wanted).matches(actual)
+        }
         NumericEquals | NumericNotEquals => num().is_some_and(|(a, w)| a == w),
         NumericLessThan => num().is_some_and(|(a, w)| a < w),
         NumericLessThanEquals => num().is_some_and(|(a, w)| a <= w),

@@ -22,6 +22,9 @@ pub struct Name {
     pub locality: Option<String>,
     /// The whole name in RFC 4514 form.
     pub rfc4514: String,
+    /// Every value of the attributes policies can name, in certificate order,
+    /// by AWS's attribute name (`CommonName`, `OrganizationalUnit`, ...).
+    pub values: Vec<(&'static str, Vec<String>)>,
 }
 
 impl Name {
@@ -29,7 +32,22 @@ impl Name {
         let first = |it: &mut dyn Iterator<
             Item = &x509_parser::x509::AttributeTypeAndValue<'_>,
         >| { it.next().and_then(|a| a.as_str().ok()).map(str::to_owned) };
+        let all = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+            it.filter_map(|a| a.as_str().ok().map(str::to_owned))
+                .collect::<Vec<_>>()
+        };
+        let values = vec![
+            ("CommonName", all(&mut name.iter_common_name())),
+            ("Organization", all(&mut name.iter_organization())),
+            (
+                "OrganizationalUnit",
+                all(&mut name.iter_organizational_unit()),
+            ),
+            ("Country", all(&mut name.iter_country())),
+            ("State", all(&mut name.iter_state_or_province())),
+        ];
         Self {
+            values,
             common_name: first(&mut name.iter_common_name()),
             organization: first(&mut name.iter_organization()),
             organizational_unit: first(&mut name.iter_organizational_unit()),
@@ -84,19 +102,24 @@ impl ClientIdentity {
         ctx.set("iot:CertificateId", self.certificate_id.clone());
         ctx.set("iot:Certificate.SerialNumber", self.serial_decimal.clone());
         for (side, name) in [("Subject", &self.subject), ("Issuer", &self.issuer)] {
-            for (attr, value) in [
-                ("CommonName", &name.common_name),
-                ("Organization", &name.organization),
-                ("OrganizationalUnit", &name.organizational_unit),
-                ("Country", &name.country),
-                ("State", &name.state),
-            ] {
-                if let Some(v) = value {
-                    ctx.set(&format!("iot:Certificate.{side}.{attr}"), v.clone());
-                    ctx.set_all(
-                        &format!("iot:Certificate.{side}.{attr}.List"),
-                        vec![v.clone()],
-                    );
+            for (attr, values) in &name.values {
+                // AWS leaves values with wildcard characters, or longer than
+                // 1024 characters, unsubstituted (spec §1.7): they stay unresolved.
+                let usable: Vec<String> = values
+                    .iter()
+                    .filter(|v| v.len() <= 1024 && !v.contains(['*', '$', '+', '?', '#']))
+                    .cloned()
+                    .collect();
+                let key = format!("iot:Certificate.{side}.{attr}");
+                if let Some(first) = usable.first() {
+                    ctx.set(&key, first.clone());
+                }
+                // `.1` is the second value; `.List` all of them, at most five.
+                for (i, v) in usable.iter().enumerate().skip(1) {
+                    ctx.set(&format!("{key}.{i}"), v.clone());
+                }
+                if !usable.is_empty() {
+                    ctx.set_all(&format!("{key}.List"), usable.into_iter().take(5).collect());
                 }
             }
         }
@@ -136,5 +159,31 @@ mod tests {
         let want = hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref());
         assert_eq!(id.certificate_id, want);
         assert!(id.not_before < id.not_after);
+    }
+
+    #[test]
+    fn attribute_values_with_wildcards_stay_unresolved() {
+        let ca = Ca::generate("test CA").expect("ca");
+        for (cn, usable) in [("plain-7", true), ("evil#", false), ("star*", false)] {
+            let dev = ca.issue_device(cn, KeyKind::EcdsaP256).expect("device");
+            let der = rustls_pemfile::certs(&mut dev.cert.as_bytes())
+                .next()
+                .expect("one cert")
+                .expect("pem");
+            let mut ctx = Context::new();
+            ClientIdentity::from_der(&der)
+                .expect("parses")
+                .add_to(&mut ctx);
+            let got = ctx.get("iot:Certificate.Subject.CommonName");
+            assert_eq!(got.is_some(), usable, "{cn}");
+            assert_eq!(
+                ctx.get("iot:Certificate.Subject.CommonName.List").is_some(),
+                usable
+            );
+            assert_eq!(
+                ctx.get("iot:Certificate.Issuer.CommonName"),
+                Some(&["test CA".to_owned()][..])
+            );
+        }
     }
 }

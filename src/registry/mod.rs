@@ -449,6 +449,30 @@ impl Registry {
         all
     }
 
+    /// Registers a certificate that is not registered yet, checked and done
+    /// under one lock; false if it already was.
+    pub fn register_new(&self, identity: &ClientIdentity, status: CertStatus) -> bool {
+        {
+            let mut state = self.state.write();
+            if state.certs.contains_key(&identity.certificate_id) {
+                return false;
+            }
+            let cert = Certificate {
+                id: identity.certificate_id.clone(),
+                pem: identity.pem.clone(),
+                status,
+                ca_id: ca_of(&state, identity),
+                created_ms: now_ms(),
+                policies: Vec::new(),
+                things: Vec::new(),
+            };
+            self.store.enqueue(vec![record("cert/", &cert.id, &cert)]);
+            state.certs.insert(cert.id.clone(), cert);
+        }
+        self.notify();
+        true
+    }
+
     /// Registers a certificate (or updates one) with the given status and
     /// policies, attached to `thing` if given (created when missing).
     pub fn register(
@@ -533,7 +557,8 @@ fn provisioning_thing_name(p: &Provisioning, identity: &ClientIdentity) -> Optio
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    (!out.is_empty()).then_some(out)
+    // A name with MQTT wildcards would leak into topic filter resources.
+    valid_thing_name(&out).then_some(out)
 }
 
 fn record<T: Serialize>(prefix: &str, key: &str, value: &T) -> Op {

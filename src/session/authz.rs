@@ -114,6 +114,7 @@ impl Authz {
         self.set = self
             .snapshot
             .compile(&self.principal.policies, head, &self.ctx);
+        self.cache.clear();
         true
     }
 

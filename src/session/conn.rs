@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +94,8 @@ enum End {
     Store,
     /// A policy refused the connection or one of its publishes (MQTT 3.1.1).
     NotAuthorized(&'static str),
+    /// The certificate was revoked or deactivated: its will is not published.
+    Revoked,
 }
 
 impl From<ProtocolError> for End {
@@ -240,6 +242,8 @@ struct Conn {
     identity: Option<ClientIdentity>,
     peer: SocketAddr,
     authz: Authz,
+    /// Policy and registry change notifications, taken by the serving loop.
+    changes: Option<(watch::Receiver<u64>, watch::Receiver<u64>)>,
 }
 
 /// Admits the principal behind a CONNECT and checks `iot:Connect` (and the
@@ -433,6 +437,8 @@ impl Conn {
             }
         }
         let client_recv_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        // Watch for changes before deciding, so that none made meanwhile is missed.
+        let changes = (shared.policies.subscribe(), shared.registry.subscribe());
         let authz = authorize(
             shared,
             identity.as_ref(),
@@ -470,6 +476,7 @@ impl Conn {
             identity,
             peer,
             authz,
+            changes: Some(changes),
         })
     }
 
@@ -532,8 +539,13 @@ impl Conn {
         for (pkid, d, released) in resend {
             if released {
                 self.send(&Packet::PubRel(Ack::ok(pkid)));
-            } else {
+            } else if self.allows(Action::Receive, ResourceType::Topic, d.msg.topic.as_str()) {
                 self.write_publish(&d, pkid, true);
+            } else {
+                // This connection may not receive it (another principal, or a
+                // revoked permission): it leaves the session.
+                let acked = data.inflight.complete(pkid);
+                self.acked(acked, &mut data);
             }
         }
         let end = self
@@ -557,10 +569,10 @@ impl Conn {
         let mut deadline = Instant::now() + self.keep_alive;
         let mut batch = Vec::new();
         let mut mail_ready = true;
-        let mut policy_changes = shared.policies.subscribe();
-        policy_changes.mark_unchanged();
-        let mut registry_changes = shared.registry.subscribe();
-        registry_changes.mark_unchanged();
+        let (mut policy_changes, mut registry_changes) = self
+            .changes
+            .take()
+            .unwrap_or_else(|| (shared.policies.subscribe(), shared.registry.subscribe()));
         loop {
             // Decode and handle every whole packet already read.
             loop {
@@ -671,7 +683,7 @@ impl Conn {
                     if let Some(cert) = self.authz.certificate_id().map(str::to_owned) {
                         match shared.registry.principal(&cert, &self.client_id) {
                             Ok(p) => self.authz.set_principal(p, &shared.arn_head),
-                            Err(_) => return End::NotAuthorized("certificate no longer active"),
+                            Err(_) => return End::Revoked,
                         }
                         let id = self.client_id.clone();
                         if !self.allows(Action::Connect, ResourceType::Client, &id) {
@@ -1218,6 +1230,11 @@ impl Conn {
             End::SlowConsumer => (Some(reason::QUOTA_EXCEEDED), true, "client too slow"),
             End::Store => (Some(reason::UNSPECIFIED_ERROR), true, "store failure"),
             End::NotAuthorized(why) => (Some(reason::NOT_AUTHORIZED), true, *why),
+            End::Revoked => (
+                Some(reason::NOT_AUTHORIZED),
+                false,
+                "certificate no longer active",
+            ),
         };
         tracing::debug!(client_id = %self.client_id, conn = self.id, reason = why, "session ended");
         // Acknowledge what is already durable; the rest the client will resend.
@@ -1248,7 +1265,15 @@ impl Conn {
             .await;
         }
         drop(stream);
-        if publish_will && let Some(will) = self.will.take() {
+        // The will goes out only if its topic is still allowed now.
+        let will = self.will.take().filter(|w| {
+            publish_will && {
+                let topic = w.topic.as_str();
+                self.allows(Action::Publish, ResourceType::Topic, topic)
+                    && (!w.retain || self.allows(Action::RetainPublish, ResourceType::Topic, topic))
+            }
+        });
+        if let Some(will) = will {
             // On takeover the session continues at once, which cancels a delayed will.
             let delay = will.delay_interval.min(data.expiry);
             if !(matches!(end, End::TakenOver(_)) && delay > 0) {

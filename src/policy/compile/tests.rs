@@ -450,3 +450,51 @@ proptest! {
         );
     }
 }
+
+/// Review findings: unresolved NotResource, literal substitution in Like, ARN fields.
+#[test]
+fn substitutions_never_widen_a_statement() {
+    // An unresolved NotResource skips the statement instead of matching everything.
+    let p = set(
+        &[r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "iot:*", "NotResource": "ARN:topic/${iot:Connection.Thing.ThingName}/admin"}
+        ]}"#],
+        &ctx("no-thing"),
+    );
+    assert_eq!(p.decide(Publish, Topic, "anything"), ImplicitDeny);
+    // A client id of `*` is literal text inside StringLike, not a wildcard.
+    let mut c = ctx("*");
+    c.set("iot:Certificate.Subject.CommonName", "sensor-1");
+    assert!(!cond(
+        r#"{"StringLike": {"iot:Certificate.Subject.CommonName": "${iot:ClientId}"}}"#,
+        &c
+    ));
+    let mut c = ctx("sensor-1");
+    c.set("iot:Certificate.Subject.CommonName", "sensor-1");
+    assert!(cond(
+        r#"{"StringLike": {"iot:Certificate.Subject.CommonName": "${iot:ClientId}"}}"#,
+        &c
+    ));
+}
+
+#[test]
+fn arn_conditions_match_field_by_field() {
+    let mut c = ctx("c");
+    c.set("iot:LastWillTopic", "x:123456789012:topic/lwt/y");
+    assert!(
+        !cond(
+            r#"{"ArnLike": {"iot:LastWillTopic": "arn:aws:iot:*:123456789012:topic/lwt/*"}}"#,
+            &c
+        ),
+        "`*` does not cross the ':' between ARN fields"
+    );
+    c.set("iot:LastWillTopic", format!("{ARN}:topic/admin/x"));
+    assert!(cond(
+        r#"{"ArnEquals": {"iot:LastWillTopic": "arn:aws:iot:*:*:topic/admin/*"}}"#,
+        &c
+    ));
+    assert!(!cond(
+        r#"{"ArnNotEquals": {"iot:LastWillTopic": "arn:aws:iot:*:*:topic/admin/*"}}"#,
+        &c
+    ));
+}
