@@ -50,15 +50,6 @@ pub(crate) trait Ops {
     fn things(&self) -> anyhow::Result<Vec<ListedThing>>;
 }
 
-fn status_name(s: CertStatus) -> &'static str {
-    match s {
-        CertStatus::Active => "ACTIVE",
-        CertStatus::Inactive => "INACTIVE",
-        CertStatus::Revoked => "REVOKED",
-        CertStatus::PendingActivation => "PENDING_ACTIVATION",
-    }
-}
-
 impl Ops for Registry {
     fn register(
         &self,
@@ -78,7 +69,7 @@ impl Ops for Registry {
             .into_iter()
             .map(|c| Listed {
                 id: c.id,
-                status: status_name(c.status).into(),
+                status: c.status.name().into(),
                 policies: c.policies,
                 things: c.things,
             })
@@ -278,7 +269,7 @@ impl Ops for Remote {
         self.call(
             "PUT",
             &format!("/certificates/{}", segment(id)),
-            &format!("newStatus={}", status_name(status)),
+            &format!("newStatus={}", status.name()),
             &[],
             None,
         )?;

@@ -176,7 +176,7 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
                     json!({
                         "certificateArn": state.arn("cert", &c.id),
                         "certificateId": c.id,
-                        "status": status_name(c.status),
+                        "status": c.status.name(),
                         "creationDate": c.created_ms as f64 / 1000.0,
                         // Not in AWS's shape (clients ignore them); the edgegate CLI shows them.
                         "policies": c.policies,
@@ -198,14 +198,14 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
                 "certificateArn": state.arn("cert", &c.id),
                 "certificateId": c.id,
                 "caCertificateId": c.ca_id,
-                "status": status_name(c.status),
+                "status": c.status.name(),
                 "certificatePem": c.pem,
                 "creationDate": c.created_ms as f64 / 1000.0,
             }})))
         }
         (&Method::PUT, ["certificates", id]) => {
             let status = query_param(query, "newStatus")
-                .and_then(|s| parse_status(&s))
+                .and_then(|s| CertStatus::parse(&s))
                 .ok_or_else(|| {
                     AwsError::new(
                         StatusCode::BAD_REQUEST,
@@ -459,23 +459,4 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status_name(s: CertStatus) -> &'static str {
-    match s {
-        CertStatus::Active => "ACTIVE",
-        CertStatus::Inactive => "INACTIVE",
-        CertStatus::Revoked => "REVOKED",
-        CertStatus::PendingActivation => "PENDING_ACTIVATION",
-    }
-}
-
-fn parse_status(s: &str) -> Option<CertStatus> {
-    Some(match s {
-        "ACTIVE" => CertStatus::Active,
-        "INACTIVE" => CertStatus::Inactive,
-        "REVOKED" => CertStatus::Revoked,
-        "PENDING_ACTIVATION" => CertStatus::PendingActivation,
-        _ => return None,
-    })
 }

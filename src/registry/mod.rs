@@ -32,6 +32,30 @@ pub enum CertStatus {
     PendingActivation,
 }
 
+impl CertStatus {
+    /// AWS's name for the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Inactive => "INACTIVE",
+            Self::Revoked => "REVOKED",
+            Self::PendingActivation => "PENDING_ACTIVATION",
+        }
+    }
+
+    /// Parses AWS's name for a status.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Active,
+            Self::Inactive,
+            Self::Revoked,
+            Self::PendingActivation,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
 /// A registered certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certificate {
@@ -202,32 +226,17 @@ impl Registry {
         let mut state = State::default();
         for (key, rec) in records {
             if let Some(id) = key.strip_prefix("cert/") {
-                match serde_json::from_slice::<Certificate>(&rec) {
-                    Ok(c) => {
-                        state.certs.insert(id.to_owned(), c);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "unreadable registry record skipped")
-                    }
+                if let Some(c) = parse_record(&key, &rec) {
+                    state.certs.insert(id.to_owned(), c);
                 }
             } else if let Some(id) = key.strip_prefix("cacert/") {
-                match serde_json::from_slice::<CaCertificate>(&rec) {
-                    Ok(c) => {
-                        state.cas.insert(id.to_owned(), c);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "unreadable registry record skipped")
-                    }
+                if let Some(c) = parse_record(&key, &rec) {
+                    state.cas.insert(id.to_owned(), c);
                 }
-            } else if let Some(name) = key.strip_prefix("thing/") {
-                match serde_json::from_slice::<Thing>(&rec) {
-                    Ok(t) => {
-                        state.things.insert(name.to_owned(), t);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "unreadable registry record skipped")
-                    }
-                }
+            } else if let Some(name) = key.strip_prefix("thing/")
+                && let Some(t) = parse_record(&key, &rec)
+            {
+                state.things.insert(name.to_owned(), t);
             }
         }
         let mut ops = Vec::new();
@@ -559,6 +568,12 @@ fn provisioning_thing_name(p: &Provisioning, identity: &ClientIdentity) -> Optio
     out.push_str(rest);
     // A name with MQTT wildcards would leak into topic filter resources.
     valid_thing_name(&out).then_some(out)
+}
+
+fn parse_record<T: serde::de::DeserializeOwned>(key: &str, rec: &[u8]) -> Option<T> {
+    serde_json::from_slice(rec)
+        .map_err(|e| tracing::warn!(%key, error = %e, "unreadable registry record skipped"))
+        .ok()
 }
 
 fn record<T: Serialize>(prefix: &str, key: &str, value: &T) -> Op {

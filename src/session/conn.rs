@@ -884,19 +884,7 @@ impl Conn {
         if let Some((code, why)) = refusal {
             // MQTT 5 refuses a QoS 1/2 publish in its ack and keeps the connection.
             if v5 && p.qos != QoS::AtMostOnce {
-                let ack = Ack {
-                    pkid: p.pkid,
-                    code,
-                    properties: Properties {
-                        reason_string: self.reason(why),
-                        ..Properties::default()
-                    },
-                };
-                self.send(&if p.qos == QoS::ExactlyOnce {
-                    Packet::PubRec(ack)
-                } else {
-                    Packet::PubAck(ack)
-                });
+                self.refuse_publish(&p, code, why);
                 return Ok(());
             }
             return Err(End::Protocol(code, why));
@@ -911,19 +899,11 @@ impl Conn {
                 return Err(End::NotAuthorized("publish not authorized"));
             }
             if p.qos != QoS::AtMostOnce {
-                let ack = Ack {
-                    pkid: p.pkid,
-                    code: reason::NOT_AUTHORIZED,
-                    properties: Properties {
-                        reason_string: self.reason("not authorized to publish to this topic"),
-                        ..Properties::default()
-                    },
-                };
-                self.send(&if p.qos == QoS::ExactlyOnce {
-                    Packet::PubRec(ack)
-                } else {
-                    Packet::PubAck(ack)
-                });
+                self.refuse_publish(
+                    &p,
+                    reason::NOT_AUTHORIZED,
+                    "not authorized to publish to this topic",
+                );
             }
             return Ok(());
         }
@@ -983,6 +963,23 @@ impl Conn {
             commit,
         });
         Ok(())
+    }
+
+    /// Answers a refused QoS 1/2 publish (MQTT 5) with its reason in the ack.
+    fn refuse_publish(&mut self, p: &Publish, code: u8, why: &str) {
+        let ack = Ack {
+            pkid: p.pkid,
+            code,
+            properties: Properties {
+                reason_string: self.reason(why),
+                ..Properties::default()
+            },
+        };
+        self.send(&if p.qos == QoS::ExactlyOnce {
+            Packet::PubRec(ack)
+        } else {
+            Packet::PubAck(ack)
+        });
     }
 
     fn subscribe(&mut self, s: Subscribe, data: &mut SessionData) -> Result<(), End> {
