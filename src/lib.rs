@@ -12,6 +12,7 @@
 //! - [`policy`]: AWS IoT policy documents, compilation and evaluation.
 //! - [`registry`]: principals: certificates and the identities read from them.
 //! - [`router`]: subscriptions, retained messages, fan-out into mailboxes.
+//! - [`rules`]: AWS IoT SQL (pure) for the rules engine.
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`transport`]: TLS configuration and certificate generation.
 //! - [`http`]: the admin listener.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod router;
+pub mod rules;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -1,0 +1,8 @@
+//! AWS IoT SQL (version 2016-03-23): the statements rules select messages
+//! with. Pure: text in, syntax tree out; evaluation works on the tree.
+
+pub mod lexer;
+pub mod parser;
+
+pub use lexer::SqlError;
+pub use parser::{Statement, parse};
