@@ -1,8 +1,10 @@
 //! AWS IoT SQL (version 2016-03-23): the statements rules select messages
 //! with. Pure: text in, syntax tree out; evaluation works on the tree.
 
+pub mod eval;
 pub mod lexer;
 pub mod parser;
 
+pub use eval::{Message, Output, evaluate};
 pub use lexer::SqlError;
 pub use parser::{Statement, parse};
