@@ -92,6 +92,19 @@ pub fn evaluate<'m>(stmt: &'m Statement, msg: &'m Message<'_>) -> Option<Output>
     Some(ev.select(&stmt.select, msg.json))
 }
 
+/// An expression's value as template text: strings as they are, objects
+/// and arrays as compact JSON, Undefined and Null as nothing.
+pub fn render_expr(e: &Expr, msg: &Message<'_>) -> String {
+    let ev = Eval {
+        msg,
+        vars: HashMap::new(),
+    };
+    ev.expr(e, msg.json)
+        .as_deref()
+        .and_then(text)
+        .unwrap_or_default()
+}
+
 /// Whether WHERE holds: Boolean true, or the string "true".
 fn is_true(v: &V<'_>) -> bool {
     match v.as_deref() {

@@ -4,7 +4,9 @@
 pub mod eval;
 pub mod lexer;
 pub mod parser;
+pub mod template;
 
 pub use eval::{Message, Output, evaluate};
 pub use lexer::SqlError;
 pub use parser::{Statement, parse};
+pub use template::Template;

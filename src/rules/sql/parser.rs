@@ -125,6 +125,15 @@ pub fn parse(text: &str) -> Result<Statement, SqlError> {
     Ok(stmt)
 }
 
+/// Parses a lone expression (a substitution template's body).
+pub fn parse_expr(text: &str) -> Result<Expr, SqlError> {
+    let tokens = tokenize(text)?;
+    let mut p = Parser { tokens, pos: 0 };
+    let e = p.expr(0)?;
+    p.expect_end()?;
+    Ok(e)
+}
+
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,

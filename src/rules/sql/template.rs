@@ -1,0 +1,137 @@
+//! Substitution templates: `${expression}` inside action fields
+//! (spec/aws-iot-shadow-rules.md §3.1), evaluated against the incoming
+//! message, never the SELECT output.
+//!
+//! A template is parsed once when the rule is loaded; the closing `}` is
+//! found while skipping quoted strings and nested braces, so object
+//! literals inside an expression work.
+
+use super::eval::{Message, render_expr};
+use super::lexer::SqlError;
+use super::parser::{Expr, parse_expr};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Expr(Expr),
+}
+
+/// A parsed template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template(Vec<Part>);
+
+impl Template {
+    /// Parses a template; errors carry the byte offset in `text`.
+    pub fn parse(text: &str) -> Result<Self, SqlError> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        let mut offset = 0;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_owned()));
+            }
+            let body_start = start + 2;
+            let len = closing_brace(&rest[body_start..])
+                .ok_or_else(|| SqlError::new(offset + start, "`${` without its `}`"))?;
+            let body = &rest[body_start..body_start + len];
+            let expr = parse_expr(body)
+                .map_err(|e| SqlError::new(offset + body_start + e.at, e.message))?;
+            parts.push(Part::Expr(expr));
+            let consumed = body_start + len + 1;
+            offset += consumed;
+            rest = &rest[consumed..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Self(parts))
+    }
+
+    /// The text with every expression replaced by its string value
+    /// (Undefined gives an empty string).
+    pub fn render(&self, msg: &Message<'_>) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Expr(e) => out.push_str(&render_expr(e, msg)),
+            }
+        }
+        out
+    }
+}
+
+/// Length of the expression up to its matching `}`, skipping quoted strings and nested braces.
+fn closing_brace(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '{') => depth += 1,
+            (None, '}') if depth == 0 => return Some(i),
+            (None, '}') => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(template: &str, payload: &str, topic: &str) -> String {
+        let json = Message::parse_payload(payload.as_bytes());
+        let msg = Message {
+            topic,
+            payload: payload.as_bytes(),
+            json: json.as_ref(),
+            client_id: Some("dev-1"),
+            principal: None,
+            timestamp_ms: 1234,
+            account: "000000000000",
+        };
+        Template::parse(template)
+            .expect("valid template")
+            .render(&msg)
+    }
+
+    #[test]
+    fn spec_examples() {
+        let p = r#"{"device_id": "d7", "obj": {"a": [1, 2]}, "n": 2.5}"#;
+        assert_eq!(render("${topic()}/republish", p, "a/b"), "a/b/republish");
+        assert_eq!(render("device/${device_id}", p, "a/b"), "device/d7");
+        assert_eq!(
+            render(
+                "${replace(topic(), '/', '-') + '-' + timestamp()}",
+                p,
+                "a/b"
+            ),
+            "a-b-1234"
+        );
+        assert_eq!(
+            render("x/${missing}/y", p, "t"),
+            "x//y",
+            "Undefined is empty"
+        );
+        assert_eq!(render("${obj}", p, "t"), r#"{"a":[1,2]}"#);
+        assert_eq!(render("${n}", p, "t"), "2.5");
+        assert_eq!(
+            render("${ {'k': '}'}.k }", p, "t"),
+            "}",
+            "braces in strings and literals"
+        );
+        assert_eq!(render("plain", p, "t"), "plain");
+    }
+
+    #[test]
+    fn errors_point_into_the_template() {
+        let e = Template::parse("a/${topic(}").expect_err("bad expression");
+        assert!(e.at >= 4, "{e}");
+        let e = Template::parse("a/${topic()").expect_err("unclosed");
+        assert_eq!(e.at, 2);
+    }
+}
