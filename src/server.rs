@@ -80,7 +80,7 @@ pub struct Server {
     /// The policies in force.
     pub policies: Arc<PolicyStore>,
     policies_dir: std::path::PathBuf,
-    _policy_watch: Option<policy::watch::Watch>,
+    _watches: Vec<policy::watch::Watch>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     store: Store,
@@ -131,23 +131,39 @@ impl Server {
         if let Some(first) = &first_run {
             register_first_run(&registry, &config, first);
         }
-        let policy_watch = {
+        let mut watches = Vec::new();
+        {
             let (store, metrics, dir) = (
                 policies.clone(),
                 metrics.clone(),
                 config.policies.dir.clone(),
             );
-            let watched = policy::watch::watch(&config.policies.dir, move || {
+            watch_dir(&config.policies.dir, &mut watches, move || {
                 reload_policies(&store, &metrics, &dir);
             });
-            match watched {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!(dir = %config.policies.dir.display(), error = %e, "policies are not watched; changes need a restart");
-                    None
+        }
+        // Certificate files: a rotated server certificate or CA applies to new
+        // connections; live ones keep the configuration they started with.
+        let tls_dirs: std::collections::BTreeSet<std::path::PathBuf> =
+            [&config.tls.ca, &config.tls.cert, &config.tls.key]
+                .iter()
+                .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
+                .collect();
+        for dir in tls_dirs {
+            let (acceptor, metrics, tls) = (acceptor.clone(), metrics.clone(), config.tls.clone());
+            watch_dir(&dir, &mut watches, move || {
+                match tls::server_config(&tls.ca, &tls.cert, &tls.key) {
+                    Ok(c) => {
+                        acceptor.swap(c);
+                        tracing::info!("TLS certificates reloaded");
+                    }
+                    Err(e) => {
+                        metrics.reload_failures.increment(1);
+                        tracing::error!(error = %e, "TLS reload failed; the previous certificates stay");
+                    }
                 }
-            }
-        };
+            });
+        }
         let limits = MailboxLimits {
             queued: config.limits.max_queued_messages,
             stored: config.limits.max_stored_messages,
@@ -247,7 +263,7 @@ impl Server {
             registry,
             policies,
             policies_dir: config.policies.dir.clone(),
-            _policy_watch: policy_watch,
+            _watches: watches,
             shutdown,
             tracker,
             store,
@@ -294,6 +310,21 @@ fn admin_credentials(config: &Config) -> Option<crate::http::admin::Credentials>
                 "admin.access_key_id is set but its secret is not: the control plane stays off"
             );
             None
+        }
+    }
+}
+
+/// Watches `dir`, keeping the watch in `watches`; a directory that cannot be
+/// watched is logged, and changes there then need a restart.
+fn watch_dir(
+    dir: &std::path::Path,
+    watches: &mut Vec<policy::watch::Watch>,
+    reload: impl Fn() + Send + 'static,
+) {
+    match policy::watch::watch(dir, reload) {
+        Ok(w) => watches.push(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "not watched; changes need a restart")
         }
     }
 }

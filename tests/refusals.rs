@@ -322,3 +322,47 @@ fn key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
         .expect("pem")
         .expect("key")
 }
+
+#[tokio::test]
+async fn a_rotated_server_certificate_applies_to_new_connections_only() {
+    let t = TestServer::start().await;
+    let mut before = t.v4("before-rotation", true).await;
+    let connect_as = |name: &'static str| {
+        let pem = t.device("rotation-probe");
+        let config = t.tls_config(Some(&pem));
+        let addr = t.addr();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let server_name = rustls::pki_types::ServerName::try_from(name).ok()?;
+            connector.connect(server_name, tcp).await.ok()
+        }
+    };
+    assert!(
+        connect_as("rotated.local").await.is_none(),
+        "not yet a name of the server"
+    );
+    // Rotate: a new certificate with one more name, saved atomically.
+    let rotated =
+        t.ca.issue_server(&["localhost", "127.0.0.1", "rotated.local"])
+            .expect("server cert");
+    let certs = t.dir.path().join("certs");
+    for (file, text) in [("server.key", &rotated.key), ("server.pem", &rotated.cert)] {
+        let tmp = certs.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, certs.join(file)).expect("rename");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while connect_as("rotated.local").await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The connection made before the rotation is untouched.
+    assert_eq!(
+        before.subscribe("still/here", QoS::AtMostOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
+}
