@@ -9,6 +9,7 @@
 //! - [`config`]: `config.toml`, defaults, validation reporting every problem.
 //! - [`codec`] (P): MQTT 3.1.1 and 5.0 packets to and from bytes.
 //! - [`store`]: the redb database and its group-commit writer.
+//! - [`spool`]: the durable at-least-once queue for rule actions and the bridge.
 //! - [`policy`]: AWS IoT policy documents, compilation and evaluation.
 //! - [`registry`]: principals: certificates and the identities read from them.
 //! - [`router`]: subscriptions, retained messages, fan-out into mailboxes.
@@ -28,6 +29,7 @@ pub mod router;
 pub mod rules;
 pub mod server;
 pub mod session;
+pub mod spool;
 pub mod store;
 pub mod topic;
 pub mod transport;

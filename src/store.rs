@@ -26,6 +26,7 @@ const RETAINED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("retaine
 const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sessions");
 const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
 const REGISTRY: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("registry");
+const SPOOL: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("spool");
 
 /// Batches waiting for the writer. Past it, durable writes are refused
 /// (`StoreError::Busy`) and tidying writes wait in a task of their own.
@@ -79,6 +80,10 @@ pub enum Op {
     PutRegistry(String, Vec<u8>),
     /// Delete a registry record.
     DelRegistry(String),
+    /// Append a record to a spool under a sequence number.
+    PutSpool(Arc<str>, u64, Arc<[u8]>),
+    /// Remove a delivered (or given up) record from a spool.
+    DelSpool(Arc<str>, u64),
 }
 
 /// Resolves when a batch is durable.
@@ -104,6 +109,8 @@ pub struct Snapshot {
     pub sessions: Vec<StoredSession>,
     /// Registry records by key.
     pub registry: Vec<(String, Vec<u8>)>,
+    /// Spool records: (spool, sequence, record), in order.
+    pub spools: Vec<(String, u64, Vec<u8>)>,
 }
 
 /// One persistent session as stored.
@@ -174,6 +181,7 @@ impl Store {
             txn.open_table(SESSIONS).map_err(txn_err)?;
             txn.open_table(QUEUE).map_err(txn_err)?;
             txn.open_table(REGISTRY).map_err(txn_err)?;
+            txn.open_table(SPOOL).map_err(txn_err)?;
             txn.commit().map_err(txn_err)?;
         }
         let snapshot = snapshot(&db)?;
@@ -235,6 +243,12 @@ fn snapshot(db: &Database) -> Result<Snapshot, StoreError> {
         let (k, v) = row.map_err(txn_err)?;
         snap.retained
             .push((k.value().to_owned(), v.value().to_vec()));
+    }
+    let spool = txn.open_table(SPOOL).map_err(txn_err)?;
+    for row in spool.iter().map_err(txn_err)? {
+        let (k, v) = row.map_err(txn_err)?;
+        let (name, seq) = k.value();
+        snap.spools.push((name.to_owned(), seq, v.value().to_vec()));
     }
     let registry = txn.open_table(REGISTRY).map_err(txn_err)?;
     for row in registry.iter().map_err(txn_err)? {
@@ -336,6 +350,7 @@ fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> 
         let mut sessions = txn.open_table(SESSIONS).map_err(txn_err)?;
         let mut queue = txn.open_table(QUEUE).map_err(txn_err)?;
         let mut registry = txn.open_table(REGISTRY).map_err(txn_err)?;
+        let mut spool = txn.open_table(SPOOL).map_err(txn_err)?;
         for op in group.iter().flat_map(|b| &b.ops) {
             match op {
                 Op::PutRetained(topic, rec) => {
@@ -369,6 +384,12 @@ fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> 
                 }
                 Op::DelRegistry(key) => {
                     registry.remove(key.as_str()).map_err(txn_err)?;
+                }
+                Op::PutSpool(name, seq, rec) => {
+                    spool.insert((&**name, *seq), &**rec).map_err(txn_err)?;
+                }
+                Op::DelSpool(name, seq) => {
+                    spool.remove((&**name, *seq)).map_err(txn_err)?;
                 }
             }
         }

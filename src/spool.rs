@@ -1,0 +1,394 @@
+//! The durable at-least-once queue between the broker and everything that
+//! delivers outside it (rule actions, the upstream bridge).
+//!
+//! Design:
+//! - Records live in the store's `spool` table under (spool name, sequence),
+//!   so each spool is one ordered range, and in memory for fast reads from
+//!   the head. Memory is bounded by the spool's byte limit.
+//! - `append` queues the record's write in the store and returns its
+//!   [`Commit`]: a producer that must not acknowledge before the record is
+//!   durable (a QoS 1/2 publish) waits for it.
+//! - A consumer reads from the head without removing (`peek`), delivers, and
+//!   then `ack`s: only then is the record deleted. A crash between delivery
+//!   and acknowledgement delivers it again: duplicates are possible, loss is
+//!   not.
+//! - Bounded by bytes and by age, with a named overflow policy: `DropOldest`
+//!   hands the oldest records back to the caller (for an error action) to make
+//!   room; `RefuseNew` refuses the new record. Expired records are handed
+//!   back the same way.
+
+use crate::store::{Commit, Op, Store, StoreError};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// The key under which each spool keeps its next sequence number.
+const HIGH_WATER: u64 = u64::MAX;
+
+/// What a full spool does with a new record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Evict the oldest records (returned to the caller) to make room.
+    DropOldest,
+    /// Refuse the new record.
+    RefuseNew,
+}
+
+/// A spool's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes of records held.
+    pub max_bytes: usize,
+    /// Oldest a record may get, in milliseconds (0: no limit).
+    pub max_age_ms: u64,
+    /// What happens when `max_bytes` would be exceeded.
+    pub overflow: Overflow,
+}
+
+/// Why a record was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The spool is full and its policy refuses new records.
+    #[error("spool {0} is full")]
+    Full(Arc<str>),
+    /// The record alone is larger than the spool.
+    #[error("record of {size} bytes is larger than spool {name}")]
+    TooLarge {
+        /// Spool.
+        name: Arc<str>,
+        /// Record size.
+        size: usize,
+    },
+    /// The store did not take the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One record at the head of a spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Sequence number, increasing in append order.
+    pub seq: u64,
+    /// The bytes appended.
+    pub data: Arc<[u8]>,
+    /// When it was appended, ms since the epoch.
+    pub at_ms: u64,
+}
+
+/// What an append did.
+#[derive(Debug)]
+pub struct Appended {
+    /// Resolves when the record is durable.
+    pub commit: Commit,
+    /// Records evicted to make room (policy `DropOldest`), oldest first.
+    pub evicted: Vec<Record>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    queue: VecDeque<Record>,
+    bytes: usize,
+    next_seq: u64,
+}
+
+/// One named spool.
+#[derive(Debug)]
+pub struct Spool {
+    name: Arc<str>,
+    store: Store,
+    limits: Limits,
+    inner: Mutex<Inner>,
+    notify: Notify,
+}
+
+impl Spool {
+    /// A spool holding `restored` (its records from the store snapshot, in order).
+    pub fn new(name: &str, store: Store, limits: Limits, restored: Vec<(u64, Vec<u8>)>) -> Self {
+        let mut inner = Inner::default();
+        for (seq, data) in restored {
+            // The high-water mark (see `append`).
+            if seq == HIGH_WATER {
+                let mark = data
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                inner.next_seq = inner.next_seq.max(mark.unwrap_or(0));
+                continue;
+            }
+            inner.bytes += data.len();
+            inner.next_seq = inner.next_seq.max(seq + 1);
+            // The append time is not stored; restored records count as new.
+            inner.queue.push_back(Record {
+                seq,
+                data: data.into(),
+                at_ms: now_ms(),
+            });
+        }
+        Self {
+            name: name.into(),
+            store,
+            limits,
+            inner: Mutex::new(inner),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Appends a record under the overflow policy.
+    pub fn append(&self, data: Vec<u8>, now_ms: u64) -> Result<Appended, SpoolError> {
+        let size = data.len();
+        if size > self.limits.max_bytes {
+            return Err(SpoolError::TooLarge {
+                name: self.name.clone(),
+                size,
+            });
+        }
+        let mut inner = self.inner.lock();
+        let mut evicted = Vec::new();
+        while inner.bytes + size > self.limits.max_bytes {
+            if self.limits.overflow == Overflow::RefuseNew {
+                return Err(SpoolError::Full(self.name.clone()));
+            }
+            let Some(old) = inner.queue.pop_front() else {
+                break;
+            };
+            inner.bytes -= old.data.len();
+            evicted.push(old);
+        }
+        let seq = inner.next_seq;
+        let data: Arc<[u8]> = data.into();
+        let mut ops: Vec<Op> = evicted
+            .iter()
+            .map(|r| Op::DelSpool(self.name.clone(), r.seq))
+            .collect();
+        ops.push(Op::PutSpool(self.name.clone(), seq, data.clone()));
+        // Sequence numbers are never reused, even after a restart that finds
+        // the spool empty, so a late deletion can never hit a newer record.
+        ops.push(Op::PutSpool(
+            self.name.clone(),
+            HIGH_WATER,
+            Arc::from(&(seq + 1).to_be_bytes()[..]),
+        ));
+        // Queued under the lock, so the store sees appends in sequence order.
+        let commit = self.store.try_submit(ops)?;
+        inner.next_seq += 1;
+        inner.bytes += size;
+        inner.queue.push_back(Record {
+            seq,
+            data,
+            at_ms: now_ms,
+        });
+        drop(inner);
+        self.notify.notify_one();
+        Ok(Appended { commit, evicted })
+    }
+
+    /// Up to `max` records from the head, not removed.
+    pub fn peek(&self, max: usize) -> Vec<Record> {
+        self.inner.lock().queue.iter().take(max).cloned().collect()
+    }
+
+    /// Removes a delivered record.
+    pub fn ack(&self, seq: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(i) = inner.queue.iter().position(|r| r.seq == seq)
+            && let Some(r) = inner.queue.remove(i)
+        {
+            inner.bytes -= r.data.len();
+            self.store
+                .enqueue(vec![Op::DelSpool(self.name.clone(), seq)]);
+        }
+    }
+
+    /// Removes and returns the records older than the age limit.
+    pub fn expire(&self, now_ms: u64) -> Vec<Record> {
+        if self.limits.max_age_ms == 0 {
+            return Vec::new();
+        }
+        let mut inner = self.inner.lock();
+        let mut out = Vec::new();
+        while inner
+            .queue
+            .front()
+            .is_some_and(|r| now_ms.saturating_sub(r.at_ms) > self.limits.max_age_ms)
+        {
+            if let Some(r) = inner.queue.pop_front() {
+                inner.bytes -= r.data.len();
+                out.push(r);
+            }
+        }
+        if !out.is_empty() {
+            self.store.enqueue(
+                out.iter()
+                    .map(|r| Op::DelSpool(self.name.clone(), r.seq))
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// (records, bytes, age of the oldest in ms) for the metrics.
+    pub fn depth(&self, now_ms: u64) -> (usize, usize, u64) {
+        let inner = self.inner.lock();
+        let oldest = inner
+            .queue
+            .front()
+            .map_or(0, |r| now_ms.saturating_sub(r.at_ms));
+        (inner.queue.len(), inner.bytes, oldest)
+    }
+
+    /// Resolves when something was appended since the last call.
+    pub async fn appended(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Groups a snapshot's spool records by spool name.
+pub fn by_name(
+    records: Vec<(String, u64, Vec<u8>)>,
+) -> std::collections::HashMap<String, Vec<(u64, Vec<u8>)>> {
+    let mut out: std::collections::HashMap<String, Vec<(u64, Vec<u8>)>> = Default::default();
+    for (name, seq, data) in records {
+        out.entry(name).or_default().push((seq, data));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        Append(u8),
+        AckHead,
+        AckNth(usize),
+        Reopen,
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            4 => (1u8..40).prop_map(Action::Append),
+            2 => Just(Action::AckHead),
+            1 => (0usize..5).prop_map(Action::AckNth),
+            1 => Just(Action::Reopen),
+        ]
+    }
+
+    fn open(path: &std::path::Path, limits: Limits) -> (Store, Spool) {
+        let (store, snap) = Store::open(path, false, Arc::new(Metrics::new())).expect("store");
+        let restored = by_name(snap.spools).remove("s").unwrap_or_default();
+        let spool = Spool::new("s", store.clone(), limits, restored);
+        (store, spool)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        /// The spool agrees with an in-memory model, across reopenings.
+        #[test]
+        fn agrees_with_a_model(actions in proptest::collection::vec(action(), 1..40), refuse in any::<bool>()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let path = dir.path().join("db");
+                let limits = Limits {
+                    max_bytes: 100,
+                    max_age_ms: 0,
+                    overflow: if refuse { Overflow::RefuseNew } else { Overflow::DropOldest },
+                };
+                let (mut store, mut spool) = open(&path, limits);
+                let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+                let mut last_seq = None::<u64>;
+                for a in actions {
+                    match a {
+                        Action::Append(n) => {
+                            let data = vec![n; usize::from(n)];
+                            let used: usize = model.iter().map(Vec::len).sum();
+                            match spool.append(data.clone(), 0) {
+                                Ok(appended) => {
+                                    appended.commit.await.expect("sent").expect("durable");
+                                    let mut room = used;
+                                    for e in &appended.evicted {
+                                        let d = model.pop_front().expect("evicted from the model too");
+                                        assert_eq!(&*e.data, &d[..]);
+                                        room -= d.len();
+                                    }
+                                    assert!(room + data.len() <= 100);
+                                    model.push_back(data);
+                                    // A new record's number was never used before, reopenings included.
+                                    let seq = spool.peek(usize::MAX).last().map(|r| r.seq).expect("appended");
+                                    assert!(last_seq.is_none_or(|l| seq > l), "{seq} after {last_seq:?}");
+                                    last_seq = Some(seq);
+                                }
+                                Err(SpoolError::Full(_)) => {
+                                    assert!(refuse && used + data.len() > 100);
+                                }
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        Action::AckHead => {
+                            if let Some(r) = spool.peek(1).first() {
+                                spool.ack(r.seq);
+                                model.pop_front();
+                            }
+                        }
+                        Action::AckNth(i) => {
+                            if let Some(r) = spool.peek(i + 1).get(i) {
+                                spool.ack(r.seq);
+                                model.remove(i);
+                            }
+                        }
+                        Action::Reopen => {
+                            store.close().await;
+                            (store, spool) = open(&path, limits);
+                        }
+                    }
+                    let records = spool.peek(usize::MAX);
+                    let got: Vec<Vec<u8>> = records.iter().map(|r| r.data.to_vec()).collect();
+                    assert_eq!(got, model.iter().cloned().collect::<Vec<_>>());
+                    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
+                    let (n, bytes, _) = spool.depth(0);
+                    assert_eq!(n, model.len());
+                    assert_eq!(bytes, model.iter().map(Vec::len).sum::<usize>());
+                }
+                store.close().await;
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn old_records_expire_and_oversize_ones_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            max_bytes: 10,
+            max_age_ms: 1000,
+            overflow: Overflow::DropOldest,
+        };
+        let (_store, spool) = open(&dir.path().join("db"), limits);
+        spool.append(b"a".to_vec(), 0).expect("append");
+        spool.append(b"b".to_vec(), 1500).expect("append");
+        let expired = spool.expire(2000);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(&*expired[0].data, b"a");
+        assert_eq!(spool.peek(10).len(), 1);
+        assert!(matches!(
+            spool.append(vec![0; 11], 0),
+            Err(SpoolError::TooLarge { size: 11, .. })
+        ));
+    }
+}
