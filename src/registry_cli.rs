@@ -255,13 +255,7 @@ impl Ops for Remote {
         }
         if let Some(t) = thing {
             self.call("POST", &format!("/things/{}", segment(t)), "", &[], None)?;
-            self.call(
-                "PUT",
-                &format!("/things/{}/principals", segment(t)),
-                "",
-                &[("x-amzn-principal", &arn)],
-                None,
-            )?;
+            self.attach_thing(&identity.certificate_id, t)?;
         }
         Ok(())
     }

@@ -75,6 +75,17 @@ pub struct Certificate {
     pub things: Vec<String>,
 }
 
+impl Thing {
+    /// A thing with a name and nothing else.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            thing_type: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+}
+
 /// A CA certificate trusted for client certificates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaCertificate {
@@ -412,24 +423,15 @@ impl Registry {
                 Registration::Auto => CertStatus::Active,
                 Registration::Jitr => CertStatus::PendingActivation,
             };
-            let mut cert = Certificate {
-                id: identity.certificate_id.clone(),
-                pem: identity.pem.clone(),
-                status,
-                ca_id: ca_of(&state, identity),
-                created_ms: now_ms(),
-                policies: Vec::new(),
-                things: Vec::new(),
-            };
+            let mut cert = new_certificate(&state, identity, status);
             let mut ops = Vec::new();
             if mode == Registration::Auto {
                 cert.policies = provisioning.policies.clone();
                 if let Some(name) = provisioning_thing_name(provisioning, identity) {
-                    let thing = state.things.entry(name.clone()).or_insert_with(|| Thing {
-                        name: name.clone(),
-                        thing_type: None,
-                        attributes: BTreeMap::new(),
-                    });
+                    let thing = state
+                        .things
+                        .entry(name.clone())
+                        .or_insert_with(|| Thing::named(&name));
                     ops.push(record("thing/", &thing.name, &*thing));
                     cert.things.push(name);
                 }
@@ -466,15 +468,7 @@ impl Registry {
             if state.certs.contains_key(&identity.certificate_id) {
                 return false;
             }
-            let cert = Certificate {
-                id: identity.certificate_id.clone(),
-                pem: identity.pem.clone(),
-                status,
-                ca_id: ca_of(&state, identity),
-                created_ms: now_ms(),
-                policies: Vec::new(),
-                things: Vec::new(),
-            };
+            let cert = new_certificate(&state, identity, status);
             self.store.enqueue(vec![record("cert/", &cert.id, &cert)]);
             state.certs.insert(cert.id.clone(), cert);
         }
@@ -497,26 +491,14 @@ impl Registry {
             let t = state
                 .things
                 .entry(name.to_owned())
-                .or_insert_with(|| Thing {
-                    name: name.to_owned(),
-                    thing_type: None,
-                    attributes: BTreeMap::new(),
-                });
+                .or_insert_with(|| Thing::named(name));
             ops.push(record("thing/", &t.name, &*t));
         }
-        let ca_id = ca_of(&state, identity);
+        let fresh = new_certificate(&state, identity, status);
         let cert = state
             .certs
             .entry(identity.certificate_id.clone())
-            .or_insert_with(|| Certificate {
-                id: identity.certificate_id.clone(),
-                pem: identity.pem.clone(),
-                status,
-                ca_id,
-                created_ms: now_ms(),
-                policies: Vec::new(),
-                things: Vec::new(),
-            });
+            .or_insert(fresh);
         cert.status = status;
         cert.policies = policies;
         if let Some(name) = thing
@@ -528,6 +510,19 @@ impl Registry {
         self.store.enqueue(ops);
         drop(state);
         self.notify();
+    }
+}
+
+/// A certificate record for a newly registered identity.
+fn new_certificate(state: &State, identity: &ClientIdentity, status: CertStatus) -> Certificate {
+    Certificate {
+        id: identity.certificate_id.clone(),
+        pem: identity.pem.clone(),
+        status,
+        ca_id: ca_of(state, identity),
+        created_ms: now_ms(),
+        policies: Vec::new(),
+        things: Vec::new(),
     }
 }
 
