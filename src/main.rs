@@ -110,35 +110,39 @@ enum PolicyCommand {
     },
     /// Evaluate one request as AWS TestAuthorization does, and say which
     /// statement decided.
-    Test {
-        /// The client certificate (PEM) whose variables apply.
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// The MQTT client id.
-        #[arg(long = "client-id")]
-        client_id: Option<String>,
-        /// The thing associated with the connection.
-        #[arg(long)]
-        thing: Option<String>,
-        /// The client's address, for aws:SourceIp.
-        #[arg(long = "source-ip")]
-        source_ip: Option<std::net::IpAddr>,
-        /// The action, e.g. iot:Publish.
-        #[arg(long)]
-        action: String,
-        /// The resource, e.g. topic/a/b, client/dev-1 or a full ARN.
-        #[arg(long)]
-        resource: String,
-        /// Policies to evaluate (repeat); default: every policy in the directory.
-        #[arg(long = "policy")]
-        policies: Vec<String>,
-        /// Directory of NAME.json policy documents.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Configuration file naming the policies directory and the ARN region and account.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Test(TestArgs),
+}
+
+/// The request `policy test` evaluates.
+#[derive(clap::Args)]
+struct TestArgs {
+    /// The client certificate (PEM) whose variables apply.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// The MQTT client id.
+    #[arg(long = "client-id")]
+    client_id: Option<String>,
+    /// The thing associated with the connection.
+    #[arg(long)]
+    thing: Option<String>,
+    /// The client's address, for aws:SourceIp.
+    #[arg(long = "source-ip")]
+    source_ip: Option<std::net::IpAddr>,
+    /// The action, e.g. iot:Publish.
+    #[arg(long)]
+    action: String,
+    /// The resource, e.g. topic/a/b, client/dev-1 or a full ARN.
+    #[arg(long)]
+    resource: String,
+    /// Policies to evaluate (repeat); default: every policy in the directory.
+    #[arg(long = "policy")]
+    policies: Vec<String>,
+    /// Directory of NAME.json policy documents.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Configuration file naming the policies directory and the ARN region and account.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -357,30 +361,10 @@ fn policy(command: PolicyCommand) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        PolicyCommand::Test {
-            cert,
-            client_id,
-            thing,
-            source_ip,
-            action,
-            resource,
-            policies,
-            dir,
-            config,
-        } => {
-            let config = match config_for(config) {
+        PolicyCommand::Test(request) => {
+            let config = match config_for(request.config.clone()) {
                 Ok(c) => c,
                 Err(code) => return code,
-            };
-            let request = TestRequest {
-                cert,
-                client_id,
-                thing,
-                source_ip,
-                action,
-                resource,
-                policies,
-                dir: dir.unwrap_or(config.policies.dir.clone()),
             };
             match test_authorization(&config, request) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -393,18 +377,7 @@ fn policy(command: PolicyCommand) -> ExitCode {
     }
 }
 
-struct TestRequest {
-    cert: Option<PathBuf>,
-    client_id: Option<String>,
-    thing: Option<String>,
-    source_ip: Option<std::net::IpAddr>,
-    action: String,
-    resource: String,
-    policies: Vec<String>,
-    dir: PathBuf,
-}
-
-fn test_authorization(config: &Config, r: TestRequest) -> anyhow::Result<()> {
+fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<()> {
     use edgegate::policy::compile::{ArnHead, Context, compile, missing};
     use edgegate::policy::eval::{Action, ResourceType};
     let action = Action::parse(&r.action).with_context(|| {
@@ -433,7 +406,8 @@ fn test_authorization(config: &Config, r: TestRequest) -> anyhow::Result<()> {
             r.resource
         )
     })?;
-    let loaded = edgegate::policy::load_dir(&r.dir);
+    let dir = r.dir.clone().unwrap_or_else(|| config.policies.dir.clone());
+    let loaded = edgegate::policy::load_dir(&dir);
     for e in &loaded.errors {
         eprintln!("skipped: {e}");
     }
@@ -446,7 +420,7 @@ fn test_authorization(config: &Config, r: TestRequest) -> anyhow::Result<()> {
                 loaded
                     .documents
                     .get_key_value(p.as_str())
-                    .with_context(|| format!("no valid policy `{p}` in {}", r.dir.display()))
+                    .with_context(|| format!("no valid policy `{p}` in {}", dir.display()))
             })
             .collect::<anyhow::Result<_>>()?
     };
