@@ -117,13 +117,16 @@ impl Spool {
                 inner.next_seq = inner.next_seq.max(mark.unwrap_or(0));
                 continue;
             }
+            // Each stored record is its append time (8 bytes), then its data.
+            let Some((at, data)) = data.split_first_chunk::<8>() else {
+                continue;
+            };
             inner.bytes += data.len();
             inner.next_seq = inner.next_seq.max(seq + 1);
-            // The append time is not stored; restored records count as new.
             inner.queue.push_back(Record {
                 seq,
                 data: data.into(),
-                at_ms: now_ms(),
+                at_ms: u64::from_be_bytes(*at),
             });
         }
         Self {
@@ -150,24 +153,32 @@ impl Spool {
             });
         }
         let mut inner = self.inner.lock();
-        let mut evicted = Vec::new();
-        while inner.bytes + size > self.limits.max_bytes {
+        // Decide what must go before changing anything: if the store refuses
+        // the write, memory stays as it was and nothing is lost.
+        let mut freed = 0;
+        let mut evict = 0;
+        while inner.bytes - freed + size > self.limits.max_bytes {
             if self.limits.overflow == Overflow::RefuseNew {
                 return Err(SpoolError::Full(self.name.clone()));
             }
-            let Some(old) = inner.queue.pop_front() else {
+            let Some(old) = inner.queue.get(evict) else {
                 break;
             };
-            inner.bytes -= old.data.len();
-            evicted.push(old);
+            freed += old.data.len();
+            evict += 1;
         }
         let seq = inner.next_seq;
         let data: Arc<[u8]> = data.into();
-        let mut ops: Vec<Op> = evicted
+        let mut ops: Vec<Op> = inner
+            .queue
             .iter()
+            .take(evict)
             .map(|r| Op::DelSpool(self.name.clone(), r.seq))
             .collect();
-        ops.push(Op::PutSpool(self.name.clone(), seq, data.clone()));
+        let mut stored = Vec::with_capacity(8 + size);
+        stored.extend_from_slice(&now_ms.to_be_bytes());
+        stored.extend_from_slice(&data);
+        ops.push(Op::PutSpool(self.name.clone(), seq, stored.into()));
         // Sequence numbers are never reused, even after a restart that finds
         // the spool empty, so a late deletion can never hit a newer record.
         ops.push(Op::PutSpool(
@@ -177,6 +188,8 @@ impl Spool {
         ));
         // Queued under the lock, so the store sees appends in sequence order.
         let commit = self.store.try_submit(ops)?;
+        let evicted: Vec<Record> = inner.queue.drain(..evict).collect();
+        inner.bytes -= freed;
         inner.next_seq += 1;
         inner.bytes += size;
         inner.queue.push_back(Record {
@@ -379,9 +392,14 @@ mod tests {
             max_age_ms: 1000,
             overflow: Overflow::DropOldest,
         };
-        let (_store, spool) = open(&dir.path().join("db"), limits);
+        let path = dir.path().join("db");
+        let (store, spool) = open(&path, limits);
         spool.append(b"a".to_vec(), 0).expect("append");
-        spool.append(b"b".to_vec(), 1500).expect("append");
+        let last = spool.append(b"b".to_vec(), 1500).expect("append");
+        last.commit.await.expect("sent").expect("durable");
+        // Ages survive a restart.
+        store.close().await;
+        let (_store, spool) = open(&path, limits);
         let expired = spool.expire(2000);
         assert_eq!(expired.len(), 1);
         assert_eq!(&*expired[0].data, b"a");

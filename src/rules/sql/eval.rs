@@ -55,6 +55,9 @@ pub enum Output {
     Raw(Vec<u8>),
     /// `SELECT VALUE` gave Undefined: the rule produces nothing.
     Nothing,
+    /// The statement cannot apply to this message (e.g. `*` with other
+    /// items on a binary payload): an action failure, for the error action.
+    Invalid(&'static str),
 }
 
 impl Output {
@@ -63,7 +66,7 @@ impl Output {
         match self {
             Self::Json(v) => v.to_string().into_bytes(),
             Self::Raw(b) => b.clone(),
-            Self::Nothing => Vec::new(),
+            Self::Nothing | Self::Invalid(_) => Vec::new(),
         }
     }
 }
@@ -74,8 +77,20 @@ struct Eval<'a, 'm> {
     vars: HashMap<&'m str, V<'m>>,
 }
 
-/// Runs a statement over a message: `None` when WHERE does not hold.
-pub fn evaluate<'m>(stmt: &'m Statement, msg: &'m Message<'_>) -> Option<Output> {
+/// The `SET` variables of one evaluation, for the action templates.
+pub type Variables = HashMap<String, Value>;
+
+/// What a statement made of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// `None` when WHERE does not hold.
+    pub output: Option<Output>,
+    /// The `SET` variables (Undefined ones left out).
+    pub variables: Variables,
+}
+
+/// Runs a statement over a message.
+pub fn evaluate<'m>(stmt: &'m Statement, msg: &'m Message<'_>) -> Evaluation {
     let mut ev = Eval {
         msg,
         vars: HashMap::new(),
@@ -84,20 +99,28 @@ pub fn evaluate<'m>(stmt: &'m Statement, msg: &'m Message<'_>) -> Option<Output>
         let v = ev.expr(expr, msg.json);
         ev.vars.insert(name.as_str(), v);
     }
-    if let Some(filter) = &stmt.filter
-        && !is_true(&ev.expr(filter, msg.json))
-    {
-        return None;
-    }
-    Some(ev.select(&stmt.select, msg.json))
+    let holds = stmt
+        .filter
+        .as_ref()
+        .is_none_or(|f| is_true(&ev.expr(f, msg.json)));
+    let output = holds.then(|| ev.select(&stmt.select, msg.json));
+    let variables = ev
+        .vars
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.into_owned())))
+        .collect();
+    Evaluation { output, variables }
 }
 
 /// An expression's value as template text: strings as they are, objects
 /// and arrays as compact JSON, Undefined and Null as nothing.
-pub fn render_expr(e: &Expr, msg: &Message<'_>) -> String {
+pub fn render_expr(e: &Expr, msg: &Message<'_>, variables: &Variables) -> String {
     let ev = Eval {
         msg,
-        vars: HashMap::new(),
+        vars: variables
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(Cow::Borrowed(v))))
+            .collect(),
     };
     ev.expr(e, msg.json)
         .as_deref()
@@ -166,21 +189,28 @@ fn num(v: &Value) -> Option<Num> {
                 })
             }
         },
-        Value::String(s) => {
-            let d: f64 = s.trim().parse().ok()?;
-            if !d.is_finite() {
-                return None;
-            }
-            Some(
-                if d.fract() == 0.0 && !s.contains(['.', 'e', 'E']) && d.abs() < 9.0e15 {
-                    Num::Int(d as i64)
-                } else {
-                    Num::Dec(d)
-                },
-            )
+        // Numeric strings (exactly `-?\d+(\.\d+)?(E-?\d+)?`) convert to Decimal.
+        Value::String(s) if numeric_string(s) => {
+            let d: f64 = s.parse().ok()?;
+            d.is_finite().then_some(Num::Dec(d))
         }
         _ => None,
     }
+}
+
+/// Whether a string is a number as AWS IoT SQL reads one (§2.4).
+fn numeric_string(s: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => digits(int) && digits(frac),
+        None => digits(mantissa),
+    };
+    mantissa_ok && exponent.is_none_or(|e| digits(e.strip_prefix('-').unwrap_or(e)))
 }
 
 /// Implicit conversion to a string (§2.4).
@@ -209,6 +239,7 @@ fn truth(v: &Value) -> Option<bool> {
 fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(_), Value::Number(_)) => match (num(a), num(b)) {
+            (Some(Num::Int(x)), Some(Num::Int(y))) => x == y,
             (Some(x), Some(y)) => x.f() == y.f(),
             _ => false,
         },
@@ -312,12 +343,16 @@ impl<'a, 'm> Eval<'a, 'm> {
             BinOp::Eq => boolean(equal(&a, &b)),
             BinOp::Ne => boolean(!equal(&a, &b)),
             BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
-                let (x, y) = (num(&a)?.f(), num(&b)?.f());
+                let ordering = match (num(&a)?, num(&b)?) {
+                    // Exact for integers beyond f64's precision.
+                    (Num::Int(x), Num::Int(y)) => x.cmp(&y),
+                    (x, y) => x.f().partial_cmp(&y.f())?,
+                };
                 boolean(match op {
-                    BinOp::Lt => x < y,
-                    BinOp::Le => x <= y,
-                    BinOp::Gt => x > y,
-                    _ => x >= y,
+                    BinOp::Lt => ordering.is_lt(),
+                    BinOp::Le => ordering.is_le(),
+                    BinOp::Gt => ordering.is_gt(),
+                    _ => ordering.is_ge(),
                 })
             }
             BinOp::Add if a.is_string() || b.is_string() => {
@@ -339,6 +374,10 @@ impl<'a, 'm> Eval<'a, 'm> {
                         Some(v) => Output::Json(v.clone()),
                         None => Output::Raw(self.msg.payload.to_vec()),
                     };
+                }
+                let star = items.iter().any(|i| matches!(i, Item::Star));
+                if star && scope.is_none() && !self.msg.payload.is_empty() {
+                    return Output::Invalid("`*` with other items needs a JSON payload");
                 }
                 Output::Json(Value::Object(self.object(items, scope)))
             }
@@ -419,17 +458,21 @@ impl<'a, 'm> Eval<'a, 'm> {
                 let key = arg(1)?;
                 let found = match (&*container, &*key) {
                     (Value::Object(m), Value::String(k)) => m.get(k).cloned(),
-                    (Value::Array(a), k) => match num(k)? {
-                        Num::Int(i) => a.get(usize::try_from(i).ok()?).cloned(),
-                        Num::Dec(d) => a.get(d.round() as usize).cloned(),
-                    },
-                    (Value::String(s), k) => {
-                        let i = usize::try_from(match num(k)? {
-                            Num::Int(i) => i,
-                            Num::Dec(d) => d.round() as i64,
-                        })
-                        .ok()?;
-                        s.chars().nth(i).map(|c| Value::String(c.to_string()))
+                    // Decimal indexes round, numeric strings truncate (§2.9); negative is Undefined.
+                    (Value::Array(_) | Value::String(_), k) => {
+                        let i = match (k, num(k)?) {
+                            (_, Num::Int(i)) => i,
+                            (Value::String(_), Num::Dec(d)) => d.trunc() as i64,
+                            (_, Num::Dec(d)) => d.round() as i64,
+                        };
+                        let i = usize::try_from(i).ok()?;
+                        match &*container {
+                            Value::Array(a) => a.get(i).cloned(),
+                            Value::String(s) => {
+                                s.chars().nth(i).map(|c| Value::String(c.to_string()))
+                            }
+                            _ => None,
+                        }
                     }
                     _ => None,
                 };
@@ -503,9 +546,9 @@ impl<'a, 'm> Eval<'a, 'm> {
                 Num::Int(i) => i.checked_abs().map_or_else(|| dec((i as f64).abs()), int),
                 Num::Dec(d) => dec(d.abs()),
             },
-            ("round", 1) => dec(num(arg(0).as_deref()?)?.f().round()),
-            ("floor", 1) => dec(num(arg(0).as_deref()?)?.f().floor()),
-            ("ceil", 1) => dec(num(arg(0).as_deref()?)?.f().ceil()),
+            ("round", 1) => whole(num(arg(0).as_deref()?)?, f64::round),
+            ("floor", 1) => whole(num(arg(0).as_deref()?)?, f64::floor),
+            ("ceil", 1) => whole(num(arg(0).as_deref()?)?, f64::ceil),
             ("sign", 1) => dec(match num(arg(0).as_deref()?)?.f() {
                 x if x > 0.0 => 1.0,
                 x if x < 0.0 => -1.0,
@@ -560,6 +603,14 @@ impl<'a, 'm> Eval<'a, 'm> {
     }
 }
 
+/// An Int stays exact; a Decimal goes through `f` (round, floor, ceil).
+fn whole(n: Num, f: fn(f64) -> f64) -> V<'static> {
+    match n {
+        Num::Int(i) => int(i),
+        Num::Dec(d) => dec(f(d)),
+    }
+}
+
 fn arithmetic(op: BinOp, a: Num, b: Num) -> V<'static> {
     if let (Num::Int(x), Num::Int(y)) = (&a, &b) {
         let (x, y) = (*x, *y);
@@ -595,7 +646,7 @@ fn cast(v: &Value, ty: &str) -> V<'static> {
         "string" | "nvarchar" | "text" | "ntext" | "varchar" => string(text(v)?),
         "int" | "integer" => match v {
             Value::Bool(b) => int(i64::from(*b)),
-            v => dec(num(v)?.f().floor()),
+            v => whole(num(v)?, f64::floor),
         },
         "double" | "decimal" => match v {
             Value::Bool(b) => int(i64::from(*b)),
@@ -699,7 +750,7 @@ mod tests {
             timestamp_ms: 1_700_000_000_000,
             account: "000000000000",
         };
-        evaluate(&stmt, &msg)
+        evaluate(&stmt, &msg).output
     }
 
     fn value(sql: &str, payload: &str) -> Option<Value> {
@@ -822,6 +873,18 @@ mod tests {
             ("principal()", json!("ab12")),
             ("timestamp()", json!(1_700_000_000_000_i64)),
             ("nanvl(missing, 'x')", json!("x")),
+            ("'7' / 2", json!(3.5)),
+            ("9007199254740993 = 9007199254740992", json!(false)),
+            ("9007199254740993 > 9007199254740992", json!(true)),
+            (
+                "cast(1700000000000000123 AS Int)",
+                json!(1_700_000_000_000_000_123_i64),
+            ),
+            (
+                "floor(1700000000000000123)",
+                json!(1_700_000_000_000_000_123_i64),
+            ),
+            ("get('abc', '1.9')", json!("b")),
         ];
         for (expr, want) in rows {
             let got = value(&format!("SELECT VALUE {expr} FROM 'x'"), "{}");
@@ -837,6 +900,10 @@ mod tests {
             "upper()",
             "'x' > 1",
             "true AND 1",
+            "get([10, 20], -1.2)",
+            "'+5' > 4",
+            "' 5' > 4",
+            "'5.' > 4",
         ] {
             assert_eq!(
                 run(&format!("SELECT VALUE {undefined} FROM 'x'"), "{}", "x"),

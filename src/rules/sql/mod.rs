@@ -6,7 +6,7 @@ pub mod lexer;
 pub mod parser;
 pub mod template;
 
-pub use eval::{Message, Output, evaluate};
+pub use eval::{Evaluation, Message, Output, Variables, evaluate};
 pub use lexer::SqlError;
 pub use parser::{Statement, parse};
 pub use template::Template;

@@ -118,7 +118,7 @@ pub enum Expr {
 
 /// Parses a rule statement.
 pub fn parse(text: &str) -> Result<Statement, SqlError> {
-    let tokens = tokenize(text)?;
+    let tokens = checked(text)?;
     let mut p = Parser { tokens, pos: 0 };
     let stmt = p.statement()?;
     p.expect_end()?;
@@ -127,7 +127,7 @@ pub fn parse(text: &str) -> Result<Statement, SqlError> {
 
 /// Parses a lone expression (a substitution template's body).
 pub fn parse_expr(text: &str) -> Result<Expr, SqlError> {
-    let tokens = tokenize(text)?;
+    let tokens = checked(text)?;
     let mut p = Parser { tokens, pos: 0 };
     let e = p.expr(0)?;
     p.expect_end()?;
@@ -140,6 +140,21 @@ struct Parser {
 }
 
 const MAX_DEPTH: usize = 64;
+
+/// Most tokens in a statement or template: long operator chains build deep
+/// trees that evaluation walks recursively, so their length is bounded too.
+const MAX_TOKENS: usize = 2048;
+
+fn checked(text: &str) -> Result<Vec<Token>, SqlError> {
+    let tokens = tokenize(text)?;
+    if tokens.len() > MAX_TOKENS {
+        return Err(SqlError::new(
+            tokens.get(MAX_TOKENS).map_or(0, |t| t.at),
+            format!("statement longer than {MAX_TOKENS} tokens"),
+        ));
+    }
+    Ok(tokens)
+}
 
 impl Parser {
     fn peek(&self) -> &Kind {
@@ -410,6 +425,8 @@ impl Parser {
             Kind::Keyword(Keyword::False) => Ok(Expr::Bool(false)),
             Kind::Keyword(Keyword::Null) => Ok(Expr::Null),
             Kind::Variable(v) => Ok(Expr::Variable(v)),
+            // `value` is a keyword after SELECT, and a common payload key everywhere else.
+            Kind::Keyword(Keyword::Value) => Ok(Expr::Attr("value".into())),
             Kind::Sym(Sym::Star) => Ok(Expr::Star),
             Kind::Keyword(Keyword::Case) => self.case(d),
             Kind::Sym(Sym::LParen) => {
@@ -638,6 +655,17 @@ mod tests {
         assert!(parse(&sql).is_err());
         let sql = format!("SELECT VALUE {}a FROM 'x'", "NOT ".repeat(500));
         assert!(parse(&sql).is_err());
+        // Long chains are bounded too (evaluation walks them recursively).
+        let sql = format!("SELECT VALUE a{} FROM 'x'", "+a".repeat(5000));
+        assert!(parse(&sql).is_err());
+        let sql = format!("SELECT VALUE a{} FROM 'x'", ".b".repeat(5000));
+        assert!(parse(&sql).is_err());
+    }
+
+    #[test]
+    fn value_is_also_an_attribute_name() {
+        let s = parse("SELECT VALUE value FROM 'x' WHERE value > 5").expect("valid");
+        assert_eq!(s.select, Select::Value(attr("value")));
     }
 
     proptest! {

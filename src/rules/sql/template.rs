@@ -6,7 +6,7 @@
 //! found while skipping quoted strings and nested braces, so object
 //! literals inside an expression work.
 
-use super::eval::{Message, render_expr};
+use super::eval::{Message, Variables, render_expr};
 use super::lexer::SqlError;
 use super::parser::{Expr, parse_expr};
 
@@ -24,37 +24,50 @@ impl Template {
     /// Parses a template; errors carry the byte offset in `text`.
     pub fn parse(text: &str) -> Result<Self, SqlError> {
         let mut parts = Vec::new();
-        let mut rest = text;
-        let mut offset = 0;
-        while let Some(start) = rest.find("${") {
-            if start > 0 {
-                parts.push(Part::Text(rest[..start].to_owned()));
+        let mut literal = String::new();
+        let mut i = 0;
+        while let Some(off) = text[i..].find('$') {
+            let at = i + off;
+            literal.push_str(&text[i..at]);
+            match text.as_bytes().get(at + 1) {
+                // `$$` is a literal `$` (as in `$$aws/things/...`).
+                Some(b'$') => {
+                    literal.push('$');
+                    i = at + 2;
+                }
+                Some(b'{') => {
+                    let body_start = at + 2;
+                    let len = closing_brace(&text[body_start..])
+                        .ok_or_else(|| SqlError::new(at, "`${` without its `}`"))?;
+                    let expr = parse_expr(&text[body_start..body_start + len])
+                        .map_err(|e| SqlError::new(body_start + e.at, e.message))?;
+                    if !literal.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut literal)));
+                    }
+                    parts.push(Part::Expr(expr));
+                    i = body_start + len + 1;
+                }
+                _ => {
+                    literal.push('$');
+                    i = at + 1;
+                }
             }
-            let body_start = start + 2;
-            let len = closing_brace(&rest[body_start..])
-                .ok_or_else(|| SqlError::new(offset + start, "`${` without its `}`"))?;
-            let body = &rest[body_start..body_start + len];
-            let expr = parse_expr(body)
-                .map_err(|e| SqlError::new(offset + body_start + e.at, e.message))?;
-            parts.push(Part::Expr(expr));
-            let consumed = body_start + len + 1;
-            offset += consumed;
-            rest = &rest[consumed..];
         }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
+        literal.push_str(&text[i..]);
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal));
         }
         Ok(Self(parts))
     }
 
     /// The text with every expression replaced by its string value
     /// (Undefined gives an empty string).
-    pub fn render(&self, msg: &Message<'_>) -> String {
+    pub fn render(&self, msg: &Message<'_>, variables: &Variables) -> String {
         let mut out = String::new();
         for part in &self.0 {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Expr(e) => out.push_str(&render_expr(e, msg)),
+                Part::Expr(e) => out.push_str(&render_expr(e, msg, variables)),
             }
         }
         out
@@ -94,9 +107,11 @@ mod tests {
             timestamp_ms: 1234,
             account: "000000000000",
         };
+        let mut vars = Variables::new();
+        vars.insert("t".into(), serde_json::json!(42));
         Template::parse(template)
             .expect("valid template")
-            .render(&msg)
+            .render(&msg, &vars)
     }
 
     #[test]
@@ -125,6 +140,16 @@ mod tests {
             "braces in strings and literals"
         );
         assert_eq!(render("plain", p, "t"), "plain");
+        assert_eq!(
+            render("${@t}/x", p, "t"),
+            "42/x",
+            "SET variables are visible"
+        );
+        assert_eq!(
+            render("$$aws/things/${topic(2)}/shadow/update", p, "a/lamp"),
+            "$aws/things/lamp/shadow/update"
+        );
+        assert_eq!(render("cost: 5$", p, "t"), "cost: 5$");
     }
 
     #[test]
@@ -133,5 +158,7 @@ mod tests {
         assert!(e.at >= 4, "{e}");
         let e = Template::parse("a/${topic()").expect_err("unclosed");
         assert_eq!(e.at, 2);
+        let e = Template::parse("$$a/${topic(}").expect_err("bad expression");
+        assert!(e.at >= 6, "{e}");
     }
 }
