@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 const RETAINED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("retained");
@@ -29,7 +30,9 @@ const REGISTRY: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("registr
 const SPOOL: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("spool");
 
 /// Batches waiting for the writer. Past it, durable writes are refused
-/// (`StoreError::Busy`) and tidying writes wait in a task of their own.
+/// (`StoreError::Busy`); tidying writes are still queued, in order, since
+/// each one stands for state that is already bounded elsewhere (a delivered
+/// message, a session) and refusing it would leave that state behind.
 const WRITER_QUEUE: usize = 65_536;
 
 /// Why the store failed.
@@ -127,7 +130,10 @@ pub struct StoredSession {
 /// A cheap handle to the store; clones share one writer.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Msg>,
+    /// One FIFO for every write, so writes apply in the order they were queued.
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Batches sent and not yet taken by the writer: the queue's bound.
+    queued: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Store {
@@ -185,12 +191,14 @@ impl Store {
             txn.commit().map_err(txn_err)?;
         }
         let snapshot = snapshot(&db)?;
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         std::thread::Builder::new()
             .name("edgegate-store".into())
-            .spawn(move || writer(db, open, rx, fsync, metrics))
+            .spawn(move || writer(db, open, rx, &taken, fsync, metrics))
             .map_err(txn_err)?;
-        Ok((Self { tx }, snapshot))
+        Ok((Self { tx, queued }, snapshot))
     }
 
     /// Queues `ops` at once and returns a [`Commit`] that resolves when they
@@ -203,32 +211,33 @@ impl Store {
             ops,
             done: Some(done),
         };
-        match self.tx.try_send(Msg::Batch(batch)) {
-            Ok(()) => Ok(commit),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
+        if self.queued.load(Ordering::Relaxed) >= WRITER_QUEUE {
+            return Err(StoreError::Busy);
         }
+        self.send(batch)?;
+        Ok(commit)
     }
 
     /// Queues `ops` that need no acknowledgement (tidying up after delivery,
-    /// session records), in order with every other op. If the queue is full
-    /// they wait in a task of their own, and their order is then no longer
-    /// guaranteed; the worst outcome is a message delivered again after a
-    /// restart.
+    /// session records), in order with every other op, even past the queue's
+    /// bound (see [`WRITER_QUEUE`]).
     pub fn enqueue(&self, ops: Vec<Op>) {
-        let batch = Msg::Batch(Batch { ops, done: None });
-        if let Err(mpsc::error::TrySendError::Full(batch)) = self.tx.try_send(batch) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(batch).await;
-            });
-        }
+        // After `close` there is no writer left to tell.
+        let _ = self.send(Batch { ops, done: None });
+    }
+
+    fn send(&self, batch: Batch) -> Result<(), StoreError> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Msg::Batch(batch)).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            StoreError::Closed
+        })
     }
 
     /// Commits everything queued so far and closes the database file.
     pub async fn close(&self) {
         let (done, closed) = oneshot::channel();
-        if self.tx.send(Msg::Close(done)).await.is_ok() {
+        if self.tx.send(Msg::Close(done)).is_ok() {
             let _ = closed.await;
         }
     }
@@ -282,7 +291,8 @@ fn snapshot(db: &Database) -> Result<Snapshot, StoreError> {
 fn writer(
     db: Database,
     open: impl Fn() -> Result<Database, StoreError>,
-    mut rx: mpsc::Receiver<Msg>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    queued: &AtomicUsize,
     fsync: bool,
     metrics: Arc<Metrics>,
 ) {
@@ -296,7 +306,10 @@ fn writer(
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Batch(b) => group.push(b),
+                Msg::Batch(b) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    group.push(b);
+                }
                 Msg::Close(done) => {
                     close = Some(done);
                     break;
@@ -541,5 +554,34 @@ mod tests {
         assert_eq!(snap.sessions[0].client_id, "dev");
         assert_eq!(snap.sessions[0].queue, vec![(1, b"m1".to_vec())]);
         assert_eq!(snap.registry, vec![("thing/a".to_owned(), b"{}".to_vec())]);
+    }
+
+    /// Tidying writes queued far past the bound, from outside any runtime,
+    /// still apply in order: the last write to a key is the one that stays.
+    #[test]
+    fn queued_writes_apply_in_order_past_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.redb");
+        let metrics = Arc::new(Metrics::new());
+        let last = 2 * WRITER_QUEUE as u64 + 2;
+        {
+            let (store, _) = Store::open(&path, false, metrics.clone()).expect("open");
+            for i in 0..=last {
+                store.enqueue(vec![if i % 2 == 0 {
+                    Op::PutRetained("t".into(), i.to_be_bytes().to_vec())
+                } else {
+                    Op::DelRetained("t".into())
+                }]);
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(store.close());
+        }
+        let (_store, snap) = Store::open(&path, false, metrics).expect("reopen");
+        assert_eq!(
+            snap.retained,
+            vec![("t".to_owned(), last.to_be_bytes().to_vec())]
+        );
     }
 }
