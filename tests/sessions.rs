@@ -338,12 +338,79 @@ async fn retained_messages_on_subscribe_respect_receive_maximum() {
         more.is_err(),
         "a third message arrived beyond Receive Maximum"
     );
-    // PUBACK the first one (its packet id follows the topic).
-    let topic_len = usize::from(u16::from_be_bytes([first[2], first[3]]));
-    let pkid = [first[4 + topic_len], first[5 + topic_len]];
+    // PUBACK the first one.
+    let pkid = publish_pkid(&first);
     raw.send(&[0x40, 0x02, pkid[0], pkid[1]]).await;
     let third = read_packet(&mut raw).await;
     assert_eq!(third[0] & 0xf0, 0x30, "the window reopened");
+}
+
+/// Packet identifier of a raw QoS 1 PUBLISH: it follows the topic.
+fn publish_pkid(p: &[u8]) -> [u8; 2] {
+    let topic_len = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    [p[4 + topic_len], p[5 + topic_len]]
+}
+
+#[tokio::test]
+async fn messages_resent_after_a_reconnect_respect_the_new_receive_maximum() {
+    let t = TestServer::start().await;
+    // A persistent session with room for 5 takes 5 messages and acknowledges none.
+    let mut raw = t.raw("resumer").await;
+    raw.send(&connect_v5_with(
+        "resumer",
+        false,
+        &[0x11, 0, 0, 1, 0x2c, 0x21, 0x00, 0x05],
+    ))
+    .await;
+    read_packet(&mut raw).await;
+    raw.send(&[
+        0x82, 0x09, 0x00, 0x01, 0x00, 0x00, 0x03, b'w', b'/', b'#', 0x01,
+    ])
+    .await;
+    assert_eq!(read_packet(&mut raw).await[0], 0x90);
+    let mut p = t.v4("feeder", true).await;
+    for i in 0..5 {
+        p.publish(&format!("w/{i}"), QoS::AtLeastOnce, false, b"x")
+            .await;
+        p.puback().await;
+    }
+    for _ in 0..5 {
+        assert_eq!(read_packet(&mut raw).await[0] & 0xf0, 0x30);
+    }
+    drop(raw);
+    // Back with room for 2: two resent (DUP), the rest wait for room.
+    let mut raw = t.raw("resumer").await;
+    raw.send(&connect_v5_with(
+        "resumer",
+        false,
+        &[0x11, 0, 0, 1, 0x2c, 0x21, 0x00, 0x02],
+    ))
+    .await;
+    assert_eq!(read_packet(&mut raw).await[2], 1, "the session was resumed");
+    let first = read_packet(&mut raw).await;
+    let second = read_packet(&mut raw).await;
+    assert_eq!(first[0], 0x3a, "resent QoS 1 with DUP");
+    assert_eq!(second[0], 0x3a, "resent QoS 1 with DUP");
+    let mut probe = [0u8; 1];
+    let more = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::io::AsyncReadExt::read(&mut raw.stream, &mut probe),
+    )
+    .await;
+    assert!(more.is_err(), "a resend went beyond Receive Maximum");
+    // Each acknowledgement lets one more through, until all five are acknowledged.
+    let mut pending = vec![publish_pkid(&first), publish_pkid(&second)];
+    let mut seen = 2;
+    while let Some(pkid) = pending.pop() {
+        raw.send(&[0x40, 0x02, pkid[0], pkid[1]]).await;
+        if seen < 5 {
+            let next = read_packet(&mut raw).await;
+            assert_eq!(next[0], 0x3a, "the window reopened for a resend");
+            pending.push(publish_pkid(&next));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 5);
 }
 
 #[tokio::test]

@@ -237,6 +237,10 @@ struct Conn {
     /// Whether reason strings may be sent (MQTT 5 Request Problem Information).
     problem_info: bool,
     acks: VecDeque<PendingAck>,
+    /// Packet identifiers in flight from an earlier connection and not yet
+    /// sent again on this one, oldest first: they wait for room in the
+    /// client's Receive Maximum like any other message [MQTT-3.3.4-9].
+    resend: VecDeque<u16>,
     wbuf: BytesMut,
     connack: ConnAck,
     identity: Option<ClientIdentity>,
@@ -467,6 +471,7 @@ impl Conn {
             out_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
             problem_info: c.properties.request_problem_information != Some(0),
             acks: VecDeque::new(),
+            resend: VecDeque::new(),
             wbuf: BytesMut::with_capacity(4096),
             connack: ConnAck {
                 session_present: false,
@@ -531,23 +536,8 @@ impl Conn {
             "session started"
         );
         // Resend what was in flight when the client went away [MQTT-4.4.0-1].
-        let resend: Vec<(u16, Delivery, bool)> = data
-            .inflight
-            .iter()
-            .map(|p| (p.pkid, p.delivery.clone(), p.released))
-            .collect();
-        for (pkid, d, released) in resend {
-            if released {
-                self.send(&Packet::PubRel(Ack::ok(pkid)));
-            } else if self.allows(Action::Receive, ResourceType::Topic, d.msg.topic.as_str()) {
-                self.write_publish(&d, pkid, true);
-            } else {
-                // This connection may not receive it (another principal, or a
-                // revoked permission): it leaves the session.
-                let acked = data.inflight.complete(pkid);
-                self.acked(acked, &mut data);
-            }
-        }
+        self.resend = data.inflight.iter().map(|p| p.pkid).collect();
+        self.resend_some(&mut data);
         let end = self
             .serve(&mut stream, &mut rbuf, &mut data, &mut control_rx)
             .await;
@@ -746,13 +736,14 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.publish(p, data),
             Packet::PubAck(a) => {
-                self.acked(data.inflight.complete(a.pkid), data);
+                self.acked(a.pkid, data.inflight.complete(a.pkid), data);
                 Ok(())
             }
             Packet::PubRec(a) => {
                 if a.code >= 0x80 {
-                    self.acked(data.inflight.complete(a.pkid), data);
+                    self.acked(a.pkid, data.inflight.complete(a.pkid), data);
                 } else if data.inflight.release(a.pkid) == super::state::Acked::Released {
+                    self.acked(a.pkid, super::state::Acked::Released, data);
                     self.send(&Packet::PubRel(Ack::ok(a.pkid)));
                 } else {
                     self.send(&Packet::PubRel(Ack::with_code(
@@ -763,7 +754,7 @@ impl Conn {
                 Ok(())
             }
             Packet::PubComp(a) => {
-                self.acked(data.inflight.complete(a.pkid), data);
+                self.acked(a.pkid, data.inflight.complete(a.pkid), data);
                 Ok(())
             }
             Packet::PubRel(a) => {
@@ -814,13 +805,53 @@ impl Conn {
         }
     }
 
-    fn acked(&mut self, acked: super::state::Acked, data: &mut SessionData) {
-        if let super::state::Acked::Done(seq) = acked
-            && seq != 0
-        {
+    /// An acknowledgement of `pkid` arrived (or was decided here): the store
+    /// forgets a completed message and its room in the window goes to the
+    /// next message waiting to be resent.
+    fn acked(&mut self, pkid: u16, acked: super::state::Acked, data: &mut SessionData) {
+        if !self.resend.is_empty() {
+            // The client may acknowledge what it got before it reconnected.
+            self.resend.retain(|&p| p != pkid);
+        }
+        if let super::state::Acked::Done(seq) = acked {
+            self.forget(seq, data);
+            self.resend_some(data);
+        }
+    }
+
+    /// Deletes a completed message from the store (`seq` 0: never stored).
+    fn forget(&self, seq: u64, data: &SessionData) {
+        if seq != 0 {
             self.shared
                 .store
                 .enqueue(vec![Op::DelQueued(data.mailbox.client_id.clone(), seq)]);
+        }
+    }
+
+    /// Resends messages from an earlier connection while the client's
+    /// Receive Maximum has room.
+    fn resend_some(&mut self, data: &mut SessionData) {
+        while data.inflight.len().saturating_sub(self.resend.len()) < self.send_window {
+            let Some(pkid) = self.resend.pop_front() else {
+                return;
+            };
+            let Some(p) = data.inflight.get(pkid) else {
+                continue;
+            };
+            if p.released {
+                self.send(&Packet::PubRel(Ack::ok(pkid)));
+                continue;
+            }
+            let d = p.delivery.clone();
+            if self.allows(Action::Receive, ResourceType::Topic, d.msg.topic.as_str()) {
+                self.write_publish(&d, pkid, true);
+            } else {
+                // This connection may not receive it (another principal, or a
+                // revoked permission): it leaves the session.
+                if let super::state::Acked::Done(seq) = data.inflight.complete(pkid) {
+                    self.forget(seq, data);
+                }
+            }
         }
     }
 

@@ -97,6 +97,11 @@ impl Inflight {
         }
     }
 
+    /// The message in flight under `pkid`.
+    pub fn get(&self, pkid: u16) -> Option<&Pending> {
+        self.entries.iter().find(|p| p.pkid == pkid)
+    }
+
     /// Everything in flight, oldest first, for resending after a reconnect.
     pub fn iter(&self) -> impl Iterator<Item = &Pending> {
         self.entries.iter()
