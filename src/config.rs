@@ -71,6 +71,10 @@ pub struct Tls {
     pub cert: PathBuf,
     /// PEM private key of the server certificate.
     pub key: PathBuf,
+    /// PEM file of certificate revocation lists from the trusted CA(s);
+    /// a device certificate on one is refused at the handshake. Reread
+    /// when it changes, for new connections.
+    pub crl: Option<PathBuf>,
     /// On first run, create a CA, a server certificate and a device certificate.
     pub generate_if_missing: bool,
     /// One deadline for the TLS handshake and the CONNECT packet, in seconds.
@@ -83,6 +87,7 @@ impl Default for Tls {
             ca: "data/certs/ca.pem".into(),
             cert: "data/certs/server.pem".into(),
             key: "data/certs/server.key".into(),
+            crl: None,
             generate_if_missing: true,
             handshake_timeout_secs: 10,
         }
@@ -380,7 +385,10 @@ impl Config {
             &mut self.tls.cert,
             &mut self.tls.key,
             &mut self.policies.dir,
-        ] {
+        ]
+        .into_iter()
+        .chain(&mut self.tls.crl)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

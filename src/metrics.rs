@@ -53,6 +53,8 @@ label_enum!(
         UnknownCa => "unknown_ca",
         /// The client certificate is expired or not yet valid.
         Expired => "expired",
+        /// The client certificate is on a configured revocation list.
+        Revoked => "revoked",
         /// The client certificate is otherwise unacceptable.
         BadCertificate => "bad_certificate",
         /// Any other TLS failure (versions, suites, ALPN, alerts).

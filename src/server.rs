@@ -104,11 +104,7 @@ impl Server {
         } else {
             None
         };
-        let acceptor = Arc::new(Acceptor::new(tls::server_config(
-            &config.tls.ca,
-            &config.tls.cert,
-            &config.tls.key,
-        )?));
+        let acceptor = Arc::new(Acceptor::new(tls::server_config(&config.tls)?));
         let metrics = Arc::new(Metrics::new());
         let (store, mut snapshot) = Store::open(
             &config.data_dir.join("edgegate.redb"),
@@ -146,21 +142,20 @@ impl Server {
         // connections; live ones keep the configuration they started with.
         let tls_dirs: std::collections::BTreeSet<std::path::PathBuf> =
             [&config.tls.ca, &config.tls.cert, &config.tls.key]
-                .iter()
+                .into_iter()
+                .chain(&config.tls.crl)
                 .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
                 .collect();
         for dir in tls_dirs {
             let (acceptor, metrics, tls) = (acceptor.clone(), metrics.clone(), config.tls.clone());
-            watch_dir(&dir, &mut watches, move || {
-                match tls::server_config(&tls.ca, &tls.cert, &tls.key) {
-                    Ok(c) => {
-                        acceptor.swap(c);
-                        tracing::info!("TLS certificates reloaded");
-                    }
-                    Err(e) => {
-                        metrics.reload_failures.increment(1);
-                        tracing::error!(error = %e, "TLS reload failed; the previous certificates stay");
-                    }
+            watch_dir(&dir, &mut watches, move || match tls::server_config(&tls) {
+                Ok(c) => {
+                    acceptor.swap(c);
+                    tracing::info!("TLS certificates reloaded");
+                }
+                Err(e) => {
+                    metrics.reload_failures.increment(1);
+                    tracing::error!(error = %e, "TLS reload failed; the previous certificates stay");
                 }
             });
         }

@@ -366,3 +366,68 @@ async fn a_rotated_server_certificate_applies_to_new_connections_only() {
         vec![rumqttc::SubscribeReasonCode::Success(QoS::AtMostOnce)]
     );
 }
+
+/// A revocation list from the test CA revoking the given device certificates.
+fn crl(t: &TestServer, revoked: &[&edgegate::transport::pki::Pem]) -> String {
+    let key = rcgen::KeyPair::from_pem(&t.ca.pem.key).expect("ca key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&t.ca.pem.cert, key).expect("ca");
+    let now = time::OffsetDateTime::now_utc();
+    let revoked_certs = revoked
+        .iter()
+        .map(|pem| {
+            let (_, der) = x509_parser::pem::parse_x509_pem(pem.cert.as_bytes()).expect("pem");
+            let cert = der.parse_x509().expect("certificate");
+            rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(revoked.len() as u64 + 1),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .expect("crl")
+    .pem()
+    .expect("crl pem")
+}
+
+/// Whether a client with this certificate gets a successful CONNACK.
+async fn accepted(t: &TestServer, pem: &edgegate::transport::pki::Pem) -> bool {
+    let Ok(mut raw) = Raw::connect(t.addr(), t.tls_config(Some(pem))).await else {
+        return false;
+    };
+    raw.send(&connect_bytes(4, "revocation-probe", 30)).await;
+    let mut connack = [0u8; 4];
+    let read = tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut connack);
+    matches!(tokio::time::timeout(WAIT, read).await, Ok(Ok(_))) && connack == [0x20, 2, 0, 0]
+}
+
+#[tokio::test]
+async fn certificates_on_the_revocation_list_are_refused_once_it_changes() {
+    let mut t = TestServer::prepare(r#"crl = "certs/crl.pem""#);
+    let path = t.dir.path().join("certs/crl.pem");
+    std::fs::write(&path, crl(&t, &[])).expect("write crl");
+    t.boot().await;
+    let lost = t.device("lost-device");
+    assert!(accepted(&t, &lost).await, "not revoked yet");
+    std::fs::write(&path, crl(&t, &[&lost])).expect("write crl");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while accepted(&t, &lost).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revoked certificate is still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    still_serving(&t).await;
+    let m = t.metrics().await;
+    assert!(metric(&m, "edgegate_handshake_failures_total{reason=\"revoked\"}") >= 1.0);
+}

@@ -4,13 +4,15 @@
 //! Only forward-secret suites are offered (rustls's ring provider has no
 //! static-RSA suites), TLS 1.2 and 1.3, client certificates required and
 //! verified against the configured CA(s) with webpki (chain, validity,
-//! key usage). ALPN `x-amzn-mqtt-ca` and `mqtt` are accepted as AWS IoT does;
+//! key usage) and, when `tls.crl` names a file, against its certificate
+//! revocation lists. ALPN `x-amzn-mqtt-ca` and `mqtt` are accepted as AWS IoT does;
 //! clients that offer no ALPN are served too. Session tickets are off, as on
 //! AWS IoT.
 
+use crate::config::Tls;
 use crate::metrics::HandshakeFailure;
 use arc_swap::ArcSwap;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 use std::path::Path;
@@ -83,8 +85,34 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// Builds the server configuration from the CA, certificate and key files.
-pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+/// Reads every certificate revocation list in a PEM file.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let crls = rustls_pemfile::crls(&mut data.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.display().to_string(),
+            what: e.to_string(),
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            what: "no certificate revocation list found".into(),
+        });
+    }
+    Ok(crls)
+}
+
+/// Builds the server configuration from the `[tls]` files.
+///
+/// Revocation lists are checked for device certificates only, and a
+/// certificate whose CA published no list is accepted: a gateway trusting
+/// several CAs need not hold a list for each.
+pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
+    let (ca, cert, key) = (&tls.ca, &tls.cert, &tls.key);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for c in read_certs(ca)? {
@@ -93,7 +121,15 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerConfig,
             what: e.to_string(),
         })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(crl) = &tls.crl {
+        verifier = verifier
+            .with_crls(read_crls(crl)?)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = verifier
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -146,6 +182,7 @@ pub fn classify(err: &std::io::Error) -> HandshakeFailure {
             | CertificateError::NotValidYet
             | CertificateError::NotValidYetContext { .. },
         ) => HandshakeFailure::Expired,
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => HandshakeFailure::Revoked,
         rustls::Error::InvalidCertificate(_) => HandshakeFailure::BadCertificate,
         _ => HandshakeFailure::Tls,
     }

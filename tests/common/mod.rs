@@ -100,7 +100,7 @@ handshake_timeout_secs = 2
         text
     }
 
-    async fn boot(&mut self) {
+    pub async fn boot(&mut self) {
         let server = Server::bind(self.config()).await.expect("gateway starts");
         self.server = Some(server);
     }
