@@ -187,3 +187,27 @@ pub fn classify(err: &std::io::Error) -> HandshakeFailure {
         _ => HandshakeFailure::Tls,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crl_file_without_a_list_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("crl.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let err = read_crls(&path).expect_err("no list in it");
+        assert!(
+            err.to_string()
+                .contains("no certificate revocation list found"),
+            "{err}"
+        );
+        let missing = read_crls(&dir.path().join("absent.pem")).expect_err("no file");
+        assert!(missing.to_string().contains("absent.pem"), "{missing}");
+    }
+}
