@@ -569,7 +569,7 @@ impl Conn {
                 match codec::decode(rbuf, self.protocol, max_packet) {
                     Ok(Some(p)) => {
                         deadline = Instant::now() + self.keep_alive;
-                        if let Err(end) = self.handle(p, data) {
+                        if let Err(end) = self.handle(&shared, p, data) {
                             return end;
                         }
                     }
@@ -729,12 +729,14 @@ impl Conn {
         Ok(())
     }
 
-    fn handle(&mut self, p: Packet, data: &mut SessionData) -> Result<(), End> {
-        let metrics = self.shared.metrics.clone();
+    /// Takes `shared` from the caller's own handle so that no packet pays
+    /// for reference counting on state every connection shares.
+    fn handle(&mut self, shared: &Shared, p: Packet, data: &mut SessionData) -> Result<(), End> {
+        let metrics = &shared.metrics;
         let ty = usize::from(p.type_number());
         metrics.packets_in.get(ty).increment(1);
         match p {
-            Packet::Publish(p) => self.publish(p, data),
+            Packet::Publish(p) => self.publish(shared, p, data),
             Packet::PubAck(a) => {
                 self.acked(a.pkid, data.inflight.complete(a.pkid), data);
                 Ok(())
@@ -766,7 +768,7 @@ impl Conn {
                 self.send(&Packet::PubComp(Ack::with_code(a.pkid, code)));
                 Ok(())
             }
-            Packet::Subscribe(s) => self.subscribe(s, data),
+            Packet::Subscribe(s) => self.subscribe(shared, s, data),
             Packet::Unsubscribe(u) => {
                 self.unsubscribe(u, data);
                 Ok(())
@@ -855,10 +857,15 @@ impl Conn {
         }
     }
 
-    fn publish(&mut self, mut p: Publish, data: &mut SessionData) -> Result<(), End> {
-        let cfg = self.shared.config.clone();
+    fn publish(
+        &mut self,
+        shared: &Shared,
+        mut p: Publish,
+        data: &mut SessionData,
+    ) -> Result<(), End> {
+        let cfg = &shared.config;
         let limits = &cfg.limits;
-        let metrics = self.shared.metrics.clone();
+        let metrics = &shared.metrics;
         let v5 = self.protocol == Protocol::V5;
         if p.qos as u8 > limits.max_qos {
             metrics.refused(LimitKind::Qos);
@@ -896,7 +903,7 @@ impl Conn {
             metrics.refused(LimitKind::Payload);
             return Err(End::Protocol(reason::PACKET_TOO_LARGE, "payload too large"));
         }
-        let refusal = if let Err(e) = topic_limits(&cfg).check(p.topic.as_str()) {
+        let refusal = if let Err(e) = topic_limits(cfg).check(p.topic.as_str()) {
             metrics.refused(match e {
                 topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
                 _ => LimitKind::TopicLength,
@@ -971,7 +978,7 @@ impl Conn {
             now,
             data.mailbox.session_id,
         ));
-        let (code, commit) = match self.shared.router.publish(&msg, now) {
+        let (code, commit) = match shared.router.publish(&msg, now) {
             Ok(routed) if routed.matched == 0 && v5 => {
                 (reason::NO_MATCHING_SUBSCRIBERS, routed.commit)
             }
@@ -1013,10 +1020,15 @@ impl Conn {
         });
     }
 
-    fn subscribe(&mut self, s: Subscribe, data: &mut SessionData) -> Result<(), End> {
-        let cfg = self.shared.config.clone();
+    fn subscribe(
+        &mut self,
+        shared: &Shared,
+        s: Subscribe,
+        data: &mut SessionData,
+    ) -> Result<(), End> {
+        let cfg = &shared.config;
         let limits = &cfg.limits;
-        let metrics = self.shared.metrics.clone();
+        let metrics = &shared.metrics;
         let sub_id = s.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
@@ -1049,7 +1061,7 @@ impl Conn {
                     reason::QUOTA_EXCEEDED,
                     "too many filters in one SUBSCRIBE",
                 ))
-            } else if let Err(e) = topic_limits(&cfg).check(parsed.filter) {
+            } else if let Err(e) = topic_limits(cfg).check(parsed.filter) {
                 let kind = match e {
                     topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
                     _ => LimitKind::TopicLength,
@@ -1124,7 +1136,7 @@ impl Conn {
                     sub_ids: sub_id.into_iter().collect(),
                     seq: 0,
                 };
-                data.mailbox.push(d, &metrics);
+                data.mailbox.push(d, metrics);
             }
         }
         Ok(())

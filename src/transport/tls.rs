@@ -50,60 +50,50 @@ pub enum TlsError {
 
 /// Reads every certificate in a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let certs = rustls_pemfile::certs(&mut data.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.display().to_string(),
-            what: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: path.display().to_string(),
-            what: "no certificate found".into(),
-        });
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| TlsError::Pem {
-            path: path.display().to_string(),
-            what: e.to_string(),
-        })?
-        .ok_or_else(|| TlsError::Pem {
-            path: path.display().to_string(),
-            what: "no private key found".into(),
-        })
+    read_pem(path, "certificate", |mut pem| {
+        rustls_pemfile::certs(&mut pem).collect()
+    })
 }
 
 /// Reads every certificate revocation list in a PEM file.
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Io {
+    read_pem(path, "certificate revocation list", |mut pem| {
+        rustls_pemfile::crls(&mut pem).collect()
+    })
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = read(path)?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| pem_error(path, e.to_string()))?
+        .ok_or_else(|| pem_error(path, "no private key found".into()))
+}
+
+/// The items `parse` finds in a PEM file; at least one `what` is required.
+fn read_pem<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce(&[u8]) -> std::io::Result<Vec<T>>,
+) -> Result<Vec<T>, TlsError> {
+    let items = parse(&read(path)?).map_err(|e| pem_error(path, e.to_string()))?;
+    if items.is_empty() {
+        return Err(pem_error(path, format!("no {what} found")));
+    }
+    Ok(items)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    let crls = rustls_pemfile::crls(&mut data.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.display().to_string(),
-            what: e.to_string(),
-        })?;
-    if crls.is_empty() {
-        return Err(TlsError::Pem {
-            path: path.display().to_string(),
-            what: "no certificate revocation list found".into(),
-        });
+    })
+}
+
+fn pem_error(path: &Path, what: String) -> TlsError {
+    TlsError::Pem {
+        path: path.display().to_string(),
+        what,
     }
-    Ok(crls)
 }
 
 /// Builds the server configuration from the `[tls]` files.
@@ -116,10 +106,7 @@ pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for c in read_certs(ca)? {
-        roots.add(c).map_err(|e| TlsError::Pem {
-            path: ca.display().to_string(),
-            what: e.to_string(),
-        })?;
+        roots.add(c).map_err(|e| pem_error(ca, e.to_string()))?;
     }
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
