@@ -95,6 +95,16 @@ impl AwsError {
             message: message.into(),
         }
     }
+
+    /// AWS's answer to a request it cannot act on as written.
+    fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
+    }
+
+    /// AWS's answer for a resource that does not exist.
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
+    }
 }
 
 impl IntoResponse for AwsError {
@@ -114,21 +124,15 @@ impl IntoResponse for AwsError {
 impl From<RegistryError> for AwsError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::NoCertificate(_) | RegistryError::NoThing(_) => Self::new(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFoundException",
-                e.to_string(),
-            ),
+            RegistryError::NoCertificate(_) | RegistryError::NoThing(_) => {
+                Self::not_found(e.to_string())
+            }
             RegistryError::BadStatus(_) => Self::new(
                 StatusCode::NOT_ACCEPTABLE,
                 "CertificateStateException",
                 e.to_string(),
             ),
-            RegistryError::BadThingName(_) => Self::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestException",
-                e.to_string(),
-            ),
+            RegistryError::BadThingName(_) => Self::invalid_request(e.to_string()),
         }
     }
 }
@@ -188,11 +192,7 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
         }
         (&Method::GET, ["certificates", id]) => {
             let c = registry.certificate(id).ok_or_else(|| {
-                AwsError::new(
-                    StatusCode::NOT_FOUND,
-                    "ResourceNotFoundException",
-                    format!("certificate {id} is not registered"),
-                )
+                AwsError::not_found(format!("certificate {id} is not registered"))
             })?;
             Ok(ok(json!({ "certificateDescription": {
                 "certificateArn": state.arn("cert", &c.id),
@@ -206,25 +206,15 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
         (&Method::PUT, ["certificates", id]) => {
             let status = query_param(query, "newStatus")
                 .and_then(|s| CertStatus::parse(&s))
-                .ok_or_else(|| {
-                    AwsError::new(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidRequestException",
-                        "newStatus is required",
-                    )
-                })?;
+                .ok_or_else(|| AwsError::invalid_request("newStatus is required"))?;
             registry.set_status(id, status)?;
             Ok(ok(json!({})))
         }
         (&Method::POST, ["certificate", "register"]) => {
             let input: Value = json_body(&body)?;
-            let pem = input["certificatePem"].as_str().ok_or_else(|| {
-                AwsError::new(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidRequestException",
-                    "certificatePem is required",
-                )
-            })?;
+            let pem = input["certificatePem"]
+                .as_str()
+                .ok_or_else(|| AwsError::invalid_request("certificatePem is required"))?;
             let identity = rustls_pemfile::certs(&mut pem.as_bytes())
                 .next()
                 .and_then(Result::ok)
@@ -298,11 +288,7 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
                 .into_iter()
                 .find(|c| c.id == *id)
                 .ok_or_else(|| {
-                    AwsError::new(
-                        StatusCode::NOT_FOUND,
-                        "ResourceNotFoundException",
-                        format!("CA certificate {id} is not registered"),
-                    )
+                    AwsError::not_found(format!("CA certificate {id} is not registered"))
                 })?;
             Ok(ok(json!({ "certificateDescription": {
                 "certificateArn": state.arn("cacert", &c.id),
@@ -407,26 +393,14 @@ fn authenticate(
 }
 
 fn json_body(body: &[u8]) -> Result<Value, AwsError> {
-    serde_json::from_slice(body).map_err(|e| {
-        AwsError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestException",
-            format!("body: {e}"),
-        )
-    })
+    serde_json::from_slice(body).map_err(|e| AwsError::invalid_request(format!("body: {e}")))
 }
 
 /// The certificate id in a `...:cert/<id>` ARN.
 fn cert_id_of(arn: &str) -> Result<String, AwsError> {
     arn.rsplit_once(":cert/")
         .map(|(_, id)| id.to_owned())
-        .ok_or_else(|| {
-            AwsError::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestException",
-                format!("`{arn}` is not a certificate ARN"),
-            )
-        })
+        .ok_or_else(|| AwsError::invalid_request(format!("`{arn}` is not a certificate ARN")))
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
