@@ -846,7 +846,9 @@ impl Conn {
             }
             let d = p.delivery.clone();
             if self.allows(Action::Receive, ResourceType::Topic, d.msg.topic.as_str()) {
-                self.write_publish(&d, pkid, true);
+                // Once sent, a message goes out again even if it has since expired.
+                let remaining = d.msg.remaining(Instant::now()).unwrap_or(Some(1));
+                self.write_publish(&d, pkid, true, remaining);
             } else {
                 // This connection may not receive it (another principal, or a
                 // revoked permission): it leaves the session.
@@ -1177,49 +1179,36 @@ impl Conn {
         // iot:Receive at every delivery, so a revoked permission stops
         // delivery on existing subscriptions (spec §1.3).
         if !self.allows(Action::Receive, ResourceType::Topic, d.msg.topic.as_str()) {
-            if d.seq != 0 {
-                self.shared
-                    .store
-                    .enqueue(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)]);
-            }
+            self.forget(d.seq, data);
             return;
         }
         let metrics = &self.shared.metrics;
         let Some(remaining) = d.msg.remaining(now) else {
             metrics.count_drop(DropReason::Expired);
-            if d.seq != 0 {
-                self.shared
-                    .store
-                    .enqueue(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)]);
-            }
+            self.forget(d.seq, data);
             return;
         };
         let view = view(&d, 0, false, remaining);
         if codec::publish_len(&view, self.protocol) > self.client_max_packet {
             // Too big for the client: discard as if sent [MQTT-3.1.2-25].
             metrics.count_drop(DropReason::TooLargeForClient);
-            if d.seq != 0 {
-                self.shared
-                    .store
-                    .enqueue(vec![Op::DelQueued(data.mailbox.client_id.clone(), d.seq)]);
-            }
+            self.forget(d.seq, data);
             return;
         }
         if d.qos == QoS::AtMostOnce {
-            self.write_publish(&d, 0, false);
+            self.write_publish(&d, 0, false, remaining);
             return;
         }
         match data.inflight.send(d) {
-            Ok(p) => self.write_publish(&p.delivery, p.pkid, false),
+            Ok(p) => self.write_publish(&p.delivery, p.pkid, false, remaining),
             // Every packet id is in use: wait for acknowledgements.
             Err(d) => data.mailbox.requeue_front(std::iter::once(d)),
         }
     }
 
-    fn write_publish(&mut self, d: &Delivery, pkid: u16, dup: bool) {
-        let remaining = d.msg.remaining(Instant::now()).unwrap_or(Some(1));
-        let mut v = view(d, pkid, dup, remaining);
-        v.dup = dup && d.qos != QoS::AtMostOnce;
+    /// Encodes one PUBLISH; `remaining` is its Message Expiry Interval.
+    fn write_publish(&mut self, d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) {
+        let mut v = view(d, pkid, dup && d.qos != QoS::AtMostOnce, remaining);
         // The first topics sent get an alias each, as far as the client allows;
         // later messages on them carry only the alias.
         if self.out_alias_max > 0 {
