@@ -40,6 +40,12 @@ pub struct Config {
     pub policies: Policies,
     /// How certificates become principals, and what anonymous clients may do.
     pub auth: Auth,
+    /// Where rule actions write and how they retry.
+    pub actions: Actions,
+    /// Topic rules, in file order.
+    pub rules: Vec<Rule>,
+    /// The file this configuration was read from; rules reload from it.
+    pub source: Option<PathBuf>,
 }
 
 /// `[aws]`
@@ -329,10 +335,12 @@ impl Config {
             problems: vec![format!("cannot read: {e}")],
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).map_err(|problems| ConfigError {
+        let mut cfg = Self::parse(&text, base).map_err(|problems| ConfigError {
             file: Some(path.to_owned()),
             problems,
-        })
+        })?;
+        cfg.source = Some(path.to_owned());
+        Ok(cfg)
     }
 
     /// The embedded defaults, with paths relative to `base`.
@@ -354,7 +362,8 @@ impl Config {
                     Some(s) => data_dir = s.into(),
                     None => problems.push("data_dir: expected a string".into()),
                 },
-                "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" | "policies" | "auth" => {}
+                "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" | "policies" | "auth"
+                | "actions" | "rules" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -368,6 +377,9 @@ impl Config {
             store: section(&table, "store", &mut problems),
             policies: section(&table, "policies", &mut problems),
             auth: section(&table, "auth", &mut problems),
+            actions: section(&table, "actions", &mut problems),
+            rules: rules(&table, &mut problems),
+            source: None,
         };
         cfg.resolve_paths(base);
         problems.extend(cfg.validate());
@@ -385,9 +397,11 @@ impl Config {
             &mut self.tls.cert,
             &mut self.tls.key,
             &mut self.policies.dir,
+            &mut self.actions.file_root,
         ]
         .into_iter()
         .chain(&mut self.tls.crl)
+        .chain(&mut self.actions.http_ca)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -467,8 +481,208 @@ impl Config {
             problems
                 .push("mqtt.session_expiry_secs: larger than mqtt.max_session_expiry_secs".into());
         }
+        let a = &self.actions;
+        for (name, value) in [
+            ("actions.spool_max_bytes", a.spool_max_bytes as u64),
+            ("actions.file_max_bytes", a.file_max_bytes),
+            ("actions.retry_initial_ms", a.retry_initial_ms),
+            ("actions.retry_max_ms", a.retry_max_ms),
+            ("actions.max_hops", u64::from(a.max_hops)),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be greater than 0"));
+            }
+        }
         problems
     }
+}
+
+/// `[actions]`: settings every rule action shares.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Actions {
+    /// File actions write only below this directory.
+    pub file_root: PathBuf,
+    /// A file action's file is rotated before it grows past this size.
+    pub file_max_bytes: u64,
+    /// ... or once it is this old (0: never by age).
+    pub file_max_age_secs: u64,
+    /// PEM roots HTTP actions trust instead of the system's.
+    pub http_ca: Option<PathBuf>,
+    /// HTTP actions may use `http://` to non-loopback hosts (loopback is always allowed).
+    pub allow_plaintext_http: bool,
+    /// Most bytes each action's spool holds (records are also kept in memory).
+    pub spool_max_bytes: usize,
+    /// Records older than this go to the error action (0: no limit).
+    pub spool_max_age_secs: u64,
+    /// What a full spool does: `drop_oldest` (to the error action) or `refuse_new` publishes.
+    pub spool_overflow: crate::spool::Overflow,
+    /// First retry delay of a failing action; it doubles per attempt, with jitter.
+    pub retry_initial_ms: u64,
+    /// Longest delay between retries.
+    pub retry_max_ms: u64,
+    /// How many rule republishes deep a message may be before rules stop
+    /// matching it: a rule feeding itself stops there.
+    pub max_hops: u8,
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Self {
+            file_root: "data/files".into(),
+            file_max_bytes: 64 * 1024 * 1024,
+            file_max_age_secs: 86_400,
+            http_ca: None,
+            allow_plaintext_http: false,
+            spool_max_bytes: 32 * 1024 * 1024,
+            spool_max_age_secs: 7 * 86_400,
+            spool_overflow: crate::spool::Overflow::DropOldest,
+            retry_initial_ms: 200,
+            retry_max_ms: 30_000,
+            max_hops: 8,
+        }
+    }
+}
+
+/// `[[rules]]`: one topic rule, shaped like AWS IoT's `TopicRulePayload`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// `[a-zA-Z0-9_]{1,128}`; names the rule's metrics and spools.
+    pub name: String,
+    /// `SELECT ... FROM 'filter' WHERE ...`.
+    pub sql: String,
+    /// `2016-03-23` (the default) or `beta`.
+    #[serde(default = "default_sql_version")]
+    pub sql_version: String,
+    /// A disabled rule matches nothing.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Where the rule's output goes; at most 10.
+    #[serde(default)]
+    pub actions: Vec<RuleAction>,
+    /// Receives AWS's error document when an action gives up.
+    pub error_action: Option<RuleAction>,
+}
+
+fn default_sql_version() -> String {
+    "2016-03-23".into()
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// One action: a table with exactly one key, as in AWS's rule actions.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuleAction {
+    /// Publish the output to a topic of this gateway.
+    Republish(RepublishAction),
+    /// POST the output to a URL.
+    Http(HttpAction),
+    /// Append the output as one JSON line to a file under `actions.file_root`.
+    File(FileAction),
+}
+
+/// `republish = { topic, qos, retain, headers }`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepublishAction {
+    /// Topic template; a leading `$$` publishes to a reserved `$` topic.
+    pub topic: String,
+    /// 0 or 1.
+    #[serde(default)]
+    pub qos: u8,
+    /// Publish retained.
+    #[serde(default)]
+    pub retain: bool,
+    /// MQTT 5 properties, each a template.
+    #[serde(default)]
+    pub headers: MqttHeaders,
+    /// Accepted for AWS compatibility and ignored: the gateway publishes as itself.
+    pub role_arn: Option<String>,
+}
+
+/// MQTT 5 properties of a republished message (AWS's `MqttHeaders`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttHeaders {
+    /// Content Type.
+    pub content_type: Option<String>,
+    /// `UTF8_DATA` or `UNSPECIFIED_BYTES`.
+    pub payload_format_indicator: Option<String>,
+    /// Response Topic.
+    pub response_topic: Option<String>,
+    /// Correlation Data, base64.
+    pub correlation_data: Option<String>,
+    /// Message Expiry Interval in seconds.
+    pub message_expiry: Option<String>,
+    /// User Properties; at most 100.
+    #[serde(default)]
+    pub user_properties: Vec<KeyValue>,
+}
+
+/// A key and a value template.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyValue {
+    /// Key (not a template).
+    pub key: String,
+    /// Value template.
+    pub value: String,
+}
+
+/// `http = { url, headers, timeout_ms }`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAction {
+    /// URL template; `https://`, or `http://` to a loopback host.
+    pub url: String,
+    /// Request headers; values are templates.
+    #[serde(default)]
+    pub headers: Vec<KeyValue>,
+    /// Deadline of one attempt.
+    #[serde(default = "http_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn http_timeout_ms() -> u64 {
+    3000
+}
+
+/// `file = { path }`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAction {
+    /// Path template relative to `actions.file_root`; it may not leave it.
+    pub path: String,
+}
+
+/// Reads `[[rules]]` one rule at a time, so one broken rule names itself
+/// and does not hide the others' problems.
+fn rules(table: &toml::Table, problems: &mut Vec<String>) -> Vec<Rule> {
+    let Some(value) = table.get("rules") else {
+        return Vec::new();
+    };
+    let Some(array) = value.as_array() else {
+        problems.push("rules: expected [[rules]] tables".into());
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, v) in array.iter().enumerate() {
+        match v.clone().try_into::<Rule>() {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                problems.push(format!("rules[{i}] `{name}`: {}", e.to_string().trim()));
+            }
+        }
+    }
+    out
 }
 
 /// Whether a policy name is one AWS accepts: `[\w+=,.@-]{1,128}`.

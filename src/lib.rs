@@ -13,7 +13,8 @@
 //! - [`policy`]: AWS IoT policy documents, compilation and evaluation.
 //! - [`registry`]: principals: certificates and the identities read from them.
 //! - [`router`]: subscriptions, retained messages, fan-out into mailboxes.
-//! - [`rules`]: AWS IoT SQL (pure) for the rules engine.
+//! - [`rules`]: the rules engine: AWS IoT SQL (pure), actions, and the
+//!   engine that evaluates tapped messages and delivers spooled jobs.
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`transport`]: TLS configuration and certificate generation.
 //! - [`http`]: the admin listener.

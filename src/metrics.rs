@@ -7,7 +7,7 @@
 //! never looks a name up.
 
 use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::fmt;
 
 macro_rules! label_enum {
@@ -39,6 +39,8 @@ label_enum!(
         TooLargeForClient => "too_large_for_client",
         /// A slow consumer was disconnected with messages still queued.
         SlowConsumer => "slow_consumer",
+        /// A QoS 0 message met a full rules engine queue.
+        RulesBusy => "rules_busy",
     }
 );
 
@@ -140,9 +142,40 @@ impl Family {
     }
 }
 
+/// Counters of one rule.
+#[derive(Debug, Clone)]
+pub struct RuleMetrics {
+    /// `edgegate_rule_matched_total{rule}`: messages its FROM filter matched.
+    pub matched: Counter,
+    /// `edgegate_rule_evaluated_total{rule}`: messages its WHERE held for.
+    pub evaluated: Counter,
+    /// `edgegate_rule_evaluation_failures_total{rule}`: messages past the
+    /// republish depth limit, or whose actions could not be rendered.
+    pub failed: Counter,
+}
+
+/// Counters and gauges of one rule action and its spool.
+#[derive(Debug, Clone)]
+pub struct ActionMetrics {
+    /// `edgegate_action_delivered_total{rule,action}`.
+    pub delivered: Counter,
+    /// `edgegate_action_retries_total{rule,action}`: failed attempts that will be retried.
+    pub retried: Counter,
+    /// `edgegate_action_failures_total{rule,action}`: jobs given up (to the error action).
+    pub failed: Counter,
+    /// `edgegate_spool_records{spool}`.
+    pub depth: Gauge,
+    /// `edgegate_spool_bytes{spool}`.
+    pub bytes: Gauge,
+    /// `edgegate_spool_oldest_age_seconds{spool}`.
+    pub oldest: Gauge,
+}
+
 /// Resolved handles of every metric, plus the renderer.
 pub struct Metrics {
     handle: PrometheusHandle,
+    /// Kept to register the series of rules, which come and go with reloads.
+    recorder: PrometheusRecorder,
     /// `edgegate_connections`: open MQTT connections with a session.
     pub connections: Gauge,
     /// `edgegate_connections_total`: sessions started.
@@ -223,6 +256,44 @@ impl Metrics {
                     .collect(),
             )
         };
+        for (name, help) in [
+            (
+                "edgegate_rule_matched_total",
+                "Messages a rule's FROM filter matched.",
+            ),
+            (
+                "edgegate_rule_evaluated_total",
+                "Messages a rule's WHERE held for.",
+            ),
+            (
+                "edgegate_rule_evaluation_failures_total",
+                "Messages past the republish depth limit or whose actions could not be rendered.",
+            ),
+            (
+                "edgegate_action_delivered_total",
+                "Jobs a rule action delivered.",
+            ),
+            (
+                "edgegate_action_retries_total",
+                "Failed delivery attempts of a rule action that will be retried.",
+            ),
+            (
+                "edgegate_action_failures_total",
+                "Jobs a rule action gave up on (they go to the error action).",
+            ),
+        ] {
+            r.describe_counter(name.into(), None, help.into());
+        }
+        for (name, help) in [
+            ("edgegate_spool_records", "Records waiting in a spool."),
+            ("edgegate_spool_bytes", "Bytes waiting in a spool."),
+            (
+                "edgegate_spool_oldest_age_seconds",
+                "Age of the oldest record in a spool.",
+            ),
+        ] {
+            r.describe_gauge(name.into(), None, help.into());
+        }
         let qos = ["0", "1", "2"];
         Self {
             connections: gauge(
@@ -321,6 +392,52 @@ impl Metrics {
                 "Store transactions that failed.",
             ),
             handle,
+            recorder,
+        }
+    }
+
+    fn labelled(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        Key::from_parts(
+            name,
+            labels
+                .iter()
+                .map(|(k, v)| Label::new(*k, v.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// The counters of a rule; the same handles however often it is asked.
+    pub fn rule(&self, rule: &str) -> RuleMetrics {
+        let c = |name| {
+            self.recorder
+                .register_counter(&self.labelled(name, &[("rule", rule)]), &META)
+        };
+        RuleMetrics {
+            matched: c("edgegate_rule_matched_total"),
+            evaluated: c("edgegate_rule_evaluated_total"),
+            failed: c("edgegate_rule_evaluation_failures_total"),
+        }
+    }
+
+    /// The series of one action and its spool.
+    pub fn action(&self, rule: &str, action: &str, spool: &str) -> ActionMetrics {
+        let c = |name| {
+            self.recorder.register_counter(
+                &self.labelled(name, &[("rule", rule), ("action", action)]),
+                &META,
+            )
+        };
+        let g = |name| {
+            self.recorder
+                .register_gauge(&self.labelled(name, &[("spool", spool)]), &META)
+        };
+        ActionMetrics {
+            delivered: c("edgegate_action_delivered_total"),
+            retried: c("edgegate_action_retries_total"),
+            failed: c("edgegate_action_failures_total"),
+            depth: g("edgegate_spool_records"),
+            bytes: g("edgegate_spool_bytes"),
+            oldest: g("edgegate_spool_oldest_age_seconds"),
         }
     }
 

@@ -12,11 +12,14 @@ use crate::policy::{self, PolicyStore, compile::ArnHead};
 use crate::registry::ClientIdentity;
 use crate::registry::{CertStatus, Registry};
 use crate::router::{MailboxLimits, Router};
+use crate::rules::RuleSet;
+use crate::rules::engine::{Engine, EngineError};
 use crate::session::Sessions;
 use crate::session::conn::{self, Shared};
 use crate::store::{Store, StoreError};
 use crate::transport::pki::{self, FirstRun, PkiError};
 use crate::transport::tls::{self, Acceptor, TlsError};
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -50,6 +53,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The rules engine could not start (a broken rule, an unreadable CA).
+    #[error(transparent)]
+    Rules(#[from] EngineError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -169,8 +175,34 @@ impl Server {
             metrics.clone(),
             limits,
         ));
+        let spools = std::mem::take(&mut snapshot.spools);
         sessions.restore(snapshot);
         let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let engine = Engine::start(
+            &config,
+            router.clone(),
+            store.clone(),
+            metrics.clone(),
+            spools,
+            shutdown.clone(),
+            tracker.clone(),
+        )?;
+        if let Some(file) = &config.source {
+            let (engine, metrics, file, current) = (
+                engine.clone(),
+                metrics.clone(),
+                file.clone(),
+                Mutex::new(config.rules.clone()),
+            );
+            let dir = file
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .to_owned();
+            watch_dir(&dir, &mut watches, move || {
+                reload_rules(&engine, &metrics, &file, &mut current.lock());
+            });
+        }
         let shared = Arc::new(Shared {
             config: config.clone(),
             router,
@@ -198,7 +230,6 @@ impl Server {
             None => None,
         };
 
-        let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut mqtt = Vec::new();
         for l in tls_listeners {
@@ -336,6 +367,42 @@ fn reload_policies(
     }
     tracing::info!(generation = store.current().generation, "policies reloaded");
     errors
+}
+
+/// Re-reads `[[rules]]` from the configuration file and swaps them in if
+/// they changed and compile; otherwise the running rules stay and every
+/// problem is logged with file, rule and position. Other sections need a
+/// restart.
+fn reload_rules(
+    engine: &Arc<Engine>,
+    metrics: &Metrics,
+    file: &std::path::Path,
+    current: &mut Vec<crate::config::Rule>,
+) {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            metrics.reload_failures.increment(1);
+            tracing::error!(error = %e, "configuration reload failed; the running rules stay");
+            return;
+        }
+    };
+    if config.rules == *current {
+        return;
+    }
+    match RuleSet::compile(&config.rules, engine.settings()) {
+        Ok(set) => {
+            engine.install(set);
+            tracing::info!(file = %file.display(), rules = config.rules.len(), "rules reloaded");
+            *current = config.rules;
+        }
+        Err(problems) => {
+            metrics.reload_failures.increment(1);
+            for p in problems {
+                tracing::error!(file = %file.display(), problem = %p, "rules reload failed; the running rules stay");
+            }
+        }
+    }
 }
 
 /// Registers the certificates made on first run: the device with the

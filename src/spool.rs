@@ -269,11 +269,12 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A spool's rows as the store snapshot holds them: (sequence, record).
+pub type Rows = Vec<(u64, Vec<u8>)>;
+
 /// Groups a snapshot's spool records by spool name.
-pub fn by_name(
-    records: Vec<(String, u64, Vec<u8>)>,
-) -> std::collections::HashMap<String, Vec<(u64, Vec<u8>)>> {
-    let mut out: std::collections::HashMap<String, Vec<(u64, Vec<u8>)>> = Default::default();
+pub fn by_name(records: Vec<(String, u64, Vec<u8>)>) -> std::collections::HashMap<String, Rows> {
+    let mut out: std::collections::HashMap<String, Rows> = Default::default();
     for (name, seq, data) in records {
         out.entry(name).or_default().push((seq, data));
     }

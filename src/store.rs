@@ -58,6 +58,20 @@ pub enum StoreError {
     /// The writer is this far behind; the write was not queued.
     #[error("store writer queue is full")]
     Busy,
+    /// A bounded queue in front of the store (the rules engine, a spool
+    /// that refuses new records) is full; the write was not queued.
+    #[error("{0} is full")]
+    Full(String),
+}
+
+impl StoreError {
+    /// The MQTT reason code of a publish this error refused.
+    pub fn reason_code(&self) -> u8 {
+        match self {
+            Self::Full(_) => crate::codec::reason::QUOTA_EXCEEDED,
+            _ => crate::codec::reason::UNSPECIFIED_ERROR,
+        }
+    }
 }
 
 fn txn_err(e: impl std::fmt::Display) -> StoreError {

@@ -22,13 +22,14 @@ pub mod trie;
 use crate::codec::{self, ByteStr, Protocol, PublishProperties, QoS, SubOptions};
 use crate::metrics::{DropReason, Metrics};
 use crate::store::{Commit, Op, Store, StoreError};
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 /// One published message, shared by every delivery of it.
@@ -46,12 +47,35 @@ pub struct Message {
     pub properties: PublishProperties,
     /// When it expires (MQTT 5 message expiry).
     pub expires_at: Option<Instant>,
-    /// Session that published it, for No Local; 0 for the gateway itself.
-    pub origin: u64,
+    /// Who published it.
+    pub origin: Arc<Origin>,
+}
+
+/// Who published a message: No Local and the rules engine's `clientid()`,
+/// `principal()` and loop bound need to know. One per connection, shared by
+/// its messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Session that published it; 0 for the gateway itself.
+    pub session: u64,
+    /// Client identifier of the publisher.
+    pub client_id: Option<Arc<str>>,
+    /// Certificate id of the publisher.
+    pub principal: Option<Arc<str>>,
+    /// How many rule republishes led to this message.
+    pub hops: u8,
+}
+
+impl Origin {
+    /// The gateway itself (events, stored messages).
+    pub fn gateway() -> Arc<Self> {
+        static GATEWAY: std::sync::OnceLock<Arc<Origin>> = std::sync::OnceLock::new();
+        GATEWAY.get_or_init(Default::default).clone()
+    }
 }
 
 impl Message {
-    /// A message as published now by session `origin`; its expiry counts from now.
+    /// A message as published now by `origin`; its expiry counts from now.
     pub fn new(
         topic: ByteStr,
         payload: Bytes,
@@ -59,7 +83,7 @@ impl Message {
         retain: bool,
         properties: PublishProperties,
         now: Instant,
-        origin: u64,
+        origin: Arc<Origin>,
     ) -> Self {
         Self {
             expires_at: properties
@@ -125,7 +149,15 @@ impl Message {
             let left = expiry_ms.checked_sub(unix_ms(SystemTime::now()))?;
             Some(now + Duration::from_millis(left))
         };
-        let mut msg = Self::new(p.topic, p.payload, p.qos, p.retain, p.properties, now, 0);
+        let mut msg = Self::new(
+            p.topic,
+            p.payload,
+            p.qos,
+            p.retain,
+            p.properties,
+            now,
+            Origin::gateway(),
+        );
         msg.expires_at = expires_at;
         Some(msg)
     }
@@ -361,6 +393,72 @@ pub struct Router {
     retained: RwLock<retained::Retained<Arc<Message>>>,
     store: Store,
     metrics: Arc<Metrics>,
+    tap: Tap,
+}
+
+/// A published message offered to the rules engine.
+#[derive(Debug)]
+pub struct Tapped {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// The publish's own durable writes, for the engine to wait on with its own.
+    pub durable: Option<Commit>,
+    /// For a QoS 1/2 publish: told once the message and every rule output
+    /// are durable; the publisher's acknowledgement waits for it.
+    pub done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+}
+
+/// The bounded queue from publishers to the rules engine, which evaluates
+/// outside connection tasks. Only topics some rule's FROM filter matches
+/// are offered.
+#[derive(Debug)]
+pub struct Tap {
+    filters: ArcSwap<Vec<String>>,
+    queue: Mutex<VecDeque<Tapped>>,
+    capacity: usize,
+    notify: Notify,
+}
+
+impl Tap {
+    fn new(capacity: usize) -> Self {
+        Self {
+            filters: ArcSwap::default(),
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            notify: Notify::new(),
+        }
+    }
+
+    /// Sets the filters whose messages are offered (the rules' FROM clauses).
+    pub fn set_filters(&self, filters: Vec<String>) {
+        self.filters.store(Arc::new(filters));
+    }
+
+    fn wants(&self, topic: &str) -> bool {
+        let filters = self.filters.load();
+        !filters.is_empty() && filters.iter().any(|f| crate::topic::matches(f, topic))
+    }
+
+    fn has_room(&self) -> bool {
+        self.queue.lock().len() < self.capacity
+    }
+
+    fn push(&self, t: Tapped) {
+        self.queue.lock().push_back(t);
+        self.notify.notify_one();
+    }
+
+    /// Moves up to `max` offered messages into `out`, oldest first.
+    pub fn take(&self, out: &mut Vec<Tapped>, max: usize) {
+        let mut q = self.queue.lock();
+        let n = q.len().min(max);
+        out.extend(q.drain(..n));
+    }
+
+    /// Resolves when something was offered since the last call.
+    pub async fn offered(&self) {
+        self.notify.notified().await;
+    }
 }
 
 struct Target {
@@ -371,13 +469,16 @@ struct Target {
     seq: u64,
 }
 
+/// Messages waiting for the rules engine.
+const TAP_CAPACITY: usize = 16_384;
+
 thread_local! {
     /// Matches of the publish being routed, reused so routing does not allocate.
     static TARGETS: std::cell::RefCell<Vec<Target>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn add_plain(targets: &mut Vec<Target>, s: &Subscriber, msg: &Message) {
-    if s.options.no_local && s.mailbox.session_id == msg.origin {
+    if s.options.no_local && s.mailbox.session_id == msg.origin.session {
         return;
     }
     let qos = msg.qos.min(s.options.qos);
@@ -430,7 +531,13 @@ impl Router {
             retained: RwLock::new(retained::Retained::default()),
             store,
             metrics,
+            tap: Tap::new(TAP_CAPACITY),
         }
+    }
+
+    /// The rules engine's queue.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
     }
 
     /// Adds or replaces a subscription; returns true if it is new.
@@ -477,6 +584,18 @@ impl Router {
     /// changes and the error is returned.
     pub fn publish(&self, msg: &Arc<Message>, now: Instant) -> Result<Routed, StoreError> {
         let topic = msg.topic.as_str();
+        // Decide on the rules engine first: a QoS 1/2 publish it has no
+        // room for is refused before anything changes. Concurrent publishers
+        // may each take the last slot, so the queue can exceed its bound by
+        // at most one message per publishing thread.
+        let mut tapped = self.tap.wants(topic);
+        if tapped && !self.tap.has_room() {
+            if msg.qos != QoS::AtMostOnce {
+                return Err(StoreError::Full("the rules engine queue".into()));
+            }
+            self.metrics.count_drop(DropReason::RulesBusy);
+            tapped = false;
+        }
         let mut retained = msg.retain.then(|| self.retained.write());
         let mut ops = Vec::new();
         if retained.is_some() {
@@ -504,7 +623,7 @@ impl Router {
                     ));
                 }
             }
-            let commit = if ops.is_empty() {
+            let mut commit = if ops.is_empty() {
                 None
             } else {
                 Some(self.store.try_submit(ops)?)
@@ -536,6 +655,20 @@ impl Router {
                     }
                     Pushed::Dropped(_) => {}
                 }
+            }
+            if tapped {
+                matched += 1;
+                let mut t = Tapped {
+                    msg: msg.clone(),
+                    durable: None,
+                    done: None,
+                };
+                if msg.qos != QoS::AtMostOnce {
+                    let (tx, rx) = oneshot::channel();
+                    t.durable = commit.replace(rx);
+                    t.done = Some(tx);
+                }
+                self.tap.push(t);
             }
             Ok(Routed { matched, commit })
         })
@@ -576,7 +709,7 @@ pub fn delivery_from_record(record: &[u8], seq: u64, now: Instant) -> Option<Del
 mod tests {
     use super::*;
 
-    fn message(topic: &str, qos: QoS, retain: bool, origin: u64) -> Arc<Message> {
+    fn message(topic: &str, qos: QoS, retain: bool, session: u64) -> Arc<Message> {
         Arc::new(Message {
             topic: topic.into(),
             payload: Bytes::from_static(b"p"),
@@ -584,7 +717,10 @@ mod tests {
             retain,
             properties: PublishProperties::default(),
             expires_at: None,
-            origin,
+            origin: Arc::new(Origin {
+                session,
+                ..Origin::default()
+            }),
         })
     }
 

@@ -1,4 +1,239 @@
-//! The rules engine: AWS IoT SQL over published messages, and the actions
-//! that deliver the results.
+//! The rules engine: AWS IoT SQL selects published messages and actions
+//! take the result elsewhere (spec/aws-iot-shadow-rules.md §2-§3).
+//!
+//! - [`sql`] (P): the language.
+//! - This module: `[[rules]]` compiled into a [`RuleSet`], checked as a
+//!   whole, so a reload either swaps in every rule or keeps the old set.
+//! - [`actions`]: what each action makes of a rule's output (a spooled
+//!   [`actions::Job`]) and how a job is delivered.
+//! - [`engine`]: takes messages from the router's tap, evaluates them
+//!   outside connection tasks, appends jobs to one durable spool per
+//!   action, and delivers each spool in order with retries.
 
+pub mod actions;
+pub mod engine;
 pub mod sql;
+
+use crate::config::{self, RuleAction};
+use crate::topic;
+use actions::ActionKind;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// AWS's limit on actions per rule.
+const MAX_ACTIONS: usize = 10;
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Its name.
+    pub name: Arc<str>,
+    /// The statement.
+    pub stmt: sql::Statement,
+    /// Whether it matches anything.
+    pub enabled: bool,
+    /// Its actions, in order.
+    pub actions: Vec<Action>,
+    /// Where failures go.
+    pub error_action: Option<Action>,
+}
+
+/// One compiled action and the spool it feeds.
+#[derive(Debug)]
+pub struct Action {
+    /// `0`, `1`, ... or `error`: the action's label in metrics.
+    pub label: Arc<str>,
+    /// The spool's name: `rules/<rule>/<label>`.
+    pub spool: Arc<str>,
+    /// What it does.
+    pub kind: ActionKind,
+}
+
+/// Every rule, compiled and checked.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    /// In configuration order.
+    pub rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// Compiles `[[rules]]`; on failure, every problem, each naming its
+    /// rule and, for SQL and templates, the byte position.
+    pub fn compile(
+        rules: &[config::Rule],
+        settings: &config::Actions,
+    ) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let at = format!("rules[{i}] `{}`", r.name);
+            let before = problems.len();
+            if !valid_rule_name(&r.name) {
+                problems.push(format!("{at}: name must be 1 to 128 of [a-zA-Z0-9_]"));
+            }
+            if !names.insert(r.name.as_str()) {
+                problems.push(format!("{at}: another rule has this name"));
+            }
+            if !matches!(r.sql_version.as_str(), "2016-03-23" | "beta") {
+                problems.push(format!(
+                    "{at}: sql_version `{}` is not supported; use 2016-03-23 or beta",
+                    r.sql_version
+                ));
+            }
+            if r.actions.len() > MAX_ACTIONS {
+                problems.push(format!("{at}: more than {MAX_ACTIONS} actions"));
+            }
+            let stmt = match sql::parse(&r.sql) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    problems.push(format!("{at}: sql: position {}: {}", e.at, e.message));
+                    None
+                }
+            };
+            if let Some(s) = &stmt
+                && let Err(e) = topic::validate_filter(&s.from)
+            {
+                problems.push(format!("{at}: sql: FROM '{}': {e}", s.from));
+            }
+            let mut compile = |label: String, a: &RuleAction| {
+                let spool = format!("rules/{}/{label}", r.name);
+                match ActionKind::compile(a, settings) {
+                    Ok(kind) => Some(Action {
+                        label: label.into(),
+                        spool: spool.into(),
+                        kind,
+                    }),
+                    Err(e) => {
+                        problems.push(format!("{at}: action {label}: {e}"));
+                        None
+                    }
+                }
+            };
+            let actions: Vec<_> = r
+                .actions
+                .iter()
+                .enumerate()
+                .filter_map(|(n, a)| compile(n.to_string(), a))
+                .collect();
+            let error_action = r
+                .error_action
+                .as_ref()
+                .and_then(|a| compile("error".into(), a));
+            if problems.len() == before
+                && let Some(stmt) = stmt
+            {
+                out.push(Rule {
+                    name: r.name.as_str().into(),
+                    stmt,
+                    enabled: r.enabled,
+                    actions,
+                    error_action,
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { rules: out })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The FROM filters of the enabled rules: what the router offers the engine.
+    pub fn filters(&self) -> Vec<String> {
+        let mut f: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.enabled)
+            .map(|r| r.stmt.from.clone())
+            .collect();
+        f.sort();
+        f.dedup();
+        f
+    }
+}
+
+/// AWS's rule name pattern: `^[a-zA-Z0-9_]+$`, 1 to 128 characters.
+fn valid_rule_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(toml: &str) -> Result<RuleSet, Vec<String>> {
+        let cfg = config::Config::parse(toml, std::path::Path::new("/srv")).expect("config parses");
+        RuleSet::compile(&cfg.rules, &cfg.actions)
+    }
+
+    #[test]
+    fn compiles_a_rule_with_every_action() {
+        let set = rules(
+            r#"
+            [[rules]]
+            name = "temps"
+            sql = "SELECT temp FROM 'sensors/+/temp' WHERE temp > 30"
+            actions = [
+              { republish = { topic = "alerts/${topic(2)}", qos = 1 } },
+              { http = { url = "https://example.com/in/${topic(2)}", headers = [{ key = "x-id", value = "${clientid()}" }] } },
+              { file = { path = "temps/${topic(2)}.jsonl" } },
+            ]
+            error_action = { republish = { topic = "rules/errors" } }
+            "#,
+        )
+        .expect("valid");
+        let r = &set.rules[0];
+        assert_eq!(r.actions.len(), 3);
+        assert_eq!(&*r.actions[2].spool, "rules/temps/2");
+        assert_eq!(
+            r.error_action.as_ref().map(|a| &*a.spool),
+            Some("rules/temps/error")
+        );
+        assert_eq!(set.filters(), vec!["sensors/+/temp".to_owned()]);
+    }
+
+    #[test]
+    fn reports_rule_and_position() {
+        let problems = rules(
+            r#"
+            [[rules]]
+            name = "ok"
+            sql = "SELECT * FROM 'a'"
+            [[rules]]
+            name = "broken"
+            sql = "SELECT * FROM 'a' WHERE"
+            [[rules]]
+            name = "bad-name"
+            sql = "SELECT * FROM 'a/#/b'"
+            actions = [{ file = { path = "../escape" } }, { http = { url = "http://example.com/" } }]
+            "#,
+        )
+        .expect_err("invalid");
+        let all = problems.join("\n");
+        assert!(all.contains("rules[1] `broken`: sql: position 23"), "{all}");
+        assert!(all.contains("rules[2] `bad-name`: name must be"), "{all}");
+        assert!(all.contains("FROM 'a/#/b'"), "{all}");
+        assert!(all.contains("action 0: path"), "{all}");
+        assert!(all.contains("action 1: url"), "{all}");
+    }
+
+    #[test]
+    fn duplicate_names_and_versions_are_refused() {
+        let problems = rules(
+            r#"
+            [[rules]]
+            name = "a"
+            sql = "SELECT * FROM 'a'"
+            sql_version = "2015-10-08"
+            [[rules]]
+            name = "a"
+            sql = "SELECT * FROM 'b'"
+            "#,
+        )
+        .expect_err("invalid");
+        let all = problems.join("\n");
+        assert!(all.contains("sql_version `2015-10-08`"), "{all}");
+        assert!(all.contains("another rule has this name"), "{all}");
+    }
+}

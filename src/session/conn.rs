@@ -22,8 +22,8 @@ use crate::policy::PolicyStore;
 use crate::policy::compile::ArnHead;
 use crate::policy::eval::{Action, ResourceType};
 use crate::registry::{CertStatus, ClientIdentity, Principal, Refusal, Registry};
-use crate::router::{Delivery, Message, Router, Subscriber};
-use crate::store::{Commit, Op, Store};
+use crate::router::{Delivery, Message, Origin, Router, Subscriber};
+use crate::store::{Commit, Op, Store, StoreError};
 use crate::topic::{self, Subscription};
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -71,6 +71,11 @@ pub struct Shared {
     pub policies: Arc<PolicyStore>,
     /// This gateway's partition, region and account, for ARNs.
     pub arn_head: ArnHead,
+}
+
+/// The reason code a finished commit puts in its publish's ack, if it failed.
+fn commit_code(res: &Result<(), Arc<StoreError>>) -> Option<u8> {
+    res.as_ref().err().map(|e| e.reason_code())
 }
 
 /// Why a connection ended; decides the will, the DISCONNECT sent and the log level.
@@ -246,6 +251,8 @@ struct Conn {
     identity: Option<ClientIdentity>,
     peer: SocketAddr,
     authz: Authz,
+    /// Who this connection's messages come from; made at its first publish.
+    origin: Option<Arc<Origin>>,
     /// Policy and registry change notifications, taken by the serving loop.
     changes: Option<(watch::Receiver<u64>, watch::Receiver<u64>)>,
 }
@@ -481,6 +488,7 @@ impl Conn {
             identity,
             peer,
             authz,
+            origin: None,
             changes: Some(changes),
         })
     }
@@ -638,7 +646,7 @@ impl Conn {
                 _ = shared.shutdown.cancelled() => Event::Shutdown,
                 Some(Control::TakeOver(reply)) = control.recv() => Event::TakeOver(reply),
                 res = async { commit_wait.expect("guarded by has_commit").await }, if has_commit => {
-                    Event::Committed(matches!(res, Ok(Ok(()))))
+                    Event::Committed(res.map_or(Some(reason::UNSPECIFIED_ERROR), |r| commit_code(&r)))
                 }
                 res = stream.read_buf(rbuf), if reading => Event::Read(res),
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
@@ -651,11 +659,11 @@ impl Conn {
             match event {
                 Event::Shutdown => return End::Shutdown,
                 Event::TakeOver(reply) => return End::TakenOver(reply),
-                Event::Committed(ok) => {
+                Event::Committed(code) => {
                     if let Some(front) = self.acks.front_mut() {
                         front.commit = None;
-                        if !ok {
-                            front.code = reason::UNSPECIFIED_ERROR;
+                        if let Some(code) = code {
+                            front.code = code;
                         }
                     }
                 }
@@ -700,10 +708,15 @@ impl Conn {
     fn flush_ready_acks(&mut self, qos2_in: &mut HashSet<u16>) -> Result<(), End> {
         while let Some(front) = self.acks.front_mut() {
             if let Some(commit) = front.commit.as_mut() {
-                match commit.try_recv() {
-                    Ok(Ok(())) => {}
+                let code = match commit.try_recv() {
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return Ok(()),
-                    _ => front.code = reason::UNSPECIFIED_ERROR,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        Some(reason::UNSPECIFIED_ERROR)
+                    }
+                    Ok(r) => commit_code(&r),
+                };
+                if let Some(code) = code {
+                    front.code = code;
                 }
                 front.commit = None;
             }
@@ -971,6 +984,7 @@ impl Conn {
         metrics.messages_in.get(p.qos as usize).increment(1);
         let now = Instant::now();
         let (pkid, qos) = (p.pkid, p.qos);
+        let origin = self.origin(data.mailbox.session_id);
         let msg = Arc::new(Message::new(
             p.topic,
             p.payload,
@@ -978,7 +992,7 @@ impl Conn {
             p.retain,
             p.properties,
             now,
-            data.mailbox.session_id,
+            origin,
         ));
         let (code, commit) = match shared.router.publish(&msg, now) {
             Ok(routed) if routed.matched == 0 && v5 => {
@@ -986,8 +1000,8 @@ impl Conn {
             }
             Ok(routed) => (reason::SUCCESS, routed.commit),
             Err(e) => {
-                tracing::warn!(client_id = %self.client_id, error = %e, "publish refused: store unavailable");
-                (reason::UNSPECIFIED_ERROR, None)
+                tracing::warn!(client_id = %self.client_id, error = %e, "publish refused");
+                (e.reason_code(), None)
             }
         };
         if qos == QoS::AtMostOnce {
@@ -1003,6 +1017,21 @@ impl Conn {
             commit,
         });
         Ok(())
+    }
+
+    /// Who this connection's messages come from, made once.
+    fn origin(&mut self, session: u64) -> Arc<Origin> {
+        if let Some(o) = &self.origin {
+            return o.clone();
+        }
+        let o = Arc::new(Origin {
+            session,
+            client_id: Some(self.client_id.clone()),
+            principal: self.authz.certificate_id().map(Arc::from),
+            hops: 0,
+        });
+        self.origin = Some(o.clone());
+        o
     }
 
     /// Answers a refused QoS 1/2 publish (MQTT 5) with its reason in the ack.
@@ -1306,10 +1335,8 @@ impl Conn {
             // On takeover the session continues at once, which cancels a delayed will.
             let delay = will.delay_interval.min(data.expiry);
             if !(matches!(end, End::TakenOver(_)) && delay > 0) {
-                data.pending_will =
-                    self.shared
-                        .sessions
-                        .schedule_will(will, data.mailbox.session_id, delay);
+                let origin = self.origin(data.mailbox.session_id);
+                data.pending_will = self.shared.sessions.schedule_will(will, origin, delay);
             }
         }
         let sessions = self.shared.sessions.clone();
@@ -1328,7 +1355,7 @@ impl Conn {
 enum Event {
     Shutdown,
     TakeOver(tokio::sync::oneshot::Sender<Box<SessionData>>),
-    Committed(bool),
+    Committed(Option<u8>),
     Read(std::io::Result<usize>),
     Mail,
     KeepAlive,

@@ -18,7 +18,7 @@ pub mod state;
 
 use crate::codec::{Protocol, QoS, SubOptions, Will};
 use crate::metrics::Metrics;
-use crate::router::{self, Mailbox, MailboxLimits, Message, Pushed, Router, Subscriber};
+use crate::router::{self, Mailbox, MailboxLimits, Message, Origin, Pushed, Router, Subscriber};
 use crate::store::{Op, Snapshot, Store};
 use crate::topic::Subscription;
 use dashmap::DashMap;
@@ -341,7 +341,7 @@ impl Sessions {
     pub fn schedule_will(
         self: &Arc<Self>,
         will: Will,
-        origin: u64,
+        origin: Arc<Origin>,
         delay: u32,
     ) -> Option<oneshot::Sender<bool>> {
         if delay == 0 {
@@ -371,14 +371,14 @@ impl Sessions {
             false,
             Default::default(),
             Instant::now(),
-            0,
+            Origin::gateway(),
         ));
         if let Err(e) = self.router.publish(&msg, Instant::now()) {
             tracing::warn!(topic, error = %e, "event not published");
         }
     }
 
-    fn publish_will(&self, will: Will, origin: u64) {
+    fn publish_will(&self, will: Will, origin: Arc<Origin>) {
         let now = Instant::now();
         let msg = Arc::new(Message::new(
             will.topic,

@@ -124,7 +124,7 @@ mod tests {
                 retain: false,
                 properties: PublishProperties::default(),
                 expires_at: None,
-                origin: 0,
+                origin: crate::router::Origin::gateway(),
             }),
             qos: QoS::ExactlyOnce,
             retain: false,

@@ -674,7 +674,8 @@ fn implicit_name(e: &Expr) -> String {
     }
 }
 
-fn uuid_v4() -> String {
+/// A random (version 4) UUID, as `newuuid()` gives.
+pub fn uuid_v4() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
     let _ = ring::rand::SystemRandom::new().fill(&mut b);
@@ -693,7 +694,8 @@ fn uuid_v4() -> String {
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn base64_encode(data: &[u8]) -> String {
+/// Standard base64 with padding, as `encode(x, 'base64')` produces.
+pub fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -713,7 +715,8 @@ fn base64_encode(data: &[u8]) -> String {
     out
 }
 
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+/// Decodes standard base64; `None` on a character outside the alphabet.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.trim_end_matches('=');
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let mut acc = 0u32;

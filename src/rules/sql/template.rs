@@ -60,6 +60,18 @@ impl Template {
         Ok(Self(parts))
     }
 
+    /// The text, when the template has no expression in it.
+    pub fn literal(&self) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Expr(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// The text with every expression replaced by its string value
     /// (Undefined gives an empty string).
     pub fn render(&self, msg: &Message<'_>, variables: &Variables) -> String {

@@ -1,0 +1,223 @@
+//! `file`: the rule output appended as one JSON line to a file under
+//! `actions.file_root` (an edge action; AWS has none).
+//!
+//! A path template is checked twice: its text may only name a relative path
+//! of plain components, and the directory it lands in, with symbolic links
+//! resolved, must still be under the root, so neither `..` nor a link can
+//! write elsewhere. A file is rotated (renamed to `<name>.<unix ms>`) before
+//! a write would take it past `file_max_bytes`, or once it is older than
+//! `file_max_age_secs`. Each batch of lines is flushed to disk before the
+//! spool lets go of it.
+
+use super::{Context, Outcome};
+use crate::config::FileAction;
+use crate::rules::sql::Output;
+use crate::rules::sql::Template;
+use crate::rules::sql::eval::base64_encode;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// A compiled file action.
+#[derive(Debug)]
+pub struct File {
+    path: Template,
+}
+
+/// One line for one file, as spooled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Path relative to the root, after substitution.
+    pub path: String,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+impl File {
+    /// Checks and compiles the configuration.
+    pub fn compile(a: &FileAction) -> Result<Self, String> {
+        let path = Template::parse(&a.path)
+            .map_err(|e| format!("path: position {}: {}", e.at, e.message))?;
+        if let Some(p) = path.literal() {
+            check_relative(&p)?;
+        }
+        Ok(Self { path })
+    }
+
+    /// The path, for error documents of failed renders.
+    pub fn resource(&self, cx: &Context<'_>) -> String {
+        self.path.render(cx.msg, cx.vars)
+    }
+
+    /// Substitutes the path for one message. The line is the JSON output, or
+    /// a JSON string of the base64 bytes when the output is not JSON.
+    pub fn render(&self, cx: &Context<'_>, output: &Output) -> Result<Request, String> {
+        let path = self.path.render(cx.msg, cx.vars);
+        check_relative(&path)?;
+        let line = match output {
+            Output::Json(v) => v.to_string(),
+            other => serde_json::Value::String(base64_encode(&other.to_bytes())).to_string(),
+        };
+        Ok(Request { path, line })
+    }
+}
+
+/// Only plain components: no root, no `..`, no `.`.
+fn check_relative(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    if path.is_empty()
+        || path.contains('\0')
+        || !p.components().all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "path `{path}` must be relative to actions.file_root, without `..`"
+        ));
+    }
+    Ok(())
+}
+
+/// Where files go and when they rotate.
+#[derive(Debug, Clone)]
+pub struct Files {
+    root: PathBuf,
+    max_bytes: u64,
+    max_age: Option<Duration>,
+}
+
+impl Files {
+    /// Files under `root` (created if missing).
+    pub fn new(root: PathBuf, max_bytes: u64, max_age_secs: u64) -> Self {
+        Self {
+            root,
+            max_bytes,
+            max_age: (max_age_secs > 0).then(|| Duration::from_secs(max_age_secs)),
+        }
+    }
+
+    /// Appends lines (all for one path) and flushes them to disk.
+    pub async fn deliver(&self, path: String, lines: Vec<String>) -> Outcome {
+        let files = self.clone();
+        match tokio::task::spawn_blocking(move || files.append(&path, &lines)).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Retry(format!("file writer stopped: {e}")),
+        }
+    }
+
+    fn append(&self, path: &str, lines: &[String]) -> Outcome {
+        if let Err(e) = check_relative(path) {
+            return Outcome::Failed(e);
+        }
+        let target = self.root.join(path);
+        let Some(dir) = target.parent() else {
+            return Outcome::Failed(format!("path `{path}` has no directory"));
+        };
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return Outcome::Retry(format!("{}: {e}", dir.display()));
+        }
+        let inside = match (self.root.canonicalize(), dir.canonicalize()) {
+            (Ok(root), Ok(dir)) => dir.starts_with(root),
+            (Err(e), _) | (_, Err(e)) => {
+                return Outcome::Retry(format!("{}: {e}", dir.display()));
+            }
+        };
+        if !inside {
+            return Outcome::Failed(format!("path `{path}` leads outside actions.file_root"));
+        }
+        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for l in lines {
+            bytes.extend_from_slice(l.as_bytes());
+            bytes.push(b'\n');
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if !m.is_file() => {
+                return Outcome::Failed(format!("`{path}` exists and is not a regular file"));
+            }
+            Ok(m) if self.due(&m, bytes.len() as u64) => {
+                let rotated = format!("{}.{}", target.display(), crate::spool::now_ms());
+                if let Err(e) = std::fs::rename(&target, &rotated) {
+                    return Outcome::Retry(format!("rotating {}: {e}", target.display()));
+                }
+            }
+            _ => {}
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&target)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_data()
+            });
+        match written {
+            Ok(()) => Outcome::Delivered,
+            Err(e) => Outcome::Retry(format!("{}: {e}", target.display())),
+        }
+    }
+
+    /// Whether a file must rotate before `adding` more bytes.
+    fn due(&self, m: &std::fs::Metadata, adding: u64) -> bool {
+        if m.len() == 0 {
+            return false;
+        }
+        let too_big = m.len() + adding > self.max_bytes;
+        let too_old = self.max_age.is_some_and(|max| {
+            m.created()
+                .ok()
+                .and_then(|c| SystemTime::now().duration_since(c).ok())
+                .is_some_and(|age| age > max)
+        });
+        too_big || too_old
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_relative_paths() {
+        for ok in ["a.jsonl", "dev/1/t.jsonl"] {
+            assert!(check_relative(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "./a"] {
+            assert!(check_relative(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn appends_rotates_and_stays_inside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).expect("root");
+        let files = Files::new(root.clone(), 10, 0);
+        let line = |s: &str| vec![s.to_owned()];
+        assert_eq!(files.append("d/a.jsonl", &line("1234")), Outcome::Delivered);
+        assert_eq!(files.append("d/a.jsonl", &line("5678")), Outcome::Delivered);
+        assert_eq!(
+            std::fs::read_to_string(root.join("d/a.jsonl")).expect("read"),
+            "1234\n5678\n"
+        );
+        // A third line would pass 10 bytes: the file rotates first.
+        assert_eq!(files.append("d/a.jsonl", &line("9")), Outcome::Delivered);
+        assert_eq!(
+            std::fs::read_to_string(root.join("d/a.jsonl")).expect("read"),
+            "9\n"
+        );
+        let rotated = std::fs::read_dir(root.join("d"))
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("a.jsonl."))
+            .count();
+        assert_eq!(rotated, 1);
+        // A link inside the root that points out of it is not followed.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        assert!(matches!(
+            files.append("link/x.jsonl", &line("1")),
+            Outcome::Failed(_)
+        ));
+        assert!(!outside.join("x.jsonl").exists());
+    }
+}

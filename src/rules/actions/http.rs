@@ -1,0 +1,221 @@
+//! `http`: the rule output POSTed to a URL (spec §3.3).
+//!
+//! AWS tries a request at most three times and then gives up; at the edge
+//! the spool keeps the job instead, so a target that is down, times out or
+//! answers 429 or 5xx is retried with backoff until it answers or the job
+//! ages out of its spool. Any other non-2xx answer will not change on a
+//! retry: the job fails and goes to the error action.
+
+use super::{Context, Outcome};
+use crate::config::HttpAction;
+use crate::rules::sql::Template;
+use crate::rules::sql::eval::{base64_decode, base64_encode};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// AWS's limits.
+const MAX_HEADERS: usize = 100;
+const MAX_URL: usize = 2000;
+
+/// A compiled HTTP action.
+#[derive(Debug)]
+pub struct Http {
+    url: Template,
+    headers: Vec<(String, Template)>,
+    timeout_ms: u64,
+    allow_plaintext: bool,
+}
+
+/// One request, as spooled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// URL after substitution.
+    pub url: String,
+    headers: Vec<(String, String)>,
+    timeout_ms: u64,
+    /// Body, base64.
+    body: String,
+}
+
+impl Http {
+    /// Checks and compiles the configuration.
+    pub fn compile(a: &HttpAction, allow_plaintext: bool) -> Result<Self, String> {
+        let url = Template::parse(&a.url)
+            .map_err(|e| format!("url: position {}: {}", e.at, e.message))?;
+        if let Some(u) = url.literal() {
+            check_url(&u, allow_plaintext)?;
+        }
+        if a.headers.len() > MAX_HEADERS {
+            return Err(format!("more than {MAX_HEADERS} headers"));
+        }
+        if !(1..=60_000).contains(&a.timeout_ms) {
+            return Err("timeout_ms: between 1 and 60000".into());
+        }
+        let headers = a
+            .headers
+            .iter()
+            .map(|kv| {
+                reqwest::header::HeaderName::from_bytes(kv.key.as_bytes())
+                    .map_err(|_| format!("header `{}` is not a valid header name", kv.key))?;
+                let value = Template::parse(&kv.value).map_err(|e| {
+                    format!("header `{}`: position {}: {}", kv.key, e.at, e.message)
+                })?;
+                Ok((kv.key.clone(), value))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            url,
+            headers,
+            timeout_ms: a.timeout_ms,
+            allow_plaintext,
+        })
+    }
+
+    /// The URL, for error documents of failed renders.
+    pub fn resource(&self, cx: &Context<'_>) -> String {
+        self.url.render(cx.msg, cx.vars)
+    }
+
+    /// Substitutes the templates for one message.
+    pub fn render(&self, cx: &Context<'_>, body: &[u8], json: bool) -> Result<Request, String> {
+        let url = self.url.render(cx.msg, cx.vars);
+        check_url(&url, self.allow_plaintext)?;
+        let mut headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.render(cx.msg, cx.vars)))
+            .collect();
+        for (k, v) in &headers {
+            if reqwest::header::HeaderValue::from_str(v).is_err() {
+                return Err(format!("header `{k}`: value is not valid in HTTP"));
+            }
+        }
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            let ct = if json {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            };
+            headers.push(("content-type".into(), ct.into()));
+        }
+        Ok(Request {
+            url,
+            headers,
+            timeout_ms: self.timeout_ms,
+            body: base64_encode(body),
+        })
+    }
+}
+
+/// An absolute `https://` URL, or `http://` to a loopback host (or anywhere
+/// with `actions.allow_plaintext_http`).
+fn check_url(url: &str, allow_plaintext: bool) -> Result<(), String> {
+    if url.len() > MAX_URL {
+        return Err(format!("url is longer than {MAX_URL} characters"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("url `{url}`: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_plaintext || is_loopback(&parsed) => Ok(()),
+        "http" => Err(format!(
+            "url `{url}`: plaintext http only to loopback hosts unless actions.allow_plaintext_http = true"
+        )),
+        other => Err(format!("url `{url}`: scheme {other} is not http(s)")),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
+/// Sends one request.
+pub async fn deliver(client: &reqwest::Client, r: &Request) -> Outcome {
+    let Some(body) = base64_decode(&r.body) else {
+        return Outcome::Failed("spooled body is not base64".into());
+    };
+    let mut req = client
+        .post(&r.url)
+        .timeout(Duration::from_millis(r.timeout_ms))
+        .body(body);
+    for (k, v) in &r.headers {
+        req = req.header(k, v);
+    }
+    match req.send().await {
+        Err(e) => Outcome::Retry(error_chain(&e)),
+        Ok(resp) => {
+            let status = resp.status();
+            if status.is_success() {
+                Outcome::Delivered
+            } else if status.is_server_error() || status.as_u16() == 429 {
+                Outcome::Retry(format!("HTTP {status}"))
+            } else {
+                Outcome::Failed(format!("HTTP {status}"))
+            }
+        }
+    }
+}
+
+/// reqwest's errors say little at the top ("error sending request"); the cause says why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The client every HTTP action shares: rustls with ring, the system's
+/// roots or `actions.http_ca` instead, and no proxy from the environment.
+pub fn client(http_ca: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match http_ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no certificates", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "system root certificates partly unreadable");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system root certificates: https actions will fail until actions.http_ca is set"
+                );
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| error_chain(&e))
+}

@@ -1,0 +1,230 @@
+//! Rule actions: what an action makes of a rule's output for one message
+//! (a [`Job`], rendered once, then spooled), and how a job is delivered.
+//!
+//! A job carries everything its delivery needs, already substituted, so a
+//! job spooled before a restart or a rule edit is delivered as it was made.
+//! It also carries what AWS's error document reports (rule, topic, client,
+//! original payload), so a job that fails later still reaches the error
+//! action with its context.
+
+pub mod file;
+pub mod http;
+pub mod republish;
+
+use crate::config::{self, RuleAction};
+use crate::router::Router;
+use crate::rules::sql::eval::base64_encode;
+use crate::rules::sql::{self, Output};
+use serde::{Deserialize, Serialize};
+
+/// A compiled action.
+#[derive(Debug)]
+pub enum ActionKind {
+    /// Publish to a topic here.
+    Republish(republish::Republish),
+    /// POST to a URL.
+    Http(http::Http),
+    /// Append to a file.
+    File(file::File),
+}
+
+/// What templates are rendered against.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The incoming message (never the SELECT output).
+    pub msg: &'a sql::Message<'a>,
+    /// The statement's SET variables.
+    pub vars: &'a sql::Variables,
+    /// Republishes that led to the incoming message.
+    pub hops: u8,
+    /// Topic limits a republished topic must meet.
+    pub topic_limits: crate::topic::Limits,
+    /// Largest payload a republish may carry.
+    pub max_payload: usize,
+}
+
+/// One rendered delivery, as spooled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The rule that made it.
+    pub rule: String,
+    /// The topic of the incoming message.
+    pub topic: String,
+    /// The publisher, if a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The incoming payload, base64; empty in error action jobs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub original: String,
+    /// What to do.
+    pub target: Target,
+}
+
+/// A rendered action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// Publish.
+    Republish(republish::Request),
+    /// POST.
+    Http(http::Request),
+    /// Append.
+    File(file::Request),
+}
+
+impl Target {
+    /// AWS's name for the action in error documents.
+    pub fn aws_name(&self) -> &'static str {
+        match self {
+            Self::Republish(_) => "RepublishAction",
+            Self::Http(_) => "HttpAction",
+            Self::File(_) => "FileAction",
+        }
+    }
+
+    /// What it was addressed to.
+    pub fn resource(&self) -> &str {
+        match self {
+            Self::Republish(r) => &r.topic,
+            Self::Http(r) => &r.url,
+            Self::File(r) => &r.path,
+        }
+    }
+}
+
+/// One failed action, as AWS's error document lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// `RepublishAction`, `HttpAction` or `FileAction`.
+    pub failed_action: &'static str,
+    /// The topic, URL or path.
+    pub failed_resource: String,
+    /// Why.
+    pub error_message: String,
+}
+
+/// How one delivery attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; the job leaves its spool.
+    Delivered,
+    /// Not now (target down, busy, disk full); try again later.
+    Retry(String),
+    /// Never: the job goes to the error action.
+    Failed(String),
+}
+
+impl ActionKind {
+    /// Checks and compiles one configured action.
+    pub fn compile(a: &RuleAction, settings: &config::Actions) -> Result<Self, String> {
+        Ok(match a {
+            RuleAction::Republish(r) => Self::Republish(republish::Republish::compile(r)?),
+            RuleAction::Http(h) => {
+                Self::Http(http::Http::compile(h, settings.allow_plaintext_http)?)
+            }
+            RuleAction::File(f) => Self::File(file::File::compile(f)?),
+        })
+    }
+
+    /// AWS's name for the action in error documents.
+    fn aws_name(&self) -> &'static str {
+        match self {
+            Self::Republish(_) => "RepublishAction",
+            Self::Http(_) => "HttpAction",
+            Self::File(_) => "FileAction",
+        }
+    }
+
+    /// Renders the action for one message; a failure names the action and
+    /// its resource for the error document.
+    pub fn render(&self, cx: &Context<'_>, output: &Output) -> Result<Target, Failure> {
+        let bytes = output.to_bytes();
+        let rendered = match (self, output) {
+            (_, Output::Invalid(why)) => Err((*why).to_owned()),
+            (Self::Republish(r), _) => r.render(cx, &bytes).map(Target::Republish),
+            (Self::Http(h), _) => h
+                .render(cx, &bytes, matches!(output, Output::Json(_)))
+                .map(Target::Http),
+            (Self::File(f), _) => f.render(cx, output).map(Target::File),
+        };
+        rendered.map_err(|error_message| Failure {
+            failed_action: self.aws_name(),
+            failed_resource: match self {
+                Self::Republish(r) => r.resource(cx),
+                Self::Http(h) => h.resource(cx),
+                Self::File(f) => f.resource(cx),
+            },
+            error_message,
+        })
+    }
+}
+
+/// AWS's error document (spec §3.4).
+pub fn error_document(
+    rule: &str,
+    topic: &str,
+    client_id: Option<&str>,
+    original: &str,
+    failures: &[Failure],
+) -> serde_json::Value {
+    serde_json::json!({
+        "ruleName": rule,
+        "topic": topic,
+        "cloudwatchTraceId": sql::eval::uuid_v4(),
+        "clientId": client_id.unwrap_or(""),
+        "base64OriginalPayload": original,
+        "failures": failures,
+    })
+}
+
+/// The original payload as error documents carry it.
+pub fn original(payload: &[u8]) -> String {
+    base64_encode(payload)
+}
+
+/// What delivering jobs needs: the router (republish), the HTTP client
+/// and the file root.
+#[derive(Debug)]
+pub struct Deliverer {
+    /// Republish target.
+    pub router: std::sync::Arc<Router>,
+    /// Shared HTTP client.
+    pub http: reqwest::Client,
+    /// File root and rotation.
+    pub files: file::Files,
+}
+
+impl Deliverer {
+    /// Delivers jobs that form one batch (see [`batch_len`]), all or nothing.
+    pub async fn deliver(&self, jobs: &[Job]) -> Outcome {
+        match jobs.first().map(|j| &j.target) {
+            None => Outcome::Delivered,
+            Some(Target::Republish(r)) => republish::deliver(&self.router, r).await,
+            Some(Target::Http(r)) => http::deliver(&self.http, r).await,
+            Some(Target::File(r)) => {
+                let lines = jobs
+                    .iter()
+                    .filter_map(|j| match &j.target {
+                        Target::File(f) => Some(f.line.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                self.files.deliver(r.path.clone(), lines).await
+            }
+        }
+    }
+}
+
+/// How many jobs at the head go out together: consecutive lines for one
+/// file share a write and a flush; everything else goes one at a time.
+pub fn batch_len(jobs: &[Job]) -> usize {
+    match jobs.first().map(|j| &j.target) {
+        Some(Target::File(first)) => jobs
+            .iter()
+            .take_while(|j| matches!(&j.target, Target::File(f) if f.path == first.path))
+            .count(),
+        Some(_) => 1,
+        None => 0,
+    }
+}

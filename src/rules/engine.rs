@@ -1,0 +1,558 @@
+//! The rules engine at run time.
+//!
+//! - Intake: one task takes messages from the router's [`Tap`] in publish
+//!   order, parses each payload once, evaluates every enabled rule whose
+//!   FROM matches, renders each action into a [`Job`] and appends it to the
+//!   action's spool. A QoS 1/2 publish is told once its own writes and
+//!   every job it produced are durable; its acknowledgement waits for that.
+//! - Lanes: one task per spool delivers jobs from the head in order, one
+//!   batch at a time, and deletes them only once delivered. A failing target
+//!   is retried with exponential backoff and jitter; a job that cannot
+//!   succeed, or that ages out of or is pushed out of its spool, goes to the
+//!   rule's error action with AWS's error document.
+//! - Reload swaps the compiled rule set; a spool keeps draining even after
+//!   its rule is gone, so nothing accepted is dropped by an edit.
+//!
+//! [`Tap`]: crate::router::Tap
+
+use super::actions::{self, Context, Deliverer, Failure, Job, Outcome};
+use super::sql::{self, Output};
+use super::{Action, Rule, RuleSet};
+use crate::config::{self, Config};
+use crate::metrics::{ActionMetrics, Metrics, RuleMetrics};
+use crate::router::{Router, Tapped};
+use crate::spool::{self, Limits, Spool, SpoolError};
+use crate::store::{Commit, Store, StoreError};
+use crate::topic;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Messages evaluated per turn of the intake loop.
+const INTAKE_BATCH: usize = 256;
+
+/// Jobs read from a spool's head per delivery turn.
+const LANE_BATCH: usize = 64;
+
+/// One spool and what its delivery reports to.
+#[derive(Debug)]
+struct Lane {
+    spool: Spool,
+    metrics: ActionMetrics,
+    /// Whether this is an error action's spool: its failures go nowhere.
+    is_error: bool,
+}
+
+impl Lane {
+    fn append(&self, job: &Job) -> Result<spool::Appended, SpoolError> {
+        let data = serde_json::to_vec(job).unwrap_or_default();
+        let appended = self.spool.append(data, spool::now_ms());
+        self.gauges();
+        appended
+    }
+
+    fn gauges(&self) {
+        let (records, bytes, oldest_ms) = self.spool.depth(spool::now_ms());
+        self.metrics.depth.set(records as f64);
+        self.metrics.bytes.set(bytes as f64);
+        self.metrics.oldest.set(oldest_ms as f64 / 1000.0);
+    }
+}
+
+/// A rule with its metrics and the lanes of its actions.
+#[derive(Debug)]
+struct LiveRule {
+    rule: Rule,
+    metrics: RuleMetrics,
+    lanes: Vec<Arc<Lane>>,
+    error_lane: Option<Arc<Lane>>,
+}
+
+/// What the engine needs from the gateway's configuration.
+#[derive(Debug, Clone)]
+struct Settings {
+    actions: config::Actions,
+    topic_limits: topic::Limits,
+    max_payload: usize,
+    account: String,
+}
+
+/// The running engine; cheap to share.
+#[derive(Debug)]
+pub struct Engine {
+    rules: ArcSwap<Vec<LiveRule>>,
+    lanes: Mutex<HashMap<Arc<str>, Arc<Lane>>>,
+    /// Spool records read at startup, handed to each spool when it is made.
+    restored: Mutex<HashMap<String, spool::Rows>>,
+    router: Arc<Router>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    deliverer: Deliverer,
+    settings: Settings,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A rule did not compile.
+    #[error("rules: {}", .0.join("; "))]
+    Rules(Vec<String>),
+    /// The HTTP client could not be made (e.g. `actions.http_ca` unreadable).
+    #[error("http actions: {0}")]
+    Http(String),
+    /// The file root could not be created.
+    #[error("actions.file_root {0}")]
+    FileRoot(String),
+}
+
+impl Engine {
+    /// Compiles the configured rules, restores every spool found in the
+    /// store (including those of rules no longer configured, so they
+    /// drain), and starts the intake and one lane per spool. Must run
+    /// inside the runtime; tasks are tracked by `tracker` and stop with
+    /// `shutdown`, the intake only after evaluating what was offered.
+    pub fn start(
+        config: &Config,
+        router: Arc<Router>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        spools: Vec<(String, u64, Vec<u8>)>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Result<Arc<Self>, EngineError> {
+        let set = RuleSet::compile(&config.rules, &config.actions).map_err(EngineError::Rules)?;
+        let a = &config.actions;
+        std::fs::create_dir_all(&a.file_root)
+            .map_err(|e| EngineError::FileRoot(format!("{}: {e}", a.file_root.display())))?;
+        let http = actions::http::client(a.http_ca.as_deref()).map_err(EngineError::Http)?;
+        let deliverer = Deliverer {
+            router: router.clone(),
+            http,
+            files: actions::file::Files::new(
+                a.file_root.clone(),
+                a.file_max_bytes,
+                a.file_max_age_secs,
+            ),
+        };
+        let restored: HashMap<_, _> = spool::by_name(spools)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("rules/"))
+            .collect();
+        let orphans: Vec<String> = restored.keys().cloned().collect();
+        let engine = Arc::new(Self {
+            rules: ArcSwap::default(),
+            lanes: Mutex::new(HashMap::new()),
+            restored: Mutex::new(restored),
+            router,
+            store,
+            metrics,
+            deliverer,
+            settings: Settings {
+                actions: a.clone(),
+                topic_limits: topic::Limits {
+                    max_len: config.limits.max_topic_bytes,
+                    max_slashes: config.limits.max_topic_slashes,
+                },
+                max_payload: config.limits.max_payload_bytes,
+                account: config.aws.account_id.clone(),
+            },
+            runtime: tokio::runtime::Handle::current(),
+            shutdown,
+            tracker,
+        });
+        engine.install(set);
+        for name in orphans {
+            engine.lane(&name);
+        }
+        let e = engine.clone();
+        engine
+            .runtime
+            .spawn(engine.tracker.track_future(async move { e.intake().await }));
+        Ok(engine)
+    }
+
+    /// Puts a compiled rule set in force: new messages see it at once.
+    pub fn install(self: &Arc<Self>, set: RuleSet) {
+        let filters = set.filters();
+        let live: Vec<LiveRule> = set
+            .rules
+            .into_iter()
+            .map(|rule| {
+                let lane = |a: &Action| self.lane(&a.spool);
+                LiveRule {
+                    metrics: self.metrics.rule(&rule.name),
+                    lanes: rule.actions.iter().map(lane).collect(),
+                    error_lane: rule.error_action.as_ref().map(lane),
+                    rule,
+                }
+            })
+            .collect();
+        self.rules.store(Arc::new(live));
+        self.router.tap().set_filters(filters);
+    }
+
+    /// The `[actions]` settings in force (a reload cannot change them).
+    pub fn settings(&self) -> &config::Actions {
+        &self.settings.actions
+    }
+
+    /// The lane of a spool, made (and its delivery started) on first use.
+    fn lane(self: &Arc<Self>, name: &str) -> Arc<Lane> {
+        let mut lanes = self.lanes.lock();
+        if let Some(l) = lanes.get(name) {
+            return l.clone();
+        }
+        // Spool names are `rules/<rule>/<action>`.
+        let mut parts = name.splitn(3, '/').skip(1);
+        let (rule, action) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let a = &self.settings.actions;
+        let restored = self.restored.lock().remove(name).unwrap_or_default();
+        let lane = Arc::new(Lane {
+            spool: Spool::new(
+                name,
+                self.store.clone(),
+                Limits {
+                    max_bytes: a.spool_max_bytes,
+                    max_age_ms: a.spool_max_age_secs.saturating_mul(1000),
+                    overflow: a.spool_overflow,
+                },
+                restored,
+            ),
+            metrics: self.metrics.action(rule, action, name),
+            is_error: action == "error",
+        });
+        lane.gauges();
+        lanes.insert(name.into(), lane.clone());
+        let (engine, l) = (self.clone(), lane.clone());
+        self.runtime.spawn(
+            self.tracker
+                .track_future(async move { engine.deliver(&l).await }),
+        );
+        lane
+    }
+
+    /// Evaluates what publishers offer, in order, until shutdown; then
+    /// evaluates what is still queued, so it reaches the spools.
+    async fn intake(self: Arc<Self>) {
+        let tap = self.router.tap();
+        let mut batch = Vec::with_capacity(INTAKE_BATCH);
+        loop {
+            tap.take(&mut batch, INTAKE_BATCH);
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = tap.offered() => continue,
+                    _ = self.shutdown.cancelled() => {
+                        tap.take(&mut batch, usize::MAX);
+                        for t in batch.drain(..) {
+                            self.evaluate(t);
+                        }
+                        return;
+                    }
+                }
+            }
+            for t in batch.drain(..) {
+                self.evaluate(t);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Runs every matching rule over one message and spools the jobs.
+    fn evaluate(&self, t: Tapped) {
+        let Tapped { msg, durable, done } = t;
+        let rules = self.rules.load();
+        let topic = msg.topic.as_str();
+        let origin = &msg.origin;
+        let now_ms = spool::now_ms();
+        let mut json = None;
+        let mut original = None;
+        let mut commits: Vec<Commit> = durable.into_iter().collect();
+        let mut refused = None;
+        for live in rules
+            .iter()
+            .filter(|r| r.rule.enabled && topic::matches(&r.rule.stmt.from, topic))
+        {
+            live.metrics.matched.increment(1);
+            if origin.hops >= self.settings.actions.max_hops {
+                live.metrics.failed.increment(1);
+                tracing::warn!(rule = %live.rule.name, topic, hops = origin.hops, "message republished too many times; rules skip it");
+                continue;
+            }
+            let json = json.get_or_insert_with(|| sql::Message::parse_payload(&msg.payload));
+            let m = sql::Message {
+                topic,
+                payload: &msg.payload,
+                json: json.as_ref(),
+                client_id: origin.client_id.as_deref(),
+                principal: origin.principal.as_deref(),
+                timestamp_ms: now_ms as i64,
+                account: &self.settings.account,
+            };
+            let ev = sql::evaluate(&live.rule.stmt, &m);
+            let Some(output) = ev.output else { continue };
+            if output == Output::Nothing {
+                continue;
+            }
+            live.metrics.evaluated.increment(1);
+            let cx = Context {
+                msg: &m,
+                vars: &ev.variables,
+                hops: origin.hops,
+                topic_limits: self.settings.topic_limits,
+                max_payload: self.settings.max_payload,
+            };
+            let original: &String = original.get_or_insert_with(|| actions::original(&msg.payload));
+            let mut failures = Vec::new();
+            for (action, lane) in live.rule.actions.iter().zip(&live.lanes) {
+                let target = match action.kind.render(&cx, &output) {
+                    Ok(t) => t,
+                    Err(f) => {
+                        lane.metrics.failed.increment(1);
+                        failures.push(f);
+                        continue;
+                    }
+                };
+                let job = Job {
+                    rule: live.rule.name.to_string(),
+                    topic: topic.to_owned(),
+                    client_id: origin.client_id.as_deref().map(str::to_owned),
+                    original: original.clone(),
+                    target,
+                };
+                match lane.append(&job) {
+                    Ok(appended) => {
+                        commits.push(appended.commit);
+                        for r in appended.evicted {
+                            self.give_up(lane, &r.data, "pushed out of a full spool");
+                        }
+                    }
+                    Err(SpoolError::TooLarge { .. }) => {
+                        lane.metrics.failed.increment(1);
+                        failures.push(Failure {
+                            failed_action: job.target.aws_name(),
+                            failed_resource: job.target.resource().to_owned(),
+                            error_message: "larger than actions.spool_max_bytes".into(),
+                        });
+                    }
+                    Err(SpoolError::Full(name)) => {
+                        lane.metrics.failed.increment(1);
+                        refused = Some(StoreError::Full(format!("spool {name}")));
+                    }
+                    Err(SpoolError::Store(e)) => refused = Some(e),
+                }
+            }
+            if !failures.is_empty() {
+                live.metrics.failed.increment(1);
+                let doc = actions::error_document(
+                    &live.rule.name,
+                    topic,
+                    origin.client_id.as_deref(),
+                    original,
+                    &failures,
+                );
+                commits.extend(self.to_error_action(live, doc));
+            }
+        }
+        let Some(done) = done else { return };
+        if let Some(e) = refused {
+            let _ = done.send(Err(Arc::new(e)));
+            return;
+        }
+        self.runtime.spawn(async move {
+            for c in commits {
+                match c.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let _ = done.send(Err(e));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = done.send(Err(Arc::new(StoreError::Closed)));
+                        return;
+                    }
+                }
+            }
+            let _ = done.send(Ok(()));
+        });
+    }
+
+    /// Sends an error document to a rule's error action, if it has one.
+    fn to_error_action(&self, live: &LiveRule, doc: serde_json::Value) -> Option<Commit> {
+        let (Some(action), Some(lane)) = (&live.rule.error_action, &live.error_lane) else {
+            tracing::warn!(rule = %live.rule.name, error = %doc, "rule action failed; the rule has no error action");
+            return None;
+        };
+        let topic = doc["topic"].as_str().unwrap_or_default().to_owned();
+        let client_id = doc["clientId"].as_str().map(str::to_owned);
+        let payload = doc.to_string();
+        let m = sql::Message {
+            topic: &topic,
+            payload: payload.as_bytes(),
+            json: Some(&doc),
+            client_id: client_id.as_deref(),
+            principal: None,
+            timestamp_ms: spool::now_ms() as i64,
+            account: &self.settings.account,
+        };
+        let vars = sql::Variables::new();
+        let cx = Context {
+            msg: &m,
+            vars: &vars,
+            hops: 0,
+            topic_limits: self.settings.topic_limits,
+            max_payload: self.settings.max_payload,
+        };
+        let target = match action.kind.render(&cx, &Output::Json(doc.clone())) {
+            Ok(t) => t,
+            Err(f) => {
+                lane.metrics.failed.increment(1);
+                tracing::warn!(rule = %live.rule.name, error = %f.error_message, document = %doc, "error action could not be rendered");
+                return None;
+            }
+        };
+        let job = Job {
+            rule: live.rule.name.to_string(),
+            topic,
+            client_id,
+            original: String::new(),
+            target,
+        };
+        match lane.append(&job) {
+            Ok(appended) => {
+                for r in appended.evicted {
+                    self.give_up(lane, &r.data, "pushed out of a full spool");
+                }
+                Some(appended.commit)
+            }
+            Err(e) => {
+                lane.metrics.failed.increment(1);
+                tracing::warn!(rule = %live.rule.name, error = %e, document = %doc, "error action refused the error document");
+                None
+            }
+        }
+    }
+
+    /// A job its action will never deliver: counted, and sent to its rule's
+    /// error action (an error action's own failures are only logged).
+    fn give_up(&self, lane: &Lane, record: &[u8], why: &str) {
+        lane.metrics.failed.increment(1);
+        let Ok(job) = serde_json::from_slice::<Job>(record) else {
+            tracing::error!(spool = lane.spool.name(), "unreadable spool record dropped");
+            return;
+        };
+        if lane.is_error {
+            tracing::warn!(spool = lane.spool.name(), rule = %job.rule, error = why, "error action gave up on an error document");
+            return;
+        }
+        let rules = self.rules.load();
+        let Some(live) = rules.iter().find(|r| *r.rule.name == *job.rule) else {
+            tracing::warn!(spool = lane.spool.name(), rule = %job.rule, error = why, "action gave up; its rule is no longer configured");
+            return;
+        };
+        let failure = Failure {
+            failed_action: job.target.aws_name(),
+            failed_resource: job.target.resource().to_owned(),
+            error_message: why.to_owned(),
+        };
+        let doc = actions::error_document(
+            &job.rule,
+            &job.topic,
+            job.client_id.as_deref(),
+            &job.original,
+            &[failure],
+        );
+        // Queued before the job's deletion, so a crash in between repeats
+        // the error document rather than losing it.
+        drop(self.to_error_action(live, doc));
+    }
+
+    /// Delivers one spool from its head, in order, until shutdown.
+    async fn deliver(self: Arc<Self>, lane: &Lane) {
+        let a = &self.settings.actions;
+        let initial = Duration::from_millis(a.retry_initial_ms);
+        let max = Duration::from_millis(a.retry_max_ms.max(a.retry_initial_ms));
+        let mut backoff = initial;
+        loop {
+            for r in lane.spool.expire(spool::now_ms()) {
+                self.give_up(
+                    lane,
+                    &r.data,
+                    "expired in its spool (actions.spool_max_age_secs)",
+                );
+            }
+            lane.gauges();
+            let head = lane.spool.peek(LANE_BATCH);
+            if head.is_empty() {
+                tokio::select! {
+                    _ = lane.spool.appended() => continue,
+                    _ = self.shutdown.cancelled() => return,
+                }
+            }
+            let mut jobs = Vec::with_capacity(head.len());
+            for r in &head {
+                match serde_json::from_slice::<Job>(&r.data) {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            if jobs.is_empty() {
+                // The head record does not decode: nothing will ever deliver it.
+                self.give_up(lane, &head[0].data, "unreadable");
+                lane.spool.ack(head[0].seq);
+                continue;
+            }
+            let n = actions::batch_len(&jobs);
+            let outcome = tokio::select! {
+                o = self.deliverer.deliver(&jobs[..n]) => o,
+                _ = self.shutdown.cancelled() => return,
+            };
+            match outcome {
+                Outcome::Delivered => {
+                    lane.metrics.delivered.increment(n as u64);
+                    backoff = initial;
+                }
+                Outcome::Failed(why) => {
+                    tracing::warn!(spool = lane.spool.name(), error = %why, "rule action failed");
+                    for r in &head[..n] {
+                        self.give_up(lane, &r.data, &why);
+                    }
+                }
+                Outcome::Retry(why) => {
+                    lane.metrics.retried.increment(1);
+                    if backoff == initial {
+                        tracing::warn!(spool = lane.spool.name(), error = %why, "rule action failed; retrying with backoff");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(backoff)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(max);
+                    continue;
+                }
+            }
+            for r in &head[..n] {
+                lane.spool.ack(r.seq);
+            }
+        }
+    }
+}
+
+/// A delay between half and all of `d`, so that lanes failing together do
+/// not retry together.
+fn jitter(d: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    let r = ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_or(0.5, |()| {
+            f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX)
+        });
+    d.mul_f64(0.5 + r / 2.0)
+}
