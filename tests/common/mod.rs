@@ -64,8 +64,10 @@ impl TestServer {
         }
     }
 
+    /// The configuration, written to `config.toml` and loaded from there,
+    /// as the binary does (rules reload from that file).
     pub fn config(&self) -> Config {
-        Config::parse(&self.config_text(), self.dir.path()).expect("test config is valid")
+        Config::load(&self.config_file()).expect("test config is valid")
     }
 
     /// Writes the test configuration to `config.toml` in the test directory, for the binary.

@@ -1,0 +1,391 @@
+//! The rules engine end to end: rules from `config.toml`, real MQTT
+//! publishers, a real HTTP server on 127.0.0.1, files on disk, and the
+//! gateway killed with `kill -9` while a target is down.
+
+mod common;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use common::*;
+use rumqttc::QoS;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Fast retries, so that a target coming back is seen within a test's wait.
+const FAST_RETRIES: &str = "[actions]\nretry_initial_ms = 20\nretry_max_ms = 200\n";
+
+/// A request the sink accepted.
+#[derive(Debug)]
+struct Got {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+struct SinkState {
+    status: AtomicU16,
+    tx: mpsc::UnboundedSender<Got>,
+}
+
+/// An HTTP server on 127.0.0.1 that answers every request with a status
+/// the test sets, and reports the requests it answered with 200.
+struct Sink {
+    state: Arc<SinkState>,
+    rx: mpsc::UnboundedReceiver<Got>,
+}
+
+async fn handle(
+    State(s): State<Arc<SinkState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).expect("status");
+    if status == StatusCode::OK {
+        let _ = s.tx.send(Got {
+            path: uri.path().to_owned(),
+            headers,
+            body,
+        });
+    }
+    status
+}
+
+impl Sink {
+    /// Serves on `port` (0: any).
+    async fn start(port: u16, status: u16) -> (Self, SocketAddr) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(SinkState {
+            status: AtomicU16::new(status),
+            tx,
+        });
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("reuseaddr");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], port)))
+            .expect("bind sink");
+        let listener = socket.listen(64).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (Self { state, rx }, addr)
+    }
+
+    fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    async fn next(&mut self) -> Got {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("a request in time")
+            .expect("sink alive")
+    }
+
+    /// The `seq` fields of the next `n` distinct bodies, in arrival order
+    /// (a retry after a lost answer may repeat one; it must not reorder).
+    async fn seqs(&mut self, n: usize) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let got = self.next().await;
+            let v: serde_json::Value = serde_json::from_slice(&got.body).expect("json body");
+            let seq = v["seq"].as_u64().expect("seq");
+            if !seen.contains(&seq) {
+                seen.push(seq);
+            }
+        }
+        seen
+    }
+}
+
+/// A port nothing listens on (yet).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn http_rule(port: u16) -> String {
+    format!(
+        r#"{FAST_RETRIES}
+[[rules]]
+name = "ingest"
+sql = "SELECT seq, temp, topic(2) AS device FROM 'sensors/+/temp' WHERE temp > 30"
+actions = [{{ http = {{ url = "http://127.0.0.1:{port}/in/${{topic(2)}}", headers = [{{ key = "x-client", value = "${{clientid()}}" }}] }} }}]
+"#
+    )
+}
+
+async fn publish_seq(p: &mut V4, from: u64, to: u64) {
+    for seq in from..to {
+        let body = format!(r#"{{"seq": {seq}, "temp": 40}}"#);
+        p.publish("sensors/d1/temp", QoS::AtLeastOnce, false, body.as_bytes())
+            .await;
+        p.puback().await;
+    }
+}
+
+#[tokio::test]
+async fn http_action_posts_the_selected_fields_with_templated_url_and_headers() {
+    let (mut sink, addr) = Sink::start(0, 200).await;
+    let t = TestServer::start_with(&http_rule(addr.port())).await;
+    let mut p = t.v4("thermo-7", true).await;
+    p.publish(
+        "sensors/d1/temp",
+        QoS::AtLeastOnce,
+        false,
+        br#"{"seq": 1, "temp": 20}"#,
+    )
+    .await;
+    p.puback().await;
+    p.publish(
+        "sensors/d1/temp",
+        QoS::AtLeastOnce,
+        false,
+        br#"{"seq": 2, "temp": 42, "noise": true}"#,
+    )
+    .await;
+    p.puback().await;
+    let got = sink.next().await;
+    assert_eq!(got.path, "/in/d1");
+    assert_eq!(got.headers["x-client"], "thermo-7");
+    assert_eq!(got.headers["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&got.body).expect("json");
+    assert_eq!(
+        body,
+        serde_json::json!({"seq": 2, "temp": 42, "device": "d1"}),
+        "the WHERE dropped seq 1; SELECT kept only its fields"
+    );
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_rule_matched_total{rule=\"ingest\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, "edgegate_rule_evaluated_total{rule=\"ingest\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_then_failing_target_loses_nothing_and_keeps_order() {
+    let port = free_port();
+    let t = TestServer::start_with(&http_rule(port)).await;
+    let mut p = t.v4("thermo", true).await;
+    // Nothing listens: every message is acknowledged all the same.
+    publish_seq(&mut p, 0, 10).await;
+    // Up, but failing.
+    let (mut sink, _) = Sink::start(port, 500).await;
+    publish_seq(&mut p, 10, 20).await;
+    let series = "edgegate_action_retries_total{rule=\"ingest\",action=\"0\"}";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&t.metrics().await, series) < 3.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_spool_records{spool=\"rules/ingest/0\"}"),
+        20.0
+    );
+    // Back: everything arrives, in order.
+    sink.set_status(200);
+    assert_eq!(sink.seqs(20).await, (0..20).collect::<Vec<_>>());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(
+        &t.metrics().await,
+        "edgegate_spool_records{spool=\"rules/ingest/0\"}",
+    ) != 0.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "spool not drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn spooled_messages_survive_kill_9_while_the_target_is_down() {
+    let (mut sink, addr) = Sink::start(0, 503).await;
+    let t = TestServer::prepare("");
+    let extra = http_rule(addr.port());
+    let (mut child, port, _) = spawn_binary(&t, &extra, &[]);
+    let mut p = V4::connect_to(&t, port, "thermo", true, None, |_| {}).await;
+    publish_seq(&mut p, 0, 30).await;
+    // Every message is acknowledged, so it is in the spool; the power goes.
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let (mut child, port, _) = spawn_binary(&t, &extra, &[]);
+    let mut p = V4::connect_to(&t, port, "thermo", true, None, |_| {}).await;
+    publish_seq(&mut p, 30, 35).await;
+    sink.set_status(200);
+    assert_eq!(sink.seqs(35).await, (0..35).collect::<Vec<_>>());
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}
+
+#[tokio::test]
+async fn file_action_appends_lines_rotates_and_cannot_leave_its_root() {
+    let t = TestServer::start_with(
+        r#"[actions]
+file_root = "out"
+file_max_bytes = 200
+retry_initial_ms = 20
+[[rules]]
+name = "archive"
+sql = "SELECT seq FROM 'logs/+'"
+actions = [{ file = { path = "${topic(2)}/log.jsonl" } }]
+error_action = { republish = { topic = "rules/errors" } }
+"#,
+    )
+    .await;
+    let mut errors = t.v4("watcher", true).await;
+    errors.subscribe("rules/errors", QoS::AtLeastOnce).await;
+    let mut p = t.v4("logger", true).await;
+    const N: u64 = 40;
+    for seq in 0..N {
+        let body = format!(r#"{{"seq": {seq}}}"#);
+        p.publish("logs/app", QoS::AtLeastOnce, false, body.as_bytes())
+            .await;
+        p.puback().await;
+    }
+    // `..` as a topic level would lead out of the root.
+    p.publish("logs/..", QoS::AtLeastOnce, false, br#"{"seq": 99}"#)
+        .await;
+    p.puback().await;
+    let err = errors.recv().await;
+    let doc: serde_json::Value = serde_json::from_slice(&err.payload).expect("error document");
+    assert_eq!(doc["ruleName"], "archive");
+    assert_eq!(doc["topic"], "logs/..");
+    assert_eq!(doc["clientId"], "logger");
+    assert_eq!(doc["failures"][0]["failedAction"], "FileAction");
+    assert_eq!(doc["failures"][0]["failedResource"], "../log.jsonl");
+    assert!(!t.dir.path().join("log.jsonl").exists());
+
+    let dir = t.dir.path().join("out/app");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut lines = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        // Rotated files are `log.jsonl.<ms>`: older first, the live file last.
+        files.sort_by_key(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            let suffix = name.as_deref().and_then(|n| n.strip_prefix("log.jsonl."));
+            suffix
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        });
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            assert!(text.len() <= 200, "{} is past file_max_bytes", f.display());
+            lines.extend(text.lines().map(str::to_owned));
+        }
+        if lines.len() as u64 >= N {
+            let want: Vec<String> = (0..N).map(|s| format!(r#"{{"seq":{s}}}"#)).collect();
+            assert_eq!(lines, want, "every line once, in order, across rotations");
+            assert!(files.len() > 1, "the file rotated");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lines did not land");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rule_that_feeds_itself_stops_at_the_hop_limit() {
+    let t = TestServer::start_with(
+        r#"[actions]
+max_hops = 3
+[[rules]]
+name = "echo"
+sql = "SELECT * FROM 'loop/a'"
+actions = [{ republish = { topic = "loop/a", qos = 1 } }]
+"#,
+    )
+    .await;
+    let mut s = t.v4("listener", true).await;
+    s.subscribe("loop/a", QoS::AtLeastOnce).await;
+    let mut p = t.v4("starter", true).await;
+    p.publish("loop/a", QoS::AtLeastOnce, false, b"ping").await;
+    p.puback().await;
+    // The original and three republishes; the fourth generation is not made.
+    for _ in 0..4 {
+        assert_eq!(&s.recv().await.payload[..], b"ping");
+    }
+    let series = "edgegate_rule_evaluation_failures_total{rule=\"echo\"}";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&t.metrics().await, series) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hop limit not reached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.nothing_for(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(
+            &t.metrics().await,
+            "edgegate_rule_matched_total{rule=\"echo\"}"
+        ),
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn an_edited_rule_applies_without_restart_and_a_broken_edit_changes_nothing() {
+    let rule = |to: &str, sql: &str| {
+        format!(
+            "[[rules]]\nname = \"route\"\nsql = \"{sql}\"\nactions = [{{ republish = {{ topic = \"{to}\" }} }}]\n"
+        )
+    };
+    let mut t = TestServer::start_with(&rule("out/a", "SELECT * FROM 'in'")).await;
+    let mut s = t.v4("reader", true).await;
+    s.subscribe("out/+", QoS::AtLeastOnce).await;
+    let mut p = t.v4("writer", true).await;
+    p.publish("in", QoS::AtLeastOnce, false, b"1").await;
+    p.puback().await;
+    assert_eq!(s.recv().await.topic, "out/a");
+
+    t.extra_toml = rule("out/b", "SELECT * FROM 'in'");
+    t.config_file();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        p.publish("in", QoS::AtLeastOnce, false, b"2").await;
+        p.puback().await;
+        if s.recv().await.topic == "out/b" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "edit not applied");
+    }
+
+    let failures = metric(&t.metrics().await, "edgegate_reload_failures_total");
+    t.extra_toml = rule("out/c", "SELECT * FROM 'in' WHERE");
+    t.config_file();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&t.metrics().await, "edgegate_reload_failures_total") <= failures {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broken edit not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.publish("in", QoS::AtLeastOnce, false, b"3").await;
+    p.puback().await;
+    // Drain what the polling loop above still had in flight.
+    loop {
+        let got = s.recv().await;
+        if &got.payload[..] == b"3" {
+            assert_eq!(got.topic, "out/b", "the broken edit kept the running rule");
+            break;
+        }
+    }
+}
