@@ -55,9 +55,66 @@ async fn handle(
     status
 }
 
+/// HTTPS for the sink: each accepted connection finishes its handshake first.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.tls.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+fn tls_acceptor(pem: &edgegate::transport::pki::Pem) -> tokio_rustls::TlsAcceptor {
+    let certs = rustls_pemfile::certs(&mut pem.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert");
+    let key = rustls_pemfile::private_key(&mut pem.key.as_bytes())
+        .expect("key")
+        .expect("a key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 impl Sink {
-    /// Serves on `port` (0: any).
+    /// Serves plain HTTP on `port` (0: any).
     async fn start(port: u16, status: u16) -> (Self, SocketAddr) {
+        Self::serve(port, status, None).await
+    }
+
+    /// Serves HTTPS with `pem` on any port.
+    async fn start_tls(pem: &edgegate::transport::pki::Pem) -> (Self, SocketAddr) {
+        Self::serve(0, 200, Some(tls_acceptor(pem))).await
+    }
+
+    async fn serve(
+        port: u16,
+        status: u16,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (Self, SocketAddr) {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(SinkState {
             status: AtomicU16::new(status),
@@ -74,7 +131,10 @@ impl Sink {
             .fallback(handle)
             .with_state(state.clone());
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = match tls {
+                Some(tls) => axum::serve(TlsListener { tcp: listener, tls }, app).await,
+                None => axum::serve(listener, app).await,
+            };
         });
         (Self { state, rx }, addr)
     }
@@ -388,4 +448,165 @@ async fn an_edited_rule_applies_without_restart_and_a_broken_edit_changes_nothin
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn https_targets_are_verified_against_the_configured_roots() {
+    let mut t = TestServer::prepare("");
+    let pem =
+        t.ca.issue_server(&["localhost", "127.0.0.1"])
+            .expect("server cert");
+    let (mut sink, addr) = Sink::start_tls(&pem).await;
+    t.extra_toml = format!(
+        r#"[actions]
+http_ca = "certs/ca.pem"
+[[rules]]
+name = "secure"
+sql = "SELECT * FROM 'secure/in'"
+actions = [{{ http = {{ url = "https://localhost:{port}/in" }} }}]
+"#,
+        port = addr.port()
+    );
+    t.boot().await;
+    let mut p = t.v4("dev", true).await;
+    p.publish("secure/in", QoS::AtLeastOnce, false, b"\x00\x01binary")
+        .await;
+    p.puback().await;
+    let got = sink.next().await;
+    assert_eq!(
+        &got.body[..],
+        b"\x00\x01binary",
+        "SELECT * of a binary payload is the payload"
+    );
+    assert_eq!(got.headers["content-type"], "application/octet-stream");
+}
+
+#[tokio::test]
+async fn a_refusing_target_sends_the_job_to_the_error_action() {
+    let (sink, addr) = Sink::start(0, 400).await;
+    let t = TestServer::start_with(&format!(
+        r#"{FAST_RETRIES}
+[[rules]]
+name = "strict"
+sql = "SELECT * FROM 'strict/in'"
+actions = [{{ http = {{ url = "http://127.0.0.1:{port}/in" }} }}]
+error_action = {{ republish = {{ topic = "errors/${{ruleName}}", qos = 1 }} }}
+"#,
+        port = addr.port()
+    ))
+    .await;
+    let mut errors = t.v4("ops", true).await;
+    errors.subscribe("errors/#", QoS::AtLeastOnce).await;
+    let mut p = t.v4("dev", true).await;
+    p.publish("strict/in", QoS::AtLeastOnce, false, br#"{"v": 1}"#)
+        .await;
+    p.puback().await;
+    let err = errors.recv().await;
+    assert_eq!(
+        err.topic, "errors/strict",
+        "error action templates see the document"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&err.payload).expect("json");
+    assert_eq!(doc["failures"][0]["failedAction"], "HttpAction");
+    assert!(
+        doc["failures"][0]["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("400")),
+        "{doc}"
+    );
+    assert_eq!(doc["base64OriginalPayload"], "eyJ2IjogMX0=");
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_action_failures_total{rule=\"strict\",action=\"0\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_action_retries_total{rule=\"strict\",action=\"0\"}"
+        ),
+        0.0,
+        "a 4xx answer is not retried"
+    );
+    drop(sink);
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_new_publishes_or_pushes_the_oldest_to_the_error_action() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    let port = free_port();
+    let rule = |overflow: &str| {
+        format!(
+            r#"[actions]
+spool_max_bytes = 2000
+spool_overflow = "{overflow}"
+retry_initial_ms = 1000
+[[rules]]
+name = "bounded"
+sql = "SELECT * FROM 'bounded/in'"
+actions = [{{ http = {{ url = "http://127.0.0.1:{port}/in" }} }}]
+error_action = {{ republish = {{ topic = "errors/bounded", qos = 1 }} }}
+"#
+        )
+    };
+
+    // refuse_new: once full, a QoS 1 publish gets PUBACK 0x97 and is not taken.
+    let t = TestServer::start_with(&rule("refuse_new")).await;
+    let mut c = V5::connect(&t, "dev", |_| {}).await;
+    let mut refused_at = None;
+    for i in 0..40 {
+        c.client
+            .publish(
+                "bounded/in",
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                format!("{i:0>40}"),
+            )
+            .await
+            .expect("pub");
+        let reason = loop {
+            match c.next().await {
+                Ev5::Other(Packet::PubAck(a)) => break a.reason,
+                Ev5::Error(e) => panic!("connection failed: {e}"),
+                _ => {}
+            }
+        };
+        if reason == PubAckReason::QuotaExceeded {
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(reason, PubAckReason::Success, "a rule matched: {reason:?}");
+    }
+    let refused_at = refused_at.expect("the spool filled up");
+    assert!(refused_at > 3, "refused only when full, at {refused_at}");
+    drop(t);
+
+    // drop_oldest: the new message is taken; the oldest goes to the error action.
+    let t = TestServer::start_with(&rule("drop_oldest")).await;
+    let mut errors = t.v4("ops", true).await;
+    errors.subscribe("errors/bounded", QoS::AtLeastOnce).await;
+    let mut p = t.v4("dev", true).await;
+    for i in 0..40 {
+        p.publish(
+            "bounded/in",
+            QoS::AtLeastOnce,
+            false,
+            format!("{i:0>40}").as_bytes(),
+        )
+        .await;
+        p.puback().await;
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&errors.recv().await.payload).expect("json");
+    assert_eq!(
+        doc["failures"][0]["errorMessage"], "pushed out of a full spool",
+        "{doc}"
+    );
+    assert_eq!(
+        doc["base64OriginalPayload"],
+        "MDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMA=="
+    );
 }
