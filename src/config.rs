@@ -740,6 +740,15 @@ mod tests {
         assert!(cfg.mqtt.plaintext_listen.is_none());
         assert_eq!(cfg.admin.listen.as_deref(), Some("127.0.0.1:9080"));
         assert_eq!(cfg.limits.max_payload_bytes, 128 * 1024);
+        // The documented [actions] are the built-in defaults.
+        assert_eq!(
+            cfg.actions,
+            Actions {
+                file_root: "/srv/data/files".into(),
+                ..Actions::default()
+            }
+        );
+        assert!(cfg.rules.is_empty());
     }
 
     #[test]
