@@ -297,7 +297,7 @@ impl Engine {
             };
             let ev = sql::evaluate(&live.rule.stmt, &m);
             let Some(output) = ev.output else { continue };
-            if output == Output::Nothing {
+            if matches!(output, Output::Nothing) {
                 continue;
             }
             live.metrics.evaluated.increment(1);
@@ -495,22 +495,16 @@ impl Engine {
                     _ = self.shutdown.cancelled() => return,
                 }
             }
-            let mut jobs = Vec::with_capacity(head.len());
-            for r in &head {
-                match serde_json::from_slice::<Job>(&r.data) {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-            if jobs.is_empty() {
-                // The head record does not decode: nothing will ever deliver it.
+            let Ok(first) = serde_json::from_slice::<Job>(&head[0].data) else {
+                // Nothing will ever deliver a record that does not decode.
                 self.give_up(lane, &head[0].data, "unreadable");
                 lane.spool.ack(head[0].seq);
                 continue;
-            }
-            let n = actions::batch_len(&jobs);
+            };
+            let jobs = actions::batch(first, head[1..].iter().map(|r| &r.data[..]));
+            let n = jobs.len();
             let outcome = tokio::select! {
-                o = self.deliverer.deliver(&jobs[..n]) => o,
+                o = self.deliverer.deliver(&jobs) => o,
                 _ = self.shutdown.cancelled() => return,
             };
             match outcome {

@@ -196,7 +196,7 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// Delivers jobs that form one batch (see [`batch_len`]), all or nothing.
+    /// Delivers jobs that form one [`batch`], all or nothing.
     pub async fn deliver(&self, jobs: &[Job]) -> Outcome {
         match jobs.first().map(|j| &j.target) {
             None => Outcome::Delivered,
@@ -216,15 +216,19 @@ impl Deliverer {
     }
 }
 
-/// How many jobs at the head go out together: consecutive lines for one
-/// file share a write and a flush; everything else goes one at a time.
-pub fn batch_len(jobs: &[Job]) -> usize {
-    match jobs.first().map(|j| &j.target) {
-        Some(Target::File(first)) => jobs
-            .iter()
-            .take_while(|j| matches!(&j.target, Target::File(f) if f.path == first.path))
-            .count(),
-        Some(_) => 1,
-        None => 0,
+/// The jobs that go out together, starting with `first`: the lines for one
+/// file that follow it share a write and a flush; anything else goes alone.
+pub fn batch<'a>(first: Job, rest: impl Iterator<Item = &'a [u8]>) -> Vec<Job> {
+    let Target::File(f) = &first.target else {
+        return vec![first];
+    };
+    let path = f.path.clone();
+    let mut jobs = vec![first];
+    for record in rest {
+        match serde_json::from_slice::<Job>(record) {
+            Ok(j) if matches!(&j.target, Target::File(f) if f.path == path) => jobs.push(j),
+            _ => break,
+        }
     }
+    jobs
 }
