@@ -26,6 +26,12 @@ use tokio::sync::Notify;
 /// The key under which each spool keeps its next sequence number.
 const HIGH_WATER: u64 = u64::MAX;
 
+/// 2020-01-01 in ms since the epoch. A record stamped before it was made
+/// while the clock was not yet set (an edge box without a real-time clock,
+/// before NTP): its age is unknown, and it never expires rather than
+/// expiring the moment the clock is set.
+const CLOCK_SET_MS: u64 = 1_577_836_800_000;
+
 /// What a full spool does with a new record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,6 +97,10 @@ struct Inner {
     queue: VecDeque<Record>,
     bytes: usize,
     next_seq: u64,
+    /// Records below this sequence number are being delivered: eviction
+    /// leaves them alone, so a record never reaches both its target and
+    /// the error action.
+    held_until: u64,
 }
 
 /// One named spool.
@@ -155,13 +165,18 @@ impl Spool {
         let mut inner = self.inner.lock();
         // Decide what must go before changing anything: if the store refuses
         // the write, memory stays as it was and nothing is lost.
+        let held = inner
+            .queue
+            .iter()
+            .take_while(|r| r.seq < inner.held_until)
+            .count();
         let mut freed = 0;
         let mut evict = 0;
         while inner.bytes - freed + size > self.limits.max_bytes {
             if self.limits.overflow == Overflow::RefuseNew {
                 return Err(SpoolError::Full(self.name.clone()));
             }
-            let Some(old) = inner.queue.get(evict) else {
+            let Some(old) = inner.queue.get(held + evict) else {
                 break;
             };
             freed += old.data.len();
@@ -171,8 +186,7 @@ impl Spool {
         let data: Arc<[u8]> = data.into();
         let mut ops: Vec<Op> = inner
             .queue
-            .iter()
-            .take(evict)
+            .range(held..held + evict)
             .map(|r| Op::DelSpool(self.name.clone(), r.seq))
             .collect();
         let mut stored = Vec::with_capacity(8 + size);
@@ -188,7 +202,7 @@ impl Spool {
         ));
         // Queued under the lock, so the store sees appends in sequence order.
         let commit = self.store.try_submit(ops)?;
-        let evicted: Vec<Record> = inner.queue.drain(..evict).collect();
+        let evicted: Vec<Record> = inner.queue.drain(held..held + evict).collect();
         inner.bytes -= freed;
         inner.next_seq += 1;
         inner.bytes += size;
@@ -205,6 +219,18 @@ impl Spool {
     /// Up to `max` records from the head, not removed.
     pub fn peek(&self, max: usize) -> Vec<Record> {
         self.inner.lock().queue.iter().take(max).cloned().collect()
+    }
+
+    /// Marks the head records up to `last` as being delivered, so that
+    /// eviction passes them by until they are acknowledged; false if the
+    /// head is no longer `first` (it was evicted since it was read).
+    pub fn hold(&self, first: u64, last: u64) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.queue.front().map(|r| r.seq) != Some(first) {
+            return false;
+        }
+        inner.held_until = inner.held_until.max(last + 1);
+        true
     }
 
     /// Removes a delivered record.
@@ -226,11 +252,9 @@ impl Spool {
         }
         let mut inner = self.inner.lock();
         let mut out = Vec::new();
-        while inner
-            .queue
-            .front()
-            .is_some_and(|r| now_ms.saturating_sub(r.at_ms) > self.limits.max_age_ms)
-        {
+        while inner.queue.front().is_some_and(|r| {
+            r.at_ms >= CLOCK_SET_MS && now_ms.saturating_sub(r.at_ms) > self.limits.max_age_ms
+        }) {
             if let Some(r) = inner.queue.pop_front() {
                 inner.bytes -= r.data.len();
                 out.push(r);
@@ -271,6 +295,17 @@ pub fn now_ms() -> u64 {
 
 /// A spool's rows as the store snapshot holds them: (sequence, record).
 pub type Rows = Vec<(u64, Vec<u8>)>;
+
+/// Whether a spool's stored rows hold any record (not just its high-water mark).
+pub fn has_records(rows: &Rows) -> bool {
+    rows.iter().any(|(seq, _)| *seq != HIGH_WATER)
+}
+
+/// Deletes what an empty spool left in the store (its high-water mark), for
+/// a spool no longer in use.
+pub fn forget(store: &Store, name: &str) {
+    store.enqueue(vec![Op::DelSpool(name.into(), HIGH_WATER)]);
+}
 
 /// Groups a snapshot's spool records by spool name.
 pub fn by_name(records: Vec<(String, u64, Vec<u8>)>) -> std::collections::HashMap<String, Rows> {
@@ -395,13 +430,14 @@ mod tests {
         };
         let path = dir.path().join("db");
         let (store, spool) = open(&path, limits);
-        spool.append(b"a".to_vec(), 0).expect("append");
-        let last = spool.append(b"b".to_vec(), 1500).expect("append");
+        const T: u64 = 1_700_000_000_000;
+        spool.append(b"a".to_vec(), T).expect("append");
+        let last = spool.append(b"b".to_vec(), T + 1500).expect("append");
         last.commit.await.expect("sent").expect("durable");
         // Ages survive a restart.
         store.close().await;
         let (_store, spool) = open(&path, limits);
-        let expired = spool.expire(2000);
+        let expired = spool.expire(T + 2000);
         assert_eq!(expired.len(), 1);
         assert_eq!(&*expired[0].data, b"a");
         assert_eq!(spool.peek(10).len(), 1);
@@ -409,5 +445,46 @@ mod tests {
             spool.append(vec![0; 11], 0),
             Err(SpoolError::TooLarge { size: 11, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn records_made_before_the_clock_was_set_do_not_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            max_bytes: 100,
+            max_age_ms: 1000,
+            overflow: Overflow::DropOldest,
+        };
+        let (_store, spool) = open(&dir.path().join("db"), limits);
+        // Appended at boot, in 1970; NTP then sets the clock.
+        spool.append(b"a".to_vec(), 5_000).expect("append");
+        assert!(spool.expire(1_700_000_000_000).is_empty());
+        assert_eq!(spool.peek(10).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn eviction_passes_by_records_being_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            max_bytes: 3,
+            max_age_ms: 0,
+            overflow: Overflow::DropOldest,
+        };
+        let (_store, spool) = open(&dir.path().join("db"), limits);
+        for b in [b"a", b"b", b"c"] {
+            spool.append(b.to_vec(), 0).expect("append");
+        }
+        let head = spool.peek(1);
+        assert!(spool.hold(head[0].seq, head[0].seq));
+        let evicted = spool.append(b"d".to_vec(), 0).expect("append").evicted;
+        assert_eq!(&*evicted[0].data, b"b", "the held head stays");
+        spool.ack(head[0].seq);
+        let left: Vec<_> = spool.peek(10).iter().map(|r| r.data[0]).collect();
+        assert_eq!(left, b"cd");
+        // A head that was evicted since it was read is not held.
+        let stale = spool.peek(1)[0].seq;
+        spool.append(b"e".to_vec(), 0).expect("append");
+        spool.append(b"f".to_vec(), 0).expect("append");
+        assert!(!spool.hold(stale, stale));
     }
 }

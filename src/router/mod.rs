@@ -414,17 +414,22 @@ pub struct Tapped {
 #[derive(Debug)]
 pub struct Tap {
     filters: ArcSwap<Vec<String>>,
-    queue: Mutex<VecDeque<Tapped>>,
-    capacity: usize,
+    queue: Mutex<TapQueue>,
     notify: Notify,
 }
 
+#[derive(Debug, Default)]
+struct TapQueue {
+    items: VecDeque<Tapped>,
+    /// Payload bytes queued.
+    bytes: usize,
+}
+
 impl Tap {
-    fn new(capacity: usize) -> Self {
+    fn new() -> Self {
         Self {
             filters: ArcSwap::default(),
-            queue: Mutex::new(VecDeque::new()),
-            capacity,
+            queue: Mutex::default(),
             notify: Notify::new(),
         }
     }
@@ -440,19 +445,28 @@ impl Tap {
     }
 
     fn has_room(&self) -> bool {
-        self.queue.lock().len() < self.capacity
+        let q = self.queue.lock();
+        q.items.len() < TAP_MESSAGES && q.bytes < TAP_BYTES
     }
 
     fn push(&self, t: Tapped) {
-        self.queue.lock().push_back(t);
+        let mut q = self.queue.lock();
+        q.bytes += t.msg.payload.len();
+        q.items.push_back(t);
+        drop(q);
         self.notify.notify_one();
     }
 
     /// Moves up to `max` offered messages into `out`, oldest first.
     pub fn take(&self, out: &mut Vec<Tapped>, max: usize) {
         let mut q = self.queue.lock();
-        let n = q.len().min(max);
-        out.extend(q.drain(..n));
+        let n = q.items.len().min(max);
+        let start = out.len();
+        out.extend(q.items.drain(..n));
+        q.bytes -= out[start..]
+            .iter()
+            .map(|t| t.msg.payload.len())
+            .sum::<usize>();
     }
 
     /// Resolves when something was offered since the last call.
@@ -469,8 +483,9 @@ struct Target {
     seq: u64,
 }
 
-/// Messages waiting for the rules engine.
-const TAP_CAPACITY: usize = 16_384;
+/// Messages, and payload bytes, waiting for the rules engine.
+const TAP_MESSAGES: usize = 16_384;
+const TAP_BYTES: usize = 64 * 1024 * 1024;
 
 thread_local! {
     /// Matches of the publish being routed, reused so routing does not allocate.
@@ -531,7 +546,7 @@ impl Router {
             retained: RwLock::new(retained::Retained::default()),
             store,
             metrics,
-            tap: Tap::new(TAP_CAPACITY),
+            tap: Tap::new(),
         }
     }
 
@@ -584,10 +599,13 @@ impl Router {
     /// changes and the error is returned.
     pub fn publish(&self, msg: &Arc<Message>, now: Instant) -> Result<Routed, StoreError> {
         let topic = msg.topic.as_str();
-        // Decide on the rules engine first: a QoS 1/2 publish it has no
-        // room for is refused before anything changes. Concurrent publishers
-        // may each take the last slot, so the queue can exceed its bound by
-        // at most one message per publishing thread.
+        // Decide on the rules engine first: a QoS 1/2 publish its queue has
+        // no room for is refused before anything changes. (A spool that
+        // refuses the rule output later refuses the publish through its
+        // commit, after subscribers may have it: the publisher sends it
+        // again, and duplicates are allowed where loss is not.) Concurrent
+        // publishers may each take the last slot, so the queue can exceed
+        // its bound by at most one message per publishing thread.
         let mut tapped = self.tap.wants(topic);
         if tapped && !self.tap.has_room() {
             if msg.qos != QoS::AtMostOnce {

@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +39,26 @@ const INTAKE_BATCH: usize = 256;
 /// Jobs read from a spool's head per delivery turn.
 const LANE_BATCH: usize = 64;
 
+/// Warnings about what a client can cause are logged at most this often
+/// per rule or spool; the counters count every one.
+const WARN_EVERY_MS: u64 = 10_000;
+
+/// Lets a warning through at most once per [`WARN_EVERY_MS`].
+#[derive(Debug, Default)]
+struct Throttle(AtomicU64);
+
+impl Throttle {
+    fn allow(&self) -> bool {
+        let now = spool::now_ms();
+        let last = self.0.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= WARN_EVERY_MS
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// One spool and what its delivery reports to.
 #[derive(Debug)]
 struct Lane {
@@ -45,6 +66,7 @@ struct Lane {
     metrics: ActionMetrics,
     /// Whether this is an error action's spool: its failures go nowhere.
     is_error: bool,
+    warn: Throttle,
 }
 
 impl Lane {
@@ -70,6 +92,7 @@ struct LiveRule {
     metrics: RuleMetrics,
     lanes: Vec<Arc<Lane>>,
     error_lane: Option<Arc<Lane>>,
+    warn: Throttle,
 }
 
 /// What the engine needs from the gateway's configuration.
@@ -145,7 +168,6 @@ impl Engine {
             .into_iter()
             .filter(|(name, _)| name.starts_with("rules/"))
             .collect();
-        let orphans: Vec<String> = restored.keys().cloned().collect();
         let engine = Arc::new(Self {
             rules: ArcSwap::default(),
             lanes: Mutex::new(HashMap::new()),
@@ -168,8 +190,21 @@ impl Engine {
             tracker,
         });
         engine.install(set);
-        for name in orphans {
-            engine.lane(&name);
+        // Spools of rules or actions no longer configured: those with jobs
+        // drain; empty ones are forgotten.
+        let orphans: Vec<(String, bool)> = engine
+            .restored
+            .lock()
+            .iter()
+            .map(|(name, rows)| (name.clone(), spool::has_records(rows)))
+            .collect();
+        for (name, pending) in orphans {
+            if pending {
+                engine.lane(&name);
+            } else {
+                engine.restored.lock().remove(&name);
+                spool::forget(&engine.store, &name);
+            }
         }
         let e = engine.clone();
         engine
@@ -190,6 +225,7 @@ impl Engine {
                     metrics: self.metrics.rule(&rule.name),
                     lanes: rule.actions.iter().map(lane).collect(),
                     error_lane: rule.error_action.as_ref().map(lane),
+                    warn: Throttle::default(),
                     rule,
                 }
             })
@@ -227,6 +263,7 @@ impl Engine {
             ),
             metrics: self.metrics.action(rule, action, name),
             is_error: action == "error",
+            warn: Throttle::default(),
         });
         lane.gauges();
         lanes.insert(name.into(), lane.clone());
@@ -282,7 +319,9 @@ impl Engine {
             live.metrics.matched.increment(1);
             if origin.hops >= self.settings.actions.max_hops {
                 live.metrics.failed.increment(1);
-                tracing::warn!(rule = %live.rule.name, topic, hops = origin.hops, "message republished too many times; rules skip it");
+                if live.warn.allow() {
+                    tracing::warn!(rule = %live.rule.name, topic, hops = origin.hops, "message republished actions.max_hops times; rules skip it");
+                }
                 continue;
             }
             let json = json.get_or_insert_with(|| sql::Message::parse_payload(&msg.payload));
@@ -308,7 +347,12 @@ impl Engine {
                 topic_limits: self.settings.topic_limits,
                 max_payload: self.settings.max_payload,
             };
-            let original: &String = original.get_or_insert_with(|| actions::original(&msg.payload));
+            // Only an error document needs the original payload.
+            let original: &str = if live.rule.error_action.is_some() {
+                original.get_or_insert_with(|| actions::original(&msg.payload))
+            } else {
+                ""
+            };
             let mut failures = Vec::new();
             for (action, lane) in live.rule.actions.iter().zip(&live.lanes) {
                 let target = match action.kind.render(&cx, &output) {
@@ -323,7 +367,8 @@ impl Engine {
                     rule: live.rule.name.to_string(),
                     topic: topic.to_owned(),
                     client_id: origin.client_id.as_deref().map(str::to_owned),
-                    original: original.clone(),
+                    hops: origin.hops,
+                    original: original.to_owned(),
                     target,
                 };
                 match lane.append(&job) {
@@ -341,9 +386,19 @@ impl Engine {
                             error_message: "larger than actions.spool_max_bytes".into(),
                         });
                     }
-                    Err(SpoolError::Full(name)) => {
+                    // A client's publish is refused; a republish is not, or a
+                    // republish lane could wait forever on its own full spool.
+                    Err(SpoolError::Full(name)) if origin.hops == 0 => {
                         lane.metrics.failed.increment(1);
                         refused = Some(StoreError::Full(format!("spool {name}")));
+                    }
+                    Err(SpoolError::Full(_)) => {
+                        lane.metrics.failed.increment(1);
+                        failures.push(Failure {
+                            failed_action: job.target.aws_name(),
+                            failed_resource: job.target.resource().to_owned(),
+                            error_message: "its spool is full".into(),
+                        });
                     }
                     Err(SpoolError::Store(e)) => refused = Some(e),
                 }
@@ -357,12 +412,16 @@ impl Engine {
                     original,
                     &failures,
                 );
-                commits.extend(self.to_error_action(live, doc));
+                commits.extend(self.to_error_action(live, doc, origin.hops));
             }
         }
         let Some(done) = done else { return };
         if let Some(e) = refused {
             let _ = done.send(Err(Arc::new(e)));
+            return;
+        }
+        if commits.is_empty() {
+            let _ = done.send(Ok(()));
             return;
         }
         self.runtime.spawn(async move {
@@ -384,9 +443,13 @@ impl Engine {
     }
 
     /// Sends an error document to a rule's error action, if it has one.
-    fn to_error_action(&self, live: &LiveRule, doc: serde_json::Value) -> Option<Commit> {
+    /// `hops` are those of the message that failed: an error action that
+    /// republishes into its own rule is bounded like any other republish.
+    fn to_error_action(&self, live: &LiveRule, doc: serde_json::Value, hops: u8) -> Option<Commit> {
         let (Some(action), Some(lane)) = (&live.rule.error_action, &live.error_lane) else {
-            tracing::warn!(rule = %live.rule.name, error = %doc, "rule action failed; the rule has no error action");
+            if live.warn.allow() {
+                tracing::warn!(rule = %live.rule.name, failures = %doc["failures"], "rule action failed; the rule has no error action");
+            }
             return None;
         };
         let topic = doc["topic"].as_str().unwrap_or_default().to_owned();
@@ -405,7 +468,7 @@ impl Engine {
         let cx = Context {
             msg: &m,
             vars: &vars,
-            hops: 0,
+            hops,
             topic_limits: self.settings.topic_limits,
             max_payload: self.settings.max_payload,
         };
@@ -413,7 +476,9 @@ impl Engine {
             Ok(t) => t,
             Err(f) => {
                 lane.metrics.failed.increment(1);
-                tracing::warn!(rule = %live.rule.name, error = %f.error_message, document = %doc, "error action could not be rendered");
+                if lane.warn.allow() {
+                    tracing::warn!(rule = %live.rule.name, error = %f.error_message, "error action could not be rendered");
+                }
                 return None;
             }
         };
@@ -421,6 +486,7 @@ impl Engine {
             rule: live.rule.name.to_string(),
             topic,
             client_id,
+            hops,
             original: String::new(),
             target,
         };
@@ -433,7 +499,9 @@ impl Engine {
             }
             Err(e) => {
                 lane.metrics.failed.increment(1);
-                tracing::warn!(rule = %live.rule.name, error = %e, document = %doc, "error action refused the error document");
+                if lane.warn.allow() {
+                    tracing::warn!(rule = %live.rule.name, error = %e, "error action refused an error document");
+                }
                 None
             }
         }
@@ -448,12 +516,16 @@ impl Engine {
             return;
         };
         if lane.is_error {
-            tracing::warn!(spool = lane.spool.name(), rule = %job.rule, error = why, "error action gave up on an error document");
+            if lane.warn.allow() {
+                tracing::warn!(spool = lane.spool.name(), rule = %job.rule, error = why, "error action gave up on an error document");
+            }
             return;
         }
         let rules = self.rules.load();
         let Some(live) = rules.iter().find(|r| *r.rule.name == *job.rule) else {
-            tracing::warn!(spool = lane.spool.name(), rule = %job.rule, error = why, "action gave up; its rule is no longer configured");
+            if lane.warn.allow() {
+                tracing::warn!(spool = lane.spool.name(), rule = %job.rule, error = why, "action gave up; its rule is no longer configured");
+            }
             return;
         };
         let failure = Failure {
@@ -470,7 +542,7 @@ impl Engine {
         );
         // Queued before the job's deletion, so a crash in between repeats
         // the error document rather than losing it.
-        drop(self.to_error_action(live, doc));
+        drop(self.to_error_action(live, doc, job.hops));
     }
 
     /// Delivers one spool from its head, in order, until shutdown.
@@ -503,6 +575,11 @@ impl Engine {
             };
             let jobs = actions::batch(first, head[1..].iter().map(|r| &r.data[..]));
             let n = jobs.len();
+            if !lane.spool.hold(head[0].seq, head[n - 1].seq) {
+                // Pushed out of a full spool since it was read: the error
+                // action has it.
+                continue;
+            }
             let outcome = tokio::select! {
                 o = self.deliverer.deliver(&jobs) => o,
                 _ = self.shutdown.cancelled() => return,
@@ -513,14 +590,16 @@ impl Engine {
                     backoff = initial;
                 }
                 Outcome::Failed(why) => {
-                    tracing::warn!(spool = lane.spool.name(), error = %why, "rule action failed");
+                    if lane.warn.allow() {
+                        tracing::warn!(spool = lane.spool.name(), error = %why, "rule action failed");
+                    }
                     for r in &head[..n] {
                         self.give_up(lane, &r.data, &why);
                     }
                 }
                 Outcome::Retry(why) => {
                     lane.metrics.retried.increment(1);
-                    if backoff == initial {
+                    if backoff == initial && lane.warn.allow() {
                         tracing::warn!(spool = lane.spool.name(), error = %why, "rule action failed; retrying with backoff");
                     }
                     tokio::select! {

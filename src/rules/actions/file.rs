@@ -2,21 +2,26 @@
 //! `actions.file_root` (an edge action; AWS has none).
 //!
 //! A path template is checked twice: its text may only name a relative path
-//! of plain components, and the directory it lands in, with symbolic links
-//! resolved, must still be under the root, so neither `..` nor a link can
-//! write elsewhere. A file is rotated (renamed to `<name>.<unix ms>`) before
+//! of plain components, and the walk from the root to the file creates
+//! directories one by one and follows no symbolic link, so neither `..`
+//! nor a link can make or write anything elsewhere. A file is rotated (renamed to `<name>.<unix ms>`) before
 //! a write would take it past `file_max_bytes`, or once it is older than
-//! `file_max_age_secs`. Each batch of lines is flushed to disk before the
-//! spool lets go of it.
+//! `file_max_age_secs`. Each batch of lines is flushed to disk (with the
+//! directory, when it made a new entry) before the spool lets go of it.
+//! The root should be writable by the gateway alone: a link planted there
+//! between the walk and the write is the one thing the checks cannot see.
 
 use super::{Context, Outcome};
 use crate::config::FileAction;
 use crate::rules::sql::Output;
 use crate::rules::sql::Template;
 use crate::rules::sql::eval::base64_encode;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// A compiled file action.
@@ -83,15 +88,19 @@ pub struct Files {
     root: PathBuf,
     max_bytes: u64,
     max_age: Option<Duration>,
+    /// One writer at a time: two lanes writing one path must not rotate it
+    /// under each other.
+    lock: Arc<Mutex<()>>,
 }
 
 impl Files {
-    /// Files under `root` (created if missing).
+    /// Files under `root` (which must exist).
     pub fn new(root: PathBuf, max_bytes: u64, max_age_secs: u64) -> Self {
         Self {
             root,
             max_bytes,
             max_age: (max_age_secs > 0).then(|| Duration::from_secs(max_age_secs)),
+            lock: Arc::default(),
         }
     }
 
@@ -105,53 +114,81 @@ impl Files {
     }
 
     fn append(&self, path: &str, lines: &[String]) -> Outcome {
+        let _one_writer = self.lock.lock();
         if let Err(e) = check_relative(path) {
             return Outcome::Failed(e);
         }
-        let target = self.root.join(path);
-        let Some(dir) = target.parent() else {
-            return Outcome::Failed(format!("path `{path}` has no directory"));
+        let mut dir = self.root.clone();
+        let mut parts: Vec<&std::ffi::OsStr> = Path::new(path).iter().collect();
+        let Some(name) = parts.pop() else {
+            return Outcome::Failed(format!("path `{path}` names no file"));
         };
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            return Outcome::Retry(format!("{}: {e}", dir.display()));
-        }
-        let inside = match (self.root.canonicalize(), dir.canonicalize()) {
-            (Ok(root), Ok(dir)) => dir.starts_with(root),
-            (Err(e), _) | (_, Err(e)) => {
-                return Outcome::Retry(format!("{}: {e}", dir.display()));
+        // Walk down from the root without following links, creating what
+        // is missing, so that nothing is made or written outside it.
+        for part in parts {
+            dir.push(part);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Outcome::Failed(format!(
+                        "{} is not a directory (links are not followed)",
+                        dir.display()
+                    ));
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if let Err(e) = std::fs::create_dir(&dir) {
+                        return io_failure(&dir, e);
+                    }
+                }
+                Err(e) => return io_failure(&dir, e),
             }
-        };
-        if !inside {
-            return Outcome::Failed(format!("path `{path}` leads outside actions.file_root"));
         }
+        let target = dir.join(name);
         let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in lines {
             bytes.extend_from_slice(l.as_bytes());
             bytes.push(b'\n');
         }
-        match std::fs::symlink_metadata(&target) {
+        let existing = match std::fs::symlink_metadata(&target) {
             Ok(m) if !m.is_file() => {
-                return Outcome::Failed(format!("`{path}` exists and is not a regular file"));
+                return Outcome::Failed(format!(
+                    "{} is not a regular file (links are not followed)",
+                    target.display()
+                ));
             }
-            Ok(m) if self.due(&m, bytes.len() as u64) => {
-                let rotated = format!("{}.{}", target.display(), crate::spool::now_ms());
-                if let Err(e) = std::fs::rename(&target, &rotated) {
-                    return Outcome::Retry(format!("rotating {}: {e}", target.display()));
-                }
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return io_failure(&target, e),
+        };
+        let mut new_entry = existing.is_none();
+        if let Some(m) = existing
+            && self.due(&m, bytes.len() as u64)
+        {
+            if let Err(e) = rotate(&target) {
+                return io_failure(&target, e);
             }
-            _ => {}
+            new_entry = true;
         }
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&target)
             .and_then(|mut f| {
                 f.write_all(&bytes)?;
                 f.sync_data()
+            })
+            // A new directory entry is durable only once its directory is.
+            .and_then(|()| {
+                if new_entry {
+                    std::fs::File::open(&dir)?.sync_all()
+                } else {
+                    Ok(())
+                }
             });
         match written {
             Ok(()) => Outcome::Delivered,
-            Err(e) => Outcome::Retry(format!("{}: {e}", target.display())),
+            Err(e) => io_failure(&target, e),
         }
     }
 
@@ -168,6 +205,37 @@ impl Files {
                 .is_some_and(|age| age > max)
         });
         too_big || too_old
+    }
+}
+
+/// Renames a full file to `<name>.<unix ms>`, never over an existing file.
+fn rotate(target: &Path) -> std::io::Result<()> {
+    let mut ms = crate::spool::now_ms();
+    loop {
+        let rotated = PathBuf::from(format!("{}.{ms}", target.display()));
+        // A hard link fails if the name is taken, where a rename would replace it.
+        match std::fs::hard_link(target, &rotated) {
+            Ok(()) => return std::fs::remove_file(target),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => ms += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An IO error as an outcome: what a retry cannot fix (a path that is not
+/// a directory, a name too long) fails at once; the rest (a full disk, an
+/// IO error) is retried.
+fn io_failure(at: &Path, e: std::io::Error) -> Outcome {
+    let message = format!("{}: {e}", at.display());
+    match e.kind() {
+        ErrorKind::NotADirectory
+        | ErrorKind::IsADirectory
+        | ErrorKind::InvalidFilename
+        | ErrorKind::InvalidInput
+        | ErrorKind::AlreadyExists => Outcome::Failed(message),
+        // O_NOFOLLOW on a link.
+        _ if e.raw_os_error() == Some(libc::ELOOP) => Outcome::Failed(message),
+        _ => Outcome::Retry(message),
     }
 }
 

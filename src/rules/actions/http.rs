@@ -4,7 +4,8 @@
 //! the spool keeps the job instead, so a target that is down, times out or
 //! answers 429 or 5xx is retried with backoff until it answers or the job
 //! ages out of its spool. Any other non-2xx answer will not change on a
-//! retry: the job fails and goes to the error action.
+//! retry: the job fails and goes to the error action. Redirects are not
+//! followed (they could lead to plaintext): a 3xx answer is a failure.
 
 use super::{Context, Outcome};
 use crate::config::HttpAction;
@@ -149,6 +150,8 @@ pub async fn deliver(client: &reqwest::Client, r: &Request) -> Outcome {
         req = req.header(k, v);
     }
     match req.send().await {
+        // A request that cannot be built never will be.
+        Err(e) if e.is_builder() => Outcome::Failed(error_chain(&e)),
         Err(e) => Outcome::Retry(error_chain(&e)),
         Ok(resp) => {
             let status = resp.status();
@@ -214,6 +217,9 @@ pub fn client(http_ca: Option<&std::path::Path>) -> Result<reqwest::Client, Stri
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .no_proxy()
+        // A redirect could lead to plaintext or anywhere else; it is an
+        // answer like any other 3xx (a failure), not a hop to follow.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()

@@ -53,7 +53,11 @@ pub struct Job {
     /// The publisher, if a client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
-    /// The incoming payload, base64; empty in error action jobs.
+    /// Republishes that led to the incoming message, so that the error
+    /// action's republishes stay bounded too.
+    #[serde(default)]
+    pub hops: u8,
+    /// The incoming payload, base64, when the rule has an error action.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub original: String,
     /// What to do.

@@ -694,6 +694,17 @@ pub fn uuid_v4() -> String {
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/// Each byte's value in [`B64`], 0xff outside it.
+const B64_VALUE: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 64 {
+        t[B64[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Standard base64 with padding, as `encode(x, 'base64')` produces.
 pub fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
@@ -722,7 +733,10 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let mut acc = 0u32;
     let mut bits = 0;
     for c in s.bytes() {
-        let v = B64.iter().position(|&b| b == c)? as u32;
+        let v = match B64_VALUE[usize::from(c)] {
+            0xff => return None,
+            v => u32::from(v),
+        };
         acc = (acc << 6) | v;
         bits += 6;
         if bits >= 8 {
