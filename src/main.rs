@@ -239,6 +239,15 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    // A broken rule is a configuration error like any other.
+    if let Err(problems) = edgegate::rules::RuleSet::compile(&config.rules, &config.actions) {
+        let e = edgegate::config::ConfigError {
+            file: config.source.clone(),
+            problems,
+        };
+        eprintln!("error: {e}");
+        return ExitCode::from(EX_CONFIG);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -32,6 +32,28 @@ fn a_bad_config_lists_every_problem_and_exits_64() {
 }
 
 #[test]
+fn a_broken_rule_names_the_file_rule_and_position_and_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[rules]]\nname = \"hot\"\nsql = \"SELECT * FROM 'a' WHERE\"\n",
+    )
+    .expect("write");
+    let out = edgegate()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["config.toml", "rules[0] `hot`", "position 23"] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+    assert!(!dir.path().join("data").exists(), "nothing was started");
+}
+
+#[test]
 fn cert_commands_make_a_ca_and_device_certificates_it_signs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().to_str().expect("utf8 path");

@@ -689,7 +689,10 @@ error_action = {{ republish = {{ topic = "errs/x", qos = 1 }} }}
     let series = "edgegate_rule_evaluation_failures_total{rule=\"selfish\"}";
     let deadline = tokio::time::Instant::now() + WAIT;
     while metric(&t.metrics().await, series) < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "hop limit not reached");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hop limit not reached"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     s.nothing_for(Duration::from_millis(300)).await;
