@@ -44,6 +44,8 @@ pub struct Config {
     pub actions: Actions,
     /// Topic rules, in file order.
     pub rules: Vec<Rule>,
+    /// The bridge to an upstream broker; none when absent.
+    pub upstream: Option<Upstream>,
     /// The file this configuration was read from; rules reload from it.
     pub source: Option<PathBuf>,
 }
@@ -363,7 +365,7 @@ impl Config {
                     None => problems.push("data_dir: expected a string".into()),
                 },
                 "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" | "policies" | "auth"
-                | "actions" | "rules" => {}
+                | "actions" | "rules" | "upstream" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -379,6 +381,9 @@ impl Config {
             auth: section(&table, "auth", &mut problems),
             actions: section(&table, "actions", &mut problems),
             rules: rules(&table, &mut problems),
+            upstream: table
+                .contains_key("upstream")
+                .then(|| section::<Upstream>(&table, "upstream", &mut problems)),
             source: None,
         };
         cfg.resolve_paths(base);
@@ -402,7 +407,11 @@ impl Config {
         .into_iter()
         .chain(&mut self.tls.crl)
         .chain(&mut self.actions.http_ca)
-        {
+        .chain(
+            self.upstream
+                .iter_mut()
+                .flat_map(|u| [&mut u.ca, &mut u.cert, &mut u.key]),
+        ) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -493,8 +502,192 @@ impl Config {
                 problems.push(format!("{name}: must be greater than 0"));
             }
         }
+        if let Some(u) = &self.upstream {
+            problems.extend(u.validate());
+        }
         problems
     }
+}
+
+/// `[upstream]`: the bridge to AWS IoT Core or any MQTT broker over mutual TLS.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// `host:port`; port 443 speaks ALPN `x-amzn-mqtt-ca` as AWS IoT requires.
+    pub endpoint: String,
+    /// TLS server name, when it is not the endpoint's host.
+    pub server_name: Option<String>,
+    /// Client id (AWS IoT: the thing name, for thing policies).
+    pub client_id: String,
+    /// CA(s) that sign the upstream's server certificate.
+    pub ca: PathBuf,
+    /// This gateway's client certificate upstream.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// `3.1.1` or `5`.
+    pub mqtt_version: String,
+    /// Keep alive in seconds; a link silent past 1.5 times this is dead.
+    pub keep_alive_secs: u16,
+    /// Clean session (3.1.1) / clean start (5) on every connect.
+    pub clean_session: bool,
+    /// One deadline for TCP, TLS and CONNACK.
+    pub connect_timeout_secs: u64,
+    /// First reconnect delay; it doubles per failure, with jitter.
+    pub reconnect_initial_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// Publishes sent upstream in any one second (AWS IoT: 100 per connection).
+    pub max_publishes_per_second: u32,
+    /// Unacknowledged QoS 1 publishes upstream (AWS IoT: 100).
+    pub max_inflight: u16,
+    /// Largest payload forwarded (AWS IoT: 128 KB); larger fails at once.
+    pub max_payload_bytes: usize,
+    /// Longest upstream topic (AWS IoT: 256 bytes).
+    pub max_topic_bytes: usize,
+    /// Most slashes in an upstream topic (AWS IoT: 7).
+    pub max_topic_slashes: usize,
+    /// Most bytes the upstream spool holds (also held in memory).
+    pub spool_max_bytes: usize,
+    /// Older messages are dropped and counted (0: no limit).
+    pub spool_max_age_secs: u64,
+    /// What a full spool does: `refuse_new` publishes (the default: nothing
+    /// accepted is dropped) or `drop_oldest` (counted).
+    pub spool_overflow: crate::spool::Overflow,
+    /// Local messages sent upstream.
+    pub forward: Vec<Forward>,
+    /// Upstream messages brought into the local broker.
+    pub subscribe: Vec<Inbound>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            server_name: None,
+            client_id: String::new(),
+            ca: "certs/upstream-ca.pem".into(),
+            cert: "certs/upstream.pem".into(),
+            key: "certs/upstream.key".into(),
+            mqtt_version: "3.1.1".into(),
+            keep_alive_secs: 60,
+            clean_session: true,
+            connect_timeout_secs: 10,
+            reconnect_initial_ms: 500,
+            reconnect_max_ms: 60_000,
+            max_publishes_per_second: 100,
+            max_inflight: 100,
+            max_payload_bytes: 128 * 1024,
+            max_topic_bytes: 256,
+            max_topic_slashes: 7,
+            spool_max_bytes: 64 * 1024 * 1024,
+            spool_max_age_secs: 0,
+            spool_overflow: crate::spool::Overflow::RefuseNew,
+            forward: Vec::new(),
+            subscribe: Vec::new(),
+        }
+    }
+}
+
+impl Upstream {
+    /// The endpoint's host and port.
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.endpoint.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some((host, port.parse().ok()?)).filter(|(h, _)| !h.is_empty())
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.host_port().is_none() {
+            problems.push(format!(
+                "upstream.endpoint: `{}` is not host:port",
+                self.endpoint
+            ));
+        }
+        if self.client_id.is_empty() || self.client_id.len() > 128 {
+            problems.push("upstream.client_id: 1 to 128 bytes".into());
+        }
+        if !matches!(self.mqtt_version.as_str(), "3.1.1" | "5") {
+            problems.push(format!(
+                "upstream.mqtt_version: `{}` is not 3.1.1 or 5",
+                self.mqtt_version
+            ));
+        }
+        for (name, value) in [
+            ("upstream.connect_timeout_secs", self.connect_timeout_secs),
+            ("upstream.reconnect_initial_ms", self.reconnect_initial_ms),
+            ("upstream.reconnect_max_ms", self.reconnect_max_ms),
+            (
+                "upstream.max_publishes_per_second",
+                u64::from(self.max_publishes_per_second),
+            ),
+            ("upstream.max_inflight", u64::from(self.max_inflight)),
+            ("upstream.spool_max_bytes", self.spool_max_bytes as u64),
+            ("upstream.keep_alive_secs", u64::from(self.keep_alive_secs)),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be greater than 0"));
+            }
+        }
+        for (i, f) in self.forward.iter().enumerate() {
+            if let Err(e) = crate::topic::validate_filter(&f.filter) {
+                problems.push(format!("upstream.forward[{i}].filter `{}`: {e}", f.filter));
+            }
+            if f.qos > 1 {
+                problems.push(format!("upstream.forward[{i}].qos: 0 or 1"));
+            }
+        }
+        for (i, f) in self.subscribe.iter().enumerate() {
+            if let Err(e) = crate::topic::validate_filter(&f.filter) {
+                problems.push(format!(
+                    "upstream.subscribe[{i}].filter `{}`: {e}",
+                    f.filter
+                ));
+            }
+            if f.qos > 1 {
+                problems.push(format!("upstream.subscribe[{i}].qos: 0 or 1"));
+            }
+        }
+        problems
+    }
+}
+
+/// `[[upstream.forward]]`: local messages matching `filter` go upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// Local topic filter.
+    pub filter: String,
+    /// Upstream topic template (`${topic()}`: the same topic).
+    #[serde(default = "same_topic")]
+    pub topic: String,
+    /// QoS upstream: 1 (the default) waits for the upstream's PUBACK.
+    #[serde(default = "qos1")]
+    pub qos: u8,
+}
+
+/// `[[upstream.subscribe]]`: upstream messages matching `filter` are
+/// published locally.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// Upstream topic filter.
+    pub filter: String,
+    /// Local topic template over the upstream message.
+    #[serde(default = "same_topic")]
+    pub topic: String,
+    /// QoS of the upstream subscription.
+    #[serde(default = "qos1")]
+    pub qos: u8,
+}
+
+fn same_topic() -> String {
+    "${topic()}".into()
+}
+
+fn qos1() -> u8 {
+    1
 }
 
 /// `[actions]`: settings every rule action shares.
@@ -586,6 +779,19 @@ pub enum RuleAction {
     Http(HttpAction),
     /// Append the output as one JSON line to a file under `actions.file_root`.
     File(FileAction),
+    /// Send the output through the `[upstream]` bridge.
+    Upstream(UpstreamAction),
+}
+
+/// `upstream = { topic, qos }`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAction {
+    /// Upstream topic template.
+    pub topic: String,
+    /// 0 or 1 (the default).
+    #[serde(default = "qos1")]
+    pub qos: u8,
 }
 
 /// `republish = { topic, qos, retain, headers }`

@@ -15,11 +15,14 @@
 //! - [`router`]: subscriptions, retained messages, fan-out into mailboxes.
 //! - [`rules`]: the rules engine: AWS IoT SQL (pure), actions, and the
 //!   engine that evaluates tapped messages and delivers spooled jobs.
+//! - [`bridge`]: the upstream connection; it drains the upstream spool and
+//!   publishes what the upstream sends (rules and bridge meet only at the spool).
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`transport`]: TLS configuration and certificate generation.
 //! - [`http`]: the admin listener.
 //! - [`server`]: binds everything, then serves; owns shutdown.
 
+pub mod bridge;
 pub mod codec;
 pub mod config;
 pub mod http;

@@ -240,7 +240,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         }
     };
     // A broken rule is a configuration error like any other.
-    if let Err(problems) = edgegate::rules::RuleSet::compile(&config.rules, &config.actions) {
+    if let Err(problems) = edgegate::rules::RuleSet::compile(&config) {
         let e = edgegate::config::ConfigError {
             file: config.source.clone(),
             problems,

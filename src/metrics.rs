@@ -216,6 +216,18 @@ pub struct Metrics {
     pub store_commits: Counter,
     /// `edgegate_store_errors_total`: failed store transactions.
     pub store_errors: Counter,
+    /// `edgegate_upstream_connected`: 1 while the bridge's link is up.
+    pub upstream_connected: Gauge,
+    /// `edgegate_upstream_reconnects_total`: links lost or never made.
+    pub upstream_reconnects: Counter,
+    /// `edgegate_upstream_forwarded_total`: messages the upstream acknowledged.
+    pub upstream_forwarded: Counter,
+    /// `edgegate_upstream_resent_total`: messages sent again after a lost link (possible duplicates).
+    pub upstream_resent: Counter,
+    /// `edgegate_upstream_received_total`: messages from upstream published here.
+    pub upstream_received: Counter,
+    /// `edgegate_upstream_failed_total`: messages dropped either way (refused, expired, unmapped).
+    pub upstream_failed: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -390,6 +402,30 @@ impl Metrics {
             store_errors: counter(
                 "edgegate_store_errors_total",
                 "Store transactions that failed.",
+            ),
+            upstream_connected: gauge(
+                "edgegate_upstream_connected",
+                "1 while the bridge's link to the upstream broker is up.",
+            ),
+            upstream_reconnects: counter(
+                "edgegate_upstream_reconnects_total",
+                "Upstream links lost or attempts that failed.",
+            ),
+            upstream_forwarded: counter(
+                "edgegate_upstream_forwarded_total",
+                "Messages the upstream broker acknowledged.",
+            ),
+            upstream_resent: counter(
+                "edgegate_upstream_resent_total",
+                "Messages sent upstream again after a lost link (possible duplicates).",
+            ),
+            upstream_received: counter(
+                "edgegate_upstream_received_total",
+                "Messages from the upstream broker published here.",
+            ),
+            upstream_failed: counter(
+                "edgegate_upstream_failed_total",
+                "Messages dropped on the way up or down (refused, expired, unmapped).",
             ),
             handle,
             recorder,

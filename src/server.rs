@@ -12,10 +12,11 @@ use crate::policy::{self, PolicyStore, compile::ArnHead};
 use crate::registry::ClientIdentity;
 use crate::registry::{CertStatus, Registry};
 use crate::router::{MailboxLimits, Router};
-use crate::rules::RuleSet;
-use crate::rules::engine::{Engine, EngineError};
+use crate::rules::UPSTREAM_SPOOL;
+use crate::rules::engine::{Engine, EngineError, Gateway};
 use crate::session::Sessions;
 use crate::session::conn::{self, Shared};
+use crate::spool::{self, Spool};
 use crate::store::{Store, StoreError};
 use crate::transport::pki::{self, FirstRun, PkiError};
 use crate::transport::tls::{self, Acceptor, TlsError};
@@ -56,6 +57,9 @@ pub enum ServerError {
     /// The rules engine could not start (a broken rule, an unreadable CA).
     #[error(transparent)]
     Rules(#[from] EngineError),
+    /// The upstream bridge could not start (its certificates).
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::BridgeError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -179,15 +183,42 @@ impl Server {
         sessions.restore(snapshot);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let mut spools = spool::by_name(spools);
+        let upstream = config.upstream.as_ref().map(|u| {
+            Arc::new(Spool::new(
+                UPSTREAM_SPOOL,
+                store.clone(),
+                spool::Limits {
+                    max_bytes: u.spool_max_bytes,
+                    max_age_ms: u.spool_max_age_secs.saturating_mul(1000),
+                    overflow: u.spool_overflow,
+                },
+                spools.remove(UPSTREAM_SPOOL).unwrap_or_default(),
+            ))
+        });
         let engine = Engine::start(
             &config,
-            router.clone(),
-            store.clone(),
-            metrics.clone(),
+            Gateway {
+                router: router.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+            },
             spools,
-            shutdown.clone(),
-            tracker.clone(),
+            upstream.clone(),
         )?;
+        let bridge = match (&config.upstream, upstream) {
+            (Some(u), Some(spool)) => Some(crate::bridge::start(
+                u,
+                router.clone(),
+                spool,
+                metrics.clone(),
+                shutdown.clone(),
+                &tracker,
+            )?),
+            _ => None,
+        };
         if let Some(file) = &config.source {
             let (engine, metrics, file, current) = (
                 engine.clone(),
@@ -265,6 +296,7 @@ impl Server {
                     credentials: admin_credentials(&config),
                     region: config.aws.region.clone(),
                     account: config.aws.account_id.clone(),
+                    upstream: bridge,
                 });
                 let token = shutdown.clone();
                 tracker.spawn(async move {
@@ -390,7 +422,7 @@ fn reload_rules(
     if config.rules == *current {
         return;
     }
-    match RuleSet::compile(&config.rules, engine.settings()) {
+    match engine.compile(&config.rules) {
         Ok(set) => {
             engine.install(set);
             tracing::info!(file = %file.display(), rules = config.rules.len(), "rules reloaded");

@@ -21,6 +21,7 @@ use crate::store::{Commit, Op, Store, StoreError};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The key under which each spool keeps its next sequence number.
@@ -221,6 +222,19 @@ impl Spool {
         self.inner.lock().queue.iter().take(max).cloned().collect()
     }
 
+    /// Up to `max` records from sequence `from` on, marked as being
+    /// delivered (see [`Spool::hold`]): a consumer with many records in
+    /// flight (the bridge) reads past the ones it already sent.
+    pub fn take_from(&self, from: u64, max: usize) -> Vec<Record> {
+        let mut inner = self.inner.lock();
+        let start = inner.queue.partition_point(|r| r.seq < from);
+        let out: Vec<Record> = inner.queue.range(start..).take(max).cloned().collect();
+        if let Some(last) = out.last() {
+            inner.held_until = inner.held_until.max(last.seq + 1);
+        }
+        out
+    }
+
     /// Marks the head records up to `last` as being delivered, so that
     /// eviction passes them by until they are acknowledged; false if the
     /// head is no longer `first` (it was evicted since it was read).
@@ -283,6 +297,52 @@ impl Spool {
     /// Resolves when something was appended since the last call.
     pub async fn appended(&self) {
         self.notify.notified().await;
+    }
+}
+
+/// Exponential backoff with jitter for a consumer whose target fails: each
+/// delay is between half and all of the current step, so consumers failing
+/// together do not retry together, and the step doubles up to a maximum.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    /// Steps from `initial_ms` up to `max_ms`.
+    pub fn new(initial_ms: u64, max_ms: u64) -> Self {
+        let initial = Duration::from_millis(initial_ms);
+        Self {
+            initial,
+            max: Duration::from_millis(max_ms).max(initial),
+            step: initial,
+        }
+    }
+
+    /// The next delay; the step after it is twice as long.
+    pub fn next_delay(&mut self) -> Duration {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 4];
+        let r = ring::rand::SystemRandom::new()
+            .fill(&mut b)
+            .map_or(0.5, |()| {
+                f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX)
+            });
+        let d = self.step.mul_f64(0.5 + r / 2.0);
+        self.step = (self.step * 2).min(self.max);
+        d
+    }
+
+    /// Whether no delay was taken since the last success.
+    pub fn is_first(&self) -> bool {
+        self.step == self.initial
+    }
+
+    /// Back to the first step, after a success.
+    pub fn reset(&mut self) {
+        self.step = self.initial;
     }
 }
 

@@ -55,6 +55,8 @@ pub struct AdminState {
     pub region: String,
     /// For ARNs.
     pub account: String,
+    /// The upstream link, for `/healthz`.
+    pub upstream: Option<Arc<crate::bridge::Status>>,
 }
 
 /// The admin routes.
@@ -73,10 +75,23 @@ async fn metrics_text(State(state): State<Arc<AdminState>>) -> impl IntoResponse
     )
 }
 
-async fn healthz() -> impl IntoResponse {
+/// `{"status":"ok"}`, with the upstream link's state and backlog when
+/// there is one: the gateway serves while the link is down, so the status
+/// stays "ok".
+async fn healthz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let mut body = serde_json::json!({"status": "ok"});
+    if let Some(u) = &state.upstream {
+        let (records, bytes, oldest_ms) = u.backlog();
+        body["upstream"] = serde_json::json!({
+            "connected": u.connected(),
+            "spool_records": records,
+            "spool_bytes": bytes,
+            "oldest_age_seconds": oldest_ms / 1000,
+        });
+    }
     (
         [(header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"ok"}"#,
+        body.to_string(),
     )
 }
 

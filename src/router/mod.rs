@@ -64,6 +64,8 @@ pub struct Origin {
     pub principal: Option<Arc<str>>,
     /// How many rule republishes led to this message.
     pub hops: u8,
+    /// Whether it came from the upstream broker: it is never sent back.
+    pub bridged: bool,
 }
 
 impl Origin {

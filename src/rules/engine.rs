@@ -15,7 +15,7 @@
 //!
 //! [`Tap`]: crate::router::Tap
 
-use super::actions::{self, Context, Deliverer, Failure, Job, Outcome};
+use super::actions::{self, Context, Deliverer, Failure, Job, Outcome, Target};
 use super::sql::{self, Output};
 use super::{Action, Rule, RuleSet};
 use crate::config::{self, Config};
@@ -29,7 +29,6 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,16 +61,21 @@ impl Throttle {
 /// One spool and what its delivery reports to.
 #[derive(Debug)]
 struct Lane {
-    spool: Spool,
+    spool: Arc<Spool>,
     metrics: ActionMetrics,
     /// Whether this is an error action's spool: its failures go nowhere.
     is_error: bool,
+    /// Whether the bridge delivers this spool (its records are messages, not jobs).
+    external: bool,
     warn: Throttle,
 }
 
 impl Lane {
     fn append(&self, job: &Job) -> Result<spool::Appended, SpoolError> {
-        let data = serde_json::to_vec(job).unwrap_or_default();
+        let data = match &job.target {
+            Target::Upstream(record) => record.clone(),
+            _ => serde_json::to_vec(job).unwrap_or_default(),
+        };
         let appended = self.spool.append(data, spool::now_ms());
         self.gauges();
         appended
@@ -99,6 +103,7 @@ struct LiveRule {
 #[derive(Debug, Clone)]
 struct Settings {
     actions: config::Actions,
+    upstream: Option<config::Upstream>,
     topic_limits: topic::Limits,
     max_payload: usize,
     account: String,
@@ -119,6 +124,21 @@ pub struct Engine {
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// What the engine shares with the rest of the gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where messages come from and republishes go.
+    pub router: Arc<Router>,
+    /// Where spools live.
+    pub store: Store,
+    /// Where figures go.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks the engine's tasks.
+    pub tracker: TaskTracker,
 }
 
 /// Why the engine could not start.
@@ -143,14 +163,18 @@ impl Engine {
     /// `shutdown`, the intake only after evaluating what was offered.
     pub fn start(
         config: &Config,
-        router: Arc<Router>,
-        store: Store,
-        metrics: Arc<Metrics>,
-        spools: Vec<(String, u64, Vec<u8>)>,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
+        gateway: Gateway,
+        spools: HashMap<String, spool::Rows>,
+        upstream: Option<Arc<Spool>>,
     ) -> Result<Arc<Self>, EngineError> {
-        let set = RuleSet::compile(&config.rules, &config.actions).map_err(EngineError::Rules)?;
+        let Gateway {
+            router,
+            store,
+            metrics,
+            shutdown,
+            tracker,
+        } = gateway;
+        let set = RuleSet::compile(config).map_err(EngineError::Rules)?;
         let a = &config.actions;
         std::fs::create_dir_all(&a.file_root)
             .map_err(|e| EngineError::FileRoot(format!("{}: {e}", a.file_root.display())))?;
@@ -164,7 +188,7 @@ impl Engine {
                 a.file_max_age_secs,
             ),
         };
-        let restored: HashMap<_, _> = spool::by_name(spools)
+        let restored: HashMap<_, _> = spools
             .into_iter()
             .filter(|(name, _)| name.starts_with("rules/"))
             .collect();
@@ -178,6 +202,7 @@ impl Engine {
             deliverer,
             settings: Settings {
                 actions: a.clone(),
+                upstream: config.upstream.clone(),
                 topic_limits: topic::Limits {
                     max_len: config.limits.max_topic_bytes,
                     max_slashes: config.limits.max_topic_slashes,
@@ -189,6 +214,18 @@ impl Engine {
             shutdown,
             tracker,
         });
+        if let Some(spool) = upstream {
+            let name: Arc<str> = spool.name().into();
+            let lane = Lane {
+                metrics: engine.metrics.action(&name, &name, &name),
+                spool,
+                is_error: false,
+                external: true,
+                warn: Throttle::default(),
+            };
+            lane.gauges();
+            engine.lanes.lock().insert(name, Arc::new(lane));
+        }
         engine.install(set);
         // Spools of rules or actions no longer configured: those with jobs
         // drain; empty ones are forgotten.
@@ -234,9 +271,14 @@ impl Engine {
         self.router.tap().set_filters(filters);
     }
 
-    /// The `[actions]` settings in force (a reload cannot change them).
-    pub fn settings(&self) -> &config::Actions {
-        &self.settings.actions
+    /// Compiles new rules with the settings in force (`[actions]` and
+    /// `[upstream]` need a restart).
+    pub fn compile(&self, rules: &[config::Rule]) -> Result<RuleSet, Vec<String>> {
+        RuleSet::compile_parts(
+            rules,
+            &self.settings.actions,
+            self.settings.upstream.as_ref(),
+        )
     }
 
     /// The lane of a spool, made (and its delivery started) on first use.
@@ -251,7 +293,7 @@ impl Engine {
         let a = &self.settings.actions;
         let restored = self.restored.lock().remove(name).unwrap_or_default();
         let lane = Arc::new(Lane {
-            spool: Spool::new(
+            spool: Arc::new(Spool::new(
                 name,
                 self.store.clone(),
                 Limits {
@@ -260,9 +302,10 @@ impl Engine {
                     overflow: a.spool_overflow,
                 },
                 restored,
-            ),
+            )),
             metrics: self.metrics.action(rule, action, name),
             is_error: action == "error",
+            external: false,
             warn: Throttle::default(),
         });
         lane.gauges();
@@ -355,6 +398,10 @@ impl Engine {
             };
             let mut failures = Vec::new();
             for (action, lane) in live.rule.actions.iter().zip(&live.lanes) {
+                // What came from upstream never goes back up.
+                if origin.bridged && lane.external {
+                    continue;
+                }
                 let target = match action.kind.render(&cx, &output) {
                     Ok(t) => t,
                     Err(f) => {
@@ -511,6 +558,16 @@ impl Engine {
     /// error action (an error action's own failures are only logged).
     fn give_up(&self, lane: &Lane, record: &[u8], why: &str) {
         lane.metrics.failed.increment(1);
+        if lane.external {
+            if lane.warn.allow() {
+                tracing::warn!(
+                    spool = lane.spool.name(),
+                    error = why,
+                    "message for the upstream dropped"
+                );
+            }
+            return;
+        }
         let Ok(job) = serde_json::from_slice::<Job>(record) else {
             tracing::error!(spool = lane.spool.name(), "unreadable spool record dropped");
             return;
@@ -548,9 +605,7 @@ impl Engine {
     /// Delivers one spool from its head, in order, until shutdown.
     async fn deliver(self: Arc<Self>, lane: &Lane) {
         let a = &self.settings.actions;
-        let initial = Duration::from_millis(a.retry_initial_ms);
-        let max = Duration::from_millis(a.retry_max_ms.max(a.retry_initial_ms));
-        let mut backoff = initial;
+        let mut backoff = spool::Backoff::new(a.retry_initial_ms, a.retry_max_ms);
         loop {
             for r in lane.spool.expire(spool::now_ms()) {
                 self.give_up(
@@ -587,7 +642,7 @@ impl Engine {
             match outcome {
                 Outcome::Delivered => {
                     lane.metrics.delivered.increment(n as u64);
-                    backoff = initial;
+                    backoff.reset();
                 }
                 Outcome::Failed(why) => {
                     if lane.warn.allow() {
@@ -599,14 +654,13 @@ impl Engine {
                 }
                 Outcome::Retry(why) => {
                     lane.metrics.retried.increment(1);
-                    if backoff == initial && lane.warn.allow() {
+                    if backoff.is_first() && lane.warn.allow() {
                         tracing::warn!(spool = lane.spool.name(), error = %why, "rule action failed; retrying with backoff");
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(jitter(backoff)) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = self.shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(max);
                     continue;
                 }
             }
@@ -615,17 +669,4 @@ impl Engine {
             }
         }
     }
-}
-
-/// A delay between half and all of `d`, so that lanes failing together do
-/// not retry together.
-fn jitter(d: Duration) -> Duration {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    let r = ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .map_or(0.5, |()| {
-            f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX)
-        });
-    d.mul_f64(0.5 + r / 2.0)
 }

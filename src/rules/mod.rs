@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// AWS's limit on actions per rule.
 const MAX_ACTIONS: usize = 10;
 
+/// The bridge's spool, which every upstream action appends to.
+pub const UPSTREAM_SPOOL: &str = "upstream";
+
 /// One compiled rule.
 #[derive(Debug)]
 pub struct Rule {
@@ -59,14 +62,51 @@ pub struct RuleSet {
 impl RuleSet {
     /// Compiles `[[rules]]`; on failure, every problem, each naming its
     /// rule and, for SQL and templates, the byte position.
-    pub fn compile(
+    ///
+    /// `[[upstream.forward]]` mappings compile as rules of their own,
+    /// `upstream_forward_<n>`: `SELECT * FROM '<filter>'` with one upstream
+    /// action, so a forwarded publish is acknowledged once it is in the
+    /// bridge's spool, exactly like any rule output.
+    pub fn compile(config: &config::Config) -> Result<Self, Vec<String>> {
+        Self::compile_parts(&config.rules, &config.actions, config.upstream.as_ref())
+    }
+
+    /// [`RuleSet::compile`] from the parts of a configuration (a reload
+    /// takes new rules with the running settings).
+    pub fn compile_parts(
         rules: &[config::Rule],
         settings: &config::Actions,
+        bridge: Option<&config::Upstream>,
+    ) -> Result<Self, Vec<String>> {
+        let forward_rules: Vec<config::Rule> = bridge
+            .iter()
+            .flat_map(|u| u.forward.iter())
+            .enumerate()
+            .map(|(i, f)| config::Rule {
+                name: format!("upstream_forward_{i}"),
+                sql: format!("SELECT * FROM '{}'", f.filter.replace('\'', "''")),
+                sql_version: "2016-03-23".into(),
+                enabled: true,
+                description: String::new(),
+                actions: vec![RuleAction::Upstream(config::UpstreamAction {
+                    topic: f.topic.clone(),
+                    qos: f.qos,
+                })],
+                error_action: None,
+            })
+            .collect();
+        Self::compile_rules(rules.iter().chain(&forward_rules), settings, bridge)
+    }
+
+    fn compile_rules<'a>(
+        rules: impl Iterator<Item = &'a config::Rule>,
+        settings: &config::Actions,
+        bridge: Option<&config::Upstream>,
     ) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let mut names = HashSet::new();
         let mut out = Vec::new();
-        for (i, r) in rules.iter().enumerate() {
+        for (i, r) in rules.enumerate() {
             let at = format!("rules[{i}] `{}`", r.name);
             let before = problems.len();
             if !valid_rule_name(&r.name) {
@@ -97,8 +137,11 @@ impl RuleSet {
                 problems.push(format!("{at}: sql: FROM '{}': {e}", s.from));
             }
             let mut compile = |label: String, a: &RuleAction| {
-                let spool = format!("rules/{}/{label}", r.name);
-                match ActionKind::compile(a, settings) {
+                let spool = match a {
+                    RuleAction::Upstream(_) => UPSTREAM_SPOOL.to_owned(),
+                    _ => format!("rules/{}/{label}", r.name),
+                };
+                match ActionKind::compile(a, settings, bridge) {
                     Ok(kind) => Some(Action {
                         label: label.into(),
                         spool: spool.into(),
@@ -164,7 +207,7 @@ mod tests {
 
     fn rules(toml: &str) -> Result<RuleSet, Vec<String>> {
         let cfg = config::Config::parse(toml, std::path::Path::new("/srv")).expect("config parses");
-        RuleSet::compile(&cfg.rules, &cfg.actions)
+        RuleSet::compile(&cfg)
     }
 
     #[test]

@@ -1028,7 +1028,7 @@ impl Conn {
             session,
             client_id: Some(self.client_id.clone()),
             principal: self.authz.certificate_id().map(Arc::from),
-            hops: 0,
+            ..Origin::default()
         });
         self.origin = Some(o.clone());
         o

@@ -10,6 +10,7 @@
 pub mod file;
 pub mod http;
 pub mod republish;
+pub mod upstream;
 
 use crate::config::{self, RuleAction};
 use crate::router::Router;
@@ -26,6 +27,8 @@ pub enum ActionKind {
     Http(http::Http),
     /// Append to a file.
     File(file::File),
+    /// Send through the bridge.
+    Upstream(upstream::Upstream),
 }
 
 /// What templates are rendered against.
@@ -74,6 +77,9 @@ pub enum Target {
     Http(http::Request),
     /// Append.
     File(file::Request),
+    /// For the bridge's spool: a router message record, never a job.
+    #[serde(skip)]
+    Upstream(Vec<u8>),
 }
 
 impl Target {
@@ -83,6 +89,7 @@ impl Target {
             Self::Republish(_) => "RepublishAction",
             Self::Http(_) => "HttpAction",
             Self::File(_) => "FileAction",
+            Self::Upstream(_) => "UpstreamAction",
         }
     }
 
@@ -92,6 +99,7 @@ impl Target {
             Self::Republish(r) => &r.topic,
             Self::Http(r) => &r.url,
             Self::File(r) => &r.path,
+            Self::Upstream(_) => "upstream",
         }
     }
 }
@@ -120,14 +128,19 @@ pub enum Outcome {
 }
 
 impl ActionKind {
-    /// Checks and compiles one configured action.
-    pub fn compile(a: &RuleAction, settings: &config::Actions) -> Result<Self, String> {
+    /// Checks and compiles one configured action; `bridge` is `[upstream]`.
+    pub fn compile(
+        a: &RuleAction,
+        settings: &config::Actions,
+        bridge: Option<&config::Upstream>,
+    ) -> Result<Self, String> {
         Ok(match a {
             RuleAction::Republish(r) => Self::Republish(republish::Republish::compile(r)?),
             RuleAction::Http(h) => {
                 Self::Http(http::Http::compile(h, settings.allow_plaintext_http)?)
             }
             RuleAction::File(f) => Self::File(file::File::compile(f)?),
+            RuleAction::Upstream(u) => Self::Upstream(upstream::Upstream::compile(u, bridge)?),
         })
     }
 
@@ -137,6 +150,7 @@ impl ActionKind {
             Self::Republish(_) => "RepublishAction",
             Self::Http(_) => "HttpAction",
             Self::File(_) => "FileAction",
+            Self::Upstream(_) => "UpstreamAction",
         }
     }
 
@@ -151,6 +165,7 @@ impl ActionKind {
                 .render(cx, &bytes, matches!(output, Output::Json(_)))
                 .map(Target::Http),
             (Self::File(f), _) => f.render(cx, output).map(Target::File),
+            (Self::Upstream(u), _) => u.render(cx, &bytes).map(Target::Upstream),
         };
         rendered.map_err(|error_message| Failure {
             failed_action: self.aws_name(),
@@ -158,6 +173,7 @@ impl ActionKind {
                 Self::Republish(r) => r.resource(cx),
                 Self::Http(h) => h.resource(cx),
                 Self::File(f) => f.resource(cx),
+                Self::Upstream(u) => u.resource(cx),
             },
             error_message,
         })
@@ -206,6 +222,7 @@ impl Deliverer {
             None => Outcome::Delivered,
             Some(Target::Republish(r)) => republish::deliver(&self.router, r).await,
             Some(Target::Http(r)) => http::deliver(&self.http, r).await,
+            Some(Target::Upstream(_)) => Outcome::Failed("the bridge delivers these".into()),
             Some(Target::File(r)) => {
                 let lines = jobs
                     .iter()

@@ -1,0 +1,373 @@
+//! The upstream bridge against real brokers on 127.0.0.1 over mutual TLS: a
+//! second edgegate, and Eclipse Mosquitto with `require_certificate`. Faults:
+//! the upstream down at start, stopped and restarted mid-stream, a link that
+//! stalls without a FIN, and the gateway killed with `kill -9` during an
+//! outage. Every acknowledged message must arrive upstream, in order.
+
+mod common;
+
+use common::*;
+use edgegate::transport::pki::{self, Ca, KeyKind};
+use rumqttc::QoS;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A port nothing listens on (yet).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Gives the edge gateway in `edge_dir` a client certificate from `ca` for
+/// `edge-a`, and `ca` as the upstream's CA, at `[upstream]`'s default paths.
+fn trust(edge_dir: &Path, ca: &Ca) {
+    let certs = edge_dir.join("certs");
+    let pem = ca
+        .issue_device("edge-a", KeyKind::EcdsaP256)
+        .expect("client cert");
+    pki::write_pair(&certs, "upstream", &pem).expect("write client cert");
+    pki::write(&certs.join("upstream-ca.pem"), &ca.pem.cert, false).expect("write ca");
+}
+
+/// `[upstream]` towards `port`: telemetry goes up under `edge-a/`, commands
+/// for edge-a come down under `cmd/`. Fast timers, so faults show quickly.
+fn upstream_toml(port: u16, extra: &str) -> String {
+    format!(
+        r#"[upstream]
+endpoint = "127.0.0.1:{port}"
+client_id = "edge-a"
+keep_alive_secs = 1
+connect_timeout_secs = 2
+reconnect_initial_ms = 50
+reconnect_max_ms = 300
+{extra}
+[[upstream.forward]]
+filter = "telemetry/#"
+topic = "edge-a/${{topic()}}"
+[[upstream.subscribe]]
+filter = "commands/edge-a/#"
+topic = "cmd/${{topic(3)}}"
+"#
+    )
+}
+
+/// An upstream edgegate on a fixed port, so it can stop and come back.
+fn upstream_on(port: u16) -> TestServer {
+    TestServer::prepare(&format!("[mqtt]\nlisten = [\"127.0.0.1:{port}\"]\n"))
+}
+
+/// Publishes `seq` in `from..to` to `telemetry/t` at QoS 1, each acknowledged.
+async fn publish_seq(p: &mut V4, from: u32, to: u32) {
+    for seq in from..to {
+        p.publish("telemetry/t", QoS::AtLeastOnce, false, &seq.to_be_bytes())
+            .await;
+        p.puback().await;
+    }
+}
+
+/// The next `n` distinct sequence numbers a watcher receives, in arrival order.
+async fn seqs(w: &mut V4, n: usize) -> Vec<u32> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let got = w.recv().await;
+        assert_eq!(got.topic, "edge-a/telemetry/t");
+        let seq = u32::from_be_bytes(got.payload[..4].try_into().expect("4 bytes"));
+        if !seen.contains(&seq) {
+            seen.push(seq);
+        }
+    }
+    seen
+}
+
+async fn wait_metric(t: &TestServer, series: &str, at_least: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&t.metrics().await, series) < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn messages_go_up_and_commands_come_down_over_mutual_tls() {
+    let up = TestServer::start().await;
+    let mut watcher = up.v4("watcher", true).await;
+    watcher.subscribe("edge-a/#", QoS::AtLeastOnce).await;
+    let mut edge = TestServer::prepare(&upstream_toml(up.addr().port(), ""));
+    trust(edge.dir.path(), &up.ca);
+    edge.boot().await;
+    wait_metric(&edge, "edgegate_upstream_connected", 1.0).await;
+
+    let mut device = edge.v4("sensor", true).await;
+    device.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    publish_seq(&mut device, 0, 5).await;
+    assert_eq!(seqs(&mut watcher, 5).await, vec![0, 1, 2, 3, 4]);
+
+    let mut operator = up.v4("operator", true).await;
+    operator
+        .publish("commands/edge-a/reboot", QoS::AtLeastOnce, false, b"now")
+        .await;
+    operator.puback().await;
+    let got = device.recv().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("cmd/reboot", &b"now"[..])
+    );
+
+    let health = http_get(edge.admin(), "/healthz").await;
+    assert!(health.contains(r#""connected":true"#), "{health}");
+    let m = edge.metrics().await;
+    assert_eq!(metric(&m, "edgegate_upstream_forwarded_total"), 5.0);
+    assert_eq!(metric(&m, "edgegate_upstream_received_total"), 1.0);
+}
+
+#[tokio::test]
+async fn nothing_is_lost_when_the_upstream_is_down_at_start_or_restarts_midstream() {
+    let port = free_port();
+    let mut up = upstream_on(port);
+    up.boot().await;
+    // A persistent watcher upstream, so what arrives while it is away waits.
+    up.v4("watcher", false)
+        .await
+        .subscribe("edge-a/#", QoS::AtLeastOnce)
+        .await;
+    up.server.take().expect("running").shutdown().await;
+
+    let mut edge = TestServer::prepare(&upstream_toml(port, ""));
+    trust(edge.dir.path(), &up.ca);
+    edge.boot().await;
+    let mut device = edge.v4("sensor", true).await;
+    // Down at start: acknowledged all the same, spooled.
+    publish_seq(&mut device, 0, 20).await;
+    let health = http_get(edge.admin(), "/healthz").await;
+    assert!(health.contains(r#""connected":false"#), "{health}");
+    assert!(health.contains(r#""spool_records":20"#), "{health}");
+
+    up.boot().await;
+    let mut watcher = up.v4("watcher", false).await;
+    assert_eq!(seqs(&mut watcher, 20).await, (0..20).collect::<Vec<_>>());
+    // Mid-stream: the upstream goes away and comes back.
+    publish_seq(&mut device, 20, 30).await;
+    assert_eq!(seqs(&mut watcher, 10).await, (20..30).collect::<Vec<_>>());
+    watcher.disconnect().await;
+    up.server.take().expect("running").shutdown().await;
+    publish_seq(&mut device, 30, 45).await;
+    up.boot().await;
+    let mut watcher = up.v4("watcher", false).await;
+    assert_eq!(seqs(&mut watcher, 15).await, (30..45).collect::<Vec<_>>());
+    wait_metric(&edge, "edgegate_upstream_forwarded_total", 45.0).await;
+    assert!(metric(&edge.metrics().await, "edgegate_upstream_reconnects_total") >= 2.0);
+}
+
+/// A TCP proxy to `target` whose connections can be frozen: bytes stop in
+/// both directions but nothing is closed, as when a link dies without a FIN.
+struct Proxy {
+    port: u16,
+    /// Connections numbered up to this are frozen.
+    frozen_through: Arc<AtomicU64>,
+    next: Arc<AtomicU64>,
+    /// While false, connections are accepted and closed at once.
+    open: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let frozen_through = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(1));
+        let open = Arc::new(AtomicBool::new(true));
+        let (f, n, o) = (frozen_through.clone(), next.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let id = n.fetch_add(1, Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, id, f.clone()));
+                tokio::spawn(pump(sr, cw, id, f.clone()));
+            }
+        });
+        Self {
+            port,
+            frozen_through,
+            next,
+            open,
+        }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::SeqCst);
+    }
+
+    /// Freezes every connection made so far.
+    fn freeze(&self) {
+        self.frozen_through
+            .store(self.next.load(Ordering::SeqCst) - 1, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    frozen_through: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    // Bounded: a frozen pump holds its sockets for at most a minute.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if id <= frozen_through.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if id <= frozen_through.load(Ordering::SeqCst) {
+            // Frozen while reading: these bytes are lost with the link.
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_link_that_stalls_without_a_fin_is_detected_and_replaced() {
+    let up = TestServer::start().await;
+    let mut watcher = up.v4("watcher", true).await;
+    watcher.subscribe("edge-a/#", QoS::AtLeastOnce).await;
+    let proxy = Proxy::start(up.addr().port()).await;
+    let mut edge = TestServer::prepare(&format!(
+        "{}\n",
+        upstream_toml(proxy.port, "server_name = \"localhost\"")
+    ));
+    trust(edge.dir.path(), &up.ca);
+    edge.boot().await;
+    wait_metric(&edge, "edgegate_upstream_connected", 1.0).await;
+    let mut device = edge.v4("sensor", true).await;
+    publish_seq(&mut device, 0, 5).await;
+    assert_eq!(seqs(&mut watcher, 5).await, (0..5).collect::<Vec<_>>());
+
+    proxy.freeze();
+    publish_seq(&mut device, 5, 15).await;
+    // Keep alive 1 s: the dead link is noticed within 1.5 s and replaced.
+    wait_metric(&edge, "edgegate_upstream_reconnects_total", 1.0).await;
+    assert_eq!(seqs(&mut watcher, 10).await, (5..15).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kill_9_during_an_outage() {
+    let port = free_port();
+    let mut up = upstream_on(port);
+    up.boot().await;
+    up.v4("watcher", false)
+        .await
+        .subscribe("edge-a/#", QoS::AtLeastOnce)
+        .await;
+    up.server.take().expect("running").shutdown().await;
+
+    let edge = TestServer::prepare("");
+    trust(edge.dir.path(), &up.ca);
+    let extra = upstream_toml(port, "");
+    let (mut child, mqtt, _) = spawn_binary(&edge, &extra, &[]);
+    let mut device = V4::connect_to(&edge, mqtt, "sensor", true, None, |_| {}).await;
+    publish_seq(&mut device, 0, 25).await;
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+
+    let (mut child, _, _) = spawn_binary(&edge, &extra, &[]);
+    up.boot().await;
+    let mut watcher = up.v4("watcher", false).await;
+    assert_eq!(seqs(&mut watcher, 25).await, (0..25).collect::<Vec<_>>());
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_while_a_backlog_drains_at_that_rate() {
+    const RATE: usize = 2000;
+    const N: u32 = 10_000;
+    let up = TestServer::start().await;
+    let proxy = Proxy::start(up.addr().port()).await;
+    proxy.set_open(false);
+    let mut edge = TestServer::prepare(&format!(
+        "[store]\nfsync = false\n{}",
+        upstream_toml(
+            proxy.port,
+            &format!("server_name = \"localhost\"\nmax_publishes_per_second = {RATE}")
+        )
+    ));
+    trust(edge.dir.path(), &up.ca);
+    edge.boot().await;
+    let mut device = edge.v4("sensor", true).await;
+    // A backlog built while the link is down, published without waiting
+    // for each acknowledgement.
+    for seq in 0..N {
+        device
+            .publish("telemetry/t", QoS::AtLeastOnce, false, &seq.to_be_bytes())
+            .await;
+    }
+    for _ in 0..N {
+        device.puback().await;
+    }
+    // The watcher is there before the link comes back, so arrivals show
+    // the pace at which the gateway sends.
+    let mut watcher = up.v4("watcher", true).await;
+    watcher.subscribe("edge-a/#", QoS::AtLeastOnce).await;
+    proxy.set_open(true);
+    let mut arrivals = Vec::with_capacity(N as usize);
+    let mut next = 0u32;
+    while next < N {
+        let got = watcher.recv().await;
+        let seq = u32::from_be_bytes(got.payload[..4].try_into().expect("4 bytes"));
+        if seq == next {
+            arrivals.push(tokio::time::Instant::now());
+            next += 1;
+        } else {
+            assert!(seq < next, "{seq} arrived before {next}");
+        }
+    }
+    // Arrivals may bunch by a few messages on a loaded machine; a gateway
+    // without a limit would deliver the whole backlog within any second.
+    let mut most = 0;
+    let mut start = 0;
+    for (end, t) in arrivals.iter().enumerate() {
+        while t.duration_since(arrivals[start]) >= Duration::from_secs(1) {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    assert!(
+        most <= RATE + RATE / 10,
+        "{most} messages within one second"
+    );
+    let took = arrivals[arrivals.len() - 1].duration_since(arrivals[0]);
+    // N / RATE windows: the last starts N / RATE - 1 seconds after the first.
+    let least = Duration::from_secs_f64((N as f64 / RATE as f64 - 1.0) * 0.95);
+    assert!(
+        took >= least,
+        "drained in {took:?}, faster than the rate allows"
+    );
+    assert!(
+        took < least * 3,
+        "drained in {took:?}: far slower than the rate allows"
+    );
+}
