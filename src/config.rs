@@ -981,6 +981,45 @@ mod tests {
     }
 
     #[test]
+    fn upstream_is_off_unless_configured_and_checked_when_it_is() {
+        let cfg = Config::parse("", Path::new("/srv")).expect("valid");
+        assert!(cfg.upstream.is_none());
+        let text = r#"
+            [upstream]
+            endpoint = "broker.example:8883"
+            client_id = "edge-1"
+            [[upstream.forward]]
+            filter = "telemetry/#"
+        "#;
+        let cfg = Config::parse(text, Path::new("/srv")).expect("valid");
+        let u = cfg.upstream.expect("upstream");
+        assert_eq!(u.host_port(), Some(("broker.example", 8883)));
+        assert_eq!(u.ca, Path::new("/srv/certs/upstream-ca.pem"));
+        assert_eq!(u.forward[0].topic, "${topic()}");
+        assert_eq!(u.spool_overflow, crate::spool::Overflow::RefuseNew);
+        let text = r#"
+            [upstream]
+            endpoint = "no-port"
+            mqtt_version = "4"
+            [[upstream.subscribe]]
+            filter = "a/#/b"
+            qos = 2
+        "#;
+        let all = Config::parse(text, Path::new("."))
+            .expect_err("invalid")
+            .join("\n");
+        for needle in [
+            "upstream.endpoint",
+            "upstream.client_id",
+            "mqtt_version",
+            "subscribe[0].filter",
+            "subscribe[0].qos",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+    }
+
+    #[test]
     fn plaintext_on_network_needs_opt_in() {
         let text =
             "[mqtt]\nplaintext_listen = \"0.0.0.0:1883\"\nallow_plaintext_on_network = true\n";

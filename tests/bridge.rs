@@ -371,3 +371,92 @@ async fn the_rate_limit_holds_while_a_backlog_drains_at_that_rate() {
         "drained in {took:?}: far slower than the rate allows"
     );
 }
+
+/// Eclipse Mosquitto on 127.0.0.1, requiring client certificates from `ca`;
+/// killed when dropped.
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    async fn start(dir: &Path, ca: &Ca) -> Self {
+        let port = free_port();
+        let server = ca
+            .issue_server(&["localhost", "127.0.0.1"])
+            .expect("server cert");
+        let (cert, key) = pki::write_pair(dir, "mosquitto", &server).expect("write cert");
+        let ca_file = dir.join("mosquitto-ca.pem");
+        pki::write(&ca_file, &ca.pem.cert, false).expect("write ca");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\npersistence false\nlog_type error\nlistener {port} 127.0.0.1\n\
+                 cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+                 use_identity_as_username true\nallow_anonymous true\n",
+                ca_file.display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .expect("write conf");
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (.ci/run installs it)");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn mosquitto_with_required_client_certificates_is_an_upstream_too() {
+    // Its certificates and clients come from this test server's CA.
+    let mq_side = TestServer::prepare("");
+    let mosquitto = Mosquitto::start(mq_side.dir.path(), &mq_side.ca).await;
+    let mut watcher = V4::connect_to(&mq_side, mosquitto.port, "watcher", true, None, |_| {}).await;
+    watcher.subscribe("edge-a/#", QoS::AtLeastOnce).await;
+
+    let mut edge = TestServer::prepare(&upstream_toml(
+        mosquitto.port,
+        "mqtt_version = \"5\"\nserver_name = \"localhost\"",
+    ));
+    trust(edge.dir.path(), &mq_side.ca);
+    edge.boot().await;
+    wait_metric(&edge, "edgegate_upstream_connected", 1.0).await;
+    let mut device = edge.v4("sensor", true).await;
+    device.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    publish_seq(&mut device, 0, 10).await;
+    assert_eq!(seqs(&mut watcher, 10).await, (0..10).collect::<Vec<_>>());
+
+    watcher
+        .publish("commands/edge-a/reboot", QoS::AtLeastOnce, false, b"now")
+        .await;
+    let got = device.recv().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("cmd/reboot", &b"now"[..])
+    );
+    wait_metric(&edge, "edgegate_upstream_forwarded_total", 10.0).await;
+}

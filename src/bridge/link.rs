@@ -156,6 +156,7 @@ impl Bridge {
         // Spool sequence numbers below this were sent on some earlier link.
         let mut sent_until = 0u64;
         loop {
+            self.expire();
             let attempt = tokio::select! {
                 r = self.connect() => r,
                 _ = self.shutdown.cancelled() => return,
@@ -315,6 +316,7 @@ impl Bridge {
         let mut last_write = Instant::now();
         let mut ping_sent = false;
         loop {
+            self.expire();
             let now = Instant::now();
             let room = s
                 .window
@@ -413,6 +415,18 @@ impl Bridge {
         } else {
             self.metrics.upstream_forwarded.increment(1);
             self.spool.ack(r.seq);
+        }
+    }
+
+    /// Drops (and counts) messages older than `upstream.spool_max_age_secs`.
+    fn expire(&self) {
+        let expired = self.spool.expire(spool::now_ms()).len();
+        if expired > 0 {
+            self.metrics.upstream_failed.increment(expired as u64);
+            tracing::warn!(
+                expired,
+                "messages for the upstream were older than upstream.spool_max_age_secs; dropped"
+            );
         }
     }
 

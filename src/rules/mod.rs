@@ -262,6 +262,37 @@ mod tests {
     }
 
     #[test]
+    fn forward_mappings_are_rules_and_upstream_actions_need_a_bridge() {
+        let set = rules(
+            r#"
+            [upstream]
+            endpoint = "broker.example:8883"
+            client_id = "edge-1"
+            [[upstream.forward]]
+            filter = "telemetry/#"
+            topic = "edge-1/${topic()}"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(&*set.rules[0].name, "upstream_forward_0");
+        assert_eq!(set.rules[0].stmt.from, "telemetry/#");
+        assert_eq!(&*set.rules[0].actions[0].spool, UPSTREAM_SPOOL);
+        let problems = rules(
+            r#"
+            [[rules]]
+            name = "up"
+            sql = "SELECT * FROM 'a'"
+            actions = [{ upstream = { topic = "b" } }]
+            "#,
+        )
+        .expect_err("no bridge");
+        assert!(
+            problems[0].contains("no [upstream] section"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn duplicate_names_and_versions_are_refused() {
         let problems = rules(
             r#"
