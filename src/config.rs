@@ -529,7 +529,9 @@ pub struct Upstream {
     pub mqtt_version: String,
     /// Keep alive in seconds; a link silent past 1.5 times this is dead.
     pub keep_alive_secs: u16,
-    /// Clean session (3.1.1) / clean start (5) on every connect.
+    /// Clean session (3.1.1) / clean start (5) on every connect. Off by
+    /// default: with a persistent session the upstream sends again what it
+    /// sent while the link was down or before this gateway acknowledged it.
     pub clean_session: bool,
     /// One deadline for TCP, TLS and CONNACK.
     pub connect_timeout_secs: u64,
@@ -571,7 +573,7 @@ impl Default for Upstream {
             key: "certs/upstream.key".into(),
             mqtt_version: "3.1.1".into(),
             keep_alive_secs: 60,
-            clean_session: true,
+            clean_session: false,
             connect_timeout_secs: 10,
             reconnect_initial_ms: 500,
             reconnect_max_ms: 60_000,

@@ -11,18 +11,10 @@ use edgegate::transport::pki::{self, Ca, KeyKind};
 use rumqttc::QoS;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A port nothing listens on (yet).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// Gives the edge gateway in `edge_dir` a client certificate from `ca` for
 /// `edge-a`, and `ca` as the upstream's CA, at `[upstream]`'s default paths.
@@ -42,7 +34,7 @@ fn upstream_toml(port: u16, extra: &str) -> String {
         r#"[upstream]
 endpoint = "127.0.0.1:{port}"
 client_id = "edge-a"
-keep_alive_secs = 1
+keep_alive_secs = 2
 connect_timeout_secs = 2
 reconnect_initial_ms = 50
 reconnect_max_ms = 300
@@ -55,11 +47,6 @@ filter = "commands/edge-a/#"
 topic = "cmd/${{topic(3)}}"
 "#
     )
-}
-
-/// An upstream edgegate on a fixed port, so it can stop and come back.
-fn upstream_on(port: u16) -> TestServer {
-    TestServer::prepare(&format!("[mqtt]\nlisten = [\"127.0.0.1:{port}\"]\n"))
 }
 
 /// Publishes `seq` in `from..to` to `telemetry/t` at QoS 1, each acknowledged.
@@ -101,7 +88,11 @@ async fn messages_go_up_and_commands_come_down_over_mutual_tls() {
     let up = TestServer::start().await;
     let mut watcher = up.v4("watcher", true).await;
     watcher.subscribe("edge-a/#", QoS::AtLeastOnce).await;
-    let mut edge = TestServer::prepare(&upstream_toml(up.addr().port(), ""));
+    // Commands also match a forward mapping: they must not go back up.
+    let mut edge = TestServer::prepare(&format!(
+        "{}[[upstream.forward]]\nfilter = \"cmd/#\"\ntopic = \"edge-a/echo/${{topic()}}\"\n",
+        upstream_toml(up.addr().port(), "")
+    ));
     trust(edge.dir.path(), &up.ca);
     edge.boot().await;
     wait_metric(&edge, "edgegate_upstream_connected", 1.0).await;
@@ -110,6 +101,17 @@ async fn messages_go_up_and_commands_come_down_over_mutual_tls() {
     device.subscribe("cmd/#", QoS::AtLeastOnce).await;
     publish_seq(&mut device, 0, 5).await;
     assert_eq!(seqs(&mut watcher, 5).await, vec![0, 1, 2, 3, 4]);
+    // Forwarded as published, byte for byte (not re-serialized JSON).
+    let odd = br#"{ "a" : 1.0,"b":[ ] }"#;
+    device
+        .publish("telemetry/json", QoS::AtLeastOnce, false, odd)
+        .await;
+    device.puback().await;
+    let got = watcher.recv().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("edge-a/telemetry/json", &odd[..])
+    );
 
     let mut operator = up.v4("operator", true).await;
     operator
@@ -121,19 +123,23 @@ async fn messages_go_up_and_commands_come_down_over_mutual_tls() {
         (got.topic.as_str(), &got.payload[..]),
         ("cmd/reboot", &b"now"[..])
     );
+    watcher.nothing_for(Duration::from_millis(300)).await;
 
     let health = http_get(edge.admin(), "/healthz").await;
     assert!(health.contains(r#""connected":true"#), "{health}");
-    let m = edge.metrics().await;
-    assert_eq!(metric(&m, "edgegate_upstream_forwarded_total"), 5.0);
-    assert_eq!(metric(&m, "edgegate_upstream_received_total"), 1.0);
+    wait_metric(&edge, "edgegate_upstream_forwarded_total", 6.0).await;
+    assert_eq!(
+        metric(&edge.metrics().await, "edgegate_upstream_received_total"),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn nothing_is_lost_when_the_upstream_is_down_at_start_or_restarts_midstream() {
-    let port = free_port();
-    let mut up = upstream_on(port);
-    up.boot().await;
+    // The upstream restarts on a new port each time; the proxy in front keeps
+    // one address for the gateway (and no other test can take it meanwhile).
+    let mut up = TestServer::start().await;
+    let proxy = Proxy::start(up.addr().port()).await;
     // A persistent watcher upstream, so what arrives while it is away waits.
     up.v4("watcher", false)
         .await
@@ -141,7 +147,10 @@ async fn nothing_is_lost_when_the_upstream_is_down_at_start_or_restarts_midstrea
         .await;
     up.server.take().expect("running").shutdown().await;
 
-    let mut edge = TestServer::prepare(&upstream_toml(port, ""));
+    let mut edge = TestServer::prepare(&upstream_toml(
+        proxy.port,
+        "server_name = \"localhost\"\nmax_publishes_per_second = 20",
+    ));
     trust(edge.dir.path(), &up.ca);
     edge.boot().await;
     let mut device = edge.v4("sensor", true).await;
@@ -152,18 +161,55 @@ async fn nothing_is_lost_when_the_upstream_is_down_at_start_or_restarts_midstrea
     assert!(health.contains(r#""spool_records":20"#), "{health}");
 
     up.boot().await;
+    proxy.set_target(up.addr().port());
     let mut watcher = up.v4("watcher", false).await;
     assert_eq!(seqs(&mut watcher, 20).await, (0..20).collect::<Vec<_>>());
-    // Mid-stream: the upstream goes away and comes back.
-    publish_seq(&mut device, 20, 30).await;
-    assert_eq!(seqs(&mut watcher, 10).await, (20..30).collect::<Vec<_>>());
-    watcher.disconnect().await;
+    // Mid-stream: the upstream goes away while a backlog drains (20 a
+    // second), and comes back.
+    for seq in 20..120u32 {
+        device
+            .publish("telemetry/t", QoS::AtLeastOnce, false, &seq.to_be_bytes())
+            .await;
+    }
+    for _ in 20..120 {
+        device.puback().await;
+    }
+    wait_metric(&edge, "edgegate_upstream_forwarded_total", 40.0).await;
     up.server.take().expect("running").shutdown().await;
-    publish_seq(&mut device, 30, 45).await;
+    let forwarded = metric(&edge.metrics().await, "edgegate_upstream_forwarded_total");
+    assert!(
+        forwarded < 120.0,
+        "the stop came mid-stream ({forwarded} forwarded)"
+    );
+    // What the watcher got before the stop.
+    let mut all = std::collections::HashSet::new();
+    while let Ok(ev) = watcher.events.try_recv() {
+        if let Ev4::Publish(p) = ev {
+            all.insert(u32::from_be_bytes(
+                p.payload[..4].try_into().expect("4 bytes"),
+            ));
+        }
+    }
     up.boot().await;
+    proxy.set_target(up.addr().port());
     let mut watcher = up.v4("watcher", false).await;
-    assert_eq!(seqs(&mut watcher, 15).await, (30..45).collect::<Vec<_>>());
-    wait_metric(&edge, "edgegate_upstream_forwarded_total", 45.0).await;
+    // After the restart: everything else, new ones in order, duplicates
+    // (resent by the gateway or redelivered by the upstream) counted.
+    let mut last_new = None;
+    let mut duplicates = 0;
+    while !(20..120).all(|s| all.contains(&s)) {
+        let got = watcher.recv().await;
+        let seq = u32::from_be_bytes(got.payload[..4].try_into().expect("4 bytes"));
+        if !all.insert(seq) {
+            duplicates += 1;
+            continue;
+        }
+        assert!(last_new < Some(seq), "{seq} after {last_new:?}");
+        last_new = Some(seq);
+    }
+    wait_metric(&edge, "edgegate_upstream_forwarded_total", 120.0).await;
+    let resent = metric(&edge.metrics().await, "edgegate_upstream_resent_total");
+    eprintln!("{duplicates} duplicates seen; the gateway counted {resent} resent");
     assert!(metric(&edge.metrics().await, "edgegate_upstream_reconnects_total") >= 2.0);
 }
 
@@ -171,6 +217,8 @@ async fn nothing_is_lost_when_the_upstream_is_down_at_start_or_restarts_midstrea
 /// both directions but nothing is closed, as when a link dies without a FIN.
 struct Proxy {
     port: u16,
+    /// Where connections go: the upstream's current port.
+    target: Arc<AtomicU16>,
     /// Connections numbered up to this are frozen.
     frozen_through: Arc<AtomicU64>,
     next: Arc<AtomicU64>,
@@ -185,13 +233,20 @@ impl Proxy {
         let frozen_through = Arc::new(AtomicU64::new(0));
         let next = Arc::new(AtomicU64::new(1));
         let open = Arc::new(AtomicBool::new(true));
-        let (f, n, o) = (frozen_through.clone(), next.clone(), open.clone());
+        let target = Arc::new(AtomicU16::new(target));
+        let (f, n, o, t) = (
+            frozen_through.clone(),
+            next.clone(),
+            open.clone(),
+            target.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !o.load(Ordering::SeqCst) {
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                let port = t.load(Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", port)).await else {
                     continue;
                 };
                 let id = n.fetch_add(1, Ordering::SeqCst);
@@ -203,10 +258,16 @@ impl Proxy {
         });
         Self {
             port,
+            target,
             frozen_through,
             next,
             open,
         }
+    }
+
+    /// Sends new connections to the upstream's new port (after a restart).
+    fn set_target(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
     }
 
     fn set_open(&self, open: bool) {
@@ -275,9 +336,8 @@ async fn a_link_that_stalls_without_a_fin_is_detected_and_replaced() {
 
 #[tokio::test]
 async fn acknowledged_messages_survive_kill_9_during_an_outage() {
-    let port = free_port();
-    let mut up = upstream_on(port);
-    up.boot().await;
+    let mut up = TestServer::start().await;
+    let proxy = Proxy::start(up.addr().port()).await;
     up.v4("watcher", false)
         .await
         .subscribe("edge-a/#", QoS::AtLeastOnce)
@@ -286,7 +346,7 @@ async fn acknowledged_messages_survive_kill_9_during_an_outage() {
 
     let edge = TestServer::prepare("");
     trust(edge.dir.path(), &up.ca);
-    let extra = upstream_toml(port, "");
+    let extra = upstream_toml(proxy.port, "server_name = \"localhost\"");
     let (mut child, mqtt, _) = spawn_binary(&edge, &extra, &[]);
     let mut device = V4::connect_to(&edge, mqtt, "sensor", true, None, |_| {}).await;
     publish_seq(&mut device, 0, 25).await;
@@ -295,6 +355,7 @@ async fn acknowledged_messages_survive_kill_9_during_an_outage() {
 
     let (mut child, _, _) = spawn_binary(&edge, &extra, &[]);
     up.boot().await;
+    proxy.set_target(up.addr().port());
     let mut watcher = up.v4("watcher", false).await;
     assert_eq!(seqs(&mut watcher, 25).await, (0..25).collect::<Vec<_>>());
     child.kill().expect("stop");
@@ -355,10 +416,7 @@ async fn the_rate_limit_holds_while_a_backlog_drains_at_that_rate() {
         }
         most = most.max(end - start + 1);
     }
-    assert!(
-        most <= RATE + RATE / 10,
-        "{most} messages within one second"
-    );
+    assert!(most <= RATE + RATE / 4, "{most} messages within one second");
     let took = arrivals[arrivals.len() - 1].duration_since(arrivals[0]);
     // N / RATE windows: the last starts N / RATE - 1 seconds after the first.
     let least = Duration::from_secs_f64((N as f64 / RATE as f64 - 1.0) * 0.95);
@@ -367,7 +425,7 @@ async fn the_rate_limit_holds_while_a_backlog_drains_at_that_rate() {
         "drained in {took:?}, faster than the rate allows"
     );
     assert!(
-        took < least * 3,
+        took < least * 4,
         "drained in {took:?}: far slower than the rate allows"
     );
 }
@@ -381,7 +439,11 @@ struct Mosquitto {
 
 impl Mosquitto {
     async fn start(dir: &Path, ca: &Ca) -> Self {
-        let port = free_port();
+        // Mosquitto cannot listen on port 0: take a free port and give it back.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
         let server = ca
             .issue_server(&["localhost", "127.0.0.1"])
             .expect("server cert");

@@ -11,6 +11,7 @@ use crate::metrics::{ActionMetrics, Metrics};
 use crate::router::{Message, Origin, Router};
 use crate::rules::sql;
 use crate::spool::{self, Spool};
+use crate::store::Commit;
 use crate::topic;
 use bytes::BytesMut;
 use rustls::pki_types::ServerName;
@@ -33,9 +34,14 @@ const READ_CHUNK: usize = 16 * 1024;
 /// AWS IoT takes at most 8 filters per SUBSCRIBE.
 const FILTERS_PER_SUBSCRIBE: usize = 8;
 
-/// How long an inbound message may take to become durable here before the
-/// link is given up (the upstream then sends it again).
-const LOCAL_COMMIT: Duration = Duration::from_secs(30);
+/// Inbound publishes waiting for their local commit (also our Receive Maximum).
+const MAX_PENDING_INBOUND: usize = 100;
+
+/// Records read from the spool at a time while filling the window.
+const TAKE: usize = 64;
+
+/// Bytes encoded before they are written: a write's deadline covers at most this.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// Why a connection attempt or a session ended.
 type Ended = String;
@@ -126,8 +132,25 @@ struct Session {
     wbuf: BytesMut,
     /// (packet id, spool sequence) of unacknowledged publishes, in send order.
     inflight: VecDeque<(u16, u64)>,
+    /// Unacknowledged publishes allowed: ours, capped by the broker's Receive Maximum.
     window: usize,
     next_pkid: u16,
+    /// The keep alive in force (MQTT 5 brokers may impose theirs).
+    keep_alive: Duration,
+    /// Largest packet the broker takes (MQTT 5 Maximum Packet Size).
+    max_packet: usize,
+    /// Highest QoS the broker takes (MQTT 5 Maximum QoS).
+    max_qos: QoS,
+    /// Inbound publishes in arrival order, each acknowledged once its local
+    /// commit is done [MQTT-4.6.0-2].
+    pending: VecDeque<Inbound>,
+}
+
+/// An inbound publish waiting to be acknowledged.
+struct Inbound {
+    /// 0 for QoS 0 (nothing to acknowledge).
+    pkid: u16,
+    commit: Option<Commit>,
 }
 
 impl Session {
@@ -144,6 +167,52 @@ impl Session {
     fn send(&mut self, p: &Packet) {
         codec::encode(p, self.protocol, &mut self.wbuf);
     }
+
+    /// Acknowledges the inbound publishes at the front whose commits are done.
+    fn ack_ready(&mut self) {
+        while self.pending.front().is_some_and(|p| p.commit.is_none()) {
+            if let Some(p) = self.pending.pop_front()
+                && p.pkid != 0
+            {
+                self.send(&Packet::PubAck(codec::Ack::ok(p.pkid)));
+            }
+        }
+    }
+
+    /// Writes what is buffered, through TLS to the socket, within `limit`.
+    async fn flush(&mut self, limit: Duration) -> Result<(), Ended> {
+        let written = timeout(limit, async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        })
+        .await;
+        self.wbuf.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write: {e}")),
+            Err(_) => Err("a write made no progress for the keep alive".into()),
+        }
+    }
+}
+
+/// PUBACK reason codes that no retry can change: the message is dropped.
+/// Any other failure (quota exceeded, unspecified, packet id in use) ends
+/// the link, and the message goes again, in order, on the next one.
+fn refused_for_good(code: u8) -> bool {
+    matches!(
+        code,
+        codec::reason::NOT_AUTHORIZED
+            | codec::reason::TOPIC_NAME_INVALID
+            | codec::reason::PAYLOAD_FORMAT_INVALID
+    )
+}
+
+/// What outlives one connection.
+struct Carry {
+    /// Spool sequence numbers below this were sent on some earlier link.
+    sent_until: u64,
+    /// The rate limit holds across reconnects too.
+    rate: Rate,
 }
 
 impl Bridge {
@@ -153,8 +222,13 @@ impl Bridge {
             self.config.reconnect_initial_ms,
             self.config.reconnect_max_ms,
         );
-        // Spool sequence numbers below this were sent on some earlier link.
-        let mut sent_until = 0u64;
+        let mut carry = Carry {
+            sent_until: 0,
+            rate: Rate {
+                sent: VecDeque::new(),
+                limit: self.config.max_publishes_per_second as usize,
+            },
+        };
         loop {
             self.expire();
             let attempt = tokio::select! {
@@ -163,13 +237,17 @@ impl Bridge {
             };
             match attempt {
                 Ok(session) => {
-                    backoff.reset();
                     self.set_connected(true);
                     tracing::info!(endpoint = %self.config.endpoint, "upstream link up");
-                    let why = self.serve(session, &mut sent_until).await;
+                    let (why, healthy) = self.serve(session, &mut carry).await;
                     self.set_connected(false);
                     if self.shutdown.is_cancelled() {
                         return;
+                    }
+                    // A link that dies before it did any good (a broker that
+                    // drops us at once) is retried with a growing delay.
+                    if healthy {
+                        backoff.reset();
                     }
                     self.metrics.upstream_reconnects.increment(1);
                     tracing::warn!(endpoint = %self.config.endpoint, reason = %why, "upstream link lost");
@@ -231,6 +309,10 @@ impl Bridge {
                 inflight: VecDeque::new(),
                 window: usize::from(self.config.max_inflight),
                 next_pkid: 0,
+                keep_alive: Duration::from_secs(u64::from(self.config.keep_alive_secs)),
+                max_packet: usize::MAX,
+                max_qos: QoS::AtLeastOnce,
+                pending: VecDeque::new(),
             };
             s.send(&Packet::Connect(Box::new(Connect {
                 protocol,
@@ -243,14 +325,13 @@ impl Bridge {
                 properties: Properties {
                     // A persistent session lasts as long as AWS IoT keeps one (1 hour).
                     session_expiry_interval: (!self.config.clean_session).then_some(3600),
+                    maximum_packet_size: Some(MAX_PACKET as u32),
+                    receive_maximum: Some(MAX_PENDING_INBOUND as u16),
                     ..Properties::default()
                 },
             })));
-            s.stream
-                .write_all(&s.wbuf)
-                .await
-                .map_err(|e| format!("CONNECT: {e}"))?;
-            s.wbuf.clear();
+            s.flush(Duration::from_secs(self.config.connect_timeout_secs))
+                .await?;
             let ack = loop {
                 match codec::decode(&mut s.rbuf, protocol, MAX_PACKET) {
                     Ok(Some(Packet::ConnAck(a))) => break a,
@@ -278,6 +359,15 @@ impl Bridge {
             if let Some(max) = properties.receive_maximum {
                 s.window = s.window.min(usize::from(max));
             }
+            if let Some(ka) = properties.server_keep_alive {
+                s.keep_alive = Duration::from_secs(u64::from(ka));
+            }
+            if let Some(max) = properties.maximum_packet_size {
+                s.max_packet = max as usize;
+            }
+            if properties.maximum_qos == Some(0) {
+                s.max_qos = QoS::AtMostOnce;
+            }
             Ok(s)
         };
         timeout_at(deadline, attempt)
@@ -285,8 +375,16 @@ impl Bridge {
             .map_err(|_| "no CONNACK before upstream.connect_timeout_secs".to_owned())?
     }
 
-    /// Serves one connection until it ends; returns why.
-    async fn serve(&self, mut s: Session, sent_until: &mut u64) -> Ended {
+    /// Serves one connection until it ends; returns why, and whether the
+    /// link did any good (an acknowledgement, or a keep alive's worth of life).
+    async fn serve(&self, mut s: Session, carry: &mut Carry) -> (Ended, bool) {
+        let started = Instant::now();
+        let mut acked = false;
+        let why = self.serve_until_end(&mut s, carry, &mut acked).await;
+        (why, acked || started.elapsed() >= s.keep_alive)
+    }
+
+    async fn serve_until_end(&self, s: &mut Session, carry: &mut Carry, acked: &mut bool) -> Ended {
         let v5 = s.protocol == Protocol::V5;
         for chunk in self.mappings.chunks(FILTERS_PER_SUBSCRIBE) {
             let pkid = s.pkid();
@@ -305,11 +403,11 @@ impl Bridge {
                 properties: Properties::default(),
             }));
         }
-        let ka = Duration::from_secs(u64::from(self.config.keep_alive_secs));
-        let mut rate = Rate {
-            sent: VecDeque::new(),
-            limit: self.config.max_publishes_per_second as usize,
-        };
+        // Packets that came in with the CONNACK.
+        if let Err(why) = self.decode_all(s, acked) {
+            return why;
+        }
+        let ka = s.keep_alive;
         // Everything unacknowledged is sent again, from the spool's head.
         let mut cursor = 0u64;
         let mut last_read = Instant::now();
@@ -318,73 +416,119 @@ impl Bridge {
         loop {
             self.expire();
             let now = Instant::now();
-            let room = s
-                .window
-                .saturating_sub(s.inflight.len())
-                .min(rate.room(now));
-            if room > 0 {
-                for r in self.spool.take_from(cursor, room) {
-                    cursor = r.seq + 1;
-                    self.send_up(&mut s, r, sent_until, now);
-                    rate.sent.push_back(now);
+            // Fill the window: until it is full, the rate allows no more, the
+            // batch is big enough, or the spool has nothing more.
+            let mut sent = 0;
+            let mut more = true;
+            loop {
+                let room = s
+                    .window
+                    .saturating_sub(s.inflight.len())
+                    .min(carry.rate.room(now).saturating_sub(sent))
+                    .min(TAKE);
+                if room == 0 || s.wbuf.len() >= WRITE_BATCH {
+                    break;
                 }
+                let records = self.spool.take_from(cursor, room);
+                more = records.len() == room;
+                for r in records {
+                    cursor = r.seq + 1;
+                    if self.send_up(s, r, &mut carry.sent_until, now) {
+                        sent += 1;
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+            if sent > 0 {
                 self.gauges();
             }
             if !s.wbuf.is_empty() {
-                match timeout(ka, s.stream.write_all(&s.wbuf)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return format!("write: {e}"),
-                    Err(_) => return "write stalled for the keep alive".into(),
+                if let Err(why) = s.flush(ka).await {
+                    return why;
                 }
-                s.wbuf.clear();
                 last_write = Instant::now();
+                // Stamped once written: sends are counted when they leave.
+                carry
+                    .rate
+                    .sent
+                    .extend(std::iter::repeat_n(last_write, sent));
             }
             if s.rbuf.capacity() - s.rbuf.len() < READ_CHUNK / 4 {
                 s.rbuf.reserve(READ_CHUNK);
             }
             let open = s.inflight.len() < s.window;
-            let rate_wait = rate.next_slot();
+            let rate_wait = carry.rate.next_slot();
+            let ready = open && rate_wait.is_none();
             let ping_at = last_read.min(last_write) + ka;
             let dead_at = last_read + ka * 3 / 2;
+            let reading = s.pending.len() < MAX_PENDING_INBOUND;
+            let committing = s.pending.front().is_some_and(|p| p.commit.is_some());
+            let commit = s.pending.front_mut().and_then(|p| p.commit.as_mut());
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => {
                     s.send(&Packet::Disconnect(Disconnect::with_reason(0, None)));
-                    let _ = timeout(Duration::from_secs(1), s.stream.write_all(&s.wbuf)).await;
+                    let _ = s.flush(Duration::from_secs(1)).await;
                     return "shutdown".into();
                 }
-                r = s.stream.read_buf(&mut s.rbuf) => match r {
+                r = s.stream.read_buf(&mut s.rbuf), if reading => match r {
                     Ok(0) => return "closed by the upstream".into(),
                     Err(e) => return format!("read: {e}"),
                     Ok(_) => {
                         last_read = Instant::now();
                         ping_sent = false;
-                        loop {
-                            match codec::decode(&mut s.rbuf, s.protocol, MAX_PACKET) {
-                                Ok(Some(p)) => {
-                                    if let Err(why) = self.handle(&mut s, p).await {
-                                        return why;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => return format!("protocol error from the upstream: {e}"),
-                            }
+                        if let Err(why) = self.decode_all(s, acked) {
+                            return why;
                         }
                     }
                 },
+                res = async { commit.expect("guarded by committing").await }, if committing => {
+                    if !matches!(res, Ok(Ok(()))) {
+                        // Unacknowledged, a persistent session sends it again.
+                        self.metrics.upstream_failed.increment(1);
+                        return "a message from upstream could not be stored here".into();
+                    }
+                    if let Some(front) = s.pending.front_mut() {
+                        front.commit = None;
+                    }
+                    s.ack_ready();
+                }
                 _ = sleep_until(dead_at) => return "no answer for 1.5 times the keep alive".into(),
                 _ = sleep_until(ping_at), if !ping_sent => {
                     s.send(&Packet::PingReq);
                     ping_sent = true;
                 }
+                // The batch stopped at its size: go on after the reads above.
+                _ = std::future::ready(()), if ready && more => {}
                 _ = sleep_until(rate_wait.unwrap_or(now)), if open && rate_wait.is_some() => {}
-                _ = self.spool.appended(), if open && rate_wait.is_none() => {}
+                _ = self.spool.appended(), if ready && !more => {}
             }
         }
     }
 
-    /// Encodes one spooled message as a PUBLISH; QoS 0 leaves the spool at once.
-    fn send_up(&self, s: &mut Session, r: spool::Record, sent_until: &mut u64, now: Instant) {
+    /// Handles every whole packet in the read buffer.
+    fn decode_all(&self, s: &mut Session, acked: &mut bool) -> Result<(), Ended> {
+        loop {
+            match codec::decode(&mut s.rbuf, s.protocol, MAX_PACKET) {
+                Ok(Some(p)) => self.handle(s, p, acked)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("protocol error from the upstream: {e}")),
+            }
+        }
+    }
+
+    /// Encodes one spooled message as a PUBLISH; QoS 0 leaves the spool at
+    /// once. False if it was dropped instead (expired, unreadable, too large
+    /// for the broker).
+    fn send_up(
+        &self,
+        s: &mut Session,
+        r: spool::Record,
+        sent_until: &mut u64,
+        now: Instant,
+    ) -> bool {
         if r.seq < *sent_until {
             self.metrics.upstream_resent.increment(1);
         }
@@ -393,9 +537,9 @@ impl Bridge {
             // Expired while it waited, or unreadable.
             self.metrics.upstream_failed.increment(1);
             self.spool.ack(r.seq);
-            return;
+            return false;
         };
-        let qos = msg.qos.min(QoS::AtLeastOnce);
+        let qos = msg.qos.min(s.max_qos);
         let pkid = if qos == QoS::AtLeastOnce { s.pkid() } else { 0 };
         let view = PublishView {
             dup: false,
@@ -409,6 +553,12 @@ impl Bridge {
             subscription_identifiers: &[],
             payload: &msg.payload,
         };
+        if codec::publish_len(&view, s.protocol) > s.max_packet {
+            self.metrics.upstream_failed.increment(1);
+            tracing::warn!(topic = %msg.topic, "a message is larger than the upstream's Maximum Packet Size; dropped");
+            self.spool.ack(r.seq);
+            return false;
+        }
         codec::encode_publish(&view, s.protocol, &mut s.wbuf);
         if qos == QoS::AtLeastOnce {
             s.inflight.push_back((pkid, r.seq));
@@ -416,6 +566,7 @@ impl Bridge {
             self.metrics.upstream_forwarded.increment(1);
             self.spool.ack(r.seq);
         }
+        true
     }
 
     /// Drops (and counts) messages older than `upstream.spool_max_age_secs`.
@@ -438,28 +589,34 @@ impl Bridge {
         m.oldest.set(oldest as f64 / 1000.0);
     }
 
-    async fn handle(&self, s: &mut Session, p: Packet) -> Result<(), Ended> {
+    fn handle(&self, s: &mut Session, p: Packet, acked: &mut bool) -> Result<(), Ended> {
         match p {
             Packet::PubAck(a) => {
                 let Some(i) = s.inflight.iter().position(|(p, _)| *p == a.pkid) else {
                     return Ok(());
                 };
+                if a.code >= 0x80 && !refused_for_good(a.code) {
+                    return Err(format!(
+                        "the upstream refused a message for now ({:#04x})",
+                        a.code
+                    ));
+                }
                 if let Some((_, seq)) = s.inflight.remove(i) {
                     if a.code >= 0x80 {
-                        // Refused for good (MQTT 5): sending it again changes nothing.
                         self.metrics.upstream_failed.increment(1);
                         tracing::warn!(
                             code = a.code,
-                            "the upstream refused a message; it is dropped"
+                            "the upstream refused a message for good; it is dropped"
                         );
                     } else {
+                        *acked = true;
                         self.metrics.upstream_forwarded.increment(1);
                     }
                     self.spool.ack(seq);
                     self.gauges();
                 }
             }
-            Packet::Publish(p) => self.inbound(s, p).await?,
+            Packet::Publish(p) => self.inbound(s, p),
             Packet::SubAck(a) if a.codes.iter().any(|c| *c >= 0x80) => {
                 tracing::warn!(codes = ?a.codes, "the upstream refused an upstream.subscribe filter");
             }
@@ -471,51 +628,50 @@ impl Bridge {
         Ok(())
     }
 
-    /// Publishes an upstream message here under its mapped topic, and
-    /// acknowledges it once it is durable.
-    async fn inbound(&self, s: &mut Session, p: Publish) -> Result<(), Ended> {
+    /// Publishes an upstream message here under its mapped topic; its
+    /// acknowledgement waits for the local commit.
+    fn inbound(&self, s: &mut Session, p: Publish) {
         self.metrics.upstream_received.increment(1);
-        let ack = |s: &mut Session| {
-            if p.qos != QoS::AtMostOnce {
-                s.send(&Packet::PubAck(codec::Ack::ok(p.pkid)));
-            }
-        };
+        let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
         let remote = p.topic.as_str();
-        let Some(m) = self
+        let local = self
             .mappings
             .iter()
             .find(|m| topic::matches(&m.filter, remote))
+            .map(|m| {
+                let json = sql::Message::parse_payload(&p.payload);
+                m.topic.render(
+                    &sql::Message {
+                        topic: remote,
+                        payload: &p.payload,
+                        json: json.as_ref(),
+                        client_id: None,
+                        principal: None,
+                        timestamp_ms: spool::now_ms() as i64,
+                        account: "",
+                    },
+                    &sql::Variables::new(),
+                )
+            });
+        let Some(local) =
+            local.filter(|l| topic::validate_name(l).is_ok() && !topic::is_reserved(l))
         else {
             self.metrics.upstream_failed.increment(1);
-            ack(s);
-            return Ok(());
+            tracing::warn!(
+                remote,
+                "an upstream message has no valid local topic; dropped"
+            );
+            s.pending.push_back(Inbound { pkid, commit: None });
+            s.ack_ready();
+            return;
         };
-        let json = sql::Message::parse_payload(&p.payload);
-        let local = m.topic.render(
-            &sql::Message {
-                topic: remote,
-                payload: &p.payload,
-                json: json.as_ref(),
-                client_id: None,
-                principal: None,
-                timestamp_ms: spool::now_ms() as i64,
-                account: "",
-            },
-            &sql::Variables::new(),
-        );
-        if topic::validate_name(&local).is_err() || topic::is_reserved(&local) {
-            self.metrics.upstream_failed.increment(1);
-            tracing::warn!(remote, local = %local, "an upstream message maps to an invalid local topic; dropped");
-            ack(s);
-            return Ok(());
-        }
         let now = Instant::now();
-        let mut properties = p.properties.clone();
+        let mut properties = p.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
         let msg = Arc::new(Message::new(
             local.as_str().into(),
-            p.payload.clone(),
+            p.payload,
             p.qos.min(QoS::AtLeastOnce),
             p.retain,
             properties,
@@ -526,20 +682,19 @@ impl Bridge {
                 ..Origin::default()
             }),
         ));
-        let durable = match self.router.publish(&msg, now) {
-            Ok(routed) => match routed.commit {
-                None => true,
-                Some(c) => matches!(timeout(LOCAL_COMMIT, c).await, Ok(Ok(Ok(())))),
-            },
-            Err(_) => false,
-        };
-        if durable {
-            ack(s);
-            Ok(())
-        } else {
-            // Unacknowledged, the upstream sends it again on the next link.
-            self.metrics.upstream_failed.increment(1);
-            Err("an upstream message could not be stored here".into())
+        match self.router.publish(&msg, now) {
+            Ok(routed) => {
+                s.pending.push_back(Inbound {
+                    pkid,
+                    commit: routed.commit,
+                });
+                s.ack_ready();
+            }
+            Err(e) => {
+                // Not acknowledged: a persistent session sends it again.
+                self.metrics.upstream_failed.increment(1);
+                tracing::warn!(error = %e, "an upstream message could not be published here");
+            }
         }
     }
 }

@@ -377,7 +377,14 @@ impl Engine {
                 timestamp_ms: now_ms as i64,
                 account: &self.settings.account,
             };
-            let ev = sql::evaluate(&live.rule.stmt, &m);
+            let ev = if live.rule.verbatim {
+                sql::Evaluation {
+                    output: Some(Output::Raw(msg.payload.to_vec())),
+                    variables: sql::Variables::new(),
+                }
+            } else {
+                sql::evaluate(&live.rule.stmt, &m)
+            };
             let Some(output) = ev.output else { continue };
             if matches!(output, Output::Nothing) {
                 continue;
@@ -387,6 +394,8 @@ impl Engine {
                 msg: &m,
                 vars: &ev.variables,
                 hops: origin.hops,
+                bridged: origin.bridged,
+                properties: Some(&msg.properties),
                 topic_limits: self.settings.topic_limits,
                 max_payload: self.settings.max_payload,
             };
@@ -415,6 +424,7 @@ impl Engine {
                     topic: topic.to_owned(),
                     client_id: origin.client_id.as_deref().map(str::to_owned),
                     hops: origin.hops,
+                    bridged: origin.bridged,
                     original: original.to_owned(),
                     target,
                 };
@@ -435,7 +445,8 @@ impl Engine {
                     }
                     // A client's publish is refused; a republish is not, or a
                     // republish lane could wait forever on its own full spool.
-                    Err(SpoolError::Full(name)) if origin.hops == 0 => {
+                    // The bridge's spool drains by itself: a republish waits for it.
+                    Err(SpoolError::Full(name)) if origin.hops == 0 || lane.external => {
                         lane.metrics.failed.increment(1);
                         refused = Some(StoreError::Full(format!("spool {name}")));
                     }
@@ -459,7 +470,7 @@ impl Engine {
                     original,
                     &failures,
                 );
-                commits.extend(self.to_error_action(live, doc, origin.hops));
+                commits.extend(self.to_error_action(live, doc, origin.hops, origin.bridged));
             }
         }
         let Some(done) = done else { return };
@@ -492,7 +503,16 @@ impl Engine {
     /// Sends an error document to a rule's error action, if it has one.
     /// `hops` are those of the message that failed: an error action that
     /// republishes into its own rule is bounded like any other republish.
-    fn to_error_action(&self, live: &LiveRule, doc: serde_json::Value, hops: u8) -> Option<Commit> {
+    fn to_error_action(
+        &self,
+        live: &LiveRule,
+        doc: serde_json::Value,
+        hops: u8,
+        bridged: bool,
+    ) -> Option<Commit> {
+        if bridged && live.error_lane.as_ref().is_some_and(|l| l.external) {
+            return None;
+        }
         let (Some(action), Some(lane)) = (&live.rule.error_action, &live.error_lane) else {
             if live.warn.allow() {
                 tracing::warn!(rule = %live.rule.name, failures = %doc["failures"], "rule action failed; the rule has no error action");
@@ -516,6 +536,8 @@ impl Engine {
             msg: &m,
             vars: &vars,
             hops,
+            bridged,
+            properties: None,
             topic_limits: self.settings.topic_limits,
             max_payload: self.settings.max_payload,
         };
@@ -534,6 +556,7 @@ impl Engine {
             topic,
             client_id,
             hops,
+            bridged,
             original: String::new(),
             target,
         };
@@ -599,7 +622,7 @@ impl Engine {
         );
         // Queued before the job's deletion, so a crash in between repeats
         // the error document rather than losing it.
-        drop(self.to_error_action(live, doc, job.hops));
+        drop(self.to_error_action(live, doc, job.hops, job.bridged));
     }
 
     /// Delivers one spool from its head, in order, until shutdown.

@@ -39,6 +39,9 @@ pub struct Rule {
     pub actions: Vec<Action>,
     /// Where failures go.
     pub error_action: Option<Action>,
+    /// Skips SQL: its actions take the incoming payload as it is
+    /// (`[[upstream.forward]]` mappings).
+    pub verbatim: bool,
 }
 
 /// One compiled action and the spool it feeds.
@@ -95,7 +98,16 @@ impl RuleSet {
                 error_action: None,
             })
             .collect();
-        Self::compile_rules(rules.iter().chain(&forward_rules), settings, bridge)
+        let mut set = Self::compile_rules(rules.iter().chain(&forward_rules), settings, bridge)?;
+        for rule in set.rules.iter_mut().skip(rules.len()) {
+            rule.verbatim = true;
+            for a in &mut rule.actions {
+                if let ActionKind::Upstream(u) = &mut a.kind {
+                    u.verbatim = true;
+                }
+            }
+        }
+        Ok(set)
     }
 
     fn compile_rules<'a>(
@@ -172,6 +184,7 @@ impl RuleSet {
                     enabled: r.enabled,
                     actions,
                     error_action,
+                    verbatim: false,
                 });
             }
         }

@@ -40,6 +40,10 @@ pub struct Context<'a> {
     pub vars: &'a sql::Variables,
     /// Republishes that led to the incoming message.
     pub hops: u8,
+    /// Whether the incoming message came from upstream (it never goes back).
+    pub bridged: bool,
+    /// The incoming message's MQTT 5 properties, which verbatim forwarding keeps.
+    pub properties: Option<&'a crate::codec::PublishProperties>,
     /// Topic limits a republished topic must meet.
     pub topic_limits: crate::topic::Limits,
     /// Largest payload a republish may carry.
@@ -60,6 +64,10 @@ pub struct Job {
     /// action's republishes stay bounded too.
     #[serde(default)]
     pub hops: u8,
+    /// Whether the incoming message came from upstream: its error document
+    /// does not go back up either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bridged: bool,
     /// The incoming payload, base64, when the rule has an error action.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub original: String,

@@ -41,6 +41,9 @@ pub struct Request {
     payload: String,
     /// Republishes that led here, counting this one.
     hops: u8,
+    /// Whether the message this came from arrived from upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    bridged: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     content_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +157,7 @@ impl Republish {
             retain: self.retain,
             payload: base64_encode(payload),
             hops: cx.hops.saturating_add(1),
+            bridged: cx.bridged,
             content_type: self.content_type.as_ref().map(render),
             payload_format: self
                 .payload_format
@@ -213,6 +217,7 @@ pub async fn deliver(router: &Router, r: &Request) -> super::Outcome {
         now,
         Arc::new(Origin {
             hops: r.hops,
+            bridged: r.bridged,
             ..Origin::default()
         }),
     ));

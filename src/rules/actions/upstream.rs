@@ -15,6 +15,9 @@ use tokio::time::Instant;
 /// A compiled upstream action.
 #[derive(Debug)]
 pub struct Upstream {
+    /// Forward the incoming payload and MQTT 5 properties unchanged
+    /// (`[[upstream.forward]]`), not a rule's output.
+    pub verbatim: bool,
     topic: Template,
     qos: QoS,
     limits: topic::Limits,
@@ -42,6 +45,7 @@ impl Upstream {
                 .map_err(|e| format!("topic `{t}`: {e}"))?;
         }
         Ok(Self {
+            verbatim: false,
             topic,
             qos,
             limits,
@@ -66,13 +70,21 @@ impl Upstream {
                 payload.len()
             ));
         }
+        let properties = match cx.properties {
+            Some(p) if self.verbatim => PublishProperties {
+                topic_alias: None,
+                subscription_identifiers: Vec::new(),
+                ..p.clone()
+            },
+            _ => PublishProperties::default(),
+        };
         let now = Instant::now();
         let msg = Message::new(
             topic.into(),
             payload.to_vec().into(),
             self.qos,
             false,
-            PublishProperties::default(),
+            properties,
             now,
             Origin::gateway(),
         );
