@@ -509,6 +509,16 @@ impl Config {
     }
 }
 
+/// What a full spool does with a new record (`spool_overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Evict the oldest records (returned to the caller) to make room.
+    DropOldest,
+    /// Refuse the new record.
+    RefuseNew,
+}
+
 /// `[upstream]`: the bridge to AWS IoT Core or any MQTT broker over mutual TLS.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -555,7 +565,7 @@ pub struct Upstream {
     pub spool_max_age_secs: u64,
     /// What a full spool does: `refuse_new` publishes (the default: nothing
     /// accepted is dropped) or `drop_oldest` (counted).
-    pub spool_overflow: crate::spool::Overflow,
+    pub spool_overflow: Overflow,
     /// Local messages sent upstream.
     pub forward: Vec<Forward>,
     /// Upstream messages brought into the local broker.
@@ -584,7 +594,7 @@ impl Default for Upstream {
             max_topic_slashes: 7,
             spool_max_bytes: 64 * 1024 * 1024,
             spool_max_age_secs: 0,
-            spool_overflow: crate::spool::Overflow::RefuseNew,
+            spool_overflow: Overflow::RefuseNew,
             forward: Vec::new(),
             subscribe: Vec::new(),
         }
@@ -711,7 +721,7 @@ pub struct Actions {
     /// Records older than this go to the error action (0: no limit).
     pub spool_max_age_secs: u64,
     /// What a full spool does: `drop_oldest` (to the error action) or `refuse_new` publishes.
-    pub spool_overflow: crate::spool::Overflow,
+    pub spool_overflow: Overflow,
     /// First retry delay of a failing action; it doubles per attempt, with jitter.
     pub retry_initial_ms: u64,
     /// Longest delay between retries.
@@ -731,7 +741,7 @@ impl Default for Actions {
             allow_plaintext_http: false,
             spool_max_bytes: 32 * 1024 * 1024,
             spool_max_age_secs: 7 * 86_400,
-            spool_overflow: crate::spool::Overflow::DropOldest,
+            spool_overflow: Overflow::DropOldest,
             retry_initial_ms: 200,
             retry_max_ms: 30_000,
             max_hops: 8,
@@ -998,7 +1008,7 @@ mod tests {
         assert_eq!(u.host_port(), Some(("broker.example", 8883)));
         assert_eq!(u.ca, Path::new("/srv/certs/upstream-ca.pem"));
         assert_eq!(u.forward[0].topic, "${topic()}");
-        assert_eq!(u.spool_overflow, crate::spool::Overflow::RefuseNew);
+        assert_eq!(u.spool_overflow, Overflow::RefuseNew);
         let text = r#"
             [upstream]
             endpoint = "no-port"

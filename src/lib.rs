@@ -16,7 +16,8 @@
 //! - [`rules`]: the rules engine: AWS IoT SQL (pure), actions, and the
 //!   engine that evaluates tapped messages and delivers spooled jobs.
 //! - [`bridge`]: the upstream connection; it drains the upstream spool and
-//!   publishes what the upstream sends (rules and bridge meet only at the spool).
+//!   publishes what the upstream sends. It shares the pure SQL templates
+//!   with rules, never the engine: rules and bridge meet at the spool.
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`transport`]: TLS configuration and certificate generation.
 //! - [`http`]: the admin listener.

@@ -33,15 +33,7 @@ const HIGH_WATER: u64 = u64::MAX;
 /// expiring the moment the clock is set.
 const CLOCK_SET_MS: u64 = 1_577_836_800_000;
 
-/// What a full spool does with a new record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Overflow {
-    /// Evict the oldest records (returned to the caller) to make room.
-    DropOldest,
-    /// Refuse the new record.
-    RefuseNew,
-}
+pub use crate::config::Overflow;
 
 /// A spool's bounds.
 #[derive(Debug, Clone, Copy)]

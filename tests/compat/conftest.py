@@ -98,9 +98,15 @@ class Gateway:
         return str(cert), str(key)
 
     def quickstart(self) -> list[str]:
-        """The client command lines the gateway printed on start."""
-        lines = self.stdout.read_text().splitlines()
-        return [l.strip() for l in lines if l.strip().startswith("mosquitto_")]
+        """The client command lines the gateway printed on start (printed just
+        after it logs its listeners, so wait for them, within a bound)."""
+        deadline = time.monotonic() + 10
+        while True:
+            lines = self.stdout.read_text().splitlines()
+            commands = [l.strip() for l in lines if l.strip().startswith("mosquitto_")]
+            if len(commands) >= 2 or time.monotonic() > deadline:
+                return commands
+            time.sleep(0.05)
 
     def stop(self):
         self.proc.terminate()
