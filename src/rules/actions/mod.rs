@@ -188,6 +188,28 @@ impl ActionKind {
     }
 }
 
+/// Renders a topic template for a message that is to be published, and
+/// checks topic and payload against the limits of where it goes
+/// (`payload_setting` names the payload limit in errors).
+fn publish_topic(
+    topic: &sql::Template,
+    cx: &Context<'_>,
+    limits: crate::topic::Limits,
+    payload: usize,
+    (max_payload, payload_setting): (usize, &str),
+) -> Result<String, String> {
+    let topic = topic.render(cx.msg, cx.vars);
+    crate::topic::validate_name(&topic)
+        .and_then(|()| limits.check(&topic))
+        .map_err(|e| format!("topic `{topic}`: {e}"))?;
+    if payload > max_payload {
+        return Err(format!(
+            "payload of {payload} bytes is larger than {payload_setting}"
+        ));
+    }
+    Ok(topic)
+}
+
 /// AWS's error document (spec §3.4).
 pub fn error_document(
     rule: &str,

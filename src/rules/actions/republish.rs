@@ -128,16 +128,13 @@ impl Republish {
     /// Substitutes the templates for one message.
     pub fn render(&self, cx: &Context<'_>, payload: &[u8]) -> Result<Request, String> {
         let render = |t: &Template| t.render(cx.msg, cx.vars);
-        let topic = render(&self.topic);
-        topic::validate_name(&topic)
-            .and_then(|()| cx.topic_limits.check(&topic))
-            .map_err(|e| format!("topic `{topic}`: {e}"))?;
-        if payload.len() > cx.max_payload {
-            return Err(format!(
-                "payload of {} bytes is larger than limits.max_payload_bytes",
-                payload.len()
-            ));
-        }
+        let topic = super::publish_topic(
+            &self.topic,
+            cx,
+            cx.topic_limits,
+            payload.len(),
+            (cx.max_payload, "limits.max_payload_bytes"),
+        )?;
         let correlation_data = match self.correlation_data.as_ref().map(render) {
             Some(b64) if base64_decode(&b64).is_none() => {
                 return Err("headers.correlation_data is not base64".into());

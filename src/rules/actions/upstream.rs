@@ -60,16 +60,13 @@ impl Upstream {
 
     /// The spool record: the message as the bridge will publish it.
     pub fn render(&self, cx: &Context<'_>, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let topic = self.topic.render(cx.msg, cx.vars);
-        topic::validate_name(&topic)
-            .and_then(|()| self.limits.check(&topic))
-            .map_err(|e| format!("topic `{topic}` upstream: {e}"))?;
-        if payload.len() > self.max_payload {
-            return Err(format!(
-                "payload of {} bytes is larger than upstream.max_payload_bytes",
-                payload.len()
-            ));
-        }
+        let topic = super::publish_topic(
+            &self.topic,
+            cx,
+            self.limits,
+            payload.len(),
+            (self.max_payload, "upstream.max_payload_bytes"),
+        )?;
         let properties = match cx.properties {
             Some(p) if self.verbatim => PublishProperties {
                 topic_alias: None,
