@@ -22,11 +22,14 @@
 //! - [`transport`]: TLS configuration and certificate generation.
 //! - [`http`]: the admin listener.
 //! - [`server`]: binds everything, then serves; owns shutdown.
+//! - [`loadgen`]: the load tool (`edgegate bench`), a client of any broker;
+//!   it uses only [`codec`].
 
 pub mod bridge;
 pub mod codec;
 pub mod config;
 pub mod http;
+pub mod loadgen;
 pub mod metrics;
 pub mod policy;
 pub mod registry;

@@ -49,6 +49,66 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Drive an MQTT broker on 127.0.0.1 with load; prints one JSON line.
+    Bench(BenchArgs),
+}
+
+/// `edgegate bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// `conn`, `fanin`, `fanout` or `latency`.
+    scenario: String,
+    /// Broker address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    broker: std::net::SocketAddr,
+    /// CA that signs the broker's certificate (with --cert and --key: mutual TLS).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// MQTT 5 instead of 3.1.1.
+    #[arg(long)]
+    v5: bool,
+    /// conn: connections to make.
+    #[arg(long, default_value_t = 2000)]
+    connections: usize,
+    /// conn: connections in progress at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// conn: seconds to hold every connection open (to read the broker's RSS).
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
+    /// fanin: publishers.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// fanin, fanout: messages per publisher.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Payload bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// QoS 0, 1 or 2.
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// fanout: subscribers.
+    #[arg(long, default_value_t = 50)]
+    subscribers: usize,
+    /// latency: messages per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// latency: seconds of publishing.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Unacknowledged QoS 1/2 publishes per publisher.
+    #[arg(long, default_value_t = 100)]
+    window: usize,
+    /// Bound on the whole run, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
 }
 
 /// Where the configuration (and so the data directory) is.
@@ -213,6 +273,7 @@ fn main() -> ExitCode {
         Command::Cert { command } => cert(command),
         Command::Policy { command } => return policy(command),
         Command::Thing { command } => thing(command),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -320,6 +381,67 @@ fn print_quickstart(config: &Config, port: u16) {
         device_cert.display(),
         device_key.display(),
     );
+}
+
+/// Runs the load tool and prints its report as one JSON line.
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use edgegate::codec::{Protocol, QoS};
+    let tls = match (&a.ca, &a.cert, &a.key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(bench_tls(ca, cert, key)?),
+        _ => anyhow::bail!("--ca, --cert and --key go together (mutual TLS) or not at all"),
+    };
+    let options = edgegate::loadgen::Options {
+        scenario: a.scenario,
+        target: edgegate::loadgen::client::Target {
+            addr: a.broker,
+            tls,
+            protocol: if a.v5 { Protocol::V5 } else { Protocol::V4 },
+        },
+        connections: a.connections,
+        concurrency: a.concurrency,
+        hold_secs: a.hold_secs,
+        publishers: a.publishers,
+        messages: a.messages,
+        size: a.size,
+        qos: QoS::from_u8(a.qos).context("--qos is 0, 1 or 2")?,
+        subscribers: a.subscribers,
+        rate: a.rate,
+        duration_secs: a.duration_secs,
+        window: a.window.max(1),
+        timeout: std::time::Duration::from_secs(a.timeout_secs),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime
+        .block_on(edgegate::loadgen::run(&options))
+        .map_err(anyhow::Error::msg)?;
+    println!("{report}");
+    Ok(())
+}
+
+/// A client configuration for the load tool: the broker's CA and one client
+/// certificate for every connection.
+fn bench_tls(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| p.display().to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut read(ca)?.as_slice()) {
+        roots.add(c?)?;
+    }
+    let chain =
+        rustls_pemfile::certs(&mut read(cert)?.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())?.context("no private key")?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(std::sync::Arc::new(config))
 }
 
 async fn wait_for_signal() {

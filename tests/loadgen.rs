@@ -1,0 +1,128 @@
+//! The load tool against a real gateway over mutual TLS: every scenario
+//! runs small and its report says what a user would check (nothing lost,
+//! nothing reordered, figures present).
+
+mod common;
+
+use common::*;
+use edgegate::codec::{Protocol, QoS};
+use edgegate::loadgen::{self, Options, client::Target};
+use std::time::Duration;
+
+fn options(t: &TestServer, scenario: &str, qos: QoS) -> Options {
+    let pem = t.device("bench");
+    Options {
+        scenario: scenario.into(),
+        target: Target {
+            addr: t.addr(),
+            tls: Some(t.tls_config(Some(&pem))),
+            protocol: Protocol::V4,
+        },
+        connections: 20,
+        concurrency: 4,
+        hold_secs: 0,
+        publishers: 3,
+        messages: 300,
+        size: 64,
+        qos,
+        subscribers: 3,
+        rate: 200,
+        duration_secs: 1,
+        window: 20,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test]
+async fn conn_reports_rate_and_handshake_percentiles() {
+    let t = TestServer::start().await;
+    let r = loadgen::run(&options(&t, "conn", QoS::AtMostOnce))
+        .await
+        .expect("runs");
+    assert_eq!(r["connections"], 20, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(r["connections_per_s"].as_f64() > Some(0.0), "{r}");
+    assert!(
+        r["handshake_p99_ms"].as_f64() >= r["handshake_p50_ms"].as_f64(),
+        "{r}"
+    );
+    assert_eq!(r["tls"], true);
+    assert!(r["tool_cpu_s"].is_number());
+}
+
+#[tokio::test]
+async fn fanin_at_every_qos_loses_and_reorders_nothing() {
+    let t = TestServer::start().await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let r = loadgen::run(&options(&t, "fanin", qos))
+            .await
+            .expect("runs");
+        assert_eq!(r["messages"], 900, "{r}");
+        assert_eq!(r["delivered"], 900, "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["reordered"], 0, "{r}");
+        assert_eq!(r["timed_out"], false, "{r}");
+        assert!(r["delivered_per_s"].as_f64() > Some(0.0), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn fanout_delivers_to_every_subscriber() {
+    let t = TestServer::start().await;
+    let r = loadgen::run(&options(&t, "fanout", QoS::AtLeastOnce))
+        .await
+        .expect("runs");
+    assert_eq!(r["deliveries"], 900, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert!(r["deliveries_per_s"].as_f64() > Some(0.0), "{r}");
+}
+
+#[tokio::test]
+async fn latency_measures_after_the_warm_up() {
+    let t = TestServer::start().await;
+    let r = loadgen::run(&options(&t, "latency", QoS::AtMostOnce))
+        .await
+        .expect("runs");
+    assert_eq!(r["messages"], 200, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["measured"], 180, "the first tenth is the warm-up: {r}");
+    let (p50, p99) = (r["p50_ms"].as_f64(), r["p99_ms"].as_f64());
+    assert!(p50 > Some(0.0) && p99 >= p50, "{r}");
+}
+
+#[test]
+fn the_command_line_prints_one_json_line_and_refuses_other_hosts() {
+    let t = TestServer::prepare("");
+    let (mut child, port, _) = spawn_binary(&t, "", &[]);
+    let pem = t.device("bench");
+    let certs = t.dir.path().join("certs");
+    edgegate::transport::pki::write_pair(&certs, "bench", &pem).expect("write cert");
+    let run = |broker: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
+            .args(["bench", "fanin", "--broker", &broker, "--publishers", "2"])
+            .args(["--messages", "100", "--qos", "1", "--timeout-secs", "30"])
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("bench.pem"))
+            .arg("--key")
+            .arg(certs.join("bench.key"))
+            .output()
+            .expect("run")
+    };
+    let out = run(format!("127.0.0.1:{port}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(report["delivered"], 200, "{report}");
+    let out = run("10.1.2.3:8883".into());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1 only"));
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}
