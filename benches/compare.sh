@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# edgegate side by side with Eclipse Mosquitto and rumqttd on this machine,
+# driven by `edgegate bench` over mutual TLS with ECDSA P-256 client
+# certificates, persistence off.
+#
+# Each broker runs pinned to CPU 0 and the load to CPU 1; brokers alternate
+# run by run; every scenario runs RUNS times (3 by default). Prints, per
+# figure, the median with min-max for each broker and the ratio
+# edgegate/peer, plus broker CPU seconds per million messages and RSS.
+#
+#   benches/compare.sh                     # everything
+#   BROKERS="edgegate mosquitto" SCENARIOS="fanin0 latency" RUNS=5 benches/compare.sh
+#
+# Everything listens on 127.0.0.1 only, every run is bounded in count and
+# time, and every broker is stopped when the script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+BROKERS=${BROKERS:-"edgegate mosquitto rumqttd"}
+SCENARIOS=${SCENARIOS:-"conn rss fanin0 fanin1 fanout latency"}
+PORT=${PORT:-18883}
+EG=target/release/edgegate
+
+# Peers, installed if missing.
+if [[ " $BROKERS " == *" mosquitto "* ]] && ! [ -x /usr/sbin/mosquitto ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+if [[ " $BROKERS " == *" rumqttd "* ]] && ! command -v rumqttd >/dev/null; then
+    cargo install rumqttd
+fi
+cargo build --release --quiet
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d)
+broker_pid=""
+cleanup() {
+    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null && wait "$broker_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Certificates: edgegate's first start makes a CA and a server certificate
+# (SAN localhost, 127.0.0.1) that every broker uses; one client certificate
+# serves every load connection.
+certs=$work/data/certs
+mkdir -p "$work/policies"
+echo '{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"iot:*","Resource":"*"}}' \
+    > "$work/policies/open.json"
+cat > "$work/edgegate.toml" <<EOF
+data_dir = "data"
+[mqtt]
+listen = ["127.0.0.1:$PORT"]
+[admin]
+listen = "127.0.0.1:0"
+[policies]
+dir = "policies"
+[auth]
+provisioning = { policies = ["open"] }
+[limits]
+max_connections = 100000
+[store]
+fsync = false
+EOF
+
+cat > "$work/mosquitto.conf" <<EOF
+user root
+persistence false
+log_type error
+set_tcp_nodelay true
+max_connections -1
+listener $PORT 127.0.0.1
+cafile $certs/ca.pem
+certfile $certs/server.pem
+keyfile $certs/server.key
+require_certificate true
+use_identity_as_username true
+allow_anonymous true
+EOF
+
+cat > "$work/rumqttd.toml" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$PORT"
+next_connection_delay_ms = 0
+    [v4.1.tls]
+    capath = "$certs/ca.pem"
+    certpath = "$certs/server.pem"
+    keypath = "$certs/server.key"
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 131072
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+
+start_broker() {
+    case $1 in
+        edgegate) (cd "$work" && exec taskset -c 0 "$OLDPWD/$EG" serve --config edgegate.toml >/dev/null 2>&1) & ;;
+        mosquitto) taskset -c 0 /usr/sbin/mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 & ;;
+        rumqttd) taskset -c 0 rumqttd --config "$work/rumqttd.toml" >/dev/null 2>&1 & ;;
+    esac
+    broker_pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$1 did not start" >&2
+    return 1
+}
+
+stop_broker() {
+    kill "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+    broker_pid=""
+}
+
+# The broker's own process (edgegate runs under a subshell).
+broker_proc() {
+    pgrep -P "$broker_pid" -n 2>/dev/null || echo "$broker_pid"
+}
+
+start_broker edgegate
+stop_broker
+"$EG" cert issue --cn bench --ca-dir "$certs" --out "$certs" >/dev/null
+
+cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+args_for() {
+    case $1 in
+        conn) echo "conn --connections 2000 --concurrency 32" ;;
+        rss) echo "conn --connections 10000 --concurrency 32 --hold-secs 6" ;;
+        fanin0) echo "fanin --publishers 4 --messages 100000 --qos 0" ;;
+        fanin1) echo "fanin --publishers 4 --messages 100000 --qos 1" ;;
+        fanout) echo "fanout --subscribers 50 --messages 20000 --qos 0" ;;
+        latency) echo "latency --rate 1000 --duration-secs 10" ;;
+    esac
+}
+
+results=$work/results.jsonl
+for run in $(seq "$RUNS"); do
+    # Alternate the order run by run.
+    order=$BROKERS
+    (( run % 2 == 0 )) && order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' ')
+    for scenario in $SCENARIOS; do
+        for broker in $order; do
+            start_broker "$broker" || continue
+            pid=$(broker_proc)
+            rss0=$(rss_kib "$pid"); cpu0=$(cpu_s "$pid")
+            # shellcheck disable=SC2046
+            taskset -c 1 "$EG" bench $(args_for "$scenario") --broker "127.0.0.1:$PORT" \
+                --ca "$certs/ca.pem" --cert "$certs/bench.pem" --key "$certs/bench.key" \
+                --timeout-secs 120 > "$work/out.json" &
+            bench_pid=$!
+            peak=$rss0
+            while kill -0 "$bench_pid" 2>/dev/null; do
+                r=$(rss_kib "$pid" 2>/dev/null || echo 0); (( r > peak )) && peak=$r
+                sleep 0.5
+            done
+            wait "$bench_pid" || true
+            cpu1=$(cpu_s "$pid")
+            python3 - "$broker" "$scenario" "$run" "$cpu0" "$cpu1" "$rss0" "$peak" "$work/out.json" >> "$results" <<'PY'
+import json, sys
+broker, scenario, run, cpu0, cpu1, rss0, peak, out = sys.argv[1:]
+try:
+    report = json.load(open(out))
+except Exception:
+    report = {}
+print(json.dumps({"broker": broker, "scenario": scenario, "run": int(run),
+                  "broker_cpu_s": float(cpu1) - float(cpu0),
+                  "rss0_kib": int(rss0), "rss_peak_kib": int(peak), "report": report}))
+PY
+            stop_broker
+        done
+    done
+done
+
+python3 - "$results" "$BROKERS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+brokers = sys.argv[2].split()
+figures = {
+    "conn": ("mTLS connections/s", lambda r: r["report"].get("connections_per_s"), True),
+    "rss": ("RSS KiB per idle mTLS connection",
+            lambda r: (r["rss_peak_kib"] - r["rss0_kib"]) / max(r["report"].get("connections", 0), 1), False),
+    "fanin0": ("fan-in QoS 0 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
+    "fanin1": ("fan-in QoS 1 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
+    "fanout": ("fan-out 1 to 50 deliveries/s", lambda r: r["report"].get("deliveries_per_s"), True),
+    "latency": ("latency p99 ms at 1,000 msg/s", lambda r: r["report"].get("p99_ms"), False),
+}
+def messages(r):
+    rep = r["report"]
+    return rep.get("delivered") or rep.get("deliveries") or rep.get("messages") or 0
+print(f"{'figure':40} " + " ".join(f"{b:>26}" for b in brokers) + "   ratio edgegate/peer")
+for scenario, (name, value, higher) in figures.items():
+    med = {}
+    cells = []
+    for b in brokers:
+        vals = [value(r) for r in rows if r["broker"] == b and r["scenario"] == scenario]
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            cells.append(f"{'-':>26}")
+            continue
+        med[b] = statistics.median(vals)
+        cells.append(f"{med[b]:>12.1f} ({min(vals):.1f}-{max(vals):.1f})")
+    ratios = [f"{b}: {med['edgegate'] / med[b]:.2f}x" for b in brokers
+              if b != "edgegate" and "edgegate" in med and med.get(b)]
+    if med:
+        print(f"{name:40} " + " ".join(cells) + "   " + ", ".join(ratios)
+              + ("" if higher else "  (lower is better)"))
+print()
+print("broker CPU seconds per million messages, peak RSS MiB (medians):")
+for scenario in ("fanin0", "fanin1", "fanout"):
+    for b in brokers:
+        rs = [r for r in rows if r["broker"] == b and r["scenario"] == scenario and messages(r)]
+        if rs:
+            cpu = statistics.median(r["broker_cpu_s"] / messages(r) * 1e6 for r in rs)
+            rss = statistics.median(r["rss_peak_kib"] for r in rs) / 1024
+            lost = statistics.median(r["report"].get("lost", 0) for r in rs)
+            print(f"  {scenario:8} {b:10} {cpu:8.2f} CPU s/M   {rss:7.1f} MiB   lost {lost:.0f}")
+PY
