@@ -23,6 +23,7 @@ use crate::codec::{
 use client::{Client, Target};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Barrier, Semaphore};
 use tokio::time::{Instant, timeout_at};
@@ -32,6 +33,9 @@ const BATCH: usize = 64 * 1024;
 
 /// The payload's header: publisher, sequence, send time (ns since the run began).
 const HEADER: usize = 16;
+
+/// Once the publishers are done, a subscriber that hears nothing for this long stops.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -209,21 +213,26 @@ struct Seen {
     latencies: Vec<Duration>,
 }
 
-/// Receives until `expected` new messages arrived or the deadline; acknowledges as QoS asks.
+/// Receives until `expected` new messages arrived, or the publishers are
+/// done and nothing came for [`QUIET`] (a broker may drop QoS 0), or the
+/// deadline; acknowledges as QoS asks.
 async fn receive(
     mut c: Client,
     publishers: usize,
     expected: usize,
-    base: Instant,
-    warm_up: u32,
+    (base, warm_up): (Instant, u32),
+    done: Arc<AtomicBool>,
     deadline: Instant,
 ) -> Seen {
     let mut seen = Seen::default();
     let mut next = vec![0u32; publishers];
-    while seen.delivered < expected {
-        match timeout_at(deadline, c.read()).await {
+    while seen.delivered < expected && Instant::now() < deadline {
+        let wait = (Instant::now() + QUIET).min(deadline);
+        match timeout_at(wait, c.read()).await {
             Ok(Ok(())) => {}
-            _ => break,
+            Ok(Err(_)) => break,
+            Err(_) if done.load(Ordering::Relaxed) => break,
+            Err(_) => continue,
         }
         while let Ok(Some(p)) = c.try_next() {
             match p {
@@ -374,7 +383,15 @@ async fn fanin(o: &Options, deadline: Instant) -> Result<Value, String> {
     let expected = o.publishers * o.messages;
     let base = Instant::now();
     let barrier = Arc::new(Barrier::new(o.publishers + 1));
-    let receiving = tokio::spawn(receive(sub, o.publishers, expected, base, 0, deadline));
+    let done = Arc::new(AtomicBool::new(false));
+    let receiving = tokio::spawn(receive(
+        sub,
+        o.publishers,
+        expected,
+        (base, 0),
+        done.clone(),
+        deadline,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for (p, c) in pubs.into_iter().enumerate() {
         let (o, barrier) = (o.clone(), barrier.clone());
@@ -401,6 +418,7 @@ async fn fanin(o: &Options, deadline: Instant) -> Result<Value, String> {
             Err(e) => errors.push(e),
         }
     }
+    done.store(true, Ordering::Relaxed);
     let seen = receiving.await.map_err(|e| e.to_string())?;
     let took = seen
         .last_at
@@ -429,9 +447,10 @@ async fn fanout(o: &Options, deadline: Instant) -> Result<Value, String> {
     }
     let publisher = Client::connect(&o.target, "bench-fanout-pub").await?;
     let base = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
     let receiving: Vec<_> = subs
         .into_iter()
-        .map(|s| tokio::spawn(receive(s, 1, o.messages, base, 0, deadline)))
+        .map(|s| tokio::spawn(receive(s, 1, o.messages, (base, 0), done.clone(), deadline)))
         .collect();
     let start = Instant::now();
     let stream = Stream {
@@ -441,6 +460,7 @@ async fn fanout(o: &Options, deadline: Instant) -> Result<Value, String> {
         rate: None,
     };
     let published = publish(publisher, o, stream, base, deadline).await;
+    done.store(true, Ordering::Relaxed);
     let (mut delivered, mut duplicates, mut reordered, mut last) = (0, 0, 0, start);
     for r in receiving {
         let seen = r.await.map_err(|e| e.to_string())?;
@@ -473,7 +493,15 @@ async fn latency(o: &Options, deadline: Instant) -> Result<Value, String> {
     // The first tenth warms caches and connections up; it is not measured.
     let warm_up = (messages / 10) as u32;
     let base = Instant::now();
-    let receiving = tokio::spawn(receive(sub, 1, messages, base, warm_up, deadline));
+    let done = Arc::new(AtomicBool::new(false));
+    let receiving = tokio::spawn(receive(
+        sub,
+        1,
+        messages,
+        (base, warm_up),
+        done.clone(),
+        deadline,
+    ));
     let stream = Stream {
         publisher: 0,
         topic: "bench/latency",
@@ -481,6 +509,7 @@ async fn latency(o: &Options, deadline: Instant) -> Result<Value, String> {
         rate: Some(o.rate.max(1)),
     };
     let published = publish(publisher, o, stream, base, deadline).await;
+    done.store(true, Ordering::Relaxed);
     let mut seen = receiving.await.map_err(|e| e.to_string())?;
     seen.latencies.sort();
     Ok(json!({
