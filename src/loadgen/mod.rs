@@ -77,13 +77,20 @@ pub async fn run(o: &Options) -> Result<Value, String> {
     }
     let cpu = cpu_seconds();
     let deadline = Instant::now() + o.timeout;
-    let mut report = match o.scenario.as_str() {
-        "conn" => conn(o, deadline).await?,
-        "fanin" => fanin(o, deadline).await?,
-        "fanout" => fanout(o, deadline).await?,
-        "latency" => latency(o, deadline).await?,
-        other => return Err(format!("unknown scenario `{other}`")),
+    let scenario = async {
+        match o.scenario.as_str() {
+            "conn" => conn(o, deadline).await,
+            "fanin" => fanin(o, deadline).await,
+            "fanout" => fanout(o, deadline).await,
+            "latency" => latency(o, deadline).await,
+            other => Err(format!("unknown scenario `{other}`")),
+        }
     };
+    // Connects and subscriptions wait on the broker too: nothing outlives
+    // the deadline by more than the time to write the report.
+    let mut report = timeout_at(deadline + QUIET, scenario)
+        .await
+        .map_err(|_| "the broker did not answer before the deadline".to_owned())??;
     report["scenario"] = json!(o.scenario);
     report["tls"] = json!(o.target.tls.is_some());
     report["qos"] = json!(o.qos as u8);
