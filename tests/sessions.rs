@@ -483,3 +483,73 @@ async fn the_gateway_uses_topic_aliases_the_client_allows() {
     let third = read_packet(&mut raw).await;
     assert_eq!(&third[2..8], &[0x00, 0x03, b'a', b'/', b'y', 0x00]);
 }
+
+#[tokio::test]
+async fn a_subscriber_falling_behind_paces_its_publishers_instead_of_losing_messages() {
+    use edgegate::codec::{Ack, Packet, Properties, Protocol, QoS as Q, SubOptions, Subscribe};
+    use edgegate::loadgen::client::{Client, Target};
+    const N: usize = 3000;
+    // Past 200 queued messages the subscriber is falling behind; at 400 it
+    // would be disconnected as too slow.
+    let t = TestServer::start_with("[limits]\nmax_stored_messages = 400\n").await;
+    let pem = t.device("slow");
+    let target = Target {
+        addr: t.addr(),
+        tls: Some(t.tls_config(Some(&pem))),
+        protocol: Protocol::V4,
+    };
+    let mut sub = Client::connect(&target, "slow").await.expect("connect");
+    sub.queue(&Packet::Subscribe(Subscribe {
+        pkid: 1,
+        filters: vec![("paced".into(), SubOptions::qos(Q::AtLeastOnce))],
+        properties: Properties::default(),
+    }));
+    sub.flush().await.expect("subscribe");
+    while !matches!(sub.next().await.expect("suback"), Packet::SubAck(_)) {}
+    // A subscriber that takes a millisecond per message, a fifth of the
+    // publisher's pace or less.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT * 3;
+        while got.len() < N && tokio::time::Instant::now() < deadline {
+            if tokio::time::timeout(WAIT, sub.read()).await.is_err() {
+                break;
+            }
+            while let Ok(Some(p)) = sub.try_next() {
+                if let Packet::Publish(p) = p {
+                    sub.queue(&Packet::PubAck(Ack::ok(p.pkid)));
+                    got.push(u32::from_be_bytes(
+                        p.payload[..4].try_into().expect("4 bytes"),
+                    ));
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            if sub.flush().await.is_err() {
+                break;
+            }
+        }
+        got
+    });
+    let mut p = t.v4("fast", true).await;
+    for i in 0..N as u32 {
+        p.publish("paced", QoS::AtLeastOnce, false, &i.to_be_bytes())
+            .await;
+    }
+    for _ in 0..N {
+        p.puback().await;
+    }
+    let got = reader.await.expect("reader");
+    assert_eq!(
+        got,
+        (0..N as u32).collect::<Vec<_>>(),
+        "every message, in order"
+    );
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_messages_dropped_total{reason=\"slow_consumer\"}"
+        ),
+        0.0
+    );
+}

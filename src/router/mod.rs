@@ -217,6 +217,9 @@ pub struct Mailbox {
     state: Mutex<Inbox>,
     notify: Notify,
     kick: Notify,
+    /// Bumped when a pressed mailbox drains below its watermark (or its
+    /// consumer goes away), so that paced publishers go on.
+    relieved: tokio::sync::watch::Sender<u64>,
     limits: MailboxLimits,
 }
 
@@ -243,7 +246,32 @@ impl Mailbox {
             state: Mutex::new(Inbox::default()),
             notify: Notify::new(),
             kick: Notify::new(),
+            relieved: tokio::sync::watch::Sender::new(0),
             limits,
+        }
+    }
+
+    /// Half the slow-consumer bound: past it, a connected consumer is
+    /// falling behind, and the publishers of its QoS 1/2 messages are paced
+    /// (their acknowledgements wait, for a bounded time) before it reaches
+    /// the bound and is disconnected.
+    fn watermark(&self) -> usize {
+        (self.limits.stored / 2).max(1)
+    }
+
+    /// Whether a connected consumer is past its watermark.
+    pub fn is_pressed(&self) -> bool {
+        self.online.load(Ordering::Relaxed) && self.state.lock().queue.len() >= self.watermark()
+    }
+
+    /// Changes when the mailbox drains below its watermark or goes offline.
+    pub fn relief(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.relieved.subscribe()
+    }
+
+    fn relieve(&self) {
+        if self.relieved.receiver_count() > 0 {
+            self.relieved.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
@@ -263,6 +291,8 @@ impl Mailbox {
         self.online.store(online, Ordering::Relaxed);
         if online {
             self.take_slow();
+        } else {
+            self.relieve();
         }
     }
 
@@ -333,6 +363,11 @@ impl Mailbox {
                 break;
             }
         }
+        let below = inbox.queue.len() < self.watermark();
+        drop(inbox);
+        if below && !out.is_empty() {
+            self.relieve();
+        }
     }
 
     /// Number of queued deliveries.
@@ -386,6 +421,9 @@ pub struct Routed {
     pub matched: usize,
     /// Resolves when the publish is durable; `None` if nothing had to be written.
     pub commit: Option<Commit>,
+    /// A connected subscriber this QoS 1/2 message found past its watermark:
+    /// the publisher's acknowledgement should wait for it to drain.
+    pub pressure: Option<Arc<Mailbox>>,
 }
 
 /// Subscriptions and retained messages of the whole gateway.
@@ -658,8 +696,10 @@ impl Router {
             }
             drop(retained);
             let mut matched = 0;
+            let mut pressure = None;
             for t in targets.drain(..) {
                 let (mailbox, seq) = (t.mailbox, t.seq);
+                let acked = t.qos != QoS::AtMostOnce;
                 let delivery = Delivery {
                     msg: msg.clone(),
                     qos: t.qos,
@@ -668,7 +708,12 @@ impl Router {
                     seq,
                 };
                 match mailbox.push(delivery, &self.metrics) {
-                    Pushed::Queued => matched += 1,
+                    Pushed::Queued => {
+                        matched += 1;
+                        if acked && pressure.is_none() && mailbox.is_pressed() {
+                            pressure = Some(mailbox);
+                        }
+                    }
                     Pushed::Dropped(_) if seq != 0 => {
                         self.store
                             .enqueue(vec![Op::DelQueued(mailbox.client_id.clone(), seq)]);
@@ -690,7 +735,11 @@ impl Router {
                 }
                 self.tap.push(t);
             }
-            Ok(Routed { matched, commit })
+            Ok(Routed {
+                matched,
+                commit,
+                pressure,
+            })
         })
     }
 }

@@ -73,6 +73,27 @@ pub struct Shared {
     pub arn_head: ArnHead,
 }
 
+/// Resolves when the acknowledgement at the front may move: its commit is
+/// done, or the subscriber it waits for drained (or the hold ran out).
+async fn front_ready(front: Option<&mut PendingAck>) -> Event {
+    match front {
+        Some(PendingAck {
+            commit: Some(c), ..
+        }) => Event::Committed(
+            c.await
+                .map_or(Some(reason::UNSPECIFIED_ERROR), |r| commit_code(&r)),
+        ),
+        Some(PendingAck { held: Some(h), .. }) => {
+            tokio::select! {
+                _ = h.relief.changed() => {}
+                _ = tokio::time::sleep_until(h.until) => {}
+            }
+            Event::Relieved
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 /// The reason code a finished commit puts in its publish's ack, if it failed.
 fn commit_code(res: &Result<(), Arc<StoreError>>) -> Option<u8> {
     res.as_ref().err().map(|e| e.reason_code())
@@ -219,7 +240,24 @@ struct PendingAck {
     qos2: bool,
     code: u8,
     commit: Option<Commit>,
+    /// A subscriber the message found falling behind: the acknowledgement
+    /// waits until it drains or [`ACK_HOLD`] passes.
+    held: Option<Held>,
 }
+
+/// Flow control: why an acknowledgement waits, and until when at most.
+struct Held {
+    relief: tokio::sync::watch::Receiver<u64>,
+    mailbox: Arc<crate::router::Mailbox>,
+    until: Instant,
+}
+
+/// Longest a publisher's acknowledgement waits for a subscriber that is
+/// falling behind. Within it, publishers slow down to what their
+/// subscribers take (with Receive Maximum, they cannot run ahead); past it,
+/// the publisher goes on, and a subscriber that still cannot keep up meets
+/// the slow-consumer bound: a publisher is paced, never blocked.
+const ACK_HOLD: Duration = Duration::from_secs(1);
 
 struct Conn {
     shared: Arc<Shared>,
@@ -639,15 +677,16 @@ impl Conn {
             if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                 rbuf.reserve(READ_CHUNK);
             }
-            let has_commit = self.acks.front().is_some_and(|a| a.commit.is_some());
-            let commit_wait = self.acks.front_mut().and_then(|a| a.commit.as_mut());
+            let front_waits = self
+                .acks
+                .front()
+                .is_some_and(|a| a.commit.is_some() || a.held.is_some());
+            let front = self.acks.front_mut();
             let event = tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled() => Event::Shutdown,
                 Some(Control::TakeOver(reply)) = control.recv() => Event::TakeOver(reply),
-                res = async { commit_wait.expect("guarded by has_commit").await }, if has_commit => {
-                    Event::Committed(res.map_or(Some(reason::UNSPECIFIED_ERROR), |r| commit_code(&r)))
-                }
+                ev = front_ready(front), if front_waits => ev,
                 res = stream.read_buf(rbuf), if reading => Event::Read(res),
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
@@ -667,6 +706,8 @@ impl Conn {
                         }
                     }
                 }
+                // The loop's next turn sends what is no longer held.
+                Event::Relieved => {}
                 Event::Read(Ok(0) | Err(_)) => return End::Io,
                 Event::Read(Ok(n)) => metrics.bytes_in.increment(n as u64),
                 Event::Mail => mail_ready = true,
@@ -719,6 +760,12 @@ impl Conn {
                     front.code = code;
                 }
                 front.commit = None;
+            }
+            if let Some(h) = &front.held {
+                if h.mailbox.is_pressed() && Instant::now() < h.until {
+                    return Ok(());
+                }
+                front.held = None;
             }
             if front.code >= 0x80 {
                 // A refused QoS 2 id may be reused at once (MQTT 5 §4.3.3); it was never routed.
@@ -968,6 +1015,7 @@ impl Conn {
                 qos2: true,
                 code: reason::SUCCESS,
                 commit: None,
+                held: None,
             });
             return Ok(());
         }
@@ -994,14 +1042,14 @@ impl Conn {
             now,
             origin,
         ));
-        let (code, commit) = match shared.router.publish(&msg, now) {
+        let (code, commit, pressure) = match shared.router.publish(&msg, now) {
             Ok(routed) if routed.matched == 0 && v5 => {
-                (reason::NO_MATCHING_SUBSCRIBERS, routed.commit)
+                (reason::NO_MATCHING_SUBSCRIBERS, routed.commit, None)
             }
-            Ok(routed) => (reason::SUCCESS, routed.commit),
+            Ok(routed) => (reason::SUCCESS, routed.commit, routed.pressure),
             Err(e) => {
                 tracing::warn!(client_id = %self.client_id, error = %e, "publish refused");
-                (e.reason_code(), None)
+                (e.reason_code(), None, None)
             }
         };
         if qos == QoS::AtMostOnce {
@@ -1015,6 +1063,11 @@ impl Conn {
             qos2: qos == QoS::ExactlyOnce,
             code,
             commit,
+            held: pressure.map(|mailbox| Held {
+                relief: mailbox.relief(),
+                mailbox,
+                until: now + ACK_HOLD,
+            }),
         });
         Ok(())
     }
@@ -1356,6 +1409,7 @@ enum Event {
     Shutdown,
     TakeOver(tokio::sync::oneshot::Sender<Box<SessionData>>),
     Committed(Option<u8>),
+    Relieved,
     Read(std::io::Result<usize>),
     Mail,
     KeepAlive,
