@@ -286,6 +286,14 @@ impl Spool {
         (inner.queue.len(), inner.bytes, oldest)
     }
 
+    /// Sets a spool's gauges (records, bytes, age of the oldest) to now.
+    pub fn report(&self, m: &crate::metrics::ActionMetrics) {
+        let (records, bytes, oldest_ms) = self.depth(now_ms());
+        m.depth.set(records as f64);
+        m.bytes.set(bytes as f64);
+        m.oldest.set(oldest_ms as f64 / 1000.0);
+    }
+
     /// Resolves when something was appended since the last call.
     pub async fn appended(&self) {
         self.notify.notified().await;

@@ -6,20 +6,24 @@ fn edgegate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edgegate"))
 }
 
-#[test]
-fn a_bad_config_lists_every_problem_and_exits_64() {
+/// `edgegate serve` on a configuration file with `text`, in a fresh directory.
+fn serve_with(text: &str) -> (tempfile::TempDir, std::process::Output) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "surprise = 1\n[mqtt]\nplaintext_listen = \"0.0.0.0:1883\"\n[admin]\nlisten = \"0.0.0.0:9080\"\n[limits]\nmax_qos = 7\n",
-    )
-    .expect("write");
+    std::fs::write(&config, text).expect("write");
     let out = edgegate()
         .args(["serve", "--config"])
         .arg(&config)
         .output()
         .expect("run");
+    (dir, out)
+}
+
+#[test]
+fn a_bad_config_lists_every_problem_and_exits_64() {
+    let (dir, out) = serve_with(
+        "surprise = 1\n[mqtt]\nplaintext_listen = \"0.0.0.0:1883\"\n[admin]\nlisten = \"0.0.0.0:9080\"\n[limits]\nmax_qos = 7\n",
+    );
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in ["surprise", "plaintext_listen", "admin.listen", "max_qos"] {
@@ -33,18 +37,7 @@ fn a_bad_config_lists_every_problem_and_exits_64() {
 
 #[test]
 fn a_broken_rule_names_the_file_rule_and_position_and_exits_64() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[[rules]]\nname = \"hot\"\nsql = \"SELECT * FROM 'a' WHERE\"\n",
-    )
-    .expect("write");
-    let out = edgegate()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
+    let (dir, out) = serve_with("[[rules]]\nname = \"hot\"\nsql = \"SELECT * FROM 'a' WHERE\"\n");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in ["config.toml", "rules[0] `hot`", "position 23"] {

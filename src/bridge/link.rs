@@ -582,11 +582,7 @@ impl Bridge {
     }
 
     fn gauges(&self) {
-        let (records, bytes, oldest) = self.spool.depth(spool::now_ms());
-        let m = &self.spool_metrics;
-        m.depth.set(records as f64);
-        m.bytes.set(bytes as f64);
-        m.oldest.set(oldest as f64 / 1000.0);
+        self.spool.report(&self.spool_metrics);
     }
 
     fn handle(&self, s: &mut Session, p: Packet, acked: &mut bool) -> Result<(), Ended> {

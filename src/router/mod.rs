@@ -312,6 +312,12 @@ impl Mailbox {
 
     /// Queues a delivery under the overflow policy described in the module docs.
     pub fn push(&self, d: Delivery, metrics: &Metrics) -> Pushed {
+        self.push_watched(d, metrics).0
+    }
+
+    /// [`Mailbox::push`], also telling whether a connected consumer is now
+    /// past its watermark, read under the same lock.
+    fn push_watched(&self, d: Delivery, metrics: &Metrics) -> (Pushed, bool) {
         let mut inbox = self.state.lock();
         let len = inbox.queue.len();
         let verdict = if d.qos == QoS::AtMostOnce && len >= self.limits.queued {
@@ -331,9 +337,10 @@ impl Mailbox {
             Pushed::Queued => inbox.queue.push_back(d),
             Pushed::Dropped(reason) => metrics.count_drop(reason),
         }
+        let behind = inbox.queue.len() >= self.watermark() && self.online.load(Ordering::Relaxed);
         drop(inbox);
         self.notify.notify_one();
-        verdict
+        (verdict, behind)
     }
 
     /// Puts deliveries back at the front (a connection ended before sending them).
@@ -707,18 +714,18 @@ impl Router {
                     sub_ids: t.sub_ids,
                     seq,
                 };
-                match mailbox.push(delivery, &self.metrics) {
-                    Pushed::Queued => {
+                match mailbox.push_watched(delivery, &self.metrics) {
+                    (Pushed::Queued, behind) => {
                         matched += 1;
-                        if acked && pressure.is_none() && mailbox.is_pressed() {
+                        if acked && behind && pressure.is_none() {
                             pressure = Some(mailbox);
                         }
                     }
-                    Pushed::Dropped(_) if seq != 0 => {
+                    (Pushed::Dropped(_), _) if seq != 0 => {
                         self.store
                             .enqueue(vec![Op::DelQueued(mailbox.client_id.clone(), seq)]);
                     }
-                    Pushed::Dropped(_) => {}
+                    (Pushed::Dropped(_), _) => {}
                 }
             }
             if tapped {

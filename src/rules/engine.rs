@@ -82,10 +82,7 @@ impl Lane {
     }
 
     fn gauges(&self) {
-        let (records, bytes, oldest_ms) = self.spool.depth(spool::now_ms());
-        self.metrics.depth.set(records as f64);
-        self.metrics.bytes.set(bytes as f64);
-        self.metrics.oldest.set(oldest_ms as f64 / 1000.0);
+        self.spool.report(&self.metrics);
     }
 }
 

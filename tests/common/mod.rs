@@ -76,30 +76,7 @@ impl TestServer {
     }
 
     fn config_text(&self) -> String {
-        let base = format!(
-            r#"
-data_dir = "data"
-[tls]
-ca = "certs/ca.pem"
-cert = "certs/server.pem"
-key = "certs/server.key"
-generate_if_missing = false
-handshake_timeout_secs = 2
-{extra}
-"#,
-            extra = self.extra_toml
-        );
-        let mut text = base;
-        if !self.extra_toml.contains("[mqtt]") {
-            text.push_str("[mqtt]\nlisten = [\"127.0.0.1:0\"]\n");
-        }
-        if !self.extra_toml.contains("[admin]") {
-            text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
-        }
-        if !self.extra_toml.contains("[auth]") {
-            text.push_str("[auth]\nprovisioning = { policies = [\"open\"] }\n");
-        }
-        text
+        config_text(&self.extra_toml)
     }
 
     pub async fn boot(&mut self) {
@@ -553,6 +530,34 @@ impl V5 {
     }
 }
 
+/// The test configuration: the directory's certificates, loopback
+/// listeners and the open policy, with `extra` TOML (sections given there
+/// replace these defaults, so name whole sections).
+pub fn config_text(extra: &str) -> String {
+    let mut text = format!(
+        r#"
+data_dir = "data"
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/server.pem"
+key = "certs/server.key"
+generate_if_missing = false
+handshake_timeout_secs = 2
+{extra}
+"#
+    );
+    if !extra.contains("[mqtt]") {
+        text.push_str("[mqtt]\nlisten = [\"127.0.0.1:0\"]\n");
+    }
+    if !extra.contains("[admin]") {
+        text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    if !extra.contains("[auth]") {
+        text.push_str("[auth]\nprovisioning = { policies = [\"open\"] }\n");
+    }
+    text
+}
+
 /// Writes a temporary config file for running the binary.
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("config.toml");
@@ -569,26 +574,7 @@ pub fn spawn_binary(
     env: &[(&str, &str)],
 ) -> (std::process::Child, u16, String) {
     use std::io::{BufRead, BufReader};
-    let text = format!(
-        r#"
-data_dir = "data"
-[tls]
-ca = "certs/ca.pem"
-cert = "certs/server.pem"
-key = "certs/server.key"
-generate_if_missing = false
-[mqtt]
-listen = ["127.0.0.1:0"]
-[auth]
-provisioning = {{ policies = ["open"] }}
-{extra}
-"#
-    );
-    let text = if extra.contains("[admin]") {
-        text
-    } else {
-        format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
-    };
+    let text = config_text(extra);
     let config = write_config(t.dir.path(), &text);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
         .args(["serve", "--config"])
