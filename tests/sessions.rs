@@ -484,40 +484,50 @@ async fn the_gateway_uses_topic_aliases_the_client_allows() {
     assert_eq!(&third[2..8], &[0x00, 0x03, b'a', b'/', b'y', 0x00]);
 }
 
-#[tokio::test]
-async fn a_subscriber_falling_behind_paces_its_publishers_instead_of_losing_messages() {
-    use edgegate::codec::{Ack, Packet, Properties, Protocol, QoS as Q, SubOptions, Subscribe};
+/// A connection over the load tool's client, which writes exactly what it
+/// is given, when it is told to.
+async fn lean(t: &TestServer, id: &str) -> edgegate::loadgen::client::Client {
+    use edgegate::codec::Protocol;
     use edgegate::loadgen::client::{Client, Target};
-    const N: usize = 3000;
-    // Past 200 queued messages the subscriber is falling behind; at 400 it
-    // would be disconnected as too slow.
-    let t = TestServer::start_with("[limits]\nmax_stored_messages = 400\n").await;
-    let pem = t.device("slow");
+    let pem = t.device(id);
     let target = Target {
         addr: t.addr(),
         tls: Some(t.tls_config(Some(&pem))),
         protocol: Protocol::V4,
     };
-    let mut sub = Client::connect(&target, "slow").await.expect("connect");
+    Client::connect(&target, id).await.expect("connect")
+}
+
+/// A subscriber that takes a millisecond per message, and reads its socket
+/// only when it has handled what it read: it falls behind any publisher that
+/// does not wait for it.
+async fn slow_subscriber(
+    t: &TestServer,
+    topic: &str,
+    qos: edgegate::codec::QoS,
+    n: usize,
+) -> tokio::task::JoinHandle<Vec<u32>> {
+    use edgegate::codec::{Ack, Packet, Properties, QoS as Q, SubOptions, Subscribe};
+    let mut sub = lean(t, "slow").await;
     sub.queue(&Packet::Subscribe(Subscribe {
         pkid: 1,
-        filters: vec![("paced".into(), SubOptions::qos(Q::AtLeastOnce))],
+        filters: vec![(topic.into(), SubOptions::qos(qos))],
         properties: Properties::default(),
     }));
     sub.flush().await.expect("subscribe");
     while !matches!(sub.next().await.expect("suback"), Packet::SubAck(_)) {}
-    // A subscriber that takes a millisecond per message, a fifth of the
-    // publisher's pace or less.
-    let reader = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + WAIT * 3;
-        while got.len() < N && tokio::time::Instant::now() < deadline {
+        while got.len() < n && tokio::time::Instant::now() < deadline {
             if tokio::time::timeout(WAIT, sub.read()).await.is_err() {
                 break;
             }
             while let Ok(Some(p)) = sub.try_next() {
                 if let Packet::Publish(p) = p {
-                    sub.queue(&Packet::PubAck(Ack::ok(p.pkid)));
+                    if p.qos != Q::AtMostOnce {
+                        sub.queue(&Packet::PubAck(Ack::ok(p.pkid)));
+                    }
                     got.push(u32::from_be_bytes(
                         p.payload[..4].try_into().expect("4 bytes"),
                     ));
@@ -529,7 +539,18 @@ async fn a_subscriber_falling_behind_paces_its_publishers_instead_of_losing_mess
             }
         }
         got
-    });
+    })
+}
+
+#[tokio::test]
+async fn a_subscriber_falling_behind_paces_its_publishers_instead_of_losing_messages() {
+    const N: usize = 3000;
+    // Past 200 queued messages the subscriber is falling behind; at 400 it
+    // would be disconnected as too slow.
+    let t = TestServer::start_with("[limits]\nmax_stored_messages = 400\n").await;
+    // A subscriber that takes a millisecond per message, a fifth of the
+    // publisher's pace or less.
+    let reader = slow_subscriber(&t, "paced", edgegate::codec::QoS::AtLeastOnce, N).await;
     let mut p = t.v4("fast", true).await;
     for i in 0..N as u32 {
         p.publish("paced", QoS::AtLeastOnce, false, &i.to_be_bytes())
@@ -551,5 +572,78 @@ async fn a_subscriber_falling_behind_paces_its_publishers_instead_of_losing_mess
             "edgegate_messages_dropped_total{reason=\"slow_consumer\"}"
         ),
         0.0
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_falling_behind_paces_qos0_publishers_too() {
+    use edgegate::codec::{Packet, Publish};
+    // 3000 messages of 8 KiB: far more than the socket buffers between
+    // gateway and subscriber hold, so only pacing the publisher's reads can
+    // keep them; past 50 queued the subscriber is falling behind, at 100
+    // QoS 0 would be dropped.
+    const N: usize = 3000;
+    let t = TestServer::start_with("[limits]\nmax_queued_messages = 100\n").await;
+    let reader = slow_subscriber(&t, "paced0", edgegate::codec::QoS::AtMostOnce, N).await;
+    let mut p = lean(&t, "fast0").await;
+    let mut payload = vec![b'x'; 8 * 1024];
+    for i in 0..N as u32 {
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        p.queue(&Packet::Publish(Publish {
+            dup: false,
+            qos: edgegate::codec::QoS::AtMostOnce,
+            retain: false,
+            topic: "paced0".into(),
+            pkid: 0,
+            properties: edgegate::codec::PublishProperties::default(),
+            payload: payload.clone().into(),
+        }));
+        if p.wbuf.len() >= 64 * 1024 {
+            p.flush().await.expect("publish");
+        }
+    }
+    p.flush().await.expect("publish");
+    let got = reader.await.expect("reader");
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_messages_dropped_total{reason=\"queue_full\"}"),
+        0.0,
+        "{} of {N} delivered",
+        got.len()
+    );
+    let first_wrong = got.iter().zip(0..).position(|(g, i)| *g != i);
+    assert!(
+        got.len() == N && first_wrong.is_none(),
+        "{} of {N} delivered; first out of order at {first_wrong:?}",
+        got.len(),
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stopped_reading_does_not_hold_its_publishers_back() {
+    let t = TestServer::start_with("[limits]\nmax_queued_messages = 100\n").await;
+    // Subscribed at QoS 0, then never reads again.
+    let mut stuck = t.raw("stuck").await;
+    stuck.send(&connect_bytes(4, "stuck", 60)).await;
+    stuck.read_n(4).await;
+    stuck
+        .send(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b's', 0x00])
+        .await;
+    stuck.read_n(5).await;
+    // 16 MiB of QoS 0, then a QoS 1 message whose PUBACK must come within
+    // WAIT: paced a second per read, the publisher would take hours.
+    let mut p = t.v4("steady", true).await;
+    let payload = vec![b'x'; 8 * 1024];
+    for _ in 0..2000 {
+        p.publish("s", QoS::AtMostOnce, false, &payload).await;
+    }
+    p.publish("s", QoS::AtLeastOnce, false, b"last").await;
+    p.puback().await;
+    let m = t.metrics().await;
+    assert!(metric(&m, "edgegate_messages_dropped_total{reason=\"queue_full\"}") > 0.0);
+    assert_eq!(
+        metric(&m, "edgegate_connections"),
+        2.0,
+        "both still connected"
     );
 }

@@ -213,6 +213,9 @@ pub struct Mailbox {
     pub client_id: Arc<str>,
     persistent: AtomicBool,
     online: AtomicBool,
+    /// Set when the consumer made no progress for a whole hold: it paces
+    /// nobody until it drains below its watermark again.
+    stalled: AtomicBool,
     seq: AtomicU64,
     state: Mutex<Inbox>,
     notify: Notify,
@@ -242,6 +245,7 @@ impl Mailbox {
             client_id,
             persistent: AtomicBool::new(persistent),
             online: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             seq: AtomicU64::new(0),
             state: Mutex::new(Inbox::default()),
             notify: Notify::new(),
@@ -251,17 +255,33 @@ impl Mailbox {
         }
     }
 
-    /// Half the slow-consumer bound: past it, a connected consumer is
-    /// falling behind, and the publishers of its QoS 1/2 messages are paced
-    /// (their acknowledgements wait, for a bounded time) before it reaches
-    /// the bound and is disconnected.
+    /// Half the lower bound: past it, a connected consumer is falling
+    /// behind, and its publishers are paced (for a bounded time) before it
+    /// loses QoS 0 messages or is disconnected as too slow.
     fn watermark(&self) -> usize {
-        (self.limits.stored / 2).max(1)
+        (self.limits.queued.min(self.limits.stored) / 2).max(1)
     }
 
-    /// Whether a connected consumer is past its watermark.
+    /// Whether publishers should wait for this consumer: it is connected,
+    /// past its watermark, and was not found stalled.
+    fn behind(&self, len: usize) -> bool {
+        len >= self.watermark()
+            && self.online.load(Ordering::Relaxed)
+            && !self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// Whether publishers should still wait for this consumer.
     pub fn is_pressed(&self) -> bool {
-        self.online.load(Ordering::Relaxed) && self.state.lock().queue.len() >= self.watermark()
+        let len = self.state.lock().queue.len();
+        self.behind(len)
+    }
+
+    /// The consumer made no progress for a whole hold: publishers stop
+    /// waiting for it until it drains below its watermark, so that a
+    /// consumer that stopped reading cannot slow anyone down for long.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::Relaxed);
+        self.relieve();
     }
 
     /// Changes when the mailbox drains below its watermark or goes offline.
@@ -290,6 +310,7 @@ impl Mailbox {
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
         if online {
+            self.stalled.store(false, Ordering::Relaxed);
             self.take_slow();
         } else {
             self.relieve();
@@ -337,7 +358,7 @@ impl Mailbox {
             Pushed::Queued => inbox.queue.push_back(d),
             Pushed::Dropped(reason) => metrics.count_drop(reason),
         }
-        let behind = inbox.queue.len() >= self.watermark() && self.online.load(Ordering::Relaxed);
+        let behind = self.behind(inbox.queue.len());
         drop(inbox);
         self.notify.notify_one();
         (verdict, behind)
@@ -373,6 +394,7 @@ impl Mailbox {
         let below = inbox.queue.len() < self.watermark();
         drop(inbox);
         if below && !out.is_empty() {
+            self.stalled.store(false, Ordering::Relaxed);
             self.relieve();
         }
     }
@@ -428,8 +450,9 @@ pub struct Routed {
     pub matched: usize,
     /// Resolves when the publish is durable; `None` if nothing had to be written.
     pub commit: Option<Commit>,
-    /// A connected subscriber this QoS 1/2 message found past its watermark:
-    /// the publisher's acknowledgement should wait for it to drain.
+    /// A connected subscriber this message found past its watermark: the
+    /// publisher should wait for it to drain (its acknowledgement at QoS 1/2,
+    /// its next read at QoS 0).
     pub pressure: Option<Arc<Mailbox>>,
 }
 
@@ -706,7 +729,6 @@ impl Router {
             let mut pressure = None;
             for t in targets.drain(..) {
                 let (mailbox, seq) = (t.mailbox, t.seq);
-                let acked = t.qos != QoS::AtMostOnce;
                 let delivery = Delivery {
                     msg: msg.clone(),
                     qos: t.qos,
@@ -717,7 +739,7 @@ impl Router {
                 match mailbox.push_watched(delivery, &self.metrics) {
                     (Pushed::Queued, behind) => {
                         matched += 1;
-                        if acked && behind && pressure.is_none() {
+                        if behind && pressure.is_none() {
                             pressure = Some(mailbox);
                         }
                     }

@@ -83,14 +83,16 @@ async fn front_ready(front: Option<&mut PendingAck>) -> Event {
             c.await
                 .map_or(Some(reason::UNSPECIFIED_ERROR), |r| commit_code(&r)),
         ),
-        Some(PendingAck { held: Some(h), .. }) => {
-            tokio::select! {
-                _ = h.relief.changed() => {}
-                _ = tokio::time::sleep_until(h.until) => {}
-            }
-            Event::Relieved
-        }
+        Some(PendingAck { held: Some(h), .. }) => h.wait().await,
         _ => std::future::pending().await,
+    }
+}
+
+/// Resolves when a paced QoS 0 publisher may read again.
+async fn wait_paced(paced: Option<&mut Held>) -> Event {
+    match paced {
+        Some(h) => h.wait().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -241,23 +243,58 @@ struct PendingAck {
     code: u8,
     commit: Option<Commit>,
     /// A subscriber the message found falling behind: the acknowledgement
-    /// waits until it drains or [`ACK_HOLD`] passes.
+    /// waits until it drains or [`HOLD`] passes.
     held: Option<Held>,
 }
 
-/// Flow control: why an acknowledgement waits, and until when at most.
+/// Flow control: the subscriber a publisher waits for, and until when at most.
 struct Held {
     relief: tokio::sync::watch::Receiver<u64>,
     mailbox: Arc<crate::router::Mailbox>,
     until: Instant,
 }
 
-/// Longest a publisher's acknowledgement waits for a subscriber that is
-/// falling behind. Within it, publishers slow down to what their
-/// subscribers take (with Receive Maximum, they cannot run ahead); past it,
-/// the publisher goes on, and a subscriber that still cannot keep up meets
-/// the slow-consumer bound: a publisher is paced, never blocked.
-const ACK_HOLD: Duration = Duration::from_secs(1);
+impl Held {
+    fn new(mailbox: Arc<crate::router::Mailbox>, now: Instant) -> Self {
+        Self {
+            relief: mailbox.relief(),
+            mailbox,
+            until: now + HOLD,
+        }
+    }
+
+    /// Resolves when the wait may be over (confirm with [`Held::is_over`]).
+    async fn wait(&mut self) -> Event {
+        tokio::select! {
+            _ = self.relief.changed() => {}
+            _ = tokio::time::sleep_until(self.until) => {}
+        }
+        Event::Relieved
+    }
+
+    /// Whether the publisher may go on: the subscriber drained, or the hold
+    /// ran out, and then the subscriber, which made no progress for a whole
+    /// hold, paces nobody until it catches up.
+    fn is_over(&self, now: Instant) -> bool {
+        if !self.mailbox.is_pressed() {
+            return true;
+        }
+        if now < self.until {
+            return false;
+        }
+        self.mailbox.stall();
+        true
+    }
+}
+
+/// Longest a publisher waits for a subscriber that is falling behind: a
+/// QoS 1/2 publisher for its acknowledgement, a QoS 0 publisher for its
+/// next read. Within it, publishers slow down to what their subscribers take
+/// (with Receive Maximum, QoS 1/2 publishers cannot run ahead); past it, the
+/// publisher goes on, and a subscriber that still cannot keep up loses QoS 0
+/// messages and meets the slow-consumer bound: a publisher is paced, never
+/// blocked.
+const HOLD: Duration = Duration::from_secs(1);
 
 struct Conn {
     shared: Arc<Shared>,
@@ -280,6 +317,9 @@ struct Conn {
     /// Whether reason strings may be sent (MQTT 5 Request Problem Information).
     problem_info: bool,
     acks: VecDeque<PendingAck>,
+    /// A subscriber a QoS 0 publish found falling behind: the client's
+    /// socket is not read until it drains or [`HOLD`] passes.
+    paced: Option<Held>,
     /// Packet identifiers in flight from an earlier connection and not yet
     /// sent again on this one, oldest first: they wait for room in the
     /// client's Receive Maximum like any other message [MQTT-3.3.4-9].
@@ -516,6 +556,7 @@ impl Conn {
             out_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
             problem_info: c.properties.request_problem_information != Some(0),
             acks: VecDeque::new(),
+            paced: None,
             resend: VecDeque::new(),
             wbuf: BytesMut::with_capacity(4096),
             connack: ConnAck {
@@ -670,8 +711,18 @@ impl Conn {
                 self.wbuf.clear();
             }
             let window_open = data.inflight.len() < self.send_window;
-            // Stop reading while too many acknowledgements wait for the store.
-            let reading = self.acks.len() < usize::from(shared.config.limits.max_inflight) * 2;
+            if self
+                .paced
+                .as_ref()
+                .is_some_and(|h| h.is_over(Instant::now()))
+            {
+                self.paced = None;
+            }
+            // Stop reading while too many acknowledgements wait for the
+            // store, or while a subscriber of this client's QoS 0 messages
+            // catches up.
+            let reading = self.acks.len() < usize::from(shared.config.limits.max_inflight) * 2
+                && self.paced.is_none();
             // Read in sizeable chunks: with no spare capacity `read_buf` would
             // read 64 bytes at a time.
             if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
@@ -687,6 +738,7 @@ impl Conn {
                 _ = shared.shutdown.cancelled() => Event::Shutdown,
                 Some(Control::TakeOver(reply)) = control.recv() => Event::TakeOver(reply),
                 ev = front_ready(front), if front_waits => ev,
+                ev = wait_paced(self.paced.as_mut()) => ev,
                 res = stream.read_buf(rbuf), if reading => Event::Read(res),
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
@@ -762,7 +814,7 @@ impl Conn {
                 front.commit = None;
             }
             if let Some(h) = &front.held {
-                if h.mailbox.is_pressed() && Instant::now() < h.until {
+                if !h.is_over(Instant::now()) {
                     return Ok(());
                 }
                 front.held = None;
@@ -1053,6 +1105,9 @@ impl Conn {
             }
         };
         if qos == QoS::AtMostOnce {
+            if self.paced.is_none() {
+                self.paced = pressure.map(|mailbox| Held::new(mailbox, now));
+            }
             return Ok(());
         }
         if qos == QoS::ExactlyOnce {
@@ -1063,11 +1118,7 @@ impl Conn {
             qos2: qos == QoS::ExactlyOnce,
             code,
             commit,
-            held: pressure.map(|mailbox| Held {
-                relief: mailbox.relief(),
-                mailbox,
-                until: now + ACK_HOLD,
-            }),
+            held: pressure.map(|mailbox| Held::new(mailbox, now)),
         });
         Ok(())
     }
