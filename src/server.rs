@@ -526,7 +526,10 @@ async fn handshake(
     shared: Arc<Shared>,
     deadline: Instant,
 ) {
-    let tls = match tokio::time::timeout_at(deadline, acceptor.current().accept(stream)).await {
+    // Boxed, and the stream after it: the handshake's state is freed once it
+    // is done, and the connection's future holds a pointer to the stream.
+    let accept = Box::pin(acceptor.current().accept(stream));
+    let tls = match tokio::time::timeout_at(deadline, accept).await {
         Err(_) => {
             shared.metrics.handshake_failed(HandshakeFailure::Timeout);
             return;
@@ -537,7 +540,7 @@ async fn handshake(
             shared.metrics.handshake_failed(reason);
             return;
         }
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => Box::new(s),
     };
     let identity = tls
         .get_ref()

@@ -42,8 +42,34 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection the gateway closes keeps reading so its last words arrive.
 const LINGER: Duration = Duration::from_millis(500);
 
-/// Room made in the read buffer before each read.
-const READ_CHUNK: usize = 8 * 1024;
+/// Most bytes taken from a connection per read.
+const READ_CHUNK: usize = 32 * 1024;
+
+thread_local! {
+    /// Where reads land before what they brought is appended to the
+    /// connection's own buffer: a connection waiting for its client holds no
+    /// read buffer, and one read's bytes are kept in one allocation of their
+    /// size (shared by the payloads decoded from it).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// Reads what the stream has (at least a byte, or 0 at its end) and appends
+/// it to `rbuf`.
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = tokio::io::ReadBuf::new(scratch);
+            std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+            rbuf.extend_from_slice(buf.filled());
+            std::task::Poll::Ready(Ok(buf.filled().len()))
+        })
+    })
+    .await
+}
 
 /// Bytes of deliveries encoded per loop turn before the buffer is written.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -143,7 +169,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &shared.config.limits;
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::new();
     let connect = match tokio::time::timeout_at(
         deadline,
         read_connect(
@@ -180,15 +206,15 @@ pub async fn serve<S>(
         }
         Ok(Ok(Some(c))) => c,
     };
-    let mut conn = match Conn::accept(&shared, *connect, identity, peer) {
-        Ok(c) => c,
+    let (mut conn, connack) = match Conn::accept(&shared, connect, identity, peer) {
+        Ok(accepted) => accepted,
         Err((proto, code)) => {
             shared.metrics.handshake_failed(HandshakeFailure::Refused);
             let _ = refuse(&mut stream, proto, code).await;
             return;
         }
     };
-    conn.run(stream, rbuf).await;
+    conn.run(stream, rbuf, connack).await;
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(
@@ -226,10 +252,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
                 )),
             };
         }
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
-        }
-        match stream.read_buf(rbuf).await {
+        match read_some(stream, rbuf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(n) => metrics.bytes_in.increment(n as u64),
         }
@@ -325,8 +348,6 @@ struct Conn {
     /// client's Receive Maximum like any other message [MQTT-3.3.4-9].
     resend: VecDeque<u16>,
     wbuf: BytesMut,
-    connack: ConnAck,
-    identity: Option<ClientIdentity>,
     peer: SocketAddr,
     authz: Authz,
     /// Who this connection's messages come from; made at its first publish.
@@ -451,13 +472,20 @@ fn announce_pending(shared: &Shared, identity: &ClientIdentity) {
 }
 
 impl Conn {
-    /// Validates CONNECT; on refusal returns the protocol and reason code for CONNACK.
+    /// Validates CONNECT and gives the connection with its CONNACK; on
+    /// refusal returns the protocol and reason code for CONNACK.
+    ///
+    /// The connection and its stream are boxed by their callers so that the
+    /// task's future holds pointers to them, not copies at every await.
     fn accept(
         shared: &Arc<Shared>,
-        c: Connect,
+        c: Box<Connect>,
         identity: Option<ClientIdentity>,
         peer: SocketAddr,
-    ) -> Result<Self, (Protocol, u8)> {
+    ) -> Result<(Box<Self>, ConnAck), (Protocol, u8)> {
+        // Unboxed here, so the CONNECT's allocation is not kept for the
+        // life of the connection.
+        let c = *c;
         let cfg = &shared.config;
         let limits = &cfg.limits;
         let v5 = c.protocol == Protocol::V5;
@@ -537,7 +565,12 @@ impl Conn {
             c.will.as_ref(),
         )
         .map_err(|code| (c.protocol, code))?;
-        Ok(Self {
+        let connack = ConnAck {
+            session_present: false,
+            code: reason::SUCCESS,
+            properties: props,
+        };
+        let conn = Box::new(Self {
             shared: shared.clone(),
             id,
             protocol: c.protocol,
@@ -558,18 +591,13 @@ impl Conn {
             acks: VecDeque::new(),
             paced: None,
             resend: VecDeque::new(),
-            wbuf: BytesMut::with_capacity(4096),
-            connack: ConnAck {
-                session_present: false,
-                code: reason::SUCCESS,
-                properties: props,
-            },
-            identity,
+            wbuf: BytesMut::new(),
             peer,
             authz,
             origin: None,
             changes: Some(changes),
-        })
+        });
+        Ok((conn, connack))
     }
 
     /// Checks a request against the connection's policies (recompiled first
@@ -594,7 +622,12 @@ impl Conn {
         (self.protocol == Protocol::V5 && self.problem_info).then(|| text.to_owned())
     }
 
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S, mut rbuf: BytesMut) {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        mut stream: S,
+        mut rbuf: BytesMut,
+        mut connack: ConnAck,
+    ) {
         let shared = self.shared.clone();
         let metrics = shared.metrics.clone();
         let (control_tx, mut control_rx) = mpsc::channel(1);
@@ -610,8 +643,8 @@ impl Conn {
             )
             .await;
         let mut data = opened.data;
-        self.connack.session_present = opened.present;
-        let connack = Packet::ConnAck(self.connack.clone());
+        connack.session_present = opened.present;
+        let connack = Packet::ConnAck(connack);
         self.send(&connack);
         metrics.connections.increment(1.0);
         metrics.connections_total.increment(1);
@@ -619,7 +652,7 @@ impl Conn {
             client_id = %self.client_id,
             conn = self.id,
             peer = %self.peer,
-            certificate_id = self.identity.as_ref().map(|i| i.certificate_id.as_str()),
+            certificate_id = self.authz.certificate_id(),
             "session started"
         );
         // Resend what was in flight when the client went away [MQTT-4.4.0-1].
@@ -723,10 +756,13 @@ impl Conn {
             // catches up.
             let reading = self.acks.len() < usize::from(shared.config.limits.max_inflight) * 2
                 && self.paced.is_none();
-            // Read in sizeable chunks: with no spare capacity `read_buf` would
-            // read 64 bytes at a time.
-            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                rbuf.reserve(READ_CHUNK);
+            // While it waits, a connection holds no buffer it does not need:
+            // idle connections cost little, however many there are.
+            if rbuf.is_empty() && rbuf.capacity() > 0 {
+                *rbuf = BytesMut::new();
+            }
+            if !mail_ready && self.wbuf.capacity() > 0 {
+                self.wbuf = BytesMut::new();
             }
             let front_waits = self
                 .acks
@@ -739,7 +775,7 @@ impl Conn {
                 Some(Control::TakeOver(reply)) = control.recv() => Event::TakeOver(reply),
                 ev = front_ready(front), if front_waits => ev,
                 ev = wait_paced(self.paced.as_mut()) => ev,
-                res = stream.read_buf(rbuf), if reading => Event::Read(res),
+                res = read_some(stream, rbuf), if reading => Event::Read(res),
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
                 _ = mailbox.kicked() => Event::Slow,
