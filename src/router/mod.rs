@@ -336,9 +336,9 @@ impl Mailbox {
         self.push_watched(d, metrics).0
     }
 
-    /// [`Mailbox::push`], also telling whether a connected consumer is now
-    /// past its watermark, read under the same lock.
-    fn push_watched(&self, d: Delivery, metrics: &Metrics) -> (Pushed, bool) {
+    /// [`Mailbox::push`], also telling how far behind a connected consumer
+    /// past its watermark now is, read under the same lock.
+    fn push_watched(&self, d: Delivery, metrics: &Metrics) -> (Pushed, Option<usize>) {
         let mut inbox = self.state.lock();
         let len = inbox.queue.len();
         let verdict = if d.qos == QoS::AtMostOnce && len >= self.limits.queued {
@@ -358,7 +358,8 @@ impl Mailbox {
             Pushed::Queued => inbox.queue.push_back(d),
             Pushed::Dropped(reason) => metrics.count_drop(reason),
         }
-        let behind = self.behind(inbox.queue.len());
+        let len = inbox.queue.len();
+        let behind = self.behind(len).then_some(len);
         drop(inbox);
         self.notify.notify_one();
         (verdict, behind)
@@ -726,7 +727,9 @@ impl Router {
             }
             drop(retained);
             let mut matched = 0;
-            let mut pressure = None;
+            // The subscriber furthest behind, so that a paced publisher waits
+            // for the slowest (never for its own session).
+            let mut pressure: Option<(usize, Arc<Mailbox>)> = None;
             for t in targets.drain(..) {
                 let (mailbox, seq) = (t.mailbox, t.seq);
                 let delivery = Delivery {
@@ -739,8 +742,11 @@ impl Router {
                 match mailbox.push_watched(delivery, &self.metrics) {
                     (Pushed::Queued, behind) => {
                         matched += 1;
-                        if behind && pressure.is_none() {
-                            pressure = Some(mailbox);
+                        if let Some(len) = behind
+                            && mailbox.session_id != msg.origin.session
+                            && pressure.as_ref().is_none_or(|(most, _)| len > *most)
+                        {
+                            pressure = Some((len, mailbox));
                         }
                     }
                     (Pushed::Dropped(_), _) if seq != 0 => {
@@ -767,7 +773,7 @@ impl Router {
             Ok(Routed {
                 matched,
                 commit,
-                pressure,
+                pressure: pressure.map(|(_, mailbox)| mailbox),
             })
         })
     }
@@ -847,6 +853,43 @@ mod tests {
         let (store, _) =
             Store::open(&dir.path().join("db"), false, metrics.clone()).expect("store");
         Router::new(store, metrics)
+    }
+
+    #[test]
+    fn publishers_wait_for_the_subscriber_furthest_behind_never_for_themselves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = router(&dir);
+        let (a, b, own) = (mailbox(1, false), mailbox(2, false), mailbox(3, false));
+        for mb in [&a, &b, &own] {
+            mb.set_online(true);
+            r.subscribe("t", None, sub(mb, QoS::AtMostOnce, None));
+        }
+        r.subscribe("u", None, sub(&b, QoS::AtMostOnce, None));
+        let now = Instant::now();
+        let publish = |topic: &str, from: u64| {
+            r.publish(&message(topic, QoS::AtMostOnce, false, from), now)
+                .expect("publish")
+                .pressure
+        };
+        assert!(publish("u", 9).is_some_and(|p| Arc::ptr_eq(&p, &b)));
+        // b holds two, a and the publisher's own session one each.
+        assert!(publish("t", 3).is_some_and(|p| Arc::ptr_eq(&p, &b)));
+        let mut out = Vec::new();
+        for mb in [&a, &b, &own] {
+            mb.drain(&mut out, 10);
+        }
+        publish("u", 9);
+        // b is furthest behind, but it is the publisher.
+        assert!(publish("t", 2).is_some_and(|p| !Arc::ptr_eq(&p, &b)));
+        // A stalled subscriber paces nobody until it drains.
+        b.stall();
+        assert!(!b.is_pressed());
+        b.drain(&mut out, 10);
+        publish("u", 9);
+        assert!(b.is_pressed());
+        // Nor does one that is offline.
+        b.set_online(false);
+        assert!(!b.is_pressed());
     }
 
     #[test]

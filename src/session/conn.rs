@@ -684,8 +684,18 @@ impl Conn {
             .take()
             .unwrap_or_else(|| (shared.policies.subscribe(), shared.registry.subscribe()));
         loop {
-            // Decode and handle every whole packet already read.
-            loop {
+            if self
+                .paced
+                .as_ref()
+                .is_some_and(|h| h.is_over(Instant::now()))
+            {
+                self.paced = None;
+            }
+            // Decode and handle every whole packet already read, unless a
+            // subscriber of this client's QoS 0 messages is to catch up first:
+            // then what is read waits, and the subscriber's mailbox outgrows
+            // its watermark by one message per publisher at most.
+            while self.paced.is_none() {
                 match codec::decode(rbuf, self.protocol, max_packet) {
                     Ok(Some(p)) => {
                         deadline = Instant::now() + self.keep_alive;
@@ -744,13 +754,6 @@ impl Conn {
                 self.wbuf.clear();
             }
             let window_open = data.inflight.len() < self.send_window;
-            if self
-                .paced
-                .as_ref()
-                .is_some_and(|h| h.is_over(Instant::now()))
-            {
-                self.paced = None;
-            }
             // Stop reading while too many acknowledgements wait for the
             // store, or while a subscriber of this client's QoS 0 messages
             // catches up.
