@@ -328,7 +328,35 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as far as
+/// `limits.max_connections` needs: every connection is a file, and a soft
+/// limit of 1024 (common) would refuse clients long before the configured
+/// bound. Says so when even the hard limit is lower than the bound.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // Listeners, the store, watchers and logs.
+    const SPARE: u64 = 64;
+    let mut limit = getrlimit(Resource::Nofile);
+    let want = (max_connections as u64).saturating_add(SPARE);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current < want {
+        limit.current = Some(limit.maximum.map_or(want, |hard| hard.min(want)));
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+        }
+    }
+    let open_files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if open_files < want {
+        tracing::warn!(
+            open_files,
+            max_connections,
+            "the open files limit allows fewer connections than limits.max_connections"
+        );
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
+    raise_open_files_limit(config.limits.max_connections);
     let server = Server::bind(config.clone())
         .await
         .context("starting the gateway")?;

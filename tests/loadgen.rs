@@ -126,3 +126,56 @@ fn the_command_line_prints_one_json_line_and_refuses_other_hosts() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+#[test]
+fn the_gateway_raises_its_open_files_limit_to_serve_its_connections() {
+    let t = TestServer::prepare("");
+    let config = write_config(
+        t.dir.path(),
+        &config_text("[limits]\nmax_connections = 1000\n"),
+    );
+    // Started with a soft limit of 256 open files, below 300 connections.
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_edgegate"))
+        .arg(&config);
+    let (mut child, port, _) = spawn_serving(command);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).expect("limits");
+    let open_files: Vec<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (soft, hard) = (open_files[0], open_files[1]);
+    assert_eq!(soft, hard.min(1000 + 64), "{limits}");
+    let pem = t.device("bench");
+    let certs = t.dir.path().join("certs");
+    edgegate::transport::pki::write_pair(&certs, "bench", &pem).expect("write cert");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
+        .args(["bench", "conn", "--broker", &format!("127.0.0.1:{port}")])
+        .args([
+            "--connections",
+            "300",
+            "--concurrency",
+            "16",
+            "--hold-secs",
+            "1",
+        ])
+        .args(["--timeout-secs", "60"])
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("bench.pem"))
+        .arg("--key")
+        .arg(certs.join("bench.key"))
+        .output()
+        .expect("run");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(report["connections"], 300, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}

@@ -573,14 +573,21 @@ pub fn spawn_binary(
     extra: &str,
     env: &[(&str, &str)],
 ) -> (std::process::Child, u16, String) {
-    use std::io::{BufRead, BufReader};
-    let text = config_text(extra);
-    let config = write_config(t.dir.path(), &text);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
+    let config = write_config(t.dir.path(), &config_text(extra));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"));
+    command
         .args(["serve", "--config"])
         .arg(&config)
+        .envs(env.iter().copied());
+    spawn_serving(command)
+}
+
+/// Starts a command that runs `edgegate serve`; returns once it listens, with
+/// its MQTT port and admin address.
+pub fn spawn_serving(mut command: std::process::Command) -> (std::process::Child, u16, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
         .env("RUST_LOG", "edgegate=info")
-        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
