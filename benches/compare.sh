@@ -194,7 +194,8 @@ figures = {
     "fanin0": ("fan-in QoS 0 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
     "fanin1": ("fan-in QoS 1 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
     "fanout": ("fan-out 1 to 50 deliveries/s", lambda r: r["report"].get("deliveries_per_s"), True),
-    "latency": ("latency p99 ms at 1,000 msg/s", lambda r: r["report"].get("p99_ms"), False),
+    "latency": ("latency p99 us at 1,000 msg/s",
+                lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
 }
 def messages(r):
     rep = r["report"]

@@ -44,6 +44,11 @@ impl Context {
         self
     }
 
+    /// Removes every key that starts with `prefix` (lowercase).
+    pub fn remove_prefix(&mut self, prefix: &str) {
+        self.vars.retain(|(k, _)| !k.starts_with(prefix));
+    }
+
     /// The values of a key, if it is present.
     pub fn get(&self, key: &str) -> Option<&[String]> {
         self.vars

@@ -170,8 +170,10 @@ impl Principal {
         }
     }
 
-    /// Adds the thing variables of this principal to a policy context.
+    /// Adds the thing variables of this principal to a policy context,
+    /// replacing those of any principal added before.
     pub fn add_to(&self, ctx: &mut Context) {
+        ctx.remove_prefix("iot:connection.thing.");
         if let Some(t) = &self.thing {
             ctx.set("iot:Connection.Thing.ThingName", t.name.clone());
             ctx.set("iot:Connection.Thing.IsAttached", "true");

@@ -29,8 +29,6 @@ pub struct ConnectFacts<'a> {
 #[derive(Debug)]
 pub struct Authz {
     principal: Principal,
-    /// Everything but the principal's own keys (its thing), which change with it.
-    base: Context,
     ctx: Context,
     snapshot: Arc<Snapshot>,
     set: PolicySet,
@@ -73,13 +71,11 @@ impl Authz {
             );
         }
         ctx.set_all("iot:ConnectAttributes", attributes);
-        let base = ctx.clone();
         principal.add_to(&mut ctx);
         let snapshot = policies.current();
         let set = snapshot.compile(&principal.policies, head, &ctx);
         Self {
             principal,
-            base,
             ctx,
             snapshot,
             set,
@@ -97,11 +93,9 @@ impl Authz {
         if principal == self.principal {
             return;
         }
-        let mut ctx = self.base.clone();
-        principal.add_to(&mut ctx);
-        self.set = self.snapshot.compile(&principal.policies, head, &ctx);
+        principal.add_to(&mut self.ctx);
+        self.set = self.snapshot.compile(&principal.policies, head, &self.ctx);
         self.cache.clear();
-        self.ctx = ctx;
         self.principal = principal;
     }
 

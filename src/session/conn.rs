@@ -114,6 +114,15 @@ async fn front_ready(front: Option<&mut PendingAck>) -> Event {
     }
 }
 
+/// Resolves with the receiver once its value changes (never if the sender
+/// is gone), so that the wait can be kept across turns of a loop.
+async fn changed(mut rx: watch::Receiver<u64>) -> watch::Receiver<u64> {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    rx
+}
+
 /// Resolves when a paced QoS 0 publisher may read again.
 async fn wait_paced(paced: Option<&mut Held>) -> Event {
     match paced {
@@ -292,7 +301,7 @@ impl Held {
             _ = self.relief.changed() => {}
             _ = tokio::time::sleep_until(self.until) => {}
         }
-        Event::Relieved
+        Event::Turn
     }
 
     /// Whether the publisher may go on: the subscriber drained, or the hold
@@ -679,10 +688,20 @@ impl Conn {
         let mut deadline = Instant::now() + self.keep_alive;
         let mut batch = Vec::new();
         let mut mail_ready = true;
-        let (mut policy_changes, mut registry_changes) = self
+        let (policy_changes, registry_changes) = self
             .changes
             .take()
             .unwrap_or_else(|| (shared.policies.subscribe(), shared.registry.subscribe()));
+        // What the connection waits for its whole life is registered once,
+        // not on every turn of the loop: the shutdown token and the change
+        // notifications are shared by every connection, and the keep-alive
+        // timer moves only when it fires.
+        let cancelled = shared.shutdown.cancelled();
+        let policies_changed = changed(policy_changes);
+        let registry_changed = changed(registry_changes);
+        let keep_alive = tokio::time::sleep_until(deadline);
+        let kicked = mailbox.kicked();
+        tokio::pin!(cancelled, policies_changed, registry_changed, keep_alive, kicked);
         loop {
             if self
                 .paced
@@ -738,13 +757,17 @@ impl Conn {
                 tokio::pin!(write);
                 let written = loop {
                     tokio::select! {
+                        biased;
                         r = &mut write => break r,
-                        _ = mailbox.kicked() => if mailbox.take_slow() {
-                            return End::SlowConsumer;
-                        },
+                        () = &mut kicked => {
+                            kicked.set(mailbox.kicked());
+                            if mailbox.take_slow() {
+                                return End::SlowConsumer;
+                            }
+                        }
                         // A stuck write must not keep a takeover or a shutdown waiting.
                         Some(Control::TakeOver(reply)) = control.recv() => return End::TakenOver(reply),
-                        _ = shared.shutdown.cancelled() => return End::Shutdown,
+                        () = &mut cancelled => return End::Shutdown,
                     }
                 };
                 match written {
@@ -774,17 +797,32 @@ impl Conn {
             let front = self.acks.front_mut();
             let event = tokio::select! {
                 biased;
-                _ = shared.shutdown.cancelled() => Event::Shutdown,
+                () = &mut cancelled => Event::Shutdown,
                 Some(Control::TakeOver(reply)) = control.recv() => Event::TakeOver(reply),
                 ev = front_ready(front), if front_waits => ev,
                 ev = wait_paced(self.paced.as_mut()) => ev,
                 res = read_some(stream, rbuf), if reading => Event::Read(res),
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
-                _ = mailbox.kicked() => Event::Slow,
-                Ok(()) = policy_changes.changed() => Event::Policies,
-                Ok(()) = registry_changes.changed() => Event::Registry,
-                _ = tokio::time::sleep_until(deadline) => Event::KeepAlive,
+                () = &mut kicked => {
+                    kicked.set(mailbox.kicked());
+                    Event::Slow
+                }
+                rx = &mut policies_changed => {
+                    policies_changed.set(changed(rx));
+                    Event::Policies
+                }
+                rx = &mut registry_changed => {
+                    registry_changed.set(changed(rx));
+                    Event::Registry
+                }
+                () = &mut keep_alive => if Instant::now() < deadline {
+                    // Packets came since it was set: it fires again later.
+                    keep_alive.as_mut().reset(deadline);
+                    Event::Turn
+                } else {
+                    Event::KeepAlive
+                },
             };
             match event {
                 Event::Shutdown => return End::Shutdown,
@@ -797,8 +835,9 @@ impl Conn {
                         }
                     }
                 }
-                // The loop's next turn sends what is no longer held.
-                Event::Relieved => {}
+                // The loop's next turn sends what is no longer held, or
+                // waits again.
+                Event::Turn => {}
                 Event::Read(Ok(0) | Err(_)) => return End::Io,
                 Event::Read(Ok(n)) => metrics.bytes_in.increment(n as u64),
                 Event::Mail => mail_ready = true,
@@ -1499,7 +1538,8 @@ enum Event {
     Shutdown,
     TakeOver(tokio::sync::oneshot::Sender<Box<SessionData>>),
     Committed(Option<u8>),
-    Relieved,
+    /// Nothing to handle: the loop's next turn looks again.
+    Turn,
     Read(std::io::Result<usize>),
     Mail,
     KeepAlive,
