@@ -144,7 +144,7 @@ impl Server {
                 metrics.clone(),
                 config.policies.dir.clone(),
             );
-            watch_dir(&config.policies.dir, &mut watches, move || {
+            watch_dir(&config.policies.dir, None, &mut watches, move || {
                 reload_policies(&store, &metrics, &dir);
             });
         }
@@ -158,14 +158,16 @@ impl Server {
                 .collect();
         for dir in tls_dirs {
             let (acceptor, metrics, tls) = (acceptor.clone(), metrics.clone(), config.tls.clone());
-            watch_dir(&dir, &mut watches, move || match tls::server_config(&tls) {
-                Ok(c) => {
-                    acceptor.swap(c);
-                    tracing::info!("TLS certificates reloaded");
-                }
-                Err(e) => {
-                    metrics.reload_failures.increment(1);
-                    tracing::error!(error = %e, "TLS reload failed; the previous certificates stay");
+            watch_dir(&dir, None, &mut watches, move || {
+                match tls::server_config(&tls) {
+                    Ok(c) => {
+                        acceptor.swap(c);
+                        tracing::info!("TLS certificates reloaded");
+                    }
+                    Err(e) => {
+                        metrics.reload_failures.increment(1);
+                        tracing::error!(error = %e, "TLS reload failed; the previous certificates stay");
+                    }
                 }
             });
         }
@@ -230,7 +232,8 @@ impl Server {
                 .parent()
                 .unwrap_or(std::path::Path::new("."))
                 .to_owned();
-            watch_dir(&dir, &mut watches, move || {
+            let name = file.file_name().map(std::ffi::OsStr::to_owned);
+            watch_dir(&dir, name, &mut watches, move || {
                 reload_rules(&engine, &metrics, &file, &mut current.lock());
             });
         }
@@ -376,10 +379,11 @@ fn admin_credentials(config: &Config) -> Option<crate::http::admin::Credentials>
 /// watched is logged, and changes there then need a restart.
 fn watch_dir(
     dir: &std::path::Path,
+    only: Option<std::ffi::OsString>,
     watches: &mut Vec<policy::watch::Watch>,
     reload: impl Fn() + Send + 'static,
 ) {
-    match policy::watch::watch(dir, reload) {
+    match policy::watch::watch(dir, only, reload) {
         Ok(w) => watches.push(w),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "not watched; changes need a restart")

@@ -438,6 +438,18 @@ async fn an_edited_rule_applies_without_restart_and_a_broken_edit_changes_nothin
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Other files beside the configuration (a log, say) reload nothing:
+    // the broken configuration is not read again.
+    let failures = metric(&t.metrics().await, "edgegate_reload_failures_total");
+    for i in 0..5 {
+        std::fs::write(t.dir.path().join("gateway.log"), format!("line {i}\n")).expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(&t.metrics().await, "edgegate_reload_failures_total"),
+        failures
+    );
     p.publish("in", QoS::AtLeastOnce, false, b"3").await;
     p.puback().await;
     // Drain what the polling loop above still had in flight.

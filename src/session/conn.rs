@@ -701,7 +701,13 @@ impl Conn {
         let registry_changed = changed(registry_changes);
         let keep_alive = tokio::time::sleep_until(deadline);
         let kicked = mailbox.kicked();
-        tokio::pin!(cancelled, policies_changed, registry_changed, keep_alive, kicked);
+        tokio::pin!(
+            cancelled,
+            policies_changed,
+            registry_changed,
+            keep_alive,
+            kicked
+        );
         loop {
             if self
                 .paced
