@@ -551,7 +551,8 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|der| ClientIdentity::from_der(der));
+        .and_then(|der| ClientIdentity::from_der(der))
+        .map(Box::new);
     let Some(identity) = identity else {
         shared
             .metrics

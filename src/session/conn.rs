@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -148,7 +148,7 @@ enum End {
     /// No packet within 1.5 times the keep alive.
     KeepAlive,
     /// Another connection took the client id.
-    TakenOver(tokio::sync::oneshot::Sender<Box<SessionData>>),
+    TakenOver(oneshot::Sender<Box<SessionData>>),
     /// The gateway is shutting down.
     Shutdown,
     /// The client reads too slowly to keep up with its messages.
@@ -170,7 +170,7 @@ impl From<ProtocolError> for End {
 /// Reads CONNECT (within `deadline`), then serves the session until it ends.
 pub async fn serve<S>(
     mut stream: S,
-    identity: Option<ClientIdentity>,
+    identity: Option<Box<ClientIdentity>>,
     peer: SocketAddr,
     shared: Arc<Shared>,
     deadline: Instant,
@@ -489,9 +489,9 @@ impl Conn {
     fn accept(
         shared: &Arc<Shared>,
         c: Box<Connect>,
-        identity: Option<ClientIdentity>,
+        identity: Option<Box<ClientIdentity>>,
         peer: SocketAddr,
-    ) -> Result<(Box<Self>, ConnAck), (Protocol, u8)> {
+    ) -> Result<(Box<Self>, Box<ConnAck>), (Protocol, u8)> {
         // Unboxed here, so the CONNECT's allocation is not kept for the
         // life of the connection.
         let c = *c;
@@ -567,18 +567,18 @@ impl Conn {
         let changes = (shared.policies.subscribe(), shared.registry.subscribe());
         let authz = authorize(
             shared,
-            identity.as_ref(),
+            identity.as_deref(),
             &client_id,
             peer,
             expiry > 0,
             c.will.as_ref(),
         )
         .map_err(|code| (c.protocol, code))?;
-        let connack = ConnAck {
+        let connack = Box::new(ConnAck {
             session_present: false,
             code: reason::SUCCESS,
             properties: props,
-        };
+        });
         let conn = Box::new(Self {
             shared: shared.clone(),
             id,
@@ -635,11 +635,11 @@ impl Conn {
         &mut self,
         mut stream: S,
         mut rbuf: BytesMut,
-        mut connack: ConnAck,
+        mut connack: Box<ConnAck>,
     ) {
         let shared = self.shared.clone();
         let metrics = shared.metrics.clone();
-        let (control_tx, mut control_rx) = mpsc::channel(1);
+        let (control_tx, mut control_rx) = oneshot::channel();
         let opened = shared
             .sessions
             .open(
@@ -653,8 +653,7 @@ impl Conn {
             .await;
         let mut data = opened.data;
         connack.session_present = opened.present;
-        let connack = Packet::ConnAck(connack);
-        self.send(&connack);
+        self.send(&Packet::ConnAck(*connack));
         metrics.connections.increment(1.0);
         metrics.connections_total.increment(1);
         tracing::debug!(
@@ -679,7 +678,7 @@ impl Conn {
         stream: &mut S,
         rbuf: &mut BytesMut,
         data: &mut SessionData,
-        control: &mut mpsc::Receiver<Control>,
+        control: &mut oneshot::Receiver<Control>,
     ) -> End {
         let shared = self.shared.clone();
         let metrics = shared.metrics.clone();
@@ -772,7 +771,9 @@ impl Conn {
                             }
                         }
                         // A stuck write must not keep a takeover or a shutdown waiting.
-                        Some(Control::TakeOver(reply)) = control.recv() => return End::TakenOver(reply),
+                        Ok(Control::TakeOver(reply)) = &mut *control, if !control.is_terminated() => {
+                            return End::TakenOver(reply);
+                        }
                         () = &mut cancelled => return End::Shutdown,
                     }
                 };
@@ -804,7 +805,9 @@ impl Conn {
             let event = tokio::select! {
                 biased;
                 () = &mut cancelled => Event::Shutdown,
-                Some(Control::TakeOver(reply)) = control.recv() => Event::TakeOver(reply),
+                Ok(Control::TakeOver(reply)) = &mut *control, if !control.is_terminated() => {
+                    Event::TakeOver(reply)
+                }
                 ev = front_ready(front), if front_waits => ev,
                 ev = wait_paced(self.paced.as_mut()) => ev,
                 res = read_some(stream, rbuf), if reading => Event::Read(res),
@@ -1455,7 +1458,7 @@ impl Conn {
         mut stream: S,
         end: End,
         mut data: Box<SessionData>,
-        control: &mut mpsc::Receiver<Control>,
+        control: &mut oneshot::Receiver<Control>,
     ) {
         let v5 = self.protocol == Protocol::V5;
         let metrics = self.shared.metrics.clone();
@@ -1542,7 +1545,7 @@ impl Conn {
 /// What woke the connection loop.
 enum Event {
     Shutdown,
-    TakeOver(tokio::sync::oneshot::Sender<Box<SessionData>>),
+    TakeOver(oneshot::Sender<Box<SessionData>>),
     Committed(Option<u8>),
     /// Nothing to handle: the loop's next turn looks again.
     Turn,

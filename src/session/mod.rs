@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// How long a new connection waits for the old one to hand its session over.
@@ -66,7 +66,7 @@ pub enum Control {
 enum Slot {
     Online {
         conn: u64,
-        control: mpsc::Sender<Control>,
+        control: oneshot::Sender<Control>,
     },
     Offline {
         data: Box<SessionData>,
@@ -153,7 +153,7 @@ impl Sessions {
         expiry: u32,
         protocol: Protocol,
         conn: u64,
-        control: mpsc::Sender<Control>,
+        control: oneshot::Sender<Control>,
     ) -> Opened {
         let found = match self.map.entry(client_id.clone()) {
             Entry::Vacant(v) => {
@@ -167,7 +167,7 @@ impl Sessions {
                 }
                 Slot::Online { control, .. } => {
                     let (tx, rx) = oneshot::channel();
-                    match control.try_send(Control::TakeOver(tx)) {
+                    match control.send(Control::TakeOver(tx)) {
                         Ok(()) => Found::Online(rx),
                         Err(_) => Found::Gone,
                     }
@@ -249,7 +249,7 @@ impl Sessions {
         self: &Arc<Self>,
         conn: u64,
         data: Box<SessionData>,
-        control: &mut mpsc::Receiver<Control>,
+        control: &mut oneshot::Receiver<Control>,
     ) {
         data.mailbox.set_online(false);
         let client_id = data.mailbox.client_id.clone();
