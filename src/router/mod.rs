@@ -222,7 +222,8 @@ pub struct Mailbox {
     kick: Notify,
     /// Bumped when a pressed mailbox drains below its watermark (or its
     /// consumer goes away), so that paced publishers go on.
-    relieved: tokio::sync::watch::Sender<u64>,
+    /// Made when a publisher first waits: most mailboxes never need one.
+    relieved: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
     limits: MailboxLimits,
 }
 
@@ -250,7 +251,7 @@ impl Mailbox {
             state: Mutex::new(Inbox::default()),
             notify: Notify::new(),
             kick: Notify::new(),
-            relieved: tokio::sync::watch::Sender::new(0),
+            relieved: std::sync::OnceLock::new(),
             limits,
         }
     }
@@ -286,12 +287,14 @@ impl Mailbox {
 
     /// Changes when the mailbox drains below its watermark or goes offline.
     pub fn relief(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.relieved.subscribe()
+        self.relieved
+            .get_or_init(|| tokio::sync::watch::Sender::new(0))
+            .subscribe()
     }
 
     fn relieve(&self) {
-        if self.relieved.receiver_count() > 0 {
-            self.relieved.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(tx) = self.relieved.get().filter(|tx| tx.receiver_count() > 0) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
