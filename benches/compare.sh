@@ -10,6 +10,7 @@
 #
 #   benches/compare.sh                     # everything
 #   BROKERS="edgegate mosquitto" SCENARIOS="fanin0 latency" RUNS=5 benches/compare.sh
+#   BROKERS=edgegate SCENARIOS=scale RUNS=1 benches/compare.sh   # SCALE (19,900) held connections
 #
 # Everything listens on 127.0.0.1 only, every run is bounded in count and
 # time, and every broker is stopped when the script ends.
@@ -138,6 +139,7 @@ args_for() {
     case $1 in
         conn) echo "conn --connections 2000 --concurrency 32" ;;
         rss) echo "conn --connections 10000 --concurrency 32 --hold-secs 6" ;;
+        scale) echo "conn --connections ${SCALE:-19900} --concurrency 32 --hold-secs 6" ;;
         fanin0) echo "fanin --publishers 4 --messages 100000 --qos 0" ;;
         fanin1) echo "fanin --publishers 4 --messages 100000 --qos 1" ;;
         fanout) echo "fanout --subscribers 50 --messages 20000 --qos 0" ;;
@@ -191,6 +193,8 @@ figures = {
     "conn": ("mTLS connections/s", lambda r: r["report"].get("connections_per_s"), True),
     "rss": ("RSS KiB per idle mTLS connection",
             lambda r: (r["rss_peak_kib"] - r["rss0_kib"]) / max(r["report"].get("connections", 0), 1), False),
+    "scale": ("idle mTLS connections held",
+              lambda r: r["report"].get("connections", 0) - r["report"].get("failed", 0), True),
     "fanin0": ("fan-in QoS 0 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
     "fanin1": ("fan-in QoS 1 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
     "fanout": ("fan-out 1 to 50 deliveries/s", lambda r: r["report"].get("deliveries_per_s"), True),
@@ -218,6 +222,12 @@ for scenario, (name, value, higher) in figures.items():
         print(f"{name:40} " + " ".join(cells) + "   " + ", ".join(ratios)
               + ("" if higher else "  (lower is better)"))
 print()
+for b in brokers:
+    rs = [r for r in rows if r["broker"] == b and r["scenario"] == "scale"]
+    if rs:
+        peak = statistics.median(r["rss_peak_kib"] for r in rs) / 1024
+        per = statistics.median((r["rss_peak_kib"] - r["rss0_kib"]) / max(r["report"].get("connections", 0), 1) for r in rs)
+        print(f"held connections: {b} peak RSS {peak:.1f} MiB, {per:.1f} KiB per connection")
 print("broker CPU seconds per million messages, peak RSS MiB (medians):")
 for scenario in ("fanin0", "fanin1", "fanout"):
     for b in brokers:
