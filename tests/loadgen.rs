@@ -90,23 +90,32 @@ async fn latency_measures_after_the_warm_up() {
     assert!(p50 > Some(0.0) && p99 >= p50, "{r}");
 }
 
+/// `edgegate bench SCENARIO --broker BROKER` with a device certificate of
+/// the test's CA written beside it.
+fn bench_command(t: &TestServer, scenario: &str, broker: &str) -> std::process::Command {
+    let pem = t.device("bench");
+    let certs = t.dir.path().join("certs");
+    edgegate::transport::pki::write_pair(&certs, "bench", &pem).expect("write cert");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"));
+    command
+        .args(["bench", scenario, "--broker", broker])
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("bench.pem"))
+        .arg("--key")
+        .arg(certs.join("bench.key"));
+    command
+}
+
 #[test]
 fn the_command_line_prints_one_json_line_and_refuses_other_hosts() {
     let t = TestServer::prepare("");
     let (mut child, port, _) = spawn_binary(&t, "", &[]);
-    let pem = t.device("bench");
-    let certs = t.dir.path().join("certs");
-    edgegate::transport::pki::write_pair(&certs, "bench", &pem).expect("write cert");
     let run = |broker: String| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
-            .args(["bench", "fanin", "--broker", &broker, "--publishers", "2"])
-            .args(["--messages", "100", "--qos", "1", "--timeout-secs", "30"])
-            .arg("--ca")
-            .arg(certs.join("ca.pem"))
-            .arg("--cert")
-            .arg(certs.join("bench.pem"))
-            .arg("--key")
-            .arg(certs.join("bench.key"))
+        bench_command(&t, "fanin", &broker)
+            .args(["--publishers", "2", "--messages", "100", "--qos", "1"])
+            .args(["--timeout-secs", "30"])
             .output()
             .expect("run")
     };
@@ -151,26 +160,9 @@ fn the_gateway_raises_its_open_files_limit_to_serve_its_connections() {
         .collect();
     let (soft, hard) = (open_files[0], open_files[1]);
     assert_eq!(soft, hard.min(1000 + 64), "{limits}");
-    let pem = t.device("bench");
-    let certs = t.dir.path().join("certs");
-    edgegate::transport::pki::write_pair(&certs, "bench", &pem).expect("write cert");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
-        .args(["bench", "conn", "--broker", &format!("127.0.0.1:{port}")])
-        .args([
-            "--connections",
-            "300",
-            "--concurrency",
-            "16",
-            "--hold-secs",
-            "1",
-        ])
-        .args(["--timeout-secs", "60"])
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("bench.pem"))
-        .arg("--key")
-        .arg(certs.join("bench.key"))
+    let out = bench_command(&t, "conn", &format!("127.0.0.1:{port}"))
+        .args(["--connections", "300", "--concurrency", "16"])
+        .args(["--hold-secs", "1", "--timeout-secs", "60"])
         .output()
         .expect("run");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");

@@ -484,8 +484,9 @@ impl Conn {
     /// Validates CONNECT and gives the connection with its CONNACK; on
     /// refusal returns the protocol and reason code for CONNACK.
     ///
-    /// The connection and its stream are boxed by their callers so that the
-    /// task's future holds pointers to them, not copies at every await.
+    /// The connection (here), its CONNACK and its TLS stream (by the
+    /// handshake) are boxed so that the task's future holds pointers to
+    /// them, not copies at every await.
     fn accept(
         shared: &Arc<Shared>,
         c: Box<Connect>,
