@@ -7,7 +7,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use edgegate::codec::{self, Packet, Protocol, Publish, PublishProperties, QoS, SubOptions};
 use edgegate::metrics::Metrics;
 use edgegate::router::trie::{Entry, Trie};
-use edgegate::router::{Mailbox, MailboxLimits, Message, Origin, Router, Subscriber};
+use edgegate::router::{FilterIndex, Mailbox, MailboxLimits, Message, Origin, Router, Subscriber};
 use edgegate::store::Store;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -135,5 +135,25 @@ fn fan_out(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec_round_trip, trie_match, fan_out);
+/// The publish path's question for the rules engine (does any rule's FROM
+/// match?) with 10 and 1,000 rules.
+fn rule_filters(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rules");
+    for n in [10usize, 1000] {
+        let index = FilterIndex::new(
+            (0..n)
+                .map(|i| format!("site/{i}/+/temp"))
+                .collect::<Vec<_>>()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (i, f.as_str())),
+        );
+        group.bench_function(format!("offer_{n}_rules"), |b| {
+            b.iter(|| index.matches_any(std::hint::black_box("site/7/kitchen/temp")))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec_round_trip, trie_match, fan_out, rule_filters);
 criterion_main!(benches);

@@ -482,12 +482,61 @@ pub struct Tapped {
     pub done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
 }
 
+/// Topic filters (the rules' FROM clauses) in a trie like subscriptions, so
+/// that finding the ones a topic matches costs the same for ten rules as for
+/// thousands.
+#[derive(Debug, Default)]
+pub struct FilterIndex {
+    trie: trie::Trie<Indexed>,
+}
+
+/// The position of a filter's owner (a rule) in the caller's list.
+#[derive(Debug)]
+struct Indexed(usize);
+
+impl trie::Entry for Indexed {
+    fn owner(&self) -> u64 {
+        self.0 as u64
+    }
+}
+
+impl FilterIndex {
+    /// Indexes `filters`, each under the position of its owner.
+    pub fn new<'a>(filters: impl IntoIterator<Item = (usize, &'a str)>) -> Self {
+        let mut trie = trie::Trie::default();
+        for (i, filter) in filters {
+            trie.insert(filter, None, Indexed(i));
+        }
+        Self { trie }
+    }
+
+    /// Whether any filter matches `topic`.
+    pub fn matches_any(&self, topic: &str) -> bool {
+        let mut any = false;
+        if !self.trie.is_empty() {
+            self.trie.for_each_match(topic, &mut |_| any = true);
+        }
+        any
+    }
+
+    /// The positions of the filters `topic` matches, in ascending order.
+    pub fn matching(&self, topic: &str, out: &mut Vec<usize>) {
+        out.clear();
+        self.trie.for_each_match(topic, &mut |m| {
+            if let trie::Match::Plain(Indexed(i)) = m {
+                out.push(*i);
+            }
+        });
+        out.sort_unstable();
+    }
+}
+
 /// The bounded queue from publishers to the rules engine, which evaluates
 /// outside connection tasks. Only topics some rule's FROM filter matches
 /// are offered.
 #[derive(Debug)]
 pub struct Tap {
-    filters: ArcSwap<Vec<String>>,
+    filters: ArcSwap<FilterIndex>,
     queue: Mutex<TapQueue>,
     notify: Notify,
 }
@@ -509,13 +558,13 @@ impl Tap {
     }
 
     /// Sets the filters whose messages are offered (the rules' FROM clauses).
-    pub fn set_filters(&self, filters: Vec<String>) {
-        self.filters.store(Arc::new(filters));
+    pub fn set_filters(&self, filters: Arc<FilterIndex>) {
+        self.filters.store(filters);
     }
 
-    fn wants(&self, topic: &str) -> bool {
-        let filters = self.filters.load();
-        !filters.is_empty() && filters.iter().any(|f| crate::topic::matches(f, topic))
+    /// Whether a message on `topic` is to be offered.
+    pub fn wants(&self, topic: &str) -> bool {
+        self.filters.load().matches_any(topic)
     }
 
     fn has_room(&self) -> bool {
@@ -893,6 +942,27 @@ mod tests {
         // Nor does one that is offline.
         b.set_online(false);
         assert!(!b.is_pressed());
+    }
+
+    #[test]
+    fn filter_index_finds_every_matching_filter_in_order() {
+        let index = FilterIndex::new([
+            (0, "a/+"),
+            (1, "#"),
+            (3, "a/b"),
+            (4, "$aws/things/+/shadow/update"),
+            (5, "a/b"),
+        ]);
+        let mut out = Vec::new();
+        index.matching("a/b", &mut out);
+        assert_eq!(out, [0, 1, 3, 5]);
+        index.matching("c", &mut out);
+        assert_eq!(out, [1]);
+        // Wildcards at the first level never match `$` topics.
+        index.matching("$aws/things/t1/shadow/update", &mut out);
+        assert_eq!(out, [4]);
+        assert!(!FilterIndex::new([(0, "x/#")]).matches_any("y"));
+        assert!(!FilterIndex::default().matches_any("a"));
     }
 
     #[test]

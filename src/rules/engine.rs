@@ -86,6 +86,15 @@ impl Lane {
     }
 }
 
+/// The rules in force and the index of their FROM filters, swapped as one.
+#[derive(Debug, Default)]
+struct LiveSet {
+    rules: Vec<LiveRule>,
+    /// Shared with the router's tap: one index decides both whether a
+    /// message is offered and which rules it selects.
+    index: Arc<crate::router::FilterIndex>,
+}
+
 /// A rule with its metrics and the lanes of its actions.
 #[derive(Debug)]
 struct LiveRule {
@@ -109,7 +118,7 @@ struct Settings {
 /// The running engine; cheap to share.
 #[derive(Debug)]
 pub struct Engine {
-    rules: ArcSwap<Vec<LiveRule>>,
+    rules: ArcSwap<LiveSet>,
     lanes: Mutex<HashMap<Arc<str>, Arc<Lane>>>,
     /// Spool records read at startup, handed to each spool when it is made.
     restored: Mutex<HashMap<String, spool::Rows>>,
@@ -249,7 +258,7 @@ impl Engine {
 
     /// Puts a compiled rule set in force: new messages see it at once.
     pub fn install(self: &Arc<Self>, set: RuleSet) {
-        let filters = set.filters();
+        let index = Arc::new(set.filters());
         let live: Vec<LiveRule> = set
             .rules
             .into_iter()
@@ -264,8 +273,11 @@ impl Engine {
                 }
             })
             .collect();
-        self.rules.store(Arc::new(live));
-        self.router.tap().set_filters(filters);
+        self.rules.store(Arc::new(LiveSet {
+            rules: live,
+            index: index.clone(),
+        }));
+        self.router.tap().set_filters(index);
     }
 
     /// Compiles new rules with the settings in force (`[actions]` and
@@ -344,7 +356,7 @@ impl Engine {
     /// Runs every matching rule over one message and spools the jobs.
     fn evaluate(&self, t: Tapped) {
         let Tapped { msg, durable, done } = t;
-        let rules = self.rules.load();
+        let set = self.rules.load();
         let topic = msg.topic.as_str();
         let origin = &msg.origin;
         let now_ms = spool::now_ms();
@@ -352,10 +364,9 @@ impl Engine {
         let mut original = None;
         let mut commits: Vec<Commit> = durable.into_iter().collect();
         let mut refused = None;
-        for live in rules
-            .iter()
-            .filter(|r| r.rule.enabled && topic::matches(&r.rule.stmt.from, topic))
-        {
+        let mut matched = Vec::new();
+        set.index.matching(topic, &mut matched);
+        for live in matched.into_iter().filter_map(|i| set.rules.get(i)) {
             live.metrics.matched.increment(1);
             if origin.hops >= self.settings.actions.max_hops {
                 live.metrics.failed.increment(1);
@@ -598,8 +609,8 @@ impl Engine {
             }
             return;
         }
-        let rules = self.rules.load();
-        let Some(live) = rules.iter().find(|r| *r.rule.name == *job.rule) else {
+        let set = self.rules.load();
+        let Some(live) = set.rules.iter().find(|r| *r.rule.name == *job.rule) else {
             if lane.warn.allow() {
                 tracing::warn!(spool = lane.spool.name(), rule = %job.rule, error = why, "action gave up; its rule is no longer configured");
             }

@@ -195,17 +195,17 @@ impl RuleSet {
         }
     }
 
-    /// The FROM filters of the enabled rules: what the router offers the engine.
-    pub fn filters(&self) -> Vec<String> {
-        let mut f: Vec<String> = self
-            .rules
-            .iter()
-            .filter(|r| r.enabled)
-            .map(|r| r.stmt.from.clone())
-            .collect();
-        f.sort();
-        f.dedup();
-        f
+    /// The FROM filters of the enabled rules, each under its rule's
+    /// position: what the router offers the engine, and which rules a
+    /// message's topic selects.
+    pub fn filters(&self) -> crate::router::FilterIndex {
+        crate::router::FilterIndex::new(
+            self.rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.enabled)
+                .map(|(i, r)| (i, r.stmt.from.as_str())),
+        )
     }
 }
 
@@ -246,7 +246,9 @@ mod tests {
             r.error_action.as_ref().map(|a| &*a.spool),
             Some("rules/temps/error")
         );
-        assert_eq!(set.filters(), vec!["sensors/+/temp".to_owned()]);
+        let filters = set.filters();
+        assert!(filters.matches_any("sensors/kitchen/temp"));
+        assert!(!filters.matches_any("sensors/kitchen/humidity"));
     }
 
     #[test]
