@@ -826,13 +826,21 @@ impl Conn {
                     registry_changed.set(changed(rx));
                     Event::Registry
                 }
-                () = &mut keep_alive => if Instant::now() < deadline {
-                    // Packets came since it was set: it fires again later.
-                    keep_alive.as_mut().reset(deadline);
-                    Event::Turn
-                } else {
-                    Event::KeepAlive
-                },
+                () = &mut keep_alive => {
+                    let now = Instant::now();
+                    // A client the gateway does not read (its acknowledgements
+                    // wait for the store, or it is paced) cannot be judged idle.
+                    if !reading {
+                        deadline = now + self.keep_alive;
+                    }
+                    if now < deadline {
+                        // Packets came since it was set: it fires again later.
+                        keep_alive.as_mut().reset(deadline);
+                        Event::Turn
+                    } else {
+                        Event::KeepAlive
+                    }
+                }
             };
             match event {
                 Event::Shutdown => return End::Shutdown,
