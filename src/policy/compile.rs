@@ -44,6 +44,12 @@ impl Context {
         self
     }
 
+    /// Gives back the room left from building the context: a connection
+    /// keeps its context for its whole life.
+    pub fn shrink_to_fit(&mut self) {
+        self.vars.shrink_to_fit();
+    }
+
     /// Removes every key that starts with `prefix` (lowercase).
     pub fn remove_prefix(&mut self, prefix: &str) {
         self.vars.retain(|(k, _)| !k.starts_with(prefix));

@@ -72,6 +72,7 @@ impl Authz {
         }
         ctx.set_all("iot:ConnectAttributes", attributes);
         principal.add_to(&mut ctx);
+        ctx.shrink_to_fit();
         let snapshot = policies.current();
         let set = snapshot.compile(&principal.policies, head, &ctx);
         Self {
@@ -94,6 +95,7 @@ impl Authz {
             return;
         }
         principal.add_to(&mut self.ctx);
+        self.ctx.shrink_to_fit();
         self.set = self.snapshot.compile(&principal.policies, head, &self.ctx);
         self.cache.clear();
         self.principal = principal;
