@@ -221,8 +221,8 @@ pub struct Mailbox {
     notify: Notify,
     kick: Notify,
     /// Bumped when a pressed mailbox drains below its watermark (or its
-    /// consumer goes away), so that paced publishers go on.
-    /// Made when a publisher first waits: most mailboxes never need one.
+    /// consumer goes away or stalls), so that paced publishers go on. Made
+    /// when a publisher first waits: most mailboxes never need one.
     relieved: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
     limits: MailboxLimits,
 }

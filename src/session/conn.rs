@@ -109,8 +109,8 @@ async fn front_ready(front: Option<&mut PendingAck>) -> Event {
             c.await
                 .map_or(Some(reason::UNSPECIFIED_ERROR), |r| commit_code(&r)),
         ),
-        Some(PendingAck { held: Some(h), .. }) => h.wait().await,
-        _ => std::future::pending().await,
+        Some(a) => wait_held(a.held.as_mut()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -123,9 +123,9 @@ async fn changed(mut rx: watch::Receiver<u64>) -> watch::Receiver<u64> {
     rx
 }
 
-/// Resolves when a paced QoS 0 publisher may read again.
-async fn wait_paced(paced: Option<&mut Held>) -> Event {
-    match paced {
+/// Resolves when a held publisher may go on (never if nothing is held).
+async fn wait_held(held: Option<&mut Held>) -> Event {
+    match held {
         Some(h) => h.wait().await,
         None => std::future::pending().await,
     }
@@ -798,10 +798,6 @@ impl Conn {
             if !mail_ready && self.wbuf.capacity() > 0 {
                 self.wbuf = BytesMut::new();
             }
-            let front_waits = self
-                .acks
-                .front()
-                .is_some_and(|a| a.commit.is_some() || a.held.is_some());
             let front = self.acks.front_mut();
             let event = tokio::select! {
                 biased;
@@ -809,8 +805,8 @@ impl Conn {
                 Ok(Control::TakeOver(reply)) = &mut *control, if !control.is_terminated() => {
                     Event::TakeOver(reply)
                 }
-                ev = front_ready(front), if front_waits => ev,
-                ev = wait_paced(self.paced.as_mut()) => ev,
+                ev = front_ready(front) => ev,
+                ev = wait_held(self.paced.as_mut()) => ev,
                 res = read_some(stream, rbuf), if reading => Event::Read(res),
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
