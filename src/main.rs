@@ -416,7 +416,9 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     use edgegate::codec::{Protocol, QoS};
     let tls = match (&a.ca, &a.cert, &a.key) {
         (None, None, None) => None,
-        (Some(ca), Some(cert), Some(key)) => Some(bench_tls(ca, cert, key)?),
+        (Some(ca), Some(cert), Some(key)) => Some(std::sync::Arc::new(
+            edgegate::transport::tls::client_config(ca, cert, key, None)?,
+        )),
         _ => anyhow::bail!("--ca, --cert and --key go together (mutual TLS) or not at all"),
     };
     let options = edgegate::loadgen::Options {
@@ -447,29 +449,6 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     println!("{report}");
     Ok(())
-}
-
-/// A client configuration for the load tool: the broker's CA and one client
-/// certificate for every connection.
-fn bench_tls(
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
-    let read = |p: &Path| std::fs::read(p).with_context(|| p.display().to_string());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut read(ca)?.as_slice()) {
-        roots.add(c?)?;
-    }
-    let chain =
-        rustls_pemfile::certs(&mut read(cert)?.as_slice()).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())?.context("no private key")?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    Ok(std::sync::Arc::new(config))
 }
 
 async fn wait_for_signal() {

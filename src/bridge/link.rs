@@ -61,40 +61,12 @@ pub(super) struct Bridge {
 
 /// The client's TLS configuration: the upstream's CA, this gateway's
 /// certificate, and ALPN `x-amzn-mqtt-ca` on port 443 (AWS IoT's MQTT there).
-pub(super) fn tls_config(config: &Upstream) -> Result<Arc<rustls::ClientConfig>, String> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut read(&config.ca)?.as_slice()) {
-        let cert = cert.map_err(|e| format!("{}: {e}", config.ca.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", config.ca.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{}: no CA certificates", config.ca.display()));
-    }
-    let chain = rustls_pemfile::certs(&mut read(&config.cert)?.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", config.cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate", config.cert.display()));
-    }
-    let key = rustls_pemfile::private_key(&mut read(&config.key)?.as_slice())
-        .map_err(|e| format!("{}: {e}", config.key.display()))?
-        .ok_or_else(|| format!("{}: no private key", config.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("{}: {e}", config.cert.display()))?;
-    if config.host_port().is_some_and(|(_, port)| port == 443) {
-        tls.alpn_protocols = vec![b"x-amzn-mqtt-ca".to_vec()];
-    }
-    Ok(Arc::new(tls))
+pub(super) fn tls_config(
+    config: &Upstream,
+) -> Result<Arc<rustls::ClientConfig>, crate::transport::tls::TlsError> {
+    let on_443 = config.host_port().is_some_and(|(_, port)| port == 443);
+    let alpn = on_443.then_some(crate::transport::tls::ALPN[0]);
+    crate::transport::tls::client_config(&config.ca, &config.cert, &config.key, alpn).map(Arc::new)
 }
 
 /// A sliding one-second window of send times: at most `limit` in any second.

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 pub enum BridgeError {
     /// A certificate, key or CA file is unusable.
     #[error("upstream TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::transport::tls::TlsError),
     /// An inbound topic template does not parse.
     #[error("upstream.subscribe[{index}].topic: position {at}: {message}")]
     Template {
@@ -85,7 +85,7 @@ pub fn start(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Arc<Status>, BridgeError> {
-    let tls = link::tls_config(config).map_err(BridgeError::Tls)?;
+    let tls = link::tls_config(config)?;
     let mappings = config
         .subscribe
         .iter()

@@ -14,7 +14,7 @@ use crate::metrics::HandshakeFailure;
 use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, RootCertStore, ServerConfig};
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -96,6 +96,33 @@ fn pem_error(path: &Path, what: String) -> TlsError {
     }
 }
 
+/// The CA certificates in a PEM file, as trust roots.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(path)? {
+        roots.add(c).map_err(|e| pem_error(path, e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// A client configuration that trusts the CA in `ca` and presents the
+/// certificate and key in `cert` and `key`, with `alpn` if given: the
+/// bridge's to its upstream, and the load tool's.
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    alpn: Option<&[u8]>,
+) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(read_roots(ca)?)
+        .with_client_auth_cert(read_certs(cert)?, read_key(key)?)?;
+    config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+    Ok(config)
+}
+
 /// Builds the server configuration from the `[tls]` files.
 ///
 /// Revocation lists are checked for device certificates only, and a
@@ -104,12 +131,8 @@ fn pem_error(path: &Path, what: String) -> TlsError {
 pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
     let (ca, cert, key) = (&tls.ca, &tls.cert, &tls.key);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for c in read_certs(ca)? {
-        roots.add(c).map_err(|e| pem_error(ca, e.to_string()))?;
-    }
     let mut verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider.clone());
     if let Some(crl) = &tls.crl {
         verifier = verifier
             .with_crls(read_crls(crl)?)

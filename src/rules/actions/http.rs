@@ -181,33 +181,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The client every HTTP action shares: rustls with ring, the system's
 /// roots or `actions.http_ca` instead, and no proxy from the environment.
 pub fn client(http_ca: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match http_ca {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{}: no certificates", path.display()));
-            }
-        }
+    let roots = match http_ca {
+        Some(path) => crate::transport::tls::read_roots(path).map_err(|e| e.to_string())?,
         None => {
             let found = rustls_native_certs::load_native_certs();
             for e in &found.errors {
                 tracing::warn!(error = %e, "system root certificates partly unreadable");
             }
+            let mut roots = rustls::RootCertStore::empty();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
                 tracing::warn!(
                     "no system root certificates: https actions will fail until actions.http_ca is set"
                 );
             }
+            roots
         }
-    }
+    };
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
