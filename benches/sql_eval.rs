@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
                 timestamp_ms: 0,
                 account: "000000000000",
             };
-            evaluate(&stmt, &msg).output.map(|o| o.to_bytes())
+            evaluate(&stmt, &msg).output.map(|o| o.to_bytes().len())
         })
     });
     group.finish();

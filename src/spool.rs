@@ -158,11 +158,9 @@ impl Spool {
         let mut inner = self.inner.lock();
         // Decide what must go before changing anything: if the store refuses
         // the write, memory stays as it was and nothing is lost.
-        let held = inner
-            .queue
-            .iter()
-            .take_while(|r| r.seq < inner.held_until)
-            .count();
+        // Records are in sequence order: those out for delivery come first.
+        let held_until = inner.held_until;
+        let held = inner.queue.partition_point(|r| r.seq < held_until);
         let mut freed = 0;
         let mut evict = 0;
         while inner.bytes - freed + size > self.limits.max_bytes {
@@ -242,7 +240,8 @@ impl Spool {
     /// Removes a delivered record.
     pub fn ack(&self, seq: u64) {
         let mut inner = self.inner.lock();
-        if let Some(i) = inner.queue.iter().position(|r| r.seq == seq)
+        let i = inner.queue.partition_point(|r| r.seq < seq);
+        if inner.queue.get(i).is_some_and(|r| r.seq == seq)
             && let Some(r) = inner.queue.remove(i)
         {
             inner.bytes -= r.data.len();

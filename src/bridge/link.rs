@@ -57,6 +57,8 @@ pub(super) struct Bridge {
     pub(super) spool_metrics: ActionMetrics,
     pub(super) status: Arc<Status>,
     pub(super) shutdown: CancellationToken,
+    /// Who the messages brought in come from: the bridge, never sent back.
+    pub(super) origin: Arc<Origin>,
 }
 
 /// The client's TLS configuration: the upstream's CA, this gateway's
@@ -480,15 +482,26 @@ impl Bridge {
         }
     }
 
-    /// Handles every whole packet in the read buffer.
+    /// Handles every whole packet in the read buffer; the spool gauges are
+    /// set once for all the acknowledgements among them.
     fn decode_all(&self, s: &mut Session, acked: &mut bool) -> Result<(), Ended> {
-        loop {
+        let mut spool_changed = false;
+        let result = loop {
             match codec::decode(&mut s.rbuf, s.protocol, MAX_PACKET) {
-                Ok(Some(p)) => self.handle(s, p, acked)?,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("protocol error from the upstream: {e}")),
+                Ok(Some(p)) => {
+                    spool_changed |= matches!(p, Packet::PubAck(_));
+                    if let Err(why) = self.handle(s, p, acked) {
+                        break Err(why);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(format!("protocol error from the upstream: {e}")),
             }
+        };
+        if spool_changed {
+            self.gauges();
         }
+        result
     }
 
     /// Encodes one spooled message as a PUBLISH; QoS 0 leaves the spool at
@@ -581,7 +594,6 @@ impl Bridge {
                         self.metrics.upstream_forwarded.increment(1);
                     }
                     self.spool.ack(seq);
-                    self.gauges();
                 }
             }
             Packet::Publish(p) => self.inbound(s, p),
@@ -607,7 +619,11 @@ impl Bridge {
             .iter()
             .find(|m| topic::matches(&m.filter, remote))
             .map(|m| {
-                let json = sql::Message::parse_payload(&p.payload);
+                let json = m
+                    .topic
+                    .reads_payload()
+                    .then(|| sql::Message::parse_payload(&p.payload))
+                    .flatten();
                 m.topic.render(
                     &sql::Message {
                         topic: remote,
@@ -638,17 +654,13 @@ impl Bridge {
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
         let msg = Arc::new(Message::new(
-            local.as_str().into(),
+            local.into(),
             p.payload,
             p.qos.min(QoS::AtLeastOnce),
             p.retain,
             properties,
             now,
-            Arc::new(Origin {
-                client_id: Some(self.config.client_id.as_str().into()),
-                bridged: true,
-                ..Origin::default()
-            }),
+            self.origin.clone(),
         ));
         match self.router.publish(&msg, now) {
             Ok(routed) => {

@@ -117,6 +117,11 @@ pub fn start(
         metrics,
         status: status.clone(),
         shutdown,
+        origin: Arc::new(crate::router::Origin {
+            client_id: Some(config.client_id.as_str().into()),
+            bridged: true,
+            ..crate::router::Origin::default()
+        }),
     };
     tracker.spawn(bridge.run());
     Ok(status)

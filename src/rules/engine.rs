@@ -360,7 +360,7 @@ impl Engine {
         let topic = msg.topic.as_str();
         let origin = &msg.origin;
         let now_ms = spool::now_ms();
-        let mut json = None;
+        let mut parsed = None;
         let mut original = None;
         let mut commits: Vec<Commit> = durable.into_iter().collect();
         let mut refused = None;
@@ -375,11 +375,17 @@ impl Engine {
                 }
                 continue;
             }
-            let json = json.get_or_insert_with(|| sql::Message::parse_payload(&msg.payload));
+            let json = if live.rule.reads_payload() {
+                parsed
+                    .get_or_insert_with(|| sql::Message::parse_payload(&msg.payload))
+                    .as_ref()
+            } else {
+                None
+            };
             let m = sql::Message {
                 topic,
                 payload: &msg.payload,
-                json: json.as_ref(),
+                json,
                 client_id: origin.client_id.as_deref(),
                 principal: origin.principal.as_deref(),
                 timestamp_ms: now_ms as i64,
@@ -398,12 +404,13 @@ impl Engine {
                 continue;
             }
             live.metrics.evaluated.increment(1);
+            let bytes = output.to_bytes();
             let cx = Context {
                 msg: &m,
                 vars: &ev.variables,
                 hops: origin.hops,
                 bridged: origin.bridged,
-                properties: Some(&msg.properties),
+                properties: live.rule.verbatim.then_some(&msg.properties),
                 topic_limits: self.settings.topic_limits,
                 max_payload: self.settings.max_payload,
             };
@@ -419,7 +426,7 @@ impl Engine {
                 if origin.bridged && lane.external {
                     continue;
                 }
-                let target = match action.kind.render(&cx, &output) {
+                let target = match action.kind.render(&cx, &output, &bytes) {
                     Ok(t) => t,
                     Err(f) => {
                         lane.metrics.failed.increment(1);
@@ -549,7 +556,8 @@ impl Engine {
             topic_limits: self.settings.topic_limits,
             max_payload: self.settings.max_payload,
         };
-        let target = match action.kind.render(&cx, &Output::Json(doc.clone())) {
+        let output = Output::Json(doc.clone());
+        let target = match action.kind.render(&cx, &output, &output.to_bytes()) {
             Ok(t) => t,
             Err(f) => {
                 lane.metrics.failed.increment(1);

@@ -44,12 +44,23 @@ pub struct Rule {
     pub verbatim: bool,
 }
 
+impl Rule {
+    /// Whether evaluating it may read the payload as JSON: every SQL rule
+    /// may; a forward mapping only if its topic template does.
+    pub fn reads_payload(&self) -> bool {
+        !self.verbatim
+            || self
+                .actions
+                .iter()
+                .any(|a| !matches!(&a.kind, ActionKind::Upstream(u) if !u.reads_payload()))
+    }
+}
+
 /// One compiled action and the spool it feeds.
 #[derive(Debug)]
 pub struct Action {
-    /// `0`, `1`, ... or `error`: the action's label in metrics.
-    pub label: Arc<str>,
-    /// The spool's name: `rules/<rule>/<label>`.
+    /// The spool's name: `rules/<rule>/<label>`, where the label (`0`, `1`,
+    /// ... or `error`) names the action in metrics.
     pub spool: Arc<str>,
     /// What it does.
     pub kind: ActionKind,
@@ -101,11 +112,6 @@ impl RuleSet {
         let mut set = Self::compile_rules(rules.iter().chain(&forward_rules), settings, bridge)?;
         for rule in set.rules.iter_mut().skip(rules.len()) {
             rule.verbatim = true;
-            for a in &mut rule.actions {
-                if let ActionKind::Upstream(u) = &mut a.kind {
-                    u.verbatim = true;
-                }
-            }
         }
         Ok(set)
     }
@@ -155,7 +161,6 @@ impl RuleSet {
                 };
                 match ActionKind::compile(a, settings, bridge) {
                     Ok(kind) => Some(Action {
-                        label: label.into(),
                         spool: spool.into(),
                         kind,
                     }),

@@ -13,7 +13,6 @@
 
 use super::{Context, Outcome};
 use crate::config::FileAction;
-use crate::rules::sql::Output;
 use crate::rules::sql::Template;
 use crate::rules::sql::eval::base64_encode;
 use parking_lot::Mutex;
@@ -57,12 +56,13 @@ impl File {
 
     /// Substitutes the path for one message. The line is the JSON output, or
     /// a JSON string of the base64 bytes when the output is not JSON.
-    pub fn render(&self, cx: &Context<'_>, output: &Output) -> Result<Request, String> {
+    pub fn render(&self, cx: &Context<'_>, bytes: &[u8], json: bool) -> Result<Request, String> {
         let path = self.path.render(cx.msg, cx.vars);
         check_relative(&path)?;
-        let line = match output {
-            Output::Json(v) => v.to_string(),
-            other => serde_json::Value::String(base64_encode(&other.to_bytes())).to_string(),
+        let line = if json {
+            String::from_utf8_lossy(bytes).into_owned()
+        } else {
+            serde_json::Value::String(base64_encode(bytes)).to_string()
         };
         Ok(Request { path, line })
     }

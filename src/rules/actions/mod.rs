@@ -42,7 +42,8 @@ pub struct Context<'a> {
     pub hops: u8,
     /// Whether the incoming message came from upstream (it never goes back).
     pub bridged: bool,
-    /// The incoming message's MQTT 5 properties, which verbatim forwarding keeps.
+    /// The incoming message's MQTT 5 properties, for verbatim forwarding
+    /// only (`[[upstream.forward]]`); `None` for a rule's output.
     pub properties: Option<&'a crate::codec::PublishProperties>,
     /// Topic limits a republished topic must meet.
     pub topic_limits: crate::topic::Limits,
@@ -162,18 +163,22 @@ impl ActionKind {
         }
     }
 
-    /// Renders the action for one message; a failure names the action and
-    /// its resource for the error document.
-    pub fn render(&self, cx: &Context<'_>, output: &Output) -> Result<Target, Failure> {
-        let bytes = output.to_bytes();
+    /// Renders the action for one message; `bytes` are the output's
+    /// ([`Output::to_bytes`]), serialized once for all of a rule's actions.
+    /// A failure names the action and its resource for the error document.
+    pub fn render(
+        &self,
+        cx: &Context<'_>,
+        output: &Output,
+        bytes: &[u8],
+    ) -> Result<Target, Failure> {
+        let json = matches!(output, Output::Json(_));
         let rendered = match (self, output) {
             (_, Output::Invalid(why)) => Err((*why).to_owned()),
-            (Self::Republish(r), _) => r.render(cx, &bytes).map(Target::Republish),
-            (Self::Http(h), _) => h
-                .render(cx, &bytes, matches!(output, Output::Json(_)))
-                .map(Target::Http),
-            (Self::File(f), _) => f.render(cx, output).map(Target::File),
-            (Self::Upstream(u), _) => u.render(cx, &bytes).map(Target::Upstream),
+            (Self::Republish(r), _) => r.render(cx, bytes).map(Target::Republish),
+            (Self::Http(h), _) => h.render(cx, bytes, json).map(Target::Http),
+            (Self::File(f), _) => f.render(cx, bytes, json).map(Target::File),
+            (Self::Upstream(u), _) => u.render(cx, bytes).map(Target::Upstream),
         };
         rendered.map_err(|error_message| Failure {
             failed_action: self.aws_name(),

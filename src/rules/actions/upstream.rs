@@ -15,9 +15,6 @@ use tokio::time::Instant;
 /// A compiled upstream action.
 #[derive(Debug)]
 pub struct Upstream {
-    /// Forward the incoming payload and MQTT 5 properties unchanged
-    /// (`[[upstream.forward]]`), not a rule's output.
-    pub verbatim: bool,
     topic: Template,
     qos: QoS,
     limits: topic::Limits,
@@ -45,12 +42,17 @@ impl Upstream {
                 .map_err(|e| format!("topic `{t}`: {e}"))?;
         }
         Ok(Self {
-            verbatim: false,
             topic,
             qos,
             limits,
             max_payload: bridge.max_payload_bytes,
         })
+    }
+
+    /// Whether the topic template reads the payload (else the payload of a
+    /// forwarded message need not be parsed).
+    pub fn reads_payload(&self) -> bool {
+        self.topic.reads_payload()
     }
 
     /// The topic, for error documents of failed renders.
@@ -68,7 +70,7 @@ impl Upstream {
             (self.max_payload, "upstream.max_payload_bytes"),
         )?;
         let properties = match cx.properties {
-            Some(p) if self.verbatim => PublishProperties {
+            Some(p) => PublishProperties {
                 topic_alias: None,
                 subscription_identifiers: Vec::new(),
                 ..p.clone()

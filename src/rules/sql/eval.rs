@@ -62,11 +62,11 @@ pub enum Output {
 
 impl Output {
     /// The bytes actions send.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
-            Self::Json(v) => v.to_string().into_bytes(),
-            Self::Raw(b) => b.clone(),
-            Self::Nothing | Self::Invalid(_) => Vec::new(),
+            Self::Json(v) => v.to_string().into_bytes().into(),
+            Self::Raw(b) => b.as_slice().into(),
+            Self::Nothing | Self::Invalid(_) => (&[][..]).into(),
         }
     }
 }

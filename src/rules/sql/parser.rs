@@ -116,6 +116,32 @@ pub enum Expr {
     Nested(Box<Nested>),
 }
 
+impl Expr {
+    /// Whether evaluating it may read the payload (an attribute or `*`;
+    /// the compound forms are assumed to).
+    pub fn reads_payload(&self) -> bool {
+        match self {
+            Expr::Int(_)
+            | Expr::Decimal(_)
+            | Expr::Str(_)
+            | Expr::Bool(_)
+            | Expr::Null
+            | Expr::Variable(_) => false,
+            Expr::Member(e, _) | Expr::Neg(e) | Expr::Not(e) | Expr::Cast(e, _) => {
+                e.reads_payload()
+            }
+            Expr::Index(a, b) | Expr::Binary(_, a, b) => a.reads_payload() || b.reads_payload(),
+            Expr::Call(_, args) => args.iter().any(Expr::reads_payload),
+            Expr::Attr(_)
+            | Expr::Star
+            | Expr::Case { .. }
+            | Expr::Object(_)
+            | Expr::Array(_)
+            | Expr::Nested(_) => true,
+        }
+    }
+}
+
 /// Parses a rule statement.
 pub fn parse(text: &str) -> Result<Statement, SqlError> {
     let tokens = checked(text)?;

@@ -60,6 +60,13 @@ impl Template {
         Ok(Self(parts))
     }
 
+    /// Whether rendering it may read the payload.
+    pub fn reads_payload(&self) -> bool {
+        self.0
+            .iter()
+            .any(|p| matches!(p, Part::Expr(e) if e.reads_payload()))
+    }
+
     /// The text, when the template has no expression in it.
     pub fn literal(&self) -> Option<String> {
         let mut out = String::new();
