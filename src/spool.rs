@@ -21,6 +21,7 @@ use crate::store::{Commit, Op, Store, StoreError};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -296,6 +297,27 @@ impl Spool {
     /// Resolves when something was appended since the last call.
     pub async fn appended(&self) {
         self.notify.notified().await;
+    }
+}
+
+/// Warnings about what a client can cause are logged at most this often
+/// per rule, spool or kind; the counters count every one.
+const WARN_EVERY_MS: u64 = 10_000;
+
+/// Lets a warning through at most once per [`WARN_EVERY_MS`].
+#[derive(Debug, Default)]
+pub struct Throttle(AtomicU64);
+
+impl Throttle {
+    /// Whether this warning may be logged now.
+    pub fn allow(&self) -> bool {
+        let now = now_ms();
+        let last = self.0.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= WARN_EVERY_MS
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 

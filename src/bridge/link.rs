@@ -10,7 +10,7 @@ use crate::config::Upstream;
 use crate::metrics::{ActionMetrics, Metrics};
 use crate::router::{Message, Origin, Router};
 use crate::rules::sql;
-use crate::spool::{self, Spool};
+use crate::spool::{self, Spool, Throttle};
 use crate::store::Commit;
 use crate::topic;
 use bytes::BytesMut;
@@ -59,6 +59,10 @@ pub(super) struct Bridge {
     pub(super) shutdown: CancellationToken,
     /// Who the messages brought in come from: the bridge, never sent back.
     pub(super) origin: Arc<Origin>,
+    /// Warnings about messages dropped on the way up, and on the way in: at
+    /// most one of each every few seconds (every message is counted).
+    pub(super) up_warn: Throttle,
+    pub(super) in_warn: Throttle,
 }
 
 /// The client's TLS configuration: the upstream's CA, this gateway's
@@ -540,7 +544,9 @@ impl Bridge {
         };
         if codec::publish_len(&view, s.protocol) > s.max_packet {
             self.metrics.upstream_failed.increment(1);
-            tracing::warn!(topic = %msg.topic, "a message is larger than the upstream's Maximum Packet Size; dropped");
+            if self.up_warn.allow() {
+                tracing::warn!(topic = %msg.topic, "a message is larger than the upstream's Maximum Packet Size; dropped");
+            }
             self.spool.ack(r.seq);
             return false;
         }
@@ -559,10 +565,12 @@ impl Bridge {
         let expired = self.spool.expire(spool::now_ms()).len();
         if expired > 0 {
             self.metrics.upstream_failed.increment(expired as u64);
-            tracing::warn!(
-                expired,
-                "messages for the upstream were older than upstream.spool_max_age_secs; dropped"
-            );
+            if self.up_warn.allow() {
+                tracing::warn!(
+                    expired,
+                    "messages for the upstream were older than upstream.spool_max_age_secs; dropped"
+                );
+            }
         }
     }
 
@@ -585,10 +593,12 @@ impl Bridge {
                 if let Some((_, seq)) = s.inflight.remove(i) {
                     if a.code >= 0x80 {
                         self.metrics.upstream_failed.increment(1);
-                        tracing::warn!(
-                            code = a.code,
-                            "the upstream refused a message for good; it is dropped"
-                        );
+                        if self.up_warn.allow() {
+                            tracing::warn!(
+                                code = a.code,
+                                "the upstream refused a message for good; it is dropped"
+                            );
+                        }
                     } else {
                         *acked = true;
                         self.metrics.upstream_forwarded.increment(1);
@@ -641,10 +651,12 @@ impl Bridge {
             local.filter(|l| topic::validate_name(l).is_ok() && !topic::is_reserved(l))
         else {
             self.metrics.upstream_failed.increment(1);
-            tracing::warn!(
-                remote,
-                "an upstream message has no valid local topic; dropped"
-            );
+            if self.in_warn.allow() {
+                tracing::warn!(
+                    remote,
+                    "an upstream message has no valid local topic; dropped"
+                );
+            }
             s.pending.push_back(Inbound { pkid, commit: None });
             s.ack_ready();
             return;
@@ -673,7 +685,9 @@ impl Bridge {
             Err(e) => {
                 // Not acknowledged: a persistent session sends it again.
                 self.metrics.upstream_failed.increment(1);
-                tracing::warn!(error = %e, "an upstream message could not be published here");
+                if self.in_warn.allow() {
+                    tracing::warn!(error = %e, "an upstream message could not be published here");
+                }
             }
         }
     }

@@ -25,7 +25,7 @@ use crate::config::{Inbound, Upstream};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::rules::sql::Template;
-use crate::spool::Spool;
+use crate::spool::{Spool, Throttle};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -122,6 +122,8 @@ pub fn start(
             bridged: true,
             ..crate::router::Origin::default()
         }),
+        up_warn: Throttle::default(),
+        in_warn: Throttle::default(),
     };
     tracker.spawn(bridge.run());
     Ok(status)

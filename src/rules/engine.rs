@@ -21,14 +21,13 @@ use super::{Action, Rule, RuleSet};
 use crate::config::{self, Config};
 use crate::metrics::{ActionMetrics, Metrics, RuleMetrics};
 use crate::router::{Router, Tapped};
-use crate::spool::{self, Limits, Spool, SpoolError};
+use crate::spool::{self, Limits, Spool, SpoolError, Throttle};
 use crate::store::{Commit, Store, StoreError};
 use crate::topic;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,26 +36,6 @@ const INTAKE_BATCH: usize = 256;
 
 /// Jobs read from a spool's head per delivery turn.
 const LANE_BATCH: usize = 64;
-
-/// Warnings about what a client can cause are logged at most this often
-/// per rule or spool; the counters count every one.
-const WARN_EVERY_MS: u64 = 10_000;
-
-/// Lets a warning through at most once per [`WARN_EVERY_MS`].
-#[derive(Debug, Default)]
-struct Throttle(AtomicU64);
-
-impl Throttle {
-    fn allow(&self) -> bool {
-        let now = spool::now_ms();
-        let last = self.0.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= WARN_EVERY_MS
-            && self
-                .0
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
 
 /// One spool and what its delivery reports to.
 #[derive(Debug)]
