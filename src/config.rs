@@ -567,9 +567,9 @@ pub struct Upstream {
     /// accepted is dropped) or `drop_oldest` (counted).
     pub spool_overflow: Overflow,
     /// Local messages sent upstream.
-    pub forward: Vec<Forward>,
+    pub forward: Vec<TopicMapping>,
     /// Upstream messages brought into the local broker.
-    pub subscribe: Vec<Inbound>,
+    pub subscribe: Vec<TopicMapping>,
 }
 
 impl Default for Upstream {
@@ -642,54 +642,35 @@ impl Upstream {
                 problems.push(format!("{name}: must be greater than 0"));
             }
         }
-        for (i, f) in self.forward.iter().enumerate() {
-            if let Err(e) = crate::topic::validate_filter(&f.filter) {
-                problems.push(format!("upstream.forward[{i}].filter `{}`: {e}", f.filter));
-            }
-            if f.qos > 1 {
-                problems.push(format!("upstream.forward[{i}].qos: 0 or 1"));
-            }
-        }
-        for (i, f) in self.subscribe.iter().enumerate() {
-            if let Err(e) = crate::topic::validate_filter(&f.filter) {
-                problems.push(format!(
-                    "upstream.subscribe[{i}].filter `{}`: {e}",
-                    f.filter
-                ));
-            }
-            if f.qos > 1 {
-                problems.push(format!("upstream.subscribe[{i}].qos: 0 or 1"));
+        for (section, mappings) in [("forward", &self.forward), ("subscribe", &self.subscribe)] {
+            for (i, m) in mappings.iter().enumerate() {
+                if let Err(e) = crate::topic::validate_filter(&m.filter) {
+                    problems.push(format!(
+                        "upstream.{section}[{i}].filter `{}`: {e}",
+                        m.filter
+                    ));
+                }
+                if m.qos > 1 {
+                    problems.push(format!("upstream.{section}[{i}].qos: 0 or 1"));
+                }
             }
         }
         problems
     }
 }
 
-/// `[[upstream.forward]]`: local messages matching `filter` go upstream.
+/// `[[upstream.forward]]` (local messages matching `filter` go upstream)
+/// and `[[upstream.subscribe]]` (upstream messages matching `filter` are
+/// published here).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Forward {
-    /// Local topic filter.
+pub struct TopicMapping {
+    /// Filter on the side the messages come from.
     pub filter: String,
-    /// Upstream topic template (`${topic()}`: the same topic).
+    /// Topic template on the side they go to (`${topic()}`: the same topic).
     #[serde(default = "same_topic")]
     pub topic: String,
-    /// QoS upstream: 1 (the default) waits for the upstream's PUBACK.
-    #[serde(default = "qos1")]
-    pub qos: u8,
-}
-
-/// `[[upstream.subscribe]]`: upstream messages matching `filter` are
-/// published locally.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Inbound {
-    /// Upstream topic filter.
-    pub filter: String,
-    /// Local topic template over the upstream message.
-    #[serde(default = "same_topic")]
-    pub topic: String,
-    /// QoS of the upstream subscription.
+    /// QoS on the upstream side (its PUBACK, or its subscription): 1 by default.
     #[serde(default = "qos1")]
     pub qos: u8,
 }

@@ -21,7 +21,7 @@
 
 mod link;
 
-use crate::config::{Inbound, Upstream};
+use crate::config::{TopicMapping, Upstream};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::rules::sql::Template;
@@ -90,7 +90,7 @@ pub fn start(
         .subscribe
         .iter()
         .enumerate()
-        .map(|(index, Inbound { filter, topic, qos })| {
+        .map(|(index, TopicMapping { filter, topic, qos })| {
             Ok(Mapping {
                 filter: filter.clone(),
                 topic: Template::parse(topic).map_err(|e| BridgeError::Template {
