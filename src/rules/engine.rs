@@ -15,7 +15,7 @@
 //!
 //! [`Tap`]: crate::router::Tap
 
-use super::actions::{self, Context, Deliverer, Failure, Job, Outcome, Target};
+use super::actions::{self, Context, Deliverer, Failure, Job, Outcome};
 use super::sql::{self, Output};
 use super::{Action, Rule, RuleSet};
 use crate::config::{self, Config};
@@ -50,12 +50,8 @@ struct Lane {
 }
 
 impl Lane {
-    fn append(&self, job: &Job) -> Result<spool::Appended, SpoolError> {
-        let data = match &job.target {
-            Target::Upstream(record) => record.clone(),
-            _ => serde_json::to_vec(job).unwrap_or_default(),
-        };
-        let appended = self.spool.append(data, spool::now_ms());
+    fn append(&self, job: Job) -> Result<spool::Appended, SpoolError> {
+        let appended = self.spool.append(job.into_record(), spool::now_ms());
         self.gauges();
         appended
     }
@@ -422,7 +418,7 @@ impl Engine {
                     original: original.to_owned(),
                     target,
                 };
-                match lane.append(&job) {
+                match lane.append(job) {
                     Ok(appended) => {
                         commits.push(appended.commit);
                         for r in appended.evicted {
@@ -431,11 +427,11 @@ impl Engine {
                     }
                     Err(SpoolError::TooLarge { .. }) => {
                         lane.metrics.failed.increment(1);
-                        failures.push(Failure {
-                            failed_action: job.target.aws_name(),
-                            failed_resource: job.target.resource().to_owned(),
-                            error_message: "larger than actions.spool_max_bytes".into(),
-                        });
+                        failures.push(
+                            action
+                                .kind
+                                .failure(&cx, "larger than actions.spool_max_bytes".into()),
+                        );
                     }
                     // A client's publish is refused; a republish is not, or a
                     // republish lane could wait forever on its own full spool.
@@ -446,11 +442,7 @@ impl Engine {
                     }
                     Err(SpoolError::Full(_)) => {
                         lane.metrics.failed.increment(1);
-                        failures.push(Failure {
-                            failed_action: job.target.aws_name(),
-                            failed_resource: job.target.resource().to_owned(),
-                            error_message: "its spool is full".into(),
-                        });
+                        failures.push(action.kind.failure(&cx, "its spool is full".into()));
                     }
                     Err(SpoolError::Store(e)) => refused = Some(e),
                 }
@@ -555,7 +547,7 @@ impl Engine {
             original: String::new(),
             target,
         };
-        match lane.append(&job) {
+        match lane.append(job) {
             Ok(appended) => {
                 for r in appended.evicted {
                     self.give_up(lane, &r.data, "pushed out of a full spool");

@@ -76,6 +76,17 @@ pub struct Job {
     pub target: Target,
 }
 
+impl Job {
+    /// The spool record: the job as JSON, or for the bridge's spool the
+    /// message record the upstream action rendered, moved, not copied.
+    pub fn into_record(self) -> Vec<u8> {
+        match self.target {
+            Target::Upstream(record) => record,
+            _ => serde_json::to_vec(&self).unwrap_or_default(),
+        }
+    }
+}
+
 /// A rendered action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -180,7 +191,12 @@ impl ActionKind {
             (Self::File(f), _) => f.render(cx, bytes, json).map(Target::File),
             (Self::Upstream(u), _) => u.render(cx, bytes).map(Target::Upstream),
         };
-        rendered.map_err(|error_message| Failure {
+        rendered.map_err(|error_message| self.failure(cx, error_message))
+    }
+
+    /// A failure of this action for the error document.
+    pub fn failure(&self, cx: &Context<'_>, error_message: String) -> Failure {
+        Failure {
             failed_action: self.aws_name(),
             failed_resource: match self {
                 Self::Republish(r) => r.resource(cx),
@@ -189,7 +205,7 @@ impl ActionKind {
                 Self::Upstream(u) => u.resource(cx),
             },
             error_message,
-        })
+        }
     }
 }
 
