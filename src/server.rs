@@ -19,6 +19,7 @@ use crate::session::conn::{self, Shared};
 use crate::spool::{self, Spool};
 use crate::store::{Store, StoreError};
 use crate::transport::pki::{self, FirstRun, PkiError};
+use crate::transport::stream;
 use crate::transport::tls::{self, Acceptor, TlsError};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
@@ -532,7 +533,7 @@ async fn handshake(
 ) {
     // Boxed, and the stream after it: the handshake's state is freed once it
     // is done, and the connection's future holds a pointer to the stream.
-    let accept = Box::pin(acceptor.current().accept(stream));
+    let accept = Box::pin(stream::accept(stream, acceptor.current()));
     let tls = match tokio::time::timeout_at(deadline, accept).await {
         Err(_) => {
             shared.metrics.handshake_failed(HandshakeFailure::Timeout);
@@ -547,8 +548,6 @@ async fn handshake(
         Ok(Ok(s)) => Box::new(s),
     };
     let identity = tls
-        .get_ref()
-        .1
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(|der| ClientIdentity::from_der(der))

@@ -759,7 +759,10 @@ impl Conn {
             }
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
-                let write = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&self.wbuf));
+                let write = tokio::time::timeout(WRITE_TIMEOUT, async {
+                    stream.write_all(&self.wbuf).await?;
+                    stream.flush().await
+                });
                 tokio::pin!(write);
                 let written = loop {
                     tokio::select! {

@@ -162,9 +162,9 @@ impl Acceptor {
         Self(ArcSwap::from_pointee(config))
     }
 
-    /// The acceptor for one new connection (one `Arc` clone).
-    pub fn current(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.0.load_full())
+    /// The configuration for one new connection (one `Arc` clone).
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0.load_full()
     }
 
     /// Replaces the configuration for connections accepted from now on.

@@ -1,0 +1,689 @@
+//! The server side of a TLS connection: rustls's unbuffered connection over
+//! a TCP socket, holding buffers only while they hold bytes.
+//!
+//! rustls's buffered connection keeps a 4 KiB record buffer, and queues of
+//! plaintext and records, for the connection's whole life. A gateway holds
+//! thousands of device connections that are idle almost all the time, so
+//! that was the largest part of what each cost. Here received records are
+//! decrypted where they were read and go straight into the reader's buffer;
+//! records to send are encrypted into a per-thread buffer and go straight to
+//! the socket. The connection keeps only what could not move on: a partial
+//! record, plaintext its reader had no room for, bytes the socket would not
+//! take. Each is freed once empty.
+
+use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
+};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Most ciphertext taken from the socket per read.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Most plaintext encrypted per write call: what one turn of a connection
+/// batches, as a handful of records.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Largest plaintext per record, and a bound on what a record adds to it
+/// (header, explicit nonce, content type, tag), to size the output before
+/// encrypting; rustls says how much it needs if that was too little.
+const RECORD_PLAINTEXT: usize = 16 * 1024;
+const RECORD_OVERHEAD: usize = 64;
+
+thread_local! {
+    /// Where received ciphertext is decrypted: what the connection kept from
+    /// its last read, followed by what the socket has now.
+    static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Where records are encrypted before they go to the socket.
+    static WRITE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A server-side TLS stream over TCP.
+pub struct TlsStream {
+    tcp: TcpStream,
+    tls: Tls,
+    /// Received bytes rustls has not consumed: a partial record, or the
+    /// records of a handshake message still being joined.
+    incoming: Vec<u8>,
+    /// Records the socket has not taken yet, from `sent` on.
+    outgoing: Vec<u8>,
+    sent: usize,
+}
+
+/// The TLS state and its decrypted output, apart from the buffers so both
+/// can be borrowed at once.
+struct Tls {
+    conn: UnbufferedServerConnection,
+    received: Received,
+    /// The peer closed: close_notify, or the socket's end.
+    read_closed: bool,
+    /// close_notify is queued; nothing more may be written.
+    write_closed: bool,
+}
+
+/// Decrypted bytes the reader had no room for, from `taken` on.
+#[derive(Default)]
+struct Received {
+    plain: Vec<u8>,
+    taken: usize,
+}
+
+/// Where the connection stands once rustls has done what it can with the
+/// bytes it was given.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Established: application data may flow.
+    Open,
+    /// The handshake needs more bytes from the peer.
+    Blocked,
+    /// Both sides have sent close_notify.
+    Closed,
+}
+
+/// What to do once the connection is open.
+#[derive(Clone, Copy)]
+enum Act<'a> {
+    Nothing,
+    Encrypt(&'a [u8]),
+    CloseNotify,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("peer", &self.tcp.peer_addr().ok())
+            .field("incoming", &self.incoming.len())
+            .field("outgoing", &(self.outgoing.len() - self.sent))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the server handshake on `tcp`. A failure carries the
+/// `rustls::Error` inside the `io::Error` (see `tls::classify`); the alert
+/// that says why is sent when the socket takes it at once.
+pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let mut stream = TlsStream {
+        tcp,
+        tls: Tls {
+            conn,
+            received: Received::default(),
+            read_closed: false,
+            write_closed: false,
+        },
+        incoming: Vec::new(),
+        outgoing: Vec::new(),
+        sent: 0,
+    };
+    match std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
+        Ok(()) => Ok(stream),
+        Err(e) => {
+            let _ = std::future::poll_fn(|cx| Poll::Ready(stream.poll_send(cx))).await;
+            Err(e)
+        }
+    }
+}
+
+impl TlsStream {
+    /// The client's certificate chain, leaf first.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.tls.conn.peer_certificates()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.poll_send(cx))?;
+            if !self.tls.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.tls.read_closed {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            if ready!(self.poll_read_tls(cx, None))? == Step::Closed {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Reads once from the socket and has rustls process everything kept
+    /// and read: decrypted data goes to `sink` while it has room, the rest
+    /// to `plain`; records rustls wants sent go to `outgoing`.
+    fn poll_read_tls(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: Option<&mut ReadBuf<'_>>,
+    ) -> Poll<io::Result<Step>> {
+        let step = READ_SCRATCH.with_borrow_mut(|scratch| {
+            let kept = self.incoming.len();
+            scratch.resize(kept + READ_CHUNK, 0);
+            scratch[..kept].copy_from_slice(&self.incoming);
+            let mut buf = ReadBuf::new(&mut scratch[kept..]);
+            ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
+            let end = kept + buf.filled().len();
+            if end == kept {
+                self.tls.read_closed = true;
+            }
+            let processed =
+                self.tls
+                    .process(&mut scratch[..end], sink, &mut self.outgoing, Act::Nothing);
+            let (consumed, step) = match processed {
+                Ok(done) => done,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            self.incoming.clear();
+            self.incoming.extend_from_slice(&scratch[consumed..end]);
+            if self.incoming.is_empty() {
+                self.incoming = Vec::new();
+            }
+            Poll::Ready(Ok(step))
+        });
+        // Whatever the records asked to send (a key update, an alert) goes
+        // out now if the socket takes it, or before the next write.
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        step
+    }
+
+    /// Writes what `outgoing` holds; ready once all of it is sent.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        if self.outgoing.capacity() > 0 {
+            self.outgoing = Vec::new();
+            self.sent = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends `records` as far as the socket takes them now, and keeps the rest.
+    fn emit(&mut self, cx: &mut Context<'_>, records: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        if self.sent == self.outgoing.len() {
+            while at < records.len() {
+                match Pin::new(&mut self.tcp).poll_write(cx, &records[at..]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => at += n,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        self.outgoing.extend_from_slice(&records[at..]);
+        Ok(())
+    }
+
+    /// Has rustls act on the open connection with nothing new received, and
+    /// sends what that produced.
+    fn act(&mut self, cx: &mut Context<'_>, act: Act<'_>) -> io::Result<()> {
+        WRITE_SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            let encrypts = matches!(act, Act::Encrypt(_));
+            let mut incoming = std::mem::take(&mut self.incoming);
+            let processed = self.tls.process(&mut incoming, None, scratch, act);
+            let (consumed, step) = processed?;
+            incoming.drain(..consumed);
+            self.incoming = incoming;
+            self.emit(cx, scratch)?;
+            if encrypts && step != Step::Open {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "TLS connection is not open",
+                ));
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Tls {
+    /// Runs rustls over `buf` until it has nothing more to do with it, then
+    /// performs `act` if the connection is open. Returns how many bytes of
+    /// `buf` rustls is done with.
+    fn process(
+        &mut self,
+        buf: &mut [u8],
+        mut sink: Option<&mut ReadBuf<'_>>,
+        out: &mut Vec<u8>,
+        act: Act<'_>,
+    ) -> io::Result<(usize, Step)> {
+        let Tls {
+            conn,
+            received,
+            read_closed,
+            write_closed,
+        } = self;
+        let mut at = 0;
+        loop {
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[at..]);
+            let step = match state {
+                Err(e) => {
+                    at += discard;
+                    queue_alert(conn, &mut buf[at..], out);
+                    return Err(tls_error(e));
+                }
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        received.deliver(record.payload, sink.as_deref_mut());
+                    }
+                    None
+                }
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    encode(&mut data, out)?;
+                    None
+                }
+                // `out` is sent by the caller, in order with what follows.
+                Ok(ConnectionState::TransmitTlsData(data)) => {
+                    data.done();
+                    None
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    *read_closed = true;
+                    None
+                }
+                Ok(ConnectionState::Closed) => Some(Step::Closed),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                    if let Act::CloseNotify = act {
+                        *write_closed = true;
+                    }
+                    perform(&mut traffic, act, out)?;
+                    Some(Step::Open)
+                }
+                Ok(_) => Some(Step::Blocked),
+            };
+            at += discard;
+            if let Some(step) = step {
+                return Ok((at, step));
+            }
+        }
+    }
+}
+
+/// Encrypts what `act` says into `out`.
+fn perform(
+    traffic: &mut WriteTraffic<'_, ServerConnectionData>,
+    act: Act<'_>,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let need = match act {
+        Act::Nothing => return Ok(()),
+        Act::Encrypt(data) => data.len() + (data.len() / RECORD_PLAINTEXT + 1) * RECORD_OVERHEAD,
+        Act::CloseNotify => RECORD_OVERHEAD,
+    };
+    append(out, need, |buf| {
+        let encrypted = match act {
+            Act::Encrypt(data) => traffic.encrypt(data, buf),
+            _ => traffic.queue_close_notify(buf),
+        };
+        match encrypted {
+            Ok(n) => Ok(Ok(n)),
+            Err(EncryptError::InsufficientSize(s)) => Err(s.required_size),
+            Err(e @ EncryptError::EncryptExhausted) => Ok(Err(tls_error(e))),
+        }
+    })
+}
+
+/// Appends the records rustls has ready to send to `out`.
+fn encode(data: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) -> io::Result<()> {
+    append(out, 0, |buf| match data.encode(buf) {
+        Ok(n) => Ok(Ok(n)),
+        Err(EncodeError::InsufficientSize(s)) => Err(s.required_size),
+        Err(e @ EncodeError::AlreadyEncoded) => Ok(Err(tls_error(e))),
+    })
+}
+
+/// After an error, the fatal alert rustls queued (if any) goes to `out`.
+fn queue_alert(conn: &mut UnbufferedServerConnection, buf: &mut [u8], out: &mut Vec<u8>) {
+    let UnbufferedStatus { state, .. } = conn.process_tls_records(buf);
+    if let Ok(ConnectionState::EncodeTlsData(mut data)) = state {
+        let _ = encode(&mut data, out);
+    }
+}
+
+impl Received {
+    /// Gives decrypted bytes to the reader, keeping what does not fit.
+    fn deliver(&mut self, payload: &[u8], sink: Option<&mut ReadBuf<'_>>) {
+        let fits = match sink {
+            Some(sink) if self.taken == self.plain.len() => {
+                let n = payload.len().min(sink.remaining());
+                sink.put_slice(&payload[..n]);
+                n
+            }
+            _ => 0,
+        };
+        self.plain.extend_from_slice(&payload[fits..]);
+    }
+
+    /// Moves kept plaintext to the reader; true if any was there.
+    fn take_plain(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.taken == self.plain.len() {
+            return false;
+        }
+        let n = (self.plain.len() - self.taken).min(buf.remaining());
+        buf.put_slice(&self.plain[self.taken..self.taken + n]);
+        self.taken += n;
+        if self.taken == self.plain.len() {
+            self.plain = Vec::new();
+            self.taken = 0;
+        }
+        true
+    }
+}
+
+/// Appends what `fill` writes to `out`, sized `need` at first and then as
+/// rustls asks (`Err(required)`); `Ok(result)` is the outcome.
+fn append(
+    out: &mut Vec<u8>,
+    mut need: usize,
+    mut fill: impl FnMut(&mut [u8]) -> Result<io::Result<usize>, usize>,
+) -> io::Result<()> {
+    let start = out.len();
+    loop {
+        out.resize(start + need, 0);
+        match fill(&mut out[start..]) {
+            Ok(Ok(n)) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                out.truncate(start);
+                return Err(e);
+            }
+            Err(required) if required > need => need = required,
+            Err(_) => {
+                out.truncate(start);
+                return Err(io::Error::other("TLS output did not fit"));
+            }
+        }
+    }
+}
+
+fn tls_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.tls.received.take_plain(buf) || this.tls.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            if ready!(this.poll_read_tls(cx, Some(buf)))? == Step::Closed
+                || buf.filled().len() > before
+            {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.tls.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        ready!(this.poll_send(cx))?;
+        let data = &data[..data.len().min(WRITE_CHUNK)];
+        this.act(cx, Act::Encrypt(data))?;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_send(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.tls.write_closed {
+            ready!(this.poll_send(cx))?;
+            this.act(cx, Act::CloseNotify)?;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::pki::{Ca, KeyKind, Pem};
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn certs(pem: &Pem) -> Vec<CertificateDer<'static>> {
+        rustls_pemfile::certs(&mut pem.cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("certificates")
+    }
+
+    fn key(pem: &Pem) -> rustls::pki_types::PrivateKeyDer<'static> {
+        rustls_pemfile::private_key(&mut pem.key.as_bytes())
+            .expect("key")
+            .expect("a key")
+    }
+
+    /// A server configuration requiring a client certificate from `ca`, and
+    /// a client configuration presenting one, at `version`.
+    fn configs(version: &'static SupportedProtocolVersion) -> (Arc<ServerConfig>, ClientConfig) {
+        let ca = Ca::generate("stream test CA").expect("ca");
+        let server = ca.issue_server(&["localhost"]).expect("server");
+        let device = ca
+            .issue_device("device-1", KeyKind::EcdsaP256)
+            .expect("device");
+        let mut roots = RootCertStore::empty();
+        roots.add(certs(&ca.pem)[0].clone()).expect("root");
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .expect("verifier");
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&server), key(&server))
+            .expect("server config");
+        server.send_tls13_tickets = 0;
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .expect("versions")
+            .with_root_certificates(roots.as_ref().clone())
+            .with_client_auth_cert(certs(&device), key(&device))
+            .expect("client config");
+        (Arc::new(server), client)
+    }
+
+    async fn pair(
+        version: &'static SupportedProtocolVersion,
+    ) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
+        let (server, client) = configs(version);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .expect("client handshake")
+        };
+        let serve = async {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            accept(tcp, server).await.expect("server handshake")
+        };
+        let (client, server) = tokio::join!(connect, serve);
+        (server, client)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Everything sent arrives intact both ways, whatever the sizes of the
+    /// writes (many records) and of the reader's buffer (smaller than a
+    /// record, so decrypted bytes wait in the stream), and each side's
+    /// close_notify ends the other's reading cleanly.
+    async fn round_trip(version: &'static SupportedProtocolVersion) {
+        let (mut server, mut client) = pair(version).await;
+        assert_eq!(
+            server.peer_certificates().map(<[_]>::len),
+            Some(1),
+            "the client's certificate is known"
+        );
+        let up = pattern(200_000, 1);
+        let down = pattern(300_000, 7);
+        let client_side = async {
+            client.write_all(&up).await.expect("client write");
+            let mut got = vec![0; down.len()];
+            client.read_exact(&mut got).await.expect("client read");
+            client.shutdown().await.expect("client close");
+            let mut rest = Vec::new();
+            client
+                .read_to_end(&mut rest)
+                .await
+                .expect("server's close_notify");
+            (got, rest)
+        };
+        let server_side = async {
+            let mut got = Vec::new();
+            let mut small = [0u8; 100];
+            while got.len() < up.len() {
+                let n = server.read(&mut small).await.expect("server read");
+                assert!(n > 0, "early end after {} bytes", got.len());
+                got.extend_from_slice(&small[..n]);
+            }
+            server.write_all(&down).await.expect("server write");
+            server.flush().await.expect("flush");
+            let end = server
+                .read(&mut small)
+                .await
+                .expect("client's close_notify");
+            server.shutdown().await.expect("server close");
+            (got, end)
+        };
+        let ((client_got, rest), (server_got, end)) =
+            tokio::time::timeout(Duration::from_secs(20), async {
+                tokio::join!(client_side, server_side)
+            })
+            .await
+            .expect("round trip in time");
+        assert!(server_got == up, "the server read what the client sent");
+        assert!(client_got == down, "the client read what the server sent");
+        assert_eq!(end, 0, "the client's close ends the server's reading");
+        assert!(rest.is_empty());
+    }
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn data_and_close_travel_intact_over_tls13() {
+        round_trip(&rustls::version::TLS13).await;
+    }
+
+    #[tokio::test]
+    async fn data_and_close_travel_intact_over_tls12() {
+        round_trip(&rustls::version::TLS12).await;
+    }
+
+    /// Bytes that are not TLS records fail the read with the rustls error
+    /// (which the handshake metrics classify) and tell the peer with an alert.
+    #[tokio::test]
+    async fn garbage_fails_the_read_and_the_peer_hears_why() {
+        let (mut server, client) = pair(&rustls::version::TLS13).await;
+        let (mut tcp, _) = client.into_inner();
+        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20])
+            .await
+            .expect("write");
+        tcp.write_all(&[0xAA; 32]).await.expect("write");
+        let mut buf = [0u8; 64];
+        let err = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect_err("a record that does not decrypt");
+        assert!(
+            err.get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .is_some(),
+            "{err:?}"
+        );
+        drop(server);
+        let mut alert = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut alert))
+            .await
+            .expect("in time")
+            .expect("read");
+        // One encrypted record: header, the two alert bytes, content type, tag.
+        assert_eq!(alert.len(), 5 + 2 + 1 + 16, "one alert record: {alert:?}");
+        assert_eq!(alert[0], 0x17, "encrypted: {alert:?}");
+    }
+
+    /// A client that presents no certificate is refused with the error the
+    /// metrics call `no_certificate`.
+    #[tokio::test]
+    async fn a_client_without_a_certificate_is_refused_as_such() {
+        let (server, _) = configs(&rustls::version::TLS13);
+        let ca = Ca::generate("other").expect("ca");
+        let mut roots = RootCertStore::empty();
+        roots.add(certs(&ca.pem)[0].clone()).expect("root");
+        let client =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+        };
+        let serve = async {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            accept(tcp, server).await
+        };
+        let (client, server) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(connect, serve)
+        })
+        .await
+        .expect("in time");
+        assert!(client.is_err(), "the client does not trust the server's CA");
+        let err = server.expect_err("refused");
+        assert!(
+            err.get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .is_some(),
+            "{err:?}"
+        );
+    }
+}
