@@ -15,7 +15,7 @@ use crate::router::{MailboxLimits, Router};
 use crate::rules::UPSTREAM_SPOOL;
 use crate::rules::engine::{Engine, EngineError, Gateway};
 use crate::session::Sessions;
-use crate::session::conn::{self, Shared};
+use crate::session::conn::{self, Bulletin, Shared};
 use crate::spool::{self, Spool};
 use crate::store::{Store, StoreError};
 use crate::transport::pki::{self, FirstRun, PkiError};
@@ -249,6 +249,15 @@ impl Server {
             registry: registry.clone(),
             policies: policies.clone(),
             arn_head: ArnHead::new(&config.aws.region, &config.aws.account_id),
+            bulletin: Bulletin::default(),
+        });
+        tracker.spawn({
+            let (shared, policies, registry) =
+                (shared.clone(), policies.subscribe(), registry.subscribe());
+            async move {
+                let token = shared.shutdown.clone();
+                shared.bulletin.relay(policies, registry, token).await;
+            }
         });
 
         // Bind everything before serving anything.

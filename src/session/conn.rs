@@ -27,11 +27,14 @@ use crate::store::{Commit, Op, Store, StoreError};
 use crate::topic::{self, Subscription};
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +77,55 @@ async fn read_some<S: AsyncRead + Unpin>(
 /// Bytes of deliveries encoded per loop turn before the buffer is written.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// Tells every connection to look again at what it was admitted under:
+/// the policies or the registry changed, or the gateway is shutting down.
+///
+/// One wait per connection for all three, where a wait on each source would
+/// cost every connection several hundred bytes more: a connection re-checks
+/// everything on any notice, which is cheap and rare.
+#[derive(Debug, Default)]
+pub struct Bulletin {
+    notify: tokio::sync::Notify,
+    posted: AtomicU64,
+}
+
+impl Bulletin {
+    /// Wakes every connection, including those between admission and
+    /// their first wait (they compare [`Bulletin::posted`]).
+    pub fn post(&self) {
+        self.posted.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// How many notices were posted so far.
+    pub fn posted(&self) -> u64 {
+        self.posted.load(Ordering::SeqCst)
+    }
+
+    /// Resolves at the next notice posted after this call.
+    pub fn notice(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Posts a notice whenever the policies or the registry change, and
+    /// once more when `shutdown` is cancelled; ends then.
+    pub async fn relay(
+        &self,
+        mut policies: watch::Receiver<u64>,
+        mut registry: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Ok(()) = policies.changed() => self.post(),
+                Ok(()) = registry.changed() => self.post(),
+            }
+        }
+        self.post();
+    }
+}
+
 /// Everything a connection task shares with the rest of the gateway.
 #[derive(Debug)]
 pub struct Shared {
@@ -95,40 +147,34 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// The policies in force.
     pub policies: Arc<PolicyStore>,
+    /// Posted when policies or the registry change, or on shutdown.
+    pub bulletin: Bulletin,
     /// This gateway's partition, region and account, for ARNs.
     pub arn_head: ArnHead,
 }
 
 /// Resolves when the acknowledgement at the front may move: its commit is
-/// done, or the subscriber it waits for drained (or the hold ran out).
-async fn front_ready(front: Option<&mut PendingAck>) -> Event {
-    match front {
+/// done, or the subscriber it waits for drained (or the hold ran out). A
+/// poll function, not an async fn: it is part of every connection's
+/// future, and an idle connection should not pay for a wait it is not in.
+fn front_ready(mut front: Option<&mut PendingAck>) -> impl Future<Output = Event> + '_ {
+    std::future::poll_fn(move |cx| match front.as_deref_mut() {
         Some(PendingAck {
             commit: Some(c), ..
-        }) => Event::Committed(
-            c.await
-                .map_or(Some(reason::UNSPECIFIED_ERROR), |r| commit_code(&r)),
-        ),
-        Some(a) => wait_held(a.held.as_mut()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves with the receiver once its value changes (never if the sender
-/// is gone), so that the wait can be kept across turns of a loop.
-async fn changed(mut rx: watch::Receiver<u64>) -> watch::Receiver<u64> {
-    if rx.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-    rx
+        }) => Pin::new(c).poll(cx).map(|r| {
+            Event::Committed(r.map_or(Some(reason::UNSPECIFIED_ERROR), |r| commit_code(&r)))
+        }),
+        Some(PendingAck { held: Some(h), .. }) => h.poll_wait(cx),
+        _ => Poll::Pending,
+    })
 }
 
 /// Resolves when a held publisher may go on (never if nothing is held).
-async fn wait_held(held: Option<&mut Held>) -> Event {
-    match held {
-        Some(h) => h.wait().await,
-        None => std::future::pending().await,
-    }
+fn wait_held(mut held: Option<&mut Held>) -> impl Future<Output = Event> + '_ {
+    std::future::poll_fn(move |cx| match held.as_deref_mut() {
+        Some(h) => h.poll_wait(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// The reason code a finished commit puts in its publish's ack, if it failed.
@@ -281,27 +327,45 @@ struct PendingAck {
 
 /// Flow control: the subscriber a publisher waits for, and until when at most.
 struct Held {
-    relief: tokio::sync::watch::Receiver<u64>,
     mailbox: Arc<crate::router::Mailbox>,
     until: Instant,
+    /// Taken at once, so that a drain before the wait begins is not missed.
+    relief: Option<watch::Receiver<u64>>,
+    /// The wait for relief or for `until`, boxed when first polled and
+    /// handing the receiver back when done.
+    wait: Option<Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>>,
 }
 
 impl Held {
     fn new(mailbox: Arc<crate::router::Mailbox>, now: Instant) -> Self {
         Self {
-            relief: mailbox.relief(),
+            relief: Some(mailbox.relief()),
             mailbox,
             until: now + HOLD,
+            wait: None,
         }
     }
 
-    /// Resolves when the wait may be over (confirm with [`Held::is_over`]).
-    async fn wait(&mut self) -> Event {
-        tokio::select! {
-            _ = self.relief.changed() => {}
-            _ = tokio::time::sleep_until(self.until) => {}
-        }
-        Event::Turn
+    /// Ready when the wait may be over (confirm with [`Held::is_over`]).
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let wait = match (&mut self.wait, self.relief.take()) {
+            (Some(wait), _) => wait,
+            (wait, relief) => {
+                let mut relief = relief.unwrap_or_else(|| self.mailbox.relief());
+                let until = self.until;
+                wait.insert(Box::pin(async move {
+                    tokio::select! {
+                        _ = relief.changed() => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                    relief
+                }))
+            }
+        };
+        let relief = ready!(wait.as_mut().poll(cx));
+        self.wait = None;
+        self.relief = Some(relief);
+        Poll::Ready(Event::Turn)
     }
 
     /// Whether the publisher may go on: the subscriber drained, or the hold
@@ -336,7 +400,8 @@ struct Conn {
     clean_start: bool,
     expiry: u32,
     keep_alive: Duration,
-    will: Option<codec::Will>,
+    /// Boxed: most clients have none, and the connection lives long.
+    will: Option<Box<codec::Will>>,
     /// Largest packet the client accepts.
     client_max_packet: usize,
     /// Outbound window: the client's Receive Maximum capped by our limit.
@@ -361,8 +426,9 @@ struct Conn {
     authz: Authz,
     /// Who this connection's messages come from; made at its first publish.
     origin: Option<Arc<Origin>>,
-    /// Policy and registry change notifications, taken by the serving loop.
-    changes: Option<(watch::Receiver<u64>, watch::Receiver<u64>)>,
+    /// The bulletin notices posted before this connection last looked
+    /// again at what it was admitted under.
+    notices_seen: u64,
 }
 
 /// Admits the principal behind a CONNECT and checks `iot:Connect` (and the
@@ -564,8 +630,9 @@ impl Conn {
             }
         }
         let client_recv_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
-        // Watch for changes before deciding, so that none made meanwhile is missed.
-        let changes = (shared.policies.subscribe(), shared.registry.subscribe());
+        // Count notices before deciding, so that a change made meanwhile is
+        // acted on by the serving loop.
+        let notices_seen = shared.bulletin.posted();
         let authz = authorize(
             shared,
             identity.as_deref(),
@@ -588,7 +655,7 @@ impl Conn {
             clean_start: c.clean_start,
             expiry,
             keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
-            will: c.will,
+            will: c.will.map(Box::new),
             client_max_packet: c
                 .properties
                 .maximum_packet_size
@@ -605,7 +672,7 @@ impl Conn {
             peer,
             authz,
             origin: None,
-            changes: Some(changes),
+            notices_seen,
         });
         Ok((conn, connack))
     }
@@ -688,27 +755,22 @@ impl Conn {
         let mut deadline = Instant::now() + self.keep_alive;
         let mut batch = Vec::new();
         let mut mail_ready = true;
-        let (policy_changes, registry_changes) = self
-            .changes
-            .take()
-            .unwrap_or_else(|| (shared.policies.subscribe(), shared.registry.subscribe()));
         // What the connection waits for its whole life is registered once,
-        // not on every turn of the loop: the shutdown token and the change
-        // notifications are shared by every connection, and the keep-alive
-        // timer moves only when it fires.
-        let cancelled = shared.shutdown.cancelled();
-        let policies_changed = changed(policy_changes);
-        let registry_changed = changed(registry_changes);
+        // not on every turn of the loop, and the keep-alive timer moves only
+        // when it fires.
+        let notice = shared.bulletin.notice();
         let keep_alive = tokio::time::sleep_until(deadline);
         let kicked = mailbox.kicked();
-        tokio::pin!(
-            cancelled,
-            policies_changed,
-            registry_changed,
-            keep_alive,
-            kicked
-        );
+        tokio::pin!(notice, keep_alive, kicked);
+        // Created before this check, the notice wait sees whatever is posted after it.
+        let mut noticed =
+            shared.bulletin.posted() != self.notices_seen || shared.shutdown.is_cancelled();
         loop {
+            if std::mem::take(&mut noticed) {
+                if let Err(end) = self.look_again(&shared) {
+                    return end;
+                }
+            }
             if self
                 .paced
                 .as_ref()
@@ -778,7 +840,13 @@ impl Conn {
                         Ok(Control::TakeOver(reply)) = &mut *control, if !control.is_terminated() => {
                             return End::TakenOver(reply);
                         }
-                        () = &mut cancelled => return End::Shutdown,
+                        () = &mut notice => {
+                            notice.set(shared.bulletin.notice());
+                            if shared.shutdown.is_cancelled() {
+                                return End::Shutdown;
+                            }
+                            noticed = true;
+                        }
                     }
                 };
                 match written {
@@ -804,7 +872,10 @@ impl Conn {
             let front = self.acks.front_mut();
             let event = tokio::select! {
                 biased;
-                () = &mut cancelled => Event::Shutdown,
+                () = &mut notice => {
+                    notice.set(shared.bulletin.notice());
+                    Event::Notice
+                }
                 Ok(Control::TakeOver(reply)) = &mut *control, if !control.is_terminated() => {
                     Event::TakeOver(reply)
                 }
@@ -816,14 +887,6 @@ impl Conn {
                 () = &mut kicked => {
                     kicked.set(mailbox.kicked());
                     Event::Slow
-                }
-                rx = &mut policies_changed => {
-                    policies_changed.set(changed(rx));
-                    Event::Policies
-                }
-                rx = &mut registry_changed => {
-                    registry_changed.set(changed(rx));
-                    Event::Registry
                 }
                 () = &mut keep_alive => {
                     let now = Instant::now();
@@ -842,7 +905,6 @@ impl Conn {
                 }
             };
             match event {
-                Event::Shutdown => return End::Shutdown,
                 Event::TakeOver(reply) => return End::TakenOver(reply),
                 Event::Committed(code) => {
                     if let Some(front) = self.acks.front_mut() {
@@ -864,28 +926,31 @@ impl Conn {
                         return End::SlowConsumer;
                     }
                 }
-                Event::Registry => {
-                    // Revoked or deactivated: this certificate's connections end now.
-                    if let Some(cert) = self.authz.certificate_id().map(str::to_owned) {
-                        match shared.registry.principal(&cert, &self.client_id) {
-                            Ok(p) => self.authz.set_principal(p, &shared.arn_head),
-                            Err(_) => return End::Revoked,
-                        }
-                        let id = self.client_id.clone();
-                        if !self.allows(Action::Connect, ResourceType::Client, &id) {
-                            return End::NotAuthorized("connect no longer authorized");
-                        }
-                    }
-                }
-                Event::Policies => {
-                    // A connection whose iot:Connect was revoked ends now.
-                    let id = self.client_id.clone();
-                    if !self.allows(Action::Connect, ResourceType::Client, &id) {
-                        return End::NotAuthorized("connect no longer authorized");
-                    }
-                }
+                Event::Notice => noticed = true,
             }
         }
+    }
+
+    /// Acts on bulletin notices: the connection ends if the gateway is
+    /// shutting down, its certificate was revoked or deactivated, or its
+    /// iot:Connect is no longer allowed; otherwise it takes its changed
+    /// attachments (policies are refreshed by the check itself).
+    fn look_again(&mut self, shared: &Shared) -> Result<(), End> {
+        self.notices_seen = shared.bulletin.posted();
+        if shared.shutdown.is_cancelled() {
+            return Err(End::Shutdown);
+        }
+        if let Some(cert) = self.authz.certificate_id().map(str::to_owned) {
+            match shared.registry.principal(&cert, &self.client_id) {
+                Ok(p) => self.authz.set_principal(p, &shared.arn_head),
+                Err(_) => return Err(End::Revoked),
+            }
+        }
+        let id = self.client_id.clone();
+        if !self.allows(Action::Connect, ResourceType::Client, &id) {
+            return Err(End::NotAuthorized("connect no longer authorized"));
+        }
+        Ok(())
     }
 
     /// Sends every acknowledgement at the front whose commit is done.
@@ -1512,11 +1577,12 @@ impl Conn {
             // unread data makes the kernel reset the connection, and the
             // client would lose the DISCONNECT that says why.
             let _ = tokio::time::timeout(LINGER, async {
-                let mut scratch = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut scratch).await {
+                let mut unread = BytesMut::new();
+                while let Ok(n) = read_some(&mut stream, &mut unread).await {
                     if n == 0 {
                         break;
                     }
+                    unread.clear();
                 }
             })
             .await;
@@ -1535,7 +1601,7 @@ impl Conn {
             let delay = will.delay_interval.min(data.expiry);
             if !(matches!(end, End::TakenOver(_)) && delay > 0) {
                 let origin = self.origin(data.mailbox.session_id);
-                data.pending_will = self.shared.sessions.schedule_will(will, origin, delay);
+                data.pending_will = self.shared.sessions.schedule_will(*will, origin, delay);
             }
         }
         let sessions = self.shared.sessions.clone();
@@ -1552,7 +1618,6 @@ impl Conn {
 
 /// What woke the connection loop.
 enum Event {
-    Shutdown,
     TakeOver(oneshot::Sender<Box<SessionData>>),
     Committed(Option<u8>),
     /// Nothing to handle: the loop's next turn looks again.
@@ -1561,8 +1626,8 @@ enum Event {
     Mail,
     KeepAlive,
     Slow,
-    Policies,
-    Registry,
+    /// A bulletin notice: look again at what the connection was admitted under.
+    Notice,
 }
 
 fn view(d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) -> PublishView<'_> {
