@@ -44,12 +44,6 @@ impl Context {
         self
     }
 
-    /// Gives back the room left from building the context: a connection
-    /// keeps its context for its whole life.
-    pub fn shrink_to_fit(&mut self) {
-        self.vars.shrink_to_fit();
-    }
-
     /// Removes every key that starts with `prefix` (lowercase).
     pub fn remove_prefix(&mut self, prefix: &str) {
         self.vars.retain(|(k, _)| !k.starts_with(prefix));
@@ -67,6 +61,60 @@ impl Context {
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.vars.iter().map(|(k, _)| k.as_str())
     }
+}
+
+/// A context in two allocations, for a connection to keep all its life:
+/// it is read only to compile again, when the policies or the principal
+/// change, where a [`Context`] holds an allocation per key and per value.
+#[derive(Debug, Clone, Default)]
+pub struct PackedContext {
+    /// Every key and value, one after another.
+    text: Box<str>,
+    /// Per key: its length, its number of values, then each value's length.
+    lens: Box<[u32]>,
+}
+
+impl PackedContext {
+    /// Packs `ctx`; `None` if a key or value is longer than `u32::MAX` bytes.
+    pub fn pack(ctx: &Context) -> Option<Self> {
+        let mut text = String::new();
+        let mut lens = Vec::new();
+        for (key, values) in &ctx.vars {
+            lens.push(len32(key.len())?);
+            lens.push(len32(values.len())?);
+            text.push_str(key);
+            for v in values {
+                lens.push(len32(v.len())?);
+                text.push_str(v);
+            }
+        }
+        Some(Self {
+            text: text.into_boxed_str(),
+            lens: lens.into_boxed_slice(),
+        })
+    }
+
+    /// The context again, to compile with.
+    pub fn unpack(&self) -> Context {
+        let mut vars = Vec::new();
+        let mut text = &*self.text;
+        let mut take = |n: u32| {
+            let (head, rest) = text.split_at_checked(n as usize).unwrap_or((text, ""));
+            text = rest;
+            head.to_owned()
+        };
+        let mut lens = self.lens.iter().copied();
+        while let (Some(key), Some(count)) = (lens.next(), lens.next()) {
+            let key = take(key);
+            let values = lens.by_ref().take(count as usize).map(&mut take).collect();
+            vars.push((key, values));
+        }
+        Context { vars }
+    }
+}
+
+fn len32(n: usize) -> Option<u32> {
+    u32::try_from(n).ok()
 }
 
 /// This gateway's place in ARNs.

@@ -5,7 +5,7 @@
 //! and logged once, with certificate id, client id, action and resource.
 
 use crate::metrics::{AuthzAction, Metrics};
-use crate::policy::compile::{ArnHead, Context};
+use crate::policy::compile::{ArnHead, Context, PackedContext};
 use crate::policy::eval::{Action, DecisionCache, PolicySet, ResourceType};
 use crate::policy::{PolicyStore, Snapshot};
 use crate::registry::{ClientIdentity, Principal};
@@ -29,21 +29,23 @@ pub struct ConnectFacts<'a> {
 #[derive(Debug)]
 pub struct Authz {
     principal: Principal,
-    ctx: Context,
+    ctx: PackedContext,
     snapshot: Arc<Snapshot>,
     set: PolicySet,
     cache: DecisionCache,
 }
 
 impl Authz {
-    /// Builds the policy context for a connection and compiles its policies.
+    /// Builds the policy context for a connection and compiles its policies;
+    /// `None` if a value in it is too long to keep (4 GiB, more than any
+    /// packet or certificate holds).
     pub fn new(
         identity: Option<&ClientIdentity>,
         principal: Principal,
         facts: ConnectFacts<'_>,
         policies: &PolicyStore,
         head: &ArnHead,
-    ) -> Self {
+    ) -> Option<Self> {
         let mut ctx = Context::new();
         if let Some(id) = identity {
             id.add_to(&mut ctx);
@@ -72,16 +74,15 @@ impl Authz {
         }
         ctx.set_all("iot:ConnectAttributes", attributes);
         principal.add_to(&mut ctx);
-        ctx.shrink_to_fit();
         let snapshot = policies.current();
         let set = snapshot.compile(&principal.policies, head, &ctx);
-        Self {
+        Some(Self {
             principal,
-            ctx,
+            ctx: PackedContext::pack(&ctx)?,
             snapshot,
             set,
             cache: DecisionCache::default(),
-        }
+        })
     }
 
     /// The certificate id of this connection's principal.
@@ -89,16 +90,23 @@ impl Authz {
         self.principal.certificate_id.as_deref()
     }
 
-    /// Takes a changed principal (attachments edited in the registry) and recompiles.
-    pub fn set_principal(&mut self, principal: Principal, head: &ArnHead) {
+    /// Takes a changed principal (attachments edited in the registry) and
+    /// recompiles; false if its context is too long to keep.
+    #[must_use]
+    pub fn set_principal(&mut self, principal: Principal, head: &ArnHead) -> bool {
         if principal == self.principal {
-            return;
+            return true;
         }
-        principal.add_to(&mut self.ctx);
-        self.ctx.shrink_to_fit();
-        self.set = self.snapshot.compile(&principal.policies, head, &self.ctx);
+        let mut ctx = self.ctx.unpack();
+        principal.add_to(&mut ctx);
+        let Some(packed) = PackedContext::pack(&ctx) else {
+            return false;
+        };
+        self.set = self.snapshot.compile(&principal.policies, head, &ctx);
+        self.ctx = packed;
         self.cache.clear();
         self.principal = principal;
+        true
     }
 
     /// Recompiles if the policies changed since; returns whether they did.
@@ -109,7 +117,7 @@ impl Authz {
         self.snapshot = policies.current();
         self.set = self
             .snapshot
-            .compile(&self.principal.policies, head, &self.ctx);
+            .compile(&self.principal.policies, head, &self.ctx.unpack());
         self.cache.clear();
         true
     }

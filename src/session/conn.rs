@@ -481,13 +481,15 @@ fn authorize(
         persistent,
         will_topic: will.map(|w| w.topic.as_str()),
     };
-    let mut authz = Authz::new(
+    let Some(mut authz) = Authz::new(
         identity,
         principal,
         facts,
         &shared.policies,
         &shared.arn_head,
-    );
+    ) else {
+        return Err(reason::IMPLEMENTATION_SPECIFIC_ERROR);
+    };
     let mut ok = authz.allows(
         metrics,
         client_id,
@@ -942,7 +944,11 @@ impl Conn {
         }
         if let Some(cert) = self.authz.certificate_id().map(str::to_owned) {
             match shared.registry.principal(&cert, &self.client_id) {
-                Ok(p) => self.authz.set_principal(p, &shared.arn_head),
+                Ok(p) => {
+                    if !self.authz.set_principal(p, &shared.arn_head) {
+                        return Err(End::NotAuthorized("policy context too long"));
+                    }
+                }
                 Err(_) => return Err(End::Revoked),
             }
         }

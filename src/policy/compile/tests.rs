@@ -498,3 +498,25 @@ fn arn_conditions_match_field_by_field() {
         &c
     ));
 }
+
+proptest! {
+    /// A packed context gives back every key with all its values, in order,
+    /// whatever they hold (empty, multi-byte, several values or none).
+    #[test]
+    fn a_packed_context_unpacks_to_the_same_context(
+        vars in proptest::collection::vec(
+            ("[a-z:.]{0,12}", proptest::collection::vec("\\PC{0,8}", 0..4)),
+            0..8,
+        )
+    ) {
+        let mut ctx = Context::new();
+        for (key, values) in &vars {
+            ctx.set_all(key, values.clone());
+        }
+        let back = PackedContext::pack(&ctx).expect("small").unpack();
+        prop_assert_eq!(back.keys().collect::<Vec<_>>(), ctx.keys().collect::<Vec<_>>());
+        for key in ctx.keys() {
+            prop_assert_eq!(back.get(key), ctx.get(key));
+        }
+    }
+}
