@@ -693,6 +693,9 @@ pub struct Actions {
     pub file_max_bytes: u64,
     /// ... or once it is this old (0: never by age).
     pub file_max_age_secs: u64,
+    /// How many rotated copies of each file are kept; older ones are
+    /// removed when the file rotates again (0: none is kept).
+    pub file_max_rotated: usize,
     /// PEM roots HTTP actions trust instead of the system's.
     pub http_ca: Option<PathBuf>,
     /// HTTP actions may use `http://` to non-loopback hosts (loopback is always allowed).
@@ -718,6 +721,7 @@ impl Default for Actions {
             file_root: "data/files".into(),
             file_max_bytes: 64 * 1024 * 1024,
             file_max_age_secs: 86_400,
+            file_max_rotated: 10,
             http_ca: None,
             allow_plaintext_http: false,
             spool_max_bytes: 32 * 1024 * 1024,

@@ -163,11 +163,7 @@ impl Engine {
         let deliverer = Deliverer {
             router: router.clone(),
             http,
-            files: actions::file::Files::new(
-                a.file_root.clone(),
-                a.file_max_bytes,
-                a.file_max_age_secs,
-            ),
+            files: actions::file::Files::new(a),
         };
         let restored: HashMap<_, _> = spools
             .into_iter()

@@ -6,13 +6,14 @@
 //! directories one by one and follows no symbolic link, so neither `..`
 //! nor a link can make or write anything elsewhere. A file is rotated (renamed to `<name>.<unix ms>`) before
 //! a write would take it past `file_max_bytes`, or once it is older than
-//! `file_max_age_secs`. Each batch of lines is flushed to disk (with the
+//! `file_max_age_secs`; the newest `file_max_rotated` rotated copies are
+//! kept, so a file action's disk use is bounded. Each batch of lines is flushed to disk (with the
 //! directory, when it made a new entry) before the spool lets go of it.
 //! The root should be writable by the gateway alone: a link planted there
 //! between the walk and the write is the one thing the checks cannot see.
 
 use super::{Context, Outcome};
-use crate::config::FileAction;
+use crate::config::{Actions, FileAction};
 use crate::rules::sql::Template;
 use crate::rules::sql::eval::base64_encode;
 use parking_lot::Mutex;
@@ -88,18 +89,21 @@ pub struct Files {
     root: PathBuf,
     max_bytes: u64,
     max_age: Option<Duration>,
+    max_rotated: usize,
     /// One writer at a time: two lanes writing one path must not rotate it
     /// under each other.
     lock: Arc<Mutex<()>>,
 }
 
 impl Files {
-    /// Files under `root` (which must exist).
-    pub fn new(root: PathBuf, max_bytes: u64, max_age_secs: u64) -> Self {
+    /// Files under `actions.file_root` (which must exist), rotated as `actions` says.
+    pub fn new(actions: &Actions) -> Self {
+        let age = actions.file_max_age_secs;
         Self {
-            root,
-            max_bytes,
-            max_age: (max_age_secs > 0).then(|| Duration::from_secs(max_age_secs)),
+            root: actions.file_root.clone(),
+            max_bytes: actions.file_max_bytes,
+            max_age: (age > 0).then(|| Duration::from_secs(age)),
+            max_rotated: actions.file_max_rotated,
             lock: Arc::default(),
         }
     }
@@ -167,6 +171,10 @@ impl Files {
             if let Err(e) = rotate(&target) {
                 return io_failure(&target, e);
             }
+            // The lines are not at stake: a copy left over is removed at the next rotation.
+            if let Err(e) = prune(&dir, name, self.max_rotated) {
+                tracing::warn!(file = %target.display(), error = %e, "could not remove old rotated files");
+            }
             new_entry = true;
         }
         let written = std::fs::OpenOptions::new()
@@ -222,6 +230,36 @@ fn rotate(target: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes the oldest rotated copies of `dir/name` (`name.<unix ms>`) past
+/// the newest `keep`.
+fn prune(dir: &Path, name: &std::ffi::OsStr, keep: usize) -> std::io::Result<()> {
+    let Some(prefix) = name.to_str().map(|n| format!("{n}.")) else {
+        return Ok(());
+    };
+    let mut rotated = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ms = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|ms| ms.parse::<u64>().ok());
+        if let Some(ms) = ms
+            && entry.file_type()?.is_file()
+        {
+            rotated.push((ms, entry.path()));
+        }
+    }
+    if rotated.len() > keep {
+        rotated.sort_unstable();
+        for (_, path) in &rotated[..rotated.len() - keep] {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
 /// An IO error as an outcome: what a retry cannot fix (a path that is not
 /// a directory, a name too long) fails at once; the rest (a full disk, an
 /// IO error) is retried.
@@ -258,7 +296,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).expect("root");
-        let files = Files::new(root.clone(), 10, 0);
+        let files = Files::new(&Actions {
+            file_root: root.clone(),
+            file_max_bytes: 10,
+            file_max_age_secs: 0,
+            file_max_rotated: 2,
+            ..Actions::default()
+        });
         let line = |s: &str| vec![s.to_owned()];
         assert_eq!(files.append("d/a.jsonl", &line("1234")), Outcome::Delivered);
         assert_eq!(files.append("d/a.jsonl", &line("5678")), Outcome::Delivered);
@@ -278,6 +322,22 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with("a.jsonl."))
             .count();
         assert_eq!(rotated, 1);
+        // Three more rotations: only the newest two rotated copies are kept.
+        for l in ["a-long-line", "b-long-line", "c-long-line"] {
+            assert_eq!(files.append("d/a.jsonl", &line(l)), Outcome::Delivered);
+        }
+        let mut kept: Vec<String> = std::fs::read_dir(root.join("d"))
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("a.jsonl."))
+            .map(|e| std::fs::read_to_string(e.path()).expect("read"))
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["a-long-line\n", "b-long-line\n"]);
+        assert_eq!(
+            std::fs::read_to_string(root.join("d/a.jsonl")).expect("read"),
+            "c-long-line\n"
+        );
         // A link inside the root that points out of it is not followed.
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).expect("outside");
