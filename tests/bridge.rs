@@ -149,6 +149,43 @@ async fn messages_go_up_and_commands_come_down_over_mutual_tls() {
     );
 }
 
+/// AWS IoT closes an MQTT 3.1.1 connection that publishes where its policy
+/// does not allow (so does edgegate). Such a message comes back at the head
+/// of every new link: after a few links closed on it alone it is dropped
+/// and counted, and the messages behind it still go up, in order.
+#[tokio::test]
+async fn a_message_the_upstream_closes_the_link_on_does_not_hold_back_the_rest() {
+    let mut up = TestServer::prepare("");
+    up.write_policy(
+        "open",
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "iot:*", "Resource": "*"},
+            {"Effect": "Deny", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/edge-a/telemetry/poison"}
+        ]}"#,
+    );
+    up.boot().await;
+    let mut watcher = up.v4("watcher", true).await;
+    watcher.subscribe("edge-a/#", QoS::AtLeastOnce).await;
+    let mut edge = TestServer::prepare(&upstream_toml(up.addr().port(), ""));
+    trust(edge.dir.path(), &up.ca);
+    edge.boot().await;
+
+    let mut device = edge.v4("sensor", true).await;
+    publish_seq(&mut device, 0, 2).await;
+    device
+        .publish("telemetry/poison", QoS::AtLeastOnce, false, b"no")
+        .await;
+    device.puback().await;
+    publish_seq(&mut device, 2, 6).await;
+    assert_eq!(seqs(&mut watcher, 6).await, (0..6).collect::<Vec<_>>());
+    wait_metric(&edge, "edgegate_upstream_failed_total", 1.0).await;
+    let m = edge.metrics().await;
+    assert_eq!(metric(&m, "edgegate_upstream_forwarded_total"), 6.0);
+    assert!(metric(&m, "edgegate_upstream_reconnects_total") >= 3.0);
+    let health = http_get(edge.admin(), "/healthz").await;
+    assert!(health.contains(r#""spool_records":0"#), "{health}");
+}
+
 #[tokio::test]
 async fn nothing_is_lost_when_the_upstream_is_down_at_start_or_restarts_midstream() {
     let (mut up, proxy) = upstream_down().await;

@@ -46,6 +46,10 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Why a connection attempt or a session ended.
 type Ended = String;
 
+/// Links the upstream closes while a suspected message is alone in flight
+/// before that message is dropped (see [`Suspect`]).
+const STRIKES: u8 = 3;
+
 /// The running bridge.
 pub(super) struct Bridge {
     pub(super) config: Upstream,
@@ -122,6 +126,8 @@ struct Session {
     /// Inbound publishes in arrival order, each acknowledged once its local
     /// commit is done [MQTT-4.6.0-2].
     pending: VecDeque<Inbound>,
+    /// The upstream ended the link (closed it, reset it, or sent DISCONNECT).
+    closed_by_upstream: bool,
 }
 
 /// An inbound publish waiting to be acknowledged.
@@ -191,6 +197,43 @@ struct Carry {
     sent_until: u64,
     /// The rate limit holds across reconnects too.
     rate: Rate,
+    suspect: Option<Suspect>,
+}
+
+/// The oldest message unacknowledged when the upstream closed the link.
+///
+/// AWS IoT answers an MQTT 3.1.1 publish its policy does not allow by
+/// closing the connection, so such a message would come back at the head
+/// of every new link and hold everything behind it until it aged out. A
+/// suspect goes alone on the next link; acknowledged, it is cleared; if
+/// the upstream closes [`STRIKES`] links while it is alone in flight, it is
+/// dropped and counted as failed, like a message refused with a reason code.
+struct Suspect {
+    seq: u64,
+    strikes: u8,
+}
+
+impl Carry {
+    /// Judges a link the upstream closed with `inflight` unacknowledged
+    /// (oldest first); returns the message to drop, if one has struck out.
+    fn closed_with(&mut self, inflight: &VecDeque<(u16, u64)>) -> Option<u64> {
+        let &(_, oldest) = inflight.front()?;
+        let alone = u8::from(inflight.len() == 1);
+        match &mut self.suspect {
+            Some(s) if s.seq == oldest => s.strikes += alone,
+            _ => {
+                self.suspect = Some(Suspect {
+                    seq: oldest,
+                    strikes: alone,
+                })
+            }
+        }
+        let out = self.suspect.as_ref().is_some_and(|s| s.strikes >= STRIKES);
+        out.then(|| {
+            self.suspect = None;
+            oldest
+        })
+    }
 }
 
 impl Bridge {
@@ -206,6 +249,7 @@ impl Bridge {
                 sent: VecDeque::new(),
                 limit: self.config.max_publishes_per_second as usize,
             },
+            suspect: None,
         };
         loop {
             self.expire();
@@ -291,6 +335,7 @@ impl Bridge {
                 max_packet: usize::MAX,
                 max_qos: QoS::AtLeastOnce,
                 pending: VecDeque::new(),
+                closed_by_upstream: false,
             };
             s.send(&Packet::Connect(Box::new(Connect {
                 protocol,
@@ -359,6 +404,18 @@ impl Bridge {
         let started = Instant::now();
         let mut acked = false;
         let why = self.serve_until_end(&mut s, carry, &mut acked).await;
+        if s.closed_by_upstream
+            && !self.shutdown.is_cancelled()
+            && let Some(seq) = carry.closed_with(&s.inflight)
+        {
+            self.spool.ack(seq);
+            self.gauges();
+            self.metrics.upstream_failed.increment(1);
+            tracing::warn!(
+                strikes = STRIKES,
+                "the upstream closed the link each time a message was alone in flight; it is dropped (AWS IoT closes MQTT 3.1.1 connections that publish where their policy does not allow)"
+            );
+        }
         (why, acked || started.elapsed() >= s.keep_alive)
     }
 
@@ -398,9 +455,16 @@ impl Bridge {
             // batch is big enough, or the spool has nothing more.
             let mut sent = 0;
             let mut more = true;
+            if *acked {
+                carry.suspect = None;
+            }
+            // A suspect goes alone: nothing more while it is in flight.
+            let window = match carry.suspect {
+                Some(_) => 1,
+                None => s.window,
+            };
             loop {
-                let room = s
-                    .window
+                let room = window
                     .saturating_sub(s.inflight.len())
                     .min(carry.rate.room(now).saturating_sub(sent))
                     .min(TAKE);
@@ -436,7 +500,7 @@ impl Bridge {
             if s.rbuf.capacity() - s.rbuf.len() < READ_CHUNK / 4 {
                 s.rbuf.reserve(READ_CHUNK);
             }
-            let open = s.inflight.len() < s.window;
+            let open = s.inflight.len() < window;
             let rate_wait = carry.rate.next_slot();
             let ready = open && rate_wait.is_none();
             let ping_at = last_read.min(last_write) + ka;
@@ -452,8 +516,14 @@ impl Bridge {
                     return "shutdown".into();
                 }
                 r = s.stream.read_buf(&mut s.rbuf), if reading => match r {
-                    Ok(0) => return "closed by the upstream".into(),
-                    Err(e) => return format!("read: {e}"),
+                    Ok(0) => {
+                        s.closed_by_upstream = true;
+                        return "closed by the upstream".into();
+                    }
+                    Err(e) => {
+                        s.closed_by_upstream = true;
+                        return format!("read: {e}");
+                    }
                     Ok(_) => {
                         last_read = Instant::now();
                         ping_sent = false;
@@ -611,6 +681,7 @@ impl Bridge {
                 tracing::warn!(codes = ?a.codes, "the upstream refused an upstream.subscribe filter");
             }
             Packet::Disconnect(d) => {
+                s.closed_by_upstream = true;
                 return Err(format!("the upstream sent DISCONNECT {:#04x}", d.code));
             }
             _ => {}

@@ -6,7 +6,10 @@
 //!   the rules engine). The bridge publishes them in spool order and deletes
 //!   each only when the upstream's PUBACK arrives, so an outage, a restart or
 //!   `kill -9` loses nothing; after a lost link everything unacknowledged is
-//!   sent again from the spool's head (counted as possible duplicates).
+//!   sent again from the spool's head (counted as possible duplicates). A
+//!   message the upstream keeps closing the link on (AWS IoT's answer to an
+//!   unauthorized 3.1.1 publish) is isolated and, after three such links,
+//!   dropped and counted, so it cannot hold up the rest.
 //! - Flow: at most `max_inflight` unacknowledged publishes (and the broker's
 //!   Receive Maximum), and at most `max_publishes_per_second` in any one
 //!   second (a sliding window, not a fixed tick), as fast as both allow.
