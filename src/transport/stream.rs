@@ -645,6 +645,46 @@ mod tests {
         assert_eq!(alert[0], 0x17, "encrypted: {alert:?}");
     }
 
+    /// What a scanner or a broken client sends instead of a handshake ends
+    /// it with an error, never a panic or a hang: garbage, a record longer
+    /// than TLS allows, a hello cut short by the end of the connection.
+    #[tokio::test]
+    async fn malformed_handshakes_fail_cleanly() {
+        let (server, _) = configs(&rustls::version::TLS13);
+        let cases: [(&str, &[u8]); 4] = [
+            ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("oversize record", &[0x16, 0x03, 0x01, 0xff, 0xff, 0x01]),
+            ("cut short", &[0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00]),
+            ("nothing", &[]),
+        ];
+        for (what, bytes) in cases {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let client = async {
+                let mut tcp = TcpStream::connect(addr).await.expect("connect");
+                tcp.write_all(bytes).await.expect("write");
+                tcp.shutdown().await.expect("close");
+                tcp
+            };
+            let serve = async {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                accept(tcp, server.clone()).await
+            };
+            let (_tcp, served) = tokio::time::timeout(Duration::from_secs(10), async {
+                tokio::join!(client, serve)
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the handshake ends in time"));
+            let err = served.err().unwrap_or_else(|| panic!("{what}: refused"));
+            let tls = err
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .is_some();
+            let eof = err.kind() == io::ErrorKind::UnexpectedEof;
+            assert!(tls || eof, "{what}: {err:?}");
+        }
+    }
+
     /// A client that presents no certificate is refused with the error the
     /// metrics call `no_certificate`.
     #[tokio::test]
