@@ -519,10 +519,13 @@ mod tests {
         (Arc::new(server), client)
     }
 
-    async fn pair(
-        version: &'static SupportedProtocolVersion,
-    ) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
-        let (server, client) = configs(version);
+    type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+    /// Both sides of one handshake on 127.0.0.1, within the test's wait.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        client: ClientConfig,
+    ) -> (io::Result<Client>, io::Result<TlsStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connect = async {
@@ -531,14 +534,25 @@ mod tests {
             tokio_rustls::TlsConnector::from(Arc::new(client))
                 .connect(name, tcp)
                 .await
-                .expect("client handshake")
         };
         let serve = async {
             let (tcp, _) = listener.accept().await.expect("accept");
-            accept(tcp, server).await.expect("server handshake")
+            accept(tcp, server).await
         };
-        let (client, server) = tokio::join!(connect, serve);
-        (server, client)
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(connect, serve)
+        })
+        .await
+        .expect("handshake in time")
+    }
+
+    async fn pair(version: &'static SupportedProtocolVersion) -> (TlsStream, Client) {
+        let (server, client) = configs(version);
+        let (client, server) = handshake(server, client).await;
+        (
+            server.expect("server handshake"),
+            client.expect("client handshake"),
+        )
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -699,24 +713,7 @@ mod tests {
                 .expect("versions")
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let connect = async {
-            let tcp = TcpStream::connect(addr).await.expect("connect");
-            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-            tokio_rustls::TlsConnector::from(Arc::new(client))
-                .connect(name, tcp)
-                .await
-        };
-        let serve = async {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            accept(tcp, server).await
-        };
-        let (client, server) = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(connect, serve)
-        })
-        .await
-        .expect("in time");
+        let (client, server) = handshake(server, client).await;
         assert!(client.is_err(), "the client does not trust the server's CA");
         let err = server.expect_err("refused");
         assert!(
