@@ -38,8 +38,8 @@ const RECORD_PLAINTEXT: usize = 16 * 1024;
 const RECORD_OVERHEAD: usize = 64;
 
 thread_local! {
-    /// Where received ciphertext is decrypted: what the connection kept from
-    /// its last read, followed by what the socket has now.
+    /// Where received ciphertext is decrypted when the connection kept
+    /// nothing from its last read (else it is read after what was kept).
     static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Where records are encrypted before they go to the socket.
     static WRITE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -62,10 +62,16 @@ pub struct TlsStream {
 struct Tls {
     conn: UnbufferedServerConnection,
     received: Received,
-    /// The peer closed: close_notify, or the socket's end.
+    /// The peer sent close_notify.
     read_closed: bool,
+    /// The socket reached its end (without close_notify, a truncation).
+    eof: bool,
     /// close_notify is queued; nothing more may be written.
     write_closed: bool,
+    /// rustls reported an error: it is not called again (after an error
+    /// its state no longer matches the bytes kept), and the stream only
+    /// sends what is queued (the alert) and closes.
+    failed: bool,
 }
 
 /// Decrypted bytes the reader had no room for, from `taken` on.
@@ -116,7 +122,9 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Tls
             conn,
             received: Received::default(),
             read_closed: false,
+            eof: false,
             write_closed: false,
+            failed: false,
         },
         incoming: Vec::new(),
         outgoing: Vec::new(),
@@ -143,7 +151,7 @@ impl TlsStream {
             if !self.tls.conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            if self.tls.read_closed {
+            if self.tls.read_closed || self.tls.eof {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
             if ready!(self.poll_read_tls(cx, None))? == Step::Closed {
@@ -160,30 +168,39 @@ impl TlsStream {
         cx: &mut Context<'_>,
         sink: Option<&mut ReadBuf<'_>>,
     ) -> Poll<io::Result<Step>> {
-        let step = READ_SCRATCH.with_borrow_mut(|scratch| {
-            let kept = self.incoming.len();
-            scratch.resize(kept + READ_CHUNK, 0);
-            scratch[..kept].copy_from_slice(&self.incoming);
-            let mut buf = ReadBuf::new(&mut scratch[kept..]);
-            ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
-            let end = kept + buf.filled().len();
-            if end == kept {
-                self.tls.read_closed = true;
+        let step = if self.incoming.is_empty() {
+            // The usual case: whole records arrive, are decrypted in the
+            // per-thread buffer, and only a partial record is kept.
+            READ_SCRATCH.with_borrow_mut(|scratch| {
+                scratch.clear();
+                if ready!(poll_fill(&mut self.tcp, cx, scratch))? == 0 {
+                    self.tls.eof = true;
+                }
+                let processed = self
+                    .tls
+                    .process(scratch, sink, &mut self.outgoing, Act::Nothing);
+                let (consumed, step) = processed?;
+                self.incoming.extend_from_slice(&scratch[consumed..]);
+                Poll::Ready(Ok(step))
+            })
+        } else {
+            // A partial record (or handshake message) waits: what comes is
+            // read after it, in place, so a peer sending a byte at a time
+            // costs no copying of what was kept.
+            if ready!(poll_fill(&mut self.tcp, cx, &mut self.incoming))? == 0 {
+                self.tls.eof = true;
             }
-            let processed =
-                self.tls
-                    .process(&mut scratch[..end], sink, &mut self.outgoing, Act::Nothing);
-            let (consumed, step) = match processed {
-                Ok(done) => done,
-                Err(e) => return Poll::Ready(Err(e)),
-            };
-            self.incoming.clear();
-            self.incoming.extend_from_slice(&scratch[consumed..end]);
-            if self.incoming.is_empty() {
-                self.incoming = Vec::new();
-            }
-            Poll::Ready(Ok(step))
-        });
+            self.tls
+                .process(&mut self.incoming, sink, &mut self.outgoing, Act::Nothing)
+                .map(|(consumed, step)| {
+                    self.incoming.drain(..consumed);
+                    if self.incoming.is_empty() {
+                        self.incoming = Vec::new();
+                    }
+                    step
+                })
+                .into()
+        };
         // Whatever the records asked to send (a key update, an alert) goes
         // out now if the socket takes it, or before the next write.
         if let Poll::Ready(Err(e)) = self.poll_send(cx) {
@@ -231,11 +248,9 @@ impl TlsStream {
         WRITE_SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             let encrypts = matches!(act, Act::Encrypt(_));
-            let mut incoming = std::mem::take(&mut self.incoming);
-            let processed = self.tls.process(&mut incoming, None, scratch, act);
+            let processed = self.tls.process(&mut self.incoming, None, scratch, act);
             let (consumed, step) = processed?;
-            incoming.drain(..consumed);
-            self.incoming = incoming;
+            self.incoming.drain(..consumed);
             self.emit(cx, scratch)?;
             if encrypts && step != Step::Open {
                 return Err(io::Error::new(
@@ -251,8 +266,23 @@ impl TlsStream {
 impl Tls {
     /// Runs rustls over `buf` until it has nothing more to do with it, then
     /// performs `act` if the connection is open. Returns how many bytes of
-    /// `buf` rustls is done with.
+    /// `buf` rustls is done with. After an error, fails at once.
     fn process(
+        &mut self,
+        buf: &mut [u8],
+        sink: Option<&mut ReadBuf<'_>>,
+        out: &mut Vec<u8>,
+        act: Act<'_>,
+    ) -> io::Result<(usize, Step)> {
+        if self.failed {
+            return Err(failed());
+        }
+        let processed = self.process_records(buf, sink, out, act);
+        self.failed = processed.is_err();
+        processed
+    }
+
+    fn process_records(
         &mut self,
         buf: &mut [u8],
         mut sink: Option<&mut ReadBuf<'_>>,
@@ -264,6 +294,7 @@ impl Tls {
             received,
             read_closed,
             write_closed,
+            ..
         } = self;
         let mut at = 0;
         loop {
@@ -415,6 +446,27 @@ fn tls_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the TLS connection failed")
+}
+
+/// Reads what the socket has into `buf`'s spare room (made first), without
+/// initializing that room; 0 at the socket's end.
+fn poll_fill(
+    tcp: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut Vec<u8>,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(READ_CHUNK);
+    loop {
+        ready!(tcp.poll_read_ready(cx))?;
+        match tcp.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            read => return Poll::Ready(read),
+        }
+    }
+}
+
 impl AsyncRead for TlsStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -423,8 +475,14 @@ impl AsyncRead for TlsStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if this.tls.failed {
+                return Poll::Ready(Err(failed()));
+            }
             if this.tls.received.take_plain(buf) || this.tls.read_closed {
                 return Poll::Ready(Ok(()));
+            }
+            if this.tls.eof {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
             let before = buf.filled().len();
             if ready!(this.poll_read_tls(cx, Some(buf)))? == Step::Closed
@@ -443,7 +501,7 @@ impl AsyncWrite for TlsStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.tls.write_closed {
+        if this.tls.write_closed || this.tls.failed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         ready!(this.poll_send(cx))?;
@@ -458,7 +516,7 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.tls.write_closed {
+        if !this.tls.write_closed && !this.tls.failed {
             ready!(this.poll_send(cx))?;
             this.act(cx, Act::CloseNotify)?;
         }
@@ -648,6 +706,9 @@ mod tests {
                 .is_some(),
             "{err:?}"
         );
+        // Failed for good: nothing more is written, closing still works.
+        assert!(server.write_all(b"more").await.is_err());
+        let _ = server.shutdown().await;
         drop(server);
         let mut alert = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut alert))
@@ -657,6 +718,22 @@ mod tests {
         // One encrypted record: header, the two alert bytes, content type, tag.
         assert_eq!(alert.len(), 5 + 2 + 1 + 16, "one alert record: {alert:?}");
         assert_eq!(alert[0], 0x17, "encrypted: {alert:?}");
+    }
+
+    /// A connection that ends without close_notify is a truncation, not an
+    /// end of data: the read fails, after the data that came before it.
+    #[tokio::test]
+    async fn an_end_without_close_notify_is_an_error() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        client.write_all(b"last words").await.expect("write");
+        client.flush().await.expect("flush");
+        let (mut tcp, _) = client.into_inner();
+        tcp.shutdown().await.expect("close");
+        let mut got = vec![0; 10];
+        server.read_exact(&mut got).await.expect("what came first");
+        assert_eq!(got, b"last words");
+        let err = server.read(&mut got).await.expect_err("truncated");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     /// What a scanner or a broken client sends instead of a handshake ends
