@@ -720,6 +720,33 @@ mod tests {
         assert_eq!(alert[0], 0x17, "encrypted: {alert:?}");
     }
 
+    /// A client that rolls its keys (TLS 1.3 KeyUpdate, asking for ours too)
+    /// goes on talking both ways: the update is answered on the read path.
+    #[tokio::test]
+    async fn a_key_update_from_the_client_keeps_the_connection_going() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        for round in 0..3u8 {
+            client
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("key update");
+            client.write_all(&[round; 100]).await.expect("client write");
+            client.flush().await.expect("flush");
+            let mut got = [0u8; 100];
+            server.read_exact(&mut got).await.expect("server read");
+            assert_eq!(got, [round; 100]);
+            server
+                .write_all(&[round + 10; 50])
+                .await
+                .expect("server write");
+            server.flush().await.expect("flush");
+            let mut back = [0u8; 50];
+            client.read_exact(&mut back).await.expect("client read");
+            assert_eq!(back, [round + 10; 50]);
+        }
+    }
+
     /// A connection that ends without close_notify is a truncation, not an
     /// end of data: the read fails, after the data that came before it.
     #[tokio::test]
