@@ -187,7 +187,13 @@ impl TlsStream {
             // A partial record (or handshake message) waits: what comes is
             // read after it, in place, so a peer sending a byte at a time
             // costs no copying of what was kept.
-            if ready!(poll_fill(&mut self.tcp, cx, &mut self.incoming))? == 0 {
+            let Poll::Ready(filled) = poll_fill(&mut self.tcp, cx, &mut self.incoming) else {
+                // While it waits, a connection keeps no more room than its
+                // partial record needs.
+                self.incoming.shrink_to_fit();
+                return Poll::Pending;
+            };
+            if filled? == 0 {
                 self.tls.eof = true;
             }
             self.tls
@@ -450,16 +456,16 @@ fn failed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the TLS connection failed")
 }
 
-/// Reads what the socket has into `buf`'s spare room (made first), without
-/// initializing that room; 0 at the socket's end.
+/// Reads what the socket has into `buf`'s spare room (made once the socket
+/// is readable), without initializing that room; 0 at the socket's end.
 fn poll_fill(
     tcp: &mut TcpStream,
     cx: &mut Context<'_>,
     buf: &mut Vec<u8>,
 ) -> Poll<io::Result<usize>> {
-    buf.reserve(READ_CHUNK);
     loop {
         ready!(tcp.poll_read_ready(cx))?;
+        buf.reserve(READ_CHUNK);
         match tcp.try_read_buf(buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             read => return Poll::Ready(read),
