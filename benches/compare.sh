@@ -63,6 +63,16 @@ max_connections = 100000
 [store]
 fsync = false
 EOF
+# Ten rules on topics the load does not use: every publish is still matched
+# against their FROM filters, as on a gateway that runs rules for other traffic.
+for i in $(seq 10); do
+    cat >> "$work/edgegate.toml" <<EOF
+[[rules]]
+name = "sensor_$i"
+sql = "SELECT temp FROM 'sensors/$i/+' WHERE temp > 50"
+actions = [{ republish = { topic = "alerts/$i" } }]
+EOF
+done
 
 cat > "$work/mosquitto.conf" <<EOF
 user root

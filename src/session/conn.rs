@@ -784,11 +784,13 @@ impl Conn {
             // subscriber of this client's QoS 0 messages is to catch up first:
             // then what is read waits, and the subscriber's mailbox outgrows
             // its watermark by one message per publisher at most.
+            // One reading of the clock for what one read brought.
+            let now = Instant::now();
             while self.paced.is_none() {
                 match codec::decode(rbuf, self.protocol, max_packet) {
                     Ok(Some(p)) => {
-                        deadline = Instant::now() + self.keep_alive;
-                        if let Err(end) = self.handle(&shared, p, data) {
+                        deadline = now + self.keep_alive;
+                        if let Err(end) = self.handle(&shared, p, data, now) {
                             return end;
                         }
                     }
@@ -1009,12 +1011,18 @@ impl Conn {
 
     /// Takes `shared` from the caller's own handle so that no packet pays
     /// for reference counting on state every connection shares.
-    fn handle(&mut self, shared: &Shared, p: Packet, data: &mut SessionData) -> Result<(), End> {
+    fn handle(
+        &mut self,
+        shared: &Shared,
+        p: Packet,
+        data: &mut SessionData,
+        now: Instant,
+    ) -> Result<(), End> {
         let metrics = &shared.metrics;
         let ty = usize::from(p.type_number());
         metrics.packets_in.get(ty).increment(1);
         match p {
-            Packet::Publish(p) => self.publish(shared, p, data),
+            Packet::Publish(p) => self.publish(shared, p, data, now),
             Packet::PubAck(a) => {
                 self.acked(a.pkid, data.inflight.complete(a.pkid), data);
                 Ok(())
@@ -1142,6 +1150,7 @@ impl Conn {
         shared: &Shared,
         mut p: Publish,
         data: &mut SessionData,
+        now: Instant,
     ) -> Result<(), End> {
         let cfg = &shared.config;
         let limits = &cfg.limits;
@@ -1183,18 +1192,20 @@ impl Conn {
             metrics.refused(LimitKind::Payload);
             return Err(End::Protocol(reason::PACKET_TOO_LARGE, "payload too large"));
         }
-        let refusal = if let Err(e) = topic_limits(cfg).check(p.topic.as_str()) {
+        // Validated once here: `as_str` checks the bytes again on every call.
+        let topic = p.topic.as_str();
+        let refusal = if let Err(e) = topic_limits(cfg).check(topic) {
             metrics.refused(match e {
                 topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
                 _ => LimitKind::TopicLength,
             });
             Some((reason::TOPIC_NAME_INVALID, "topic too long or too deep"))
-        } else if p.topic.as_str().starts_with("$aws/events/") {
+        } else if topic.starts_with("$aws/events/") {
             Some((
                 reason::NOT_AUTHORIZED,
                 "clients may not publish lifecycle events",
             ))
-        } else if p.retain && topic::is_reserved(p.topic.as_str()) {
+        } else if p.retain && topic::is_reserved(topic) {
             Some((reason::RETAIN_NOT_SUPPORTED, "retain on a reserved topic"))
         } else {
             None
@@ -1207,7 +1218,6 @@ impl Conn {
             }
             return Err(End::Protocol(code, why));
         }
-        let topic = p.topic.as_str();
         let allowed = self.allows(Action::Publish, ResourceType::Topic, topic)
             && (!p.retain || self.allows(Action::RetainPublish, ResourceType::Topic, topic));
         if !allowed {
@@ -1248,7 +1258,6 @@ impl Conn {
             ));
         }
         metrics.messages_in.get(p.qos as usize).increment(1);
-        let now = Instant::now();
         let (pkid, qos) = (p.pkid, p.qos);
         let origin = self.origin(data.mailbox.session_id);
         let msg = Arc::new(Message::new(
