@@ -70,26 +70,25 @@ impl QoS {
 
 /// A UTF-8 string that shares the read buffer it was decoded from.
 ///
-/// Invariant: the bytes are valid UTF-8 (checked when constructed), so
-/// [`ByteStr::as_str`] never sees anything else.
+/// Checked once, when made (a `bytestring::ByteString` inside): reading it
+/// costs nothing, however often a topic is looked at on its way through.
 #[derive(Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct ByteStr(Bytes);
+pub struct ByteStr(bytestring::ByteString);
 
 impl ByteStr {
     /// Wraps bytes after checking that they are UTF-8.
     pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
-        std::str::from_utf8(&bytes)?;
-        Ok(Self(bytes))
+        bytestring::ByteString::try_from(bytes).map(Self)
     }
 
-    /// The string; the bytes were validated on construction.
+    /// The string.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 
     /// The raw bytes, for encoding.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.as_bytes()
     }
 
     /// Length in bytes.
@@ -105,13 +104,13 @@ impl ByteStr {
 
 impl From<&str> for ByteStr {
     fn from(s: &str) -> Self {
-        Self(Bytes::copy_from_slice(s.as_bytes()))
+        Self(s.into())
     }
 }
 
 impl From<String> for ByteStr {
     fn from(s: String) -> Self {
-        Self(Bytes::from(s))
+        Self(s.into())
     }
 }
 

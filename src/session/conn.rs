@@ -783,12 +783,13 @@ impl Conn {
             // Decode and handle every whole packet already read, unless a
             // subscriber of this client's QoS 0 messages is to catch up first:
             // then what is read waits, and the subscriber's mailbox outgrows
-            // its watermark by one message per publisher at most.
-            // One reading of the clock for what one read brought.
-            let now = Instant::now();
+            // its watermark by one message per publisher at most. The clock
+            // is read once for all the packets one read brought.
+            let mut read_at = None;
             while self.paced.is_none() {
                 match codec::decode(rbuf, self.protocol, max_packet) {
                     Ok(Some(p)) => {
+                        let now = *read_at.get_or_insert_with(Instant::now);
                         deadline = now + self.keep_alive;
                         if let Err(end) = self.handle(&shared, p, data, now) {
                             return end;
@@ -1192,7 +1193,6 @@ impl Conn {
             metrics.refused(LimitKind::Payload);
             return Err(End::Protocol(reason::PACKET_TOO_LARGE, "payload too large"));
         }
-        // Validated once here: `as_str` checks the bytes again on every call.
         let topic = p.topic.as_str();
         let refusal = if let Err(e) = topic_limits(cfg).check(topic) {
             metrics.refused(match e {
