@@ -303,6 +303,8 @@ impl Engine {
     async fn intake(self: Arc<Self>) {
         let tap = self.router.tap();
         let mut batch = Vec::with_capacity(INTAKE_BATCH);
+        // Which rules a message selects, reused from message to message.
+        let mut matched = Vec::new();
         loop {
             tap.take(&mut batch, INTAKE_BATCH);
             if batch.is_empty() {
@@ -311,21 +313,21 @@ impl Engine {
                     _ = self.shutdown.cancelled() => {
                         tap.take(&mut batch, usize::MAX);
                         for t in batch.drain(..) {
-                            self.evaluate(t);
+                            self.evaluate(t, &mut matched);
                         }
                         return;
                     }
                 }
             }
             for t in batch.drain(..) {
-                self.evaluate(t);
+                self.evaluate(t, &mut matched);
             }
             tokio::task::yield_now().await;
         }
     }
 
     /// Runs every matching rule over one message and spools the jobs.
-    fn evaluate(&self, t: Tapped) {
+    fn evaluate(&self, t: Tapped, matched: &mut Vec<usize>) {
         let Tapped { msg, durable, done } = t;
         let set = self.rules.load();
         let topic = msg.topic.as_str();
@@ -335,9 +337,8 @@ impl Engine {
         let mut original = None;
         let mut commits: Vec<Commit> = durable.into_iter().collect();
         let mut refused = None;
-        let mut matched = Vec::new();
-        set.index.matching(topic, &mut matched);
-        for live in matched.into_iter().filter_map(|i| set.rules.get(i)) {
+        set.index.matching(topic, matched);
+        for live in matched.iter().filter_map(|&i| set.rules.get(i)) {
             live.metrics.matched.increment(1);
             if origin.hops >= self.settings.actions.max_hops {
                 live.metrics.failed.increment(1);
