@@ -4,14 +4,15 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
-use edgegate::codec::{self, Packet, Protocol, Publish, PublishProperties, QoS, SubOptions};
-use edgegate::metrics::Metrics;
+use edgegate::codec::{self, Packet, Protocol, Publish, PublishProperties, QoS};
 use edgegate::router::trie::{Entry, Trie};
-use edgegate::router::{FilterIndex, Mailbox, MailboxLimits, Message, Origin, Router, Subscriber};
-use edgegate::store::Store;
+use edgegate::router::{FilterIndex, MailboxLimits};
 use std::hint::black_box;
-use std::sync::Arc;
 use tokio::time::Instant;
+
+#[path = "support/fan_out.rs"]
+mod fan_out;
+use fan_out::FanOut;
 
 fn codec_round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
@@ -82,54 +83,21 @@ fn fan_out(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let _guard = runtime.enter();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let metrics = Arc::new(Metrics::new());
-    let (store, _) = Store::open(&dir.path().join("db"), false, metrics.clone()).expect("store");
-    let router = Router::new(store, metrics);
     let limits = MailboxLimits {
         queued: usize::MAX,
         stored: usize::MAX,
     };
-    let mailboxes: Vec<Arc<Mailbox>> = (0..50)
-        .map(|i| {
-            Arc::new(Mailbox::new(
-                i + 1,
-                format!("sub-{i}").into(),
-                false,
-                limits,
-            ))
-        })
-        .collect();
-    for m in &mailboxes {
-        router.subscribe(
-            "fan/out",
-            None,
-            Subscriber {
-                mailbox: m.clone(),
-                options: SubOptions::qos(QoS::AtMostOnce),
-                sub_id: None,
-            },
-        );
-    }
-    let msg = Arc::new(Message::new(
-        "fan/out".into(),
-        Bytes::from(vec![0x5a; 64]),
-        QoS::AtMostOnce,
-        false,
-        PublishProperties::default(),
-        Instant::now(),
-        Origin::gateway(),
-    ));
+    let fan = FanOut::new(50, QoS::AtMostOnce, limits);
     // Drained into one reused vector, as a connection does, so that the
     // figure is routing's alone.
     let mut out = Vec::with_capacity(16);
     c.bench_function("router/fan_out_1_to_50", |b| {
         b.iter(|| {
-            let routed = router.publish(&msg, Instant::now()).expect("routed");
-            for m in &mailboxes {
-                m.drain(&mut out, usize::MAX);
-                out.clear();
-            }
+            let routed = fan
+                .router
+                .publish(&fan.msg, Instant::now())
+                .expect("routed");
+            fan.drain(&mut out);
             routed.matched
         })
     });

@@ -1,12 +1,12 @@
 //! A publish shares one message among its subscribers: routing it allocates
 //! nothing per subscriber, however many there are.
 
-use bytes::Bytes;
-use edgegate::codec::{PublishProperties, QoS, SubOptions};
-use edgegate::metrics::Metrics;
-use edgegate::router::{Delivery, Mailbox, MailboxLimits, Message, Origin, Router, Subscriber};
-use edgegate::store::Store;
-use std::sync::Arc;
+#[path = "../benches/support/fan_out.rs"]
+mod fan_out;
+
+use edgegate::codec::QoS;
+use edgegate::router::{Delivery, MailboxLimits};
+use fan_out::FanOut;
 use tokio::time::Instant;
 
 #[global_allocator]
@@ -21,57 +21,22 @@ fn allocations() -> u64 {
 /// exact filter and half by a wildcard, at `qos`, once their mailboxes are
 /// warm.
 fn allocations_per_publish(n: u64, qos: QoS) -> u64 {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let metrics = Arc::new(Metrics::new());
-    let (store, _) = Store::open(&dir.path().join("db"), false, metrics.clone()).expect("store");
-    let router = Router::new(store, metrics);
     let limits = MailboxLimits {
         queued: 1000,
         stored: 1000,
     };
-    let mailboxes: Vec<Arc<Mailbox>> = (0..n)
-        .map(|i| {
-            Arc::new(Mailbox::new(
-                i + 1,
-                format!("sub-{i}").into(),
-                false,
-                limits,
-            ))
-        })
-        .collect();
-    for (i, m) in mailboxes.iter().enumerate() {
-        m.set_online(true);
-        let filter = if i % 2 == 0 { "fan/out" } else { "fan/+" };
-        router.subscribe(
-            filter,
-            None,
-            Subscriber {
-                mailbox: m.clone(),
-                options: SubOptions::qos(qos),
-                sub_id: None,
-            },
-        );
-    }
-    let msg = Arc::new(Message::new(
-        "fan/out".into(),
-        Bytes::from(vec![0x5a; 64]),
-        qos,
-        false,
-        PublishProperties::default(),
-        Instant::now(),
-        Origin::gateway(),
-    ));
+    let fan = FanOut::new(n, qos, limits);
     let mut out: Vec<Delivery> = Vec::with_capacity(16);
     let mut route = || {
         let before = allocations();
-        let routed = router.publish(&msg, Instant::now()).expect("routed");
+        let routed = fan
+            .router
+            .publish(&fan.msg, Instant::now())
+            .expect("routed");
         let made = allocations() - before;
         assert_eq!(routed.matched, n as usize);
         drop(routed);
-        for m in &mailboxes {
-            m.drain(&mut out, usize::MAX);
-            out.clear();
-        }
+        fan.drain(&mut out);
         made
     };
     // The first publishes size the mailboxes' queues and the router's
