@@ -37,6 +37,7 @@ pub mod router;
 pub mod rules;
 pub mod server;
 pub mod session;
+pub mod shadow;
 pub mod spool;
 pub mod store;
 pub mod topic;
