@@ -198,6 +198,22 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Messages kept for a persistent session, online or offline, before the oldest QoS 0 and then new messages are refused.
     pub max_stored_messages: usize,
+    /// Largest shadow state, desired plus reported (AWS IoT: 8 KB).
+    pub shadow_max_bytes: usize,
+    /// Nesting levels inside a shadow's desired and reported (AWS IoT: 6).
+    pub shadow_max_depth: usize,
+    /// Named shadows one thing may have (AWS IoT: no limit; an edge box keeps every shadow in memory).
+    pub max_named_shadows_per_thing: usize,
+}
+
+impl Limits {
+    /// The topic length and depth limits, for every way a message comes in.
+    pub fn topics(&self) -> crate::topic::Limits {
+        crate::topic::Limits {
+            max_len: self.max_topic_bytes,
+            max_slashes: self.max_topic_slashes,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -215,6 +231,9 @@ impl Default for Limits {
             max_connections: 100_000,
             max_queued_messages: 1000,
             max_stored_messages: 10_000,
+            shadow_max_bytes: 8192,
+            shadow_max_depth: 6,
+            max_named_shadows_per_thing: 100,
         }
     }
 }
@@ -464,6 +483,8 @@ impl Config {
             ("limits.max_connections", l.max_connections),
             ("limits.max_queued_messages", l.max_queued_messages),
             ("limits.max_stored_messages", l.max_stored_messages),
+            ("limits.shadow_max_bytes", l.shadow_max_bytes),
+            ("limits.shadow_max_depth", l.shadow_max_depth),
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be greater than 0"));

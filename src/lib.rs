@@ -18,6 +18,8 @@
 //! - [`bridge`]: the upstream connection; it drains the upstream spool and
 //!   publishes what the upstream sends. It shares the pure SQL templates
 //!   with rules, never the engine: rules and bridge meet at the spool.
+//! - [`shadow`]: device shadows: the document (pure) and the service that
+//!   answers the reserved topics and the REST calls.
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`transport`]: TLS configuration and certificate generation.
 //! - [`http`]: the admin listener.

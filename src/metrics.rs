@@ -41,6 +41,8 @@ label_enum!(
         SlowConsumer => "slow_consumer",
         /// A QoS 0 message met a full rules engine queue.
         RulesBusy => "rules_busy",
+        /// A QoS 0 shadow request met a full shadow service queue.
+        ShadowsBusy => "shadows_busy",
     }
 );
 
@@ -111,6 +113,24 @@ label_enum!(
         Receive => "receive",
     }
 );
+
+label_enum!(
+    /// What a shadow request asked, over MQTT or HTTP.
+    ShadowOp {
+        /// Get a shadow.
+        Get => "get",
+        /// Update a shadow.
+        Update => "update",
+        /// Delete a shadow.
+        Delete => "delete",
+        /// List a thing's named shadows.
+        List => "list",
+    }
+);
+
+/// The HTTP status codes a shadow request is refused with (spec
+/// aws-iot-shadow-rules.md §1.4); anything else counts as 500.
+const SHADOW_CODES: [&str; 8] = ["400", "403", "404", "409", "413", "415", "429", "500"];
 
 /// Packet type names by MQTT control packet type number.
 const PACKET_TYPES: [&str; 16] = [
@@ -228,6 +248,14 @@ pub struct Metrics {
     pub upstream_received: Counter,
     /// `edgegate_upstream_failed_total`: messages dropped either way (refused, expired, unmapped).
     pub upstream_failed: Counter,
+    /// `edgegate_shadow_requests_total{op,result}`: accepted then rejected, per [`ShadowOp`].
+    shadow_requests: Vec<[Counter; 2]>,
+    /// `edgegate_shadow_rejections_total{code}`.
+    shadow_rejections: Family,
+    /// `edgegate_shadow_documents`: shadows that exist.
+    pub shadow_documents: Gauge,
+    /// `edgegate_shadow_bytes`: bytes of shadow state held.
+    pub shadow_bytes: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -427,8 +455,54 @@ impl Metrics {
                 "edgegate_upstream_failed_total",
                 "Messages dropped on the way up or down (refused, expired, unmapped).",
             ),
+            shadow_requests: {
+                r.describe_counter(
+                    "edgegate_shadow_requests_total".into(),
+                    None,
+                    "Device shadow requests (MQTT and HTTP), by operation and result.".into(),
+                );
+                ShadowOp::ALL
+                    .iter()
+                    .map(|op| {
+                        ["accepted", "rejected"].map(|result| {
+                            let key = Key::from_parts(
+                                "edgegate_shadow_requests_total",
+                                vec![
+                                    Label::from_static_parts("op", op.label()),
+                                    Label::from_static_parts("result", result),
+                                ],
+                            );
+                            r.register_counter(&key, &META)
+                        })
+                    })
+                    .collect()
+            },
+            shadow_rejections: family(
+                "edgegate_shadow_rejections_total",
+                "Device shadow requests refused, by the HTTP status code AWS IoT gives.",
+                "code",
+                &SHADOW_CODES,
+            ),
+            shadow_documents: gauge("edgegate_shadow_documents", "Device shadows that exist."),
+            shadow_bytes: gauge(
+                "edgegate_shadow_bytes",
+                "Bytes of device shadow state (desired and reported) held.",
+            ),
             handle,
             recorder,
+        }
+    }
+
+    /// Counts a shadow request; a refusal also by its status `code`.
+    pub fn shadow_request(&self, op: ShadowOp, refused: Option<u16>) {
+        self.shadow_requests[op as usize][usize::from(refused.is_some())].increment(1);
+        if let Some(code) = refused {
+            let code = code.to_string();
+            let i = SHADOW_CODES
+                .iter()
+                .position(|c| *c == code)
+                .unwrap_or(SHADOW_CODES.len() - 1);
+            self.shadow_rejections.get(i).increment(1);
         }
     }
 

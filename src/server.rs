@@ -183,6 +183,7 @@ impl Server {
             limits,
         ));
         let spools = std::mem::take(&mut snapshot.spools);
+        let shadows = std::mem::take(&mut snapshot.shadows);
         sessions.restore(snapshot);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -211,6 +212,21 @@ impl Server {
             spools,
             upstream.clone(),
         )?;
+        let shadows = crate::shadow::service::start(
+            router.clone(),
+            store.clone(),
+            metrics.clone(),
+            crate::shadow::service::Settings {
+                limits: crate::shadow::document::Limits {
+                    max_state_bytes: config.limits.shadow_max_bytes,
+                    max_depth: config.limits.shadow_max_depth,
+                },
+                max_named_per_thing: config.limits.max_named_shadows_per_thing,
+            },
+            shadows,
+            shutdown.clone(),
+            &tracker,
+        );
         let bridge = match (&config.upstream, upstream) {
             (Some(u), Some(spool)) => Some(crate::bridge::start(
                 u,
@@ -238,6 +254,12 @@ impl Server {
                 reload_rules(&engine, &metrics, &file, &mut current.lock());
             });
         }
+        let data = crate::http::data::DataPlane {
+            shadows,
+            router: router.clone(),
+            topic_limits: config.limits.topics(),
+            max_payload: config.limits.max_payload_bytes,
+        };
         let shared = Arc::new(Shared {
             config: config.clone(),
             router,
@@ -310,6 +332,7 @@ impl Server {
                     region: config.aws.region.clone(),
                     account: config.aws.account_id.clone(),
                     upstream: bridge,
+                    data,
                 });
                 let token = shutdown.clone();
                 tracker.spawn(async move {

@@ -14,7 +14,8 @@
 //!
 //! Tables: `retained` (topic → record), `sessions` (client id → record) and
 //! `queue` ((client id, sequence) → record), so a session's messages are one
-//! ordered range.
+//! ordered range; `registry`, `spool`, and `shadows` (thing and shadow name →
+//! document, kept after a delete so that versions never go back).
 
 use crate::metrics::Metrics;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -28,6 +29,7 @@ const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("session
 const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
 const REGISTRY: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("registry");
 const SPOOL: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("spool");
+const SHADOWS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("shadows");
 
 /// Batches waiting for the writer. Past it, durable writes are refused
 /// (`StoreError::Busy`); tidying writes are still queued, in order, since
@@ -101,6 +103,8 @@ pub enum Op {
     PutSpool(Arc<str>, u64, Arc<[u8]>),
     /// Remove a delivered (or given up) record from a spool.
     DelSpool(Arc<str>, u64),
+    /// Store or replace a device shadow (its key names thing and shadow).
+    PutShadow(String, Vec<u8>),
 }
 
 /// Resolves when a batch is durable.
@@ -128,6 +132,8 @@ pub struct Snapshot {
     pub registry: Vec<(String, Vec<u8>)>,
     /// Spool records: (spool, sequence, record), in order.
     pub spools: Vec<(String, u64, Vec<u8>)>,
+    /// Device shadows by key.
+    pub shadows: Vec<(String, Vec<u8>)>,
 }
 
 /// One persistent session as stored.
@@ -202,6 +208,7 @@ impl Store {
             txn.open_table(QUEUE).map_err(txn_err)?;
             txn.open_table(REGISTRY).map_err(txn_err)?;
             txn.open_table(SPOOL).map_err(txn_err)?;
+            txn.open_table(SHADOWS).map_err(txn_err)?;
             txn.commit().map_err(txn_err)?;
         }
         let snapshot = snapshot(&db)?;
@@ -277,6 +284,12 @@ fn snapshot(db: &Database) -> Result<Snapshot, StoreError> {
     for row in registry.iter().map_err(txn_err)? {
         let (k, v) = row.map_err(txn_err)?;
         snap.registry
+            .push((k.value().to_owned(), v.value().to_vec()));
+    }
+    let shadows = txn.open_table(SHADOWS).map_err(txn_err)?;
+    for row in shadows.iter().map_err(txn_err)? {
+        let (k, v) = row.map_err(txn_err)?;
+        snap.shadows
             .push((k.value().to_owned(), v.value().to_vec()));
     }
     let sessions = txn.open_table(SESSIONS).map_err(txn_err)?;
@@ -378,6 +391,7 @@ fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> 
         let mut queue = txn.open_table(QUEUE).map_err(txn_err)?;
         let mut registry = txn.open_table(REGISTRY).map_err(txn_err)?;
         let mut spool = txn.open_table(SPOOL).map_err(txn_err)?;
+        let mut shadows = txn.open_table(SHADOWS).map_err(txn_err)?;
         for op in group.iter().flat_map(|b| &b.ops) {
             match op {
                 Op::PutRetained(topic, rec) => {
@@ -417,6 +431,11 @@ fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> 
                 }
                 Op::DelSpool(name, seq) => {
                     spool.remove((&**name, *seq)).map_err(txn_err)?;
+                }
+                Op::PutShadow(key, rec) => {
+                    shadows
+                        .insert(key.as_str(), rec.as_slice())
+                        .map_err(txn_err)?;
                 }
             }
         }

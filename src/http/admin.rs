@@ -1,5 +1,5 @@
-//! The admin listener: Prometheus metrics, a health check, and the
-//! AWS-shaped control plane for certificates and things.
+//! The admin listener: Prometheus metrics, a health check, the AWS-shaped
+//! control plane for certificates and things, and the `iot-data` API.
 //!
 //! `/metrics` and `/healthz` are read-only and open (the listener is on
 //! loopback by default). Everything else is the `iot` control plane in
@@ -8,6 +8,7 @@
 //! there is no unauthenticated write path, and with no key configured the
 //! control plane refuses everything.
 
+use super::aws::{AwsError, json_body, ok, percent_decode, query_param};
 use super::sigv4;
 use crate::metrics::Metrics;
 use crate::registry::{CertStatus, ClientIdentity, Registry, RegistryError};
@@ -57,6 +58,8 @@ pub struct AdminState {
     pub account: String,
     /// The upstream link, for `/healthz`.
     pub upstream: Option<Arc<crate::bridge::Status>>,
+    /// The `iot-data` API.
+    pub data: super::data::DataPlane,
 }
 
 /// The admin routes.
@@ -95,47 +98,6 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     )
 }
 
-/// An error in AWS's shape: status, `x-amzn-ErrorType`, and `__type` in the body.
-struct AwsError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-}
-
-impl AwsError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// AWS's answer to a request it cannot act on as written.
-    fn invalid_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
-    }
-
-    /// AWS's answer for a resource that does not exist.
-    fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
-    }
-}
-
-impl IntoResponse for AwsError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            [
-                ("x-amzn-ErrorType", self.kind),
-                (header::CONTENT_TYPE.as_str(), "application/json"),
-            ],
-            json!({"__type": self.kind, "message": self.message}).to_string(),
-        )
-            .into_response()
-    }
-}
-
 impl From<RegistryError> for AwsError {
     fn from(e: RegistryError) -> Self {
         match e {
@@ -152,14 +114,6 @@ impl From<RegistryError> for AwsError {
     }
 }
 
-fn ok(body: Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
 async fn control_plane(State(state): State<Arc<AdminState>>, req: Request) -> Response {
     match handle(&state, req).await {
         Ok(r) => r,
@@ -169,7 +123,9 @@ async fn control_plane(State(state): State<Arc<AdminState>>, req: Request) -> Re
 
 async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> {
     let (parts, body) = req.into_parts();
-    let body: Bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+    // A Publish body is a message payload, which may be larger.
+    let limit = MAX_BODY.max(state.data.max_payload);
+    let body: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         AwsError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "InvalidRequestException",
@@ -185,6 +141,23 @@ async fn handle(state: &AdminState, req: Request) -> Result<Response, AwsError> 
         .map(percent_decode)
         .collect();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let principal = state
+        .credentials
+        .as_ref()
+        .map_or("", |c| c.access_key_id.as_str());
+    if let Some(answer) = super::data::handle(
+        &state.data,
+        &parts.method,
+        &seg,
+        query,
+        &parts.headers,
+        body.clone(),
+        principal,
+    )
+    .await
+    {
+        return answer;
+    }
     let registry = &state.registry;
     match (&parts.method, seg.as_slice()) {
         (&Method::GET, ["certificates"]) => {
@@ -407,45 +380,9 @@ fn authenticate(
     })
 }
 
-fn json_body(body: &[u8]) -> Result<Value, AwsError> {
-    serde_json::from_slice(body).map_err(|e| AwsError::invalid_request(format!("body: {e}")))
-}
-
 /// The certificate id in a `...:cert/<id>` ARN.
 fn cert_id_of(arn: &str) -> Result<String, AwsError> {
     arn.rsplit_once(":cert/")
         .map(|(_, id)| id.to_owned())
         .ok_or_else(|| AwsError::invalid_request(format!("`{arn}` is not a certificate ARN")))
-}
-
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| percent_decode(v))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(v) => {
-                out.push(v);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

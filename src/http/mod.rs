@@ -1,4 +1,6 @@
 //! HTTP servers of the gateway.
 
 pub mod admin;
+pub mod aws;
+pub mod data;
 pub mod sigv4;

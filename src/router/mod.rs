@@ -468,9 +468,10 @@ pub struct Router {
     store: Store,
     metrics: Arc<Metrics>,
     tap: Tap,
+    shadows: Tap,
 }
 
-/// A published message offered to the rules engine.
+/// A published message offered to the rules engine or the shadow service.
 #[derive(Debug)]
 pub struct Tapped {
     /// The message.
@@ -531,9 +532,9 @@ impl FilterIndex {
     }
 }
 
-/// The bounded queue from publishers to the rules engine, which evaluates
-/// outside connection tasks. Only topics some rule's FROM filter matches
-/// are offered.
+/// The bounded queue from publishers to an internal client that works
+/// outside connection tasks: the rules engine (topics some rule's FROM
+/// filter matches) or the shadow service (its request topics).
 #[derive(Debug)]
 pub struct Tap {
     filters: ArcSwap<FilterIndex>,
@@ -670,12 +671,42 @@ impl Router {
             store,
             metrics,
             tap: Tap::new(),
+            shadows: Tap::new(),
         }
     }
 
     /// The rules engine's queue.
     pub fn tap(&self) -> &Tap {
         &self.tap
+    }
+
+    /// The shadow service's queue: requests on its reserved topics.
+    pub fn shadow_tap(&self) -> &Tap {
+        &self.shadows
+    }
+
+    /// Whether `tap` is to be offered this message: a QoS 1/2 message it has
+    /// no room for refuses the publish before anything changes, a QoS 0 one
+    /// is dropped for it. Concurrent publishers may each take the last slot,
+    /// so a queue can exceed its bound by one message per publishing thread.
+    fn offers(
+        &self,
+        tap: &Tap,
+        msg: &Message,
+        name: &str,
+        busy: DropReason,
+    ) -> Result<bool, StoreError> {
+        if !tap.wants(msg.topic.as_str()) {
+            return Ok(false);
+        }
+        if tap.has_room() {
+            return Ok(true);
+        }
+        if msg.qos != QoS::AtMostOnce {
+            return Err(StoreError::Full(name.into()));
+        }
+        self.metrics.count_drop(busy);
+        Ok(false)
     }
 
     /// Adds or replaces a subscription; returns true if it is new.
@@ -722,21 +753,25 @@ impl Router {
     /// changes and the error is returned.
     pub fn publish(&self, msg: &Arc<Message>, now: Instant) -> Result<Routed, StoreError> {
         let topic = msg.topic.as_str();
-        // Decide on the rules engine first: a QoS 1/2 publish its queue has
-        // no room for is refused before anything changes. (A spool that
+        // Decide on the internal clients first, so that one without room
+        // refuses the publish before anything changes. (A spool that
         // refuses the rule output later refuses the publish through its
         // commit, after subscribers may have it: the publisher sends it
-        // again, and duplicates are allowed where loss is not.) Concurrent
-        // publishers may each take the last slot, so the queue can exceed
-        // its bound by at most one message per publishing thread.
-        let mut tapped = self.tap.wants(topic);
-        if tapped && !self.tap.has_room() {
-            if msg.qos != QoS::AtMostOnce {
-                return Err(StoreError::Full("the rules engine queue".into()));
-            }
-            self.metrics.count_drop(DropReason::RulesBusy);
-            tapped = false;
-        }
+        // again, and duplicates are allowed where loss is not.) Only `$`
+        // topics can be shadow requests, so other publishes skip that look-up.
+        let ruled = self.offers(
+            &self.tap,
+            msg,
+            "the rules engine queue",
+            DropReason::RulesBusy,
+        )?;
+        let shadowed = topic.starts_with('$')
+            && self.offers(
+                &self.shadows,
+                msg,
+                "the shadow service queue",
+                DropReason::ShadowsBusy,
+            )?;
         let mut retained = msg.retain.then(|| self.retained.write());
         let mut ops = Vec::new();
         if retained.is_some() {
@@ -808,7 +843,13 @@ impl Router {
                     (Pushed::Dropped(_), _) => {}
                 }
             }
-            if tapped {
+            // Each internal client waits for what came before it (the
+            // publish's own writes, then the other client) and the
+            // acknowledgement waits for the last.
+            for (tap, offered) in [(&self.tap, ruled), (&self.shadows, shadowed)] {
+                if !offered {
+                    continue;
+                }
                 matched += 1;
                 let mut t = Tapped {
                     msg: msg.clone(),
@@ -820,7 +861,7 @@ impl Router {
                     t.durable = commit.replace(rx);
                     t.done = Some(tx);
                 }
-                self.tap.push(t);
+                tap.push(t);
             }
             Ok(Routed {
                 matched,

@@ -1201,9 +1201,16 @@ impl Conn {
             });
             Some((reason::TOPIC_NAME_INVALID, "topic too long or too deep"))
         } else if topic.starts_with("$aws/events/") {
+            metrics.denied(crate::metrics::AuthzAction::Publish);
             Some((
                 reason::NOT_AUTHORIZED,
                 "clients may not publish lifecycle events",
+            ))
+        } else if crate::shadow::is_response_topic(topic) {
+            metrics.denied(crate::metrics::AuthzAction::Publish);
+            Some((
+                reason::NOT_AUTHORIZED,
+                "clients may not publish shadow responses",
             ))
         } else if p.retain && topic::is_reserved(topic) {
             Some((reason::RETAIN_NOT_SUPPORTED, "retain on a reserved topic"))
@@ -1669,8 +1676,5 @@ fn assigned_client_id() -> String {
 }
 
 fn topic_limits(cfg: &Config) -> topic::Limits {
-    topic::Limits {
-        max_len: cfg.limits.max_topic_bytes,
-        max_slashes: cfg.limits.max_topic_slashes,
-    }
+    cfg.limits.topics()
 }

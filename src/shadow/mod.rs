@@ -4,6 +4,7 @@
 //! internal client of the router. This file names shadows and their topics.
 
 pub mod document;
+pub mod service;
 
 /// The name of the classic (unnamed) shadow.
 pub const CLASSIC: &str = "";

@@ -442,8 +442,17 @@ impl V5 {
         id: &str,
         tweak: impl FnOnce(&mut rumqttc::v5::MqttOptions),
     ) -> Self {
+        Self::connect_to(t, t.addr().port(), id, tweak).await
+    }
+
+    pub async fn connect_to(
+        t: &TestServer,
+        port: u16,
+        id: &str,
+        tweak: impl FnOnce(&mut rumqttc::v5::MqttOptions),
+    ) -> Self {
         let pem = t.device(id);
-        let mut opts = rumqttc::v5::MqttOptions::new(id, "localhost", t.addr().port());
+        let mut opts = rumqttc::v5::MqttOptions::new(id, "localhost", port);
         opts.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&pem))),
         ));

@@ -1,0 +1,98 @@
+//! What every AWS-shaped API of the gateway shares: errors in AWS's
+//! REST-JSON shape, and reading paths and query strings as botocore
+//! writes them.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// An error in AWS's shape: status, `x-amzn-ErrorType`, and `__type` in the body.
+pub struct AwsError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl AwsError {
+    /// An error of class `kind` (botocore's exception name) with `status`.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// AWS's answer to a request it cannot act on as written.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
+    }
+
+    /// AWS's answer for a resource that does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
+    }
+}
+
+impl IntoResponse for AwsError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [
+                ("x-amzn-ErrorType", self.kind),
+                (header::CONTENT_TYPE.as_str(), "application/json"),
+            ],
+            json!({"__type": self.kind, "message": self.message}).to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// A 200 answer with a JSON body.
+pub fn ok(body: Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The body as JSON, or AWS's answer to one that is not.
+pub fn json_body(body: &[u8]) -> Result<Value, AwsError> {
+    serde_json::from_slice(body).map_err(|e| AwsError::invalid_request(format!("body: {e}")))
+}
+
+/// The percent-decoded value of a query parameter.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
+}
+
+/// Decodes `%XX` escapes; botocore escapes every reserved character of a
+/// path label (a topic's `/` and `$` included), so split first, then decode.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(v) => {
+                out.push(v);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

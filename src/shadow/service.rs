@@ -1,0 +1,591 @@
+//! The shadow service: an internal client of the router, with its own task.
+//!
+//! - Intake: requests published on the reserved topics reach the service
+//!   through the router's shadow tap (bounded), REST calls through a
+//!   bounded channel ([`Handle`]); a full queue refuses a QoS 1 request's
+//!   publish (0x97) and a REST call (429).
+//! - One turn takes what is waiting, applies it in order to the shadows in
+//!   memory, writes every changed shadow in one store batch and waits for
+//!   the commit. Only then are responses published and calls answered, and
+//!   only then may a request's PUBACK go out: nothing is answered that a
+//!   crash could take back. If the commit fails, the turn's changes are
+//!   undone and every request in it is answered 500.
+//! - Responses are ordinary messages published by the gateway at QoS 1, so
+//!   subscribers need `iot:Receive`, and rules and the bridge see them as
+//!   on AWS. A response carries its request's republish count, so a rule
+//!   that answers a shadow response with another request is bounded.
+//! - Every shadow is held in memory (the store is read once, at start), so
+//!   a REST read never waits for the disk.
+
+use super::document::{self, ErrorKind, Limits, Shadow, ShadowError};
+use super::{Op, ShadowId};
+use crate::codec::{PublishProperties, QoS};
+use crate::metrics::{Metrics, ShadowOp};
+use crate::router::{Message, Origin, Router, Tapped};
+use crate::spool::Throttle;
+use crate::store::{Commit, Op as StoreOp, Store, StoreError};
+use bytes::Bytes;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Requests taken per turn, from each of the two queues.
+const TURN: usize = 256;
+
+/// REST calls waiting for the service.
+const CALLS: usize = 1024;
+
+/// Page size of ListNamedShadowsForThing when the caller gives none.
+const DEFAULT_PAGE: usize = 25;
+
+/// What bounds the shadows.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Size and depth of a document.
+    pub limits: Limits,
+    /// Named shadows one thing may have.
+    pub max_named_per_thing: usize,
+}
+
+/// A REST call on a shadow.
+#[derive(Debug)]
+pub enum Call {
+    /// GetThingShadow.
+    Get(ShadowId),
+    /// UpdateThingShadow, with the request document.
+    Update(ShadowId, Bytes),
+    /// DeleteThingShadow.
+    Delete(ShadowId),
+    /// ListNamedShadowsForThing.
+    List {
+        /// The thing.
+        thing: String,
+        /// Names per page (1 to 100).
+        page_size: Option<usize>,
+        /// Where the previous page ended.
+        next_token: Option<String>,
+    },
+}
+
+impl Call {
+    fn op(&self) -> ShadowOp {
+        match self {
+            Self::Get(_) => ShadowOp::Get,
+            Self::Update(..) => ShadowOp::Update,
+            Self::Delete(_) => ShadowOp::Delete,
+            Self::List { .. } => ShadowOp::List,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<u8>, ShadowError>>;
+
+/// The way in for REST calls; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<(Call, Reply)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Handle {
+    /// Asks the service and waits for its answer: the response body, or
+    /// AWS's error.
+    pub async fn call(&self, call: Call) -> Result<Vec<u8>, ShadowError> {
+        let op = call.op();
+        let (reply, answer) = oneshot::channel();
+        let sent = self.tx.try_send((call, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ShadowError::new(ErrorKind::Throttled, "Rate exceeded")
+            }
+            mpsc::error::TrySendError::Closed(_) => internal(),
+        });
+        if let Err(e) = sent {
+            self.metrics.shadow_request(op, Some(e.kind.code()));
+            return Err(e);
+        }
+        answer.await.unwrap_or_else(|_| Err(internal()))
+    }
+}
+
+fn internal() -> ShadowError {
+    ShadowError::new(ErrorKind::Internal, "Internal service failure")
+}
+
+/// Starts the service on the shadows read from the store.
+pub fn start(
+    router: Arc<Router>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    restored: Vec<(String, Vec<u8>)>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Handle {
+    let mut shadows = BTreeMap::new();
+    for (key, record) in restored {
+        match (ShadowId::from_key(&key), Shadow::from_record(&record)) {
+            (Some(id), Some(s)) => {
+                shadows.insert(id, s);
+            }
+            _ => tracing::error!(key = %key.replace('\0', "/"), "unreadable shadow record skipped"),
+        }
+    }
+    router
+        .shadow_tap()
+        .set_filters(Arc::new(crate::router::FilterIndex::new(
+            super::REQUEST_FILTERS.iter().copied().enumerate(),
+        )));
+    let (tx, rx) = mpsc::channel(CALLS);
+    let service = Service {
+        shadows,
+        router,
+        store,
+        metrics: metrics.clone(),
+        settings,
+        warn: Throttle::default(),
+        count: 0,
+        bytes: 0,
+    };
+    let mut service = service;
+    for s in service.shadows.values() {
+        if s.exists {
+            service.count += 1;
+            service.bytes += s.state_bytes();
+        }
+    }
+    service.gauges();
+    tracker.spawn(service.run(rx, shutdown));
+    Handle { tx, metrics }
+}
+
+struct Service {
+    shadows: BTreeMap<ShadowId, Shadow>,
+    router: Arc<Router>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    warn: Throttle,
+    /// Shadows that exist, and the bytes of their state, for the gauges.
+    count: usize,
+    bytes: usize,
+}
+
+/// Where a request came from, and so how it is answered.
+enum Source {
+    /// A publish: answered on `.../accepted` or `.../rejected`; its
+    /// acknowledgement waits for `done`.
+    Mqtt {
+        durable: Option<Commit>,
+        done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+        hops: u8,
+    },
+    /// A REST call: answered with the body or the error, never on `/rejected`.
+    Rest(Reply),
+}
+
+/// One request's answer, held until the turn's writes are durable.
+struct Answer {
+    from: Source,
+    op: ShadowOp,
+    /// The response topic prefix (`P/<op>`), if the request named a shadow.
+    topic: String,
+    client_token: Option<String>,
+    result: Result<Done, ShadowError>,
+}
+
+/// What an accepted request returns and publishes.
+struct Done {
+    body: Vec<u8>,
+    /// Published before `accepted` (`update/delta`, `update/documents`), as
+    /// AWS's own local service does, so a client that sees `accepted` has
+    /// them queued already.
+    before: Vec<(String, Vec<u8>)>,
+    /// Whether `P/<op>/accepted` is published (not for REST reads).
+    publish: bool,
+}
+
+impl Service {
+    async fn run(mut self, mut calls: mpsc::Receiver<(Call, Reply)>, shutdown: CancellationToken) {
+        let router = self.router.clone();
+        let tap = router.shadow_tap();
+        let mut tapped = Vec::with_capacity(TURN);
+        let mut rest = Vec::with_capacity(TURN);
+        loop {
+            tap.take(&mut tapped, TURN);
+            while rest.len() < TURN {
+                match calls.try_recv() {
+                    Ok(c) => rest.push(c),
+                    Err(_) => break,
+                }
+            }
+            if tapped.is_empty() && rest.is_empty() {
+                tokio::select! {
+                    _ = tap.offered() => continue,
+                    c = calls.recv() => match c {
+                        Some(c) => rest.push(c),
+                        None => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            self.turn(&mut tapped, &mut rest).await;
+        }
+    }
+
+    async fn turn(&mut self, tapped: &mut Vec<Tapped>, calls: &mut Vec<(Call, Reply)>) {
+        let now = unix_secs();
+        let mut ops = Vec::new();
+        // The first state of every shadow this turn changes, to undo it.
+        let mut undo: BTreeMap<ShadowId, Option<Shadow>> = BTreeMap::new();
+        let mut answers = Vec::with_capacity(tapped.len() + calls.len());
+        for t in tapped.drain(..) {
+            let from = Source::Mqtt {
+                durable: t.durable,
+                done: t.done,
+                hops: t.msg.origin.hops,
+            };
+            let topic = t.msg.topic.as_str();
+            let Some((id, op)) = super::parse_request(topic) else {
+                // The filters matched but a name is not one AWS allows.
+                answers.push(Answer {
+                    from,
+                    op: ShadowOp::Update,
+                    topic: topic.to_owned(),
+                    client_token: document::client_token(&t.msg.payload),
+                    result: Err(ShadowError::new(
+                        ErrorKind::InvalidRequest,
+                        "Invalid thing name or shadow name",
+                    )),
+                });
+                continue;
+            };
+            let call = match op {
+                Op::Get => Call::Get(id),
+                Op::Update => Call::Update(id, t.msg.payload.clone()),
+                Op::Delete => Call::Delete(id),
+            };
+            answers.push(self.apply(call, from, &t.msg.payload, now, &mut ops, &mut undo));
+        }
+        for (call, reply) in calls.drain(..) {
+            answers.push(self.apply(call, Source::Rest(reply), &[], now, &mut ops, &mut undo));
+        }
+        if !ops.is_empty() {
+            let committed = match self.store.try_submit(ops) {
+                Ok(commit) => commit.await.unwrap_or(Err(Arc::new(StoreError::Closed))),
+                Err(e) => Err(Arc::new(e)),
+            };
+            if let Err(e) = committed {
+                if self.warn.allow() {
+                    tracing::error!(error = %e, "shadow changes not stored; their requests are answered 500");
+                }
+                for (id, before) in undo {
+                    self.put(id, before);
+                }
+                for a in &mut answers {
+                    a.result = Err(internal());
+                }
+            }
+            self.gauges();
+        }
+        for a in answers {
+            self.answer(a, now).await;
+        }
+    }
+
+    /// Works out one request against the shadows in memory, queueing the
+    /// store write it makes.
+    fn apply(
+        &mut self,
+        call: Call,
+        from: Source,
+        payload: &[u8],
+        now: u64,
+        ops: &mut Vec<StoreOp>,
+        undo: &mut BTreeMap<ShadowId, Option<Shadow>>,
+    ) -> Answer {
+        let op = call.op();
+        let rest = matches!(from, Source::Rest(_));
+        let mut client_token = None;
+        let (topic, result) = match call {
+            Call::Get(id) => {
+                client_token = document::client_token(payload);
+                let body = self
+                    .shadows
+                    .get(&id)
+                    .and_then(|s| s.get(client_token.as_deref(), now))
+                    .ok_or_else(|| ShadowError::no_shadow(id.display_name()));
+                let topic = format!("{}/get", id.prefix());
+                (
+                    topic,
+                    body.map(|body| Done {
+                        body,
+                        before: Vec::new(),
+                        publish: !rest,
+                    }),
+                )
+            }
+            Call::Delete(id) => {
+                client_token = document::client_token(payload);
+                let topic = format!("{}/delete", id.prefix());
+                let result = match self
+                    .shadows
+                    .get(&id)
+                    .and_then(|s| s.delete(client_token.as_deref(), now))
+                {
+                    None => Err(ShadowError::no_shadow(id.display_name())),
+                    Some((tombstone, body)) => {
+                        self.write(id, tombstone, ops, undo);
+                        Ok(Done {
+                            body,
+                            before: Vec::new(),
+                            publish: true,
+                        })
+                    }
+                };
+                (topic, result)
+            }
+            Call::Update(id, body) => {
+                let topic = format!("{}/update", id.prefix());
+                let result = match document::parse_update(&body, &self.settings.limits) {
+                    Err(r) => {
+                        client_token = r.client_token;
+                        Err(r.error)
+                    }
+                    Ok(update) => {
+                        client_token.clone_from(&update.client_token);
+                        self.update(&id, &update, now).map(|u| {
+                            let prefix = id.prefix();
+                            let mut before = Vec::with_capacity(2);
+                            if let Some(delta) = u.delta {
+                                before.push((format!("{prefix}/update/delta"), delta));
+                            }
+                            before.push((format!("{prefix}/update/documents"), u.documents));
+                            self.write(id, u.shadow, ops, undo);
+                            Done {
+                                body: u.accepted,
+                                before,
+                                publish: true,
+                            }
+                        })
+                    }
+                };
+                (topic, result)
+            }
+            Call::List {
+                thing,
+                page_size,
+                next_token,
+            } => (
+                String::new(),
+                self.list(&thing, page_size, next_token.as_deref(), now),
+            ),
+        };
+        Answer {
+            from,
+            op,
+            topic,
+            client_token,
+            result,
+        }
+    }
+
+    fn update(
+        &self,
+        id: &ShadowId,
+        update: &document::Update,
+        now: u64,
+    ) -> Result<document::Updated, ShadowError> {
+        let current = self.shadows.get(id);
+        let exists = current.is_some_and(|s| s.exists);
+        if !exists && !id.is_classic() {
+            let named = self.named(&id.thing).count();
+            if named >= self.settings.max_named_per_thing {
+                return Err(ShadowError::new(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "Thing {} already has the most named shadows allowed ({named})",
+                        id.thing
+                    ),
+                ));
+            }
+        }
+        current
+            .cloned()
+            .unwrap_or_default()
+            .update(update, now, &self.settings.limits)
+    }
+
+    /// The names of the thing's named shadows that exist, in order.
+    fn named<'a>(&'a self, thing: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let from = ShadowId {
+            thing: thing.to_owned(),
+            name: String::new(),
+        };
+        self.shadows
+            .range(from..)
+            .take_while(move |(id, _)| id.thing == thing)
+            .filter(|(id, s)| s.exists && !id.is_classic())
+            .map(|(id, _)| id.name.as_str())
+    }
+
+    fn list(
+        &self,
+        thing: &str,
+        page_size: Option<usize>,
+        after: Option<&str>,
+        now: u64,
+    ) -> Result<Done, ShadowError> {
+        let size = page_size.unwrap_or(DEFAULT_PAGE);
+        if !(1..=100).contains(&size) {
+            return Err(ShadowError::new(
+                ErrorKind::InvalidRequest,
+                "pageSize must be between 1 and 100",
+            ));
+        }
+        let mut names = self.named(thing).filter(|n| after.is_none_or(|a| *n > a));
+        let page: Vec<&str> = names.by_ref().take(size).collect();
+        let mut body = json!({ "results": page, "timestamp": now });
+        if names.next().is_some()
+            && let Some(last) = page.last()
+        {
+            body["nextToken"] = (*last).into();
+        }
+        Ok(Done {
+            body: body.to_string().into_bytes(),
+            before: Vec::new(),
+            publish: false,
+        })
+    }
+
+    fn write(
+        &mut self,
+        id: ShadowId,
+        shadow: Shadow,
+        ops: &mut Vec<StoreOp>,
+        undo: &mut BTreeMap<ShadowId, Option<Shadow>>,
+    ) {
+        ops.push(StoreOp::PutShadow(id.key(), shadow.to_record()));
+        let before = self.put(id.clone(), Some(shadow));
+        undo.entry(id).or_insert(before);
+    }
+
+    /// Sets (or removes) a shadow in memory, keeping the gauges' figures.
+    fn put(&mut self, id: ShadowId, shadow: Option<Shadow>) -> Option<Shadow> {
+        let size = |s: &Shadow| {
+            if s.exists {
+                (1, s.state_bytes())
+            } else {
+                (0, 0)
+            }
+        };
+        if let Some((n, b)) = shadow.as_ref().map(size) {
+            self.count += n;
+            self.bytes += b;
+        }
+        let before = match shadow {
+            Some(s) => self.shadows.insert(id, s),
+            None => self.shadows.remove(&id),
+        };
+        if let Some((n, b)) = before.as_ref().map(size) {
+            self.count -= n;
+            self.bytes -= b;
+        }
+        before
+    }
+
+    async fn answer(&self, a: Answer, now: u64) {
+        self.metrics
+            .shadow_request(a.op, a.result.as_ref().err().map(|e| e.kind.code()));
+        if let Err(e) = &a.result
+            && self.warn.allow()
+        {
+            tracing::info!(request = %a.topic, code = e.kind.code(), error = %e, "shadow request rejected");
+        }
+        let hops = match &a.from {
+            Source::Mqtt { hops, .. } => *hops,
+            Source::Rest(_) => 0,
+        };
+        match &a.result {
+            Ok(done) => {
+                for (topic, body) in &done.before {
+                    self.publish(topic, body, hops);
+                }
+                if done.publish {
+                    self.publish(&format!("{}/accepted", a.topic), &done.body, hops);
+                }
+            }
+            Err(e) if matches!(a.from, Source::Mqtt { .. }) => {
+                self.publish(
+                    &format!("{}/rejected", a.topic),
+                    &e.document(a.client_token.as_deref(), now),
+                    hops,
+                );
+            }
+            Err(_) => {}
+        }
+        match a.from {
+            Source::Rest(reply) => {
+                let _ = reply.send(a.result.map(|d| d.body));
+            }
+            Source::Mqtt { durable, done, .. } => {
+                let Some(done) = done else { return };
+                let stored = match durable {
+                    Some(c) => c.await.unwrap_or(Err(Arc::new(StoreError::Closed))),
+                    None => Ok(()),
+                };
+                // A request the service could not store is refused, so its
+                // publisher sends it again.
+                let stored = stored.and(match a.result {
+                    Err(e) if e.kind == ErrorKind::Internal => {
+                        Err(Arc::new(StoreError::Transaction(e.message)))
+                    }
+                    _ => Ok(()),
+                });
+                let _ = done.send(stored);
+            }
+        }
+    }
+
+    /// Publishes a response as the gateway; a failure (the store is full)
+    /// is logged, since the request itself is already durable.
+    fn publish(&self, topic: &str, body: &[u8], hops: u8) {
+        let origin = if hops == 0 {
+            Origin::gateway()
+        } else {
+            Arc::new(Origin {
+                hops,
+                ..Origin::default()
+            })
+        };
+        let msg = Arc::new(Message::new(
+            topic.into(),
+            Bytes::copy_from_slice(body),
+            QoS::AtLeastOnce,
+            false,
+            PublishProperties::default(),
+            Instant::now(),
+            origin,
+        ));
+        if let Err(e) = self.router.publish(&msg, Instant::now())
+            && self.warn.allow()
+        {
+            tracing::warn!(topic, error = %e, "shadow response not published");
+        }
+    }
+
+    fn gauges(&self) {
+        self.metrics.shadow_documents.set(self.count as f64);
+        self.metrics.shadow_bytes.set(self.bytes as f64);
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
