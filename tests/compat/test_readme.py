@@ -1,0 +1,64 @@
+"""The command lines README.md shows for device shadows, run as written
+against a gateway on its repository defaults (only the ports, the data
+directory and the admin secret are the test's)."""
+import json
+import os
+import re
+import shlex
+import subprocess
+
+from conftest import ADMIN_KEY, ADMIN_SECRET, ROOT
+
+WAIT = 10
+
+
+def readme_lines(prefix):
+    text = (ROOT / "README.md").read_text()
+    lines = [l.strip() for l in text.splitlines() if l.strip().startswith(prefix)]
+    assert lines, f"README.md shows no `{prefix}` line"
+    return lines
+
+
+def localized(line, gateway):
+    line = line.replace("-p 8883", f"-p {gateway.port}")
+    line = line.replace("127.0.0.1:9080", gateway.admin)
+    line = line.replace("data/certs/", f"{gateway.certs}/")
+    return line.replace("AKIDEDGEGATE:", f"{ADMIN_KEY}:")
+
+
+def run(line, gateway):
+    env = {**os.environ, "EDGEGATE_ADMIN_SECRET": ADMIN_SECRET}
+    # The README's lines are shell lines: let the shell expand the secret.
+    return subprocess.run(["bash", "-c", localized(line, gateway)], env=env,
+                          capture_output=True, text=True, timeout=WAIT + 5)
+
+
+def test_the_shadow_commands_of_the_readme(default_gateway):
+    gateway = default_gateway
+    update, get = readme_lines("mosquitto_rr")
+    done = run(update, gateway)
+    assert done.returncode == 0, done.stderr
+    accepted = json.loads(done.stdout)
+    assert accepted["state"] == {"reported": {"temp": 21}}
+    assert accepted["version"] == 1
+    done = run(get, gateway)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["state"]["reported"] == {"temp": 21} and got["version"] == 1
+
+    (curl,) = readme_lines("curl --aws-sigv4")
+    done = run(curl, gateway)
+    assert done.returncode == 0, done.stderr
+    accepted = json.loads(done.stdout)
+    assert accepted["state"] == {"desired": {"temp": 19}} and accepted["version"] == 2
+
+    (aws,) = readme_lines("aws iot-data")
+    cli = re.sub(r"^aws ", f"{shlex.quote(str(ROOT / 'tests/compat/.venv/bin/aws'))} ", aws)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ADMIN_KEY, "AWS_SECRET_ACCESS_KEY": ADMIN_SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run(["bash", "-c", localized(cli, gateway)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # The payload goes to /dev/stdout, before anything the CLI prints itself.
+    got, _ = json.JSONDecoder().raw_decode(done.stdout)
+    assert got["state"]["delta"] == {"temp": 19} and got["version"] == 2
