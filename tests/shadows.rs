@@ -602,6 +602,53 @@ async fn the_iot_data_api() {
     assert_eq!(status, 403);
     let (status, _) = iot_data(&admin, "POST", "/topics/a%2F%2B", "", &[], b"{}");
     assert_eq!(status, 400, "wildcards are not topic names");
+
+    // Retained messages: listed by topic in pages, read back with their payload.
+    for topic in ["keep%2Fb", "keep%2Fa"] {
+        let (status, _) = iot_data(
+            &admin,
+            "POST",
+            &format!("/topics/{topic}"),
+            "qos=1&retain=true",
+            &[],
+            b"kept",
+        );
+        assert_eq!(status, 200);
+    }
+    let (status, body) = iot_data(&admin, "GET", "/retainedMessage", "maxResults=1", &[], b"");
+    let page = json_of(&body);
+    assert_eq!(
+        (status, page["retainedTopics"][0]["topic"].as_str()),
+        (200, Some("keep/a"))
+    );
+    assert_eq!(page["retainedTopics"][0]["payloadSize"], 4);
+    let token = page["nextToken"].as_str().expect("a next page").to_owned();
+    let (_, body) = iot_data(
+        &admin,
+        "GET",
+        "/retainedMessage",
+        &format!("maxResults=1&nextToken={}", token.replace('/', "%2F")),
+        &[],
+        b"",
+    );
+    let page = json_of(&body);
+    assert_eq!(page["retainedTopics"][0]["topic"], "keep/b");
+    assert!(page.get("nextToken").is_none());
+    let (status, body) = iot_data(&admin, "GET", "/retainedMessage/keep%2Fa", "", &[], b"");
+    let got = json_of(&body);
+    assert_eq!(
+        (status, got["payload"].as_str(), got["qos"].as_u64()),
+        (200, Some("a2VwdA=="), Some(1))
+    );
+    assert!(
+        got["lastModifiedTime"]
+            .as_u64()
+            .is_some_and(|ms| ms > 1_600_000_000_000)
+    );
+    let (status, _) = iot_data(&admin, "POST", "/topics/keep%2Fa", "retain=true", &[], b"");
+    assert_eq!(status, 200);
+    let (status, _) = iot_data(&admin, "GET", "/retainedMessage/keep%2Fa", "", &[], b"");
+    assert_eq!(status, 404, "an empty retained publish clears it");
     child.kill().expect("kill");
     child.wait().expect("reaped");
 }

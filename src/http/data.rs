@@ -1,5 +1,5 @@
 //! The `iot-data` API in AWS's REST-JSON shapes (spec/aws-iot-shadow-rules.md
-//! §4): device shadows and Publish. The admin listener serves it to
+//! §4): device shadows, Publish and retained messages. The admin listener serves it to
 //! SigV4-signed operators, beside the control plane.
 //!
 //! Paths are matched on their raw segments, each decoded after the split:
@@ -9,7 +9,7 @@
 use super::aws::{AwsError, query_param};
 use crate::codec::{PublishProperties, QoS};
 use crate::router::{Message, Origin, Router};
-use crate::rules::sql::eval::base64_decode;
+use crate::rules::sql::eval::{base64_decode, base64_encode};
 use crate::shadow::ShadowId;
 use crate::shadow::document::ShadowError;
 use crate::shadow::service::{Call, Handle};
@@ -82,6 +82,8 @@ pub async fn handle(
         (&Method::POST, ["topics", topic]) => {
             return Some(publish(dp, topic, query, headers, body, principal).await);
         }
+        (&Method::GET, ["retainedMessage"]) => return Some(list_retained(dp, query)),
+        (&Method::GET, ["retainedMessage", topic]) => return Some(get_retained(dp, topic)),
         _ => return None,
     };
     Some(match call {
@@ -174,6 +176,67 @@ async fn publish(
     Ok(super::aws::ok(json!({"message": "OK"})))
 }
 
+/// ListRetainedMessages: topics in order, without payloads; `nextToken` is
+/// the last topic of the page.
+fn list_retained(dp: &DataPlane, query: &str) -> Result<Response, AwsError> {
+    let max = match query_param(query, "maxResults") {
+        None => 50,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| AwsError::invalid_request("maxResults must be between 1 and 200"))?,
+    };
+    let after = query_param(query, "nextToken");
+    let now = Instant::now();
+    let mut kept = dp
+        .router
+        .retained_messages()
+        .into_iter()
+        .filter(|k| after.as_deref().is_none_or(|a| k.msg.topic.as_str() > a))
+        .filter(|k| k.msg.remaining(now).is_some());
+    let page: Vec<Value> = kept
+        .by_ref()
+        .take(max)
+        .map(|k| {
+            json!({
+                "topic": k.msg.topic.as_str(),
+                "payloadSize": k.msg.payload.len(),
+                "qos": k.msg.qos as u8,
+                "lastModifiedTime": k.modified_ms,
+            })
+        })
+        .collect();
+    let mut body = json!({ "retainedTopics": page });
+    if kept.next().is_some()
+        && let Some(last) = page.last()
+    {
+        body["nextToken"] = last["topic"].clone();
+    }
+    Ok(super::aws::ok(body))
+}
+
+/// GetRetainedMessage: the payload and user properties travel as base64.
+fn get_retained(dp: &DataPlane, topic: &str) -> Result<Response, AwsError> {
+    let k = dp
+        .router
+        .retained_message(topic)
+        .filter(|k| k.msg.remaining(Instant::now()).is_some())
+        .ok_or_else(|| AwsError::not_found(format!("No retained message on topic {topic}")))?;
+    let mut body = json!({
+        "topic": topic,
+        "payload": base64_encode(&k.msg.payload),
+        "qos": k.msg.qos as u8,
+        "lastModifiedTime": k.modified_ms,
+    });
+    let props = &k.msg.properties.user_properties;
+    if !props.is_empty() {
+        let list: Vec<Value> = props.iter().map(|(key, v)| json!({ key: v })).collect();
+        body["userProperties"] = base64_encode(Value::Array(list).to_string().as_bytes()).into();
+    }
+    Ok(super::aws::ok(body))
+}
+
 fn unavailable(e: impl std::fmt::Display) -> AwsError {
     AwsError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -246,7 +309,6 @@ fn user_properties(header: &str) -> Option<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::sql::eval::base64_encode;
 
     #[test]
     fn user_properties_are_read_as_botocore_sends_them() {

@@ -460,11 +460,48 @@ pub struct Routed {
     pub pressure: Option<Arc<Mailbox>>,
 }
 
+/// A retained message and when it was set (ms since the epoch), which
+/// `GetRetainedMessage` reports.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// When it was retained.
+    pub modified_ms: u64,
+}
+
+/// Marks a retained record that begins with the time it was set. Older
+/// records begin with an expiry in milliseconds, whose first byte is 0
+/// until the year 2540.
+const RETAINED_TIMED: u8 = 0xFF;
+
+/// The stored form of a retained message: the marker, when it was set,
+/// then the message's record.
+fn retained_record(modified_ms: u64, record: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(9 + record.len());
+    r.push(RETAINED_TIMED);
+    r.extend_from_slice(&modified_ms.to_be_bytes());
+    r.extend_from_slice(record);
+    r
+}
+
+/// Splits a stored retained record into when it was set (unknown for
+/// records stored before that was kept) and the message's record.
+pub fn read_retained_record(r: &[u8]) -> (Option<u64>, &[u8]) {
+    match r.split_first() {
+        Some((&RETAINED_TIMED, rest)) => match rest.split_first_chunk::<8>() {
+            Some((ms, record)) => (Some(u64::from_be_bytes(*ms)), record),
+            None => (None, &[]),
+        },
+        _ => (None, r),
+    }
+}
+
 /// Subscriptions and retained messages of the whole gateway.
 #[derive(Debug)]
 pub struct Router {
     subs: RwLock<trie::Trie<Subscriber>>,
-    retained: RwLock<retained::Retained<Arc<Message>>>,
+    retained: RwLock<retained::Retained<Kept>>,
     store: Store,
     metrics: Arc<Metrics>,
     tap: Tap,
@@ -730,15 +767,28 @@ impl Router {
         let mut out = Vec::new();
         self.retained
             .read()
-            .for_each_match(filter, &mut |m| out.push(m.clone()));
+            .for_each_match(filter, &mut |k| out.push(k.msg.clone()));
+        out
+    }
+
+    /// The retained message of `topic`, if any.
+    pub fn retained_message(&self, topic: &str) -> Option<Kept> {
+        self.retained.read().get(topic).cloned()
+    }
+
+    /// Every retained message, by topic.
+    pub fn retained_messages(&self) -> Vec<Kept> {
+        let mut out = Vec::new();
+        self.retained.read().for_each(&mut |k| out.push(k.clone()));
+        out.sort_unstable_by(|a, b| a.msg.topic.as_str().cmp(b.msg.topic.as_str()));
         out
     }
 
     /// Loads a retained message read from the store at startup.
-    pub fn restore_retained(&self, msg: Arc<Message>) {
+    pub fn restore_retained(&self, msg: Arc<Message>, modified_ms: u64) {
         let mut r = self.retained.write();
         let topic = msg.topic.clone();
-        r.insert(topic.as_str(), msg);
+        r.insert(topic.as_str(), Kept { msg, modified_ms });
         self.metrics.retained.set(r.len() as f64);
     }
 
@@ -774,11 +824,19 @@ impl Router {
             )?;
         let mut retained = msg.retain.then(|| self.retained.write());
         let mut ops = Vec::new();
+        let modified_ms = if retained.is_some() {
+            unix_ms(SystemTime::now())
+        } else {
+            0
+        };
         if retained.is_some() {
             ops.push(if msg.payload.is_empty() {
                 Op::DelRetained(topic.to_owned())
             } else {
-                Op::PutRetained(topic.to_owned(), msg.to_record(now))
+                Op::PutRetained(
+                    topic.to_owned(),
+                    retained_record(modified_ms, &msg.to_record(now)),
+                )
             });
         }
         TARGETS.with_borrow_mut(|targets| {
@@ -808,7 +866,13 @@ impl Router {
                 if msg.payload.is_empty() {
                     r.remove(topic);
                 } else {
-                    r.insert(topic, msg.clone());
+                    r.insert(
+                        topic,
+                        Kept {
+                            msg: msg.clone(),
+                            modified_ms,
+                        },
+                    );
                 }
                 self.metrics.retained.set(r.len() as f64);
             }
@@ -905,6 +969,18 @@ pub fn delivery_from_record(record: &[u8], seq: u64, now: Instant) -> Option<Del
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retained_records_keep_their_time_and_older_ones_still_read() {
+        let record = [0u8, 0, 1, 0x8f, 0, 0, 0, 0, 0x30, 0x00];
+        assert_eq!(read_retained_record(&record), (None, &record[..]));
+        let timed = retained_record(1_700_000_000_000, &record);
+        assert_eq!(
+            read_retained_record(&timed),
+            (Some(1_700_000_000_000), &record[..])
+        );
+        assert_eq!(read_retained_record(&[RETAINED_TIMED, 1]).1, &[] as &[u8]);
+    }
 
     fn message(topic: &str, qos: QoS, retain: bool, session: u64) -> Arc<Message> {
         Arc::new(Message {

@@ -68,6 +68,20 @@ impl<T> Retained<T> {
         old
     }
 
+    /// The value of `topic`.
+    pub fn get(&self, topic: &str) -> Option<&T> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.value.as_ref()
+    }
+
+    /// Calls `f` for every value, `$` topics included, in no particular order.
+    pub fn for_each(&self, f: &mut dyn FnMut(&T)) {
+        all(&self.root, f);
+    }
+
     /// Calls `f` for every value whose topic matches `filter` (a valid filter).
     pub fn for_each_match(&self, filter: &str, f: &mut dyn FnMut(&T)) {
         walk(&self.root, filter, true, f);

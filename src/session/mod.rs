@@ -399,13 +399,16 @@ impl Sessions {
     pub fn restore(self: &Arc<Self>, snapshot: Snapshot) {
         let now = Instant::now();
         let mut cleanup = Vec::new();
+        let now_ms = router::unix_ms(SystemTime::now());
         for (topic, rec) in snapshot.retained {
-            match Message::from_record(&rec, now) {
-                Some(m) => self.router.restore_retained(Arc::new(m)),
+            let (modified_ms, rec) = router::read_retained_record(&rec);
+            match Message::from_record(rec, now) {
+                Some(m) => self
+                    .router
+                    .restore_retained(Arc::new(m), modified_ms.unwrap_or(now_ms)),
                 None => cleanup.push(Op::DelRetained(topic)),
             }
         }
-        let now_ms = router::unix_ms(SystemTime::now());
         for stored in snapshot.sessions {
             let client_id: Arc<str> = stored.client_id.into();
             let Ok(rec) = serde_json::from_slice::<Record>(&stored.record) else {
