@@ -414,10 +414,10 @@ impl Service {
                 ));
             }
         }
-        current
-            .cloned()
-            .unwrap_or_default()
-            .update(update, now, &self.settings.limits)
+        match current {
+            Some(s) => s.update(update, now, &self.settings.limits),
+            None => Shadow::default().update(update, now, &self.settings.limits),
+        }
     }
 
     /// The names of the thing's named shadows that exist, in order.
