@@ -11,7 +11,7 @@ use std::hint::black_box;
 fn bench(c: &mut Criterion) {
     let limits = Limits::default();
     let mut fields = Map::new();
-    for i in 0..24 {
+    for i in 0..28 {
         fields.insert(format!("sensor_{i:02}"), json!({"value": i, "unit": "C"}));
     }
     let document = json!({"state": {"desired": {"mode": "eco", "target": 21}, "reported": fields}});
@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
         "{}",
         shadow.state_bytes()
     );
-    let update = br#"{"state":{"reported":{"sensor_03":{"value":22.5},"mode":"eco"}},"clientToken":"tok-0001"}"#;
+    let update = br#"{"state":{"reported":{"sensor_03":{"value":22.5,"unit":"F"},"mode":"eco"}},"clientToken":"tok-0001"}"#;
     assert!((90..=110).contains(&update.len()));
     let mut group = c.benchmark_group("shadow_merge");
     group.noise_threshold(0.2);

@@ -132,7 +132,7 @@ async fn publish(
     topic::validate_name(topic)
         .and_then(|()| dp.topic_limits.check(topic))
         .map_err(|e| AwsError::invalid_request(format!("topic `{topic}`: {e}")))?;
-    if topic.starts_with("$aws/events/") || crate::shadow::is_response_topic(topic) {
+    if crate::shadow::is_gateway_only(topic) {
         return Err(AwsError::new(
             StatusCode::FORBIDDEN,
             "ForbiddenException",

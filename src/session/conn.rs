@@ -585,7 +585,7 @@ impl Conn {
                 return refuse(reason::QOS_NOT_SUPPORTED);
             }
             if topic_limits(cfg).check(w.topic.as_str()).is_err()
-                || w.topic.as_str().starts_with("$aws/events/")
+                || crate::shadow::is_gateway_only(w.topic.as_str())
                 || w.payload.len() > limits.max_payload_bytes
             {
                 return refuse(reason::TOPIC_NAME_INVALID);
@@ -1200,17 +1200,11 @@ impl Conn {
                 _ => LimitKind::TopicLength,
             });
             Some((reason::TOPIC_NAME_INVALID, "topic too long or too deep"))
-        } else if topic.starts_with("$aws/events/") {
+        } else if crate::shadow::is_gateway_only(topic) {
             metrics.denied(crate::metrics::AuthzAction::Publish);
             Some((
                 reason::NOT_AUTHORIZED,
-                "clients may not publish lifecycle events",
-            ))
-        } else if crate::shadow::is_response_topic(topic) {
-            metrics.denied(crate::metrics::AuthzAction::Publish);
-            Some((
-                reason::NOT_AUTHORIZED,
-                "clients may not publish shadow responses",
+                "only the gateway publishes lifecycle events and shadow responses",
             ))
         } else if p.retain && topic::is_reserved(topic) {
             Some((reason::RETAIN_NOT_SUPPORTED, "retain on a reserved topic"))

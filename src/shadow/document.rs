@@ -42,8 +42,6 @@ const MAX_CLIENT_TOKEN: usize = 64;
 pub enum ErrorKind {
     /// 400: the request is malformed.
     InvalidRequest,
-    /// 403: a policy denies it.
-    Forbidden,
     /// 404: no such shadow.
     NotFound,
     /// 409: `version` is not the current version.
@@ -63,7 +61,6 @@ impl ErrorKind {
     pub fn code(self) -> u16 {
         match self {
             Self::InvalidRequest => 400,
-            Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::Conflict => 409,
             Self::TooLarge => 413,
@@ -77,7 +74,6 @@ impl ErrorKind {
     pub fn exception(self) -> &'static str {
         match self {
             Self::InvalidRequest => "InvalidRequestException",
-            Self::Forbidden => "ForbiddenException",
             Self::NotFound => "ResourceNotFoundException",
             Self::Conflict => "ConflictException",
             Self::TooLarge => "RequestEntityTooLargeException",
@@ -202,13 +198,6 @@ pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<Update, Rejected>
         }
     };
     let fail = |error| refuse(error, client_token.clone());
-    let version = match doc.get("version") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or_else(|| fail(ShadowError::invalid("Invalid version")))?,
-        ),
-    };
     let state = doc
         .remove("state")
         .ok_or_else(|| fail(ShadowError::invalid("Missing required node: state")))?;
@@ -234,12 +223,6 @@ pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<Update, Rejected>
                     Value::Null => SectionUpdate::Clear,
                     Value::Object(m) if m.is_empty() => SectionUpdate::Clear,
                     Value::Object(m) => {
-                        if depth_of(value) > limits.max_depth {
-                            return Err(fail(ShadowError::invalid(format!(
-                                "JSON contains too many levels of nesting; maximum is {}",
-                                limits.max_depth
-                            ))));
-                        }
                         if has_null_in_array(value, false) {
                             return Err(fail(ShadowError::invalid(
                                 "Invalid JSON: arrays in a shadow may not contain null",
@@ -256,6 +239,24 @@ pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<Update, Rejected>
             }
         }
         _ => return Err(fail(ShadowError::invalid("State node must be an object"))),
+    }
+    let version = match doc.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| fail(ShadowError::invalid("Invalid version")))?,
+        ),
+    };
+    // Depth once the whole schema holds, as AWS's own local service checks.
+    for section in [&desired, &reported] {
+        if let Some(SectionUpdate::Merge(m)) = section
+            && m.values().map(depth_of).max().unwrap_or(0) + 1 > limits.max_depth
+        {
+            return Err(fail(ShadowError::invalid(format!(
+                "JSON contains too many levels of nesting; maximum is {}",
+                limits.max_depth
+            ))));
+        }
     }
     Ok(Update {
         state,
@@ -484,10 +485,7 @@ impl Shadow {
     /// if `desired` differs from `reported` (spec §1.7).
     pub fn delta(&self) -> Option<(Map<String, Value>, Map<String, Value>)> {
         let desired = self.desired.as_ref()?;
-        let delta = match &self.reported {
-            None => desired.clone(),
-            Some(reported) => diff(reported, desired),
-        };
+        let delta = diff(self.reported.as_ref().unwrap_or(&Map::new()), desired);
         if delta.is_empty() {
             return None;
         }

@@ -29,15 +29,6 @@ impl Op {
             _ => None,
         }
     }
-
-    /// The topic segment, also the metric label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Get => "get",
-            Self::Update => "update",
-            Self::Delete => "delete",
-        }
-    }
 }
 
 /// The request topics, for the router to offer to the service.
@@ -131,6 +122,12 @@ pub fn parse_request(topic: &str) -> Option<(ShadowId, Op)> {
     Some((ShadowId::new(thing, name)?, Op::parse(op)?))
 }
 
+/// Whether only the gateway may publish on `topic`: lifecycle events and
+/// shadow responses, which clients (and their wills) could otherwise forge.
+pub fn is_gateway_only(topic: &str) -> bool {
+    topic.starts_with("$aws/events/") || is_response_topic(topic)
+}
+
 /// Whether `topic` is one the shadow service publishes (`.../accepted`,
 /// `.../rejected`, `.../update/delta`, `.../update/documents`): clients may
 /// subscribe to these but not publish to them, as on AWS IoT.
@@ -142,14 +139,18 @@ pub fn is_response_topic(topic: &str) -> bool {
     if parts.next() != Some("shadow") {
         return false;
     }
-    let tail: Vec<&str> = parts.collect();
-    let tail = match tail.as_slice() {
-        ["name", _, rest @ ..] => rest,
-        rest => rest,
-    };
+    let mut op = parts.next();
+    if op == Some("name") {
+        parts.next();
+        op = parts.next();
+    }
     matches!(
-        tail,
-        ["get" | "update" | "delete", "accepted" | "rejected"] | ["update", "delta" | "documents"]
+        (op, parts.next(), parts.next()),
+        (
+            Some("get" | "update" | "delete"),
+            Some("accepted" | "rejected"),
+            None
+        ) | (Some("update"), Some("delta" | "documents"), None)
     )
 }
 

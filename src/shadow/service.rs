@@ -14,8 +14,8 @@
 //!   subscribers need `iot:Receive`, and rules and the bridge see them as
 //!   on AWS. A response carries its request's republish count, so a rule
 //!   that answers a shadow response with another request is bounded.
-//! - Every shadow is held in memory (the store is read once, at start), so
-//!   a REST read never waits for the disk.
+//! - Every shadow is held in memory (the store is read once, at start);
+//!   the store is written, never read, while the gateway runs.
 
 use super::document::{self, ErrorKind, Limits, Shadow, ShadowError};
 use super::{Op, ShadowId};
@@ -141,7 +141,7 @@ pub fn start(
             super::REQUEST_FILTERS.iter().copied().enumerate(),
         )));
     let (tx, rx) = mpsc::channel(CALLS);
-    let service = Service {
+    let mut service = Service {
         shadows,
         router,
         store,
@@ -151,7 +151,6 @@ pub fn start(
         count: 0,
         bytes: 0,
     };
-    let mut service = service;
     for s in service.shadows.values() {
         if s.exists {
             service.count += 1;
@@ -182,7 +181,10 @@ enum Source {
     Mqtt {
         durable: Option<Commit>,
         done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+        /// The request's republish count and whether it came from upstream,
+        /// carried into its answers.
         hops: u8,
+        bridged: bool,
     },
     /// A REST call: answered with the body or the error, never on `/rejected`.
     Rest(Reply),
@@ -230,7 +232,16 @@ impl Service {
                         Some(c) => rest.push(c),
                         None => return,
                     },
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // Answer what was offered before the end, so that no
+                        // publisher waits for an acknowledgement forever.
+                        tap.take(&mut tapped, usize::MAX);
+                        while let Ok(c) = calls.try_recv() {
+                            rest.push(c);
+                        }
+                        self.turn(&mut tapped, &mut rest).await;
+                        return;
+                    }
                 }
             }
             self.turn(&mut tapped, &mut rest).await;
@@ -248,13 +259,19 @@ impl Service {
                 durable: t.durable,
                 done: t.done,
                 hops: t.msg.origin.hops,
+                bridged: t.msg.origin.bridged,
             };
             let topic = t.msg.topic.as_str();
             let Some((id, op)) = super::parse_request(topic) else {
                 // The filters matched but a name is not one AWS allows.
+                let op = match topic.rsplit('/').next() {
+                    Some("get") => ShadowOp::Get,
+                    Some("delete") => ShadowOp::Delete,
+                    _ => ShadowOp::Update,
+                };
                 answers.push(Answer {
                     from,
-                    op: ShadowOp::Update,
+                    op,
                     topic: topic.to_owned(),
                     client_token: document::client_token(&t.msg.payload),
                     result: Err(ShadowError::new(
@@ -293,7 +310,7 @@ impl Service {
             self.gauges();
         }
         for a in answers {
-            self.answer(a, now).await;
+            self.answer(a, now);
         }
     }
 
@@ -498,7 +515,7 @@ impl Service {
         before
     }
 
-    async fn answer(&self, a: Answer, now: u64) {
+    fn answer(&self, a: Answer, now: u64) {
         self.metrics
             .shadow_request(a.op, a.result.as_ref().err().map(|e| e.kind.code()));
         if let Err(e) = &a.result
@@ -506,17 +523,17 @@ impl Service {
         {
             tracing::info!(request = %a.topic, code = e.kind.code(), error = %e, "shadow request rejected");
         }
-        let hops = match &a.from {
-            Source::Mqtt { hops, .. } => *hops,
-            Source::Rest(_) => 0,
+        let (hops, bridged) = match &a.from {
+            Source::Mqtt { hops, bridged, .. } => (*hops, *bridged),
+            Source::Rest(_) => (0, false),
         };
         match &a.result {
             Ok(done) => {
                 for (topic, body) in &done.before {
-                    self.publish(topic, body, hops);
+                    self.publish(topic, body, hops, bridged);
                 }
                 if done.publish {
-                    self.publish(&format!("{}/accepted", a.topic), &done.body, hops);
+                    self.publish(&format!("{}/accepted", a.topic), &done.body, hops, bridged);
                 }
             }
             Err(e) if matches!(a.from, Source::Mqtt { .. }) => {
@@ -524,6 +541,7 @@ impl Service {
                     &format!("{}/rejected", a.topic),
                     &e.document(a.client_token.as_deref(), now),
                     hops,
+                    bridged,
                 );
             }
             Err(_) => {}
@@ -534,31 +552,43 @@ impl Service {
             }
             Source::Mqtt { durable, done, .. } => {
                 let Some(done) = done else { return };
-                let stored = match durable {
-                    Some(c) => c.await.unwrap_or(Err(Arc::new(StoreError::Closed))),
-                    None => Ok(()),
-                };
                 // A request the service could not store is refused, so its
                 // publisher sends it again.
-                let stored = stored.and(match a.result {
+                let ours = match a.result {
                     Err(e) if e.kind == ErrorKind::Internal => {
                         Err(Arc::new(StoreError::Transaction(e.message)))
                     }
                     _ => Ok(()),
-                });
-                let _ = done.send(stored);
+                };
+                // The publish's own writes (and the rules engine's, when a
+                // rule matched the request) are waited for apart from the
+                // service's turns, so a slow engine never holds shadows up.
+                // If they fail, the publisher sends the request again and
+                // it applies twice: at least once, as everywhere else.
+                match durable {
+                    None => {
+                        let _ = done.send(ours);
+                    }
+                    Some(commit) => {
+                        tokio::spawn(async move {
+                            let theirs = commit.await.unwrap_or(Err(Arc::new(StoreError::Closed)));
+                            let _ = done.send(theirs.and(ours));
+                        });
+                    }
+                }
             }
         }
     }
 
     /// Publishes a response as the gateway; a failure (the store is full)
     /// is logged, since the request itself is already durable.
-    fn publish(&self, topic: &str, body: &[u8], hops: u8) {
-        let origin = if hops == 0 {
+    fn publish(&self, topic: &str, body: &[u8], hops: u8, bridged: bool) {
+        let origin = if hops == 0 && !bridged {
             Origin::gateway()
         } else {
             Arc::new(Origin {
                 hops,
+                bridged,
                 ..Origin::default()
             })
         };

@@ -76,6 +76,22 @@ fn request_validation_answers_with_aws_messages() {
             InvalidRequest,
             "Invalid clientToken",
         ),
+        // The schema before the version, the version before the depth.
+        (
+            br#"{"version":"x"}"#,
+            InvalidRequest,
+            "Missing required node: state",
+        ),
+        (
+            br#"{"state":{"desired":{"a":{"b":{"c":{"d":{"e":{"f":{"g":1}}}}}}},"reported":"x"}}"#,
+            InvalidRequest,
+            "Reported node must be an object",
+        ),
+        (
+            br#"{"state":{"desired":{"a":{"b":{"c":{"d":{"e":{"f":{"g":1}}}}}}}},"version":"x"}"#,
+            InvalidRequest,
+            "Invalid version",
+        ),
         (
             br#"{"state":{"desired":{"a":{"b":{"c":{"d":{"e":{"f":{"g":1}}}}}}}}}"#,
             InvalidRequest,
