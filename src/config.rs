@@ -30,6 +30,8 @@ pub struct Config {
     pub tls: Tls,
     /// MQTT listeners and protocol settings.
     pub mqtt: Mqtt,
+    /// The device HTTPS endpoint (mutual TLS).
+    pub https: Https,
     /// The loopback admin listener (metrics, health).
     pub admin: Admin,
     /// Protocol limits, AWS IoT's by default.
@@ -139,6 +141,25 @@ impl Default for Mqtt {
             session_expiry_secs: 3600,
             max_session_expiry_secs: 7 * 24 * 3600,
             topic_alias_maximum: 8,
+        }
+    }
+}
+
+/// `[https]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Https {
+    /// Address of the device HTTPS endpoint (the `iot-data` API with the
+    /// client certificate as the principal, as AWS IoT serves it on 8443);
+    /// none turns it off. It requires a client certificate like the MQTT
+    /// listeners, so it may face the network.
+    pub listen: Option<String>,
+}
+
+impl Default for Https {
+    fn default() -> Self {
+        Self {
+            listen: Some("0.0.0.0:8443".into()),
         }
     }
 }
@@ -383,8 +404,8 @@ impl Config {
                     Some(s) => data_dir = s.into(),
                     None => problems.push("data_dir: expected a string".into()),
                 },
-                "aws" | "tls" | "mqtt" | "admin" | "limits" | "store" | "policies" | "auth"
-                | "actions" | "rules" | "upstream" => {}
+                "aws" | "tls" | "mqtt" | "https" | "admin" | "limits" | "store" | "policies"
+                | "auth" | "actions" | "rules" | "upstream" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -393,6 +414,7 @@ impl Config {
             aws: section(&table, "aws", &mut problems),
             tls: section(&table, "tls", &mut problems),
             mqtt: section(&table, "mqtt", &mut problems),
+            https: section(&table, "https", &mut problems),
             admin: section(&table, "admin", &mut problems),
             limits: section(&table, "limits", &mut problems),
             store: section(&table, "store", &mut problems),
@@ -447,6 +469,11 @@ impl Config {
             if let Err(e) = addr.parse::<SocketAddr>() {
                 problems.push(format!("mqtt.listen: `{addr}`: {e}"));
             }
+        }
+        if let Some(addr) = &self.https.listen
+            && let Err(e) = addr.parse::<SocketAddr>()
+        {
+            problems.push(format!("https.listen: `{addr}`: {e}"));
         }
         check_exposure(
             "mqtt.plaintext_listen",

@@ -366,11 +366,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(addr) = server.plaintext {
         tracing::warn!(%addr, "plaintext MQTT listener: clients there have no certificate identity");
     }
+    if let Some(addr) = server.https {
+        tracing::info!(%addr, "device HTTPS listener (mutual TLS: publish, shadows)");
+    }
     if let Some(addr) = server.admin {
         tracing::info!(%addr, "admin listener (/metrics, /healthz, control plane)");
     }
     if let Some(port) = server.mqtt.first().map(|a| a.port()) {
-        print_quickstart(&config, port);
+        print_quickstart(&config, port, server.https.map(|a| a.port()));
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -380,7 +383,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Prints client command lines that work against this gateway as configured:
 /// the operator watches every thing's topics, the device publishes on its own.
-fn print_quickstart(config: &Config, port: u16) {
+fn print_quickstart(config: &Config, port: u16, https: Option<u16>) {
     let certs = config.data_dir.join("certs");
     let files = |name: &str| {
         (
@@ -401,13 +404,26 @@ fn print_quickstart(config: &Config, port: u16) {
     println!(
         "\nedgegate is listening. Try it with the certificates made on first run:\n\n  \
          mosquitto_sub -h localhost -p {port} --cafile {ca} --cert {} --key {} -i {op} -t 'things/#' -v\n  \
-         mosquitto_pub -h localhost -p {port} --cafile {ca} --cert {} --key {} -i {dev} -t 'things/{dev}/hello' -m 'hello from {dev}'\n\n\
-         A device may use only its own topics (policies/device.json); the operator may watch them all\n\
-         (policies/operator.json). More device certificates: edgegate cert issue --cn NAME\n",
+         mosquitto_pub -h localhost -p {port} --cafile {ca} --cert {} --key {} -i {dev} -t 'things/{dev}/hello' -m 'hello from {dev}'\n",
         op_cert.display(),
         op_key.display(),
         device_cert.display(),
         device_key.display(),
+    );
+    if let Some(https) = https {
+        let curl = format!(
+            "curl --cacert {ca} --cert {} --key {}",
+            device_cert.display(),
+            device_key.display()
+        );
+        println!(
+            "  {curl} -d '{{\"state\":{{\"reported\":{{\"temp\":21}}}}}}' https://localhost:{https}/things/{dev}/shadow\n  \
+             {curl} https://localhost:{https}/things/{dev}/shadow\n"
+        );
+    }
+    println!(
+        "A device may use only its own topics and shadow (policies/device.json); the operator may watch\n\
+         every thing's topics (policies/operator.json). More device certificates: edgegate cert issue --cn NAME\n"
     );
 }
 

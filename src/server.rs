@@ -32,6 +32,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Device HTTPS connections handshaken and not yet taken by the server.
+const HANDSHAKEN: usize = 64;
+
 /// How long shutdown waits for connections to finish.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -78,6 +81,8 @@ pub struct Server {
     pub mqtt: Vec<SocketAddr>,
     /// Bound plaintext listener, if configured.
     pub plaintext: Option<SocketAddr>,
+    /// Bound device HTTPS listener, if configured.
+    pub https: Option<SocketAddr>,
     /// Bound admin listener, if configured.
     pub admin: Option<SocketAddr>,
     /// Certificates created on this start (first run), if any.
@@ -115,7 +120,11 @@ impl Server {
         } else {
             None
         };
-        let acceptor = Arc::new(Acceptor::new(tls::server_config(&config.tls)?));
+        let acceptor = Arc::new(Acceptor::new(tls::server_config(&config.tls, tls::ALPN)?));
+        let https_acceptor = Arc::new(Acceptor::new(tls::server_config(
+            &config.tls,
+            tls::HTTPS_ALPN,
+        )?));
         let metrics = Arc::new(Metrics::new());
         let (store, mut snapshot) = Store::open(
             &config.data_dir.join("edgegate.redb"),
@@ -158,11 +167,19 @@ impl Server {
                 .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
                 .collect();
         for dir in tls_dirs {
-            let (acceptor, metrics, tls) = (acceptor.clone(), metrics.clone(), config.tls.clone());
+            let (acceptor, https, metrics, tls) = (
+                acceptor.clone(),
+                https_acceptor.clone(),
+                metrics.clone(),
+                config.tls.clone(),
+            );
             watch_dir(&dir, None, &mut watches, move || {
-                match tls::server_config(&tls) {
-                    Ok(c) => {
-                        acceptor.swap(c);
+                let configs = tls::server_config(&tls, tls::ALPN)
+                    .and_then(|m| Ok((m, tls::server_config(&tls, tls::HTTPS_ALPN)?)));
+                match configs {
+                    Ok((mqtt, device)) => {
+                        acceptor.swap(mqtt);
+                        https.swap(device);
                         tracing::info!("TLS certificates reloaded");
                     }
                     Err(e) => {
@@ -295,6 +312,10 @@ impl Server {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let https = match &config.https.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
 
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut mqtt = Vec::new();
@@ -318,6 +339,42 @@ impl Server {
                     permits.clone(),
                     tracker.clone(),
                 ));
+                Some(addr)
+            }
+            None => None,
+        };
+        let https = match https {
+            Some(l) => {
+                let addr = local(&l)?;
+                let device = Arc::new(crate::http::device::Device {
+                    data: data.clone(),
+                    registry: registry.clone(),
+                    policies: policies.clone(),
+                    arn_head: ArnHead::new(&config.aws.region, &config.aws.account_id),
+                    auth: config.auth.clone(),
+                    metrics: metrics.clone(),
+                });
+                let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKEN);
+                tracker.spawn(https_accept_loop(
+                    l,
+                    https_acceptor,
+                    shared.clone(),
+                    permits.clone(),
+                    tracker.clone(),
+                    tx,
+                ));
+                let app = crate::http::device::router(device)
+                    .into_make_service_with_connect_info::<crate::http::device::Peer>();
+                let listener = crate::http::device::Handshaken::new(rx, addr);
+                let token = shutdown.clone();
+                tracker.spawn(async move {
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(token.cancelled_owned())
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "device HTTPS listener failed");
+                    }
+                });
                 Some(addr)
             }
             None => None,
@@ -350,6 +407,7 @@ impl Server {
         Ok(Self {
             mqtt,
             plaintext,
+            https,
             admin,
             first_run,
             metrics,
@@ -552,6 +610,63 @@ async fn accept_loop(
                 Some(a) => handshake(stream, peer, &a, shared, deadline).await,
                 None => conn::serve(stream, None, peer, shared, deadline).await,
             }
+        });
+    }
+}
+
+/// Accepts device HTTPS connections; each handshake runs in its own task
+/// under the same deadline and permits as MQTT, and a finished one is handed
+/// to the HTTP server with its permit and the client's certificate.
+async fn https_accept_loop(
+    listener: TcpListener,
+    acceptor: Arc<Acceptor>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    ready: tokio::sync::mpsc::Sender<(crate::http::device::Conn, crate::http::device::Peer)>,
+) {
+    let timeout = shared.config.tls.handshake_timeout();
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .handshake_failed(HandshakeFailure::ConnectionLimit);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (config, metrics, ready) = (acceptor.current(), shared.metrics.clone(), ready.clone());
+        tracker.spawn(async move {
+            let tls = match tokio::time::timeout(timeout, stream::accept(stream, config)).await {
+                Err(_) => return metrics.handshake_failed(HandshakeFailure::Timeout),
+                Ok(Err(e)) => return metrics.handshake_failed(tls::classify(&e)),
+                Ok(Ok(s)) => Box::new(s),
+            };
+            let Some(identity) = tls
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| ClientIdentity::from_der(der))
+            else {
+                return metrics.handshake_failed(HandshakeFailure::BadCertificate);
+            };
+            let peer = crate::http::device::Peer {
+                addr: peer,
+                identity: Some(Arc::new(identity)),
+            };
+            let _ = ready
+                .send((crate::http::device::Conn::new(tls, permit), peer))
+                .await;
         });
     }
 }

@@ -696,3 +696,145 @@ async fn publish_carries_mqtt5_properties() {
     child.kill().expect("kill");
     child.wait().expect("reaped");
 }
+
+#[tokio::test]
+async fn the_device_https_endpoint_authorizes_with_the_certificate() {
+    let t = TestServer::prepare("[auth]\nprovisioning = { policies = [\"mine\"] }\n");
+    // Over HTTPS there is no client id: policies name things by certificate.
+    t.write_policy(
+        "mine",
+        r#"{"Version":"2012-10-17","Statement":[
+            {"Effect":"Allow","Action":["iot:GetThingShadow","iot:UpdateThingShadow","iot:DeleteThingShadow","iot:ListNamedShadowsForThing"],
+             "Resource":["arn:aws:iot:*:*:thing/${iot:Certificate.Subject.CommonName}","arn:aws:iot:*:*:thing/${iot:Certificate.Subject.CommonName}/*"]},
+            {"Effect":"Allow","Action":["iot:Publish","iot:Connect","iot:Subscribe","iot:Receive"],"Resource":"*"},
+            {"Effect":"Deny","Action":"iot:Publish","Resource":"arn:aws:iot:*:*:topic/${iot:ClientId}/*"}
+        ]}"#,
+    );
+    let mut t = t;
+    t.boot().await;
+    let https_addr = t.server().https.expect("the device HTTPS listener");
+    let pem = t.device("web-1");
+    let mut watcher = t.v4("watcher", true).await;
+    watcher.subscribe("web/#", QoS::AtLeastOnce).await;
+    watcher
+        .subscribe("$aws/things/web-1/shadow/update/accepted", QoS::AtLeastOnce)
+        .await;
+
+    let (status, body) = https(
+        &t,
+        https_addr,
+        Some(&pem),
+        "POST",
+        "/things/web-1/shadow",
+        br#"{"state":{"reported":{"up":true}}}"#,
+    )
+    .await
+    .expect("served");
+    assert_eq!((status, json_of(&body)["version"].as_u64()), (200, Some(1)));
+    assert_eq!(
+        response(&mut watcher, "$aws/things/web-1/shadow/update/accepted").await["version"],
+        1
+    );
+    let (status, body) = https(
+        &t,
+        https_addr,
+        Some(&pem),
+        "GET",
+        "/things/web-1/shadow?name=cfg",
+        b"",
+    )
+    .await
+    .expect("served");
+    assert_eq!(
+        (status, json_of(&body)["__type"].as_str()),
+        (404, Some("ResourceNotFoundException"))
+    );
+    let (status, body) = https(
+        &t,
+        https_addr,
+        Some(&pem),
+        "GET",
+        "/api/things/shadow/ListNamedShadowsForThing/web-1",
+        b"",
+    )
+    .await
+    .expect("served");
+    assert_eq!(
+        (status, json_of(&body)["results"].clone()),
+        (200, json!([]))
+    );
+
+    // Another thing's shadow is forbidden, and so counted.
+    let (status, body) = https(
+        &t,
+        https_addr,
+        Some(&pem),
+        "GET",
+        "/things/web-2/shadow",
+        b"",
+    )
+    .await
+    .expect("served");
+    assert_eq!(
+        (status, json_of(&body)["__type"].as_str()),
+        (403, Some("ForbiddenException"))
+    );
+    assert!(
+        metric(
+            &t.metrics().await,
+            r#"edgegate_authz_denied_total{action="publish"}"#
+        ) >= 1.0
+    );
+
+    let (status, _) = https(
+        &t,
+        https_addr,
+        Some(&pem),
+        "POST",
+        "/topics/web%2Fweb-1%2Ftemp?qos=1",
+        b"21",
+    )
+    .await
+    .expect("served");
+    assert_eq!(status, 200);
+    let m = watcher.recv().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("web/web-1/temp", &b"21"[..])
+    );
+    // `${iot:ClientId}` does not resolve over HTTPS: the deny above matches nothing.
+    let (status, _) = https(&t, https_addr, Some(&pem), "POST", "/topics/%2Fx", b"")
+        .await
+        .expect("served");
+    assert_eq!(status, 200);
+
+    // No certificate, no service; a revoked one is refused per request.
+    assert!(
+        https(&t, https_addr, None, "GET", "/things/web-1/shadow", b"")
+            .await
+            .is_err()
+    );
+    let id = edgegate::registry::ClientIdentity::from_der(
+        &rustls_pemfile::certs(&mut pem.cert.as_bytes())
+            .next()
+            .expect("a cert")
+            .expect("pem"),
+    )
+    .expect("identity")
+    .certificate_id;
+    t.server()
+        .registry
+        .set_status(&id, edgegate::registry::CertStatus::Revoked)
+        .expect("revoke");
+    let (status, _) = https(
+        &t,
+        https_addr,
+        Some(&pem),
+        "GET",
+        "/things/web-1/shadow",
+        b"",
+    )
+    .await
+    .expect("served");
+    assert_eq!(status, 403);
+}

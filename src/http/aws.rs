@@ -62,6 +62,14 @@ pub fn json_body(body: &[u8]) -> Result<Value, AwsError> {
     serde_json::from_slice(body).map_err(|e| AwsError::invalid_request(format!("body: {e}")))
 }
 
+/// The segments of a request path, each decoded after the split.
+pub fn segments(path: &str) -> Vec<String> {
+    path.trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect()
+}
+
 /// The percent-decoded value of a query parameter.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query

@@ -1,6 +1,8 @@
 //! The `iot-data` API in AWS's REST-JSON shapes (spec/aws-iot-shadow-rules.md
-//! §4): device shadows, Publish and retained messages. The admin listener serves it to
-//! SigV4-signed operators, beside the control plane.
+//! §4): device shadows, Publish and retained messages. The admin listener
+//! serves it to SigV4-signed operators, beside the control plane, and the
+//! device HTTPS endpoint to devices, each request authorized by the caller's
+//! policies with the actions of spec/aws-iot-auth.md §1.2.
 //!
 //! Paths are matched on their raw segments, each decoded after the split:
 //! botocore escapes a topic's `/` as `%2F`, so decoding first would cut the
@@ -8,6 +10,7 @@
 
 use super::aws::{AwsError, query_param};
 use crate::codec::{PublishProperties, QoS};
+use crate::policy::eval::{Action, ResourceType};
 use crate::router::{Message, Origin, Router};
 use crate::rules::sql::eval::{base64_decode, base64_encode};
 use crate::shadow::ShadowId;
@@ -42,8 +45,26 @@ impl From<ShadowError> for AwsError {
     }
 }
 
+/// Whether the caller may do an action on a resource; a denial is counted
+/// and logged by whoever decides.
+pub type Allows<'a> = &'a mut (dyn FnMut(Action, ResourceType, &str) -> bool + Send);
+
+/// Who calls: the name the rules engine sees as `principal()`, and what
+/// they may do.
+pub struct Caller<'a> {
+    /// The principal's name.
+    pub principal: &'a str,
+    /// Decides each action.
+    pub allows: Allows<'a>,
+}
+
+/// AWS's answer to a request a policy denies.
+fn forbidden() -> AwsError {
+    AwsError::new(StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden")
+}
+
 /// Answers an `iot-data` request, or `None` if the path is not one of its
-/// operations. `principal` names the caller to the rules engine.
+/// operations.
 pub async fn handle(
     dp: &DataPlane,
     method: &Method,
@@ -51,23 +72,42 @@ pub async fn handle(
     query: &str,
     headers: &HeaderMap,
     body: Bytes,
-    principal: &str,
+    caller: Caller<'_>,
 ) -> Option<Result<Response, AwsError>> {
-    let shadow = |thing: &str| -> Result<ShadowId, AwsError> {
+    let Caller { principal, allows } = caller;
+    // A shadow's resource is its thing, or `thing/shadow` for a named one.
+    let mut shadow = |thing: &str, action: Action| -> Result<ShadowId, AwsError> {
         let name = query_param(query, "name").unwrap_or_default();
-        ShadowId::new(thing, &name).ok_or_else(|| {
+        let id = ShadowId::new(thing, &name).ok_or_else(|| {
             AwsError::invalid_request(format!(
                 "thing name `{thing}` or shadow name `{name}` is not valid"
             ))
-        })
+        })?;
+        let resource = if id.is_classic() {
+            id.thing.clone()
+        } else {
+            format!("{}/{}", id.thing, id.name)
+        };
+        if allows(action, ResourceType::Thing, &resource) {
+            Ok(id)
+        } else {
+            Err(forbidden())
+        }
     };
     let call = match (method, seg) {
-        (&Method::GET, ["things", thing, "shadow"]) => shadow(thing).map(Call::Get),
-        (&Method::POST, ["things", thing, "shadow"]) => {
-            shadow(thing).map(|id| Call::Update(id, body.clone()))
+        (&Method::GET, ["things", thing, "shadow"]) => {
+            shadow(thing, Action::GetThingShadow).map(Call::Get)
         }
-        (&Method::DELETE, ["things", thing, "shadow"]) => shadow(thing).map(Call::Delete),
+        (&Method::POST, ["things", thing, "shadow"]) => {
+            shadow(thing, Action::UpdateThingShadow).map(|id| Call::Update(id, body.clone()))
+        }
+        (&Method::DELETE, ["things", thing, "shadow"]) => {
+            shadow(thing, Action::DeleteThingShadow).map(Call::Delete)
+        }
         (&Method::GET, ["api", "things", "shadow", "ListNamedShadowsForThing", thing]) => {
+            if !allows(Action::ListNamedShadowsForThing, ResourceType::Thing, thing) {
+                return Some(Err(forbidden()));
+            }
             let page_size = match query_param(query, "pageSize").map(|s| s.parse::<usize>()) {
                 None => Ok(None),
                 Some(Ok(n)) => Ok(Some(n)),
@@ -80,10 +120,28 @@ pub async fn handle(
             })
         }
         (&Method::POST, ["topics", topic]) => {
-            return Some(publish(dp, topic, query, headers, body, principal).await);
+            let caller = Caller { principal, allows };
+            return Some(publish(dp, topic, query, headers, body, caller).await);
         }
-        (&Method::GET, ["retainedMessage"]) => return Some(list_retained(dp, query)),
-        (&Method::GET, ["retainedMessage", topic]) => return Some(get_retained(dp, topic)),
+        // AWS names no resource for listing: a policy allows it on `*`.
+        (&Method::GET, ["retainedMessage"]) => {
+            return Some(
+                if allows(Action::ListRetainedMessages, ResourceType::Topic, "*") {
+                    list_retained(dp, query)
+                } else {
+                    Err(forbidden())
+                },
+            );
+        }
+        (&Method::GET, ["retainedMessage", topic]) => {
+            return Some(
+                if allows(Action::GetRetainedMessage, ResourceType::Topic, topic) {
+                    get_retained(dp, topic)
+                } else {
+                    Err(forbidden())
+                },
+            );
+        }
         _ => return None,
     };
     Some(match call {
@@ -109,8 +167,9 @@ async fn publish(
     query: &str,
     headers: &HeaderMap,
     body: Bytes,
-    principal: &str,
+    caller: Caller<'_>,
 ) -> Result<Response, AwsError> {
+    let Caller { principal, allows } = caller;
     let qos = match query_param(query, "qos").as_deref() {
         None | Some("0") => QoS::AtMostOnce,
         Some("1") => QoS::AtLeastOnce,
@@ -132,6 +191,11 @@ async fn publish(
     topic::validate_name(topic)
         .and_then(|()| dp.topic_limits.check(topic))
         .map_err(|e| AwsError::invalid_request(format!("topic `{topic}`: {e}")))?;
+    if !allows(Action::Publish, ResourceType::Topic, topic)
+        || (retain && !allows(Action::RetainPublish, ResourceType::Topic, topic))
+    {
+        return Err(forbidden());
+    }
     if crate::shadow::is_gateway_only(topic) {
         return Err(AwsError::new(
             StatusCode::FORBIDDEN,

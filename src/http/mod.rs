@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod aws;
 pub mod data;
+pub mod device;
 pub mod sigv4;

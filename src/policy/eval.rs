@@ -39,6 +39,8 @@ pub enum Action {
     UpdateThingShadow,
     /// `iot:DeleteThingShadow` on `thing/<name>`.
     DeleteThingShadow,
+    /// `iot:ListNamedShadowsForThing` on `thing/<name>`.
+    ListNamedShadowsForThing,
 }
 
 impl Action {
@@ -55,6 +57,7 @@ impl Action {
             Self::GetThingShadow => "iot:getthingshadow",
             Self::UpdateThingShadow => "iot:updatethingshadow",
             Self::DeleteThingShadow => "iot:deletethingshadow",
+            Self::ListNamedShadowsForThing => "iot:listnamedshadowsforthing",
         }
     }
 
@@ -72,6 +75,7 @@ impl Action {
             Self::GetThingShadow,
             Self::UpdateThingShadow,
             Self::DeleteThingShadow,
+            Self::ListNamedShadowsForThing,
         ]
         .into_iter()
         .find(|a| a.name() == lower)

@@ -15,8 +15,9 @@ use std::sync::Arc;
 /// What the policy context needs to know about the CONNECT.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectFacts<'a> {
-    /// The client id.
-    pub client_id: &'a str,
+    /// The client id; HTTPS requests have none, and `${iot:ClientId}` then
+    /// resolves to nothing rather than to an empty string.
+    pub client_id: Option<&'a str>,
     /// Where the client connects from.
     pub peer: SocketAddr,
     /// Whether the session is persistent.
@@ -50,7 +51,9 @@ impl Authz {
         if let Some(id) = identity {
             id.add_to(&mut ctx);
         }
-        ctx.set("iot:ClientId", facts.client_id);
+        if let Some(id) = facts.client_id {
+            ctx.set("iot:ClientId", id);
+        }
         let ip = match facts.peer.ip() {
             std::net::IpAddr::V6(v6) => v6
                 .to_ipv4_mapped()

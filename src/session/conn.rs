@@ -476,7 +476,7 @@ fn authorize(
         }
     };
     let facts = ConnectFacts {
-        client_id,
+        client_id: Some(client_id),
         peer,
         persistent,
         will_topic: will.map(|w| w.topic.as_str()),

@@ -18,8 +18,11 @@ use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
 
-/// ALPN protocols accepted, as on AWS IoT.
-pub const ALPN: [&[u8]; 2] = [b"x-amzn-mqtt-ca", b"mqtt"];
+/// ALPN protocols the MQTT listeners accept, as on AWS IoT.
+pub const ALPN: &[&[u8]] = &[b"x-amzn-mqtt-ca", b"mqtt"];
+
+/// ALPN protocols the device HTTPS endpoint accepts, as on AWS IoT.
+pub const HTTPS_ALPN: &[&[u8]] = &[b"x-amzn-http-ca", b"http/1.1"];
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -123,12 +126,12 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Builds the server configuration from the `[tls]` files.
+/// Builds the server configuration from the `[tls]` files, offering `alpn`.
 ///
 /// Revocation lists are checked for device certificates only, and a
 /// certificate whose CA published no list is accepted: a gateway trusting
 /// several CAs need not hold a list for each.
-pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
+pub fn server_config(tls: &Tls, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     let (ca, cert, key) = (&tls.ca, &tls.cert, &tls.key);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut verifier =
@@ -146,7 +149,7 @@ pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(read_certs(cert)?, read_key(key)?)?;
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.send_tls13_tickets = 0;
     Ok(config)
 }

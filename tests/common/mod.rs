@@ -558,6 +558,9 @@ handshake_timeout_secs = 2
     if !extra.contains("[mqtt]") {
         text.push_str("[mqtt]\nlisten = [\"127.0.0.1:0\"]\n");
     }
+    if !extra.contains("[https]") {
+        text.push_str("[https]\nlisten = \"127.0.0.1:0\"\n");
+    }
     if !extra.contains("[admin]") {
         text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
     }
@@ -624,4 +627,49 @@ pub fn spawn_serving(mut command: std::process::Command) -> (std::process::Child
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, port.expect("port"), admin.expect("admin"))
+}
+
+/// One HTTP/1.1 request over TLS with `device`'s certificate (or none) to
+/// `addr`; the status and body, or the TLS error.
+pub async fn https(
+    t: &TestServer,
+    addr: SocketAddr,
+    device: Option<&Pem>,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let io = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(t.tls_config(device));
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(body).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        let at = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("no HTTP response")?
+            + 4;
+        let status = String::from_utf8_lossy(&out[..at])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or("no status")?;
+        Ok((status, out[at..].to_vec()))
+    };
+    tokio::time::timeout(WAIT, io)
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".into()))
 }

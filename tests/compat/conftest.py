@@ -23,6 +23,8 @@ key = "data/certs/server.key"
 generate_if_missing = true
 [mqtt]
 listen = ["127.0.0.1:0"]
+[https]
+listen = "127.0.0.1:0"
 [admin]
 listen = "127.0.0.1:0"
 access_key_id = "AKIDEDGEGATETEST"
@@ -97,13 +99,14 @@ class Gateway:
             )
         return str(cert), str(key)
 
-    def quickstart(self) -> list[str]:
-        """The client command lines the gateway printed on start (printed just
-        after it logs its listeners, so wait for them, within a bound)."""
+    def quickstart(self, prefix: str = "mosquitto_") -> list[str]:
+        """The client command lines starting with `prefix` that the gateway
+        printed on start (printed just after it logs its listeners, so wait
+        for them, within a bound)."""
         deadline = time.monotonic() + 10
         while True:
             lines = self.stdout.read_text().splitlines()
-            commands = [l.strip() for l in lines if l.strip().startswith("mosquitto_")]
+            commands = [l.strip() for l in lines if l.strip().startswith(prefix)]
             if len(commands) >= 2 or time.monotonic() > deadline:
                 return commands
             time.sleep(0.05)

@@ -1,4 +1,5 @@
-"""Eclipse Mosquitto's command-line clients, run exactly as the gateway prints them on first start."""
+"""The command lines the gateway prints on first start (Mosquitto's clients and curl), run exactly as printed."""
+import json
 import shlex
 import shutil
 import subprocess
@@ -59,3 +60,20 @@ def test_mosquitto_clients_with_qos1_and_mqtt5(gateway):
                           "-C", "1", "-W", str(WAIT), "-v"],
                          check=True, timeout=WAIT + 5, capture_output=True, text=True)
     assert got.stdout.strip() == "mosq/state on"
+
+
+def test_the_printed_curl_commands_reach_the_devices_shadow_over_https(default_gateway):
+    gateway = default_gateway
+    update, get = gateway.quickstart("curl ")
+    # The gateway prints paths relative to its directory, as a user runs them.
+    done = subprocess.run(shlex.split(update), cwd=gateway.dir, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    accepted = json.loads(done.stdout)
+    assert accepted["state"] == {"reported": {"temp": 21}} and accepted["version"] == 1
+    done = subprocess.run(shlex.split(get), cwd=gateway.dir, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"]["reported"] == {"temp": 21}
+    # The device's policy covers its own shadow only.
+    other = get.replace("/things/device-1/", "/things/device-2/")
+    done = subprocess.run(shlex.split(other), cwd=gateway.dir, capture_output=True, text=True, timeout=WAIT)
+    assert json.loads(done.stdout) == {"__type": "ForbiddenException", "message": "Forbidden"}

@@ -1,0 +1,230 @@
+//! The device HTTPS endpoint: the `iot-data` API over mutual TLS with the
+//! client certificate as the principal, as AWS IoT serves it on port 8443.
+//!
+//! - Handshakes run in tasks of their own, under the same deadline and
+//!   connection permits as MQTT; finished connections reach axum through
+//!   [`Handshaken`], so a slow handshake never holds the listener up, and
+//!   a connection keeps its permit for as long as it is open.
+//! - A certificate is admitted as for MQTT (registration mode, status),
+//!   then every request is authorized by its principal's policies with the
+//!   actions of spec/aws-iot-auth.md §1.2. HTTPS has no client id, so
+//!   `${iot:ClientId}` and the thing variables do not resolve (§1.3);
+//!   certificate variables do.
+
+use super::aws::{AwsError, segments};
+use super::data::{self, DataPlane};
+use crate::config::Auth;
+use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
+use crate::policy::compile::ArnHead;
+use crate::registry::{ClientIdentity, Registry};
+use crate::session::authz::{Authz, ConnectFacts};
+use crate::transport::stream::TlsStream;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::serve::{IncomingStream, Listener};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+/// What the endpoint works with.
+#[derive(Debug)]
+pub struct Device {
+    /// The `iot-data` API.
+    pub data: DataPlane,
+    /// Certificates and their policies.
+    pub registry: Arc<Registry>,
+    /// The policies in force.
+    pub policies: Arc<PolicyStore>,
+    /// For ARNs.
+    pub arn_head: ArnHead,
+    /// Registration mode and provisioning template.
+    pub auth: Auth,
+    /// Where denials are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The client's certificate; `None` only for the listener's own address.
+    pub identity: Option<Arc<ClientIdentity>>,
+}
+
+impl Connected<IncomingStream<'_, Handshaken>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Handshaken>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// A TLS connection that holds one of the gateway's connection permits.
+#[derive(Debug)]
+pub struct Conn {
+    tls: Box<TlsStream>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    /// Wraps a finished handshake with its permit.
+    pub fn new(tls: Box<TlsStream>, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            tls,
+            _permit: permit,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.tls).poll_shutdown(cx)
+    }
+}
+
+/// Connections whose handshake is done, as axum takes them.
+#[derive(Debug)]
+pub struct Handshaken {
+    rx: mpsc::Receiver<(Conn, Peer)>,
+    local: SocketAddr,
+}
+
+impl Handshaken {
+    /// Connections handed over on `rx`, for a listener bound to `local`.
+    pub fn new(rx: mpsc::Receiver<(Conn, Peer)>, local: SocketAddr) -> Self {
+        Self { rx, local }
+    }
+}
+
+impl Listener for Handshaken {
+    type Io = Conn;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Conn, Peer) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop has stopped: shutdown ends the server.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            addr: self.local,
+            identity: None,
+        })
+    }
+}
+
+/// The endpoint's routes.
+pub fn router(device: Arc<Device>) -> Router {
+    Router::new().fallback(handle).with_state(device)
+}
+
+async fn handle(
+    State(device): State<Arc<Device>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+) -> Response {
+    match serve(&device, peer, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, AwsError> {
+    let forbidden = || AwsError::new(StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden");
+    let identity = peer.identity.ok_or_else(forbidden)?;
+    let auth = &device.auth;
+    let (admitted, _) = device
+        .registry
+        .admit(&identity, "", auth.registration, &auth.provisioning);
+    let principal = admitted.map_err(|refusal| {
+        tracing::info!(
+            target: "edgegate::authz",
+            certificate_id = %identity.certificate_id,
+            reason = %refusal,
+            "HTTPS request refused"
+        );
+        forbidden()
+    })?;
+    let facts = ConnectFacts {
+        client_id: None,
+        peer: peer.addr,
+        persistent: false,
+        will_topic: None,
+    };
+    let mut authz = Authz::new(
+        Some(&identity),
+        principal,
+        facts,
+        &device.policies,
+        &device.arn_head,
+    )
+    .ok_or_else(forbidden)?;
+    let (parts, body) = req.into_parts();
+    let limit = device.data.max_payload.max(64 * 1024);
+    let body: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        AwsError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLargeException",
+            format!("the body exceeds {limit} bytes"),
+        )
+    })?;
+    let segments = segments(parts.uri.path());
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let metrics = device.metrics.clone();
+    data::handle(
+        &device.data,
+        &parts.method,
+        &seg,
+        parts.uri.query().unwrap_or_default(),
+        &parts.headers,
+        body,
+        data::Caller {
+            principal: &identity.certificate_id,
+            allows: &mut |action, ty, name| authz.allows(&metrics, "", action, ty, name),
+        },
+    )
+    .await
+    .unwrap_or_else(|| {
+        Err(AwsError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            format!(
+                "{} {} is not an operation of this endpoint",
+                parts.method,
+                parts.uri.path()
+            ),
+        ))
+    })
+}
