@@ -13,7 +13,7 @@ COPY config.toml /srv/edgegate/config.toml
 COPY policies /srv/edgegate/policies
 WORKDIR /srv/edgegate
 USER edgegate
-EXPOSE 8883
+EXPOSE 8883 8443
 VOLUME /srv/edgegate/data
 ENTRYPOINT ["edgegate"]
 CMD ["serve", "--config", "/srv/edgegate/config.toml"]

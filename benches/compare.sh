@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # edgegate side by side with Eclipse Mosquitto and rumqttd on this machine,
 # driven by `edgegate bench` over mutual TLS with ECDSA P-256 client
-# certificates, persistence off.
+# certificates, persistence off (FSYNC=true turns edgegate's fsync on).
 #
 # Each broker runs pinned to CPU 0 and the load to CPU 1; brokers alternate
 # run by run; every scenario runs RUNS times (3 by default). Prints, per
@@ -11,6 +11,8 @@
 #   benches/compare.sh                     # everything
 #   BROKERS="edgegate mosquitto" SCENARIOS="fanin0 latency" RUNS=5 benches/compare.sh
 #   BROKERS=edgegate SCENARIOS=scale RUNS=1 benches/compare.sh   # SCALE (19,900) held connections
+#   FSYNC=true BROKERS=edgegate SCENARIOS="fanin1 latency1 shadow" benches/compare.sh
+#       # device shadows (edgegate only) beside QoS 1 fan-in and latency, every commit flushed
 #
 # Everything listens on 127.0.0.1 only, every run is bounded in count and
 # time, and every broker is stopped when the script ends.
@@ -21,6 +23,7 @@ RUNS=${RUNS:-3}
 BROKERS=${BROKERS:-"edgegate mosquitto rumqttd"}
 SCENARIOS=${SCENARIOS:-"conn rss fanin0 fanin1 fanout latency"}
 PORT=${PORT:-18883}
+FSYNC=${FSYNC:-false}
 EG=target/release/edgegate
 
 # Peers, installed if missing.
@@ -61,7 +64,7 @@ provisioning = { policies = ["open"] }
 [limits]
 max_connections = 100000
 [store]
-fsync = false
+fsync = $FSYNC
 EOF
 # Ten rules on topics the load does not use: every publish is still matched
 # against their FROM filters, as on a gateway that runs rules for other traffic.
@@ -154,6 +157,8 @@ args_for() {
         fanin1) echo "fanin --publishers 4 --messages 100000 --qos 1" ;;
         fanout) echo "fanout --subscribers 50 --messages 20000 --qos 0" ;;
         latency) echo "latency --rate 1000 --duration-secs 10" ;;
+        latency1) echo "latency --rate 1000 --duration-secs 10 --qos 1" ;;
+        shadow) echo "shadow --publishers 256 --messages 100" ;;
     esac
 }
 
@@ -164,6 +169,8 @@ for run in $(seq "$RUNS"); do
     (( run % 2 == 0 )) && order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' ')
     for scenario in $SCENARIOS; do
         for broker in $order; do
+            # Only edgegate has a shadow service.
+            [ "$scenario" = shadow ] && [ "$broker" != edgegate ] && continue
             start_broker "$broker" || continue
             pid=$(broker_proc)
             rss0=$(rss_kib "$pid"); cpu0=$(cpu_s "$pid")
@@ -210,7 +217,14 @@ figures = {
     "fanout": ("fan-out 1 to 50 deliveries/s", lambda r: r["report"].get("deliveries_per_s"), True),
     "latency": ("latency p99 us at 1,000 msg/s",
                 lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
+    "latency1": ("QoS 1 latency p99 us at 1,000 msg/s",
+                 lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
+    "shadow": ("shadow updates/s (256 devices)", lambda r: r["report"].get("updates_per_s"), True),
+    "shadow_p99": ("shadow update p99 us (256 devices)",
+                   lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
 }
+for r in [r for r in rows if r["scenario"] == "shadow"]:
+    rows.append({**r, "scenario": "shadow_p99"})
 def messages(r):
     rep = r["report"]
     return rep.get("delivered") or rep.get("deliveries") or rep.get("messages") or 0
@@ -247,4 +261,18 @@ for scenario in ("fanin0", "fanin1", "fanout"):
             rss = statistics.median(r["rss_peak_kib"] for r in rs) / 1024
             lost = statistics.median(r["report"].get("lost", 0) for r in rs)
             print(f"  {scenario:8} {b:10} {cpu:8.2f} CPU s/M   {rss:7.1f} MiB   lost {lost:.0f}")
+PY
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"edgegate"' in l]
+def med(scenario, key):
+    vals = [r["report"].get(key) for r in rows if r["scenario"] == scenario]
+    vals = [v for v in vals if v]
+    return statistics.median(vals) if vals else None
+updates, acked = med("shadow", "updates_per_s"), med("fanin1", "acked_per_s")
+if updates and acked:
+    print(f"shadow updates/s / fan-in QoS 1 acked/s: {updates / acked:.3f}x")
+p99, p99_1 = med("shadow", "p99_ms"), med("latency1", "p99_ms")
+if p99 and p99_1:
+    print(f"shadow update p99 / QoS 1 publish p99 at 1,000 msg/s: {p99 / p99_1:.1f}x")
 PY

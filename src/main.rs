@@ -56,7 +56,7 @@ enum Command {
 /// `edgegate bench`.
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// `conn`, `fanin`, `fanout` or `latency`.
+    /// `conn`, `fanin`, `fanout`, `latency` or `shadow`.
     scenario: String,
     /// Broker address (loopback only).
     #[arg(long, default_value = "127.0.0.1:8883")]
@@ -82,10 +82,10 @@ struct BenchArgs {
     /// conn: seconds to hold every connection open (to read the broker's RSS).
     #[arg(long, default_value_t = 0)]
     hold_secs: u64,
-    /// fanin: publishers.
+    /// fanin: publishers; shadow: devices.
     #[arg(long, default_value_t = 4)]
     publishers: usize,
-    /// fanin, fanout: messages per publisher.
+    /// fanin, fanout: messages per publisher; shadow: updates per device.
     #[arg(long, default_value_t = 100_000)]
     messages: usize,
     /// Payload bytes (at least 16).

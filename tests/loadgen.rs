@@ -171,3 +171,37 @@ fn the_gateway_raises_its_open_files_limit_to_serve_its_connections() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+#[tokio::test]
+async fn shadow_updates_each_device_and_waits_for_every_answer() {
+    let t = TestServer::start().await;
+    let r = loadgen::run(&options(&t, "shadow", QoS::AtLeastOnce))
+        .await
+        .expect("runs");
+    assert_eq!(
+        (r["devices"].as_u64(), r["updates"].as_u64()),
+        (Some(3), Some(900)),
+        "{r}"
+    );
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    assert!(r["p99_ms"].as_f64() >= r["p50_ms"].as_f64(), "{r}");
+    // Every update was stored: each device's shadow is at its last version.
+    let mut dev = t.v4("check", true).await;
+    dev.subscribe(
+        "$aws/things/+/shadow/get/accepted",
+        rumqttc::QoS::AtLeastOnce,
+    )
+    .await;
+    dev.publish(
+        "$aws/things/bench-shadow-2/shadow/get",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        b"{}",
+    )
+    .await;
+    let got: serde_json::Value = serde_json::from_slice(&dev.recv().await.payload).expect("json");
+    assert_eq!(
+        (got["version"].as_u64(), &got["state"]["reported"]["n"]),
+        (Some(300), &serde_json::json!(299))
+    );
+}

@@ -10,6 +10,9 @@
 //! - `fanout`: one publisher, K subscribers of one topic; deliveries/s.
 //! - `latency`: one publisher at a fixed rate; p50/p99/p99.9 from publish to
 //!   delivery after a warm-up (the payload carries the send time).
+//! - `shadow`: P devices, each updating its own device shadow M times and
+//!   waiting for `update/accepted` before the next update; updates/s and
+//!   p50/p99 from request to answer (brokers with an AWS IoT shadow service).
 //!
 //! Every wait is bounded by one deadline (`timeout`); a run that hits it
 //! reports what it saw with `"timed_out": true`. The tool reports its own
@@ -83,6 +86,7 @@ pub async fn run(o: &Options) -> Result<Value, String> {
             "fanin" => fanin(o, deadline).await,
             "fanout" => fanout(o, deadline).await,
             "latency" => latency(o, deadline).await,
+            "shadow" => shadow(o, deadline).await,
             other => Err(format!("unknown scenario `{other}`")),
         }
     };
@@ -528,6 +532,110 @@ async fn latency(o: &Options, deadline: Instant) -> Result<Value, String> {
         "p99_ms": percentile_ms(&seen.latencies, 99.0),
         "p999_ms": percentile_ms(&seen.latencies, 99.9),
         "errors": published.err().into_iter().collect::<Vec<_>>(),
+        "timed_out": Instant::now() >= deadline,
+    }))
+}
+
+/// One device's updates of its own shadow, each after the previous answer;
+/// the time from each request to its `update/accepted`.
+async fn shadow_device(
+    mut c: Client,
+    device: &str,
+    updates: usize,
+    deadline: Instant,
+) -> Result<Vec<Duration>, String> {
+    let prefix = format!("$aws/things/{device}/shadow/update");
+    let accepted = format!("{prefix}/accepted");
+    let props = PublishProperties::default();
+    let mut times = Vec::with_capacity(updates);
+    for n in 0..updates {
+        let body = format!(r#"{{"state":{{"reported":{{"n":{n}}}}}}}"#);
+        let view = PublishView {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: prefix.as_bytes(),
+            pkid: (n % usize::from(u16::MAX)) as u16 + 1,
+            properties: &props,
+            message_expiry_interval: None,
+            topic_alias: None,
+            subscription_identifiers: &[],
+            payload: body.as_bytes(),
+        };
+        let t0 = Instant::now();
+        crate::codec::encode_publish(&view, c.protocol(), &mut c.wbuf);
+        timeout_at(deadline, c.flush())
+            .await
+            .map_err(|_| "timed out")??;
+        'answer: loop {
+            timeout_at(deadline, c.read())
+                .await
+                .map_err(|_| "timed out")??;
+            while let Some(p) = c.try_next()? {
+                if let Packet::Publish(p) = p {
+                    if p.qos == QoS::AtLeastOnce {
+                        c.queue(&Packet::PubAck(Ack::ok(p.pkid)));
+                    }
+                    if p.topic.as_str() == accepted {
+                        times.push(t0.elapsed());
+                        break 'answer;
+                    }
+                }
+            }
+        }
+    }
+    Ok(times)
+}
+
+async fn shadow(o: &Options, deadline: Instant) -> Result<Value, String> {
+    let mut devices = Vec::with_capacity(o.publishers);
+    for d in 0..o.publishers {
+        let id = format!("bench-shadow-{d}");
+        let filter = format!("$aws/things/{id}/shadow/update/accepted");
+        let mut c = Client::connect(&o.target, &id).await?;
+        c.queue(&Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![(filter, SubOptions::qos(QoS::AtLeastOnce))],
+            properties: Properties::default(),
+        }));
+        c.flush().await?;
+        loop {
+            match c.next().await? {
+                Packet::SubAck(a) if a.codes.iter().all(|c| *c < 0x80) => break,
+                Packet::SubAck(a) => return Err(format!("SUBSCRIBE refused: {:?}", a.codes)),
+                _ => {}
+            }
+        }
+        devices.push((id, c));
+    }
+    let barrier = Arc::new(Barrier::new(o.publishers + 1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, c) in devices {
+        let (barrier, updates) = (barrier.clone(), o.messages);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            shadow_device(c, &id, updates, deadline).await
+        });
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    let (mut times, mut errors) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        match r.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(t) => times.extend(t),
+            Err(e) => errors.push(e),
+        }
+    }
+    let took = start.elapsed();
+    times.sort();
+    Ok(json!({
+        "devices": o.publishers,
+        "updates": times.len(),
+        "elapsed_s": round3(took.as_secs_f64()),
+        "updates_per_s": per_second(times.len(), took),
+        "p50_ms": percentile_ms(&times, 50.0),
+        "p99_ms": percentile_ms(&times, 99.0),
+        "errors": errors,
         "timed_out": Instant::now() >= deadline,
     }))
 }

@@ -342,11 +342,12 @@ impl Shadow {
 
     /// Serialized size of the state, the figure the size limit bounds.
     pub fn state_bytes(&self) -> usize {
-        let len = |s: &Option<Map<String, Value>>| {
-            s.as_ref()
-                .map_or(0, |m| serde_json::to_vec(m).map_or(0, |v| v.len()))
-        };
-        len(&self.desired) + len(&self.reported)
+        let mut counted = Counted(0);
+        for section in [&self.desired, &self.reported].into_iter().flatten() {
+            // Writing to a counter cannot fail.
+            let _ = serde_json::to_writer(&mut counted, section);
+        }
+        counted.0
     }
 
     /// Applies `update` at `now` (epoch seconds): the version check, the
@@ -391,39 +392,33 @@ impl Shadow {
             ));
         }
         let token = update.client_token.as_deref();
-        let mut accepted = json!({
-            "state": update.state,
-            "metadata": patch_metadata(&update.state, now),
-            "version": next.version,
-            "timestamp": now,
+        let accepted = encode(&Accepted {
+            state: &update.state,
+            metadata: Stamped::Patch(&update.state, now),
+            version: next.version,
+            timestamp: now,
+            client_token: token,
         });
-        with_token(&mut accepted, token);
         let delta = next.delta().map(|(state, metadata)| {
-            let mut d = json!({
-                "version": next.version,
-                "timestamp": now,
-                "state": state,
-                "metadata": metadata,
-            });
-            with_token(&mut d, token);
-            d.to_string().into_bytes()
+            encode(&Delta {
+                version: next.version,
+                timestamp: now,
+                state: &state,
+                metadata: &metadata,
+                client_token: token,
+            })
         });
-        let mut documents = json!({
-            "previous": if self.exists { self.full_document() } else { Value::Null },
-            "current": next.full_document(),
-            "timestamp": now,
+        let documents = encode(&Documents {
+            previous: self.exists.then(|| self.full()),
+            current: next.full(),
+            timestamp: now,
+            client_token: token,
         });
-        if !self.exists
-            && let Some(m) = documents.as_object_mut()
-        {
-            m.remove("previous");
-        }
-        with_token(&mut documents, token);
         Ok(Updated {
             shadow: next,
-            accepted: accepted.to_string().into_bytes(),
+            accepted,
             delta,
-            documents: documents.to_string().into_bytes(),
+            documents,
         })
     }
 
@@ -432,18 +427,18 @@ impl Shadow {
         if !self.exists {
             return None;
         }
-        let mut state = self.state();
-        if let Some((delta, _)) = self.delta() {
-            state.insert("delta".into(), Value::Object(delta));
-        }
-        let mut doc = json!({
-            "state": state,
-            "metadata": self.metadata,
-            "version": self.version,
-            "timestamp": now,
-        });
-        with_token(&mut doc, client_token);
-        Some(doc.to_string().into_bytes())
+        let delta = self.delta().map(|(d, _)| d);
+        Some(encode(&Got {
+            state: State {
+                desired: self.desired.as_ref(),
+                reported: self.reported.as_ref(),
+                delta: delta.as_ref(),
+            },
+            metadata: &self.metadata,
+            version: self.version,
+            timestamp: now,
+            client_token,
+        }))
     }
 
     /// Deletes it: the tombstone to store and `delete/accepted` (spec
@@ -452,33 +447,29 @@ impl Shadow {
         if !self.exists {
             return None;
         }
-        let mut doc = json!({ "version": self.version, "timestamp": now });
-        with_token(&mut doc, client_token);
         let tombstone = Shadow {
             version: self.version,
             ..Shadow::default()
         };
-        Some((tombstone, doc.to_string().into_bytes()))
-    }
-
-    fn state(&self) -> Map<String, Value> {
-        let mut state = Map::new();
-        if let Some(d) = &self.desired {
-            state.insert("desired".into(), Value::Object(d.clone()));
-        }
-        if let Some(r) = &self.reported {
-            state.insert("reported".into(), Value::Object(r.clone()));
-        }
-        state
+        let body = encode(&Deleted {
+            version: self.version,
+            timestamp: now,
+            client_token,
+        });
+        Some((tombstone, body))
     }
 
     /// State, metadata and version, as in `update/documents`.
-    fn full_document(&self) -> Value {
-        json!({
-            "state": self.state(),
-            "metadata": self.metadata,
-            "version": self.version,
-        })
+    fn full(&self) -> Full<'_> {
+        Full {
+            state: State {
+                desired: self.desired.as_ref(),
+                reported: self.reported.as_ref(),
+                delta: None,
+            },
+            metadata: &self.metadata,
+            version: self.version,
+        }
     }
 
     /// The delta and its metadata (the desired timestamps of its fields),
@@ -494,12 +485,6 @@ impl Shadow {
             self.metadata.desired.as_ref().unwrap_or(&Map::new()),
         );
         Some((delta, metadata))
-    }
-}
-
-fn with_token(doc: &mut Value, token: Option<&str>) {
-    if let Some(t) = token {
-        doc["clientToken"] = t.into();
     }
 }
 
@@ -607,20 +592,6 @@ fn metadata_of(v: &Value, now: u64) -> Value {
     }
 }
 
-/// The metadata of an update response: the request's `state` with every
-/// leaf stamped; a whole section set to `null` is one leaf.
-fn patch_metadata(state: &Value, now: u64) -> Value {
-    match state {
-        Value::Object(sections) => Value::Object(
-            sections
-                .iter()
-                .map(|(k, v)| (k.clone(), metadata_of(v, now)))
-                .collect(),
-        ),
-        _ => Value::Object(Map::new()),
-    }
-}
-
 /// What `desired` holds that `reported` does not (spec §1.7): numbers are
 /// compared by value, arrays and other values whole.
 fn diff(reported: &Map<String, Value>, desired: &Map<String, Value>) -> Map<String, Value> {
@@ -684,6 +655,143 @@ fn project(delta: &Map<String, Value>, meta: &Map<String, Value>) -> Map<String,
             ))
         })
         .collect()
+}
+
+/// Counts what is written, to size a document without keeping it.
+struct Counted(usize);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A response document's bytes. Every response is written straight from
+/// borrowed state: no JSON value is built to be thrown away.
+fn encode(doc: &impl Serialize) -> Vec<u8> {
+    // Maps with string keys and JSON values always serialize.
+    serde_json::to_vec(doc).unwrap_or_default()
+}
+
+/// `update/accepted` (spec §1.8.1).
+#[derive(Serialize)]
+struct Accepted<'a> {
+    state: &'a Value,
+    metadata: Stamped<'a>,
+    version: u64,
+    timestamp: u64,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+/// `update/delta` (spec §1.8.2).
+#[derive(Serialize)]
+struct Delta<'a> {
+    version: u64,
+    timestamp: u64,
+    state: &'a Map<String, Value>,
+    metadata: &'a Map<String, Value>,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+/// `update/documents` (spec §1.8.3): no `previous` when the update created the shadow.
+#[derive(Serialize)]
+struct Documents<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous: Option<Full<'a>>,
+    current: Full<'a>,
+    timestamp: u64,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Full<'a> {
+    state: State<'a>,
+    metadata: &'a Metadata,
+    version: u64,
+}
+
+/// The sections that exist, and the delta when asked for.
+#[derive(Serialize)]
+struct State<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    desired: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reported: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<&'a Map<String, Value>>,
+}
+
+/// `get/accepted` (spec §1.8.4).
+#[derive(Serialize)]
+struct Got<'a> {
+    state: State<'a>,
+    metadata: &'a Metadata,
+    version: u64,
+    timestamp: u64,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+/// `delete/accepted` (spec §1.8.5).
+#[derive(Serialize)]
+struct Deleted<'a> {
+    version: u64,
+    timestamp: u64,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+/// The metadata of an update response, written from the request as it is
+/// serialized: its `state` with every leaf (a whole section set to `null`
+/// included) as `{"timestamp": t}`, one entry per array element (spec §1.6).
+enum Stamped<'a> {
+    /// The request's whole `state`: not a leaf itself, even when `null`.
+    Patch(&'a Value, u64),
+    /// A value inside it.
+    Value(&'a Value, u64),
+}
+
+impl Serialize for Stamped<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match *self {
+            Self::Patch(Value::Object(sections), now) => {
+                let mut m = s.serialize_map(Some(sections.len()))?;
+                for (k, v) in sections {
+                    m.serialize_entry(k, &Stamped::Value(v, now))?;
+                }
+                m.end()
+            }
+            Self::Patch(_, _) => s.serialize_map(Some(0))?.end(),
+            Self::Value(Value::Object(fields), now) => {
+                let mut m = s.serialize_map(Some(fields.len()))?;
+                for (k, v) in fields {
+                    m.serialize_entry(k, &Stamped::Value(v, now))?;
+                }
+                m.end()
+            }
+            Self::Value(Value::Array(items), now) => {
+                let mut q = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    q.serialize_element(&Stamped::Value(v, now))?;
+                }
+                q.end()
+            }
+            Self::Value(_, now) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("timestamp", &now)?;
+                m.end()
+            }
+        }
+    }
 }
 
 #[cfg(test)]
