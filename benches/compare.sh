@@ -11,7 +11,7 @@
 #   benches/compare.sh                     # everything
 #   BROKERS="edgegate mosquitto" SCENARIOS="fanin0 latency" RUNS=5 benches/compare.sh
 #   BROKERS=edgegate SCENARIOS=scale RUNS=1 benches/compare.sh   # SCALE (19,900) held connections
-#   FSYNC=true BROKERS=edgegate SCENARIOS="fanin1 latency1 shadow" benches/compare.sh
+#   FSYNC=true BROKERS=edgegate SCENARIOS="fanin1 latency1 shadow shadow1" benches/compare.sh
 #       # device shadows (edgegate only) beside QoS 1 fan-in and latency, every commit flushed
 #
 # Everything listens on 127.0.0.1 only, every run is bounded in count and
@@ -159,6 +159,7 @@ args_for() {
         latency) echo "latency --rate 1000 --duration-secs 10" ;;
         latency1) echo "latency --rate 1000 --duration-secs 10 --qos 1" ;;
         shadow) echo "shadow --publishers 256 --messages 100" ;;
+        shadow1) echo "shadow --publishers 1 --messages 3000" ;;
     esac
 }
 
@@ -170,7 +171,7 @@ for run in $(seq "$RUNS"); do
     for scenario in $SCENARIOS; do
         for broker in $order; do
             # Only edgegate has a shadow service.
-            [ "$scenario" = shadow ] && [ "$broker" != edgegate ] && continue
+            [[ $scenario == shadow* ]] && [ "$broker" != edgegate ] && continue
             start_broker "$broker" || continue
             pid=$(broker_proc)
             rss0=$(rss_kib "$pid"); cpu0=$(cpu_s "$pid")
@@ -222,9 +223,12 @@ figures = {
     "shadow": ("shadow updates/s (256 devices)", lambda r: r["report"].get("updates_per_s"), True),
     "shadow_p99": ("shadow update p99 us (256 devices)",
                    lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
+    "shadow1": ("shadow updates/s (1 device)", lambda r: r["report"].get("updates_per_s"), True),
+    "shadow1_p99": ("shadow update p99 us (1 device)",
+                    lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
 }
-for r in [r for r in rows if r["scenario"] == "shadow"]:
-    rows.append({**r, "scenario": "shadow_p99"})
+for r in [r for r in rows if r["scenario"] in ("shadow", "shadow1")]:
+    rows.append({**r, "scenario": r["scenario"] + "_p99"})
 def messages(r):
     rep = r["report"]
     return rep.get("delivered") or rep.get("deliveries") or rep.get("messages") or 0
@@ -272,7 +276,9 @@ def med(scenario, key):
 updates, acked = med("shadow", "updates_per_s"), med("fanin1", "acked_per_s")
 if updates and acked:
     print(f"shadow updates/s / fan-in QoS 1 acked/s: {updates / acked:.3f}x")
-p99, p99_1 = med("shadow", "p99_ms"), med("latency1", "p99_ms")
-if p99 and p99_1:
-    print(f"shadow update p99 / QoS 1 publish p99 at 1,000 msg/s: {p99 / p99_1:.1f}x")
+p99_1 = med("latency1", "p99_ms")
+for scenario, devices in (("shadow", 256), ("shadow1", 1)):
+    p99 = med(scenario, "p99_ms")
+    if p99 and p99_1:
+        print(f"shadow update p99 ({devices} devices) / QoS 1 publish p99 at 1,000 msg/s: {p99 / p99_1:.1f}x")
 PY

@@ -225,6 +225,8 @@ pub struct Limits {
     pub shadow_max_depth: usize,
     /// Named shadows one thing may have (AWS IoT: no limit; an edge box keeps every shadow in memory).
     pub max_named_shadows_per_thing: usize,
+    /// Shadows the gateway holds, deleted ones kept for their version included.
+    pub max_shadows: usize,
 }
 
 impl Limits {
@@ -255,6 +257,7 @@ impl Default for Limits {
             shadow_max_bytes: 8192,
             shadow_max_depth: 6,
             max_named_shadows_per_thing: 100,
+            max_shadows: 100_000,
         }
     }
 }
@@ -512,6 +515,7 @@ impl Config {
             ("limits.max_stored_messages", l.max_stored_messages),
             ("limits.shadow_max_bytes", l.shadow_max_bytes),
             ("limits.shadow_max_depth", l.shadow_max_depth),
+            ("limits.max_shadows", l.max_shadows),
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be greater than 0"));

@@ -239,6 +239,7 @@ impl Server {
                     max_depth: config.limits.shadow_max_depth,
                 },
                 max_named_per_thing: config.limits.max_named_shadows_per_thing,
+                max_shadows: config.limits.max_shadows,
             },
             shadows,
             shutdown.clone(),

@@ -105,6 +105,8 @@ pub enum Op {
     DelSpool(Arc<str>, u64),
     /// Store or replace a device shadow (its key names thing and shadow).
     PutShadow(String, Vec<u8>),
+    /// Forget a device shadow (a tombstone past its time).
+    DelShadow(String),
 }
 
 /// Resolves when a batch is durable.
@@ -436,6 +438,9 @@ fn apply(db: &Database, group: &[Batch], fsync: bool) -> Result<(), StoreError> 
                     shadows
                         .insert(key.as_str(), rec.as_slice())
                         .map_err(txn_err)?;
+                }
+                Op::DelShadow(key) => {
+                    shadows.remove(key.as_str()).map_err(txn_err)?;
                 }
             }
         }

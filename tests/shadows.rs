@@ -838,3 +838,85 @@ async fn the_device_https_endpoint_authorizes_with_the_certificate() {
     .expect("served");
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn limits_refuse_with_aws_codes_and_change_nothing() {
+    let t = TestServer::start_with(
+        "[limits]\nmax_named_shadows_per_thing = 2\nmax_shadows = 4\nshadow_max_bytes = 64\n",
+    )
+    .await;
+    let mut dev = t.v4("lim", true).await;
+    dev.subscribe("$aws/things/+/shadow/#", QoS::AtLeastOnce)
+        .await;
+    let update = |name: &str| {
+        if name.is_empty() {
+            "$aws/things/lim/shadow/update".to_owned()
+        } else {
+            format!("$aws/things/lim/shadow/name/{name}/update")
+        }
+    };
+    for name in ["a", "b"] {
+        request(
+            &mut dev,
+            &update(name),
+            json!({"state": {"reported": {"x": 1}}}),
+        )
+        .await;
+        let a = response(&mut dev, &format!("{}/accepted", update(name))).await;
+        assert_eq!(a["version"], 1);
+    }
+    // A third named shadow of the same thing.
+    request(
+        &mut dev,
+        &update("c"),
+        json!({"state": {"reported": {"x": 1}}}),
+    )
+    .await;
+    let r = response(&mut dev, &format!("{}/rejected", update("c"))).await;
+    assert_eq!(r["code"], 400);
+    // Too deep, then too large for the configured 64 bytes.
+    let deep = json!({"state": {"reported": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}}});
+    request(&mut dev, &update(""), deep).await;
+    let r = response(&mut dev, &format!("{}/rejected", update(""))).await;
+    assert_eq!(
+        (r["code"].as_u64(), r["message"].as_str()),
+        (
+            Some(400),
+            Some("JSON contains too many levels of nesting; maximum is 6")
+        )
+    );
+    request(
+        &mut dev,
+        &update(""),
+        json!({"state": {"reported": {"blob": "x".repeat(80)}}}),
+    )
+    .await;
+    let r = response(&mut dev, &format!("{}/rejected", update(""))).await;
+    assert_eq!(
+        (r["code"].as_u64(), r["message"].as_str()),
+        (
+            Some(413),
+            Some("The payload exceeds the maximum size allowed")
+        )
+    );
+    // Shadows in all: lim/a, lim/b, and two more things; the fifth is refused.
+    for (thing, code) in [("lim", 200), ("other", 200), ("third", 400)] {
+        let topic = format!("$aws/things/{thing}/shadow/update");
+        request(&mut dev, &topic, json!({"state": {"reported": {"x": 1}}})).await;
+        let outcome = if code == 200 { "accepted" } else { "rejected" };
+        let r = response(&mut dev, &format!("{topic}/{outcome}")).await;
+        if code == 400 {
+            assert_eq!(r["code"], 400, "{r}");
+        }
+    }
+    let m = t.metrics().await;
+    assert_eq!(metric(&m, "edgegate_shadow_documents"), 4.0);
+    assert_eq!(
+        metric(&m, r#"edgegate_shadow_rejections_total{code="413"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, r#"edgegate_shadow_rejections_total{code="400"}"#),
+        3.0
+    );
+}

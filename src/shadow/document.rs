@@ -33,6 +33,10 @@ impl Default for Limits {
     }
 }
 
+/// How long a deleted shadow's version is kept: a shadow made again
+/// within 48 hours carries on from it, a later one starts again (spec §1.9).
+pub const TOMBSTONE_SECS: u64 = 48 * 3600;
+
 /// Longest `clientToken` (spec §1.3).
 const MAX_CLIENT_TOKEN: usize = 64;
 
@@ -313,6 +317,9 @@ pub struct Shadow {
     /// When each field was last written.
     #[serde(default)]
     pub metadata: Metadata,
+    /// When a tombstone was deleted (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<u64>,
 }
 
 /// What an accepted update publishes (spec §1.8.1-§1.8.3).
@@ -358,14 +365,19 @@ impl Shadow {
         now: u64,
         limits: &Limits,
     ) -> Result<Updated, ShadowError> {
+        let version = if self.is_expired(now) {
+            0
+        } else {
+            self.version
+        };
         if let Some(v) = update.version
-            && v != self.version
+            && v != version
         {
             return Err(ShadowError::new(ErrorKind::Conflict, "Version conflict"));
         }
         let mut next = Shadow {
             exists: true,
-            version: self.version + 1,
+            version: version.saturating_add(1),
             ..Shadow::default()
         };
         if self.exists {
@@ -449,6 +461,7 @@ impl Shadow {
         }
         let tombstone = Shadow {
             version: self.version,
+            deleted_at: Some(now),
             ..Shadow::default()
         };
         let body = encode(&Deleted {
@@ -457,6 +470,14 @@ impl Shadow {
             client_token,
         });
         Some((tombstone, body))
+    }
+
+    /// Whether it is a tombstone old enough to be forgotten at `now`.
+    pub fn is_expired(&self, now: u64) -> bool {
+        !self.exists
+            && self
+                .deleted_at
+                .is_some_and(|t| now.saturating_sub(t) >= TOMBSTONE_SECS)
     }
 
     /// State, metadata and version, as in `update/documents`.

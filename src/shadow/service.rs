@@ -43,6 +43,13 @@ const CALLS: usize = 1024;
 /// Page size of ListNamedShadowsForThing when the caller gives none.
 const DEFAULT_PAGE: usize = 25;
 
+/// Requests one connection may have waiting; more are answered 429, as on
+/// AWS IoT (spec §1.10), so one device cannot crowd the others out.
+const INFLIGHT_PER_CONNECTION: usize = 10;
+
+/// How often tombstones past their 48 hours are forgotten.
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What bounds the shadows.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -50,6 +57,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Named shadows one thing may have.
     pub max_named_per_thing: usize,
+    /// Shadows held in all, tombstones included.
+    pub max_shadows: usize,
 }
 
 /// A REST call on a shadow.
@@ -197,6 +206,8 @@ struct Answer {
     /// The response topic prefix (`P/<op>`), if the request named a shadow.
     topic: String,
     client_token: Option<String>,
+    /// The shadow it read or wrote, if any.
+    shadow: Option<ShadowId>,
     result: Result<Done, ShadowError>,
 }
 
@@ -217,6 +228,8 @@ impl Service {
         let tap = router.shadow_tap();
         let mut tapped = Vec::with_capacity(TURN);
         let mut rest = Vec::with_capacity(TURN);
+        let mut sweep = tokio::time::interval(SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tap.take(&mut tapped, TURN);
             while rest.len() < TURN {
@@ -228,6 +241,10 @@ impl Service {
             if tapped.is_empty() && rest.is_empty() {
                 tokio::select! {
                     _ = tap.offered() => continue,
+                    _ = sweep.tick() => {
+                        self.sweep(unix_secs());
+                        continue;
+                    }
                     c = calls.recv() => match c {
                         Some(c) => rest.push(c),
                         None => return,
@@ -254,7 +271,14 @@ impl Service {
         // The first state of every shadow this turn changes, to undo it.
         let mut undo: BTreeMap<ShadowId, Option<Shadow>> = BTreeMap::new();
         let mut answers = Vec::with_capacity(tapped.len() + calls.len());
+        let mut waiting: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
         for t in tapped.drain(..) {
+            let session = t.msg.origin.session;
+            let throttled = session != 0 && {
+                let n = waiting.entry(session).or_default();
+                *n += 1;
+                *n > INFLIGHT_PER_CONNECTION
+            };
             let from = Source::Mqtt {
                 durable: t.durable,
                 done: t.done,
@@ -262,18 +286,25 @@ impl Service {
                 bridged: t.msg.origin.bridged,
             };
             let topic = t.msg.topic.as_str();
-            let Some((id, op)) = super::parse_request(topic) else {
-                // The filters matched but a name is not one AWS allows.
-                let op = match topic.rsplit('/').next() {
-                    Some("get") => ShadowOp::Get,
-                    Some("delete") => ShadowOp::Delete,
-                    _ => ShadowOp::Update,
-                };
+            if throttled {
                 answers.push(Answer {
                     from,
-                    op,
+                    op: op_of(topic),
                     topic: topic.to_owned(),
                     client_token: document::client_token(&t.msg.payload),
+                    shadow: None,
+                    result: Err(ShadowError::new(ErrorKind::Throttled, "Too Many Requests")),
+                });
+                continue;
+            }
+            let Some((id, op)) = super::parse_request(topic) else {
+                // The filters matched but a name is not one AWS allows.
+                answers.push(Answer {
+                    from,
+                    op: op_of(topic),
+                    topic: topic.to_owned(),
+                    client_token: document::client_token(&t.msg.payload),
+                    shadow: None,
                     result: Err(ShadowError::new(
                         ErrorKind::InvalidRequest,
                         "Invalid thing name or shadow name",
@@ -300,11 +331,20 @@ impl Service {
                 if self.warn.allow() {
                     tracing::error!(error = %e, "shadow changes not stored; their requests are answered 500");
                 }
+                // What read or wrote a shadow changed in this turn (and any
+                // listing, which may have seen one) is answered 500; the rest
+                // stands.
+                for a in &mut answers {
+                    let touched = match &a.shadow {
+                        Some(id) => undo.contains_key(id),
+                        None => a.op == ShadowOp::List,
+                    };
+                    if touched {
+                        a.result = Err(internal());
+                    }
+                }
                 for (id, before) in undo {
                     self.put(id, before);
-                }
-                for a in &mut answers {
-                    a.result = Err(internal());
                 }
             }
             self.gauges();
@@ -328,6 +368,10 @@ impl Service {
         let op = call.op();
         let rest = matches!(from, Source::Rest(_));
         let mut client_token = None;
+        let shadow = match &call {
+            Call::Get(id) | Call::Update(id, _) | Call::Delete(id) => Some(id.clone()),
+            Call::List { .. } => None,
+        };
         let (topic, result) = match call {
             Call::Get(id) => {
                 client_token = document::client_token(payload);
@@ -407,7 +451,29 @@ impl Service {
             op,
             topic,
             client_token,
+            shadow,
             result,
+        }
+    }
+
+    /// Forgets tombstones past their 48 hours, in memory and in the store.
+    fn sweep(&mut self, now: u64) {
+        let expired: Vec<ShadowId> = self
+            .shadows
+            .iter()
+            .filter(|(_, s)| s.is_expired(now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let ops = expired
+            .iter()
+            .map(|id| StoreOp::DelShadow(id.key()))
+            .collect();
+        self.store.enqueue(ops);
+        for id in expired {
+            self.put(id, None);
         }
     }
 
@@ -418,6 +484,15 @@ impl Service {
         now: u64,
     ) -> Result<document::Updated, ShadowError> {
         let current = self.shadows.get(id);
+        if current.is_none() && self.shadows.len() >= self.settings.max_shadows {
+            return Err(ShadowError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "The gateway already holds the most shadows allowed ({})",
+                    self.settings.max_shadows
+                ),
+            ));
+        }
         let exists = current.is_some_and(|s| s.exists);
         if !exists && !id.is_classic() {
             let named = self.named(&id.thing).count();
@@ -611,6 +686,15 @@ impl Service {
     fn gauges(&self) {
         self.metrics.shadow_documents.set(self.count as f64);
         self.metrics.shadow_bytes.set(self.bytes as f64);
+    }
+}
+
+/// The operation a request topic names, for the metrics.
+fn op_of(topic: &str) -> ShadowOp {
+    match topic.rsplit('/').next() {
+        Some("get") => ShadowOp::Get,
+        Some("delete") => ShadowOp::Delete,
+        _ => ShadowOp::Update,
     }
 }
 

@@ -283,6 +283,12 @@ fn the_worked_sequence() {
     assert_eq!(tombstone.delete(None, 191), None);
     let again = update(&tombstone, json!({"state":{"reported":{"x":1}}}), 200).unwrap();
     assert_eq!(again.shadow.version, 10);
+    // After 48 hours a new shadow starts again from version 1.
+    let later = 190 + TOMBSTONE_SECS;
+    assert!(!tombstone.is_expired(later - 1) && tombstone.is_expired(later));
+    let fresh = update(&tombstone, json!({"state":{"reported":{"x":1}}}), later).unwrap();
+    assert_eq!(fresh.shadow.version, 1);
+    assert!(doc(&fresh.documents).get("previous").is_none());
     assert_eq!(
         doc(&again.shadow.get(None, 201).unwrap())["state"],
         json!({"reported":{"x":1}})
