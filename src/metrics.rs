@@ -43,6 +43,8 @@ label_enum!(
         RulesBusy => "rules_busy",
         /// A QoS 0 shadow request met a full shadow service queue.
         ShadowsBusy => "shadows_busy",
+        /// A shadow answer could not be published (the store stayed busy).
+        ShadowAnswer => "shadow_answer",
     }
 );
 

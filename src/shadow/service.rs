@@ -20,7 +20,7 @@
 use super::document::{self, ErrorKind, Limits, Shadow, ShadowError};
 use super::{Op, ShadowId};
 use crate::codec::{PublishProperties, QoS};
-use crate::metrics::{Metrics, ShadowOp};
+use crate::metrics::{DropReason, Metrics, ShadowOp};
 use crate::router::{Message, Origin, Router, Tapped};
 use crate::spool::Throttle;
 use crate::store::{Commit, Op as StoreOp, Store, StoreError};
@@ -46,6 +46,11 @@ const DEFAULT_PAGE: usize = 25;
 /// Requests one connection may have waiting; more are answered 429, as on
 /// AWS IoT (spec §1.10), so one device cannot crowd the others out.
 const INFLIGHT_PER_CONNECTION: usize = 10;
+
+/// How often, and how long apart, an answer is tried again while a queue in
+/// front of the store is full.
+const ANSWER_RETRIES: u32 = 50;
+const ANSWER_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How often tombstones past their 48 hours are forgotten.
 const SWEEP: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -350,7 +355,7 @@ impl Service {
             self.gauges();
         }
         for a in answers {
-            self.answer(a, now);
+            self.answer(a, now).await;
         }
     }
 
@@ -590,7 +595,7 @@ impl Service {
         before
     }
 
-    fn answer(&self, a: Answer, now: u64) {
+    async fn answer(&self, a: Answer, now: u64) {
         self.metrics
             .shadow_request(a.op, a.result.as_ref().err().map(|e| e.kind.code()));
         if let Err(e) = &a.result
@@ -605,10 +610,11 @@ impl Service {
         match &a.result {
             Ok(done) => {
                 for (topic, body) in &done.before {
-                    self.publish(topic, body, hops, bridged);
+                    self.publish(topic, body, hops, bridged).await;
                 }
                 if done.publish {
-                    self.publish(&format!("{}/accepted", a.topic), &done.body, hops, bridged);
+                    self.publish(&format!("{}/accepted", a.topic), &done.body, hops, bridged)
+                        .await;
                 }
             }
             Err(e) if matches!(a.from, Source::Mqtt { .. }) => {
@@ -617,7 +623,8 @@ impl Service {
                     &e.document(a.client_token.as_deref(), now),
                     hops,
                     bridged,
-                );
+                )
+                .await;
             }
             Err(_) => {}
         }
@@ -655,9 +662,13 @@ impl Service {
         }
     }
 
-    /// Publishes a response as the gateway; a failure (the store is full)
-    /// is logged, since the request itself is already durable.
-    fn publish(&self, topic: &str, body: &[u8], hops: u8, bridged: bool) {
+    /// Publishes a response as the gateway. A queue in front of the store
+    /// that is full (the rules engine's, the writer's) is waited out for up
+    /// to [`ANSWER_RETRIES`] times [`ANSWER_PAUSE`], holding every shadow
+    /// back meanwhile, as an overloaded gateway should; past that, or on any
+    /// other failure, the answer is dropped, counted and logged: the
+    /// request itself is already stored.
+    async fn publish(&self, topic: &str, body: &[u8], hops: u8, bridged: bool) {
         let origin = if hops == 0 && !bridged {
             Origin::gateway()
         } else {
@@ -676,10 +687,20 @@ impl Service {
             Instant::now(),
             origin,
         ));
-        if let Err(e) = self.router.publish(&msg, Instant::now())
-            && self.warn.allow()
-        {
-            tracing::warn!(topic, error = %e, "shadow response not published");
+        for attempt in 0.. {
+            match self.router.publish(&msg, Instant::now()) {
+                Ok(_) => return,
+                Err(StoreError::Full(_) | StoreError::Busy) if attempt < ANSWER_RETRIES => {
+                    tokio::time::sleep(ANSWER_PAUSE).await;
+                }
+                Err(e) => {
+                    self.metrics.count_drop(DropReason::ShadowAnswer);
+                    if self.warn.allow() {
+                        tracing::warn!(topic, error = %e, "shadow response not published");
+                    }
+                    return;
+                }
+            }
         }
     }
 
