@@ -762,6 +762,17 @@ impl Router {
         existed
     }
 
+    /// Whether a message on `topic` would reach anyone: a subscriber or a
+    /// rule (the bridge's forwards are rules too).
+    pub fn is_heard(&self, topic: &str) -> bool {
+        if self.tap.wants(topic) {
+            return true;
+        }
+        let mut any = false;
+        self.subs.read().for_each_match(topic, &mut |_| any = true);
+        any
+    }
+
     /// Retained messages matching `filter`.
     pub fn retained(&self, filter: &str) -> Vec<Arc<Message>> {
         let mut out = Vec::new();

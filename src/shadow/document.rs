@@ -331,8 +331,6 @@ pub struct Updated {
     pub accepted: Vec<u8>,
     /// `update/delta`, when the new document has one.
     pub delta: Option<Vec<u8>>,
-    /// `update/documents`.
-    pub documents: Vec<u8>,
 }
 
 impl Shadow {
@@ -420,17 +418,22 @@ impl Shadow {
                 client_token: token,
             })
         });
-        let documents = encode(&Documents {
-            previous: self.exists.then(|| self.full()),
-            current: next.full(),
-            timestamp: now,
-            client_token: token,
-        });
         Ok(Updated {
             shadow: next,
             accepted,
             delta,
-            documents,
+        })
+    }
+
+    /// `update/documents` for an update from `self` to `current` (spec
+    /// §1.8.3), apart from [`Shadow::update`] since it is the largest
+    /// response and often nobody listens for it.
+    pub fn documents(&self, current: &Shadow, client_token: Option<&str>, now: u64) -> Vec<u8> {
+        encode(&Documents {
+            previous: (self.exists && !self.is_expired(now)).then(|| self.full()),
+            current: current.full(),
+            timestamp: now,
+            client_token,
         })
     }
 

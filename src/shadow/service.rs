@@ -219,7 +219,8 @@ struct Answer {
 /// What an accepted request returns and publishes.
 struct Done {
     body: Vec<u8>,
-    /// Published before `accepted` (`update/delta`, `update/documents`), as
+    /// Published before `accepted` (`update/delta`, and `update/documents`
+    /// when anyone listens: it is the largest answer), as
     /// AWS's own local service does, so a client that sees `accepted` has
     /// them queued already.
     before: Vec<(String, Vec<u8>)>,
@@ -430,7 +431,15 @@ impl Service {
                             if let Some(delta) = u.delta {
                                 before.push((format!("{prefix}/update/delta"), delta));
                             }
-                            before.push((format!("{prefix}/update/documents"), u.documents));
+                            let documents = format!("{prefix}/update/documents");
+                            if self.router.is_heard(&documents) {
+                                let token = update.client_token.as_deref();
+                                let body = match self.shadows.get(&id) {
+                                    Some(previous) => previous.documents(&u.shadow, token, now),
+                                    None => Shadow::default().documents(&u.shadow, token, now),
+                                };
+                                before.push((documents, body));
+                            }
                             self.write(id, u.shadow, ops, undo);
                             Done {
                                 body: u.accepted,
@@ -633,30 +642,8 @@ impl Service {
                 let _ = reply.send(a.result.map(|d| d.body));
             }
             Source::Mqtt { durable, done, .. } => {
-                let Some(done) = done else { return };
-                // A request the service could not store is refused, so its
-                // publisher sends it again.
-                let ours = match a.result {
-                    Err(e) if e.kind == ErrorKind::Internal => {
-                        Err(Arc::new(StoreError::Transaction(e.message)))
-                    }
-                    _ => Ok(()),
-                };
-                // The publish's own writes (and the rules engine's, when a
-                // rule matched the request) are waited for apart from the
-                // service's turns, so a slow engine never holds shadows up.
-                // If they fail, the publisher sends the request again and
-                // it applies twice: at least once, as everywhere else.
-                match durable {
-                    None => {
-                        let _ = done.send(ours);
-                    }
-                    Some(commit) => {
-                        tokio::spawn(async move {
-                            let theirs = commit.await.unwrap_or(Err(Arc::new(StoreError::Closed)));
-                            let _ = done.send(theirs.and(ours));
-                        });
-                    }
+                if let Some(done) = done {
+                    acknowledge(done, durable, &a.result);
                 }
             }
         }
@@ -707,6 +694,36 @@ impl Service {
     fn gauges(&self) {
         self.metrics.shadow_documents.set(self.count as f64);
         self.metrics.shadow_bytes.set(self.bytes as f64);
+    }
+}
+
+/// Lets a request's acknowledgement go: refused if the service could not
+/// store it, so that its publisher sends it again. The publish's own writes
+/// (and the rules engine's, when a rule matched the request) are waited for
+/// apart from the service's turns, so a slow engine never holds shadows
+/// up; if they fail, the publisher sends the request again and it applies
+/// twice: at least once, as everywhere else.
+fn acknowledge(
+    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
+    durable: Option<Commit>,
+    result: &Result<Done, ShadowError>,
+) {
+    let ours = match result {
+        Err(e) if e.kind == ErrorKind::Internal => {
+            Err(Arc::new(StoreError::Transaction(e.message.clone())))
+        }
+        _ => Ok(()),
+    };
+    match durable {
+        None => {
+            let _ = done.send(ours);
+        }
+        Some(commit) => {
+            tokio::spawn(async move {
+                let theirs = commit.await.unwrap_or(Err(Arc::new(StoreError::Closed)));
+                let _ = done.send(theirs.and(ours));
+            });
+        }
     }
 }
 

@@ -9,9 +9,25 @@ fn doc(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).expect("a JSON document")
 }
 
-fn update(shadow: &Shadow, body: Value, now: u64) -> Result<Updated, ShadowError> {
+/// An update, with its `update/documents`.
+#[derive(Debug)]
+struct Done {
+    shadow: Shadow,
+    accepted: Vec<u8>,
+    delta: Option<Vec<u8>>,
+    documents: Vec<u8>,
+}
+
+fn update(shadow: &Shadow, body: Value, now: u64) -> Result<Done, ShadowError> {
     let req = parse_update(body.to_string().as_bytes(), &Limits::default()).map_err(|r| r.error)?;
-    shadow.update(&req, now, &Limits::default())
+    let u = shadow.update(&req, now, &Limits::default())?;
+    let documents = shadow.documents(&u.shadow, req.client_token.as_deref(), now);
+    Ok(Done {
+        shadow: u.shadow,
+        accepted: u.accepted,
+        delta: u.delta,
+        documents,
+    })
 }
 
 fn refusal(body: &[u8]) -> (ErrorKind, String, Option<String>) {
