@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -322,7 +322,7 @@ impl Server {
         let mut mqtt = Vec::new();
         for l in tls_listeners {
             mqtt.push(local(&l)?);
-            tracker.spawn(accept_loop(
+            tracker.spawn(mqtt_accept_loop(
                 l,
                 Some(acceptor.clone()),
                 shared.clone(),
@@ -333,7 +333,7 @@ impl Server {
         let plaintext = match plaintext {
             Some(l) => {
                 let addr = local(&l)?;
-                tracker.spawn(accept_loop(
+                tracker.spawn(mqtt_accept_loop(
                     l,
                     None,
                     shared.clone(),
@@ -572,15 +572,19 @@ fn local(l: &TcpListener) -> Result<SocketAddr, ServerError> {
     })
 }
 
-/// Accepts connections and spawns one task each; the handshake runs in that task.
-async fn accept_loop(
+/// Accepts connections and spawns `serve` for each in a task of its own,
+/// with one of the connection permits; past the limit a connection is
+/// refused and counted.
+async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    acceptor: Option<Arc<Acceptor>>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
-) {
-    let timeout = shared.config.tls.handshake_timeout();
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -602,22 +606,43 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let deadline = Instant::now() + timeout;
-            match acceptor {
-                Some(a) => handshake(stream, peer, &a, shared, deadline).await,
-                None => conn::serve(stream, None, peer, shared, deadline).await,
-            }
-        });
+        tracker.spawn(serve(stream, peer, permit));
     }
 }
 
-/// Accepts device HTTPS connections; each handshake runs in its own task
-/// under the same deadline and permits as MQTT, and a finished one is handed
-/// to the HTTP server with its permit and the client's certificate.
+/// Serves MQTT connections; the handshake runs in the connection's task.
+async fn mqtt_accept_loop(
+    listener: TcpListener,
+    acceptor: Option<Arc<Acceptor>>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let timeout = shared.config.tls.handshake_timeout();
+    let session = shared.clone();
+    accept_loop(
+        listener,
+        shared,
+        permits,
+        tracker,
+        move |stream, peer, permit| {
+            let (shared, acceptor) = (session.clone(), acceptor.clone());
+            async move {
+                let _permit = permit;
+                let deadline = Instant::now() + timeout;
+                match acceptor {
+                    Some(a) => handshake(stream, peer, &a, shared, deadline).await,
+                    None => conn::serve(stream, None, peer, shared, deadline).await,
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Serves device HTTPS connections: each handshake runs in its own task
+/// under the same deadline as MQTT, and a finished one is handed to the
+/// HTTP server with its permit and the client's certificate.
 async fn https_accept_loop(
     listener: TcpListener,
     acceptor: Arc<Acceptor>,
@@ -627,49 +652,39 @@ async fn https_accept_loop(
     ready: tokio::sync::mpsc::Sender<(crate::http::device::Conn, crate::http::device::Peer)>,
 ) {
     let timeout = shared.config.tls.handshake_timeout();
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let metrics = shared.metrics.clone();
+    accept_loop(
+        listener,
+        shared,
+        permits,
+        tracker,
+        move |stream, peer, permit| {
+            let (config, metrics, ready) = (acceptor.current(), metrics.clone(), ready.clone());
+            async move {
+                let tls = match tokio::time::timeout(timeout, stream::accept(stream, config)).await
+                {
+                    Err(_) => return metrics.handshake_failed(HandshakeFailure::Timeout),
+                    Ok(Err(e)) => return metrics.handshake_failed(tls::classify(&e)),
+                    Ok(Ok(s)) => Box::new(s),
+                };
+                let Some(identity) = tls
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|der| ClientIdentity::from_der(der))
+                else {
+                    return metrics.handshake_failed(HandshakeFailure::BadCertificate);
+                };
+                let peer = crate::http::device::Peer {
+                    addr: peer,
+                    identity: Some(Arc::new(identity)),
+                };
+                let _ = ready
+                    .send((crate::http::device::Conn::new(tls, permit), peer))
+                    .await;
             }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            shared
-                .metrics
-                .handshake_failed(HandshakeFailure::ConnectionLimit);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (config, metrics, ready) = (acceptor.current(), shared.metrics.clone(), ready.clone());
-        tracker.spawn(async move {
-            let tls = match tokio::time::timeout(timeout, stream::accept(stream, config)).await {
-                Err(_) => return metrics.handshake_failed(HandshakeFailure::Timeout),
-                Ok(Err(e)) => return metrics.handshake_failed(tls::classify(&e)),
-                Ok(Ok(s)) => Box::new(s),
-            };
-            let Some(identity) = tls
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|der| ClientIdentity::from_der(der))
-            else {
-                return metrics.handshake_failed(HandshakeFailure::BadCertificate);
-            };
-            let peer = crate::http::device::Peer {
-                addr: peer,
-                identity: Some(Arc::new(identity)),
-            };
-            let _ = ready
-                .send((crate::http::device::Conn::new(tls, permit), peer))
-                .await;
-        });
-    }
+        },
+    )
+    .await;
 }
 
 async fn handshake(

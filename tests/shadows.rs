@@ -429,6 +429,17 @@ fn iot_data(
 
 const SECRET: &str = "shadow-test-secret";
 
+/// The gateway binary with the control plane's key `AKIDTEST` (its secret
+/// reaches it only through its environment); the child, its MQTT port and
+/// its admin address.
+fn with_admin_key(t: &TestServer) -> (std::process::Child, u16, String) {
+    let env = "EDGEGATE_TEST_SHADOW_SECRET";
+    let admin_section = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\naccess_key_id = \"AKIDTEST\"\nsecret_access_key_env = \"{env}\"\n"
+    );
+    spawn_binary(t, &admin_section, &[(env, SECRET)])
+}
+
 fn json_of(body: &[u8]) -> Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|_| panic!("JSON: {}", String::from_utf8_lossy(body)))
@@ -437,11 +448,7 @@ fn json_of(body: &[u8]) -> Value {
 #[tokio::test]
 async fn the_iot_data_api() {
     let t = TestServer::prepare("");
-    let env = "EDGEGATE_TEST_SHADOW_SECRET";
-    let admin_section = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\naccess_key_id = \"AKIDTEST\"\nsecret_access_key_env = \"{env}\"\n"
-    );
-    let (mut child, port, admin) = spawn_binary(&t, &admin_section, &[(env, SECRET)]);
+    let (mut child, port, admin) = with_admin_key(&t);
     let mut dev = V4::connect_to(&t, port, "rest-1", true, None, |_| {}).await;
     dev.subscribe("$aws/things/rest-1/shadow/update/+", QoS::AtLeastOnce)
         .await;
@@ -657,11 +664,7 @@ async fn the_iot_data_api() {
 async fn publish_carries_mqtt5_properties() {
     use rumqttc::v5::mqttbytes::QoS as Q5;
     let t = TestServer::prepare("");
-    let env = "EDGEGATE_TEST_SHADOW_SECRET";
-    let admin_section = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\naccess_key_id = \"AKIDTEST\"\nsecret_access_key_env = \"{env}\"\n"
-    );
-    let (mut child, port, admin) = spawn_binary(&t, &admin_section, &[(env, SECRET)]);
+    let (mut child, port, admin) = with_admin_key(&t);
     let mut sub = V5::connect_to(&t, port, "props", |_| {}).await;
     sub.client
         .subscribe("p/#", Q5::AtLeastOnce)

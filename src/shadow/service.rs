@@ -292,31 +292,36 @@ impl Service {
                 bridged: t.msg.origin.bridged,
             };
             let topic = t.msg.topic.as_str();
-            if throttled {
-                answers.push(Answer {
-                    from,
-                    op: op_of(topic),
-                    topic: topic.to_owned(),
-                    client_token: document::client_token(&t.msg.payload),
-                    shadow: None,
-                    result: Err(ShadowError::new(ErrorKind::Throttled, "Too Many Requests")),
-                });
-                continue;
-            }
-            let Some((id, op)) = super::parse_request(topic) else {
-                // The filters matched but a name is not one AWS allows.
-                answers.push(Answer {
-                    from,
-                    op: op_of(topic),
-                    topic: topic.to_owned(),
-                    client_token: document::client_token(&t.msg.payload),
-                    shadow: None,
-                    result: Err(ShadowError::new(
-                        ErrorKind::InvalidRequest,
-                        "Invalid thing name or shadow name",
-                    )),
-                });
-                continue;
+            // Refused before it names a shadow: too many waiting, or a
+            // name the filters matched but AWS does not allow.
+            let refused = |from, error| Answer {
+                op: op_of(topic),
+                topic: topic.to_owned(),
+                client_token: document::client_token(&t.msg.payload),
+                shadow: None,
+                result: Err(error),
+                from,
+            };
+            let parsed = super::parse_request(topic);
+            let (id, op) = match parsed {
+                _ if throttled => {
+                    answers.push(refused(
+                        from,
+                        ShadowError::new(ErrorKind::Throttled, "Too Many Requests"),
+                    ));
+                    continue;
+                }
+                None => {
+                    answers.push(refused(
+                        from,
+                        ShadowError::new(
+                            ErrorKind::InvalidRequest,
+                            "Invalid thing name or shadow name",
+                        ),
+                    ));
+                    continue;
+                }
+                Some(p) => p,
             };
             let call = match op {
                 Op::Get => Call::Get(id),
