@@ -70,17 +70,21 @@ class Gateway:
         )
         self.port = None
         self.admin = None
+        self.https = None
         deadline = time.monotonic() + 30
         for line in self.proc.stderr:
             m = re.search(r"MQTT over mutual TLS addr=127\.0\.0\.1:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
+            m = re.search(r"device HTTPS listener .* addr=(127\.0\.0\.1:\d+)", line)
+            if m:
+                self.https = m.group(1)
             m = re.search(r"admin listener .* addr=(127\.0\.0\.1:\d+)", line)
             if m:
                 self.admin = m.group(1)
-            if (self.port and self.admin) or time.monotonic() > deadline:
+            if (self.port and self.admin and self.https) or time.monotonic() > deadline:
                 break
-        assert self.port and self.admin, "gateway did not report its listeners"
+        assert self.port and self.admin and self.https, "gateway did not report its listeners"
         # Keep draining stderr so the gateway never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
 

@@ -5,6 +5,7 @@ import queue
 import time
 
 import boto3
+import botocore.config
 import botocore.exceptions
 import paho.mqtt.client as mqtt
 import pytest
@@ -236,3 +237,40 @@ def test_wrong_secret_is_refused(gateway):
     with pytest.raises(botocore.exceptions.ClientError) as refused:
         iot_data(gateway, secret="wrong").get_thing_shadow(thingName="rest-1")
     assert refused.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+
+def device_client(gateway, name):
+    """boto3 as a device on AWS IoT's port 8443: the client certificate is the
+    principal; the signature boto3 adds anyway is not what admits it."""
+    cert, key = gateway.device(name)
+    return boto3.client(
+        "iot-data",
+        endpoint_url=f"https://localhost:{gateway.https.split(':')[1]}",
+        region_name="us-east-1",
+        aws_access_key_id="not-a-key",
+        aws_secret_access_key="not-a-secret",
+        verify=gateway.ca,
+        config=botocore.config.Config(client_cert=(cert, key)),
+    )
+
+
+def test_a_device_calls_the_https_endpoint_with_its_certificate(gateway):
+    device = device_client(gateway, "boto-device")
+    watcher, messages = subscriber(gateway, "boto-watch", "devices/#")
+    accepted = update(device, "boto-device", {"state": {"reported": {"fw": "1.2"}}})
+    assert accepted["version"] == 1
+    got = body(device.get_thing_shadow(thingName="boto-device"))
+    assert got["state"]["reported"] == {"fw": "1.2"}
+    device.publish(topic="devices/boto-device/up", qos=1, payload=b"hello")
+    msg = messages.get(timeout=WAIT)
+    assert (msg.topic, msg.payload) == ("devices/boto-device/up", b"hello")
+    stop(watcher)
+
+
+def test_the_default_device_policy_over_https(default_gateway):
+    device = device_client(default_gateway, "device-7")
+    assert update(device, "device-7", {"state": {"reported": {"on": True}}})["version"] == 1
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        device.get_thing_shadow(thingName="device-1")
+    assert refused.value.response["Error"]["Code"] == "ForbiddenException"
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
