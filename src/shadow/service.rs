@@ -3,19 +3,21 @@
 //! - Intake: requests published on the reserved topics reach the service
 //!   through the router's shadow tap (bounded), REST calls through a
 //!   bounded channel ([`Handle`]); a full queue refuses a QoS 1 request's
-//!   publish (0x97) and a REST call (429).
+//!   publish (0x97) and a REST call (429). A connection with more than 10
+//!   requests waiting gets 429 for the rest, as on AWS IoT.
 //! - One turn takes what is waiting, applies it in order to the shadows in
 //!   memory, writes every changed shadow in one store batch and waits for
 //!   the commit. Only then are responses published and calls answered, and
 //!   only then may a request's PUBACK go out: nothing is answered that a
 //!   crash could take back. If the commit fails, the turn's changes are
-//!   undone and every request in it is answered 500.
+//!   undone and what read or wrote a shadow they touched is answered 500.
 //! - Responses are ordinary messages published by the gateway at QoS 1, so
 //!   subscribers need `iot:Receive`, and rules and the bridge see them as
 //!   on AWS. A response carries its request's republish count, so a rule
 //!   that answers a shadow response with another request is bounded.
 //! - Every shadow is held in memory (the store is read once, at start);
-//!   the store is written, never read, while the gateway runs.
+//!   the store is written, never read, while the gateway runs. Deleted
+//!   shadows are kept 48 hours for their version, then swept.
 
 use super::document::{self, ErrorKind, Limits, Shadow, ShadowError};
 use super::{Op, ShadowId};
@@ -114,7 +116,7 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         let sent = self.tx.try_send((call, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
-                ShadowError::new(ErrorKind::Throttled, "Rate exceeded")
+                ShadowError::new(ErrorKind::Throttled, "Too Many Requests")
             }
             mpsc::error::TrySendError::Closed(_) => internal(),
         });
@@ -140,15 +142,6 @@ pub fn start(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Handle {
-    let mut shadows = BTreeMap::new();
-    for (key, record) in restored {
-        match (ShadowId::from_key(&key), Shadow::from_record(&record)) {
-            (Some(id), Some(s)) => {
-                shadows.insert(id, s);
-            }
-            _ => tracing::error!(key = %key.replace('\0', "/"), "unreadable shadow record skipped"),
-        }
-    }
     router
         .shadow_tap()
         .set_filters(Arc::new(crate::router::FilterIndex::new(
@@ -156,7 +149,7 @@ pub fn start(
         )));
     let (tx, rx) = mpsc::channel(CALLS);
     let mut service = Service {
-        shadows,
+        shadows: BTreeMap::new(),
         router,
         store,
         metrics: metrics.clone(),
@@ -165,10 +158,12 @@ pub fn start(
         count: 0,
         bytes: 0,
     };
-    for s in service.shadows.values() {
-        if s.exists {
-            service.count += 1;
-            service.bytes += s.state_bytes();
+    for (key, record) in restored {
+        match (ShadowId::from_key(&key), Shadow::from_record(&record)) {
+            (Some(id), Some(s)) => {
+                service.put(id, Some(s));
+            }
+            _ => tracing::error!(key = %key.replace('\0', "/"), "unreadable shadow record skipped"),
         }
     }
     service.gauges();
