@@ -113,6 +113,18 @@ label_enum!(
         Subscribe => "subscribe",
         /// `iot:Receive`.
         Receive => "receive",
+        /// `iot:GetThingShadow` (HTTPS).
+        GetThingShadow => "getthingshadow",
+        /// `iot:UpdateThingShadow` (HTTPS).
+        UpdateThingShadow => "updatethingshadow",
+        /// `iot:DeleteThingShadow` (HTTPS).
+        DeleteThingShadow => "deletethingshadow",
+        /// `iot:ListNamedShadowsForThing` (HTTPS).
+        ListNamedShadowsForThing => "listnamedshadowsforthing",
+        /// `iot:GetRetainedMessage` (HTTPS).
+        GetRetainedMessage => "getretainedmessage",
+        /// `iot:ListRetainedMessages` (HTTPS).
+        ListRetainedMessages => "listretainedmessages",
     }
 );
 
@@ -132,7 +144,9 @@ label_enum!(
 
 /// The HTTP status codes a shadow request is refused with (spec
 /// aws-iot-shadow-rules.md §1.4); anything else counts as 500.
-const SHADOW_CODES: [&str; 8] = ["400", "403", "404", "409", "413", "415", "429", "500"];
+const SHADOW_CODES: [&str; 9] = [
+    "400", "403", "404", "409", "413", "415", "429", "503", "500",
+];
 
 /// Packet type names by MQTT control packet type number.
 const PACKET_TYPES: [&str; 16] = [

@@ -349,11 +349,7 @@ impl Server {
                 let addr = local(&l)?;
                 let device = Arc::new(crate::http::device::Device {
                     data: data.clone(),
-                    registry: registry.clone(),
-                    policies: policies.clone(),
-                    arn_head: ArnHead::new(&config.aws.region, &config.aws.account_id),
-                    auth: config.auth.clone(),
-                    metrics: metrics.clone(),
+                    shared: shared.clone(),
                 });
                 let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKEN);
                 tracker.spawn(https_accept_loop(
@@ -641,8 +637,8 @@ async fn mqtt_accept_loop(
 }
 
 /// Serves device HTTPS connections: each handshake runs in its own task
-/// under the same deadline as MQTT, and a finished one is handed to the
-/// HTTP server with its permit and the client's certificate.
+/// under the same deadline as MQTT, and a finished one whose certificate is
+/// admitted is handed to the HTTP server with its permit.
 async fn https_accept_loop(
     listener: TcpListener,
     acceptor: Arc<Acceptor>,
@@ -652,28 +648,24 @@ async fn https_accept_loop(
     ready: tokio::sync::mpsc::Sender<(crate::http::device::Conn, crate::http::device::Peer)>,
 ) {
     let timeout = shared.config.tls.handshake_timeout();
-    let metrics = shared.metrics.clone();
+    let session = shared.clone();
     accept_loop(
         listener,
         shared,
         permits,
         tracker,
         move |stream, peer, permit| {
-            let (config, metrics, ready) = (acceptor.current(), metrics.clone(), ready.clone());
+            let (acceptor, shared, ready) = (acceptor.clone(), session.clone(), ready.clone());
             async move {
-                let tls = match tokio::time::timeout(timeout, stream::accept(stream, config)).await
-                {
-                    Err(_) => return metrics.handshake_failed(HandshakeFailure::Timeout),
-                    Ok(Err(e)) => return metrics.handshake_failed(tls::classify(&e)),
-                    Ok(Ok(s)) => Box::new(s),
-                };
-                let Some(identity) = tls
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(|der| ClientIdentity::from_der(der))
+                let deadline = Instant::now() + timeout;
+                let Some((tls, identity)) =
+                    tls_accept(stream, peer, &acceptor, &shared.metrics, deadline).await
                 else {
-                    return metrics.handshake_failed(HandshakeFailure::BadCertificate);
+                    return;
                 };
+                if conn::admit(&shared, &identity, "").is_none() {
+                    return;
+                }
                 let peer = crate::http::device::Peer {
                     addr: peer,
                     identity: Some(Arc::new(identity)),
@@ -687,6 +679,42 @@ async fn https_accept_loop(
     .await;
 }
 
+/// The TLS handshake and the client certificate's identity, by
+/// `deadline`; a failure is counted (and logged at debug level).
+async fn tls_accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &Acceptor,
+    metrics: &Metrics,
+    deadline: Instant,
+) -> Option<(Box<stream::TlsStream>, ClientIdentity)> {
+    // Boxed, and the stream after it: the handshake's state is freed once it
+    // is done, and the connection's future holds a pointer to the stream.
+    let accept = Box::pin(stream::accept(stream, acceptor.current()));
+    let tls = match tokio::time::timeout_at(deadline, accept).await {
+        Err(_) => {
+            metrics.handshake_failed(HandshakeFailure::Timeout);
+            return None;
+        }
+        Ok(Err(e)) => {
+            let reason = tls::classify(&e);
+            tracing::debug!(%peer, error = %e, reason = reason.label(), "TLS handshake failed");
+            metrics.handshake_failed(reason);
+            return None;
+        }
+        Ok(Ok(s)) => Box::new(s),
+    };
+    let identity = tls
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| ClientIdentity::from_der(der));
+    let Some(identity) = identity else {
+        metrics.handshake_failed(HandshakeFailure::BadCertificate);
+        return None;
+    };
+    Some((tls, identity))
+}
+
 async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
@@ -694,32 +722,9 @@ async fn handshake(
     shared: Arc<Shared>,
     deadline: Instant,
 ) {
-    // Boxed, and the stream after it: the handshake's state is freed once it
-    // is done, and the connection's future holds a pointer to the stream.
-    let accept = Box::pin(stream::accept(stream, acceptor.current()));
-    let tls = match tokio::time::timeout_at(deadline, accept).await {
-        Err(_) => {
-            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
-            return;
-        }
-        Ok(Err(e)) => {
-            let reason = tls::classify(&e);
-            tracing::debug!(%peer, error = %e, reason = reason.label(), "TLS handshake failed");
-            shared.metrics.handshake_failed(reason);
-            return;
-        }
-        Ok(Ok(s)) => Box::new(s),
-    };
-    let identity = tls
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|der| ClientIdentity::from_der(der))
-        .map(Box::new);
-    let Some(identity) = identity else {
-        shared
-            .metrics
-            .handshake_failed(HandshakeFailure::BadCertificate);
-        return;
-    };
-    conn::serve(tls, Some(identity), peer, shared, deadline).await;
+    if let Some((tls, identity)) =
+        tls_accept(stream, peer, acceptor, &shared.metrics, deadline).await
+    {
+        conn::serve(tls, Some(Box::new(identity)), peer, shared, deadline).await;
+    }
 }

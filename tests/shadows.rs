@@ -785,7 +785,7 @@ async fn the_device_https_endpoint_authorizes_with_the_certificate() {
     assert!(
         metric(
             &t.metrics().await,
-            r#"edgegate_authz_denied_total{action="publish"}"#
+            r#"edgegate_authz_denied_total{action="getthingshadow"}"#
         ) >= 1.0
     );
 
@@ -811,12 +811,16 @@ async fn the_device_https_endpoint_authorizes_with_the_certificate() {
         .expect("served");
     assert_eq!(status, 200);
 
-    // No certificate, no service; a revoked one is refused per request.
+    // No certificate, no service. A certificate revoked while its
+    // connection is open is refused at its next request on that connection,
+    // and a new connection of it is closed after the handshake.
     assert!(
         https(&t, https_addr, None, "GET", "/things/web-1/shadow", b"")
             .await
             .is_err()
     );
+    let mut kept = KeepAlive::open(&t, https_addr, &pem).await;
+    assert_eq!(kept.get("/things/web-1/shadow").await, 200);
     let id = edgegate::registry::ClientIdentity::from_der(
         &rustls_pemfile::certs(&mut pem.cert.as_bytes())
             .next()
@@ -829,17 +833,83 @@ async fn the_device_https_endpoint_authorizes_with_the_certificate() {
         .registry
         .set_status(&id, edgegate::registry::CertStatus::Revoked)
         .expect("revoke");
-    let (status, _) = https(
-        &t,
-        https_addr,
-        Some(&pem),
-        "GET",
-        "/things/web-1/shadow",
-        b"",
-    )
-    .await
-    .expect("served");
-    assert_eq!(status, 403);
+    assert_eq!(kept.get("/things/web-1/shadow").await, 403);
+    assert!(
+        https(
+            &t,
+            https_addr,
+            Some(&pem),
+            "GET",
+            "/things/web-1/shadow",
+            b""
+        )
+        .await
+        .is_err(),
+        "a revoked certificate's new connection is closed"
+    );
+    assert!(
+        metric(
+            &t.metrics().await,
+            r#"edgegate_connections_refused_total{reason="revoked"}"#
+        ) >= 2.0
+    );
+}
+
+/// One HTTPS connection kept alive across requests.
+struct KeepAlive {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+impl KeepAlive {
+    async fn open(
+        t: &TestServer,
+        addr: std::net::SocketAddr,
+        pem: &edgegate::transport::pki::Pem,
+    ) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let connector = tokio_rustls::TlsConnector::from(t.tls_config(Some(pem)));
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+            .await
+            .expect("in time")
+            .expect("handshake");
+        Self { tls }
+    }
+
+    /// The status of a GET; the body is read by its length.
+    async fn get(&mut self, path: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+        self.tls.write_all(head.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let answer = async {
+            loop {
+                let n = self.tls.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the connection stays open");
+                got.extend_from_slice(&buf[..n]);
+                let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("a content-length");
+                if got.len() >= end + 4 + length {
+                    return head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .expect("status");
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, answer)
+            .await
+            .expect("an answer in time")
+    }
 }
 
 #[tokio::test]
@@ -902,14 +972,43 @@ async fn limits_refuse_with_aws_codes_and_change_nothing() {
             Some("The payload exceeds the maximum size allowed")
         )
     );
-    // Shadows in all: lim/a, lim/b, and two more things; the fifth is refused.
-    for (thing, code) in [("lim", 200), ("other", 200), ("third", 400)] {
+    // A deleted name still counts for its thing (for 48 hours), so creating
+    // and deleting names cannot go on without end; the same name comes back.
+    let a = "$aws/things/lim/shadow/name/a";
+    request(&mut dev, &format!("{a}/delete"), json!({})).await;
+    assert_eq!(
+        response(&mut dev, &format!("{a}/delete/accepted")).await["version"],
+        1
+    );
+    request(
+        &mut dev,
+        &update("c"),
+        json!({"state": {"reported": {"x": 1}}}),
+    )
+    .await;
+    assert_eq!(
+        response(&mut dev, &format!("{}/rejected", update("c"))).await["code"],
+        400
+    );
+    request(
+        &mut dev,
+        &update("a"),
+        json!({"state": {"reported": {"x": 2}}}),
+    )
+    .await;
+    assert_eq!(
+        response(&mut dev, &format!("{}/accepted", update("a"))).await["version"],
+        2
+    );
+    // Shadows in all: lim/a, lim/b, and two more things; the fifth is refused
+    // as the gateway's capacity, not the device's mistake.
+    for (thing, accepted) in [("lim", true), ("other", true), ("third", false)] {
         let topic = format!("$aws/things/{thing}/shadow/update");
         request(&mut dev, &topic, json!({"state": {"reported": {"x": 1}}})).await;
-        let outcome = if code == 200 { "accepted" } else { "rejected" };
+        let outcome = if accepted { "accepted" } else { "rejected" };
         let r = response(&mut dev, &format!("{topic}/{outcome}")).await;
-        if code == 400 {
-            assert_eq!(r["code"], 400, "{r}");
+        if !accepted {
+            assert_eq!(r["code"], 503, "{r}");
         }
     }
     let m = t.metrics().await;
@@ -921,5 +1020,9 @@ async fn limits_refuse_with_aws_codes_and_change_nothing() {
     assert_eq!(
         metric(&m, r#"edgegate_shadow_rejections_total{code="400"}"#),
         3.0
+    );
+    assert_eq!(
+        metric(&m, r#"edgegate_shadow_rejections_total{code="503"}"#),
+        1.0
     );
 }

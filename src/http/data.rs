@@ -58,8 +58,8 @@ pub struct Caller<'a> {
     pub allows: Allows<'a>,
 }
 
-/// AWS's answer to a request a policy denies.
-fn forbidden() -> AwsError {
+/// AWS's answer to a request a policy or the registry denies.
+pub fn forbidden() -> AwsError {
     AwsError::new(StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden")
 }
 
@@ -105,6 +105,11 @@ pub async fn handle(
             shadow(thing, Action::DeleteThingShadow).map(Call::Delete)
         }
         (&Method::GET, ["api", "things", "shadow", "ListNamedShadowsForThing", thing]) => {
+            if ShadowId::new(thing, "").is_none() {
+                return Some(Err(AwsError::invalid_request(format!(
+                    "thing name `{thing}` is not valid"
+                ))));
+            }
             if !allows(Action::ListNamedShadowsForThing, ResourceType::Thing, thing) {
                 return Some(Err(forbidden()));
             }

@@ -5,20 +5,23 @@
 //!   connection permits as MQTT; finished connections reach axum through
 //!   [`Handshaken`], so a slow handshake never holds the listener up, and
 //!   a connection keeps its permit for as long as it is open.
-//! - A certificate is admitted as for MQTT (registration mode, status),
-//!   then every request is authorized by its principal's policies with the
+//! - A certificate is admitted as for MQTT (registration mode, status)
+//!   once its handshake is done and again at every request, so a refused
+//!   one never holds a permit and a revoked one is refused at once.
+//! - A connection that reads or writes nothing for [`IDLE`] is closed: an
+//!   idle keep-alive connection, or a request trickled in, cannot keep a
+//!   permit that MQTT devices need.
+//! - Every request is authorized by its principal's policies with the
 //!   actions of spec/aws-iot-auth.md §1.2. HTTPS has no client id, so
-//!   `${iot:ClientId}` and the thing variables do not resolve (§1.3);
-//!   certificate variables do.
+//!   `${iot:ClientId}` and the `${iot:Connection.Thing.*}` names do not
+//!   resolve (§1.3), but for `IsAttached`, which is false; certificate
+//!   variables do.
 
 use super::aws::{AwsError, segments};
 use super::data::{self, DataPlane};
-use crate::config::Auth;
-use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
-use crate::policy::compile::ArnHead;
-use crate::registry::{ClientIdentity, Registry};
+use crate::registry::ClientIdentity;
 use crate::session::authz::{Authz, ConnectFacts};
+use crate::session::conn::{self, Shared};
 use crate::transport::stream::TlsStream;
 use axum::Router;
 use axum::body::Bytes;
@@ -27,28 +30,26 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, Sleep};
+
+/// How long a connection may read and write nothing before it is closed.
+pub const IDLE: Duration = Duration::from_secs(30);
 
 /// What the endpoint works with.
 #[derive(Debug)]
 pub struct Device {
     /// The `iot-data` API.
     pub data: DataPlane,
-    /// Certificates and their policies.
-    pub registry: Arc<Registry>,
-    /// The policies in force.
-    pub policies: Arc<PolicyStore>,
-    /// For ARNs.
-    pub arn_head: ArnHead,
-    /// Registration mode and provisioning template.
-    pub auth: Auth,
-    /// Where denials are counted.
-    pub metrics: Arc<Metrics>,
+    /// The registry, policies, configuration and metrics MQTT uses.
+    pub shared: Arc<Shared>,
 }
 
 /// Who is at the other end of a connection.
@@ -66,10 +67,12 @@ impl Connected<IncomingStream<'_, Handshaken>> for Peer {
     }
 }
 
-/// A TLS connection that holds one of the gateway's connection permits.
+/// A TLS connection that holds one of the gateway's connection permits,
+/// and ends when it has read and written nothing for [`IDLE`].
 #[derive(Debug)]
 pub struct Conn {
     tls: Box<TlsStream>,
+    idle: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -78,8 +81,26 @@ impl Conn {
     pub fn new(tls: Box<TlsStream>, permit: OwnedSemaphorePermit) -> Self {
         Self {
             tls,
+            idle: Box::pin(tokio::time::sleep(IDLE)),
             _permit: permit,
         }
+    }
+
+    /// Counts `progress` as activity, or fails a wait that has lasted [`IDLE`].
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match &progress {
+            Poll::Ready(_) => self.idle.as_mut().reset(Instant::now() + IDLE),
+            Poll::Pending => {
+                if self.idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                }
+            }
+        }
+        progress
     }
 }
 
@@ -89,7 +110,8 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.tls).poll_read(cx, buf)
+        let read = Pin::new(&mut *self.tls).poll_read(cx, buf);
+        self.watch(cx, read)
     }
 }
 
@@ -99,7 +121,8 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.tls).poll_write(cx, buf)
+        let written = Pin::new(&mut *self.tls).poll_write(cx, buf);
+        self.watch(cx, written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -162,21 +185,9 @@ async fn handle(
 }
 
 async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, AwsError> {
-    let forbidden = || AwsError::new(StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden");
-    let identity = peer.identity.ok_or_else(forbidden)?;
-    let auth = &device.auth;
-    let (admitted, _) = device
-        .registry
-        .admit(&identity, "", auth.registration, &auth.provisioning);
-    let principal = admitted.map_err(|refusal| {
-        tracing::info!(
-            target: "edgegate::authz",
-            certificate_id = %identity.certificate_id,
-            reason = %refusal,
-            "HTTPS request refused"
-        );
-        forbidden()
-    })?;
+    let shared = &device.shared;
+    let identity = peer.identity.ok_or_else(data::forbidden)?;
+    let principal = conn::admit(shared, &identity, "").ok_or_else(data::forbidden)?;
     let facts = ConnectFacts {
         client_id: None,
         peer: peer.addr,
@@ -187,10 +198,10 @@ async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, Aw
         Some(&identity),
         principal,
         facts,
-        &device.policies,
-        &device.arn_head,
+        &shared.policies,
+        &shared.arn_head,
     )
-    .ok_or_else(forbidden)?;
+    .ok_or_else(data::forbidden)?;
     let (parts, body) = req.into_parts();
     let limit = device.data.max_payload.max(64 * 1024);
     let body: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -202,7 +213,7 @@ async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, Aw
     })?;
     let segments = segments(parts.uri.path());
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let metrics = device.metrics.clone();
+    let metrics = shared.metrics.clone();
     data::handle(
         &device.data,
         &parts.method,

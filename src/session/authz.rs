@@ -140,10 +140,16 @@ impl Authz {
         }
         metrics.denied(match action {
             Action::Connect => AuthzAction::Connect,
+            Action::Publish => AuthzAction::Publish,
             Action::RetainPublish => AuthzAction::RetainPublish,
             Action::Subscribe => AuthzAction::Subscribe,
             Action::Receive => AuthzAction::Receive,
-            _ => AuthzAction::Publish,
+            Action::GetThingShadow => AuthzAction::GetThingShadow,
+            Action::UpdateThingShadow => AuthzAction::UpdateThingShadow,
+            Action::DeleteThingShadow => AuthzAction::DeleteThingShadow,
+            Action::ListNamedShadowsForThing => AuthzAction::ListNamedShadowsForThing,
+            Action::GetRetainedMessage => AuthzAction::GetRetainedMessage,
+            Action::ListRetainedMessages => AuthzAction::ListRetainedMessages,
         });
         tracing::info!(
             target: "edgegate::authz",

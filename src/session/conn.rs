@@ -431,6 +431,40 @@ struct Conn {
     notices_seen: u64,
 }
 
+/// Admits a certificate as the registration mode says, for MQTT (with its
+/// client id) and HTTPS (without); a refusal is counted, logged, and for a
+/// certificate waiting for activation announced (JITR), whichever way it
+/// came in.
+pub fn admit(shared: &Shared, id: &ClientIdentity, client_id: &str) -> Option<Principal> {
+    let auth = &shared.config.auth;
+    let (admitted, _) = shared
+        .registry
+        .admit(id, client_id, auth.registration, &auth.provisioning);
+    match admitted {
+        Ok(p) => Some(p),
+        Err(refusal) => {
+            let label = match &refusal {
+                Refusal::Unknown => 0,
+                Refusal::NotActive(CertStatus::Revoked) => 2,
+                Refusal::NotActive(CertStatus::PendingActivation) => 3,
+                Refusal::NotActive(_) => 1,
+            };
+            shared.metrics.principal_refused.get(label).increment(1);
+            if refusal == Refusal::NotActive(CertStatus::PendingActivation) {
+                announce_pending(shared, id);
+            }
+            tracing::info!(
+                target: "edgegate::authz",
+                certificate_id = %id.certificate_id,
+                client_id,
+                reason = %refusal,
+                "connection refused"
+            );
+            None
+        }
+    }
+}
+
 /// Admits the principal behind a CONNECT and checks `iot:Connect` (and the
 /// will's `iot:Publish`); on refusal, the CONNACK reason code.
 fn authorize(
@@ -445,35 +479,7 @@ fn authorize(
     let metrics = &shared.metrics;
     let principal = match identity {
         None => Principal::anonymous(&auth.anonymous_policies),
-        Some(id) => {
-            let (admitted, _) =
-                shared
-                    .registry
-                    .admit(id, client_id, auth.registration, &auth.provisioning);
-            match admitted {
-                Ok(p) => p,
-                Err(refusal) => {
-                    let label = match &refusal {
-                        Refusal::Unknown => 0,
-                        Refusal::NotActive(CertStatus::Revoked) => 2,
-                        Refusal::NotActive(CertStatus::PendingActivation) => 3,
-                        Refusal::NotActive(_) => 1,
-                    };
-                    metrics.principal_refused.get(label).increment(1);
-                    if refusal == Refusal::NotActive(CertStatus::PendingActivation) {
-                        announce_pending(shared, id);
-                    }
-                    tracing::info!(
-                        target: "edgegate::authz",
-                        certificate_id = %id.certificate_id,
-                        client_id,
-                        reason = %refusal,
-                        "connection refused"
-                    );
-                    return Err(reason::NOT_AUTHORIZED);
-                }
-            }
-        }
+        Some(id) => admit(shared, id, client_id).ok_or(reason::NOT_AUTHORIZED)?,
     };
     let facts = ConnectFacts {
         client_id: Some(client_id),

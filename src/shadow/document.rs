@@ -58,6 +58,8 @@ pub enum ErrorKind {
     Throttled,
     /// 500: the gateway failed (its store).
     Internal,
+    /// 503: the gateway holds as many shadows as it may.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -71,6 +73,7 @@ impl ErrorKind {
             Self::UnsupportedEncoding => 415,
             Self::Throttled => 429,
             Self::Internal => 500,
+            Self::Unavailable => 503,
         }
     }
 
@@ -84,6 +87,7 @@ impl ErrorKind {
             Self::UnsupportedEncoding => "UnsupportedDocumentEncodingException",
             Self::Throttled => "ThrottlingException",
             Self::Internal => "InternalFailureException",
+            Self::Unavailable => "ServiceUnavailableException",
         }
     }
 }
@@ -430,7 +434,7 @@ impl Shadow {
     /// response and often nobody listens for it.
     pub fn documents(&self, current: &Shadow, client_token: Option<&str>, now: u64) -> Vec<u8> {
         encode(&Documents {
-            previous: (self.exists && !self.is_expired(now)).then(|| self.full()),
+            previous: self.exists.then(|| self.full()),
             current: current.full(),
             timestamp: now,
             client_token,

@@ -3,8 +3,8 @@
 //! - Intake: requests published on the reserved topics reach the service
 //!   through the router's shadow tap (bounded), REST calls through a
 //!   bounded channel ([`Handle`]); a full queue refuses a QoS 1 request's
-//!   publish (0x97) and a REST call (429). A connection with more than 10
-//!   requests waiting gets 429 for the rest, as on AWS IoT.
+//!   publish (0x97) and a REST call (429). A connection's requests past 10
+//!   in one turn get 429, as AWS IoT answers more than 10 in flight.
 //! - One turn takes what is waiting, applies it in order to the shadows in
 //!   memory, writes every changed shadow in one store batch and waits for
 //!   the commit. Only then are responses published and calls answered, and
@@ -49,9 +49,9 @@ const DEFAULT_PAGE: usize = 25;
 /// AWS IoT (spec §1.10), so one device cannot crowd the others out.
 const INFLIGHT_PER_CONNECTION: usize = 10;
 
-/// How often, and how long apart, an answer is tried again while a queue in
-/// front of the store is full.
-const ANSWER_RETRIES: u32 = 50;
+/// How long a turn's answers may wait, in all, for a full queue in front of
+/// the store, and how long apart they try again.
+const ANSWER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 const ANSWER_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How often tombstones past their 48 hours are forgotten.
@@ -229,9 +229,14 @@ impl Service {
         let tap = router.shadow_tap();
         let mut tapped = Vec::with_capacity(TURN);
         let mut rest = Vec::with_capacity(TURN);
-        let mut sweep = tokio::time::interval(SWEEP);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_sweep = Instant::now();
         loop {
+            // Swept on a clock, not only when idle, so that tombstones past
+            // their time leave even under steady load.
+            if Instant::now() >= next_sweep {
+                self.sweep(unix_secs());
+                next_sweep = Instant::now() + SWEEP;
+            }
             tap.take(&mut tapped, TURN);
             while rest.len() < TURN {
                 match calls.try_recv() {
@@ -242,10 +247,7 @@ impl Service {
             if tapped.is_empty() && rest.is_empty() {
                 tokio::select! {
                     _ = tap.offered() => continue,
-                    _ = sweep.tick() => {
-                        self.sweep(unix_secs());
-                        continue;
-                    }
+                    _ = tokio::time::sleep_until(next_sweep) => continue,
                     c = calls.recv() => match c {
                         Some(c) => rest.push(c),
                         None => return,
@@ -355,8 +357,9 @@ impl Service {
             }
             self.gauges();
         }
+        let patience = Instant::now() + ANSWER_PATIENCE;
         for a in answers {
-            self.answer(a, now).await;
+            self.answer(a, now, patience).await;
         }
     }
 
@@ -500,16 +503,27 @@ impl Service {
         let current = self.shadows.get(id);
         if current.is_none() && self.shadows.len() >= self.settings.max_shadows {
             return Err(ShadowError::new(
-                ErrorKind::InvalidRequest,
+                ErrorKind::Unavailable,
                 format!(
                     "The gateway already holds the most shadows allowed ({})",
                     self.settings.max_shadows
                 ),
             ));
         }
-        let exists = current.is_some_and(|s| s.exists);
-        if !exists && !id.is_classic() {
-            let named = self.named(&id.thing).count();
+        if current.is_none() && !id.is_classic() {
+            // Deleted names count until their 48 hours are over, so that a
+            // device creating and deleting names fills its own thing's
+            // allowance, not the gateway's.
+            let from = ShadowId {
+                thing: id.thing.clone(),
+                name: String::new(),
+            };
+            let named = self
+                .shadows
+                .range(from..)
+                .take_while(|(other, _)| other.thing == id.thing)
+                .filter(|(other, s)| !other.is_classic() && !s.is_expired(now))
+                .count();
             if named >= self.settings.max_named_per_thing {
                 return Err(ShadowError::new(
                     ErrorKind::InvalidRequest,
@@ -604,7 +618,7 @@ impl Service {
         before
     }
 
-    async fn answer(&self, a: Answer, now: u64) {
+    async fn answer(&self, a: Answer, now: u64, patience: Instant) {
         self.metrics
             .shadow_request(a.op, a.result.as_ref().err().map(|e| e.kind.code()));
         if let Err(e) = &a.result
@@ -619,19 +633,24 @@ impl Service {
         match &a.result {
             Ok(done) => {
                 for (topic, body) in &done.before {
-                    self.publish(topic, body, hops, bridged).await;
+                    self.publish(topic, body, (hops, bridged), patience).await;
                 }
                 if done.publish {
-                    self.publish(&format!("{}/accepted", a.topic), &done.body, hops, bridged)
-                        .await;
+                    self.publish(
+                        &format!("{}/accepted", a.topic),
+                        &done.body,
+                        (hops, bridged),
+                        patience,
+                    )
+                    .await;
                 }
             }
             Err(e) if matches!(a.from, Source::Mqtt { .. }) => {
                 self.publish(
                     &format!("{}/rejected", a.topic),
                     &e.document(a.client_token.as_deref(), now),
-                    hops,
-                    bridged,
+                    (hops, bridged),
+                    patience,
                 )
                 .await;
             }
@@ -649,13 +668,19 @@ impl Service {
         }
     }
 
-    /// Publishes a response as the gateway. A queue in front of the store
-    /// that is full (the rules engine's, the writer's) is waited out for up
-    /// to [`ANSWER_RETRIES`] times [`ANSWER_PAUSE`], holding every shadow
-    /// back meanwhile, as an overloaded gateway should; past that, or on any
-    /// other failure, the answer is dropped, counted and logged: the
-    /// request itself is already stored.
-    async fn publish(&self, topic: &str, body: &[u8], hops: u8, bridged: bool) {
+    /// Publishes a response as the gateway, with its request's republish
+    /// count and upstream flag. A queue in front of the store that is full
+    /// (the rules engine's, the writer's) is waited out until `patience`,
+    /// holding every shadow back meanwhile, as an overloaded gateway should;
+    /// past that, or on any other failure, the answer is dropped, counted
+    /// and logged: the request itself is already stored.
+    async fn publish(
+        &self,
+        topic: &str,
+        body: &[u8],
+        (hops, bridged): (u8, bool),
+        patience: Instant,
+    ) {
         let origin = if hops == 0 && !bridged {
             Origin::gateway()
         } else {
@@ -674,10 +699,10 @@ impl Service {
             Instant::now(),
             origin,
         ));
-        for attempt in 0.. {
+        loop {
             match self.router.publish(&msg, Instant::now()) {
                 Ok(_) => return,
-                Err(StoreError::Full(_) | StoreError::Busy) if attempt < ANSWER_RETRIES => {
+                Err(StoreError::Full(_) | StoreError::Busy) if Instant::now() < patience => {
                     tokio::time::sleep(ANSWER_PAUSE).await;
                 }
                 Err(e) => {
