@@ -154,12 +154,15 @@ pub struct Https {
     /// none turns it off. It requires a client certificate like the MQTT
     /// listeners, so it may face the network.
     pub listen: Option<String>,
+    /// A connection that reads and writes nothing this long is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Https {
     fn default() -> Self {
         Self {
             listen: Some("0.0.0.0:8443".into()),
+            idle_timeout_secs: 30,
         }
     }
 }
@@ -516,6 +519,10 @@ impl Config {
             ("limits.shadow_max_bytes", l.shadow_max_bytes),
             ("limits.shadow_max_depth", l.shadow_max_depth),
             ("limits.max_shadows", l.max_shadows),
+            (
+                "https.idle_timeout_secs",
+                self.https.idle_timeout_secs as usize,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be greater than 0"));

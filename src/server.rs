@@ -648,6 +648,7 @@ async fn https_accept_loop(
     ready: tokio::sync::mpsc::Sender<(crate::http::device::Conn, crate::http::device::Peer)>,
 ) {
     let timeout = shared.config.tls.handshake_timeout();
+    let idle = Duration::from_secs(shared.config.https.idle_timeout_secs);
     let session = shared.clone();
     accept_loop(
         listener,
@@ -671,7 +672,7 @@ async fn https_accept_loop(
                     identity: Some(Arc::new(identity)),
                 };
                 let _ = ready
-                    .send((crate::http::device::Conn::new(tls, permit), peer))
+                    .send((crate::http::device::Conn::new(tls, permit, idle), peer))
                     .await;
             }
         },

@@ -1026,3 +1026,42 @@ async fn limits_refuse_with_aws_codes_and_change_nothing() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn an_idle_https_connection_gives_its_permit_back() {
+    let t = TestServer::start_with(
+        "[https]\nlisten = \"127.0.0.1:0\"\nidle_timeout_secs = 1\n[limits]\nmax_connections = 1\n",
+    )
+    .await;
+    let https_addr = t.server().https.expect("the device HTTPS listener");
+    let pem = t.device("idler");
+    let mut idle = KeepAlive::open(&t, https_addr, &pem).await;
+    assert_eq!(idle.get("/things/idler/shadow").await, 404);
+    // The one connection allowed is taken: MQTT is refused meanwhile...
+    let mut refused = Raw::connect(t.addr(), t.tls_config(Some(&pem))).await;
+    if let Ok(raw) = refused.as_mut() {
+        raw.send(&connect_bytes(4, "idler", 30)).await;
+        assert!(
+            raw.read_to_close().await.is_empty(),
+            "no CONNACK while the permit is held"
+        );
+    }
+    // ...until the idle HTTPS connection is closed, within a bound.
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(WAIT, idle.tls.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "closed: {closed:?}");
+    let dev = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(mut raw) = Raw::connect(t.addr(), t.tls_config(Some(&pem))).await {
+                raw.send(&connect_bytes(4, "idler", 30)).await;
+                let connack = raw.read_n(4).await;
+                if connack == [0x20, 0x02, 0x00, 0x00] {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(dev.is_ok(), "MQTT connects once the permit is back");
+}

@@ -8,9 +8,9 @@
 //! - A certificate is admitted as for MQTT (registration mode, status)
 //!   once its handshake is done and again at every request, so a refused
 //!   one never holds a permit and a revoked one is refused at once.
-//! - A connection that reads or writes nothing for [`IDLE`] is closed: an
-//!   idle keep-alive connection, or a request trickled in, cannot keep a
-//!   permit that MQTT devices need.
+//! - A connection that reads or writes nothing for `https.idle_timeout_secs`
+//!   is closed: an idle keep-alive connection, or a request trickled in,
+//!   cannot keep a permit that MQTT devices need.
 //! - Every request is authorized by its principal's policies with the
 //!   actions of spec/aws-iot-auth.md §1.2. HTTPS has no client id, so
 //!   `${iot:ClientId}` and the `${iot:Connection.Thing.*}` names do not
@@ -40,9 +40,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, Sleep};
 
-/// How long a connection may read and write nothing before it is closed.
-pub const IDLE: Duration = Duration::from_secs(30);
-
 /// What the endpoint works with.
 #[derive(Debug)]
 pub struct Device {
@@ -68,32 +65,38 @@ impl Connected<IncomingStream<'_, Handshaken>> for Peer {
 }
 
 /// A TLS connection that holds one of the gateway's connection permits,
-/// and ends when it has read and written nothing for [`IDLE`].
+/// and ends when it has read and written nothing for its idle time.
 #[derive(Debug)]
 pub struct Conn {
     tls: Box<TlsStream>,
+    idle_for: Duration,
     idle: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Conn {
-    /// Wraps a finished handshake with its permit.
-    pub fn new(tls: Box<TlsStream>, permit: OwnedSemaphorePermit) -> Self {
+    /// Wraps a finished handshake with its permit, to end after `idle_for`
+    /// without traffic.
+    pub fn new(tls: Box<TlsStream>, permit: OwnedSemaphorePermit, idle_for: Duration) -> Self {
         Self {
             tls,
-            idle: Box::pin(tokio::time::sleep(IDLE)),
+            idle_for,
+            idle: Box::pin(tokio::time::sleep(idle_for)),
             _permit: permit,
         }
     }
 
-    /// Counts `progress` as activity, or fails a wait that has lasted [`IDLE`].
+    /// Counts `progress` as activity, or fails a wait that has lasted the idle time.
     fn watch<T>(
         &mut self,
         cx: &mut Context<'_>,
         progress: Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
         match &progress {
-            Poll::Ready(_) => self.idle.as_mut().reset(Instant::now() + IDLE),
+            Poll::Ready(_) => {
+                let at = Instant::now() + self.idle_for;
+                self.idle.as_mut().reset(at);
+            }
             Poll::Pending => {
                 if self.idle.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
