@@ -513,9 +513,11 @@ pub struct Router {
 pub struct Tapped {
     /// The message.
     pub msg: Arc<Message>,
-    /// The publish's own durable writes, for the engine to wait on with its own.
+    /// What must be durable before this client's own work counts: the
+    /// publish's writes, and the client offered the message before it.
     pub durable: Option<Commit>,
-    /// For a QoS 1/2 publish: told once the message and every rule output
+    /// For a QoS 1/2 publish: told once the message and everything the
+    /// client made of it (rule outputs, a stored shadow)
     /// are durable; the publisher's acknowledgement waits for it.
     pub done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
 }
@@ -595,7 +597,8 @@ impl Tap {
         }
     }
 
-    /// Sets the filters whose messages are offered (the rules' FROM clauses).
+    /// Sets the filters whose messages are offered (the rules' FROM clauses,
+    /// or the shadow service's request topics).
     pub fn set_filters(&self, filters: Arc<FilterIndex>) {
         self.filters.store(filters);
     }
