@@ -143,9 +143,18 @@ label_enum!(
 );
 
 /// The HTTP status codes a shadow request is refused with (spec
-/// aws-iot-shadow-rules.md §1.4); anything else counts as 500.
-const SHADOW_CODES: [&str; 9] = [
-    "400", "403", "404", "409", "413", "415", "429", "503", "500",
+/// aws-iot-shadow-rules.md §1.4), with their labels; anything else counts
+/// as the last, 500.
+const SHADOW_CODES: [(u16, &str); 9] = [
+    (400, "400"),
+    (403, "403"),
+    (404, "404"),
+    (409, "409"),
+    (413, "413"),
+    (415, "415"),
+    (429, "429"),
+    (503, "503"),
+    (500, "500"),
 ];
 
 /// Packet type names by MQTT control packet type number.
@@ -497,7 +506,7 @@ impl Metrics {
                 "edgegate_shadow_rejections_total",
                 "Device shadow requests refused, by the HTTP status code AWS IoT gives.",
                 "code",
-                &SHADOW_CODES,
+                &SHADOW_CODES.map(|(_, label)| label),
             ),
             shadow_documents: gauge("edgegate_shadow_documents", "Device shadows that exist."),
             shadow_bytes: gauge(
@@ -513,10 +522,9 @@ impl Metrics {
     pub fn shadow_request(&self, op: ShadowOp, refused: Option<u16>) {
         self.shadow_requests[op as usize][usize::from(refused.is_some())].increment(1);
         if let Some(code) = refused {
-            let code = code.to_string();
             let i = SHADOW_CODES
                 .iter()
-                .position(|c| *c == code)
+                .position(|(c, _)| *c == code)
                 .unwrap_or(SHADOW_CODES.len() - 1);
             self.shadow_rejections.get(i).increment(1);
         }

@@ -363,15 +363,12 @@ impl Server {
                 let app = crate::http::device::router(device)
                     .into_make_service_with_connect_info::<crate::http::device::Peer>();
                 let listener = crate::http::device::Handshaken::new(rx, addr);
-                let token = shutdown.clone();
-                tracker.spawn(async move {
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(token.cancelled_owned())
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "device HTTPS listener failed");
-                    }
-                });
+                spawn_served(
+                    &tracker,
+                    "device HTTPS listener",
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown.clone().cancelled_owned()),
+                );
                 Some(addr)
             }
             None => None,
@@ -388,15 +385,11 @@ impl Server {
                     upstream: bridge,
                     data,
                 });
-                let token = shutdown.clone();
-                tracker.spawn(async move {
-                    let served = axum::serve(l, app)
-                        .with_graceful_shutdown(token.cancelled_owned())
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "admin listener failed");
-                    }
-                });
+                spawn_served(
+                    &tracker,
+                    "admin listener",
+                    axum::serve(l, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()),
+                );
                 Some(addr)
             }
             None => None,
@@ -442,6 +435,20 @@ impl Server {
         }
         self.store.close().await;
     }
+}
+
+/// Runs an HTTP server until shutdown; its failure is logged as `what`'s.
+fn spawn_served<F>(tracker: &TaskTracker, what: &'static str, served: F)
+where
+    F: std::future::IntoFuture<Output = std::io::Result<()>>,
+    F::IntoFuture: Send + 'static,
+{
+    let served = served.into_future();
+    tracker.spawn(async move {
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    });
 }
 
 /// The control plane's key pair: the id from the configuration, the secret

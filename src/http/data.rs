@@ -13,6 +13,7 @@ use crate::codec::{PublishProperties, QoS};
 use crate::policy::eval::{Action, ResourceType};
 use crate::router::{Message, Origin, Router};
 use crate::rules::sql::eval::{base64_decode, base64_encode};
+use crate::session::state::{Unpublishable, unpublishable};
 use crate::shadow::ShadowId;
 use crate::shadow::document::ShadowError;
 use crate::shadow::service::{Call, Handle};
@@ -74,7 +75,10 @@ pub async fn handle(
     body: Bytes,
     caller: Caller<'_>,
 ) -> Option<Result<Response, AwsError>> {
-    let Caller { principal, allows } = caller;
+    if let (&Method::POST, ["topics", topic]) = (method, seg) {
+        return Some(publish(dp, topic, query, headers, body, caller).await);
+    }
+    let allows = caller.allows;
     // A shadow's resource is its thing, or `thing/shadow` for a named one.
     let mut shadow = |thing: &str, action: Action| -> Result<ShadowId, AwsError> {
         let name = query_param(query, "name").unwrap_or_default();
@@ -123,10 +127,6 @@ pub async fn handle(
                 page_size,
                 next_token: query_param(query, "nextToken"),
             })
-        }
-        (&Method::POST, ["topics", topic]) => {
-            let caller = Caller { principal, allows };
-            return Some(publish(dp, topic, query, headers, body, caller).await);
         }
         // AWS names no resource for listing: a policy allows it on `*`.
         (&Method::GET, ["retainedMessage"]) => {
@@ -194,24 +194,30 @@ async fn publish(
         }
     };
     topic::validate_name(topic)
-        .and_then(|()| dp.topic_limits.check(topic))
         .map_err(|e| AwsError::invalid_request(format!("topic `{topic}`: {e}")))?;
+    // The same topics are refused as to an MQTT client.
+    match unpublishable(topic, retain, dp.topic_limits) {
+        None => {}
+        Some(Unpublishable::Topic(e)) => {
+            return Err(AwsError::invalid_request(format!("topic `{topic}`: {e}")));
+        }
+        Some(Unpublishable::GatewayOnly) => {
+            return Err(AwsError::new(
+                StatusCode::FORBIDDEN,
+                "ForbiddenException",
+                format!("`{topic}` is published by the gateway only"),
+            ));
+        }
+        Some(Unpublishable::RetainedReserved) => {
+            return Err(AwsError::invalid_request(
+                "messages on reserved topics cannot be retained",
+            ));
+        }
+    }
     if !allows(Action::Publish, ResourceType::Topic, topic)
         || (retain && !allows(Action::RetainPublish, ResourceType::Topic, topic))
     {
         return Err(forbidden());
-    }
-    if crate::shadow::is_gateway_only(topic) {
-        return Err(AwsError::new(
-            StatusCode::FORBIDDEN,
-            "ForbiddenException",
-            format!("`{topic}` is published by the gateway only"),
-        ));
-    }
-    if retain && topic::is_reserved(topic) {
-        return Err(AwsError::invalid_request(
-            "messages on reserved topics cannot be retained",
-        ));
     }
     if body.len() > dp.max_payload {
         return Err(AwsError::new(

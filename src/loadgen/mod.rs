@@ -195,12 +195,12 @@ async fn conn(o: &Options, deadline: Instant) -> Result<Value, String> {
     }))
 }
 
-/// Connects and subscribes to `filter`.
-async fn subscriber(o: &Options, id: &str, filter: &str) -> Result<Client, String> {
+/// Connects and subscribes to `filter` at `qos`.
+async fn subscriber(o: &Options, id: &str, filter: &str, qos: QoS) -> Result<Client, String> {
     let mut c = Client::connect(&o.target, id).await?;
     c.queue(&Packet::Subscribe(Subscribe {
         pkid: 1,
-        filters: vec![(filter.to_owned(), SubOptions::qos(o.qos))],
+        filters: vec![(filter.to_owned(), SubOptions::qos(qos))],
         properties: Properties::default(),
     }));
     c.flush().await?;
@@ -386,7 +386,7 @@ async fn publish(
 }
 
 async fn fanin(o: &Options, deadline: Instant) -> Result<Value, String> {
-    let sub = subscriber(o, "bench-fanin-sub", "bench/fanin/#").await?;
+    let sub = subscriber(o, "bench-fanin-sub", "bench/fanin/#", o.qos).await?;
     let mut pubs = Vec::with_capacity(o.publishers);
     for p in 0..o.publishers {
         pubs.push(Client::connect(&o.target, &format!("bench-fanin-{p}")).await?);
@@ -454,7 +454,7 @@ async fn fanin(o: &Options, deadline: Instant) -> Result<Value, String> {
 async fn fanout(o: &Options, deadline: Instant) -> Result<Value, String> {
     let mut subs = Vec::with_capacity(o.subscribers);
     for k in 0..o.subscribers {
-        subs.push(subscriber(o, &format!("bench-fanout-sub-{k}"), "bench/fanout").await?);
+        subs.push(subscriber(o, &format!("bench-fanout-sub-{k}"), "bench/fanout", o.qos).await?);
     }
     let publisher = Client::connect(&o.target, "bench-fanout-pub").await?;
     let base = Instant::now();
@@ -498,7 +498,7 @@ async fn fanout(o: &Options, deadline: Instant) -> Result<Value, String> {
 }
 
 async fn latency(o: &Options, deadline: Instant) -> Result<Value, String> {
-    let sub = subscriber(o, "bench-latency-sub", "bench/latency").await?;
+    let sub = subscriber(o, "bench-latency-sub", "bench/latency", o.qos).await?;
     let publisher = Client::connect(&o.target, "bench-latency-pub").await?;
     let messages = (o.rate.max(1) * o.duration_secs.max(1)) as usize;
     // The first tenth warms caches and connections up; it is not measured.
@@ -592,20 +592,8 @@ async fn shadow(o: &Options, deadline: Instant) -> Result<Value, String> {
     for d in 0..o.publishers {
         let id = format!("bench-shadow-{d}");
         let filter = format!("$aws/things/{id}/shadow/update/accepted");
-        let mut c = Client::connect(&o.target, &id).await?;
-        c.queue(&Packet::Subscribe(Subscribe {
-            pkid: 1,
-            filters: vec![(filter, SubOptions::qos(QoS::AtLeastOnce))],
-            properties: Properties::default(),
-        }));
-        c.flush().await?;
-        loop {
-            match c.next().await? {
-                Packet::SubAck(a) if a.codes.iter().all(|c| *c < 0x80) => break,
-                Packet::SubAck(a) => return Err(format!("SUBSCRIBE refused: {:?}", a.codes)),
-                _ => {}
-            }
-        }
+        // Answers at QoS 1, as the AWS IoT Device SDK subscribes.
+        let c = subscriber(o, &id, &filter, QoS::AtLeastOnce).await?;
         devices.push((id, c));
     }
     let barrier = Arc::new(Barrier::new(o.publishers + 1));

@@ -114,6 +114,11 @@ impl Message {
 
     /// Serializes for the store: wall-clock expiry, then the message as an MQTT 5 PUBLISH.
     pub fn to_record(&self, now: Instant) -> Vec<u8> {
+        self.record_after(&[], now)
+    }
+
+    /// The record of [`Message::to_record`] behind `head`, in one buffer.
+    fn record_after(&self, head: &[u8], now: Instant) -> Vec<u8> {
         let expiry_ms = self.expires_at.map_or(0, |at| {
             let left = at.saturating_duration_since(now);
             unix_ms(SystemTime::now() + left)
@@ -130,10 +135,12 @@ impl Message {
             subscription_identifiers: &[],
             payload: &self.payload,
         };
-        let mut buf = BytesMut::with_capacity(8 + codec::publish_len(&view, Protocol::V5));
+        let mut buf =
+            BytesMut::with_capacity(head.len() + 8 + codec::publish_len(&view, Protocol::V5));
+        buf.extend_from_slice(head);
         buf.extend_from_slice(&expiry_ms.to_be_bytes());
         codec::encode_publish(&view, Protocol::V5, &mut buf);
-        buf.to_vec()
+        buf.into()
     }
 
     /// Reads a stored record; `None` if it is unreadable or has expired.
@@ -477,12 +484,10 @@ const RETAINED_TIMED: u8 = 0xFF;
 
 /// The stored form of a retained message: the marker, when it was set,
 /// then the message's record.
-fn retained_record(modified_ms: u64, record: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(9 + record.len());
-    r.push(RETAINED_TIMED);
-    r.extend_from_slice(&modified_ms.to_be_bytes());
-    r.extend_from_slice(record);
-    r
+fn retained_record(modified_ms: u64, msg: &Message, now: Instant) -> Vec<u8> {
+    let mut head = [RETAINED_TIMED; 9];
+    head[1..].copy_from_slice(&modified_ms.to_be_bytes());
+    msg.record_after(&head, now)
 }
 
 /// Splits a stored retained record into when it was set (unknown for
@@ -522,12 +527,16 @@ pub struct Tapped {
     pub done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
 }
 
-/// Topic filters (the rules' FROM clauses) in a trie like subscriptions, so
-/// that finding the ones a topic matches costs the same for ten rules as for
-/// thousands.
+/// Topic filters (the rules' FROM clauses, the shadow service's request
+/// topics) in a trie like subscriptions, so that finding the ones a topic
+/// matches costs the same for ten filters as for thousands.
 #[derive(Debug, Default)]
 pub struct FilterIndex {
     trie: trie::Trie<Indexed>,
+    /// Whether every filter begins with a `$` level: such filters match only
+    /// `$` topics [MQTT-4.7.2-1], so any other topic is answered without a
+    /// look-up (every ordinary publish, for the shadow service's index).
+    only_dollar: bool,
 }
 
 /// The position of a filter's owner (a rule) in the caller's list.
@@ -544,18 +553,21 @@ impl FilterIndex {
     /// Indexes `filters`, each under the position of its owner.
     pub fn new<'a>(filters: impl IntoIterator<Item = (usize, &'a str)>) -> Self {
         let mut trie = trie::Trie::default();
+        let mut only_dollar = true;
         for (i, filter) in filters {
+            only_dollar &= filter.starts_with('$');
             trie.insert(filter, None, Indexed(i));
         }
-        Self { trie }
+        Self { trie, only_dollar }
     }
 
     /// Whether any filter matches `topic`.
     pub fn matches_any(&self, topic: &str) -> bool {
-        let mut any = false;
-        if !self.trie.is_empty() {
-            self.trie.for_each_match(topic, &mut |_| any = true);
+        if self.trie.is_empty() || (self.only_dollar && !topic.starts_with('$')) {
+            return false;
         }
+        let mut any = false;
+        self.trie.for_each_match(topic, &mut |_| any = true);
         any
     }
 
@@ -821,36 +833,32 @@ impl Router {
         // refuses the publish before anything changes. (A spool that
         // refuses the rule output later refuses the publish through its
         // commit, after subscribers may have it: the publisher sends it
-        // again, and duplicates are allowed where loss is not.) Only `$`
-        // topics can be shadow requests, so other publishes skip that look-up.
+        // again, and duplicates are allowed where loss is not.)
         let ruled = self.offers(
             &self.tap,
             msg,
             "the rules engine queue",
             DropReason::RulesBusy,
         )?;
-        let shadowed = topic.starts_with('$')
-            && self.offers(
-                &self.shadows,
-                msg,
-                "the shadow service queue",
-                DropReason::ShadowsBusy,
-            )?;
-        let mut retained = msg.retain.then(|| self.retained.write());
-        let mut ops = Vec::new();
-        let modified_ms = if retained.is_some() {
+        let shadowed = self.offers(
+            &self.shadows,
+            msg,
+            "the shadow service queue",
+            DropReason::ShadowsBusy,
+        )?;
+        // The clock is read before the lock is taken, and only for a retain.
+        let modified_ms = if msg.retain {
             unix_ms(SystemTime::now())
         } else {
             0
         };
+        let mut retained = msg.retain.then(|| self.retained.write());
+        let mut ops = Vec::new();
         if retained.is_some() {
             ops.push(if msg.payload.is_empty() {
                 Op::DelRetained(topic.to_owned())
             } else {
-                Op::PutRetained(
-                    topic.to_owned(),
-                    retained_record(modified_ms, &msg.to_record(now)),
-                )
+                Op::PutRetained(topic.to_owned(), retained_record(modified_ms, msg, now))
             });
         }
         TARGETS.with_borrow_mut(|targets| {
@@ -988,10 +996,14 @@ mod tests {
     fn retained_records_keep_their_time_and_older_ones_still_read() {
         let record = [0u8, 0, 1, 0x8f, 0, 0, 0, 0, 0x30, 0x00];
         assert_eq!(read_retained_record(&record), (None, &record[..]));
-        let timed = retained_record(1_700_000_000_000, &record);
+        let msg = message("t", QoS::AtLeastOnce, true, 1);
+        let now = Instant::now();
+        let timed = retained_record(1_700_000_000_000, &msg, now);
+        let (modified, rest) = read_retained_record(&timed);
+        assert_eq!(modified, Some(1_700_000_000_000));
         assert_eq!(
-            read_retained_record(&timed),
-            (Some(1_700_000_000_000), &record[..])
+            Message::from_record(rest, now).map(|m| m.topic),
+            Some(msg.topic.clone())
         );
         assert_eq!(read_retained_record(&[RETAINED_TIMED, 1]).1, &[] as &[u8]);
     }

@@ -11,6 +11,7 @@
 //! publish made durable.
 
 use super::authz::{Authz, ConnectFacts};
+use super::state::{self, Unpublishable};
 use super::{Control, SessionData, Sessions};
 use crate::codec::{
     self, Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, ProtocolError,
@@ -590,8 +591,7 @@ impl Conn {
                 shared.metrics.refused(LimitKind::Qos);
                 return refuse(reason::QOS_NOT_SUPPORTED);
             }
-            if topic_limits(cfg).check(w.topic.as_str()).is_err()
-                || crate::shadow::is_gateway_only(w.topic.as_str())
+            if state::unpublishable(w.topic.as_str(), false, cfg.limits.topics()).is_some()
                 || w.payload.len() > limits.max_payload_bytes
             {
                 return refuse(reason::TOPIC_NAME_INVALID);
@@ -1200,23 +1200,25 @@ impl Conn {
             return Err(End::Protocol(reason::PACKET_TOO_LARGE, "payload too large"));
         }
         let topic = p.topic.as_str();
-        let refusal = if let Err(e) = topic_limits(cfg).check(topic) {
-            metrics.refused(match e {
-                topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
-                _ => LimitKind::TopicLength,
-            });
-            Some((reason::TOPIC_NAME_INVALID, "topic too long or too deep"))
-        } else if crate::shadow::is_gateway_only(topic) {
-            metrics.denied(crate::metrics::AuthzAction::Publish);
-            Some((
-                reason::NOT_AUTHORIZED,
-                "only the gateway publishes lifecycle events and shadow responses",
-            ))
-        } else if p.retain && topic::is_reserved(topic) {
-            Some((reason::RETAIN_NOT_SUPPORTED, "retain on a reserved topic"))
-        } else {
-            None
-        };
+        let refusal = state::unpublishable(topic, p.retain, cfg.limits.topics()).map(|u| match u {
+            Unpublishable::Topic(e) => {
+                metrics.refused(match e {
+                    topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
+                    _ => LimitKind::TopicLength,
+                });
+                (reason::TOPIC_NAME_INVALID, "topic too long or too deep")
+            }
+            Unpublishable::GatewayOnly => {
+                metrics.denied(crate::metrics::AuthzAction::Publish);
+                (
+                    reason::NOT_AUTHORIZED,
+                    "only the gateway publishes lifecycle events and shadow responses",
+                )
+            }
+            Unpublishable::RetainedReserved => {
+                (reason::RETAIN_NOT_SUPPORTED, "retain on a reserved topic")
+            }
+        });
         if let Some((code, why)) = refusal {
             // MQTT 5 refuses a QoS 1/2 publish in its ack and keeps the connection.
             if v5 && p.qos != QoS::AtMostOnce {
@@ -1378,7 +1380,7 @@ impl Conn {
                     reason::QUOTA_EXCEEDED,
                     "too many filters in one SUBSCRIBE",
                 ))
-            } else if let Err(e) = topic_limits(cfg).check(parsed.filter) {
+            } else if let Err(e) = cfg.limits.topics().check(parsed.filter) {
                 let kind = match e {
                     topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
                     _ => LimitKind::TopicLength,
@@ -1673,8 +1675,4 @@ fn assigned_client_id() -> String {
     let mut bytes = [0u8; 12];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
     format!("edgegate-{}", crate::registry::identity::hex(&bytes))
-}
-
-fn topic_limits(cfg: &Config) -> topic::Limits {
-    cfg.limits.topics()
 }

@@ -1,8 +1,34 @@
 //! Per-session protocol state that outlives a connection: packet
-//! identifiers and the outbound inflight window. Pure.
+//! identifiers and the outbound inflight window; and which topics a client
+//! may publish on, over MQTT or HTTPS. Pure.
 
 use crate::router::Delivery;
+use crate::topic::{self, TopicError};
 use std::collections::VecDeque;
+
+/// Why a client's publish may not be routed, before any policy is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpublishable {
+    /// The topic is longer or deeper than the limits allow.
+    Topic(TopicError),
+    /// Only the gateway publishes there: lifecycle events, shadow responses.
+    GatewayOnly,
+    /// A message on a reserved (`$`) topic cannot be retained.
+    RetainedReserved,
+}
+
+/// Checks a client's publish on `topic`, in the order the refusals are given.
+pub fn unpublishable(topic: &str, retain: bool, limits: topic::Limits) -> Option<Unpublishable> {
+    if let Err(e) = limits.check(topic) {
+        Some(Unpublishable::Topic(e))
+    } else if crate::shadow::is_gateway_only(topic) {
+        Some(Unpublishable::GatewayOnly)
+    } else if retain && topic::is_reserved(topic) {
+        Some(Unpublishable::RetainedReserved)
+    } else {
+        None
+    }
+}
 
 /// An outbound QoS 1/2 message not yet fully acknowledged.
 #[derive(Debug, Clone)]

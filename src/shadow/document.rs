@@ -147,26 +147,31 @@ pub struct Rejected {
     pub client_token: Option<String>,
 }
 
-/// A section change an update asks for.
-#[derive(Debug, Clone, PartialEq)]
-enum SectionUpdate {
-    /// `null` or `{}`: remove the section.
-    Clear,
-    /// Merge these fields.
-    Merge(Map<String, Value>),
-}
-
 /// A validated update request (spec §1.3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {
-    /// The request's `state`, as sent: echoed in `update/accepted`.
+    /// The request's `state`, as sent: echoed in `update/accepted`, and
+    /// read for what it asks of each section ([`Update::section`]).
     state: Value,
-    desired: Option<SectionUpdate>,
-    reported: Option<SectionUpdate>,
     /// The request's `clientToken`.
     pub client_token: Option<String>,
     /// The version the client expects the shadow to be at.
     pub version: Option<u64>,
+}
+
+impl Update {
+    /// What the update asks of section `name`: `None` leaves it, `Some(None)`
+    /// clears it (`null`, `{}`, or a `null` state), `Some(Some(fields))`
+    /// merges them. The state was validated, so nothing else is there.
+    fn section(&self, name: &str) -> Option<Option<&Map<String, Value>>> {
+        match &self.state {
+            Value::Null => Some(None),
+            Value::Object(sections) => sections
+                .get(name)
+                .map(|v| v.as_object().filter(|m| !m.is_empty())),
+            _ => None,
+        }
+    }
 }
 
 /// Reads the `clientToken` of a get or delete request; AWS ignores the rest
@@ -209,44 +214,32 @@ pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<Update, Rejected>
     let state = doc
         .remove("state")
         .ok_or_else(|| fail(ShadowError::invalid("Missing required node: state")))?;
-    let (mut desired, mut reported) = (None, None);
-    match &state {
-        // Clears both sections, as AWS's local shadow service does.
-        Value::Null => {
-            desired = Some(SectionUpdate::Clear);
-            reported = Some(SectionUpdate::Clear);
-        }
-        Value::Object(sections) => {
-            for (key, value) in sections {
-                let (slot, name) = match key.as_str() {
-                    "desired" => (&mut desired, "Desired"),
-                    "reported" => (&mut reported, "Reported"),
-                    other => {
-                        return Err(fail(ShadowError::invalid(format!(
-                            "State contains an invalid node: '{other}'"
-                        ))));
-                    }
-                };
-                *slot = Some(match value {
-                    Value::Null => SectionUpdate::Clear,
-                    Value::Object(m) if m.is_empty() => SectionUpdate::Clear,
-                    Value::Object(m) => {
-                        if has_null_in_array(value, false) {
-                            return Err(fail(ShadowError::invalid(
-                                "Invalid JSON: arrays in a shadow may not contain null",
-                            )));
-                        }
-                        SectionUpdate::Merge(m.clone())
-                    }
-                    _ => {
-                        return Err(fail(ShadowError::invalid(format!(
-                            "{name} node must be an object"
-                        ))));
-                    }
-                });
-            }
-        }
+    // A `null` state clears both sections, as AWS's local shadow service does.
+    let sections = match &state {
+        Value::Null => None,
+        Value::Object(sections) => Some(sections),
         _ => return Err(fail(ShadowError::invalid("State node must be an object"))),
+    };
+    for (key, value) in sections.into_iter().flatten() {
+        let name = match key.as_str() {
+            "desired" => "Desired",
+            "reported" => "Reported",
+            other => {
+                return Err(fail(ShadowError::invalid(format!(
+                    "State contains an invalid node: '{other}'"
+                ))));
+            }
+        };
+        if !matches!(value, Value::Null | Value::Object(_)) {
+            return Err(fail(ShadowError::invalid(format!(
+                "{name} node must be an object"
+            ))));
+        }
+        if has_null_in_array(value, false) {
+            return Err(fail(ShadowError::invalid(
+                "Invalid JSON: arrays in a shadow may not contain null",
+            )));
+        }
     }
     let version = match doc.get("version") {
         None | Some(Value::Null) => None,
@@ -256,9 +249,9 @@ pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<Update, Rejected>
         ),
     };
     // Depth once the whole schema holds, as AWS's own local service checks.
-    for section in [&desired, &reported] {
-        if let Some(SectionUpdate::Merge(m)) = section
-            && m.values().map(depth_of).max().unwrap_or(0) + 1 > limits.max_depth
+    for section in sections.into_iter().flat_map(Map::values) {
+        if let Value::Object(m) = section
+            && depth(m.values()) > limits.max_depth
         {
             return Err(fail(ShadowError::invalid(format!(
                 "JSON contains too many levels of nesting; maximum is {}",
@@ -268,20 +261,23 @@ pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<Update, Rejected>
     }
     Ok(Update {
         state,
-        desired,
-        reported,
         client_token,
         version,
     })
 }
 
-/// Levels of nesting below a section: its own fields are level 1.
-fn depth_of(v: &Value) -> usize {
-    match v {
-        Value::Object(m) => m.values().map(depth_of).max().unwrap_or(0) + 1,
-        Value::Array(a) => a.iter().map(depth_of).max().unwrap_or(0) + 1,
-        _ => 0,
-    }
+/// Levels of nesting of an object or array with these children: its own
+/// fields are level 1.
+fn depth<'a>(children: impl Iterator<Item = &'a Value>) -> usize {
+    children
+        .map(|v| match v {
+            Value::Object(m) => depth(m.values()),
+            Value::Array(a) => depth(a.iter()),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+        + 1
 }
 
 fn has_null_in_array(v: &Value, in_array: bool) -> bool {
@@ -390,13 +386,13 @@ impl Shadow {
         apply_section(
             &mut next.desired,
             &mut next.metadata.desired,
-            update.desired.as_ref(),
+            update.section("desired"),
             now,
         );
         apply_section(
             &mut next.reported,
             &mut next.metadata.reported,
-            update.reported.as_ref(),
+            update.section("reported"),
             now,
         );
         if next.state_bytes() > limits.max_state_bytes {
@@ -519,16 +515,16 @@ impl Shadow {
 fn apply_section(
     section: &mut Option<Map<String, Value>>,
     meta: &mut Option<Map<String, Value>>,
-    update: Option<&SectionUpdate>,
+    update: Option<Option<&Map<String, Value>>>,
     now: u64,
 ) {
     match update {
         None => {}
-        Some(SectionUpdate::Clear) => {
+        Some(None) => {
             *section = None;
             *meta = None;
         }
-        Some(SectionUpdate::Merge(patch)) => {
+        Some(Some(patch)) => {
             let s = section.get_or_insert_with(Map::new);
             let m = meta.get_or_insert_with(Map::new);
             merge(s, m, patch, now);

@@ -20,6 +20,16 @@ pub enum Op {
     Delete,
 }
 
+impl From<Op> for crate::metrics::ShadowOp {
+    fn from(op: Op) -> Self {
+        match op {
+            Op::Get => Self::Get,
+            Op::Update => Self::Update,
+            Op::Delete => Self::Delete,
+        }
+    }
+}
+
 impl Op {
     fn parse(s: &str) -> Option<Self> {
         match s {

@@ -292,7 +292,11 @@ impl Service {
             // Refused before it names a shadow: too many waiting, or a
             // name the filters matched but AWS does not allow.
             let refused = |from, error| Answer {
-                op: op_of(topic),
+                op: topic
+                    .rsplit('/')
+                    .next()
+                    .and_then(Op::parse)
+                    .map_or(ShadowOp::Update, ShadowOp::from),
                 topic: topic.to_owned(),
                 client_token: document::client_token(&t.msg.payload),
                 shadow: None,
@@ -320,15 +324,17 @@ impl Service {
                 }
                 Some(p) => p,
             };
-            let call = match op {
-                Op::Get => Call::Get(id),
-                Op::Update => Call::Update(id, t.msg.payload.clone()),
-                Op::Delete => Call::Delete(id),
+            // A get or delete carries only its token; an update's is read
+            // with the rest of its document.
+            let (call, token) = match op {
+                Op::Get => (Call::Get(id), document::client_token(&t.msg.payload)),
+                Op::Update => (Call::Update(id, t.msg.payload.clone()), None),
+                Op::Delete => (Call::Delete(id), document::client_token(&t.msg.payload)),
             };
-            answers.push(self.apply(call, from, &t.msg.payload, now, &mut ops, &mut undo));
+            answers.push(self.apply(call, from, token, now, &mut ops, &mut undo));
         }
         for (call, reply) in calls.drain(..) {
-            answers.push(self.apply(call, Source::Rest(reply), &[], now, &mut ops, &mut undo));
+            answers.push(self.apply(call, Source::Rest(reply), None, now, &mut ops, &mut undo));
         }
         if !ops.is_empty() {
             let committed = match self.store.try_submit(ops) {
@@ -369,21 +375,19 @@ impl Service {
         &mut self,
         call: Call,
         from: Source,
-        payload: &[u8],
+        mut client_token: Option<String>,
         now: u64,
         ops: &mut Vec<StoreOp>,
         undo: &mut BTreeMap<ShadowId, Option<Shadow>>,
     ) -> Answer {
         let op = call.op();
         let rest = matches!(from, Source::Rest(_));
-        let mut client_token = None;
         let shadow = match &call {
             Call::Get(id) | Call::Update(id, _) | Call::Delete(id) => Some(id.clone()),
             Call::List { .. } => None,
         };
         let (topic, result) = match call {
             Call::Get(id) => {
-                client_token = document::client_token(payload);
                 let body = self
                     .shadows
                     .get(&id)
@@ -400,7 +404,6 @@ impl Service {
                 )
             }
             Call::Delete(id) => {
-                client_token = document::client_token(payload);
                 let topic = format!("{}/delete", id.prefix());
                 let result = match self
                     .shadows
@@ -437,10 +440,11 @@ impl Service {
                             let documents = format!("{prefix}/update/documents");
                             if self.router.is_heard(&documents) {
                                 let token = update.client_token.as_deref();
-                                let body = match self.shadows.get(&id) {
-                                    Some(previous) => previous.documents(&u.shadow, token, now),
-                                    None => Shadow::default().documents(&u.shadow, token, now),
-                                };
+                                let body = self
+                                    .shadows
+                                    .get(&id)
+                                    .unwrap_or(&Shadow::default())
+                                    .documents(&u.shadow, token, now);
                                 before.push((documents, body));
                             }
                             self.write(id, u.shadow, ops, undo);
@@ -514,15 +518,9 @@ impl Service {
             // Deleted names count until their 48 hours are over, so that a
             // device creating and deleting names fills its own thing's
             // allowance, not the gateway's.
-            let from = ShadowId {
-                thing: id.thing.clone(),
-                name: String::new(),
-            };
             let named = self
-                .shadows
-                .range(from..)
-                .take_while(|(other, _)| other.thing == id.thing)
-                .filter(|(other, s)| !other.is_classic() && !s.is_expired(now))
+                .named(&id.thing)
+                .filter(|(_, s)| !s.is_expired(now))
                 .count();
             if named >= self.settings.max_named_per_thing {
                 return Err(ShadowError::new(
@@ -534,14 +532,13 @@ impl Service {
                 ));
             }
         }
-        match current {
-            Some(s) => s.update(update, now, &self.settings.limits),
-            None => Shadow::default().update(update, now, &self.settings.limits),
-        }
+        current
+            .unwrap_or(&Shadow::default())
+            .update(update, now, &self.settings.limits)
     }
 
-    /// The names of the thing's named shadows that exist, in order.
-    fn named<'a>(&'a self, thing: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    /// The thing's named shadows, tombstones included, in name order.
+    fn named<'a>(&'a self, thing: &'a str) -> impl Iterator<Item = (&'a str, &'a Shadow)> + 'a {
         let from = ShadowId {
             thing: thing.to_owned(),
             name: String::new(),
@@ -549,8 +546,8 @@ impl Service {
         self.shadows
             .range(from..)
             .take_while(move |(id, _)| id.thing == thing)
-            .filter(|(id, s)| s.exists && !id.is_classic())
-            .map(|(id, _)| id.name.as_str())
+            .filter(|(id, _)| !id.is_classic())
+            .map(|(id, s)| (id.name.as_str(), s))
     }
 
     fn list(
@@ -567,7 +564,10 @@ impl Service {
                 "pageSize must be between 1 and 100",
             ));
         }
-        let mut names = self.named(thing).filter(|n| after.is_none_or(|a| *n > a));
+        let mut names = self
+            .named(thing)
+            .filter(|(n, s)| s.exists && after.is_none_or(|a| *n > a))
+            .map(|(n, _)| n);
         let page: Vec<&str> = names.by_ref().take(size).collect();
         let mut body = json!({ "results": page, "timestamp": now });
         if names.next().is_some()
@@ -749,15 +749,6 @@ fn acknowledge(
                 let _ = done.send(theirs.and(ours));
             });
         }
-    }
-}
-
-/// The operation a request topic names, for the metrics.
-fn op_of(topic: &str) -> ShadowOp {
-    match topic.rsplit('/').next() {
-        Some("get") => ShadowOp::Get,
-        Some("delete") => ShadowOp::Delete,
-        _ => ShadowOp::Update,
     }
 }
 

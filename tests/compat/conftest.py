@@ -45,6 +45,19 @@ provisioning = { policies = ["open"] }
 OPEN_POLICY = '{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}'
 
 
+def operator_client(gateway, service, secret=ADMIN_SECRET):
+    """A boto3 client of `service` ("iot", "iot-data") signed with the control
+    plane's key, pointed at the admin listener as `--endpoint-url` would."""
+    import boto3
+    return boto3.client(
+        service,
+        endpoint_url=f"http://{gateway.admin}",
+        region_name="us-east-1",
+        aws_access_key_id=ADMIN_KEY,
+        aws_secret_access_key=secret,
+    )
+
+
 class Gateway:
     def __init__(self, workdir: Path, open_policies: bool):
         self.dir = workdir

@@ -3,24 +3,17 @@ import hashlib
 import queue
 import ssl
 
-import boto3
 import botocore.exceptions
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ADMIN_KEY, ADMIN_SECRET
+from conftest import ADMIN_SECRET, operator_client
 
 WAIT = 10
 
 
 def iot(gateway, secret=ADMIN_SECRET):
-    return boto3.client(
-        "iot",
-        endpoint_url=f"http://{gateway.admin}",
-        region_name="us-east-1",
-        aws_access_key_id=ADMIN_KEY,
-        aws_secret_access_key=secret,
-    )
+    return operator_client(gateway, "iot", secret)
 
 
 def certificate_id(pem_file):

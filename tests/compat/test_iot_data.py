@@ -10,19 +10,13 @@ import botocore.exceptions
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ADMIN_KEY, ADMIN_SECRET
+from conftest import ADMIN_SECRET, operator_client
 
 WAIT = 10
 
 
 def iot_data(gateway, secret=ADMIN_SECRET):
-    return boto3.client(
-        "iot-data",
-        endpoint_url=f"http://{gateway.admin}",
-        region_name="us-east-1",
-        aws_access_key_id=ADMIN_KEY,
-        aws_secret_access_key=secret,
-    )
+    return operator_client(gateway, "iot-data", secret)
 
 
 def body(response):
