@@ -176,11 +176,23 @@ pub struct Admin {
     pub listen: Option<String>,
     /// Allow the admin listener on a non-loopback address.
     pub allow_network: bool,
-    /// SigV4 access key id the control plane accepts; without it, the
-    /// control plane refuses every request.
+    /// SigV4 access key id of one operator with full access (the
+    /// `[[admin.users]]` list is the least-privilege way).
     pub access_key_id: Option<String>,
     /// Environment variable holding the matching secret (never in this file).
     pub secret_access_key_env: String,
+    /// Operators: each access key with its secret and its operator policies.
+    pub users: Vec<AdminUser>,
+    /// Operator policy documents, one `NAME.json` per policy, IAM-style
+    /// over `iot:<Operation>` actions; hot-reloaded.
+    pub policies_dir: PathBuf,
+    /// Serve the control plane on `admin.sock` in the data directory
+    /// (owner-only), for the local CLI.
+    pub socket: bool,
+    /// The audit log (`audit.jsonl` in the data directory) is rotated at this size.
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept.
+    pub audit_max_files: u32,
 }
 
 impl Default for Admin {
@@ -190,8 +202,27 @@ impl Default for Admin {
             allow_network: false,
             access_key_id: None,
             secret_access_key_env: "EDGEGATE_ADMIN_SECRET".into(),
+            users: Vec::new(),
+            policies_dir: "operator-policies".into(),
+            socket: true,
+            audit_max_bytes: 16 * 1024 * 1024,
+            audit_max_files: 4,
         }
     }
+}
+
+/// One `[[admin.users]]` entry: an operator's key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminUser {
+    /// SigV4 access key id.
+    pub access_key_id: String,
+    /// Environment variable holding the secret.
+    pub secret_env: Option<String>,
+    /// File holding the secret (its first line).
+    pub secret_file: Option<PathBuf>,
+    /// Names of the operator policies that apply (none: every call is denied).
+    pub policies: Vec<String>,
 }
 
 /// `[limits]`: AWS IoT's published limits (spec/aws-iot-auth.md §5.2) are the defaults.
@@ -449,11 +480,18 @@ impl Config {
             &mut self.tls.cert,
             &mut self.tls.key,
             &mut self.policies.dir,
+            &mut self.admin.policies_dir,
             &mut self.actions.file_root,
         ]
         .into_iter()
         .chain(&mut self.tls.crl)
         .chain(&mut self.actions.http_ca)
+        .chain(
+            self.admin
+                .users
+                .iter_mut()
+                .filter_map(|u| u.secret_file.as_mut()),
+        )
         .chain(
             self.upstream
                 .iter_mut()
@@ -462,6 +500,43 @@ impl Config {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+    }
+
+    /// Each operator has a unique key, one source for its secret and valid policy names.
+    fn validate_users(&self, problems: &mut Vec<String>) {
+        let mut seen: Vec<&str> = self
+            .admin
+            .access_key_id
+            .iter()
+            .map(String::as_str)
+            .collect();
+        for (i, u) in self.admin.users.iter().enumerate() {
+            let at = format!("admin.users[{i}]");
+            if u.access_key_id.is_empty() {
+                problems.push(format!("{at}.access_key_id: missing"));
+            } else if seen.contains(&u.access_key_id.as_str()) {
+                problems.push(format!(
+                    "{at}.access_key_id: `{}` is used twice",
+                    u.access_key_id
+                ));
+            }
+            seen.push(&u.access_key_id);
+            if u.secret_env.is_some() == u.secret_file.is_some() {
+                problems.push(format!(
+                    "{at}: give the secret as exactly one of secret_env or secret_file"
+                ));
+            }
+            for name in &u.policies {
+                if !valid_policy_name(name) {
+                    problems.push(format!(
+                        "{at}.policies: `{name}` is not a valid policy name"
+                    ));
+                }
+            }
+        }
+        if self.admin.audit_max_bytes == 0 {
+            problems.push("admin.audit_max_bytes: must be greater than 0".into());
         }
     }
 
@@ -495,6 +570,7 @@ impl Config {
             "admin.allow_network",
             &mut problems,
         );
+        self.validate_users(&mut problems);
         let l = &self.limits;
         if l.max_qos > 2 {
             problems.push(format!("limits.max_qos: {} is not 0, 1 or 2", l.max_qos));

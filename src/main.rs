@@ -3,9 +3,11 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgegate::config::Config;
-use edgegate::registry::{CertStatus, ClientIdentity};
+use edgegate::registry::ClientIdentity;
 use edgegate::server::Server;
 use edgegate::transport::pki::{self, Ca, KeyKind};
+use registry_cli::segment;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -150,6 +152,36 @@ enum ThingCommand {
         /// Certificate id or PEM file.
         #[arg(long)]
         cert: String,
+        /// EXCLUSIVE_THING: the certificate's only thing, whatever the client id.
+        #[arg(long)]
+        exclusive: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Detach a certificate from a thing.
+    Detach {
+        /// Thing name.
+        name: String,
+        /// Certificate id or PEM file.
+        #[arg(long)]
+        cert: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Create a thing type.
+    CreateType {
+        /// Thing type name.
+        name: String,
+        /// Its description.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Delete a thing (no certificate may be attached).
+    Delete {
+        /// Thing name.
+        name: String,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -171,6 +203,28 @@ enum PolicyCommand {
     /// Evaluate one request as AWS TestAuthorization does, and say which
     /// statement decided.
     Test(TestArgs),
+    /// Attach a policy to a certificate.
+    Attach {
+        /// Policy name.
+        name: String,
+        /// Certificate id or PEM file.
+        #[arg(long)]
+        cert: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Detach a policy from a certificate.
+    Detach {
+        /// Policy name.
+        name: String,
+        /// Certificate id or PEM file.
+        #[arg(long)]
+        cert: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List policies with their default version and targets.
+    List(ConfigArg),
 }
 
 /// The request `policy test` evaluates.
@@ -237,9 +291,17 @@ enum CertCommand {
     Activate(CertRef),
     /// Stop a certificate from connecting; its live connections close.
     Deactivate(CertRef),
-    /// Revoke a certificate; its live connections close.
+    /// Revoke a certificate for good; its live connections close.
     Revoke(CertRef),
-    /// List registered certificates: id, status, policies, things.
+    /// Delete a certificate that is not ACTIVE and has no thing.
+    Delete {
+        #[command(flatten)]
+        cert: CertRef,
+        /// Detach its policies first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List registered certificates: id, status, common name, things, policies, expiry.
     List(ConfigArg),
     /// Issue a device certificate (NAME.pem, NAME.key) signed by the CA.
     Issue {
@@ -520,13 +582,24 @@ fn policy(command: PolicyCommand) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match test_authorization(&config, request) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            outcome(test_authorization(&config, request))
+        }
+        PolicyCommand::Attach { name, cert, config } => {
+            outcome(attach_policy(&name, &cert, config, true))
+        }
+        PolicyCommand::Detach { name, cert, config } => {
+            outcome(attach_policy(&name, &cert, config, false))
+        }
+        PolicyCommand::List(config) => outcome(list_policies(config)),
+    }
+}
+
+fn outcome(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -678,28 +751,91 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
             config,
         } => {
             let identity = read_identity(&cert)?;
-            let status = if inactive {
-                CertStatus::Inactive
-            } else {
-                CertStatus::Active
-            };
-            with_registry(config, |r| {
-                r.register(&identity, status, &policies, thing.as_deref())?;
-                println!("{} {status:?}", identity.certificate_id);
+            let status = if inactive { "INACTIVE" } else { "ACTIVE" };
+            control(config, |c| {
+                let id = &identity.certificate_id;
+                let arn = c.cert_arn(id);
+                let body = json!({ "certificatePem": identity.pem, "status": status });
+                match c.call("POST", "/certificate/register-no-ca", "", &[], Some(body)) {
+                    Ok(_) => {}
+                    Err(e) if e.to_string().starts_with("ResourceAlreadyExistsException") => {
+                        c.call(
+                            "PUT",
+                            &format!("/certificates/{id}"),
+                            &format!("newStatus={status}"),
+                            &[],
+                            None,
+                        )?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                for p in &policies {
+                    c.call(
+                        "PUT",
+                        &format!("/target-policies/{}", segment(p)),
+                        "",
+                        &[],
+                        Some(json!({ "target": arn })),
+                    )?;
+                }
+                if let Some(t) = &thing {
+                    match c.call("POST", &format!("/things/{}", segment(t)), "", &[], None) {
+                        Err(e) if !e.to_string().starts_with("ResourceAlreadyExistsException") => {
+                            return Err(e);
+                        }
+                        _ => {}
+                    }
+                    c.call(
+                        "PUT",
+                        &format!("/things/{}/principals", segment(t)),
+                        "",
+                        &[("x-amzn-principal", &arn)],
+                        None,
+                    )?;
+                }
+                println!("registered certificate {id} {status}");
                 Ok(())
             })?;
         }
-        CertCommand::Activate(r) => set_status(r, CertStatus::Active)?,
-        CertCommand::Deactivate(r) => set_status(r, CertStatus::Inactive)?,
-        CertCommand::Revoke(r) => set_status(r, CertStatus::Revoked)?,
-        CertCommand::List(config) => with_registry(config, |r| {
-            for c in r.certificates()? {
+        CertCommand::Activate(r) => set_status(r, "ACTIVE", "activated")?,
+        CertCommand::Deactivate(r) => set_status(r, "INACTIVE", "deactivated")?,
+        CertCommand::Revoke(r) => set_status(r, "REVOKED", "revoked")?,
+        CertCommand::Delete { cert, force } => {
+            let id = cert_id(&cert.cert)?;
+            control(cert.config, |c| {
+                c.call(
+                    "DELETE",
+                    &format!("/certificates/{id}"),
+                    &format!("forceDelete={force}"),
+                    &[],
+                    None,
+                )?;
+                println!("deleted certificate {id}");
+                Ok(())
+            })?;
+        }
+        CertCommand::List(config) => control(config, |c| {
+            for listed in c.all("/certificates", "certificates", ("marker", "nextMarker"))? {
+                let id = listed["certificateId"].as_str().unwrap_or_default();
+                let described = c.call("GET", &format!("/certificates/{id}"), "", &[], None)?;
+                let d = &described["certificateDescription"];
+                let cn = d["certificatePem"]
+                    .as_str()
+                    .and_then(|pem| rustls_pemfile::certs(&mut pem.as_bytes()).next())
+                    .and_then(Result::ok)
+                    .and_then(|der| ClientIdentity::from_der(&der))
+                    .and_then(|i| i.subject.common_name)
+                    .unwrap_or_default();
+                let expires = d["validity"]["notAfter"]
+                    .as_i64()
+                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                    .map(|t| t.date().to_string())
+                    .unwrap_or_default();
                 println!(
-                    "{}\t{}\tpolicies={}\tthings={}",
-                    c.id,
-                    c.status,
-                    c.policies.join(","),
-                    c.things.join(",")
+                    "{id}\t{}\tcn={cn}\tthings={}\tpolicies={}\texpires={expires}",
+                    listed["status"].as_str().unwrap_or_default(),
+                    strings(&listed["things"]).join(","),
+                    strings(&listed["policies"]).join(","),
                 );
             }
             Ok(())
@@ -716,30 +852,109 @@ fn thing(command: ThingCommand) -> anyhow::Result<()> {
             attributes,
             config,
         } => {
-            let attributes = attributes
+            let attributes: serde_json::Map<String, Value> = attributes
                 .iter()
                 .map(|a| {
                     a.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .map(|(k, v)| (k.to_owned(), Value::from(v)))
                         .with_context(|| format!("attribute `{a}` is not KEY=VALUE"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            with_registry(config, |r| r.put_thing(&name, thing_type, attributes))
+            control(config, |c| {
+                let body = json!({ "thingTypeName": thing_type, "attributePayload": { "attributes": attributes } });
+                let made = c.call(
+                    "POST",
+                    &format!("/things/{}", segment(&name)),
+                    "",
+                    &[],
+                    Some(body),
+                )?;
+                println!(
+                    "created thing {name} ({})",
+                    made["thingId"].as_str().unwrap_or_default()
+                );
+                Ok(())
+            })
         }
-        ThingCommand::Attach { name, cert, config } => {
-            with_registry(config, |r| r.attach_thing(&cert_id(&cert)?, &name))
+        ThingCommand::Attach {
+            name,
+            cert,
+            exclusive,
+            config,
+        } => {
+            let id = cert_id(&cert)?;
+            control(config, |c| {
+                let kind = if exclusive {
+                    "EXCLUSIVE_THING"
+                } else {
+                    "NON_EXCLUSIVE_THING"
+                };
+                c.call(
+                    "PUT",
+                    &format!("/things/{}/principals", segment(&name)),
+                    &format!("thingPrincipalType={kind}"),
+                    &[("x-amzn-principal", &c.cert_arn(&id))],
+                    None,
+                )?;
+                println!("attached certificate {id} to thing {name}");
+                Ok(())
+            })
         }
-        ThingCommand::List(config) => with_registry(config, |r| {
-            for t in r.things()? {
-                let attrs: Vec<String> = t
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
+        ThingCommand::Detach { name, cert, config } => {
+            let id = cert_id(&cert)?;
+            control(config, |c| {
+                c.call(
+                    "DELETE",
+                    &format!("/things/{}/principals", segment(&name)),
+                    "",
+                    &[("x-amzn-principal", &c.cert_arn(&id))],
+                    None,
+                )?;
+                println!("detached certificate {id} from thing {name}");
+                Ok(())
+            })
+        }
+        ThingCommand::CreateType {
+            name,
+            description,
+            config,
+        } => control(config, |c| {
+            let body = json!({ "thingTypeProperties": { "thingTypeDescription": description } });
+            c.call(
+                "POST",
+                &format!("/thing-types/{}", segment(&name)),
+                "",
+                &[],
+                Some(body),
+            )?;
+            println!("created thing type {name}");
+            Ok(())
+        }),
+        ThingCommand::Delete { name, config } => control(config, |c| {
+            c.call(
+                "DELETE",
+                &format!("/things/{}", segment(&name)),
+                "",
+                &[],
+                None,
+            )?;
+            println!("deleted thing {name}");
+            Ok(())
+        }),
+        ThingCommand::List(config) => control(config, |c| {
+            for t in c.all("/things", "things", ("nextToken", "nextToken"))? {
+                let attrs: Vec<String> = t["attributes"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 println!(
                     "{}\ttype={}\t{}",
-                    t.name,
-                    t.thing_type.unwrap_or_default(),
+                    t["thingName"].as_str().unwrap_or_default(),
+                    t["thingTypeName"].as_str().unwrap_or_default(),
                     attrs.join(",")
                 );
             }
@@ -748,9 +963,79 @@ fn thing(command: ThingCommand) -> anyhow::Result<()> {
     }
 }
 
-fn set_status(r: CertRef, status: CertStatus) -> anyhow::Result<()> {
+/// Attaches or detaches a policy.
+fn attach_policy(name: &str, cert: &str, config: ConfigArg, attach: bool) -> anyhow::Result<()> {
+    let id = cert_id(cert)?;
+    control(config, |c| {
+        let method = if attach { "PUT" } else { "POST" };
+        c.call(
+            method,
+            &format!("/target-policies/{}", segment(name)),
+            "",
+            &[],
+            Some(json!({ "target": c.cert_arn(&id) })),
+        )?;
+        let what = if attach {
+            "attached policy {name} to"
+        } else {
+            "detached policy {name} from"
+        };
+        println!("{} certificate {id}", what.replace("{name}", name));
+        Ok(())
+    })
+}
+
+fn list_policies(config: ConfigArg) -> anyhow::Result<()> {
+    control(config, |c| {
+        for p in c.all("/policies", "policies", ("marker", "nextMarker"))? {
+            let name = p["policyName"].as_str().unwrap_or_default();
+            let got = c.call(
+                "GET",
+                &format!("/policies/{}", segment(name)),
+                "",
+                &[],
+                None,
+            )?;
+            let targets = c.call(
+                "POST",
+                &format!("/policy-targets/{}", segment(name)),
+                "",
+                &[],
+                None,
+            )?;
+            println!(
+                "{name}\tversion={}\tcertificates={}",
+                got["defaultVersionId"].as_str().unwrap_or_default(),
+                strings(&targets["targets"]).len()
+            );
+        }
+        Ok(())
+    })
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set_status(r: CertRef, status: &str, done: &str) -> anyhow::Result<()> {
     let id = cert_id(&r.cert)?;
-    with_registry(r.config, |reg| reg.set_status(&id, status))
+    control(r.config, |c| {
+        c.call(
+            "PUT",
+            &format!("/certificates/{id}"),
+            &format!("newStatus={status}"),
+            &[],
+            None,
+        )?;
+        println!("{done} certificate {id}");
+        Ok(())
+    })
 }
 
 fn read_identity(path: &Path) -> anyhow::Result<ClientIdentity> {
@@ -769,10 +1054,13 @@ fn cert_id(arg: &str) -> anyhow::Result<String> {
     Ok(read_identity(Path::new(arg))?.certificate_id)
 }
 
-/// Runs a registry command on the gateway the configuration describes.
-fn with_registry(
+/// Runs a control-plane command on the gateway the configuration describes.
+fn control(
     config: ConfigArg,
-    f: impl FnOnce(&dyn registry_cli::Ops) -> anyhow::Result<()>,
+    f: impl FnOnce(&registry_cli::Client) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    registry_cli::with_registry(&load_config(config.config)?, f)
+    let client = registry_cli::Client::open(&load_config(config.config)?)?;
+    let result = f(&client);
+    client.close();
+    result
 }

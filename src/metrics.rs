@@ -281,6 +281,27 @@ pub struct Metrics {
     pub shadow_documents: Gauge,
     /// `edgegate_shadow_bytes`: bytes of shadow state held.
     pub shadow_bytes: Gauge,
+    /// `edgegate_control_calls_total{outcome}`: control-plane calls, by [`ControlOutcome`].
+    pub control_calls: Family,
+    /// `edgegate_audit_dropped_total`: audit lines lost because the writer fell behind or failed.
+    pub audit_dropped: Counter,
+}
+
+/// How a control-plane call ended, for `edgegate_control_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOutcome {
+    /// Done.
+    Ok,
+    /// Refused by the operation itself (not found, conflict, invalid).
+    Error,
+    /// Refused by the operator's policies.
+    Denied,
+    /// No valid signature.
+    Unauthenticated,
+}
+
+impl ControlOutcome {
+    const LABELS: [&'static str; 4] = ["ok", "error", "denied", "unauthenticated"];
 }
 
 impl fmt::Debug for Metrics {
@@ -435,7 +456,13 @@ impl Metrics {
                 "edgegate_connections_refused_total",
                 "Connections refused because of their certificate's registration, by reason.",
                 "reason",
-                &["unknown", "inactive", "revoked", "pending_activation"],
+                &[
+                    "unknown",
+                    "inactive",
+                    "revoked",
+                    "pending_activation",
+                    "ca_inactive",
+                ],
             ),
             protocol_errors: counter(
                 "edgegate_protocol_errors_total",
@@ -509,6 +536,16 @@ impl Metrics {
                 &SHADOW_CODES.map(|(_, label)| label),
             ),
             shadow_documents: gauge("edgegate_shadow_documents", "Device shadows that exist."),
+            control_calls: family(
+                "edgegate_control_calls_total",
+                "Control-plane calls, by outcome (ok, error, denied by operator policy, unauthenticated).",
+                "outcome",
+                &ControlOutcome::LABELS,
+            ),
+            audit_dropped: counter(
+                "edgegate_audit_dropped_total",
+                "Audit log lines lost because the audit writer fell behind or could not write.",
+            ),
             shadow_bytes: gauge(
                 "edgegate_shadow_bytes",
                 "Bytes of device shadow state (desired and reported) held.",
@@ -528,6 +565,11 @@ impl Metrics {
                 .unwrap_or(SHADOW_CODES.len() - 1);
             self.shadow_rejections.get(i).increment(1);
         }
+    }
+
+    /// Counts a control-plane call.
+    pub fn control_call(&self, outcome: ControlOutcome) {
+        self.control_calls.get(outcome as usize).increment(1);
     }
 
     fn labelled(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Key {

@@ -1,205 +1,139 @@
-//! Registry commands of the CLI, against a stopped gateway (its data
-//! directory, opened directly) or a running one (the control plane on the
-//! admin listener, signed with the configured SigV4 key; a running gateway
-//! locks its store, so there is never a write behind its back).
+//! The CLI's way to the control plane: the Unix socket of a running
+//! gateway (`admin.sock` in its data directory), or, when none runs, the
+//! same control plane in process over its data directory. A running
+//! gateway locks its store, so there is never a write behind its back, and
+//! both ways run the very operations boto3 and the AWS CLI call.
 
 use anyhow::{Context, bail};
 use edgegate::config::Config;
-use edgegate::http::sigv4;
-use edgegate::registry::{CertStatus, ClientIdentity, Registry};
+use edgegate::http::control::{Caller, Control, Endpoint, Request};
+use edgegate::http::operators::Operators;
+use edgegate::policy::compile::ArnHead;
+use edgegate::policy::versions::Versions;
+use edgegate::registry::Registry;
 use edgegate::store::{Store, StoreError};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A certificate as listed.
-pub(crate) struct Listed {
-    pub(crate) id: String,
-    pub(crate) status: String,
-    pub(crate) policies: Vec<String>,
-    pub(crate) things: Vec<String>,
+enum Target {
+    Socket(PathBuf),
+    InProcess(Box<Control>, Store),
 }
 
-/// A thing as listed.
-pub(crate) struct ListedThing {
-    pub(crate) name: String,
-    pub(crate) thing_type: Option<String>,
-    pub(crate) attributes: BTreeMap<String, String>,
-}
-
-/// What the registry commands need, locally or remotely.
-pub(crate) trait Ops {
-    fn register(
-        &self,
-        identity: &ClientIdentity,
-        status: CertStatus,
-        policies: &[String],
-        thing: Option<&str>,
-    ) -> anyhow::Result<()>;
-    fn set_status(&self, id: &str, status: CertStatus) -> anyhow::Result<()>;
-    fn certificates(&self) -> anyhow::Result<Vec<Listed>>;
-    fn put_thing(
-        &self,
-        name: &str,
-        thing_type: Option<String>,
-        attributes: BTreeMap<String, String>,
-    ) -> anyhow::Result<()>;
-    fn attach_thing(&self, cert_id: &str, thing: &str) -> anyhow::Result<()>;
-    fn things(&self) -> anyhow::Result<Vec<ListedThing>>;
-}
-
-impl Ops for Registry {
-    fn register(
-        &self,
-        identity: &ClientIdentity,
-        status: CertStatus,
-        policies: &[String],
-        thing: Option<&str>,
-    ) -> anyhow::Result<()> {
-        Registry::register(self, identity, status, policies.to_vec(), thing);
-        Ok(())
-    }
-    fn set_status(&self, id: &str, status: CertStatus) -> anyhow::Result<()> {
-        Ok(Registry::set_status(self, id, status)?)
-    }
-    fn certificates(&self) -> anyhow::Result<Vec<Listed>> {
-        Ok(Registry::certificates(self)
-            .into_iter()
-            .map(|c| Listed {
-                id: c.id,
-                status: c.status.name().into(),
-                policies: c.policies,
-                things: c.things,
-            })
-            .collect())
-    }
-    fn put_thing(
-        &self,
-        name: &str,
-        thing_type: Option<String>,
-        attributes: BTreeMap<String, String>,
-    ) -> anyhow::Result<()> {
-        Ok(Registry::put_thing(self, name, thing_type, attributes)?)
-    }
-    fn attach_thing(&self, cert_id: &str, thing: &str) -> anyhow::Result<()> {
-        Ok(Registry::attach_thing(self, cert_id, thing)?)
-    }
-    fn things(&self) -> anyhow::Result<Vec<ListedThing>> {
-        Ok(Registry::things(self)
-            .into_iter()
-            .map(|t| ListedThing {
-                name: t.name,
-                thing_type: t.thing_type,
-                attributes: t.attributes,
-            })
-            .collect())
-    }
-}
-
-/// The control plane of a running gateway.
-pub(crate) struct Remote {
-    addr: SocketAddr,
-    access_key_id: String,
-    secret: String,
+/// A connection to the control plane for one CLI command.
+pub(crate) struct Client {
+    runtime: tokio::runtime::Runtime,
+    target: Target,
     region: String,
     account: String,
 }
 
-impl Remote {
-    fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let listen = config
-            .admin
-            .listen
-            .as_deref()
-            .context("the gateway has no admin listener (admin.listen)")?;
-        let mut addr: SocketAddr = listen.parse().context("admin.listen")?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let access_key_id = config
-            .admin
-            .access_key_id
-            .clone()
-            .context("admin.access_key_id is not set, so the control plane is off")?;
-        let secret = std::env::var(&config.admin.secret_access_key_env).with_context(|| {
-            format!(
-                "the secret for admin.access_key_id is read from ${}, which is not set",
-                config.admin.secret_access_key_env
-            )
-        })?;
+impl Client {
+    /// The running gateway's socket if its store is locked, else the data
+    /// directory itself.
+    pub(crate) fn open(config: &Config) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let path = config.data_dir.join("edgegate.redb");
+        let metrics = Arc::new(edgegate::metrics::Metrics::new());
+        let opened = runtime.block_on(async { Store::open(&path, true, metrics.clone()) });
+        let target = match opened {
+            Ok((store, snapshot)) => {
+                let cas = edgegate::registry::read_ca_file(&config.tls.ca);
+                let auto = config.auth.registration != edgegate::config::Registration::Registry;
+                let versions =
+                    Versions::new(&config.policies.dir, store.clone(), &snapshot.registry);
+                let registry = Registry::new(store.clone(), snapshot.registry, cas, auto);
+                let control = Control {
+                    registry: Arc::new(registry),
+                    policies: Arc::new(versions),
+                    head: ArnHead::new(&config.aws.region, &config.aws.account_id),
+                    endpoint: Endpoint {
+                        host: "localhost".into(),
+                        mqtt_port: None,
+                    },
+                    data: None,
+                    operators: Operators::from_config(config),
+                    audit: None,
+                    metrics,
+                    ca_dir: config
+                        .tls
+                        .ca
+                        .parent()
+                        .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf),
+                };
+                Target::InProcess(Box::new(control), store)
+            }
+            Err(StoreError::Locked(_)) => {
+                let socket = config.data_dir.join(edgegate::server::ADMIN_SOCKET);
+                if !socket.exists() {
+                    bail!(
+                        "the gateway is running (its store is locked) but serves no admin socket at {} (admin.socket)",
+                        socket.display()
+                    );
+                }
+                Target::Socket(socket)
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Self {
-            addr,
-            access_key_id,
-            secret,
+            runtime,
+            target,
             region: config.aws.region.clone(),
             account: config.aws.account_id.clone(),
         })
     }
 
-    fn cert_arn(&self, id: &str) -> String {
+    /// The ARN of a certificate.
+    pub(crate) fn cert_arn(&self, id: &str) -> String {
         format!("arn:aws:iot:{}:{}:cert/{id}", self.region, self.account)
     }
 
-    /// One signed request; the JSON answer, or the error AWS-style.
-    fn call(
+    /// One call; the JSON answer, or the error as AWS names it.
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
         query: &str,
-        extra: &[(&str, &str)],
+        headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let host = self.addr.to_string();
-        let date = sigv4::amz_date_now();
-        let mut headers: Vec<(&str, &str)> = vec![("host", &host), ("x-amz-date", &date)];
-        headers.extend_from_slice(extra);
-        let request = sigv4::Request {
-            method,
-            path,
-            query,
-            headers: &headers,
-            body: body.as_bytes(),
+        let (status, payload) = match &self.target {
+            Target::InProcess(control, _) => {
+                let mut map = axum::http::HeaderMap::new();
+                for (k, v) in headers {
+                    map.insert(
+                        axum::http::HeaderName::from_bytes(k.as_bytes())?,
+                        axum::http::HeaderValue::from_str(v)?,
+                    );
+                }
+                let request = Request {
+                    method: method.parse()?,
+                    path: path.to_owned(),
+                    query: query.to_owned(),
+                    headers: map,
+                    body: body.into(),
+                };
+                self.runtime.block_on(async {
+                    let response = control.handle(Caller::Local, request).await;
+                    let status = response.status().as_u16();
+                    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+                    anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+                })?
+            }
+            Target::Socket(socket) => over_socket(socket, method, path, query, headers, &body)?,
         };
-        let auth = sigv4::sign(
-            &request,
-            &self.access_key_id,
-            &self.secret,
-            &self.region,
-            "iot",
-        );
-        let target = if query.is_empty() {
-            path.to_owned()
-        } else {
-            format!("{path}?{query}")
-        };
-        let mut text = format!("{method} {target} HTTP/1.1\r\n");
-        for (k, v) in &headers {
-            text.push_str(&format!("{k}: {v}\r\n"));
-        }
-        text.push_str(&format!(
-            "authorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        ));
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-            .with_context(|| format!("connecting to the admin listener at {}", self.addr))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(text.as_bytes())?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
-        let response = String::from_utf8_lossy(&response);
-        let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("not an HTTP response")?;
         let json: Value = if payload.trim().is_empty() {
             json!({})
         } else {
-            serde_json::from_str(payload).context("not a JSON response")?
+            serde_json::from_str(&payload).context("not a JSON response")?
         };
         if status != 200 {
             bail!(
@@ -210,9 +144,78 @@ impl Remote {
         }
         Ok(json)
     }
+
+    /// Every item of a paginated listing.
+    pub(crate) fn all(
+        &self,
+        path: &str,
+        items: &str,
+        (token, next): (&str, &str),
+    ) -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut query = String::new();
+        loop {
+            let page = self.call("GET", path, &query, &[], None)?;
+            out.extend(page[items].as_array().cloned().unwrap_or_default());
+            match page[next].as_str() {
+                Some(t) => query = format!("{token}={}", segment(t)),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Lets the in-process store commit what the command changed.
+    pub(crate) fn close(self) {
+        if let Target::InProcess(_, store) = &self.target {
+            self.runtime.block_on(store.close());
+        }
+    }
 }
 
-fn segment(s: &str) -> String {
+/// One HTTP/1.1 request over the admin socket.
+fn over_socket(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let target = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    };
+    let mut text = format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str(&format!(
+        "content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to the gateway's admin socket {}",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(text.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("not an HTTP response")?;
+    Ok((status, payload.to_owned()))
+}
+
+/// A path label or query value, escaped as botocore escapes it.
+pub(crate) fn segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -221,159 +224,4 @@ fn segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-impl Ops for Remote {
-    fn register(
-        &self,
-        identity: &ClientIdentity,
-        status: CertStatus,
-        policies: &[String],
-        thing: Option<&str>,
-    ) -> anyhow::Result<()> {
-        let active = if status == CertStatus::Active {
-            "true"
-        } else {
-            "false"
-        };
-        self.call(
-            "POST",
-            "/certificate/register",
-            &format!("setAsActive={active}"),
-            &[],
-            Some(json!({ "certificatePem": identity.pem })),
-        )?;
-        let arn = self.cert_arn(&identity.certificate_id);
-        for p in policies {
-            self.call(
-                "PUT",
-                &format!("/target-policies/{}", segment(p)),
-                "",
-                &[],
-                Some(json!({ "target": arn })),
-            )?;
-        }
-        if let Some(t) = thing {
-            self.call("POST", &format!("/things/{}", segment(t)), "", &[], None)?;
-            self.attach_thing(&identity.certificate_id, t)?;
-        }
-        Ok(())
-    }
-    fn set_status(&self, id: &str, status: CertStatus) -> anyhow::Result<()> {
-        self.call(
-            "PUT",
-            &format!("/certificates/{}", segment(id)),
-            &format!("newStatus={}", status.name()),
-            &[],
-            None,
-        )?;
-        Ok(())
-    }
-    fn certificates(&self) -> anyhow::Result<Vec<Listed>> {
-        let v = self.call("GET", "/certificates", "", &[], None)?;
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Ok(v["certificates"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| Listed {
-                        id: c["certificateId"].as_str().unwrap_or_default().into(),
-                        status: c["status"].as_str().unwrap_or_default().into(),
-                        policies: strings(&c["policies"]),
-                        things: strings(&c["things"]),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-    fn put_thing(
-        &self,
-        name: &str,
-        thing_type: Option<String>,
-        attributes: BTreeMap<String, String>,
-    ) -> anyhow::Result<()> {
-        self.call(
-            "POST",
-            &format!("/things/{}", segment(name)),
-            "",
-            &[],
-            Some(json!({ "thingTypeName": thing_type, "attributePayload": { "attributes": attributes } })),
-        )?;
-        Ok(())
-    }
-    fn attach_thing(&self, cert_id: &str, thing: &str) -> anyhow::Result<()> {
-        let arn = self.cert_arn(cert_id);
-        self.call(
-            "PUT",
-            &format!("/things/{}/principals", segment(thing)),
-            "",
-            &[("x-amzn-principal", &arn)],
-            None,
-        )?;
-        Ok(())
-    }
-    fn things(&self) -> anyhow::Result<Vec<ListedThing>> {
-        let v = self.call("GET", "/things", "", &[], None)?;
-        Ok(v["things"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|t| ListedThing {
-                        name: t["thingName"].as_str().unwrap_or_default().into(),
-                        thing_type: t["thingTypeName"].as_str().map(str::to_owned),
-                        attributes: t["attributes"]
-                            .as_object()
-                            .map(|m| {
-                                m.iter()
-                                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-}
-
-/// Runs `f` against the registry of a stopped gateway, or through the
-/// control plane of a running one.
-pub(crate) fn with_registry(
-    config: &Config,
-    f: impl FnOnce(&dyn Ops) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let path = config.data_dir.join("edgegate.redb");
-        let metrics = std::sync::Arc::new(edgegate::metrics::Metrics::new());
-        match Store::open(&path, true, metrics) {
-            Ok((store, snapshot)) => {
-                let cas = edgegate::registry::read_ca_file(&config.tls.ca);
-                let auto = config.auth.registration != edgegate::config::Registration::Registry;
-                let registry = Registry::new(store.clone(), snapshot.registry, cas, auto);
-                let result = f(&registry);
-                store.close().await;
-                result
-            }
-            Err(StoreError::Locked(_)) => {
-                let remote = Remote::from_config(config).context(
-                    "the gateway is running (its store is locked), and its control plane cannot be used",
-                )?;
-                f(&remote)
-            }
-            Err(e) => Err(e.into()),
-        }
-    })
 }

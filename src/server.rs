@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::metrics::{HandshakeFailure, Metrics};
+use crate::policy::versions::Versions;
 use crate::policy::{self, PolicyStore, compile::ArnHead};
 use crate::registry::ClientIdentity;
 use crate::registry::{CertStatus, Registry};
@@ -120,11 +121,6 @@ impl Server {
         } else {
             None
         };
-        let acceptor = Arc::new(Acceptor::new(tls::server_config(&config.tls, tls::ALPN)?));
-        let https_acceptor = Arc::new(Acceptor::new(tls::server_config(
-            &config.tls,
-            tls::HTTPS_ALPN,
-        )?));
         let metrics = Arc::new(Metrics::new());
         let (store, mut snapshot) = Store::open(
             &config.data_dir.join("edgegate.redb"),
@@ -138,6 +134,11 @@ impl Server {
             tracing::error!(problem = %e, "policy not loaded");
         }
         let policies = Arc::new(PolicyStore::new(loaded.documents));
+        let versions = Arc::new(Versions::new(
+            &config.policies.dir,
+            store.clone(),
+            &snapshot.registry,
+        ));
         let registry = Arc::new(Registry::new(
             store.clone(),
             std::mem::take(&mut snapshot.registry),
@@ -147,14 +148,30 @@ impl Server {
         if let Some(first) = &first_run {
             register_first_run(&registry, &config, first);
         }
+        let (mqtt_tls, https_tls) = tls_configs(&config.tls, &registry)?;
+        let acceptor = Arc::new(Acceptor::new(mqtt_tls));
+        let https_acceptor = Arc::new(Acceptor::new(https_tls));
         let mut watches = Vec::new();
         {
-            let (store, metrics, dir) = (
+            let (store, versions, metrics, dir) = (
                 policies.clone(),
+                versions.clone(),
                 metrics.clone(),
                 config.policies.dir.clone(),
             );
             watch_dir(&config.policies.dir, None, &mut watches, move || {
+                reload_policies(&store, &metrics, &dir);
+                versions.sync();
+            });
+        }
+        let operators = crate::http::operators::Operators::from_config(&config);
+        if config.admin.policies_dir.is_dir() {
+            let (store, metrics, dir) = (
+                operators.policies.clone(),
+                metrics.clone(),
+                config.admin.policies_dir.clone(),
+            );
+            watch_dir(&config.admin.policies_dir, None, &mut watches, move || {
                 reload_policies(&store, &metrics, &dir);
             });
         }
@@ -166,28 +183,29 @@ impl Server {
                 .chain(&config.tls.crl)
                 .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
                 .collect();
-        for dir in tls_dirs {
-            let (acceptor, https, metrics, tls) = (
+        let retrust = {
+            let (acceptor, https, metrics, tls, registry) = (
                 acceptor.clone(),
                 https_acceptor.clone(),
                 metrics.clone(),
                 config.tls.clone(),
+                registry.clone(),
             );
-            watch_dir(&dir, None, &mut watches, move || {
-                let configs = tls::server_config(&tls, tls::ALPN)
-                    .and_then(|m| Ok((m, tls::server_config(&tls, tls::HTTPS_ALPN)?)));
-                match configs {
-                    Ok((mqtt, device)) => {
-                        acceptor.swap(mqtt);
-                        https.swap(device);
-                        tracing::info!("TLS certificates reloaded");
-                    }
-                    Err(e) => {
-                        metrics.reload_failures.increment(1);
-                        tracing::error!(error = %e, "TLS reload failed; the previous certificates stay");
-                    }
+            Arc::new(move || match tls_configs(&tls, &registry) {
+                Ok((mqtt, device)) => {
+                    acceptor.swap(mqtt);
+                    https.swap(device);
+                    tracing::info!("TLS trust reloaded");
                 }
-            });
+                Err(e) => {
+                    metrics.reload_failures.increment(1);
+                    tracing::error!(error = %e, "TLS reload failed; the previous certificates stay");
+                }
+            })
+        };
+        for dir in tls_dirs {
+            let retrust = retrust.clone();
+            watch_dir(&dir, None, &mut watches, move || retrust());
         }
         let limits = MailboxLimits {
             queued: config.limits.max_queued_messages,
@@ -204,6 +222,24 @@ impl Server {
         sessions.restore(snapshot);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // A CA registered, activated, deactivated or deleted through the
+        // control plane changes who may connect, without a restart.
+        tracker.spawn({
+            let (mut trust, token) = (registry.subscribe_trust(), shutdown.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        changed = trust.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            retrust();
+                        }
+                    }
+                }
+            }
+        });
         let mut spools = spool::by_name(spools);
         let upstream = config.upstream.as_ref().map(|u| {
             Arc::new(Spool::new(
@@ -373,18 +409,53 @@ impl Server {
             }
             None => None,
         };
+        let control = Arc::new(crate::http::control::Control {
+            registry: registry.clone(),
+            policies: versions,
+            head: ArnHead::new(&config.aws.region, &config.aws.account_id),
+            endpoint: crate::http::control::Endpoint {
+                host: endpoint_host(&config),
+                mqtt_port: mqtt.first().map(SocketAddr::port),
+            },
+            data: Some(data),
+            operators,
+            audit: crate::http::audit::Audit::start(
+                &config.data_dir,
+                config.admin.audit_max_bytes,
+                config.admin.audit_max_files,
+                metrics.clone(),
+            )
+            .map_err(|e| tracing::error!(error = %e, "the audit log cannot be written"))
+            .ok(),
+            metrics: metrics.clone(),
+            ca_dir: config.tls.ca.parent().map_or_else(
+                || std::path::PathBuf::from("."),
+                std::path::Path::to_path_buf,
+            ),
+        });
+        let admin_state = crate::http::admin::AdminState::new(
+            metrics.clone(),
+            bridge,
+            control,
+            config.limits.max_payload_bytes,
+        );
+        if config.admin.socket {
+            let path = config.data_dir.join(ADMIN_SOCKET);
+            let listener = bind_socket(&path)?;
+            let app = crate::http::admin::local_router(admin_state.clone());
+            spawn_served(
+                &tracker,
+                "admin socket",
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned()),
+            );
+            tracing::info!(path = %path.display(), "admin socket listening");
+        }
         let admin = match admin {
             Some(l) => {
                 let addr = local(&l)?;
-                let app = crate::http::admin::router(crate::http::admin::AdminState {
-                    metrics: metrics.clone(),
-                    registry: registry.clone(),
-                    credentials: admin_credentials(&config),
-                    region: config.aws.region.clone(),
-                    account: config.aws.account_id.clone(),
-                    upstream: bridge,
-                    data,
-                });
+                let app = crate::http::admin::router(admin_state)
+                    .into_make_service_with_connect_info::<SocketAddr>();
                 spawn_served(
                     &tracker,
                     "admin listener",
@@ -451,23 +522,47 @@ where
     });
 }
 
-/// The control plane's key pair: the id from the configuration, the secret
-/// from the environment variable it names.
-fn admin_credentials(config: &Config) -> Option<crate::http::admin::Credentials> {
-    let access_key_id = config.admin.access_key_id.clone()?;
-    match std::env::var(&config.admin.secret_access_key_env) {
-        Ok(secret) if !secret.is_empty() => Some(crate::http::admin::Credentials {
-            access_key_id,
-            secret,
-        }),
-        _ => {
-            tracing::warn!(
-                variable = %config.admin.secret_access_key_env,
-                "admin.access_key_id is set but its secret is not: the control plane stays off"
-            );
-            None
-        }
+/// The file name of the admin socket in the data directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// Binds the admin socket, owner-only. A socket left by a gateway that
+/// died is replaced: the store's lock, taken earlier, proves none runs.
+fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServerError> {
+    let error = |source| ServerError::Bind {
+        addr: path.display().to_string(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(error(e)),
+        _ => {}
     }
+    let listener = tokio::net::UnixListener::bind(path).map_err(error)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
+    Ok(listener)
+}
+
+/// The host devices reach this gateway by: the server certificate's common name.
+fn endpoint_host(config: &Config) -> String {
+    tls::read_certs(&config.tls.cert)
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+        .and_then(|der| ClientIdentity::from_der(&der))
+        .and_then(|id| id.subject.common_name)
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The MQTT and HTTPS server configurations for the `[tls]` files and the
+/// CAs registered through the control plane.
+fn tls_configs(
+    tls: &crate::config::Tls,
+    registry: &Registry,
+) -> Result<(rustls::ServerConfig, rustls::ServerConfig), TlsError> {
+    let registered = registry.registered_roots();
+    Ok((
+        tls::server_config(tls, tls::ALPN, &registered)?,
+        tls::server_config(tls, tls::HTTPS_ALPN, &registered)?,
+    ))
 }
 
 /// Watches `dir`, keeping the watch in `watches`; a directory that cannot be

@@ -11,6 +11,8 @@ pub struct AwsError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// Members some exceptions add (`resourceId`, `resourceArn`).
+    extra: Vec<(&'static str, String)>,
 }
 
 impl AwsError {
@@ -20,7 +22,24 @@ impl AwsError {
             status,
             kind,
             message: message.into(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a member to the error body.
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.extra.push((key, value.into()));
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// AWS's exception name.
+    pub fn kind(&self) -> &'static str {
+        self.kind
     }
 
     /// AWS's answer to a request it cannot act on as written.
@@ -42,7 +61,13 @@ impl IntoResponse for AwsError {
                 ("x-amzn-ErrorType", self.kind),
                 (header::CONTENT_TYPE.as_str(), "application/json"),
             ],
-            json!({"__type": self.kind, "message": self.message}).to_string(),
+            {
+                let mut body = json!({"__type": self.kind, "message": self.message});
+                for (k, v) in self.extra {
+                    body[k] = v.into();
+                }
+                body.to_string()
+            },
         )
             .into_response()
     }

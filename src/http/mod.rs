@@ -1,7 +1,10 @@
 //! HTTP servers of the gateway.
 
 pub mod admin;
+pub mod audit;
 pub mod aws;
+pub mod control;
 pub mod data;
 pub mod device;
+pub mod operators;
 pub mod sigv4;

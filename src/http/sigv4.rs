@@ -42,6 +42,12 @@ pub struct Request<'a> {
 }
 
 impl Request<'_> {
+    /// The access key id the request says it is signed with (unverified).
+    pub fn access_key(&self) -> Option<&str> {
+        let auth = self.header("authorization")?;
+        auth.split("Credential=").nth(1)?.split('/').next()
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

@@ -302,10 +302,10 @@ pub enum ResourcePattern {
 }
 
 impl ResourcePattern {
-    fn matches(&self, ty: ResourceType, name: &str) -> bool {
+    fn matches(&self, prefix: &str, name: &str) -> bool {
         match self {
             Self::Any => true,
-            Self::Path(g) => g.matches2(ty.prefix(), name),
+            Self::Path(g) => g.matches2(prefix, name),
             Self::Never => false,
         }
     }
@@ -333,9 +333,9 @@ pub struct CompiledStatement {
 }
 
 impl CompiledStatement {
-    fn applies(&self, action: Action, ty: ResourceType, name: &str) -> bool {
-        let action_hit = self.actions.iter().any(|g| g.matches(action.name()));
-        let resource_hit = self.resources.iter().any(|r| r.matches(ty, name));
+    fn applies(&self, action: &str, prefix: &str, name: &str) -> bool {
+        let action_hit = self.actions.iter().any(|g| g.matches(action));
+        let resource_hit = self.resources.iter().any(|r| r.matches(prefix, name));
         action_hit != self.not_action && resource_hit != self.not_resource
     }
 }
@@ -387,9 +387,20 @@ impl PolicySet {
         ty: ResourceType,
         name: &str,
     ) -> (Decision, Option<&CompiledStatement>) {
+        self.explain_named(action.name(), ty.prefix(), name)
+    }
+
+    /// Decides any action (lowercase, such as an operator's
+    /// `iot:updatecertificate`) on the resource path `prefix` + `name`.
+    pub fn explain_named(
+        &self,
+        action: &str,
+        prefix: &str,
+        name: &str,
+    ) -> (Decision, Option<&CompiledStatement>) {
         let mut allow = None;
         for st in &self.statements {
-            if !st.applies(action, ty, name) {
+            if !st.applies(action, prefix, name) {
                 continue;
             }
             match st.effect {

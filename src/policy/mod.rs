@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod document;
 pub mod eval;
+pub mod versions;
 pub mod watch;
 
 use std::collections::BTreeMap;

@@ -15,7 +15,7 @@ use crate::policy::compile::Context;
 use crate::store::{Op, Store};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 /// A certificate's status, as AWS IoT names it.
@@ -69,21 +69,71 @@ pub struct Certificate {
     pub ca_id: Option<String>,
     /// Registration time, ms since the epoch.
     pub created_ms: u64,
+    /// Last change of status, ms since the epoch.
+    #[serde(default)]
+    pub modified_ms: u64,
+    /// Bumped with every change, as AWS's `customerVersion`.
+    #[serde(default = "first_version")]
+    pub version: u64,
     /// Names of the policies attached to it.
     pub policies: Vec<String>,
     /// Names of the things it is attached to.
     pub things: Vec<String>,
+    /// Whether its one thing is attached `EXCLUSIVE_THING`: that thing is
+    /// then the connection's thing whatever the client id (spec §3.4).
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+/// A registered thing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thing {
+    /// Name.
+    pub name: String,
+    /// Thing type, if any.
+    pub thing_type: Option<String>,
+    /// Attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// AWS's `thingId`, a UUID.
+    #[serde(default)]
+    pub id: String,
+    /// Starts at 1; every update adds one.
+    #[serde(default = "first_version")]
+    pub version: u64,
 }
 
 impl Thing {
-    /// A thing with a name and nothing else.
+    /// A new thing with a name and nothing else.
     pub fn named(name: &str) -> Self {
         Self {
             name: name.to_owned(),
             thing_type: None,
             attributes: BTreeMap::new(),
+            id: identity::uuid_v4(),
+            version: 1,
         }
     }
+}
+
+/// A thing type: immutable once made, except for its deprecation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThingType {
+    /// Name.
+    pub name: String,
+    /// AWS's `thingTypeId`, a UUID.
+    pub id: String,
+    /// `thingTypeDescription`.
+    pub description: Option<String>,
+    /// `searchableAttributes`.
+    pub searchable_attributes: Vec<String>,
+    /// When it was deprecated, ms since the epoch; deprecated types take no new things.
+    pub deprecated_ms: Option<u64>,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
 }
 
 /// A CA certificate trusted for client certificates.
@@ -100,42 +150,110 @@ pub struct CaCertificate {
     pub auto_registration: bool,
     /// Registration time, ms since the epoch.
     pub created_ms: u64,
+    /// Whether devices it issued may connect (AWS's ACTIVE / INACTIVE).
+    #[serde(default = "yes")]
+    pub active: bool,
+    /// Last change, ms since the epoch.
+    #[serde(default)]
+    pub modified_ms: u64,
+    /// Bumped with every change.
+    #[serde(default = "first_version")]
+    pub version: u64,
+    /// Trusted through `tls.ca` rather than registered through the API:
+    /// the file governs it, so the API cannot delete it.
+    #[serde(default)]
+    pub configured: bool,
 }
 
-/// A registered thing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Thing {
-    /// Name.
-    pub name: String,
-    /// Thing type, if any.
-    pub thing_type: Option<String>,
-    /// Attributes.
-    pub attributes: BTreeMap<String, String>,
+fn yes() -> bool {
+    true
 }
 
-/// Why a registry operation failed.
+/// Why a registry operation failed, in the classes AWS answers with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
-    /// No such certificate.
-    #[error("certificate {0} is not registered")]
-    NoCertificate(String),
-    /// No such thing.
-    #[error("thing {0} does not exist")]
-    NoThing(String),
-    /// The status cannot be set by an operator (PENDING_ACTIVATION).
-    #[error("a certificate cannot be set to {0:?}")]
-    BadStatus(CertStatus),
-    /// A name that AWS would refuse.
-    #[error("`{0}` is not a valid thing name ([a-zA-Z0-9:_-], 1 to 128)")]
-    BadThingName(String),
+    /// No such resource (`ResourceNotFoundException`).
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists already, differently (`ResourceAlreadyExistsException`).
+    #[error("{message}")]
+    AlreadyExists {
+        /// What AWS says.
+        message: String,
+        /// The existing resource's id.
+        id: String,
+    },
+    /// It is still in use (`DeleteConflictException`).
+    #[error("{0}")]
+    DeleteConflict(String),
+    /// `expectedVersion` did not match (`VersionConflictException`).
+    #[error("{0}")]
+    VersionConflict(String),
+    /// The certificate's status forbids it (`CertificateStateException`).
+    #[error("{0}")]
+    CertificateState(String),
+    /// Not acceptable as written (`InvalidRequestException`).
+    #[error("{0}")]
+    Invalid(String),
+    /// A per-resource limit (`LimitExceededException`).
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
-/// Whether a thing name is one AWS accepts: `[a-zA-Z0-9:_-]{1,128}`.
+/// Policies one certificate may carry (AWS IoT's quota).
+pub const MAX_POLICIES_PER_CERTIFICATE: usize = 10;
+
+/// Whether a thing (or thing type) name is one AWS accepts: `[a-zA-Z0-9:_-]{1,128}`.
 pub fn valid_thing_name(name: &str) -> bool {
     (1..=128).contains(&name.len())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ":_-".contains(c))
+}
+
+/// Checks attribute names and values against AWS's patterns, and their
+/// number against its quota (3 without a thing type, 50 with one).
+pub fn check_attributes(
+    attributes: &BTreeMap<String, String>,
+    typed: bool,
+) -> Result<(), RegistryError> {
+    let name_ok = |k: &str| {
+        (1..=128).contains(&k.len())
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.,@/:#-".contains(c))
+    };
+    let value_ok = |v: &str| {
+        v.len() <= 800
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.,@/:#=[]-".contains(c))
+    };
+    if let Some((k, v)) = attributes.iter().find(|(k, v)| !name_ok(k) || !value_ok(v)) {
+        return Err(RegistryError::Invalid(format!(
+            "1 validation error detected: attribute `{k}` = `{v}` does not match [a-zA-Z0-9_.,@/:#-]{{1,128}} = [a-zA-Z0-9_.,@/:#=\\[\\]-]{{0,800}}"
+        )));
+    }
+    let max = if typed { 50 } else { 3 };
+    if attributes.len() > max {
+        return Err(RegistryError::Invalid(format!(
+            "A thing {} a thing type can have at most {max} attributes",
+            if typed { "with" } else { "without" }
+        )));
+    }
+    Ok(())
+}
+
+/// A change to a thing (UpdateThing).
+#[derive(Debug, Clone, Default)]
+pub struct ThingUpdate {
+    /// A new type.
+    pub thing_type: Option<String>,
+    /// Drop the type.
+    pub remove_type: bool,
+    /// New attributes, and whether they merge (an empty value removes one)
+    /// or replace the map.
+    pub attributes: Option<(BTreeMap<String, String>, bool)>,
+    /// The version the caller last saw.
+    pub expected_version: Option<u64>,
 }
 
 /// Why a certificate may not connect.
@@ -147,6 +265,9 @@ pub enum Refusal {
     /// Registered but not ACTIVE.
     #[error("certificate is {0:?}")]
     NotActive(CertStatus),
+    /// Its CA is registered INACTIVE.
+    #[error("the certificate's CA is INACTIVE")]
+    CaInactive,
 }
 
 /// What a connection may act as.
@@ -200,18 +321,23 @@ pub enum Registered {
 
 #[derive(Default)]
 struct State {
-    certs: HashMap<String, Certificate>,
-    things: HashMap<String, Thing>,
-    cas: HashMap<String, CaCertificate>,
+    certs: BTreeMap<String, Certificate>,
+    things: BTreeMap<String, Thing>,
+    types: BTreeMap<String, ThingType>,
+    cas: BTreeMap<String, CaCertificate>,
+    registration_code: String,
 }
 
-/// Certificates and things.
+/// Certificates, CAs, things and thing types.
 pub struct Registry {
     state: RwLock<State>,
     store: Store,
     /// Bumped whenever a status or an attachment changes, so that live
     /// connections re-check their principal.
     changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever the set of trusted CAs changes, so that the TLS
+    /// listeners rebuild their client verifiers.
+    trust: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -225,6 +351,8 @@ fn now_ms() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+const REGISTRATION_CODE: &str = "meta/registration-code";
 
 impl Registry {
     /// A registry holding the stored records; every CA of `cas` (the
@@ -246,13 +374,29 @@ impl Registry {
                 if let Some(c) = parse_record(&key, &rec) {
                     state.cas.insert(id.to_owned(), c);
                 }
-            } else if let Some(name) = key.strip_prefix("thing/")
-                && let Some(t) = parse_record(&key, &rec)
-            {
-                state.things.insert(name.to_owned(), t);
+            } else if let Some(name) = key.strip_prefix("thing/") {
+                if let Some(t) = parse_record(&key, &rec) {
+                    state.things.insert(name.to_owned(), t);
+                }
+            } else if let Some(name) = key.strip_prefix("thingtype/") {
+                if let Some(t) = parse_record(&key, &rec) {
+                    state.types.insert(name.to_owned(), t);
+                }
+            } else if key == REGISTRATION_CODE {
+                state.registration_code = String::from_utf8_lossy(&rec).into_owned();
             }
         }
         let mut ops = Vec::new();
+        if state.registration_code.len() != 64 {
+            use ring::rand::SecureRandom;
+            let mut b = [0u8; 32];
+            let _ = ring::rand::SystemRandom::new().fill(&mut b);
+            state.registration_code = identity::hex(&b);
+            ops.push(Op::PutRegistry(
+                REGISTRATION_CODE.into(),
+                state.registration_code.clone().into_bytes(),
+            ));
+        }
         // The configured trust and registration mode govern: each start
         // brings the CA records in line with them.
         for ca in cas {
@@ -262,16 +406,11 @@ impl Registry {
                 .entry(ca.certificate_id.clone())
                 .or_insert_with(|| {
                     changed = true;
-                    CaCertificate {
-                        id: ca.certificate_id.clone(),
-                        pem: ca.pem,
-                        subject: ca.subject.rfc4514,
-                        auto_registration,
-                        created_ms: now_ms(),
-                    }
+                    new_ca(&ca, auto_registration, true)
                 });
-            if entry.auto_registration != auto_registration {
+            if entry.auto_registration != auto_registration || !entry.configured {
                 entry.auto_registration = auto_registration;
+                entry.configured = true;
                 changed = true;
             }
             if changed {
@@ -285,14 +424,8 @@ impl Registry {
             state: RwLock::new(state),
             store,
             changed: tokio::sync::watch::channel(0).0,
+            trust: tokio::sync::watch::channel(0).0,
         }
-    }
-
-    /// Every registered CA certificate.
-    pub fn ca_certificates(&self) -> Vec<CaCertificate> {
-        let mut all: Vec<CaCertificate> = self.state.read().cas.values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
     }
 
     /// Changes whenever a certificate's status or attachments change.
@@ -300,112 +433,590 @@ impl Registry {
         self.changed.subscribe()
     }
 
+    /// Changes whenever a CA is registered, deleted, activated or deactivated.
+    pub fn subscribe_trust(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.trust.subscribe()
+    }
+
     fn notify(&self) {
         self.changed.send_modify(|g| *g += 1);
     }
 
+    /// Applies `change` to the state under the lock and queues the records
+    /// it returns, in order, before anyone sees the next change.
+    fn write<T>(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<(T, Vec<Op>), RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let out = {
+            let mut state = self.state.write();
+            let (out, ops) = change(&mut state)?;
+            if !ops.is_empty() {
+                self.store.enqueue(ops);
+            }
+            out
+        };
+        self.notify();
+        Ok(out)
+    }
+
+    // ---- CA certificates -------------------------------------------------
+
+    /// Every registered CA certificate, by id.
+    pub fn ca_certificates(&self) -> Vec<CaCertificate> {
+        self.state.read().cas.values().cloned().collect()
+    }
+
+    /// One registered CA certificate.
+    pub fn ca_certificate(&self, id: &str) -> Result<CaCertificate, RegistryError> {
+        self.state
+            .read()
+            .cas
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_ca(id))
+    }
+
+    /// The PEM of every ACTIVE CA registered through the API, which the TLS
+    /// listeners trust besides `tls.ca`.
+    pub fn registered_roots(&self) -> Vec<String> {
+        self.state
+            .read()
+            .cas
+            .values()
+            .filter(|c| c.active && !c.configured)
+            .map(|c| c.pem.clone())
+            .collect()
+    }
+
+    /// AWS's registration code: 64 hex characters, the same on every call.
+    pub fn registration_code(&self) -> String {
+        self.state.read().registration_code.clone()
+    }
+
+    /// Registers a CA certificate (its proof of possession already checked).
+    pub fn register_ca(
+        &self,
+        ca: &ClientIdentity,
+        active: bool,
+        auto_registration: bool,
+    ) -> Result<CaCertificate, RegistryError> {
+        let out = self.write(|state| {
+            if state.cas.contains_key(&ca.certificate_id) {
+                return Err(RegistryError::AlreadyExists {
+                    message: format!(
+                        "The CA certificate is already registered: {}",
+                        ca.certificate_id
+                    ),
+                    id: ca.certificate_id.clone(),
+                });
+            }
+            let mut c = new_ca(ca, auto_registration, false);
+            c.active = active;
+            let ops = vec![record("cacert/", &c.id, &c)];
+            state.cas.insert(c.id.clone(), c.clone());
+            Ok((c, ops))
+        })?;
+        self.trust.send_modify(|g| *g += 1);
+        Ok(out)
+    }
+
+    /// Changes a CA's status and auto-registration.
+    pub fn update_ca(
+        &self,
+        id: &str,
+        active: Option<bool>,
+        auto_registration: Option<bool>,
+    ) -> Result<(), RegistryError> {
+        self.write(|state| {
+            let c = state.cas.get_mut(id).ok_or_else(|| no_ca(id))?;
+            if let Some(a) = active {
+                c.active = a;
+            }
+            if let Some(a) = auto_registration {
+                c.auto_registration = a;
+            }
+            c.modified_ms = now_ms();
+            c.version += 1;
+            Ok(((), vec![record("cacert/", id, &*c)]))
+        })?;
+        self.trust.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Deletes an INACTIVE CA registered through the API.
+    pub fn delete_ca(&self, id: &str) -> Result<(), RegistryError> {
+        self.write(|state| {
+            let c = state.cas.get(id).ok_or_else(|| no_ca(id))?;
+            if c.configured {
+                return Err(RegistryError::Invalid(format!(
+                    "CA certificate {id} is trusted through tls.ca in the configuration; remove it there"
+                )));
+            }
+            if c.active {
+                return Err(RegistryError::CertificateState(format!(
+                    "The CA certificate must be deactivated before deletion. Id: {id}"
+                )));
+            }
+            state.cas.remove(id);
+            Ok(((), vec![Op::DelRegistry(format!("cacert/{id}"))]))
+        })?;
+        self.trust.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// The registered CA whose subject issued `identity`.
+    pub fn issuer_of(&self, identity: &ClientIdentity) -> Option<CaCertificate> {
+        let state = self.state.read();
+        ca_of(&state, identity).and_then(|id| state.cas.get(&id).cloned())
+    }
+
+    // ---- certificates ----------------------------------------------------
+
+    /// A registered certificate.
+    pub fn certificate(&self, id: &str) -> Option<Certificate> {
+        self.state.read().certs.get(id).cloned()
+    }
+
+    /// Every registered certificate, by id.
+    pub fn certificates(&self) -> Vec<Certificate> {
+        self.state.read().certs.values().cloned().collect()
+    }
+
     /// Sets a certificate's status; connections using it re-check at once.
+    /// REVOKED is final, as on AWS IoT: a stolen key must not come back.
     pub fn set_status(&self, id: &str, status: CertStatus) -> Result<(), RegistryError> {
         if status == CertStatus::PendingActivation {
-            return Err(RegistryError::BadStatus(status));
+            return Err(RegistryError::CertificateState(
+                "A certificate cannot be set to PENDING_ACTIVATION".into(),
+            ));
         }
-        self.update_cert(id, |c| c.status = status)
+        self.update_cert(id, |c| {
+            if c.status == CertStatus::Revoked && status != CertStatus::Revoked {
+                return Err(RegistryError::CertificateState(format!(
+                    "Certificate {id} is REVOKED; a revoked certificate cannot change status"
+                )));
+            }
+            c.status = status;
+            Ok(())
+        })
     }
 
-    /// Attaches a policy to a certificate.
+    /// Deletes a certificate that is not ACTIVE and attached to no thing;
+    /// attached policies refuse it too unless `force` detaches them.
+    pub fn delete_certificate(&self, id: &str, force: bool) -> Result<(), RegistryError> {
+        self.write(|state| {
+            let c = state.certs.get(id).ok_or_else(|| no_cert(id))?;
+            if c.status == CertStatus::Active {
+                return Err(RegistryError::CertificateState(format!(
+                    "Certificate must be deactivated (not ACTIVE) before deletion. Id: {id}"
+                )));
+            }
+            if !c.things.is_empty() {
+                return Err(RegistryError::DeleteConflict(format!(
+                    "Things must be detached before deletion (arn: cert/{id})"
+                )));
+            }
+            if !c.policies.is_empty() && !force {
+                return Err(RegistryError::DeleteConflict(format!(
+                    "Certificate policies must be detached before deletion (arn: cert/{id})"
+                )));
+            }
+            state.certs.remove(id);
+            Ok(((), vec![Op::DelRegistry(format!("cert/{id}"))]))
+        })
+    }
+
+    /// Attaches a policy to a certificate (at most ten; again is no change).
     pub fn attach_policy(&self, id: &str, policy: &str) -> Result<(), RegistryError> {
         self.update_cert(id, |c| {
-            if !c.policies.iter().any(|p| p == policy) {
-                c.policies.push(policy.to_owned());
+            if c.policies.iter().any(|p| p == policy) {
+                return Ok(());
             }
+            if c.policies.len() >= MAX_POLICIES_PER_CERTIFICATE {
+                return Err(RegistryError::LimitExceeded(format!(
+                    "A certificate can have at most {MAX_POLICIES_PER_CERTIFICATE} policies attached"
+                )));
+            }
+            c.policies.push(policy.to_owned());
+            Ok(())
         })
     }
 
-    /// Attaches a certificate to an existing thing.
-    pub fn attach_thing(&self, id: &str, thing: &str) -> Result<(), RegistryError> {
+    /// Detaches a policy from a certificate.
+    pub fn detach_policy(&self, id: &str, policy: &str) -> Result<(), RegistryError> {
+        self.update_cert(id, |c| {
+            let before = c.policies.len();
+            c.policies.retain(|p| p != policy);
+            if c.policies.len() == before {
+                return Err(RegistryError::NotFound(format!(
+                    "Policy {policy} is not attached to certificate {id}"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// The certificates a policy is attached to.
+    pub fn policy_targets(&self, policy: &str) -> Vec<String> {
+        self.state
+            .read()
+            .certs
+            .values()
+            .filter(|c| c.policies.iter().any(|p| p == policy))
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// Attaches a certificate to an existing thing. An exclusive attachment
+    /// is the certificate's only one.
+    pub fn attach_thing(
+        &self,
+        id: &str,
+        thing: &str,
+        exclusive: bool,
+    ) -> Result<(), RegistryError> {
         if !self.state.read().things.contains_key(thing) {
-            return Err(RegistryError::NoThing(thing.to_owned()));
+            return Err(no_thing(thing));
         }
         self.update_cert(id, |c| {
-            if !c.things.iter().any(|t| t == thing) {
+            let attached = c.things.iter().any(|t| t == thing);
+            let others = c.things.len() - usize::from(attached);
+            if (c.exclusive || exclusive) && others > 0 {
+                return Err(RegistryError::Invalid(format!(
+                    "Certificate {id} is attached to another thing{}; an EXCLUSIVE_THING attachment must be its only one",
+                    if c.exclusive { " exclusively" } else { "" }
+                )));
+            }
+            if !attached {
                 c.things.push(thing.to_owned());
             }
+            c.exclusive = exclusive;
+            Ok(())
         })
+    }
+
+    /// Detaches a certificate from a thing (no change if it was not attached).
+    pub fn detach_thing(&self, id: &str, thing: &str) -> Result<(), RegistryError> {
+        if !self.state.read().things.contains_key(thing) {
+            return Err(no_thing(thing));
+        }
+        self.update_cert(id, |c| {
+            c.things.retain(|t| t != thing);
+            if c.things.is_empty() {
+                c.exclusive = false;
+            }
+            Ok(())
+        })
+    }
+
+    /// The certificates attached to a thing, each with whether it is exclusive.
+    pub fn thing_principals(&self, thing: &str) -> Result<Vec<(String, bool)>, RegistryError> {
+        let state = self.state.read();
+        if !state.things.contains_key(thing) {
+            return Err(RegistryError::NotFound(format!(
+                "Failed to list principals for thing {thing} because the thing does not exist in your account"
+            )));
+        }
+        Ok(state
+            .certs
+            .values()
+            .filter(|c| c.things.iter().any(|t| t == thing))
+            .map(|c| (c.id.clone(), c.exclusive))
+            .collect())
     }
 
     fn update_cert(
         &self,
         id: &str,
-        change: impl FnOnce(&mut Certificate),
+        change: impl FnOnce(&mut Certificate) -> Result<(), RegistryError>,
     ) -> Result<(), RegistryError> {
-        {
-            let mut state = self.state.write();
-            let cert = state
-                .certs
-                .get_mut(id)
-                .ok_or_else(|| RegistryError::NoCertificate(id.to_owned()))?;
-            change(cert);
-            self.store.enqueue(vec![record("cert/", &cert.id, &*cert)]);
-        }
-        self.notify();
-        Ok(())
+        self.write(|state| {
+            let cert = state.certs.get_mut(id).ok_or_else(|| no_cert(id))?;
+            let before = cert.clone();
+            change(cert)?;
+            if *cert == before {
+                return Ok(((), Vec::new()));
+            }
+            cert.modified_ms = now_ms();
+            cert.version += 1;
+            Ok(((), vec![record("cert/", &cert.id, &*cert)]))
+        })
     }
 
-    /// Creates a thing, or updates its type and attributes.
-    pub fn put_thing(
+    /// Registers a certificate that is not registered yet, checked and done
+    /// under one lock.
+    pub fn register_new(
         &self,
-        name: &str,
-        thing_type: Option<String>,
-        attributes: BTreeMap<String, String>,
+        identity: &ClientIdentity,
+        status: CertStatus,
     ) -> Result<(), RegistryError> {
-        if !valid_thing_name(name) {
-            return Err(RegistryError::BadThingName(name.to_owned()));
-        }
-        {
-            let mut state = self.state.write();
-            let thing = Thing {
-                name: name.to_owned(),
-                thing_type,
-                attributes,
-            };
-            self.store.enqueue(vec![record("thing/", name, &thing)]);
-            state.things.insert(name.to_owned(), thing);
-        }
-        self.notify();
-        Ok(())
+        self.write(|state| {
+            if state.certs.contains_key(&identity.certificate_id) {
+                return Err(RegistryError::AlreadyExists {
+                    message: "The certificate is already provisioned or registered".into(),
+                    id: identity.certificate_id.clone(),
+                });
+            }
+            let cert = new_certificate(state, identity, status);
+            let ops = vec![record("cert/", &cert.id, &cert)];
+            state.certs.insert(cert.id.clone(), cert);
+            Ok(((), ops))
+        })
+    }
+
+    /// Registers a certificate (or updates one) with the given status and
+    /// policies, attached to `thing` if given (created when missing).
+    pub fn register(
+        &self,
+        identity: &ClientIdentity,
+        status: CertStatus,
+        policies: Vec<String>,
+        thing: Option<&str>,
+    ) {
+        let _ = self.write(|state| {
+            let mut ops = Vec::new();
+            if let Some(name) = thing
+                && !state.things.contains_key(name)
+            {
+                let t = Thing::named(name);
+                ops.push(record("thing/", name, &t));
+                state.things.insert(name.to_owned(), t);
+            }
+            let fresh = new_certificate(state, identity, status);
+            let cert = state
+                .certs
+                .entry(identity.certificate_id.clone())
+                .or_insert(fresh);
+            cert.status = status;
+            cert.policies = policies;
+            if let Some(name) = thing
+                && !cert.things.iter().any(|t| t == name)
+            {
+                cert.things.push(name.to_owned());
+            }
+            ops.push(record("cert/", &cert.id, &*cert));
+            Ok(((), ops))
+        });
+    }
+
+    // ---- things and thing types -----------------------------------------
+
+    /// One thing.
+    pub fn thing(&self, name: &str) -> Option<Thing> {
+        self.state.read().things.get(name).cloned()
     }
 
     /// Every thing, by name.
     pub fn things(&self) -> Vec<Thing> {
-        let mut all: Vec<Thing> = self.state.read().things.values().cloned().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        self.state.read().things.values().cloned().collect()
     }
+
+    /// Creates a thing; creating it again with the same type and attributes
+    /// answers the existing one (CreateThing is idempotent).
+    pub fn create_thing(
+        &self,
+        name: &str,
+        thing_type: Option<String>,
+        attributes: BTreeMap<String, String>,
+    ) -> Result<Thing, RegistryError> {
+        if !valid_thing_name(name) {
+            return Err(RegistryError::Invalid(format!(
+                "`{name}` is not a valid thing name ([a-zA-Z0-9:_-], 1 to 128)"
+            )));
+        }
+        check_attributes(&attributes, thing_type.is_some())?;
+        self.write(|state| {
+            if let Some(ty) = &thing_type {
+                usable_type(state, ty)?;
+            }
+            if let Some(t) = state.things.get(name) {
+                return if t.thing_type == thing_type && t.attributes == attributes {
+                    Ok((t.clone(), Vec::new()))
+                } else {
+                    Err(RegistryError::AlreadyExists {
+                        message: format!(
+                            "Thing {name} already exists in account with different attributes"
+                        ),
+                        id: t.id.clone(),
+                    })
+                };
+            }
+            let mut t = Thing::named(name);
+            t.thing_type = thing_type;
+            t.attributes = attributes;
+            let ops = vec![record("thing/", name, &t)];
+            state.things.insert(name.to_owned(), t.clone());
+            Ok((t, ops))
+        })
+    }
+
+    /// Updates a thing's type and attributes; the version goes up by one.
+    pub fn update_thing(&self, name: &str, update: ThingUpdate) -> Result<(), RegistryError> {
+        self.write(|state| {
+            if let Some(ty) = &update.thing_type {
+                usable_type(state, ty)?;
+            }
+            let t = state.things.get_mut(name).ok_or_else(|| no_thing(name))?;
+            check_version(name, t.version, update.expected_version)?;
+            let mut next = t.clone();
+            if update.remove_type {
+                next.thing_type = None;
+            }
+            if update.thing_type.is_some() {
+                next.thing_type = update.thing_type;
+            }
+            if let Some((attributes, merge)) = update.attributes {
+                if merge {
+                    for (k, v) in attributes {
+                        if v.is_empty() {
+                            next.attributes.remove(&k);
+                        } else {
+                            next.attributes.insert(k, v);
+                        }
+                    }
+                } else {
+                    next.attributes = attributes;
+                }
+            }
+            check_attributes(&next.attributes, next.thing_type.is_some())?;
+            next.version += 1;
+            *t = next;
+            Ok(((), vec![record("thing/", name, &*t)]))
+        })
+    }
+
+    /// Deletes a thing that no certificate is attached to; a missing thing
+    /// is no error (AWS's documented behaviour).
+    pub fn delete_thing(&self, name: &str, expected: Option<u64>) -> Result<(), RegistryError> {
+        self.write(|state| {
+            let Some(t) = state.things.get(name) else {
+                return Ok(((), Vec::new()));
+            };
+            check_version(name, t.version, expected)?;
+            if state
+                .certs
+                .values()
+                .any(|c| c.things.iter().any(|t| t == name))
+            {
+                return Err(RegistryError::Invalid(format!(
+                    "Cannot delete. Thing {name} is still attached to one or more principals"
+                )));
+            }
+            state.things.remove(name);
+            Ok(((), vec![Op::DelRegistry(format!("thing/{name}"))]))
+        })
+    }
+
+    /// The things a certificate is attached to, each with whether it is exclusive.
+    pub fn principal_things(&self, id: &str) -> Result<Vec<(String, bool)>, RegistryError> {
+        let state = self.state.read();
+        let c = state.certs.get(id).ok_or_else(|| no_cert(id))?;
+        Ok(c.things.iter().map(|t| (t.clone(), c.exclusive)).collect())
+    }
+
+    /// One thing type.
+    pub fn thing_type(&self, name: &str) -> Option<ThingType> {
+        self.state.read().types.get(name).cloned()
+    }
+
+    /// Every thing type, by name.
+    pub fn thing_types(&self) -> Vec<ThingType> {
+        self.state.read().types.values().cloned().collect()
+    }
+
+    /// Creates a thing type.
+    pub fn create_thing_type(
+        &self,
+        name: &str,
+        description: Option<String>,
+        searchable_attributes: Vec<String>,
+    ) -> Result<ThingType, RegistryError> {
+        if !valid_thing_name(name) {
+            return Err(RegistryError::Invalid(format!(
+                "`{name}` is not a valid thing type name ([a-zA-Z0-9:_-], 1 to 128)"
+            )));
+        }
+        self.write(|state| {
+            if let Some(t) = state.types.get(name) {
+                return Err(RegistryError::AlreadyExists {
+                    message: format!("Thing type {name} already exists"),
+                    id: t.id.clone(),
+                });
+            }
+            let t = ThingType {
+                name: name.to_owned(),
+                id: identity::uuid_v4(),
+                description,
+                searchable_attributes,
+                deprecated_ms: None,
+                created_ms: now_ms(),
+            };
+            let ops = vec![record("thingtype/", name, &t)];
+            state.types.insert(name.to_owned(), t.clone());
+            Ok((t, ops))
+        })
+    }
+
+    /// Deprecates a thing type, or undoes that.
+    pub fn deprecate_thing_type(&self, name: &str, undo: bool) -> Result<(), RegistryError> {
+        self.write(|state| {
+            let t = state.types.get_mut(name).ok_or_else(|| no_type(name))?;
+            t.deprecated_ms = if undo { None } else { Some(now_ms()) };
+            Ok(((), vec![record("thingtype/", name, &*t)]))
+        })
+    }
+
+    /// Deletes a deprecated thing type that no thing has.
+    pub fn delete_thing_type(&self, name: &str) -> Result<(), RegistryError> {
+        self.write(|state| {
+            let t = state.types.get(name).ok_or_else(|| no_type(name))?;
+            if t.deprecated_ms.is_none() {
+                return Err(RegistryError::Invalid(format!(
+                    "Thing type {name} must be deprecated before it is deleted"
+                )));
+            }
+            if state
+                .things
+                .values()
+                .any(|t| t.thing_type.as_deref() == Some(name))
+            {
+                return Err(RegistryError::Invalid(format!(
+                    "Can not delete thing type {name}: things are still associated with it"
+                )));
+            }
+            state.types.remove(name);
+            Ok(((), vec![Op::DelRegistry(format!("thingtype/{name}"))]))
+        })
+    }
+
+    // ---- connections -----------------------------------------------------
 
     /// The principal a certificate has now for `client_id`, if it may still connect.
     pub fn principal(&self, id: &str, client_id: &str) -> Result<Principal, Refusal> {
         let state = self.state.read();
-        let cert = state.certs.get(id).ok_or(Refusal::Unknown)?;
-        if cert.status != CertStatus::Active {
-            return Err(Refusal::NotActive(cert.status));
+        principal(&state, id, client_id)
+    }
+
+    /// The principal a certificate would have for `client_id` whatever its
+    /// status, as TestAuthorization evaluates it; an unknown one has nothing.
+    pub fn principal_for(&self, id: &str, client_id: &str) -> Principal {
+        let state = self.state.read();
+        match state.certs.get(id) {
+            Some(cert) => principal_of(&state, cert, client_id),
+            None => Principal {
+                certificate_id: Some(id.to_owned()),
+                policies: Vec::new(),
+                thing: None,
+            },
         }
-        Ok(Principal {
-            certificate_id: Some(cert.id.clone()),
-            policies: cert.policies.clone(),
-            thing: cert
-                .things
-                .iter()
-                .find(|t| t.as_str() == client_id)
-                .and_then(|t| state.things.get(t))
-                .cloned(),
-        })
     }
 
     /// Decides whether a certificate may connect, registering it first as the
     /// mode says, and returns its principal for `client_id`.
     ///
     /// The thing associated with the connection is the attached thing named
-    /// like the client id (spec/aws-iot-auth.md §1.7).
+    /// like the client id, or the exclusively attached one (spec/aws-iot-auth.md §3.4).
     pub fn admit(
         &self,
         identity: &ClientIdentity,
@@ -418,7 +1029,7 @@ impl Registry {
         if !state.certs.contains_key(&identity.certificate_id) {
             let ca_allows = ca_of(&state, identity)
                 .and_then(|id| state.cas.get(&id))
-                .is_some_and(|ca| ca.auto_registration);
+                .is_some_and(|ca| ca.auto_registration && ca.active);
             let status = match mode {
                 Registration::Registry => return (Err(Refusal::Unknown), registered),
                 _ if !ca_allows => return (Err(Refusal::Unknown), registered),
@@ -430,11 +1041,11 @@ impl Registry {
             if mode == Registration::Auto {
                 cert.policies = provisioning.policies.clone();
                 if let Some(name) = provisioning_thing_name(provisioning, identity) {
-                    let thing = state
-                        .things
-                        .entry(name.clone())
-                        .or_insert_with(|| Thing::named(&name));
-                    ops.push(record("thing/", &thing.name, &*thing));
+                    if !state.things.contains_key(&name) {
+                        let thing = Thing::named(&name);
+                        ops.push(record("thing/", &name, &thing));
+                        state.things.insert(name.clone(), thing);
+                    }
                     cert.things.push(name);
                 }
             }
@@ -443,88 +1054,106 @@ impl Registry {
             state.certs.insert(cert.id.clone(), cert);
             registered = Registered::New(status);
         }
-        drop(state);
         (
-            self.principal(&identity.certificate_id, client_id),
+            principal(&state, &identity.certificate_id, client_id),
             registered,
         )
     }
+}
 
-    /// A registered certificate.
-    pub fn certificate(&self, id: &str) -> Option<Certificate> {
-        self.state.read().certs.get(id).cloned()
+fn principal(state: &State, id: &str, client_id: &str) -> Result<Principal, Refusal> {
+    let cert = state.certs.get(id).ok_or(Refusal::Unknown)?;
+    if cert.status != CertStatus::Active {
+        return Err(Refusal::NotActive(cert.status));
     }
-
-    /// Every registered certificate.
-    pub fn certificates(&self) -> Vec<Certificate> {
-        let mut all: Vec<Certificate> = self.state.read().certs.values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
+    if let Some(ca) = cert.ca_id.as_ref().and_then(|ca| state.cas.get(ca))
+        && !ca.active
+    {
+        return Err(Refusal::CaInactive);
     }
+    Ok(principal_of(state, cert, client_id))
+}
 
-    /// Registers a certificate that is not registered yet, checked and done
-    /// under one lock; false if it already was.
-    pub fn register_new(&self, identity: &ClientIdentity, status: CertStatus) -> bool {
-        {
-            let mut state = self.state.write();
-            if state.certs.contains_key(&identity.certificate_id) {
-                return false;
-            }
-            let cert = new_certificate(&state, identity, status);
-            self.store.enqueue(vec![record("cert/", &cert.id, &cert)]);
-            state.certs.insert(cert.id.clone(), cert);
-        }
-        self.notify();
-        true
+/// The thing of a connection is the exclusively attached one, or the
+/// attached one named like the client id (spec/aws-iot-auth.md §3.4).
+fn principal_of(state: &State, cert: &Certificate, client_id: &str) -> Principal {
+    let thing = if cert.exclusive {
+        cert.things.first()
+    } else {
+        cert.things.iter().find(|t| t.as_str() == client_id)
+    };
+    Principal {
+        certificate_id: Some(cert.id.clone()),
+        policies: cert.policies.clone(),
+        thing: thing.and_then(|t| state.things.get(t)).cloned(),
     }
+}
 
-    /// Registers a certificate (or updates one) with the given status and
-    /// policies, attached to `thing` if given (created when missing).
-    pub fn register(
-        &self,
-        identity: &ClientIdentity,
-        status: CertStatus,
-        policies: Vec<String>,
-        thing: Option<&str>,
-    ) {
-        let mut state = self.state.write();
-        let mut ops = Vec::new();
-        if let Some(name) = thing {
-            let t = state
-                .things
-                .entry(name.to_owned())
-                .or_insert_with(|| Thing::named(name));
-            ops.push(record("thing/", &t.name, &*t));
-        }
-        let fresh = new_certificate(&state, identity, status);
-        let cert = state
-            .certs
-            .entry(identity.certificate_id.clone())
-            .or_insert(fresh);
-        cert.status = status;
-        cert.policies = policies;
-        if let Some(name) = thing
-            && !cert.things.iter().any(|t| t == name)
-        {
-            cert.things.push(name.to_owned());
-        }
-        ops.push(record("cert/", &cert.id, &*cert));
-        self.store.enqueue(ops);
-        drop(state);
-        self.notify();
+fn check_version(name: &str, have: u64, expected: Option<u64>) -> Result<(), RegistryError> {
+    match expected {
+        Some(e) if e != have => Err(RegistryError::VersionConflict(format!(
+            "The version for thing {name} does not match the expected version."
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A thing type that new things may have.
+fn usable_type(state: &State, name: &str) -> Result<(), RegistryError> {
+    match state.types.get(name) {
+        None => Err(no_type(name)),
+        Some(t) if t.deprecated_ms.is_some() => Err(RegistryError::Invalid(format!(
+            "Can not create new thing with deprecated thing type: {name}"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+fn no_cert(id: &str) -> RegistryError {
+    RegistryError::NotFound(format!("Certificate {id} does not exist"))
+}
+
+fn no_ca(id: &str) -> RegistryError {
+    RegistryError::NotFound(format!("CA certificate {id} does not exist"))
+}
+
+fn no_thing(name: &str) -> RegistryError {
+    RegistryError::NotFound(format!("Thing {name} cannot be found."))
+}
+
+fn no_type(name: &str) -> RegistryError {
+    RegistryError::NotFound(format!("Thing type {name} cannot be found."))
+}
+
+fn new_ca(ca: &ClientIdentity, auto_registration: bool, configured: bool) -> CaCertificate {
+    let now = now_ms();
+    CaCertificate {
+        id: ca.certificate_id.clone(),
+        pem: ca.pem.clone(),
+        subject: ca.subject.rfc4514.clone(),
+        auto_registration,
+        created_ms: now,
+        active: true,
+        modified_ms: now,
+        version: 1,
+        configured,
     }
 }
 
 /// A certificate record for a newly registered identity.
 fn new_certificate(state: &State, identity: &ClientIdentity, status: CertStatus) -> Certificate {
+    let now = now_ms();
     Certificate {
         id: identity.certificate_id.clone(),
         pem: identity.pem.clone(),
         status,
         ca_id: ca_of(state, identity),
-        created_ms: now_ms(),
+        created_ms: now,
+        modified_ms: now,
+        version: 1,
         policies: Vec::new(),
         things: Vec::new(),
+        exclusive: false,
     }
 }
 

@@ -449,6 +449,7 @@ pub fn admit(shared: &Shared, id: &ClientIdentity, client_id: &str) -> Option<Pr
                 Refusal::NotActive(CertStatus::Revoked) => 2,
                 Refusal::NotActive(CertStatus::PendingActivation) => 3,
                 Refusal::NotActive(_) => 1,
+                Refusal::CaInactive => 4,
             };
             shared.metrics.principal_refused.get(label).increment(1);
             if refusal == Refusal::NotActive(CertStatus::PendingActivation) {

@@ -200,6 +200,75 @@ impl Ca {
     }
 }
 
+/// What CreateKeysAndCertificate hands out: the only copy of the private key.
+pub struct Issued {
+    /// Certificate PEM.
+    pub cert: String,
+    /// Private key PEM, PKCS#1 (`RSA PRIVATE KEY`) as AWS IoT gives it.
+    pub private_key: String,
+    /// Public key PEM (`PUBLIC KEY`).
+    pub public_key: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Client-auth parameters valid to the end of 2049, as AWS-issued
+/// certificates are (spec/aws-iot-auth.md §2.3).
+fn aws_issued(params: &mut CertificateParams) {
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+    params.not_after = time::macros::datetime!(2049-12-31 23:59:59 UTC);
+}
+
+impl Ca {
+    /// A new RSA 2048 key and a certificate for it (`CN=AWS IoT Certificate`),
+    /// as AWS IoT's CreateKeysAndCertificate makes them.
+    pub fn issue_keys_and_certificate(&self) -> Result<Issued, PkiError> {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let rsa_err = |e: &dyn std::fmt::Display| PkiError::Rsa(e.to_string());
+        let private =
+            rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| rsa_err(&e))?;
+        let pkcs8 = private.to_pkcs8_der().map_err(|e| rsa_err(&e))?;
+        let key = KeyPair::from_pkcs8_der_and_sign_algo(
+            &pkcs8.as_bytes().into(),
+            &rcgen::PKCS_RSA_SHA256,
+        )?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "AWS IoT Certificate");
+        aws_issued(&mut params);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert: cert.pem(),
+            private_key: private
+                .to_pkcs1_pem(LineEnding::LF)
+                .map_err(|e| rsa_err(&e))?
+                .to_string(),
+            public_key: private
+                .to_public_key()
+                .to_public_key_pem(LineEnding::LF)
+                .map_err(|e| rsa_err(&e))?,
+        })
+    }
+
+    /// Signs a certificate signing request (its signature already checked
+    /// by the parse) with the CSR's subject and key.
+    pub fn sign_csr(&self, csr_pem: &str) -> Result<String, PkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        aws_issued(&mut csr.params);
+        Ok(csr.signed_by(&self.issuer)?.pem())
+    }
+}
+
 fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io {
         path: path.to_owned(),

@@ -126,16 +126,30 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Builds the server configuration from the `[tls]` files, offering `alpn`.
+/// Builds the server configuration from the `[tls]` files, offering `alpn`
+/// and trusting, besides `tls.ca`, the CA certificates in `registered`
+/// (PEM; the CAs registered through the control plane).
 ///
 /// Revocation lists are checked for device certificates only, and a
 /// certificate whose CA published no list is accepted: a gateway trusting
 /// several CAs need not hold a list for each.
-pub fn server_config(tls: &Tls, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+pub fn server_config(
+    tls: &Tls,
+    alpn: &[&[u8]],
+    registered: &[String],
+) -> Result<ServerConfig, TlsError> {
     let (ca, cert, key) = (&tls.ca, &tls.cert, &tls.key);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = read_roots(ca)?;
+    for pem in registered {
+        for der in rustls_pemfile::certs(&mut pem.as_bytes()).filter_map(Result::ok) {
+            if let Err(e) = roots.add(der) {
+                tracing::warn!(error = %e, "a registered CA certificate is not usable as a trust root");
+            }
+        }
+    }
     let mut verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider.clone());
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if let Some(crl) = &tls.crl {
         verifier = verifier
             .with_crls(read_crls(crl)?)

@@ -673,3 +673,21 @@ pub async fn https(
         .await
         .unwrap_or_else(|_| Err("no answer in time".into()))
 }
+
+/// The first line of the gateway's audit log that `pick` accepts; the
+/// audit writer is a thread of its own, so this waits for it (bounded).
+pub async fn audit_line(t: &TestServer, pick: impl Fn(&str) -> bool) -> String {
+    let file = t.dir.path().join("data/audit.jsonl");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| pick(l)) {
+            return line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no such audit line in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -242,7 +242,7 @@ pub fn error_document(
     serde_json::json!({
         "ruleName": rule,
         "topic": topic,
-        "cloudwatchTraceId": sql::eval::uuid_v4(),
+        "cloudwatchTraceId": crate::registry::identity::uuid_v4(),
         "clientId": client_id.unwrap_or(""),
         "base64OriginalPayload": original,
         "failures": failures,

@@ -9,6 +9,7 @@
 //! conversions and bad arguments give Undefined, as AWS does.
 
 use super::parser::{BinOp, Expr, Item, Nested, Select, Statement};
+use crate::registry::identity::uuid_v4;
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -672,24 +673,6 @@ fn implicit_name(e: &Expr) -> String {
         Expr::Call(n, _) => n.clone(),
         _ => "_".into(),
     }
-}
-
-/// A random (version 4) UUID, as `newuuid()` gives.
-pub fn uuid_v4() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -1,0 +1,778 @@
+//! The AWS IoT control plane (`iot`, REST-JSON, spec/aws-iot-auth.md §6):
+//! the registry, policies with their versions, certificates and CAs,
+//! endpoints and authorization tests, in AWS's shapes.
+//!
+//! One entry, [`Control::handle`], serves three callers the same way: a
+//! SigV4-signed operator on the admin listener, the local CLI on the Unix
+//! socket, and the CLI against a stopped gateway (in process). A call is
+//! routed to its operation first ([`ROUTES`]), so that the operator's
+//! policies decide `iot:<Operation>` on the operation's resource before
+//! anything runs, and every call, allowed or not, is written to the audit
+//! log.
+
+mod certificates;
+mod policies;
+mod things;
+
+use super::audit::{Audit, Entry};
+use super::aws::{AwsError, json_body, query_param, segments};
+use super::data::{self, DataPlane};
+use super::operators::{Operator, Operators};
+use crate::metrics::{ControlOutcome, Metrics};
+use crate::policy::compile::ArnHead;
+use crate::policy::versions::{VersionError, Versions};
+use crate::registry::{Registry, RegistryError};
+use crate::rules::sql::eval::{base64_decode, base64_encode};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Where devices reach this gateway, for DescribeEndpoint.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The host name devices use (the server certificate's name).
+    pub host: String,
+    /// The first MQTT over TLS port.
+    pub mqtt_port: Option<u16>,
+}
+
+/// Everything the control plane works on.
+#[derive(Debug)]
+pub struct Control {
+    /// Certificates, CAs, things and thing types.
+    pub registry: Arc<Registry>,
+    /// Policies and their versions.
+    pub policies: Arc<Versions>,
+    /// This gateway's region and account, for ARNs.
+    pub head: ArnHead,
+    /// For DescribeEndpoint.
+    pub endpoint: Endpoint,
+    /// The `iot-data` API; only while the gateway runs.
+    pub data: Option<DataPlane>,
+    /// Who may sign, and their policies.
+    pub operators: Operators,
+    /// Where calls are recorded; none for the in-process CLI.
+    pub audit: Option<Audit>,
+    /// Counts calls.
+    pub metrics: Arc<Metrics>,
+    /// The gateway's CA key and certificate directory, to issue certificates.
+    pub ca_dir: std::path::PathBuf,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// The local CLI: the Unix socket (owner-only) or the data directory itself.
+    Local,
+    /// An operator whose signature was verified, from `source`.
+    Operator(&'a Operator, Option<IpAddr>),
+}
+
+impl Caller<'_> {
+    fn name(&self) -> String {
+        match self {
+            Self::Local => "local".into(),
+            Self::Operator(op, _) => op.access_key_id.clone(),
+        }
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        match self {
+            Self::Local => None,
+            Self::Operator(_, ip) => *ip,
+        }
+    }
+}
+
+/// One request, as received.
+#[derive(Debug)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path, still percent-encoded.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+macro_rules! operations {
+    ($($name:ident),* $(,)?) => {
+        /// The operations of the control plane, named as AWS names them
+        /// (and as operator policies name them, after `iot:`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Op { $($name),* }
+
+        impl Op {
+            /// AWS's name for the operation.
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$name => stringify!($name)),* }
+            }
+        }
+    };
+}
+
+operations!(
+    CreateThing,
+    DescribeThing,
+    UpdateThing,
+    DeleteThing,
+    ListThings,
+    CreateThingType,
+    DescribeThingType,
+    ListThingTypes,
+    DeprecateThingType,
+    DeleteThingType,
+    AttachThingPrincipal,
+    DetachThingPrincipal,
+    ListThingPrincipals,
+    ListThingPrincipalsV2,
+    ListPrincipalThings,
+    ListPrincipalThingsV2,
+    CreateKeysAndCertificate,
+    CreateCertificateFromCsr,
+    DescribeCertificate,
+    UpdateCertificate,
+    DeleteCertificate,
+    ListCertificates,
+    ListCertificatesByCA,
+    RegisterCertificate,
+    RegisterCertificateWithoutCA,
+    GetRegistrationCode,
+    RegisterCACertificate,
+    DescribeCACertificate,
+    UpdateCACertificate,
+    DeleteCACertificate,
+    ListCACertificates,
+    CreatePolicy,
+    GetPolicy,
+    DeletePolicy,
+    ListPolicies,
+    CreatePolicyVersion,
+    ListPolicyVersions,
+    GetPolicyVersion,
+    SetDefaultPolicyVersion,
+    DeletePolicyVersion,
+    AttachPolicy,
+    DetachPolicy,
+    AttachPrincipalPolicy,
+    DetachPrincipalPolicy,
+    ListAttachedPolicies,
+    ListPrincipalPolicies,
+    ListTargetsForPolicy,
+    GetEffectivePolicies,
+    TestAuthorization,
+    DescribeEndpoint,
+);
+
+/// Method, path pattern (`{}` is one label), operation, and the kind of
+/// resource the first label names (`""`: the operation has no resource of
+/// its own, so operator policies must allow it on `*`).
+pub const ROUTES: &[(&str, &str, Op, &str)] = &[
+    ("GET", "things", Op::ListThings, ""),
+    ("POST", "things/{}", Op::CreateThing, "thing"),
+    ("GET", "things/{}", Op::DescribeThing, "thing"),
+    ("PATCH", "things/{}", Op::UpdateThing, "thing"),
+    ("DELETE", "things/{}", Op::DeleteThing, "thing"),
+    ("GET", "thing-types", Op::ListThingTypes, ""),
+    ("POST", "thing-types/{}", Op::CreateThingType, "thingtype"),
+    ("GET", "thing-types/{}", Op::DescribeThingType, "thingtype"),
+    (
+        "POST",
+        "thing-types/{}/deprecate",
+        Op::DeprecateThingType,
+        "thingtype",
+    ),
+    ("DELETE", "thing-types/{}", Op::DeleteThingType, "thingtype"),
+    (
+        "PUT",
+        "things/{}/principals",
+        Op::AttachThingPrincipal,
+        "thing",
+    ),
+    (
+        "DELETE",
+        "things/{}/principals",
+        Op::DetachThingPrincipal,
+        "thing",
+    ),
+    (
+        "GET",
+        "things/{}/principals",
+        Op::ListThingPrincipals,
+        "thing",
+    ),
+    (
+        "GET",
+        "things/{}/principals-v2",
+        Op::ListThingPrincipalsV2,
+        "thing",
+    ),
+    ("GET", "principals/things", Op::ListPrincipalThings, ""),
+    ("GET", "principals/things-v2", Op::ListPrincipalThingsV2, ""),
+    (
+        "POST",
+        "keys-and-certificate",
+        Op::CreateKeysAndCertificate,
+        "",
+    ),
+    ("POST", "certificates", Op::CreateCertificateFromCsr, ""),
+    ("GET", "certificates", Op::ListCertificates, ""),
+    ("GET", "certificates/{}", Op::DescribeCertificate, "cert"),
+    ("PUT", "certificates/{}", Op::UpdateCertificate, "cert"),
+    ("DELETE", "certificates/{}", Op::DeleteCertificate, "cert"),
+    ("GET", "certificates-by-ca/{}", Op::ListCertificatesByCA, ""),
+    ("POST", "certificate/register", Op::RegisterCertificate, ""),
+    (
+        "POST",
+        "certificate/register-no-ca",
+        Op::RegisterCertificateWithoutCA,
+        "",
+    ),
+    ("GET", "registrationcode", Op::GetRegistrationCode, ""),
+    ("POST", "cacertificate", Op::RegisterCACertificate, ""),
+    ("GET", "cacertificates", Op::ListCACertificates, ""),
+    (
+        "GET",
+        "cacertificate/{}",
+        Op::DescribeCACertificate,
+        "cacert",
+    ),
+    ("PUT", "cacertificate/{}", Op::UpdateCACertificate, "cacert"),
+    (
+        "DELETE",
+        "cacertificate/{}",
+        Op::DeleteCACertificate,
+        "cacert",
+    ),
+    ("GET", "policies", Op::ListPolicies, ""),
+    ("POST", "policies/{}", Op::CreatePolicy, "policy"),
+    ("GET", "policies/{}", Op::GetPolicy, "policy"),
+    ("DELETE", "policies/{}", Op::DeletePolicy, "policy"),
+    (
+        "POST",
+        "policies/{}/version",
+        Op::CreatePolicyVersion,
+        "policy",
+    ),
+    (
+        "GET",
+        "policies/{}/version",
+        Op::ListPolicyVersions,
+        "policy",
+    ),
+    (
+        "GET",
+        "policies/{}/version/{}",
+        Op::GetPolicyVersion,
+        "policy",
+    ),
+    (
+        "PATCH",
+        "policies/{}/version/{}",
+        Op::SetDefaultPolicyVersion,
+        "policy",
+    ),
+    (
+        "DELETE",
+        "policies/{}/version/{}",
+        Op::DeletePolicyVersion,
+        "policy",
+    ),
+    ("PUT", "target-policies/{}", Op::AttachPolicy, "policy"),
+    ("POST", "target-policies/{}", Op::DetachPolicy, "policy"),
+    (
+        "PUT",
+        "principal-policies/{}",
+        Op::AttachPrincipalPolicy,
+        "policy",
+    ),
+    (
+        "DELETE",
+        "principal-policies/{}",
+        Op::DetachPrincipalPolicy,
+        "policy",
+    ),
+    ("GET", "principal-policies", Op::ListPrincipalPolicies, ""),
+    ("POST", "attached-policies/{}", Op::ListAttachedPolicies, ""),
+    (
+        "POST",
+        "policy-targets/{}",
+        Op::ListTargetsForPolicy,
+        "policy",
+    ),
+    ("POST", "effective-policies", Op::GetEffectivePolicies, ""),
+    ("POST", "test-authorization", Op::TestAuthorization, ""),
+    ("GET", "endpoint", Op::DescribeEndpoint, ""),
+];
+
+/// The operation a method and path name, with the path's labels.
+pub fn route(method: &str, segments: &[String]) -> Option<(Op, &'static str, Vec<String>)> {
+    ROUTES.iter().find_map(|(m, pattern, op, kind)| {
+        if *m != method {
+            return None;
+        }
+        let parts: Vec<&str> = pattern.split('/').collect();
+        if parts.len() != segments.len() {
+            return None;
+        }
+        let mut labels = Vec::new();
+        for (p, s) in parts.iter().zip(segments) {
+            if *p == "{}" {
+                labels.push(s.clone());
+            } else if p != s {
+                return None;
+            }
+        }
+        Some((*op, *kind, labels))
+    })
+}
+
+/// One routed call, for the operations to read.
+pub(crate) struct Call<'a> {
+    labels: Vec<String>,
+    query: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+}
+
+impl Call<'_> {
+    /// The `i`th path label.
+    fn label(&self, i: usize) -> &str {
+        self.labels.get(i).map_or("", String::as_str)
+    }
+
+    fn query(&self, name: &str) -> Option<String> {
+        query_param(self.query, name)
+    }
+
+    /// A boolean query flag (`true`/`false`); absent is false.
+    fn flag(&self, name: &str) -> Result<bool, AwsError> {
+        match self.query(name).as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(v) => Err(AwsError::invalid_request(format!(
+                "{name}: `{v}` is not true or false"
+            ))),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON; an empty body is an empty object (botocore sends
+    /// none when no member is set).
+    fn json(&self) -> Result<Value, AwsError> {
+        if self.body.is_empty() {
+            Ok(json!({}))
+        } else {
+            json_body(self.body)
+        }
+    }
+}
+
+/// A page of a listing and the token for the next one.
+pub(crate) struct Page<T> {
+    items: Vec<T>,
+    next: Option<String>,
+}
+
+/// Cuts `items` (sorted by `key`) into the page after `token`, of at most
+/// `size` items (1 to 250, `default` when absent). Tokens are the base64 of
+/// the last key handed out, so a listing that changes between pages skips
+/// or repeats nothing that stayed.
+fn paginate<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    token: Option<String>,
+    size: Option<String>,
+    default: usize,
+) -> Result<Page<T>, AwsError> {
+    let size = match size {
+        None => default,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=250).contains(n))
+            .ok_or_else(|| {
+                AwsError::invalid_request(format!("page size `{s}` is not between 1 and 250"))
+            })?,
+    };
+    let after = match token {
+        None => None,
+        Some(t) => Some(
+            base64_decode(&t)
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| AwsError::invalid_request("The pagination token is not valid"))?,
+        ),
+    };
+    let mut rest: Vec<T> = items
+        .into_iter()
+        .filter(|i| after.as_deref().is_none_or(|a| key(i) > a))
+        .collect();
+    let next = (rest.len() > size).then(|| base64_encode(key(&rest[size - 1]).as_bytes()));
+    rest.truncate(size);
+    Ok(Page { items: rest, next })
+}
+
+/// Epoch seconds with milliseconds, as AWS's timestamps are.
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// An empty 200, for operations without output.
+fn done() -> Result<Response, AwsError> {
+    Ok(super::aws::ok(json!({})))
+}
+
+impl From<RegistryError> for AwsError {
+    fn from(e: RegistryError) -> Self {
+        let message = e.to_string();
+        match e {
+            RegistryError::NotFound(_) => Self::not_found(message),
+            RegistryError::AlreadyExists { id, .. } => Self::new(
+                StatusCode::CONFLICT,
+                "ResourceAlreadyExistsException",
+                message,
+            )
+            .with("resourceId", id),
+            RegistryError::DeleteConflict(_) => {
+                Self::new(StatusCode::CONFLICT, "DeleteConflictException", message)
+            }
+            RegistryError::VersionConflict(_) => {
+                Self::new(StatusCode::CONFLICT, "VersionConflictException", message)
+            }
+            RegistryError::CertificateState(_) => Self::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "CertificateStateException",
+                message,
+            ),
+            RegistryError::Invalid(_) => Self::invalid_request(message),
+            RegistryError::LimitExceeded(_) => {
+                Self::new(StatusCode::GONE, "LimitExceededException", message)
+            }
+        }
+    }
+}
+
+impl From<VersionError> for AwsError {
+    fn from(e: VersionError) -> Self {
+        let message = e.to_string();
+        match e {
+            VersionError::NotFound(_) => Self::not_found(message),
+            VersionError::AlreadyExists(_) => Self::new(
+                StatusCode::CONFLICT,
+                "ResourceAlreadyExistsException",
+                message,
+            ),
+            VersionError::Malformed(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "MalformedPolicyException", message)
+            }
+            VersionError::LimitExceeded(_) => Self::new(
+                StatusCode::CONFLICT,
+                "VersionsLimitExceededException",
+                message,
+            ),
+            VersionError::DeleteConflict(_) => {
+                Self::new(StatusCode::CONFLICT, "DeleteConflictException", message)
+            }
+            VersionError::Invalid(_) => Self::invalid_request(message),
+            VersionError::Io { .. } => {
+                tracing::error!(error = %message, "policy file not written");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalFailureException",
+                    message,
+                )
+            }
+        }
+    }
+}
+
+/// AWS's answer to a call the operator's policies do not allow.
+fn access_denied(who: &str, op: Op, resource: &str) -> AwsError {
+    AwsError::new(
+        StatusCode::FORBIDDEN,
+        "AccessDeniedException",
+        format!(
+            "User: {who} is not authorized to perform: iot:{} on resource: {resource}",
+            op.name()
+        ),
+    )
+}
+
+impl Control {
+    /// `arn:aws:iot:REGION:ACCOUNT:KIND/NAME`.
+    pub fn arn(&self, kind: &str, name: &str) -> String {
+        format!(
+            "arn:{}:iot:{}:{}:{kind}/{name}",
+            self.head.partition, self.head.region, self.head.account
+        )
+    }
+
+    /// The certificate id in a `...:cert/<id>` ARN (or a bare id).
+    fn cert_id_of(&self, arn: &str) -> Result<String, AwsError> {
+        let id = arn.rsplit_once(":cert/").map_or(arn, |(_, id)| id);
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(id.to_ascii_lowercase())
+        } else {
+            Err(AwsError::invalid_request(format!(
+                "`{arn}` is not a certificate ARN"
+            )))
+        }
+    }
+
+    /// Serves one call from `caller`, audits it, and answers.
+    pub async fn handle(&self, caller: Caller<'_>, request: Request) -> Response {
+        let segs = segments(&request.path);
+        let routed = route(request.method.as_str(), &segs);
+        let (operation, resources) = match &routed {
+            Some((op, kind, labels)) => (
+                op.name().to_owned(),
+                match (kind.is_empty(), labels.first()) {
+                    (false, Some(name)) => vec![self.arn(kind, name)],
+                    _ => Vec::new(),
+                },
+            ),
+            None => (format!("{} {}", request.method, request.path), Vec::new()),
+        };
+        let (decision, result) = match routed {
+            Some((op, kind, labels)) => self.operation(caller, op, kind, labels, &request).await,
+            None => self.data_plane(caller, &segs, &request).await,
+        };
+        let outcome = match (&result, decision) {
+            (Ok(_), _) => ControlOutcome::Ok,
+            (Err(_), "deny") => ControlOutcome::Denied,
+            (Err(_), _) => ControlOutcome::Error,
+        };
+        self.metrics.control_call(outcome);
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if outcome == ControlOutcome::Denied {
+                    tracing::info!(
+                        target: "edgegate::audit",
+                        principal = %caller.name(),
+                        operation = %operation,
+                        "control-plane call denied by operator policy"
+                    );
+                }
+                e.into_response()
+            }
+        };
+        let status = response.status();
+        if let Some(audit) = &self.audit {
+            audit.record(Entry {
+                time: now_rfc3339(),
+                principal: caller.name(),
+                source: caller.source().map(|ip| ip.to_string()),
+                operation,
+                resources,
+                decision,
+                status: status.as_u16(),
+                error: response
+                    .headers()
+                    .get("x-amzn-ErrorType")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            });
+        }
+        if let Ok(id) = HeaderValue::from_str(&crate::registry::identity::uuid_v4()) {
+            response.headers_mut().insert("x-amzn-RequestId", id);
+        }
+        response
+    }
+
+    /// Authorizes a routed operation, then runs it.
+    async fn operation(
+        &self,
+        caller: Caller<'_>,
+        op: Op,
+        kind: &str,
+        labels: Vec<String>,
+        request: &Request,
+    ) -> (&'static str, Result<Response, AwsError>) {
+        if let Caller::Operator(operator, source) = caller {
+            let name = labels.first().map_or("*", String::as_str);
+            let (prefix, name) = if kind.is_empty() {
+                ("", "*")
+            } else {
+                (kind, name)
+            };
+            let prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            let action = format!("iot:{}", op.name().to_ascii_lowercase());
+            if !self
+                .operators
+                .decide(operator, source, &action, &prefix, name)
+                .is_allowed()
+            {
+                let resource = if kind.is_empty() {
+                    "*".to_owned()
+                } else {
+                    self.arn(kind, name)
+                };
+                return ("deny", Err(access_denied(&caller.name(), op, &resource)));
+            }
+        }
+        let call = Call {
+            labels,
+            query: &request.query,
+            headers: &request.headers,
+            body: &request.body,
+        };
+        ("allow", self.run(op, &call).await)
+    }
+
+    async fn run(&self, op: Op, call: &Call<'_>) -> Result<Response, AwsError> {
+        use Op::*;
+        match op {
+            CreateThing => things::create(self, call),
+            DescribeThing => things::describe(self, call),
+            UpdateThing => things::update(self, call),
+            DeleteThing => things::delete(self, call),
+            ListThings => things::list(self, call),
+            CreateThingType => things::create_type(self, call),
+            DescribeThingType => things::describe_type(self, call),
+            ListThingTypes => things::list_types(self, call),
+            DeprecateThingType => things::deprecate_type(self, call),
+            DeleteThingType => things::delete_type(self, call),
+            AttachThingPrincipal => things::attach_principal(self, call),
+            DetachThingPrincipal => things::detach_principal(self, call),
+            ListThingPrincipals => things::list_principals(self, call, false),
+            ListThingPrincipalsV2 => things::list_principals(self, call, true),
+            ListPrincipalThings => things::list_principal_things(self, call, false),
+            ListPrincipalThingsV2 => things::list_principal_things(self, call, true),
+            CreateKeysAndCertificate => certificates::create_keys(self, call).await,
+            CreateCertificateFromCsr => certificates::from_csr(self, call),
+            DescribeCertificate => certificates::describe(self, call),
+            UpdateCertificate => certificates::update(self, call),
+            DeleteCertificate => certificates::delete(self, call),
+            ListCertificates => certificates::list(self, call, None),
+            ListCertificatesByCA => certificates::list(self, call, Some(call.label(0))),
+            RegisterCertificate => certificates::register(self, call, true),
+            RegisterCertificateWithoutCA => certificates::register(self, call, false),
+            GetRegistrationCode => Ok(super::aws::ok(
+                json!({ "registrationCode": self.registry.registration_code() }),
+            )),
+            RegisterCACertificate => certificates::register_ca(self, call),
+            DescribeCACertificate => certificates::describe_ca(self, call),
+            UpdateCACertificate => certificates::update_ca(self, call),
+            DeleteCACertificate => certificates::delete_ca(self, call),
+            ListCACertificates => certificates::list_cas(self, call),
+            CreatePolicy => policies::create(self, call),
+            GetPolicy => policies::get(self, call),
+            DeletePolicy => policies::delete(self, call),
+            ListPolicies => policies::list(self, call),
+            CreatePolicyVersion => policies::create_version(self, call),
+            ListPolicyVersions => policies::list_versions(self, call),
+            GetPolicyVersion => policies::get_version(self, call),
+            SetDefaultPolicyVersion => policies::set_default(self, call),
+            DeletePolicyVersion => policies::delete_version(self, call),
+            AttachPolicy => policies::attach(self, call, true),
+            DetachPolicy => policies::attach(self, call, false),
+            AttachPrincipalPolicy => policies::attach_principal(self, call, true),
+            DetachPrincipalPolicy => policies::attach_principal(self, call, false),
+            ListAttachedPolicies => policies::list_attached(self, call, call.label(0)),
+            ListPrincipalPolicies => policies::list_attached(
+                self,
+                call,
+                call.header("x-amzn-iot-principal").unwrap_or_default(),
+            ),
+            ListTargetsForPolicy => policies::list_targets(self, call),
+            GetEffectivePolicies => policies::effective(self, call),
+            TestAuthorization => policies::test_authorization(self, call),
+            DescribeEndpoint => self.describe_endpoint(call),
+        }
+    }
+
+    /// The `iot-data` operations, each authorized by the caller's policies
+    /// with the data-plane actions (`iot:Publish`, `iot:GetThingShadow`, ...).
+    async fn data_plane(
+        &self,
+        caller: Caller<'_>,
+        segs: &[String],
+        request: &Request,
+    ) -> (&'static str, Result<Response, AwsError>) {
+        let unknown = || {
+            AwsError::new(
+                StatusCode::NOT_FOUND,
+                "UnknownOperationException",
+                format!(
+                    "{} {} is not an operation of this gateway",
+                    request.method, request.path
+                ),
+            )
+        };
+        let Some(dp) = &self.data else {
+            return ("allow", Err(unknown()));
+        };
+        let seg: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let name = caller.name();
+        let mut denied = false;
+        let mut allows = |action: crate::policy::eval::Action,
+                          ty: crate::policy::eval::ResourceType,
+                          resource: &str| {
+            let ok = match caller {
+                Caller::Local => true,
+                Caller::Operator(op, source) => self
+                    .operators
+                    .decide(op, source, action.name(), ty.prefix(), resource)
+                    .is_allowed(),
+            };
+            denied |= !ok;
+            ok
+        };
+        let answer = data::handle(
+            dp,
+            &request.method,
+            &seg,
+            &request.query,
+            &request.headers,
+            request.body.clone(),
+            data::Caller {
+                principal: &name,
+                allows: &mut allows,
+            },
+        )
+        .await;
+        match answer {
+            Some(result) => (if denied { "deny" } else { "allow" }, result),
+            None => ("allow", Err(unknown())),
+        }
+    }
+
+    /// The gateway's own host, with the MQTT port when it is not one a
+    /// client assumes (8883, or 443 with ALPN).
+    fn describe_endpoint(&self, call: &Call<'_>) -> Result<Response, AwsError> {
+        match call.query("endpointType").as_deref() {
+            None | Some("iot:Data" | "iot:Data-ATS" | "iot:Jobs") => {}
+            Some(other) => {
+                return Err(AwsError::invalid_request(format!(
+                    "Endpoint type {other} is not served by this gateway"
+                )));
+            }
+        }
+        let address = match self.endpoint.mqtt_port {
+            Some(8883 | 443) | None => self.endpoint.host.clone(),
+            Some(port) => format!("{}:{port}", self.endpoint.host),
+        };
+        Ok(super::aws::ok(json!({ "endpointAddress": address })))
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

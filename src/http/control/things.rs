@@ -1,0 +1,357 @@
+//! Things, thing types, and which certificates are attached to which thing.
+
+use super::{Call, Control, done, paginate, secs};
+use crate::http::aws::{AwsError, ok};
+use crate::registry::{Thing, ThingType, ThingUpdate};
+use axum::response::Response;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The attribute map of an `AttributePayload`; values must be strings.
+fn attributes(payload: &Value) -> Result<Option<BTreeMap<String, String>>, AwsError> {
+    let Some(map) = payload.get("attributes") else {
+        return Ok(None);
+    };
+    let Some(map) = map.as_object() else {
+        return Err(AwsError::invalid_request(
+            "attributePayload.attributes must be an object",
+        ));
+    };
+    map.iter()
+        .map(|(k, v)| {
+            v.as_str()
+                .map(|v| (k.clone(), v.to_owned()))
+                .ok_or_else(|| {
+                    AwsError::invalid_request(format!("attribute `{k}` must be a string"))
+                })
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+fn optional_str(v: &Value, key: &str) -> Result<Option<String>, AwsError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(AwsError::invalid_request(format!("{key} must be a string"))),
+    }
+}
+
+fn version(v: Option<&Value>) -> Result<Option<u64>, AwsError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| AwsError::invalid_request("expectedVersion must be a number")),
+    }
+}
+
+pub(super) fn create(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let input = call.json()?;
+    let attrs = attributes(&input["attributePayload"])?.unwrap_or_default();
+    let t =
+        c.registry
+            .create_thing(call.label(0), optional_str(&input, "thingTypeName")?, attrs)?;
+    Ok(ok(json!({
+        "thingName": t.name,
+        "thingArn": c.arn("thing", &t.name),
+        "thingId": t.id,
+    })))
+}
+
+pub(super) fn describe(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let name = call.label(0);
+    let t = c
+        .registry
+        .thing(name)
+        .ok_or_else(|| AwsError::not_found(format!("Thing {name} cannot be found.")))?;
+    let mut body = thing_json(c, &t);
+    body["defaultClientId"] = t.name.clone().into();
+    body["thingId"] = t.id.into();
+    Ok(ok(body))
+}
+
+fn thing_json(c: &Control, t: &Thing) -> Value {
+    let mut v = json!({
+        "thingName": t.name,
+        "thingArn": c.arn("thing", &t.name),
+        "attributes": t.attributes,
+        "version": t.version,
+    });
+    if let Some(ty) = &t.thing_type {
+        v["thingTypeName"] = ty.clone().into();
+    }
+    v
+}
+
+pub(super) fn update(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let input = call.json()?;
+    let payload = &input["attributePayload"];
+    let merge = payload["merge"].as_bool().unwrap_or(false);
+    c.registry.update_thing(
+        call.label(0),
+        ThingUpdate {
+            thing_type: optional_str(&input, "thingTypeName")?,
+            remove_type: input["removeThingType"].as_bool().unwrap_or(false),
+            attributes: attributes(payload)?.map(|a| (a, merge)),
+            expected_version: version(input.get("expectedVersion"))?,
+        },
+    )?;
+    done()
+}
+
+pub(super) fn delete(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let expected = call
+        .query("expectedVersion")
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| AwsError::invalid_request("expectedVersion must be a number"))
+        })
+        .transpose()?;
+    c.registry.delete_thing(call.label(0), expected)?;
+    done()
+}
+
+pub(super) fn list(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let name = call.query("attributeName");
+    let value = call.query("attributeValue");
+    let prefix = call.flag("usePrefixAttributeValue")?;
+    let ty = call.query("thingTypeName");
+    let things: Vec<Thing> = c
+        .registry
+        .things()
+        .into_iter()
+        .filter(|t| ty.is_none() || t.thing_type == ty)
+        .filter(|t| match (&name, &value) {
+            (None, _) => true,
+            (Some(n), None) => t.attributes.contains_key(n),
+            (Some(n), Some(v)) => t.attributes.get(n).is_some_and(|have| {
+                if prefix {
+                    have.starts_with(v.as_str())
+                } else {
+                    have == v
+                }
+            }),
+        })
+        .collect();
+    let page = paginate(
+        things,
+        |t| &t.name,
+        call.query("nextToken"),
+        call.query("maxResults"),
+        50,
+    )?;
+    let items: Vec<Value> = page.items.iter().map(|t| thing_json(c, t)).collect();
+    Ok(ok(with_next(
+        json!({ "things": items }),
+        "nextToken",
+        page.next,
+    )))
+}
+
+/// Adds the continuation member when there is one.
+pub(super) fn with_next(mut body: Value, key: &str, next: Option<String>) -> Value {
+    if let Some(n) = next {
+        body[key] = n.into();
+    }
+    body
+}
+
+pub(super) fn create_type(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let input = call.json()?;
+    let props = &input["thingTypeProperties"];
+    let searchable = props["searchableAttributes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let t = c.registry.create_thing_type(
+        call.label(0),
+        optional_str(props, "thingTypeDescription")?,
+        searchable,
+    )?;
+    Ok(ok(json!({
+        "thingTypeName": t.name,
+        "thingTypeArn": c.arn("thingtype", &t.name),
+        "thingTypeId": t.id,
+    })))
+}
+
+fn type_json(c: &Control, t: &ThingType) -> Value {
+    let mut props = json!({ "searchableAttributes": t.searchable_attributes });
+    if let Some(d) = &t.description {
+        props["thingTypeDescription"] = d.clone().into();
+    }
+    let mut meta = json!({
+        "deprecated": t.deprecated_ms.is_some(),
+        "creationDate": secs(t.created_ms),
+    });
+    if let Some(ms) = t.deprecated_ms {
+        meta["deprecationDate"] = secs(ms).into();
+    }
+    json!({
+        "thingTypeName": t.name,
+        "thingTypeArn": c.arn("thingtype", &t.name),
+        "thingTypeProperties": props,
+        "thingTypeMetadata": meta,
+    })
+}
+
+pub(super) fn describe_type(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let name = call.label(0);
+    let t = c
+        .registry
+        .thing_type(name)
+        .ok_or_else(|| AwsError::not_found(format!("Thing type {name} cannot be found.")))?;
+    let mut body = type_json(c, &t);
+    body["thingTypeId"] = t.id.into();
+    Ok(ok(body))
+}
+
+pub(super) fn list_types(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let name = call.query("thingTypeName");
+    let types: Vec<ThingType> = c
+        .registry
+        .thing_types()
+        .into_iter()
+        .filter(|t| name.as_ref().is_none_or(|n| *n == t.name))
+        .collect();
+    let page = paginate(
+        types,
+        |t| &t.name,
+        call.query("nextToken"),
+        call.query("maxResults"),
+        50,
+    )?;
+    let items: Vec<Value> = page.items.iter().map(|t| type_json(c, t)).collect();
+    Ok(ok(with_next(
+        json!({ "thingTypes": items }),
+        "nextToken",
+        page.next,
+    )))
+}
+
+pub(super) fn deprecate_type(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let undo = call.json()?["undoDeprecate"].as_bool().unwrap_or(false);
+    c.registry.deprecate_thing_type(call.label(0), undo)?;
+    done()
+}
+
+pub(super) fn delete_type(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    c.registry.delete_thing_type(call.label(0))?;
+    done()
+}
+
+/// The certificate named by the `x-amzn-principal` header.
+fn principal(c: &Control, call: &Call<'_>) -> Result<String, AwsError> {
+    let arn = call
+        .header("x-amzn-principal")
+        .ok_or_else(|| AwsError::invalid_request("the x-amzn-principal header is required"))?;
+    c.cert_id_of(arn)
+}
+
+pub(super) fn attach_principal(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let exclusive = match call.query("thingPrincipalType").as_deref() {
+        None | Some("NON_EXCLUSIVE_THING") => false,
+        Some("EXCLUSIVE_THING") => true,
+        Some(other) => {
+            return Err(AwsError::invalid_request(format!(
+                "thingPrincipalType `{other}` is not EXCLUSIVE_THING or NON_EXCLUSIVE_THING"
+            )));
+        }
+    };
+    let id = principal(c, call)?;
+    c.registry.attach_thing(&id, call.label(0), exclusive)?;
+    done()
+}
+
+pub(super) fn detach_principal(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let id = principal(c, call)?;
+    c.registry.detach_thing(&id, call.label(0))?;
+    done()
+}
+
+fn principal_type(exclusive: bool) -> &'static str {
+    if exclusive {
+        "EXCLUSIVE_THING"
+    } else {
+        "NON_EXCLUSIVE_THING"
+    }
+}
+
+/// Keeps the pairs whose type the `thingPrincipalType` filter (V2) names.
+fn of_type(call: &Call<'_>, pairs: Vec<(String, bool)>) -> Vec<(String, bool)> {
+    let want = call.query("thingPrincipalType");
+    pairs
+        .into_iter()
+        .filter(|(_, ex)| want.as_deref().is_none_or(|w| w == principal_type(*ex)))
+        .collect()
+}
+
+pub(super) fn list_principals(
+    c: &Control,
+    call: &Call<'_>,
+    v2: bool,
+) -> Result<Response, AwsError> {
+    let pairs: Vec<(String, bool)> = c
+        .registry
+        .thing_principals(call.label(0))?
+        .into_iter()
+        .map(|(id, ex)| (c.arn("cert", &id), ex))
+        .collect();
+    let pairs = if v2 { of_type(call, pairs) } else { pairs };
+    let page = paginate(
+        pairs,
+        |(arn, _)| arn,
+        call.query("nextToken"),
+        call.query("maxResults"),
+        250,
+    )?;
+    let body = if v2 {
+        let items: Vec<Value> = page
+            .items
+            .iter()
+            .map(|(arn, ex)| json!({"principal": arn, "thingPrincipalType": principal_type(*ex)}))
+            .collect();
+        json!({ "thingPrincipalObjects": items })
+    } else {
+        let items: Vec<&String> = page.items.iter().map(|(arn, _)| arn).collect();
+        json!({ "principals": items })
+    };
+    Ok(ok(with_next(body, "nextToken", page.next)))
+}
+
+pub(super) fn list_principal_things(
+    c: &Control,
+    call: &Call<'_>,
+    v2: bool,
+) -> Result<Response, AwsError> {
+    let id = principal(c, call)?;
+    let pairs = c.registry.principal_things(&id)?;
+    let pairs = if v2 { of_type(call, pairs) } else { pairs };
+    let mut pairs = pairs;
+    pairs.sort();
+    let page = paginate(
+        pairs,
+        |(name, _)| name,
+        call.query("nextToken"),
+        call.query("maxResults"),
+        250,
+    )?;
+    let body = if v2 {
+        let items: Vec<Value> = page
+            .items
+            .iter()
+            .map(|(t, ex)| json!({"thingName": t, "thingPrincipalType": principal_type(*ex)}))
+            .collect();
+        json!({ "principalThingObjects": items })
+    } else {
+        let items: Vec<&String> = page.items.iter().map(|(t, _)| t).collect();
+        json!({ "things": items })
+    };
+    Ok(ok(with_next(body, "nextToken", page.next)))
+}
