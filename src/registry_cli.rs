@@ -62,6 +62,7 @@ impl Client {
                     operators: Operators::from_config(config),
                     audit: None,
                     metrics,
+                    enforce: None,
                     ca_dir: config
                         .tls
                         .ca

@@ -428,6 +428,16 @@ impl Server {
             .map_err(|e| tracing::error!(error = %e, "the audit log cannot be written"))
             .ok(),
             metrics: metrics.clone(),
+            enforce: Some({
+                let (store, metrics, dir) = (
+                    policies.clone(),
+                    metrics.clone(),
+                    config.policies.dir.clone(),
+                );
+                Arc::new(move || {
+                    reload_policies(&store, &metrics, &dir);
+                })
+            }),
             ca_dir: config.tls.ca.parent().map_or_else(
                 || std::path::PathBuf::from("."),
                 std::path::Path::to_path_buf,

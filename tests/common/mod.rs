@@ -292,10 +292,26 @@ impl V4 {
         will: Option<rumqttc::LastWill>,
         tweak: impl FnOnce(&mut rumqttc::MqttOptions),
     ) -> Self {
-        let pem = t.device(id);
+        Self::connect_with(t, port, id, &t.device(id), clean, will, tweak).await
+    }
+
+    /// Connects as client `id` with the given certificate.
+    pub async fn connect_as(t: &TestServer, id: &str, pem: &Pem) -> Self {
+        Self::connect_with(t, t.addr().port(), id, pem, true, None, |_| {}).await
+    }
+
+    async fn connect_with(
+        t: &TestServer,
+        port: u16,
+        id: &str,
+        pem: &Pem,
+        clean: bool,
+        will: Option<rumqttc::LastWill>,
+        tweak: impl FnOnce(&mut rumqttc::MqttOptions),
+    ) -> Self {
         let mut opts = rumqttc::MqttOptions::new(id, "localhost", port);
         opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&pem))),
+            rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(pem))),
         ));
         opts.set_clean_session(clean);
         opts.set_keep_alive(Duration::from_secs(30));
@@ -689,5 +705,91 @@ pub async fn audit_line(t: &TestServer, pick: impl Fn(&str) -> bool) -> String {
             "no such audit line in:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A SigV4-signing client of the admin listener, as boto3 signs (service `iot`).
+pub struct Aws {
+    pub addr: SocketAddr,
+    pub key: String,
+    pub secret: String,
+}
+
+impl Aws {
+    pub fn new(addr: SocketAddr, key: &str, secret: &str) -> Self {
+        Self {
+            addr,
+            key: key.into(),
+            secret: secret.into(),
+        }
+    }
+
+    /// One signed call; the status and the JSON body (`{}` when empty).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        use edgegate::http::sigv4;
+        let host = self.addr.to_string();
+        let date = sigv4::amz_date_now();
+        let mut all: Vec<(&str, &str)> = vec![("host", &host), ("x-amz-date", &date)];
+        all.extend_from_slice(headers);
+        let request = sigv4::Request {
+            method,
+            path,
+            query,
+            headers: &all,
+            body: body.as_bytes(),
+        };
+        let auth = sigv4::sign(&request, &self.key, &self.secret, "us-east-1", "iot");
+        let target = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        };
+        let mut text = format!("{method} {target} HTTP/1.1\r\n");
+        for (k, v) in &all {
+            text.push_str(&format!("{k}: {v}\r\n"));
+        }
+        text.push_str(&format!(
+            "authorization: {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        let mut s = TcpStream::connect(self.addr).await.expect("connect");
+        s.write_all(text.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        let (head, payload) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let json = if payload.trim().is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::from_str(payload).unwrap_or_else(|e| panic!("{e}: {payload}"))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, query: &str) -> (u16, serde_json::Value) {
+        self.call("GET", path, query, &[], "").await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        query: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.call("POST", path, query, &[], &body.to_string()).await
     }
 }

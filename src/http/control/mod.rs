@@ -40,7 +40,6 @@ pub struct Endpoint {
 }
 
 /// Everything the control plane works on.
-#[derive(Debug)]
 pub struct Control {
     /// Certificates, CAs, things and thing types.
     pub registry: Arc<Registry>,
@@ -60,6 +59,21 @@ pub struct Control {
     pub metrics: Arc<Metrics>,
     /// The gateway's CA key and certificate directory, to issue certificates.
     pub ca_dir: std::path::PathBuf,
+    /// Applies the policies directory to live connections at once, so that
+    /// a policy the API wrote is in force when the call returns (the
+    /// directory watcher would apply it too, a moment later).
+    pub enforce: Option<Enforce>,
+}
+
+/// See [`Control::enforce`].
+pub type Enforce = Arc<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Who is calling.
@@ -635,6 +649,24 @@ impl Control {
     }
 
     async fn run(&self, op: Op, call: &Call<'_>) -> Result<Response, AwsError> {
+        let result = self.dispatch(op, call).await;
+        let writes_policies = matches!(
+            op,
+            Op::CreatePolicy
+                | Op::CreatePolicyVersion
+                | Op::SetDefaultPolicyVersion
+                | Op::DeletePolicy
+        );
+        if writes_policies
+            && result.is_ok()
+            && let Some(enforce) = &self.enforce
+        {
+            enforce();
+        }
+        result
+    }
+
+    async fn dispatch(&self, op: Op, call: &Call<'_>) -> Result<Response, AwsError> {
         use Op::*;
         match op {
             CreateThing => things::create(self, call),

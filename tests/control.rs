@@ -1,0 +1,1083 @@
+//! The control plane over SigV4, as boto3 and the AWS CLI call it: the
+//! operations of spec/aws-iot-auth.md §6 with their errors, operators held
+//! to their IAM-style policies, and what the operations do to live devices.
+
+mod common;
+
+use common::*;
+use edgegate::transport::pki::{Ca, KeyKind};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const ACCOUNT: &str = "000000000000";
+
+fn arn(kind: &str, name: &str) -> String {
+    format!("arn:aws:iot:us-east-1:{ACCOUNT}:{kind}/{name}")
+}
+
+/// A gateway with one operator of full access (`AKIDADMIN`) and the users
+/// `extra` adds, each with its secret in a file beside the configuration.
+async fn gateway(users: &[(&str, &[&str])], policies: &[(&str, String)]) -> TestServer {
+    let mut section =
+        String::from("[admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n");
+    let mut all: Vec<(&str, &[&str])> = vec![("AKIDADMIN", &["Everything"])];
+    all.extend_from_slice(users);
+    for (key, names) in &all {
+        let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        section.push_str(&format!(
+            "[[admin.users]]\naccess_key_id = \"{key}\"\nsecret_file = \"{key}.secret\"\npolicies = [{}]\n",
+            list.join(", ")
+        ));
+    }
+    let mut t = TestServer::prepare(&section);
+    let dir = t.dir.path().join("operator-policies");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("Everything.json"),
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
+    )
+    .expect("write");
+    for (name, text) in policies {
+        std::fs::write(dir.join(format!("{name}.json")), text).expect("write");
+    }
+    for (key, _) in &all {
+        std::fs::write(
+            t.dir.path().join(format!("{key}.secret")),
+            format!("secret-of-{key}\n"),
+        )
+        .expect("secret");
+    }
+    t.boot().await;
+    t
+}
+
+fn client(t: &TestServer, key: &str) -> Aws {
+    Aws::new(t.admin(), key, &format!("secret-of-{key}"))
+}
+
+/// Registers a device certificate ACTIVE through the API; its id.
+async fn register(aws: &Aws, pem: &str) -> String {
+    let (status, body) = aws
+        .post(
+            "/certificate/register",
+            "setAsActive=true",
+            json!({ "certificatePem": pem }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["certificateId"].as_str().expect("id").to_owned()
+}
+
+fn kind(body: &Value) -> &str {
+    body["__type"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_seed_talks_operator_policies_work_as_written() {
+    let manage_certs = r#"{
+      "Version": "2012-10-17",
+      "Statement": [{
+        "Effect": "Allow",
+        "Action": ["iot:CreateKeysAndCertificate", "iot:DescribeCertificate",
+                   "iot:UpdateCertificate", "iot:ListCertificates", "iot:RegisterCertificate"],
+        "Resource": "*"
+      }]
+    }"#
+    .to_owned();
+    let revoke_one = |net: &str, id: &str| {
+        format!(
+            r#"{{
+      "Version": "2012-10-17",
+      "Statement": [{{
+        "Effect": "Allow",
+        "Action": "iot:UpdateCertificate",
+        "Resource": "arn:aws:iot:us-east-1:{ACCOUNT}:cert/{id}",
+        "Condition": {{ "IpAddress": {{ "aws:SourceIp": "{net}" }} }}
+      }}]
+    }}"#
+        )
+    };
+    let deny_revoke = r#"{"Version":"2012-10-17","Statement":[
+        {"Effect":"Allow","Action":"iot:*","Resource":"*"},
+        {"Effect":"Deny","Action":"iot:UpdateCertificate","Resource":"*"}]}"#
+        .to_owned();
+    let t = gateway(
+        &[
+            ("AKIDCERTS", &["ManageCerts"]),
+            ("AKIDREVOKER", &["RevokeOneThing"]),
+            ("AKIDOFFSITE", &["RevokeFromOffice"]),
+            ("AKIDNOREVOKE", &["NoRevoke"]),
+            ("AKIDNOTHING", &[]),
+        ],
+        &[
+            ("ManageCerts", manage_certs),
+            ("RevokeOneThing", revoke_one("127.0.0.0/8", "TARGET")),
+            ("RevokeFromOffice", revoke_one("203.0.113.0/24", "TARGET")),
+            ("NoRevoke", deny_revoke),
+        ],
+    )
+    .await;
+    // The certificate's id is known only now; operator policies are hot-reloaded.
+    let target = t.device("stolen-1");
+    let admin = client(&t, "AKIDADMIN");
+    let id = register(&admin, &target.cert).await;
+    let dir = t.dir.path().join("operator-policies");
+    for name in ["RevokeOneThing", "RevokeFromOffice"] {
+        let file = dir.join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&file).expect("read");
+        std::fs::write(&file, text.replace("TARGET", &id)).expect("write");
+    }
+    let other = register(&admin, &t.device("other-1").cert).await;
+
+    let certs = client(&t, "AKIDCERTS");
+    let (status, body) = certs.get("/certificates", "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = certs.post("/things/t1", "", json!({})).await;
+    assert_eq!(
+        (status, kind(&body)),
+        (403, "AccessDeniedException"),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("iot:CreateThing"),
+        "{body}"
+    );
+    let (status, _) = certs
+        .call(
+            "PUT",
+            &format!("/certificates/{other}"),
+            "newStatus=INACTIVE",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let revoker = client(&t, "AKIDREVOKER");
+    // The reload of the edited policy applies within a second.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = revoker
+            .call(
+                "PUT",
+                &format!("/certificates/{id}"),
+                "newStatus=REVOKED",
+                &[],
+                "",
+            )
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(kind(&body), "AccessDeniedException", "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = revoker
+        .call(
+            "PUT",
+            &format!("/certificates/{other}"),
+            "newStatus=REVOKED",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (403, "AccessDeniedException"),
+        "another certificate"
+    );
+    let (status, _) = revoker.get(&format!("/certificates/{id}"), "").await;
+    assert_eq!(status, 403, "only UpdateCertificate");
+    let (status, body) = client(&t, "AKIDOFFSITE")
+        .call(
+            "PUT",
+            &format!("/certificates/{id}"),
+            "newStatus=REVOKED",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (403, "AccessDeniedException"),
+        "wrong source address"
+    );
+    let (status, body) = client(&t, "AKIDNOREVOKE")
+        .call(
+            "PUT",
+            &format!("/certificates/{other}"),
+            "newStatus=ACTIVE",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (403, "AccessDeniedException"),
+        "explicit deny: {body}"
+    );
+    let (status, _) = client(&t, "AKIDNOREVOKE").get("/things", "").await;
+    assert_eq!(status, 200, "the rest of its Allow stands");
+    let nothing = client(&t, "AKIDNOTHING");
+    for (method, path) in [
+        ("GET", "/things"),
+        ("GET", "/certificates"),
+        ("GET", "/policies"),
+    ] {
+        let (status, body) = nothing.call(method, path, "", &[], "").await;
+        assert_eq!(
+            (status, kind(&body)),
+            (403, "AccessDeniedException"),
+            "{path}"
+        );
+    }
+    let (status, body) = Aws::new(t.admin(), "AKIDCERTS", "wrong")
+        .get("/things", "")
+        .await;
+    assert_eq!((status, kind(&body)), (403, "InvalidSignatureException"));
+
+    let denied = audit_line(&t, |l| {
+        l.contains("\"AKIDOFFSITE\"") && l.contains("\"UpdateCertificate\"")
+    })
+    .await;
+    let line: Value = serde_json::from_str(&denied).expect("json");
+    assert_eq!(line["decision"], "deny");
+    assert_eq!(line["status"], 403);
+    assert_eq!(line["source"], "127.0.0.1");
+    assert_eq!(line["resources"][0], arn("cert", &id));
+    assert_eq!(line["error"], "AccessDeniedException");
+    let allowed = audit_line(&t, |l| {
+        l.contains("\"AKIDREVOKER\"") && l.contains("\"status\":200")
+    })
+    .await;
+    assert!(allowed.contains("\"decision\":\"allow\""), "{allowed}");
+    let metrics = t.metrics().await;
+    assert!(metric(&metrics, "edgegate_control_calls_total{outcome=\"denied\"}") >= 8.0);
+    assert!(
+        metric(
+            &metrics,
+            "edgegate_control_calls_total{outcome=\"unauthenticated\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn revoked_is_final_and_deleting_a_certificate_follows_aws_rules() {
+    let t = gateway(&[], &[]).await;
+    let aws = client(&t, "AKIDADMIN");
+    let pem = t.device("gone-1");
+    let id = register(&aws, &pem.cert).await;
+    let (status, body) = aws
+        .post(
+            "/certificate/register",
+            "",
+            json!({ "certificatePem": pem.cert }),
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (409, "ResourceAlreadyExistsException")
+    );
+    assert_eq!(body["resourceId"], id.as_str());
+    let update = |s: &'static str| {
+        let aws = &aws;
+        let id = id.clone();
+        async move {
+            aws.call(
+                "PUT",
+                &format!("/certificates/{id}"),
+                &format!("newStatus={s}"),
+                &[],
+                "",
+            )
+            .await
+        }
+    };
+    let (status, body) = update("PENDING_ACTIVATION").await;
+    assert_eq!((status, kind(&body)), (406, "CertificateStateException"));
+    let (status, body) = aws
+        .call("DELETE", &format!("/certificates/{id}"), "", &[], "")
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (406, "CertificateStateException"),
+        "ACTIVE"
+    );
+    assert_eq!(update("REVOKED").await.0, 200);
+    for s in ["ACTIVE", "INACTIVE"] {
+        let (status, body) = update(s).await;
+        assert_eq!(
+            (status, kind(&body)),
+            (406, "CertificateStateException"),
+            "{s}"
+        );
+    }
+    assert_eq!(update("REVOKED").await.0, 200, "idempotent");
+    let (_, d) = aws.get(&format!("/certificates/{id}"), "").await;
+    let d = &d["certificateDescription"];
+    assert_eq!(d["status"], "REVOKED");
+    assert!(d["customerVersion"].as_u64() >= Some(2));
+    assert!(d["validity"]["notAfter"].as_i64() > d["validity"]["notBefore"].as_i64());
+    assert_eq!(d["ownedBy"], ACCOUNT);
+    // Attached things and policies hold the deletion back.
+    assert_eq!(aws.post("/things/gone-1", "", json!({})).await.0, 200);
+    let principal = arn("cert", &id);
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/things/gone-1/principals",
+            "",
+            &[("x-amzn-principal", &principal)],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = aws
+        .call("DELETE", &format!("/certificates/{id}"), "", &[], "")
+        .await;
+    assert_eq!((status, kind(&body)), (409, "DeleteConflictException"));
+    let (status, body) = aws.call("DELETE", "/things/gone-1", "", &[], "").await;
+    assert_eq!((status, kind(&body)), (400, "InvalidRequestException"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("still attached")
+    );
+    aws.call(
+        "DELETE",
+        "/things/gone-1/principals",
+        "",
+        &[("x-amzn-principal", &principal)],
+        "",
+    )
+    .await;
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/target-policies/open",
+            "",
+            &[],
+            &json!({ "target": principal }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = aws
+        .call("DELETE", &format!("/certificates/{id}"), "", &[], "")
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (409, "DeleteConflictException"),
+        "a policy"
+    );
+    let (status, _) = aws
+        .call(
+            "DELETE",
+            &format!("/certificates/{id}"),
+            "forceDelete=true",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(aws.get(&format!("/certificates/{id}"), "").await.0, 404);
+    assert_eq!(
+        aws.call("DELETE", "/things/gone-1", "", &[], "").await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn things_types_and_principals_in_aws_shapes() {
+    let t = gateway(&[], &[]).await;
+    let aws = client(&t, "AKIDADMIN");
+    let attrs = |a: Value| json!({ "attributePayload": { "attributes": a } });
+    let (status, made) = aws
+        .post("/things/lamp-1", "", attrs(json!({"site": "lab"})))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(made["thingArn"], arn("thing", "lamp-1"));
+    let (status, again) = aws
+        .post("/things/lamp-1", "", attrs(json!({"site": "lab"})))
+        .await;
+    assert_eq!(
+        (status, &again["thingId"]),
+        (200, &made["thingId"]),
+        "idempotent"
+    );
+    let (status, body) = aws
+        .post("/things/lamp-1", "", attrs(json!({"site": "hall"})))
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (409, "ResourceAlreadyExistsException")
+    );
+    let (status, body) = aws.post("/things/bad%2Fname", "", json!({})).await;
+    assert_eq!((status, kind(&body)), (400, "InvalidRequestException"));
+    let (status, body) = aws
+        .post(
+            "/things/t",
+            "",
+            attrs(json!({"a":"1","b":"2","c":"3","d":"4"})),
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (400, "InvalidRequestException"),
+        "3 attributes without a type"
+    );
+
+    let (status, body) = aws
+        .post("/things/lamp-2", "", json!({"thingTypeName": "lamp"}))
+        .await;
+    assert_eq!((status, kind(&body)), (404, "ResourceNotFoundException"));
+    let (status, _) = aws
+        .post(
+            "/thing-types/lamp",
+            "",
+            json!({"thingTypeProperties": {"thingTypeDescription": "a lamp"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(aws.post("/thing-types/lamp", "", json!({})).await.0, 409);
+    assert_eq!(
+        aws.post("/things/lamp-2", "", json!({"thingTypeName": "lamp"}))
+            .await
+            .0,
+        200
+    );
+    let (_, ty) = aws.get("/thing-types/lamp", "").await;
+    assert_eq!(ty["thingTypeProperties"]["thingTypeDescription"], "a lamp");
+    let (status, body) = aws.call("DELETE", "/thing-types/lamp", "", &[], "").await;
+    assert_eq!(
+        (status, kind(&body)),
+        (400, "InvalidRequestException"),
+        "not deprecated"
+    );
+    aws.post("/thing-types/lamp/deprecate", "", json!({})).await;
+    let (status, body) = aws
+        .post("/things/lamp-3", "", json!({"thingTypeName": "lamp"}))
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (400, "InvalidRequestException"),
+        "deprecated"
+    );
+    let (_, ty) = aws.get("/thing-types/lamp", "").await;
+    assert_eq!(ty["thingTypeMetadata"]["deprecated"], true);
+
+    // UpdateThing: merge removes "" values, expectedVersion guards.
+    let (_, d) = aws.get("/things/lamp-1", "").await;
+    assert_eq!(
+        (d["version"].as_u64(), &d["defaultClientId"]),
+        (Some(1), &json!("lamp-1"))
+    );
+    let patch = |body: Value| {
+        let aws = &aws;
+        async move {
+            aws.call("PATCH", "/things/lamp-1", "", &[], &body.to_string())
+                .await
+        }
+    };
+    let (status, body) =
+        patch(json!({"expectedVersion": 7, "attributePayload": {"attributes": {"x": "1"}}})).await;
+    assert_eq!((status, kind(&body)), (409, "VersionConflictException"));
+    let (status, _) = patch(json!({"expectedVersion": 1,
+        "attributePayload": {"attributes": {"site": "", "floor": "2"}, "merge": true}}))
+    .await;
+    assert_eq!(status, 200);
+    let (_, d) = aws.get("/things/lamp-1", "").await;
+    assert_eq!(d["attributes"], json!({"floor": "2"}));
+    assert_eq!(d["version"], 2);
+
+    // ListThings: attribute filters, and pages that cover everything once.
+    for i in 0..7 {
+        aws.post(
+            &format!("/things/bulk-{i}"),
+            "",
+            attrs(json!({"batch": format!("b{}", i % 2)})),
+        )
+        .await;
+    }
+    let (_, only) = aws
+        .get("/things", "attributeName=batch&attributeValue=b1")
+        .await;
+    assert_eq!(only["things"].as_array().map(Vec::len), Some(3));
+    let (_, prefixed) = aws
+        .get(
+            "/things",
+            "attributeName=batch&attributeValue=b&usePrefixAttributeValue=true",
+        )
+        .await;
+    assert_eq!(prefixed["things"].as_array().map(Vec::len), Some(7));
+    let mut seen = Vec::new();
+    let mut query = "maxResults=3".to_owned();
+    loop {
+        let (status, page) = aws.get("/things", &query).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["things"].as_array().expect("things");
+        assert!(items.len() <= 3);
+        seen.extend(
+            items
+                .iter()
+                .map(|t| t["thingName"].as_str().expect("name").to_owned()),
+        );
+        match page["nextToken"].as_str() {
+            Some(next) => query = format!("maxResults=3&nextToken={}", urlencode(next)),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), sorted.len()), (9, 9), "{seen:?}");
+    assert_eq!(aws.get("/things", "maxResults=0").await.0, 400);
+
+    // An exclusive attachment makes the thing the connection's whatever its client id.
+    let pem = t.device("lamp-1");
+    let id = register(&aws, &pem.cert).await;
+    let principal = arn("cert", &id);
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/things/lamp-1/principals",
+            "thingPrincipalType=EXCLUSIVE_THING",
+            &[("x-amzn-principal", &principal)],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = aws
+        .call(
+            "PUT",
+            "/things/lamp-2/principals",
+            "",
+            &[("x-amzn-principal", &principal)],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (400, "InvalidRequestException"),
+        "exclusive is the only one"
+    );
+    let (_, v2) = aws.get("/things/lamp-1/principals-v2", "").await;
+    assert_eq!(
+        v2["thingPrincipalObjects"],
+        json!([{"principal": principal, "thingPrincipalType": "EXCLUSIVE_THING"}])
+    );
+    let (_, v1) = aws
+        .call(
+            "GET",
+            "/principals/things",
+            "",
+            &[("x-amzn-principal", &principal)],
+            "",
+        )
+        .await;
+    assert_eq!(v1["things"], json!(["lamp-1"]));
+    let (status, body) = aws.get("/things/nope/principals", "").await;
+    assert_eq!((status, kind(&body)), (404, "ResourceNotFoundException"));
+    t.write_policy(
+        "own-thing",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:us-east-1:000000000000:client/*","Condition":{"StringEquals":{"iot:Connection.Thing.ThingName":"lamp-1"}}},
+           {"Effect":"Allow","Action":["iot:Publish","iot:Subscribe","iot:Receive"],"Resource":"*"}]}"#,
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while aws.get("/policies/own-thing", "").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy file never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/target-policies/own-thing",
+            "",
+            &[],
+            &json!({ "target": principal }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut raw = Raw::connect(t.addr(), t.tls_config(Some(&pem)))
+        .await
+        .expect("tls");
+    raw.send(&connect_bytes(4, "any-client-id", 30)).await;
+    assert_eq!(
+        raw.read_n(4).await,
+        vec![0x20, 0x02, 0x00, 0x00],
+        "thing resolved exclusively"
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_policy_made_through_the_api_governs_a_live_connection_within_a_second() {
+    let t = gateway(&[], &[]).await;
+    let aws = client(&t, "AKIDADMIN");
+    let allow = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["iot:Connect","iot:Publish","iot:Subscribe","iot:Receive"],"Resource":"*"}]}"#;
+    let deny_publish = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["iot:Connect","iot:Subscribe","iot:Receive"],"Resource":"*"}]}"#;
+    let (status, body) = aws
+        .post(
+            "/policies/api-made",
+            "",
+            json!({"policyDocument": "{\"Statement\": 7}"}),
+        )
+        .await;
+    assert_eq!((status, kind(&body)), (400, "MalformedPolicyException"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Statement"),
+        "{body}"
+    );
+    let (status, made) = aws
+        .post("/policies/api-made", "", json!({"policyDocument": allow}))
+        .await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(
+        (made["policyVersionId"].as_str(), made["policyArn"].as_str()),
+        (Some("1"), Some(arn("policy", "api-made").as_str()))
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.dir.path().join("policies/api-made.json")).expect("file"),
+        allow,
+        "policies/ stays the source of truth"
+    );
+    assert_eq!(
+        aws.post("/policies/api-made", "", json!({"policyDocument": allow}))
+            .await
+            .0,
+        409
+    );
+    let pem = t.device("api-dev");
+    let id = register(&aws, &pem.cert).await;
+    let target = arn("cert", &id);
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/target-policies/api-made",
+            "",
+            &[],
+            &json!({"target": target}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, attached) = aws
+        .post(
+            &format!("/attached-policies/{}", urlencode(&target)),
+            "",
+            json!({}),
+        )
+        .await;
+    assert_eq!(attached["policies"][0]["policyName"], "api-made");
+    let (_, targets) = aws.post("/policy-targets/api-made", "", json!({})).await;
+    assert_eq!(targets["targets"], json!([target]));
+    let (status, body) = aws.call("DELETE", "/policies/api-made", "", &[], "").await;
+    assert_eq!(
+        (status, kind(&body)),
+        (409, "DeleteConflictException"),
+        "attached"
+    );
+
+    let mut dev = V4::connect_as(&t, "api-dev", &pem).await;
+    dev.subscribe("api/#", rumqttc::QoS::AtLeastOnce).await;
+    dev.publish("api/1", rumqttc::QoS::AtLeastOnce, false, b"one")
+        .await;
+    assert_eq!(&dev.recv().await.payload[..], b"one");
+
+    // A second version, not the default, changes nothing.
+    let (status, v2) = aws
+        .post(
+            "/policies/api-made/version",
+            "",
+            json!({"policyDocument": deny_publish}),
+        )
+        .await;
+    assert_eq!(
+        (
+            status,
+            v2["policyVersionId"].as_str(),
+            v2["isDefaultVersion"].as_bool()
+        ),
+        (200, Some("2"), Some(false))
+    );
+    dev.publish("api/2", rumqttc::QoS::AtLeastOnce, false, b"two")
+        .await;
+    assert_eq!(&dev.recv().await.payload[..], b"two");
+    // Made the default, it applies to the live connection: publishing ends it.
+    let (status, _) = aws
+        .call("PATCH", "/policies/api-made/version/2", "", &[], "")
+        .await;
+    assert_eq!(status, 200);
+    let (_, got) = aws.get("/policies/api-made", "").await;
+    assert_eq!(got["defaultVersionId"], "2");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let closed = 'probe: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still allowed after a second"
+        );
+        dev.publish("api/3", rumqttc::QoS::AtLeastOnce, false, b"three")
+            .await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(until, dev.events.recv()).await {
+            if let Ev4::Error(e) = ev {
+                break 'probe e;
+            }
+        }
+    };
+    assert!(
+        !closed.is_empty(),
+        "a denied publish closes a 3.1.1 connection"
+    );
+    for id in 3..=5 {
+        assert_eq!(
+            aws.post(
+                "/policies/api-made/version",
+                "",
+                json!({"policyDocument": allow})
+            )
+            .await
+            .0,
+            200,
+            "version {id}"
+        );
+    }
+    let (status, body) = aws
+        .post(
+            "/policies/api-made/version",
+            "",
+            json!({"policyDocument": allow}),
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (409, "VersionsLimitExceededException")
+    );
+    let (_, versions) = aws.get("/policies/api-made/version", "").await;
+    assert_eq!(versions["policyVersions"].as_array().map(Vec::len), Some(5));
+    let (status, body) = aws
+        .call("DELETE", "/policies/api-made/version/2", "", &[], "")
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (409, "DeleteConflictException"),
+        "the default"
+    );
+    let (_, v1) = aws.get("/policies/api-made/version/1", "").await;
+    assert_eq!(
+        (
+            v1["policyDocument"].as_str(),
+            v1["isDefaultVersion"].as_bool()
+        ),
+        (Some(allow), Some(false))
+    );
+
+    // TestAuthorization and GetEffectivePolicies use the same evaluation.
+    let body = json!({
+        "principal": target,
+        "authInfos": [
+            {"actionType": "PUBLISH", "resources": [arn("topic", "api/x")]},
+            {"actionType": "SUBSCRIBE", "resources": [arn("topicfilter", "api/#")]},
+        ],
+    });
+    let (status, tested) = aws
+        .post("/test-authorization", "clientId=api-dev", body)
+        .await;
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(tested["authResults"][0]["authDecision"], "IMPLICIT_DENY");
+    assert_eq!(tested["authResults"][1]["authDecision"], "ALLOWED");
+    assert_eq!(
+        tested["authResults"][1]["allowed"]["policies"][0]["policyName"],
+        "api-made"
+    );
+    let (_, effective) = aws
+        .post("/effective-policies", "", json!({"principal": target}))
+        .await;
+    assert_eq!(
+        effective["effectivePolicies"][0]["policyDocument"],
+        deny_publish
+    );
+    let (_, endpoint) = aws.get("/endpoint", "endpointType=iot%3AData-ATS").await;
+    assert_eq!(
+        endpoint["endpointAddress"],
+        format!("localhost:{}", t.addr().port())
+    );
+}
+
+#[tokio::test]
+async fn a_ca_registered_through_the_api_admits_its_devices_without_a_restart() {
+    let t = gateway(&[], &[]).await;
+    let aws = client(&t, "AKIDADMIN");
+    let fleet = Ca::generate("fleet CA").expect("ca");
+    let device = fleet
+        .issue_device("fleet-1", KeyKind::EcdsaP256)
+        .expect("device");
+    let config = client_tls(
+        &std::fs::read_to_string(t.dir.path().join("certs/ca.pem")).expect("ca"),
+        Some(&device),
+    );
+    assert!(
+        connack_of(&t, config.clone(), "fleet-1").await.is_none(),
+        "an unknown CA fails the handshake"
+    );
+    let (_, code) = aws.get("/registrationcode", "").await;
+    let code = code["registrationCode"].as_str().expect("code").to_owned();
+    assert_eq!(code.len(), 64);
+    assert_eq!(
+        aws.get("/registrationcode", "").await.1["registrationCode"],
+        code.as_str(),
+        "stable"
+    );
+    let wrong = fleet
+        .issue_device("not-the-code", KeyKind::EcdsaP256)
+        .expect("v");
+    let (status, body) = aws
+        .post(
+            "/cacertificate",
+            "setAsActive=true",
+            json!({"caCertificate": fleet.pem.cert, "verificationCertificate": wrong.cert}),
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (400, "RegistrationCodeValidationException")
+    );
+    let stranger = Ca::generate("other")
+        .expect("ca")
+        .issue_device(&code, KeyKind::EcdsaP256)
+        .expect("v");
+    let (status, body) = aws
+        .post(
+            "/cacertificate",
+            "setAsActive=true",
+            json!({"caCertificate": fleet.pem.cert, "verificationCertificate": stranger.cert}),
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (400, "CertificateValidationException"),
+        "not signed by the CA"
+    );
+    let verification = fleet.issue_device(&code, KeyKind::EcdsaP256).expect("v");
+    let (status, made) = aws
+        .post(
+            "/cacertificate",
+            "setAsActive=true&allowAutoRegistration=true",
+            json!({"caCertificate": fleet.pem.cert, "verificationCertificate": verification.cert}),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let ca_id = made["certificateId"].as_str().expect("id").to_owned();
+    assert_eq!(
+        connack_of(&t, config.clone(), "fleet-1").await,
+        Some(0),
+        "admitted without a restart"
+    );
+    let (_, by_ca) = aws.get(&format!("/certificates-by-ca/{ca_id}"), "").await;
+    assert_eq!(
+        by_ca["certificates"].as_array().map(Vec::len),
+        Some(1),
+        "{by_ca}"
+    );
+    let (_, d) = aws.get(&format!("/cacertificate/{ca_id}"), "").await;
+    assert_eq!(
+        d["certificateDescription"]["autoRegistrationStatus"],
+        "ENABLE"
+    );
+    let (status, body) = aws
+        .call("DELETE", &format!("/cacertificate/{ca_id}"), "", &[], "")
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (406, "CertificateStateException"),
+        "still ACTIVE"
+    );
+    let (status, _) = aws
+        .call(
+            "PUT",
+            &format!("/cacertificate/{ca_id}"),
+            "newStatus=INACTIVE",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        connack_of(&t, config.clone(), "fleet-1").await.is_none(),
+        "no longer trusted"
+    );
+    assert_eq!(
+        aws.call("DELETE", &format!("/cacertificate/{ca_id}"), "", &[], "")
+            .await
+            .0,
+        200
+    );
+    let (_, list) = aws.get("/cacertificates", "").await;
+    assert_eq!(
+        list["certificates"].as_array().map(Vec::len),
+        Some(1),
+        "the configured CA stays"
+    );
+
+    // RegisterCertificate wants the issuer registered, and a real key.
+    let (status, body) = aws
+        .post(
+            "/certificate/register",
+            "",
+            json!({"certificatePem": device.cert}),
+        )
+        .await;
+    assert!(status == 400 || status == 409, "{body}");
+    let orphan = Ca::generate("orphan")
+        .expect("ca")
+        .issue_device("o", KeyKind::EcdsaP256)
+        .expect("o");
+    let (status, body) = aws
+        .post(
+            "/certificate/register",
+            "",
+            json!({"certificatePem": orphan.cert}),
+        )
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (400, "CertificateValidationException")
+    );
+    let (status, _) = aws
+        .post(
+            "/certificate/register-no-ca",
+            "",
+            json!({"certificatePem": orphan.cert}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = aws
+        .post(
+            "/certificate/register-no-ca",
+            "",
+            json!({"certificatePem": t.device("p").cert, "status": "PENDING_ACTIVATION"}),
+        )
+        .await;
+    assert_eq!((status, kind(&body)), (406, "CertificateStateException"));
+}
+
+/// The CONNACK return code a device gets, or `None` when the handshake fails.
+async fn connack_of(
+    t: &TestServer,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    id: &str,
+) -> Option<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Raw::connect(t.addr(), config).await.ok()?;
+    raw.send(&connect_bytes(4, id, 30)).await;
+    let mut got = [0u8; 4];
+    tokio::time::timeout(WAIT, raw.stream.read_exact(&mut got))
+        .await
+        .expect("an answer or a close in time")
+        .ok()?;
+    Some(got[3])
+}
+
+#[tokio::test]
+async fn certificates_issued_by_the_gateway_connect() {
+    let t = gateway(&[], &[]).await;
+    let aws = client(&t, "AKIDADMIN");
+    let (status, made) = aws
+        .post("/keys-and-certificate", "setAsActive=true", json!({}))
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let key = made["keyPair"]["PrivateKey"].as_str().expect("key");
+    assert!(
+        key.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "PKCS#1 as AWS gives it"
+    );
+    assert!(
+        made["keyPair"]["PublicKey"]
+            .as_str()
+            .expect("pub")
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    let id = made["certificateId"].as_str().expect("id").to_owned();
+    let (_, d) = aws.get(&format!("/certificates/{id}"), "").await;
+    assert_eq!(d["certificateDescription"]["status"], "ACTIVE");
+    assert_eq!(
+        d["certificateDescription"]["validity"]["notAfter"],
+        2_524_607_999_i64
+    );
+    aws.call(
+        "PUT",
+        "/target-policies/open",
+        "",
+        &[],
+        &json!({"target": arn("cert", &id)}).to_string(),
+    )
+    .await;
+    let pem = edgegate::transport::pki::Pem {
+        cert: made["certificatePem"].as_str().expect("pem").to_owned(),
+        key: key.to_owned(),
+    };
+    let mut dev = V4::connect_as(&t, "issued-1", &pem).await;
+    dev.subscribe("issued/#", rumqttc::QoS::AtLeastOnce).await;
+
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "csr-1");
+    let csr = params
+        .serialize_request(&key_pair)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let (status, made) = aws
+        .post(
+            "/certificates",
+            "",
+            json!({"certificateSigningRequest": csr}),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let (_, d) = aws
+        .get(
+            &format!(
+                "/certificates/{}",
+                made["certificateId"].as_str().expect("id")
+            ),
+            "",
+        )
+        .await;
+    assert_eq!(
+        d["certificateDescription"]["status"], "INACTIVE",
+        "without setAsActive"
+    );
+    let (status, body) = aws
+        .post(
+            "/certificates",
+            "",
+            json!({"certificateSigningRequest": "not a csr"}),
+        )
+        .await;
+    assert_eq!((status, kind(&body)), (400, "InvalidRequestException"));
+}
