@@ -11,6 +11,7 @@ RUN useradd --system --home /srv/edgegate edgegate \
 COPY --from=build /src/target/release/edgegate /usr/local/bin/edgegate
 COPY config.toml /srv/edgegate/config.toml
 COPY policies /srv/edgegate/policies
+COPY operator-policies /srv/edgegate/operator-policies
 WORKDIR /srv/edgegate
 USER edgegate
 EXPOSE 8883 8443

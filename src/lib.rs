@@ -11,7 +11,8 @@
 //! - [`store`]: the redb database and its group-commit writer.
 //! - [`spool`]: the durable at-least-once queue for rule actions and the bridge.
 //! - [`policy`]: AWS IoT policy documents, compilation and evaluation.
-//! - [`registry`]: principals: certificates and the identities read from them.
+//! - [`registry`]: principals: certificates, CAs, things and thing types,
+//!   and the identities read from certificates.
 //! - [`router`]: subscriptions, retained messages, fan-out into mailboxes.
 //! - [`rules`]: the rules engine: AWS IoT SQL (pure), actions, and the
 //!   engine that evaluates tapped messages and delivers spooled jobs.
@@ -22,7 +23,8 @@
 //!   answers the reserved topics and the REST calls.
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`transport`]: TLS configuration and certificate generation.
-//! - [`http`]: the admin listener.
+//! - [`http`]: the admin listener and socket, the AWS IoT control plane
+//!   with operators and audit, the `iot-data` API, the device endpoint.
 //! - [`server`]: binds everything, then serves; owns shutdown.
 //! - [`loadgen`]: the load tool (`edgegate bench`), a client of any broker;
 //!   it uses only [`codec`].

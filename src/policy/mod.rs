@@ -105,6 +105,9 @@ mod tests {
         let loaded = load_dir(&dir);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         assert!(loaded.documents.contains_key("device"));
+        let operators = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("operator-policies"));
+        assert!(operators.errors.is_empty(), "{:?}", operators.errors);
+        assert_eq!(operators.documents.len(), 2);
     }
 
     #[test]

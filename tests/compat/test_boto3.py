@@ -1,13 +1,16 @@
 """boto3's `iot` client against the gateway's control plane, with --endpoint-url style configuration."""
 import hashlib
+import json
+import os
 import queue
 import ssl
+import subprocess
 
 import botocore.exceptions
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ADMIN_SECRET, operator_client
+from conftest import ADMIN_KEY, ADMIN_SECRET, BIN, ROOT, operator_client
 
 WAIT = 10
 
@@ -56,6 +59,9 @@ def test_update_certificate_revokes_a_live_device(gateway):
 
 def test_things_and_errors_in_aws_shapes(gateway):
     client = iot(gateway)
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.create_thing(thingName="pump-7", thingTypeName="pump")
+    client.create_thing_type(thingTypeName="pump")
     client.create_thing(thingName="pump-7", thingTypeName="pump",
                         attributePayload={"attributes": {"floor": "2"}})
     things = {t["thingName"]: t for t in client.list_things()["things"]}
@@ -77,3 +83,182 @@ def test_the_trusted_ca_is_registered_with_auto_registration(gateway):
     described = client.describe_ca_certificate(certificateId=ca_id)["certificateDescription"]
     assert described["autoRegistrationStatus"] == "ENABLE"
     assert described["status"] == "ACTIVE"
+
+
+ALLOW_ALL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}'
+ALLOW_CONNECT = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}'
+
+
+def everything(client, operation, key, **kw):
+    """Every item of a listing, through boto3's own paginator, 2 per page."""
+    items = []
+    for page in client.get_paginator(operation).paginate(PaginationConfig={"PageSize": 2}, **kw):
+        items.extend(page[key])
+    return items
+
+
+def test_registry_operations(gateway):
+    client = iot(gateway)
+    client.create_thing_type(thingTypeName="sensor",
+                             thingTypeProperties={"thingTypeDescription": "a sensor",
+                                                  "searchableAttributes": ["site"]})
+    assert client.describe_thing_type(thingTypeName="sensor")["thingTypeProperties"]["thingTypeDescription"] == "a sensor"
+    assert [t["thingTypeName"] for t in client.list_thing_types()["thingTypes"]] == ["sensor"]
+    made = client.create_thing(thingName="s-1", thingTypeName="sensor",
+                               attributePayload={"attributes": {"site": "lab"}})
+    again = client.create_thing(thingName="s-1", thingTypeName="sensor",
+                                attributePayload={"attributes": {"site": "lab"}})
+    assert again["thingId"] == made["thingId"]
+    with pytest.raises(client.exceptions.ResourceAlreadyExistsException):
+        client.create_thing(thingName="s-1")
+    for i in range(2, 6):
+        client.create_thing(thingName=f"s-{i}", attributePayload={"attributes": {"site": "hall"}})
+    names = [t["thingName"] for t in everything(client, "list_things", "things")]
+    assert sorted(names) == ["device-1"] + [f"s-{i}" for i in range(1, 6)]
+    hall = client.list_things(attributeName="site", attributeValue="hall")["things"]
+    assert len(hall) == 4
+    client.update_thing(thingName="s-1", expectedVersion=1,
+                        attributePayload={"attributes": {"floor": "3"}, "merge": True})
+    thing = client.describe_thing(thingName="s-1")
+    assert thing["attributes"] == {"site": "lab", "floor": "3"} and thing["version"] == 2
+    with pytest.raises(client.exceptions.VersionConflictException):
+        client.update_thing(thingName="s-1", expectedVersion=1, removeThingType=True)
+    client.deprecate_thing_type(thingTypeName="sensor")
+    with pytest.raises(client.exceptions.InvalidRequestException):
+        client.create_thing(thingName="s-9", thingTypeName="sensor")
+    client.deprecate_thing_type(thingTypeName="sensor", undoDeprecate=True)
+
+    keys = client.create_keys_and_certificate(setAsActive=True)
+    assert keys["keyPair"]["PrivateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+    arn = keys["certificateArn"]
+    client.attach_thing_principal(thingName="s-1", principal=arn, thingPrincipalType="EXCLUSIVE_THING")
+    assert client.list_thing_principals(thingName="s-1")["principals"] == [arn]
+    assert client.list_thing_principals_v2(thingName="s-1")["thingPrincipalObjects"] == [
+        {"principal": arn, "thingPrincipalType": "EXCLUSIVE_THING"}]
+    assert client.list_principal_things(principal=arn)["things"] == ["s-1"]
+    assert client.list_principal_things_v2(principal=arn)["principalThingObjects"][0]["thingName"] == "s-1"
+    with pytest.raises(client.exceptions.InvalidRequestException):
+        client.delete_thing(thingName="s-1")
+    client.detach_thing_principal(thingName="s-1", principal=arn)
+    client.delete_thing(thingName="s-1")
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.describe_thing(thingName="s-1")
+
+    cert_id = keys["certificateId"]
+    described = client.describe_certificate(certificateId=cert_id)["certificateDescription"]
+    assert described["status"] == "ACTIVE" and described["validity"]["notAfter"].year == 2049
+    with pytest.raises(client.exceptions.CertificateStateException):
+        client.delete_certificate(certificateId=cert_id)
+    client.update_certificate(certificateId=cert_id, newStatus="REVOKED")
+    with pytest.raises(client.exceptions.CertificateStateException):
+        client.update_certificate(certificateId=cert_id, newStatus="ACTIVE")
+    ca_id = certificate_id(gateway.ca)
+    by_ca = [c["certificateId"] for c in everything(client, "list_certificates_by_ca", "certificates",
+                                                      caCertificateId=ca_id)]
+    assert cert_id in by_ca
+    client.delete_certificate(certificateId=cert_id)
+    assert cert_id not in [c["certificateId"] for c in everything(client, "list_certificates", "certificates")]
+
+    code = client.get_registration_code()["registrationCode"]
+    assert len(code) == 64 and code == client.get_registration_code()["registrationCode"]
+    endpoint = client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+    assert endpoint == f"localhost:{gateway.port}"
+
+
+def test_policy_operations(gateway):
+    client = iot(gateway)
+    with pytest.raises(client.exceptions.MalformedPolicyException):
+        client.create_policy(policyName="p1", policyDocument='{"Statement": [{"Effect": "Perhaps"}]}')
+    made = client.create_policy(policyName="p1", policyDocument=ALLOW_CONNECT)
+    assert made["policyVersionId"] == "1"
+    assert (gateway.dir / "policies" / "p1.json").read_text() == ALLOW_CONNECT
+    v2 = client.create_policy_version(policyName="p1", policyDocument=ALLOW_ALL, setAsDefault=True)
+    assert v2["policyVersionId"] == "2" and v2["isDefaultVersion"]
+    assert client.get_policy(policyName="p1")["defaultVersionId"] == "2"
+    assert (gateway.dir / "policies" / "p1.json").read_text() == ALLOW_ALL
+    assert client.get_policy_version(policyName="p1", policyVersionId="1")["policyDocument"] == ALLOW_CONNECT
+    client.set_default_policy_version(policyName="p1", policyVersionId="1")
+    versions = client.list_policy_versions(policyName="p1")["policyVersions"]
+    assert {v["versionId"]: v["isDefaultVersion"] for v in versions} == {"1": True, "2": False}
+    for _ in range(3):
+        client.create_policy_version(policyName="p1", policyDocument=ALLOW_ALL)
+    with pytest.raises(client.exceptions.VersionsLimitExceededException):
+        client.create_policy_version(policyName="p1", policyDocument=ALLOW_ALL)
+    names = [p["policyName"] for p in everything(client, "list_policies", "policies")]
+    assert "p1" in names and "open" in names
+
+    cert_id = certificate_id(gateway.device("pol-dev")[0])
+    arn = client.register_certificate(certificatePem=open(gateway.device("pol-dev")[0]).read(),
+                                      setAsActive=True)["certificateArn"]
+    assert arn.endswith(cert_id)
+    client.attach_policy(policyName="p1", target=arn)
+    assert [p["policyName"] for p in client.list_attached_policies(target=arn)["policies"]] == ["p1"]
+    assert client.list_targets_for_policy(policyName="p1")["targets"] == [arn]
+    assert client.get_effective_policies(principal=arn)["effectivePolicies"][0]["policyName"] == "p1"
+    tested = client.test_authorization(principal=arn, clientId="pol-dev", authInfos=[
+        {"actionType": "CONNECT", "resources": ["arn:aws:iot:us-east-1:000000000000:client/pol-dev"]},
+        {"actionType": "PUBLISH", "resources": ["arn:aws:iot:us-east-1:000000000000:topic/a"]},
+    ])["authResults"]
+    assert [r["authDecision"] for r in tested] == ["ALLOWED", "IMPLICIT_DENY"]
+    with pytest.raises(client.exceptions.DeleteConflictException):
+        client.delete_policy(policyName="p1")
+    client.detach_policy(policyName="p1", target=arn)
+    for v in ("2", "3", "4", "5"):
+        client.delete_policy_version(policyName="p1", policyVersionId=v)
+    client.delete_policy(policyName="p1")
+    assert not (gateway.dir / "policies" / "p1.json").exists()
+
+
+def test_the_aws_cli_issues_attaches_and_revokes(gateway):
+    aws = str(ROOT / "tests/compat/.venv/bin/aws")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ADMIN_KEY, "AWS_SECRET_ACCESS_KEY": ADMIN_SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def cli(*args):
+        done = subprocess.run([aws, "iot", *args, "--endpoint-url", f"http://{gateway.admin}", "--output", "json"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout) if done.stdout.strip() else {}
+
+    made = cli("create-keys-and-certificate", "--set-as-active")
+    cli("attach-policy", "--policy-name", "open", "--target", made["certificateArn"])
+    cert = gateway.dir / "cli.pem"
+    key = gateway.dir / "cli.key"
+    cert.write_text(made["certificatePem"])
+    key.write_text(made["keyPair"]["PrivateKey"])
+    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cli-dev", protocol=mqtt.MQTTv5)
+    device.tls_set(ca_certs=gateway.ca, certfile=str(cert), keyfile=str(key))
+    events = queue.Queue()
+    device.on_connect = lambda _c, _u, _f, rc, _p=None: events.put(("connect", rc))
+    device.on_disconnect = lambda _c, _u, _f, rc, _p=None: events.put(("disconnect", rc))
+    device.connect("localhost", gateway.port, keepalive=30)
+    device.loop_start()
+    kind, rc = events.get(timeout=WAIT)
+    assert kind == "connect" and not rc.is_failure, rc
+    cli("update-certificate", "--certificate-id", made["certificateId"], "--new-status", "REVOKED")
+    kind, rc = events.get(timeout=WAIT)
+    assert kind == "disconnect"
+    device.loop_stop()
+    listed = {c["certificateId"]: c["status"] for c in cli("list-certificates")["certificates"]}
+    assert listed[made["certificateId"]] == "REVOKED"
+
+
+def test_the_edgegate_cli_uses_the_admin_socket_on_a_default_configuration(default_gateway):
+    gateway = default_gateway
+
+    def edgegate(*args):
+        return subprocess.run([str(BIN), *args, "--config", str(gateway.dir / "config.toml")],
+                              capture_output=True, text=True, timeout=60)
+
+    listed = edgegate("cert", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "cn=device-1\tthings=device-1" in listed.stdout
+    device_id = certificate_id(gateway.certs / "device-1.pem")
+    done = edgegate("cert", "revoke", str(gateway.certs / "device-1.pem"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"revoked certificate {device_id}"
+    done = edgegate("cert", "activate", device_id)
+    assert done.returncode == 1 and "CertificateStateException" in done.stderr
+    audit = (gateway.dir / "data" / "audit.jsonl").read_text().splitlines()
+    assert any('"UpdateCertificate"' in l and '"principal":"local"' in l and '"status":200' in l
+               for l in audit)
