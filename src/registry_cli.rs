@@ -59,7 +59,10 @@ impl Client {
                         mqtt_port: None,
                     },
                     data: None,
-                    operators: Operators::from_config(config),
+                    operators: Operators::none(ArnHead::new(
+                        &config.aws.region,
+                        &config.aws.account_id,
+                    )),
                     audit: None,
                     metrics,
                     enforce: None,

@@ -243,6 +243,9 @@ async fn the_seed_talks_operator_policies_work_as_written() {
         .await;
     assert_eq!((status, kind(&body)), (403, "InvalidSignatureException"));
 
+    let refused = audit_line(&t, |l| l.contains("\"unauthenticated\"")).await;
+    assert!(refused.contains("\"principal\":\"AKIDCERTS\""), "{refused}");
+    assert!(refused.contains("\"status\":403"), "{refused}");
     let denied = audit_line(&t, |l| {
         l.contains("\"AKIDOFFSITE\"") && l.contains("\"UpdateCertificate\"")
     })

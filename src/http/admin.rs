@@ -166,7 +166,16 @@ async fn signed(
             } else {
                 "InvalidSignatureException"
             };
-            return AwsError::new(StatusCode::FORBIDDEN, kind, message).into_response();
+            let response = AwsError::new(StatusCode::FORBIDDEN, kind, message).into_response();
+            control.audit(
+                signed.access_key().unwrap_or("-"),
+                Some(peer.ip()),
+                format!("{} {}", request.method, request.path),
+                Vec::new(),
+                "unauthenticated",
+                &response,
+            );
+            return response;
         }
     };
     let ip = match peer.ip() {

@@ -99,6 +99,15 @@ impl Operators {
         }
     }
 
+    /// No operator at all: the in-process CLI, whose only caller is local.
+    pub fn none(head: ArnHead) -> Self {
+        Self {
+            users: Vec::new(),
+            policies: Arc::new(PolicyStore::new(Default::default())),
+            head,
+        }
+    }
+
     /// Whether any key can sign.
     pub fn any(&self) -> bool {
         !self.users.is_empty()

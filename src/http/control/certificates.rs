@@ -3,7 +3,7 @@
 //! the CAs whose devices the gateway trusts.
 
 use super::things::with_next;
-use super::{Call, Control, done, paginate, secs};
+use super::{Call, Control, by_creation, done, paginate, secs};
 use crate::http::aws::{AwsError, ok};
 use crate::registry::{CaCertificate, CertStatus, Certificate, ClientIdentity};
 use crate::transport::pki::Ca;
@@ -53,16 +53,6 @@ fn check_key(cert: &X509Certificate<'_>) -> Result<(), AwsError> {
     } else {
         Err(validation("The key in the certificate is not valid"))
     }
-}
-
-/// The sort key of a listing in creation order, newest first unless `ascending`.
-fn by_creation(created_ms: u64, id: &str, ascending: bool) -> String {
-    let order = if ascending {
-        created_ms
-    } else {
-        u64::MAX - created_ms
-    };
-    format!("{order:020}{id}")
 }
 
 /// The gateway's CA, which issues certificates.

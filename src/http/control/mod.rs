@@ -510,6 +510,24 @@ impl From<VersionError> for AwsError {
     }
 }
 
+/// The resource a routed operation acts on: its kind and first label.
+fn resource<'a>(kind: &'a str, labels: &'a [String]) -> Option<(&'a str, &'a str)> {
+    match labels.first() {
+        Some(name) if !kind.is_empty() => Some((kind, name)),
+        _ => None,
+    }
+}
+
+/// The sort key of a listing in creation order, newest first unless `ascending`.
+fn by_creation(created_ms: u64, id: &str, ascending: bool) -> String {
+    let order = if ascending {
+        created_ms
+    } else {
+        u64::MAX - created_ms
+    };
+    format!("{order:020}{id}")
+}
+
 /// AWS's answer to a call the operator's policies do not allow.
 fn access_denied(who: &str, op: Op, resource: &str) -> AwsError {
     AwsError::new(
@@ -550,10 +568,9 @@ impl Control {
         let (operation, resources) = match &routed {
             Some((op, kind, labels)) => (
                 op.name().to_owned(),
-                match (kind.is_empty(), labels.first()) {
-                    (false, Some(name)) => vec![self.arn(kind, name)],
-                    _ => Vec::new(),
-                },
+                resource(kind, labels)
+                    .map(|(kind, name)| vec![self.arn(kind, name)])
+                    .unwrap_or_default(),
             ),
             None => (format!("{} {}", request.method, request.path), Vec::new()),
         };
@@ -581,27 +598,47 @@ impl Control {
                 e.into_response()
             }
         };
-        let status = response.status();
-        if let Some(audit) = &self.audit {
-            audit.record(Entry {
-                time: now_rfc3339(),
-                principal: caller.name(),
-                source: caller.source().map(|ip| ip.to_string()),
-                operation,
-                resources,
-                decision,
-                status: status.as_u16(),
-                error: response
-                    .headers()
-                    .get("x-amzn-ErrorType")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-            });
-        }
+        self.audit(
+            &caller.name(),
+            caller.source(),
+            operation,
+            resources,
+            decision,
+            &response,
+        );
         if let Ok(id) = HeaderValue::from_str(&crate::registry::identity::uuid_v4()) {
             response.headers_mut().insert("x-amzn-RequestId", id);
         }
         response
+    }
+
+    /// Writes the audit line of a call that got `response`.
+    pub fn audit(
+        &self,
+        principal: &str,
+        source: Option<IpAddr>,
+        operation: String,
+        resources: Vec<String>,
+        decision: &'static str,
+        response: &Response,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        audit.record(Entry {
+            time: now_rfc3339(),
+            principal: principal.to_owned(),
+            source: source.map(|ip| ip.to_string()),
+            operation,
+            resources,
+            decision,
+            status: response.status().as_u16(),
+            error: response
+                .headers()
+                .get("x-amzn-ErrorType")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        });
     }
 
     /// Authorizes a routed operation, then runs it.
@@ -614,16 +651,10 @@ impl Control {
         request: &Request,
     ) -> (&'static str, Result<Response, AwsError>) {
         if let Caller::Operator(operator, source) = caller {
-            let name = labels.first().map_or("*", String::as_str);
-            let (prefix, name) = if kind.is_empty() {
-                ("", "*")
-            } else {
-                (kind, name)
-            };
-            let prefix = if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
+            // Operations without a resource of their own are allowed on `*` only.
+            let (prefix, name) = match resource(kind, &labels) {
+                Some((kind, name)) => (format!("{kind}/"), name),
+                None => (String::new(), "*"),
             };
             let action = format!("iot:{}", op.name().to_ascii_lowercase());
             if !self
@@ -631,12 +662,9 @@ impl Control {
                 .decide(operator, source, &action, &prefix, name)
                 .is_allowed()
             {
-                let resource = if kind.is_empty() {
-                    "*".to_owned()
-                } else {
-                    self.arn(kind, name)
-                };
-                return ("deny", Err(access_denied(&caller.name(), op, &resource)));
+                let arn =
+                    resource(kind, &labels).map_or_else(|| "*".to_owned(), |(k, n)| self.arn(k, n));
+                return ("deny", Err(access_denied(&caller.name(), op, &arn)));
             }
         }
         let call = Call {

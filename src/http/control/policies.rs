@@ -4,7 +4,7 @@
 //! the broker's evaluator and the broker's context).
 
 use super::things::with_next;
-use super::{Call, Control, done, paginate, secs};
+use super::{Call, Control, by_creation, done, paginate, secs};
 use crate::http::aws::{AwsError, ok};
 use crate::policy::compile::{self, Context};
 use crate::policy::document::Document;
@@ -74,17 +74,16 @@ fn policy_ref(c: &Control, name: &str) -> Value {
     json!({"policyName": name, "policyArn": c.arn("policy", name)})
 }
 
+/// Policies in creation order, newest first unless `isAscendingOrder`.
 pub(super) fn list(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
-    let mut names: Vec<String> = c.policies.list().into_iter().map(|(n, _)| n).collect();
-    if !call.flag("isAscendingOrder")? {
-        // Descending by name; the page key is then the reversed order's.
-        names.reverse();
-    }
-    let keyed: Vec<(String, String)> = names
+    let ascending = call.flag("isAscendingOrder")?;
+    let mut keyed: Vec<(String, String)> = c
+        .policies
+        .list()
         .into_iter()
-        .enumerate()
-        .map(|(i, n)| (format!("{i:06}"), n))
+        .map(|(name, p)| (by_creation(p.created_ms, &name, ascending), name))
         .collect();
+    keyed.sort();
     let page = paginate(
         keyed,
         |(k, _)| k,

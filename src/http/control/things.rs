@@ -283,58 +283,20 @@ fn principal_type(exclusive: bool) -> &'static str {
     }
 }
 
-/// Keeps the pairs whose type the `thingPrincipalType` filter (V2) names.
-fn of_type(call: &Call<'_>, pairs: Vec<(String, bool)>) -> Vec<(String, bool)> {
-    let want = call.query("thingPrincipalType");
-    pairs
-        .into_iter()
-        .filter(|(_, ex)| want.as_deref().is_none_or(|w| w == principal_type(*ex)))
-        .collect()
-}
-
-pub(super) fn list_principals(
-    c: &Control,
+/// A page of (name, exclusive) pairs: V1 lists the names under `v1`, V2
+/// (filtered by `thingPrincipalType`) objects of `member` and the type under `v2`.
+fn attachments(
     call: &Call<'_>,
-    v2: bool,
+    mut pairs: Vec<(String, bool)>,
+    v2: Option<(&str, &str)>,
+    v1: &str,
 ) -> Result<Response, AwsError> {
-    let pairs: Vec<(String, bool)> = c
-        .registry
-        .thing_principals(call.label(0))?
-        .into_iter()
-        .map(|(id, ex)| (c.arn("cert", &id), ex))
-        .collect();
-    let pairs = if v2 { of_type(call, pairs) } else { pairs };
-    let page = paginate(
-        pairs,
-        |(arn, _)| arn,
-        call.query("nextToken"),
-        call.query("maxResults"),
-        250,
-    )?;
-    let body = if v2 {
-        let items: Vec<Value> = page
-            .items
-            .iter()
-            .map(|(arn, ex)| json!({"principal": arn, "thingPrincipalType": principal_type(*ex)}))
-            .collect();
-        json!({ "thingPrincipalObjects": items })
-    } else {
-        let items: Vec<&String> = page.items.iter().map(|(arn, _)| arn).collect();
-        json!({ "principals": items })
-    };
-    Ok(ok(with_next(body, "nextToken", page.next)))
-}
-
-pub(super) fn list_principal_things(
-    c: &Control,
-    call: &Call<'_>,
-    v2: bool,
-) -> Result<Response, AwsError> {
-    let id = principal(c, call)?;
-    let pairs = c.registry.principal_things(&id)?;
-    let pairs = if v2 { of_type(call, pairs) } else { pairs };
-    let mut pairs = pairs;
     pairs.sort();
+    if v2.is_some()
+        && let Some(want) = call.query("thingPrincipalType")
+    {
+        pairs.retain(|(_, ex)| principal_type(*ex) == want);
+    }
     let page = paginate(
         pairs,
         |(name, _)| name,
@@ -342,16 +304,44 @@ pub(super) fn list_principal_things(
         call.query("maxResults"),
         250,
     )?;
-    let body = if v2 {
-        let items: Vec<Value> = page
-            .items
-            .iter()
-            .map(|(t, ex)| json!({"thingName": t, "thingPrincipalType": principal_type(*ex)}))
-            .collect();
-        json!({ "principalThingObjects": items })
-    } else {
-        let items: Vec<&String> = page.items.iter().map(|(t, _)| t).collect();
-        json!({ "things": items })
+    let body = match v2 {
+        Some((list, member)) => {
+            let items: Vec<Value> = page
+                .items
+                .iter()
+                .map(|(name, ex)| json!({member: name, "thingPrincipalType": principal_type(*ex)}))
+                .collect();
+            json!({ list: items })
+        }
+        None => {
+            let items: Vec<&String> = page.items.iter().map(|(name, _)| name).collect();
+            json!({ v1: items })
+        }
     };
     Ok(ok(with_next(body, "nextToken", page.next)))
+}
+
+pub(super) fn list_principals(
+    c: &Control,
+    call: &Call<'_>,
+    v2: bool,
+) -> Result<Response, AwsError> {
+    let pairs = c
+        .registry
+        .thing_principals(call.label(0))?
+        .into_iter()
+        .map(|(id, ex)| (c.arn("cert", &id), ex))
+        .collect();
+    let v2 = v2.then_some(("thingPrincipalObjects", "principal"));
+    attachments(call, pairs, v2, "principals")
+}
+
+pub(super) fn list_principal_things(
+    c: &Control,
+    call: &Call<'_>,
+    v2: bool,
+) -> Result<Response, AwsError> {
+    let pairs = c.registry.principal_things(&principal(c, call)?)?;
+    let v2 = v2.then_some(("principalThingObjects", "thingName"));
+    attachments(call, pairs, v2, "things")
 }
