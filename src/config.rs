@@ -9,8 +9,8 @@
 //! plaintext MQTT or the admin API on a non-loopback address unless the
 //! matching `allow_*` switch says so explicitly.
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -870,7 +870,7 @@ impl Default for Actions {
 }
 
 /// `[[rules]]`: one topic rule, shaped like AWS IoT's `TopicRulePayload`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// `[a-zA-Z0-9_]{1,128}`; names the rule's metrics and spools.
@@ -902,7 +902,7 @@ fn enabled() -> bool {
 }
 
 /// One action: a table with exactly one key, as in AWS's rule actions.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RuleAction {
     /// Publish the output to a topic of this gateway.
@@ -916,7 +916,7 @@ pub enum RuleAction {
 }
 
 /// `upstream = { topic, qos }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamAction {
     /// Upstream topic template.
@@ -927,7 +927,7 @@ pub struct UpstreamAction {
 }
 
 /// `republish = { topic, qos, retain, headers }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepublishAction {
     /// Topic template; a leading `$$` publishes to a reserved `$` topic.
@@ -946,7 +946,7 @@ pub struct RepublishAction {
 }
 
 /// MQTT 5 properties of a republished message (AWS's `MqttHeaders`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttHeaders {
     /// Content Type.
@@ -965,7 +965,7 @@ pub struct MqttHeaders {
 }
 
 /// A key and a value template.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyValue {
     /// Key (not a template).
@@ -975,7 +975,7 @@ pub struct KeyValue {
 }
 
 /// `http = { url, headers, timeout_ms }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpAction {
     /// URL template; `https://`, or `http://` to a loopback host.
@@ -993,7 +993,7 @@ fn http_timeout_ms() -> u64 {
 }
 
 /// `file = { path }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAction {
     /// Path template relative to `actions.file_root`; it may not leave it.

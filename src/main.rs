@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Manage topic rules made through the control plane.
+    Rule {
+        #[command(subcommand)]
+        command: RuleCommand,
+    },
     /// Drive an MQTT broker on 127.0.0.1 with load; prints one JSON line.
     Bench(BenchArgs),
 }
@@ -187,6 +192,45 @@ enum ThingCommand {
     },
     /// List things.
     List(ConfigArg),
+}
+
+#[derive(Subcommand)]
+enum RuleCommand {
+    /// List every rule: name, where it comes from, state, topic filter.
+    List(ConfigArg),
+    /// Print a rule as AWS's TopicRulePayload.
+    Show(RuleName),
+    /// Create a rule from a TopicRulePayload JSON file (as `aws iot create-topic-rule`).
+    Create(RulePayload),
+    /// Replace a rule made through the control plane.
+    Replace(RulePayload),
+    /// Enable a rule.
+    Enable(RuleName),
+    /// Disable a rule.
+    Disable(RuleName),
+    /// Delete a rule made through the control plane.
+    Delete(RuleName),
+}
+
+/// A rule by name.
+#[derive(clap::Args)]
+struct RuleName {
+    /// Rule name.
+    name: String,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+/// A rule and its payload.
+#[derive(clap::Args)]
+struct RulePayload {
+    /// Rule name.
+    name: String,
+    /// TopicRulePayload JSON file: sql, actions, errorAction, ruleDisabled, ...
+    #[arg(long)]
+    payload: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Subcommand)]
@@ -335,6 +379,7 @@ fn main() -> ExitCode {
         Command::Cert { command } => cert(command),
         Command::Policy { command } => return policy(command),
         Command::Thing { command } => thing(command),
+        Command::Rule { command } => rule(command),
         Command::Bench(args) => bench(args),
     };
     match result {
@@ -961,6 +1006,65 @@ fn thing(command: ThingCommand) -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+fn rule(command: RuleCommand) -> anyhow::Result<()> {
+    let path = |name: &str| format!("/rules/{}", segment(name));
+    let simple = |r: RuleName, method: &str, suffix: &str, done: &str| {
+        let target = format!("{}{suffix}", path(&r.name));
+        control(r.config, |c| {
+            c.call(method, &target, "", &[], None)?;
+            println!("{done} rule {}", r.name);
+            Ok(())
+        })
+    };
+    match command {
+        RuleCommand::List(config) => control(config, |c| {
+            for r in c.all("/rules", "rules", ("nextToken", "nextToken"))? {
+                let state = if r["ruleDisabled"].as_bool() == Some(true) {
+                    "disabled"
+                } else {
+                    "enabled"
+                };
+                println!(
+                    "{}\t{}\t{state}\t{}",
+                    r["ruleName"].as_str().unwrap_or_default(),
+                    r["source"].as_str().unwrap_or_default(),
+                    r["topicPattern"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }),
+        RuleCommand::Show(r) => control(r.config, |c| {
+            let got = c.call("GET", &path(&r.name), "", &[], None)?;
+            println!("{}", serde_json::to_string_pretty(&got["rule"])?);
+            Ok(())
+        }),
+        RuleCommand::Create(r) => put_rule(r, "POST", "created"),
+        RuleCommand::Replace(r) => put_rule(r, "PATCH", "replaced"),
+        RuleCommand::Enable(r) => simple(r, "POST", "/enable", "enabled"),
+        RuleCommand::Disable(r) => simple(r, "POST", "/disable", "disabled"),
+        RuleCommand::Delete(r) => simple(r, "DELETE", "", "deleted"),
+    }
+}
+
+/// CreateTopicRule or ReplaceTopicRule with the payload in a file.
+fn put_rule(r: RulePayload, method: &str, done: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&r.payload)
+        .with_context(|| format!("reading {}", r.payload.display()))?;
+    let payload: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", r.payload.display()))?;
+    control(r.config, |c| {
+        c.call(
+            method,
+            &format!("/rules/{}", segment(&r.name)),
+            "",
+            &[],
+            Some(payload),
+        )?;
+        println!("{done} rule {}", r.name);
+        Ok(())
+    })
 }
 
 /// Attaches or detaches a policy.

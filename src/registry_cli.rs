@@ -49,8 +49,11 @@ impl Client {
                 let auto = config.auth.registration != edgegate::config::Registration::Registry;
                 let versions =
                     Versions::new(&config.policies.dir, store.clone(), &snapshot.registry);
+                let rules =
+                    edgegate::rules::book::Book::new(config, store.clone(), &snapshot.registry);
                 let registry = Registry::new(store.clone(), snapshot.registry, cas, auto);
                 let control = Control {
+                    rules: Arc::new(rules),
                     registry: Arc::new(registry),
                     policies: Arc::new(versions),
                     head: ArnHead::new(&config.aws.region, &config.aws.account_id),

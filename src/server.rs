@@ -22,7 +22,6 @@ use crate::store::{Store, StoreError};
 use crate::transport::pki::{self, FirstRun, PkiError};
 use crate::transport::stream;
 use crate::transport::tls::{self, Acceptor, TlsError};
-use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -136,6 +135,11 @@ impl Server {
         let policies = Arc::new(PolicyStore::new(loaded.documents));
         let versions = Arc::new(Versions::new(
             &config.policies.dir,
+            store.clone(),
+            &snapshot.registry,
+        ));
+        let book = Arc::new(crate::rules::book::Book::new(
+            &config,
             store.clone(),
             &snapshot.registry,
         ));
@@ -255,6 +259,7 @@ impl Server {
         });
         let engine = Engine::start(
             &config,
+            &book.in_force(),
             Gateway {
                 router: router.clone(),
                 store: store.clone(),
@@ -292,20 +297,16 @@ impl Server {
             )?),
             _ => None,
         };
+        book.attach(engine.clone());
         if let Some(file) = &config.source {
-            let (engine, metrics, file, current) = (
-                engine.clone(),
-                metrics.clone(),
-                file.clone(),
-                Mutex::new(config.rules.clone()),
-            );
+            let (book, metrics, file) = (book.clone(), metrics.clone(), file.clone());
             let dir = file
                 .parent()
                 .unwrap_or(std::path::Path::new("."))
                 .to_owned();
             let name = file.file_name().map(std::ffi::OsStr::to_owned);
             watch_dir(&dir, name, &mut watches, move || {
-                reload_rules(&engine, &metrics, &file, &mut current.lock());
+                reload_rules(&book, &metrics, &file);
             });
         }
         let data = crate::http::data::DataPlane {
@@ -410,6 +411,7 @@ impl Server {
             None => None,
         };
         let control = Arc::new(crate::http::control::Control {
+            rules: book,
             registry: registry.clone(),
             policies: versions,
             head: ArnHead::new(&config.aws.region, &config.aws.account_id),
@@ -609,12 +611,7 @@ fn reload_policies(
 /// they changed and compile; otherwise the running rules stay and every
 /// problem is logged with file, rule and position. Other sections need a
 /// restart.
-fn reload_rules(
-    engine: &Arc<Engine>,
-    metrics: &Metrics,
-    file: &std::path::Path,
-    current: &mut Vec<crate::config::Rule>,
-) {
+fn reload_rules(book: &crate::rules::book::Book, metrics: &Metrics, file: &std::path::Path) {
     let config = match Config::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -623,15 +620,12 @@ fn reload_rules(
             return;
         }
     };
-    if config.rules == *current {
+    if config.rules == book.config_rules() {
         return;
     }
-    match engine.compile(&config.rules) {
-        Ok(set) => {
-            engine.install(set);
-            tracing::info!(file = %file.display(), rules = config.rules.len(), "rules reloaded");
-            *current = config.rules;
-        }
+    let count = config.rules.len();
+    match book.set_config(config.rules) {
+        Ok(()) => tracing::info!(file = %file.display(), rules = count, "rules reloaded"),
         Err(problems) => {
             metrics.reload_failures.increment(1);
             for p in problems {

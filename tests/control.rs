@@ -15,9 +15,19 @@ fn arn(kind: &str, name: &str) -> String {
     format!("arn:aws:iot:us-east-1:{ACCOUNT}:{kind}/{name}")
 }
 
-/// A gateway with one operator of full access (`AKIDADMIN`) and the users
-/// `extra` adds, each with its secret in a file beside the configuration.
+/// A gateway with one operator of full access (`AKIDADMIN`) and `users`
+/// (each with its secret in a file beside the configuration) under the
+/// operator `policies`.
 async fn gateway(users: &[(&str, &[&str])], policies: &[(&str, String)]) -> TestServer {
+    gateway_with(users, policies, "").await
+}
+
+/// [`gateway`] with more configuration after the `[admin]` section.
+async fn gateway_with(
+    users: &[(&str, &[&str])],
+    policies: &[(&str, String)],
+    extra: &str,
+) -> TestServer {
     let mut section =
         String::from("[admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n");
     let mut all: Vec<(&str, &[&str])> = vec![("AKIDADMIN", &["Everything"])];
@@ -29,6 +39,7 @@ async fn gateway(users: &[(&str, &[&str])], policies: &[(&str, String)]) -> Test
             list.join(", ")
         ));
     }
+    section.push_str(extra);
     let mut t = TestServer::prepare(&section);
     let dir = t.dir.path().join("operator-policies");
     std::fs::create_dir_all(&dir).expect("dir");
@@ -1083,4 +1094,146 @@ async fn certificates_issued_by_the_gateway_connect() {
         )
         .await;
     assert_eq!((status, kind(&body)), (400, "InvalidRequestException"));
+}
+
+#[tokio::test]
+async fn topic_rules_made_through_the_api_fire_persist_and_leave_config_rules_alone() {
+    let mut t = gateway_with(
+        &[],
+        &[],
+        "[[rules]]\nname = \"from_config\"\nsql = \"SELECT * FROM 'cfg/in'\"\nactions = [{ republish = { topic = \"cfg/out\" } }]\n",
+    )
+    .await;
+    let aws = client(&t, "AKIDADMIN");
+    let payload = json!({
+        "sql": "SELECT temp, topic(2) AS device FROM 'sensors/+' WHERE temp > 50",
+        "description": "hot sensors",
+        "actions": [{"republish": {"topic": "alerts/${topic(2)}", "qos": 1,
+                                    "roleArn": "arn:aws:iam::000000000000:role/unused"}}],
+    });
+    let (status, body) = aws.post("/rules/hot", "", payload.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = aws.post("/rules/hot", "", payload.clone()).await;
+    assert_eq!(
+        (status, kind(&body)),
+        (409, "ResourceAlreadyExistsException")
+    );
+    let (status, body) = aws
+        .post(
+            "/rules/broken",
+            "",
+            json!({"sql": "SELECT FROM WHERE", "actions": []}),
+        )
+        .await;
+    assert_eq!((status, kind(&body)), (400, "SqlParseException"), "{body}");
+    let (status, body) = aws
+        .post(
+            "/rules/lambda",
+            "",
+            json!({"sql": "SELECT * FROM 'a'", "actions": [{"lambda": {"functionArn": "f"}}]}),
+        )
+        .await;
+    assert_eq!((status, kind(&body)), (400, "InvalidRequestException"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lambda"),
+        "{body}"
+    );
+    for (method, path) in [
+        ("PATCH", "/rules/from_config"),
+        ("DELETE", "/rules/from_config"),
+        ("POST", "/rules/from_config/disable"),
+    ] {
+        let (status, body) = aws.call(method, path, "", &[], &payload.to_string()).await;
+        assert_eq!(
+            (status, kind(&body)),
+            (409, "ConflictingResourceUpdateException"),
+            "{method} {path}"
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("config.toml")
+        );
+    }
+    let (status, body) = aws.get("/rules/nope", "").await;
+    assert_eq!((status, kind(&body)), (401, "UnauthorizedException"));
+    let (_, got) = aws.get("/rules/hot", "").await;
+    assert_eq!(got["ruleArn"], arn("rule", "hot"));
+    assert_eq!(
+        got["rule"]["actions"][0]["republish"]["topic"],
+        "alerts/${topic(2)}"
+    );
+    assert_eq!(got["rule"]["ruleDisabled"], false);
+    let (_, listed) = aws.get("/rules", "").await;
+    let names: Vec<(&str, &str)> = listed["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            (
+                r["ruleName"].as_str().unwrap_or_default(),
+                r["topicPattern"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("from_config", "cfg/in"), ("hot", "sensors/+")]);
+
+    let (topic, payload_out) = fires(&t, WAIT).await.expect("the API rule fires");
+    assert_eq!(topic, "alerts/s-1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&payload_out).expect("json"),
+        json!({"temp": 70, "device": "s-1"})
+    );
+    assert_eq!(aws.post("/rules/hot/disable", "", json!({})).await.0, 200);
+    assert!(
+        fires(&t, Duration::from_secs(1)).await.is_none(),
+        "a disabled rule does not fire"
+    );
+    assert_eq!(aws.post("/rules/hot/enable", "", json!({})).await.0, 200);
+
+    t.restart().await;
+    let aws = client(&t, "AKIDADMIN");
+    assert!(
+        fires(&t, WAIT).await.is_some(),
+        "the rule survives a restart"
+    );
+    let mut replaced = payload.clone();
+    replaced["actions"][0]["republish"]["topic"] = json!("alerts/replaced/${topic(2)}");
+    let (status, _) = aws
+        .call("PATCH", "/rules/hot", "", &[], &replaced.to_string())
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        fires(&t, WAIT).await.map(|(topic, _)| topic).as_deref(),
+        Some("alerts/replaced/s-1")
+    );
+    assert_eq!(aws.call("DELETE", "/rules/hot", "", &[], "").await.0, 200);
+    assert!(
+        fires(&t, Duration::from_secs(1)).await.is_none(),
+        "a deleted rule does not fire"
+    );
+    let (_, listed) = aws.get("/rules", "").await;
+    assert_eq!(listed["rules"].as_array().map(Vec::len), Some(1));
+}
+
+/// What the `hot` rule republishes when sensor `s-1` reports 70 degrees
+/// (topic and payload), if anything within `wait`.
+async fn fires(t: &TestServer, wait: Duration) -> Option<(String, String)> {
+    let mut w = V4::connect_as(t, "watch", &t.device("watch")).await;
+    w.subscribe("alerts/#", rumqttc::QoS::AtLeastOnce).await;
+    let d = V4::connect_as(t, "s-1", &t.device("s-1")).await;
+    d.publish(
+        "sensors/s-1",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        br#"{"temp": 70}"#,
+    )
+    .await;
+    let got = tokio::time::timeout(wait, w.recv()).await;
+    got.ok()
+        .map(|p| (p.topic, String::from_utf8_lossy(&p.payload).into_owned()))
 }

@@ -84,7 +84,6 @@ struct LiveRule {
 #[derive(Debug, Clone)]
 struct Settings {
     actions: config::Actions,
-    upstream: Option<config::Upstream>,
     topic_limits: topic::Limits,
     max_payload: usize,
     account: String,
@@ -144,6 +143,7 @@ impl Engine {
     /// `shutdown`, the intake only after evaluating what was offered.
     pub fn start(
         config: &Config,
+        rules: &[config::Rule],
         gateway: Gateway,
         spools: HashMap<String, spool::Rows>,
         upstream: Option<Arc<Spool>>,
@@ -155,7 +155,8 @@ impl Engine {
             shutdown,
             tracker,
         } = gateway;
-        let set = RuleSet::compile(config).map_err(EngineError::Rules)?;
+        let set = RuleSet::compile_parts(rules, &config.actions, config.upstream.as_ref())
+            .map_err(EngineError::Rules)?;
         let a = &config.actions;
         std::fs::create_dir_all(&a.file_root)
             .map_err(|e| EngineError::FileRoot(format!("{}: {e}", a.file_root.display())))?;
@@ -179,7 +180,6 @@ impl Engine {
             deliverer,
             settings: Settings {
                 actions: a.clone(),
-                upstream: config.upstream.clone(),
                 topic_limits: topic::Limits {
                     max_len: config.limits.max_topic_bytes,
                     max_slashes: config.limits.max_topic_slashes,
@@ -249,16 +249,6 @@ impl Engine {
             index: index.clone(),
         }));
         self.router.tap().set_filters(index);
-    }
-
-    /// Compiles new rules with the settings in force (`[actions]` and
-    /// `[upstream]` need a restart).
-    pub fn compile(&self, rules: &[config::Rule]) -> Result<RuleSet, Vec<String>> {
-        RuleSet::compile_parts(
-            rules,
-            &self.settings.actions,
-            self.settings.upstream.as_ref(),
-        )
     }
 
     /// The lane of a spool, made (and its delivery started) on first use.

@@ -6,11 +6,14 @@
 //!   whole, so a reload either swaps in every rule or keeps the old set.
 //! - [`actions`]: what each action makes of a rule's output (a spooled
 //!   [`actions::Job`]) and how a job is delivered.
+//! - [`book`]: the rules of `config.toml` and those made through the
+//!   control plane, installed together.
 //! - [`engine`]: takes messages from the router's tap, evaluates them
 //!   outside connection tasks, appends jobs to one durable spool per
 //!   action, and delivers each spool in order with retries.
 
 pub mod actions;
+pub mod book;
 pub mod engine;
 pub mod sql;
 

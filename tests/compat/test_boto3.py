@@ -259,6 +259,60 @@ def test_the_edgegate_cli_uses_the_admin_socket_on_a_default_configuration(defau
     assert done.stdout.strip() == f"revoked certificate {device_id}"
     done = edgegate("cert", "activate", device_id)
     assert done.returncode == 1 and "CertificateStateException" in done.stderr
+    rule = gateway.dir / "rule.json"
+    rule.write_text(json.dumps({"sql": "SELECT * FROM 'cli/in'",
+                                "actions": [{"republish": {"topic": "cli/out"}}]}))
+    done = edgegate("rule", "create", "from_cli", "--payload", str(rule))
+    assert done.returncode == 0 and done.stdout.strip() == "created rule from_cli", done.stderr
+    listed = edgegate("rule", "list")
+    assert listed.stdout.strip() == "from_cli\tapi\tenabled\tcli/in", listed.stdout
     audit = (gateway.dir / "data" / "audit.jsonl").read_text().splitlines()
     assert any('"UpdateCertificate"' in l and '"principal":"local"' in l and '"status":200' in l
                for l in audit)
+
+
+def test_topic_rules(gateway):
+    client = iot(gateway)
+    payload = {
+        "sql": "SELECT temp FROM 'boto/+/temp' WHERE temp > 50",
+        "actions": [{"republish": {"topic": "boto/alerts", "qos": 1,
+                                   "roleArn": "arn:aws:iam::000000000000:role/unused"}}],
+        "ruleDisabled": False,
+        "awsIotSqlVersion": "2016-03-23",
+    }
+    client.create_topic_rule(ruleName="boto_hot", topicRulePayload=payload)
+    with pytest.raises(client.exceptions.ResourceAlreadyExistsException):
+        client.create_topic_rule(ruleName="boto_hot", topicRulePayload=payload)
+    with pytest.raises(client.exceptions.SqlParseException):
+        client.create_topic_rule(ruleName="boto_bad", topicRulePayload={**payload, "sql": "SELEKT"})
+    rule = client.get_topic_rule(ruleName="boto_hot")["rule"]
+    assert rule["sql"] == payload["sql"] and rule["actions"] == payload["actions"]
+    listed = everything(client, "list_topic_rules", "rules")
+    assert [(r["ruleName"], r["topicPattern"]) for r in listed] == [("boto_hot", "boto/+/temp")]
+
+    cert, key = gateway.device("boto-watch")
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="boto-watch", protocol=mqtt.MQTTv5)
+    watcher.tls_set(ca_certs=gateway.ca, certfile=cert, keyfile=key)
+    got = queue.Queue()
+    watcher.on_message = lambda _c, _u, m: got.put(json.loads(m.payload))
+    watcher.on_subscribe = lambda *_a: got.put("subscribed")
+    watcher.connect("localhost", gateway.port, keepalive=30)
+    watcher.loop_start()
+    watcher.subscribe("boto/alerts", qos=1)
+    assert got.get(timeout=WAIT) == "subscribed"
+    publisher, _ = connected_device(gateway, "boto-sensor")
+    publisher.publish("boto/s1/temp", json.dumps({"temp": 72}), qos=1).wait_for_publish(WAIT)
+    assert got.get(timeout=WAIT) == {"temp": 72}
+
+    client.replace_topic_rule(ruleName="boto_hot",
+                              topicRulePayload={**payload, "sql": "SELECT temp, 'replaced' AS how FROM 'boto/+/temp'"})
+    publisher.publish("boto/s1/temp", json.dumps({"temp": 1}), qos=1).wait_for_publish(WAIT)
+    assert got.get(timeout=WAIT) == {"temp": 1, "how": "replaced"}
+    client.disable_topic_rule(ruleName="boto_hot")
+    assert client.get_topic_rule(ruleName="boto_hot")["rule"]["ruleDisabled"] is True
+    client.enable_topic_rule(ruleName="boto_hot")
+    client.delete_topic_rule(ruleName="boto_hot")
+    with pytest.raises(client.exceptions.UnauthorizedException):
+        client.get_topic_rule(ruleName="boto_hot")
+    publisher.loop_stop()
+    watcher.loop_stop()

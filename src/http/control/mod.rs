@@ -12,6 +12,7 @@
 
 mod certificates;
 mod policies;
+mod rules;
 mod things;
 
 use super::audit::{Audit, Entry};
@@ -41,6 +42,8 @@ pub struct Endpoint {
 
 /// Everything the control plane works on.
 pub struct Control {
+    /// Topic rules.
+    pub rules: Arc<crate::rules::book::Book>,
     /// Certificates, CAs, things and thing types.
     pub registry: Arc<Registry>,
     /// Policies and their versions.
@@ -183,6 +186,13 @@ operations!(
     GetEffectivePolicies,
     TestAuthorization,
     DescribeEndpoint,
+    CreateTopicRule,
+    GetTopicRule,
+    ListTopicRules,
+    ReplaceTopicRule,
+    DeleteTopicRule,
+    EnableTopicRule,
+    DisableTopicRule,
 );
 
 /// Method, path pattern (`{}` is one label), operation, and the kind of
@@ -324,6 +334,13 @@ pub const ROUTES: &[(&str, &str, Op, &str)] = &[
     ("POST", "effective-policies", Op::GetEffectivePolicies, ""),
     ("POST", "test-authorization", Op::TestAuthorization, ""),
     ("GET", "endpoint", Op::DescribeEndpoint, ""),
+    ("GET", "rules", Op::ListTopicRules, ""),
+    ("POST", "rules/{}", Op::CreateTopicRule, "rule"),
+    ("GET", "rules/{}", Op::GetTopicRule, "rule"),
+    ("PATCH", "rules/{}", Op::ReplaceTopicRule, "rule"),
+    ("DELETE", "rules/{}", Op::DeleteTopicRule, "rule"),
+    ("POST", "rules/{}/enable", Op::EnableTopicRule, "rule"),
+    ("POST", "rules/{}/disable", Op::DisableTopicRule, "rule"),
 ];
 
 /// The operation a method and path name, with the path's labels.
@@ -753,6 +770,13 @@ impl Control {
             GetEffectivePolicies => policies::effective(self, call),
             TestAuthorization => policies::test_authorization(self, call),
             DescribeEndpoint => self.describe_endpoint(call),
+            CreateTopicRule => rules::create(self, call),
+            GetTopicRule => rules::get(self, call),
+            ListTopicRules => rules::list(self, call),
+            ReplaceTopicRule => rules::replace(self, call),
+            DeleteTopicRule => rules::delete(self, call),
+            EnableTopicRule => rules::set_enabled(self, call, true),
+            DisableTopicRule => rules::set_enabled(self, call, false),
         }
     }
 
