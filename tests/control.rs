@@ -267,6 +267,13 @@ async fn the_seed_talks_operator_policies_work_as_written() {
     assert_eq!(line["source"], "127.0.0.1");
     assert_eq!(line["resources"][0], arn("cert", &id));
     assert_eq!(line["error"], "AccessDeniedException");
+    for key in ["AKIDNOTHING", "AKIDNOREVOKE"] {
+        let line = audit_line(&t, |l| {
+            l.contains(&format!("\"{key}\"")) && l.contains("\"decision\":\"deny\"")
+        })
+        .await;
+        assert!(line.contains("\"AccessDeniedException\""), "{line}");
+    }
     let allowed = audit_line(&t, |l| {
         l.contains("\"AKIDREVOKER\"") && l.contains("\"status\":200")
     })
@@ -837,6 +844,79 @@ async fn a_policy_made_through_the_api_governs_a_live_connection_within_a_second
     assert_eq!(
         endpoint["endpointAddress"],
         format!("localhost:{}", t.addr().port())
+    );
+    // Ten policies at most on one certificate; detaching what is not attached is an error.
+    for i in 0..9 {
+        let name = format!("extra-{i}");
+        assert_eq!(
+            aws.post(
+                &format!("/policies/{name}"),
+                "",
+                json!({"policyDocument": allow})
+            )
+            .await
+            .0,
+            200
+        );
+        let (status, _) = aws
+            .call(
+                "PUT",
+                &format!("/target-policies/{name}"),
+                "",
+                &[],
+                &json!({"target": target}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200, "policy {}", i + 2);
+    }
+    let (status, body) = aws
+        .call(
+            "PUT",
+            "/target-policies/open",
+            "",
+            &[],
+            &json!({"target": target}).to_string(),
+        )
+        .await;
+    assert_eq!((status, kind(&body)), (410, "LimitExceededException"));
+    let (status, body) = aws
+        .post("/target-policies/open", "", json!({"target": target}))
+        .await;
+    assert_eq!(
+        (status, kind(&body)),
+        (404, "ResourceNotFoundException"),
+        "not attached"
+    );
+    let (status, _) = aws
+        .post("/target-policies/extra-8", "", json!({"target": target}))
+        .await;
+    assert_eq!(status, 200, "detached");
+    let mut names = Vec::new();
+    let mut query = "pageSize=4&isAscendingOrder=true".to_owned();
+    loop {
+        let (status, page) = aws.get("/policies", &query).await;
+        assert_eq!(status, 200, "{page}");
+        names.extend(
+            page["policies"]
+                .as_array()
+                .expect("policies")
+                .iter()
+                .map(|p| p["policyName"].as_str().expect("name").to_owned()),
+        );
+        match page["nextMarker"].as_str() {
+            Some(m) => query = format!("pageSize=4&isAscendingOrder=true&marker={}", urlencode(m)),
+            None => break,
+        }
+    }
+    assert_eq!(
+        names.len(),
+        11,
+        "open, api-made and nine more, each once: {names:?}"
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("extra-8"),
+        "creation order"
     );
 }
 

@@ -126,6 +126,27 @@ impl ClientIdentity {
     }
 }
 
+/// Whether the CA certificate `ca_pem` signed `cert`: several CAs may share
+/// a subject (every `edgegate cert ca` has the same one), so the subject
+/// alone does not name the issuer.
+pub fn issued_by(cert: &ClientIdentity, ca_pem: &str) -> bool {
+    let der = |pem: &str| {
+        rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+    };
+    let (Some(leaf), Some(ca)) = (der(&cert.pem), der(ca_pem)) else {
+        return false;
+    };
+    match (
+        X509Certificate::from_der(&leaf),
+        X509Certificate::from_der(&ca),
+    ) {
+        (Ok((_, leaf)), Ok((_, ca))) => leaf.verify_signature(Some(ca.public_key())).is_ok(),
+        _ => false,
+    }
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -177,6 +198,25 @@ mod tests {
         let want = hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref());
         assert_eq!(id.certificate_id, want);
         assert!(id.not_before < id.not_after);
+    }
+
+    #[test]
+    fn the_issuer_is_the_ca_whose_key_signed_not_the_first_with_the_subject() {
+        let (first, second) = (
+            Ca::generate("same name").expect("ca"),
+            Ca::generate("same name").expect("ca"),
+        );
+        let dev = second
+            .issue_device("d", KeyKind::EcdsaP256)
+            .expect("device");
+        let der = rustls_pemfile::certs(&mut dev.cert.as_bytes())
+            .next()
+            .expect("one cert")
+            .expect("pem");
+        let id = ClientIdentity::from_der(&der).expect("parses");
+        assert!(!issued_by(&id, &first.pem.cert));
+        assert!(issued_by(&id, &second.pem.cert));
+        assert!(!issued_by(&id, "not a certificate"));
     }
 
     #[test]

@@ -1157,12 +1157,13 @@ fn new_certificate(state: &State, identity: &ClientIdentity, status: CertStatus)
     }
 }
 
-/// The registered CA that issued a certificate, by subject.
+/// The registered CA that issued a certificate: its subject is the
+/// certificate's issuer and its key made the signature.
 fn ca_of(state: &State, identity: &ClientIdentity) -> Option<String> {
     state
         .cas
         .values()
-        .find(|ca| ca.subject == identity.issuer.rfc4514)
+        .find(|ca| ca.subject == identity.issuer.rfc4514 && identity::issued_by(identity, &ca.pem))
         .map(|ca| ca.id.clone())
 }
 

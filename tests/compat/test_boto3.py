@@ -316,3 +316,49 @@ def test_topic_rules(gateway):
         client.get_topic_rule(ruleName="boto_hot")
     publisher.loop_stop()
     watcher.loop_stop()
+
+
+def test_ca_registration_with_certificates_the_edgegate_cli_makes(gateway, tmp_path):
+    client = iot(gateway)
+    fleet = tmp_path / "fleet"
+
+    def edgegate(*args):
+        subprocess.run([str(BIN), "cert", *args], check=True, capture_output=True, timeout=60)
+
+    code = client.get_registration_code()["registrationCode"]
+    edgegate("ca", "--out", str(fleet))
+    edgegate("issue", "--cn", code, "--ca-dir", str(fleet), "--out", str(fleet))
+    edgegate("issue", "--cn", "fleet-1", "--ca-dir", str(fleet), "--out", str(fleet))
+    with pytest.raises(client.exceptions.RegistrationCodeValidationException):
+        client.register_ca_certificate(caCertificate=(fleet / "ca.pem").read_text(),
+                                       verificationCertificate=(fleet / "fleet-1.pem").read_text())
+    made = client.register_ca_certificate(caCertificate=(fleet / "ca.pem").read_text(),
+                                          verificationCertificate=(fleet / f"{code}.pem").read_text(),
+                                          setAsActive=True, allowAutoRegistration=False)
+    ca_id = made["certificateId"]
+    assert ca_id == certificate_id(fleet / "ca.pem")
+    described = client.describe_ca_certificate(certificateId=ca_id)["certificateDescription"]
+    assert described["status"] == "ACTIVE" and described["autoRegistrationStatus"] == "DISABLE"
+    registered = client.register_certificate(certificatePem=(fleet / "fleet-1.pem").read_text(),
+                                             status="ACTIVE")
+    client.attach_policy(policyName="open", target=registered["certificateArn"])
+    by_ca = client.list_certificates_by_ca(caCertificateId=ca_id)["certificates"]
+    assert [c["certificateId"] for c in by_ca] == [registered["certificateId"]]
+
+    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-1", protocol=mqtt.MQTTv5)
+    device.tls_set(ca_certs=gateway.ca, certfile=str(fleet / "fleet-1.pem"), keyfile=str(fleet / "fleet-1.key"))
+    events = queue.Queue()
+    device.on_connect = lambda _c, _u, _f, rc, _p=None: events.put(rc)
+    device.connect("localhost", gateway.port, keepalive=30)
+    device.loop_start()
+    assert not events.get(timeout=WAIT).is_failure, "a device of a CA registered through the API connects"
+    device.loop_stop()
+    device.disconnect()
+
+    client.update_ca_certificate(certificateId=ca_id, newStatus="INACTIVE")
+    with pytest.raises(client.exceptions.CertificateStateException):
+        client.update_certificate(certificateId=registered["certificateId"], newStatus="PENDING_ACTIVATION")
+    client.delete_ca_certificate(certificateId=ca_id)
+    assert ca_id not in [c["certificateId"] for c in client.list_ca_certificates()["certificates"]]
+    with pytest.raises(client.exceptions.ResourceAlreadyExistsException):
+        client.register_certificate_without_ca(certificatePem=(fleet / "fleet-1.pem").read_text())
