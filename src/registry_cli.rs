@@ -60,6 +60,7 @@ impl Client {
                     endpoint: Endpoint {
                         host: "localhost".into(),
                         mqtt_port: None,
+                        https_port: None,
                     },
                     data: None,
                     operators: Operators::none(ArnHead::new(
@@ -68,6 +69,7 @@ impl Client {
                     )),
                     audit: None,
                     metrics,
+                    store: store.clone(),
                     enforce: None,
                     ca_dir: config
                         .tls

@@ -418,6 +418,7 @@ impl Server {
             endpoint: crate::http::control::Endpoint {
                 host: endpoint_host(&config),
                 mqtt_port: mqtt.first().map(SocketAddr::port),
+                https_port: https.map(|a| a.port()),
             },
             data: Some(data),
             operators,
@@ -430,6 +431,7 @@ impl Server {
             .map_err(|e| tracing::error!(error = %e, "the audit log cannot be written"))
             .ok(),
             metrics: metrics.clone(),
+            store: store.clone(),
             enforce: Some({
                 let (store, metrics, dir) = (
                     policies.clone(),

@@ -419,19 +419,7 @@ async fn the_cli_registers_lists_and_revokes_certificates_of_a_stopped_gateway()
     let pem = t.device("reg-1");
     let cert_file = t.dir.path().join("reg-1.pem");
     std::fs::write(&cert_file, &pem.cert).expect("write cert");
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("run");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| run_cli(&config, args);
     let file = cert_file.to_str().expect("utf8");
     let (ok, _, err) = cli(&[
         "cert", "register", "--cert", file, "--policy", "open", "--thing", "reg-1",
@@ -491,19 +479,7 @@ async fn the_cli_registers_lists_and_revokes_certificates_of_a_stopped_gateway()
 async fn the_cli_revokes_through_the_admin_socket_of_a_running_gateway() {
     let t = TestServer::start().await;
     let config = t.config_file();
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("run");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| run_cli(&config, args);
     let socket = t.dir.path().join("data/admin.sock");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket)

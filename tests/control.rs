@@ -845,6 +845,12 @@ async fn a_policy_made_through_the_api_governs_a_live_connection_within_a_second
         endpoint["endpointAddress"],
         format!("localhost:{}", t.addr().port())
     );
+    let (_, credentials) = aws
+        .get("/endpoint", "endpointType=iot%3ACredentialProvider")
+        .await;
+    let https = t.server().https.expect("https").port();
+    assert_eq!(credentials["endpointAddress"], format!("localhost:{https}"));
+    assert_eq!(aws.get("/endpoint", "endpointType=iot%3ANope").await.0, 400);
     // Ten policies at most on one certificate; detaching what is not attached is an error.
     for i in 0..9 {
         let name = format!("extra-{i}");
@@ -1316,4 +1322,107 @@ async fn fires(t: &TestServer, wait: Duration) -> Option<(String, String)> {
     let got = tokio::time::timeout(wait, w.recv()).await;
     got.ok()
         .map(|p| (p.topic, String::from_utf8_lossy(&p.payload).into_owned()))
+}
+
+/// Every call is answered once its records are on disk: a gateway killed
+/// with SIGKILL right after the answers has them all when it comes back.
+#[tokio::test]
+async fn nothing_the_api_accepts_is_lost_on_kill_9() {
+    let section = "[admin]\nlisten = \"127.0.0.1:0\"\naccess_key_id = \"AKIDADMIN\"\nsecret_access_key_env = \"EDGEGATE_KILL_TEST_SECRET\"\n";
+    let env = [("EDGEGATE_KILL_TEST_SECRET", "kill-secret")];
+    let t = TestServer::prepare(section);
+    let pem = t.device("kept-1");
+    let (mut child, _, admin) = spawn_binary(&t, section, &env);
+    let aws = Aws::new(admin.parse().expect("addr"), "AKIDADMIN", "kill-secret");
+    assert_eq!(aws.post("/thing-types/kept", "", json!({})).await.0, 200);
+    let attrs = json!({"thingTypeName": "kept", "attributePayload": {"attributes": {"a": "1"}}});
+    assert_eq!(aws.post("/things/kept-1", "", attrs).await.0, 200);
+    let id = register(&aws, &pem.cert).await;
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/things/kept-1/principals",
+            "",
+            &[("x-amzn-principal", &arn("cert", &id))],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let allow = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#;
+    assert_eq!(
+        aws.post("/policies/kept", "", json!({"policyDocument": allow}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        aws.post(
+            "/policies/kept/version",
+            "",
+            json!({"policyDocument": allow})
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/target-policies/kept",
+            "",
+            &[],
+            &json!({"target": arn("cert", &id)}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let rule = json!({"sql": "SELECT * FROM 'k'", "actions": [{"republish": {"topic": "k2"}}]});
+    assert_eq!(aws.post("/rules/kept", "", rule).await.0, 200);
+    let (status, _) = aws
+        .call(
+            "PUT",
+            &format!("/certificates/{id}"),
+            "newStatus=REVOKED",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+
+    let (mut child, _, admin) = spawn_binary(&t, section, &env);
+    let aws = Aws::new(admin.parse().expect("addr"), "AKIDADMIN", "kill-secret");
+    let (_, thing) = aws.get("/things/kept-1", "").await;
+    assert_eq!(
+        (
+            thing["thingTypeName"].as_str(),
+            thing["attributes"]["a"].as_str()
+        ),
+        (Some("kept"), Some("1"))
+    );
+    let (_, d) = aws.get(&format!("/certificates/{id}"), "").await;
+    assert_eq!(d["certificateDescription"]["status"], "REVOKED");
+    let (_, things) = aws
+        .call(
+            "GET",
+            "/principals/things",
+            "",
+            &[("x-amzn-principal", &arn("cert", &id))],
+            "",
+        )
+        .await;
+    assert_eq!(things["things"], json!(["kept-1"]));
+    let (_, versions) = aws.get("/policies/kept/version", "").await;
+    assert_eq!(versions["policyVersions"].as_array().map(Vec::len), Some(2));
+    let (_, attached) = aws
+        .post(
+            &format!("/attached-policies/{}", urlencode(&arn("cert", &id))),
+            "",
+            json!({}),
+        )
+        .await;
+    assert_eq!(attached["policies"][0]["policyName"], "kept");
+    assert_eq!(aws.get("/rules/kept", "").await.0, 200);
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
 }

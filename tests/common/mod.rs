@@ -793,3 +793,18 @@ impl Aws {
         self.call("POST", path, query, &[], &body.to_string()).await
     }
 }
+
+/// Runs `edgegate ARGS --config CONFIG`: success, stdout, stderr.
+pub fn run_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

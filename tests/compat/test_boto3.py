@@ -25,8 +25,11 @@ def certificate_id(pem_file):
         return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
 
 
-def connected_device(gateway, name):
-    cert, key = gateway.device(name)
+def connected_device(gateway, name, cert=None, key=None):
+    """An MQTT 5 device connected with its certificate (one the gateway's
+    CLI issues for `name` unless given); the queue gets its (dis)connects."""
+    if cert is None:
+        cert, key = gateway.device(name)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
     c.tls_set(ca_certs=gateway.ca, certfile=cert, keyfile=key)
     events = queue.Queue()
@@ -226,15 +229,7 @@ def test_the_aws_cli_issues_attaches_and_revokes(gateway):
     key = gateway.dir / "cli.key"
     cert.write_text(made["certificatePem"])
     key.write_text(made["keyPair"]["PrivateKey"])
-    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cli-dev", protocol=mqtt.MQTTv5)
-    device.tls_set(ca_certs=gateway.ca, certfile=str(cert), keyfile=str(key))
-    events = queue.Queue()
-    device.on_connect = lambda _c, _u, _f, rc, _p=None: events.put(("connect", rc))
-    device.on_disconnect = lambda _c, _u, _f, rc, _p=None: events.put(("disconnect", rc))
-    device.connect("localhost", gateway.port, keepalive=30)
-    device.loop_start()
-    kind, rc = events.get(timeout=WAIT)
-    assert kind == "connect" and not rc.is_failure, rc
+    device, events = connected_device(gateway, "cli-dev", str(cert), str(key))
     cli("update-certificate", "--certificate-id", made["certificateId"], "--new-status", "REVOKED")
     kind, rc = events.get(timeout=WAIT)
     assert kind == "disconnect"
@@ -345,13 +340,8 @@ def test_ca_registration_with_certificates_the_edgegate_cli_makes(gateway, tmp_p
     by_ca = client.list_certificates_by_ca(caCertificateId=ca_id)["certificates"]
     assert [c["certificateId"] for c in by_ca] == [registered["certificateId"]]
 
-    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-1", protocol=mqtt.MQTTv5)
-    device.tls_set(ca_certs=gateway.ca, certfile=str(fleet / "fleet-1.pem"), keyfile=str(fleet / "fleet-1.key"))
-    events = queue.Queue()
-    device.on_connect = lambda _c, _u, _f, rc, _p=None: events.put(rc)
-    device.connect("localhost", gateway.port, keepalive=30)
-    device.loop_start()
-    assert not events.get(timeout=WAIT).is_failure, "a device of a CA registered through the API connects"
+    # A device of a CA registered through the API connects.
+    device, _ = connected_device(gateway, "fleet-1", str(fleet / "fleet-1.pem"), str(fleet / "fleet-1.key"))
     device.loop_stop()
     device.disconnect()
 

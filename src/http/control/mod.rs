@@ -38,6 +38,8 @@ pub struct Endpoint {
     pub host: String,
     /// The first MQTT over TLS port.
     pub mqtt_port: Option<u16>,
+    /// The device HTTPS port.
+    pub https_port: Option<u16>,
 }
 
 /// Everything the control plane works on.
@@ -60,6 +62,8 @@ pub struct Control {
     pub audit: Option<Audit>,
     /// Counts calls.
     pub metrics: Arc<Metrics>,
+    /// The store every write goes to, to answer only once it is durable.
+    pub store: crate::store::Store,
     /// The gateway's CA key and certificate directory, to issue certificates.
     pub ca_dir: std::path::PathBuf,
     /// Applies the policies directory to live connections at once, so that
@@ -130,6 +134,13 @@ macro_rules! operations {
             /// AWS's name for the operation.
             pub fn name(self) -> &'static str {
                 match self { $(Self::$name => stringify!($name)),* }
+            }
+
+            /// Whether it changes state (AWS's reads all start so).
+            pub fn writes(self) -> bool {
+                !["Describe", "Get", "List", "Test"]
+                    .iter()
+                    .any(|read| self.name().starts_with(read))
             }
         }
     };
@@ -695,6 +706,9 @@ impl Control {
 
     async fn run(&self, op: Op, call: &Call<'_>) -> Result<Response, AwsError> {
         let result = self.dispatch(op, call).await;
+        if op.writes() && result.is_ok() {
+            self.durable().await?;
+        }
         let writes_policies = matches!(
             op,
             Op::CreatePolicy
@@ -709,6 +723,30 @@ impl Control {
             enforce();
         }
         result
+    }
+
+    /// Waits until everything queued for the store so far is on disk: the
+    /// store applies batches in order, so an empty one committing means
+    /// the operation's records did. Nothing the API accepts is lost on a
+    /// crash.
+    async fn durable(&self) -> Result<(), AwsError> {
+        let failed = |e: String| {
+            tracing::error!(error = %e, "a control-plane change is not durable");
+            AwsError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalFailureException",
+                format!("the change could not be made durable: {e}"),
+            )
+        };
+        let commit = self
+            .store
+            .try_submit(Vec::new())
+            .map_err(|e| failed(e.to_string()))?;
+        match commit.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed("the store has stopped".into())),
+        }
     }
 
     async fn dispatch(&self, op: Op, call: &Call<'_>) -> Result<Response, AwsError> {
@@ -836,20 +874,26 @@ impl Control {
         }
     }
 
-    /// The gateway's own host, with the MQTT port when it is not one a
-    /// client assumes (8883, or 443 with ALPN).
+    /// The gateway's own host for every endpoint type, with the port when
+    /// it is not the one a client assumes: MQTT (8883, or 443 with ALPN)
+    /// for data, jobs and device advisor; the device HTTPS endpoint (443)
+    /// for the credential provider, which this gateway does not serve, so
+    /// that a client reaching for it gets an answer from the gateway.
     fn describe_endpoint(&self, call: &Call<'_>) -> Result<Response, AwsError> {
-        match call.query("endpointType").as_deref() {
-            None | Some("iot:Data" | "iot:Data-ATS" | "iot:Jobs") => {}
+        let (port, standard) = match call.query("endpointType").as_deref() {
+            None | Some("iot:Data" | "iot:Data-ATS" | "iot:Jobs" | "iot:DeviceAdvisor") => {
+                (self.endpoint.mqtt_port, [8883, 443])
+            }
+            Some("iot:CredentialProvider") => (self.endpoint.https_port, [443, 443]),
             Some(other) => {
                 return Err(AwsError::invalid_request(format!(
-                    "Endpoint type {other} is not served by this gateway"
+                    "Endpoint type {other} is not valid"
                 )));
             }
-        }
-        let address = match self.endpoint.mqtt_port {
-            Some(8883 | 443) | None => self.endpoint.host.clone(),
-            Some(port) => format!("{}:{port}", self.endpoint.host),
+        };
+        let address = match port {
+            Some(p) if !standard.contains(&p) => format!("{}:{p}", self.endpoint.host),
+            _ => self.endpoint.host.clone(),
         };
         Ok(super::aws::ok(json!({ "endpointAddress": address })))
     }
