@@ -2,16 +2,16 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use control_client::segment;
 use edgegate::config::Config;
 use edgegate::registry::ClientIdentity;
 use edgegate::server::Server;
 use edgegate::transport::pki::{self, Ca, KeyKind};
-use registry_cli::segment;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-mod registry_cli;
+mod control_client;
 
 /// Exit code for a configuration that cannot be used (sysexits EX_USAGE).
 const EX_CONFIG: u8 = 64;
@@ -1161,9 +1161,9 @@ fn cert_id(arg: &str) -> anyhow::Result<String> {
 /// Runs a control-plane command on the gateway the configuration describes.
 fn control(
     config: ConfigArg,
-    f: impl FnOnce(&registry_cli::Client) -> anyhow::Result<()>,
+    f: impl FnOnce(&control_client::Client) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let client = registry_cli::Client::open(&load_config(config.config)?)?;
+    let client = control_client::Client::open(&load_config(config.config)?)?;
     let result = f(&client);
     client.close();
     result

@@ -130,6 +130,12 @@ def test_registry_operations(gateway):
     with pytest.raises(client.exceptions.InvalidRequestException):
         client.create_thing(thingName="s-9", thingTypeName="sensor")
     client.deprecate_thing_type(thingTypeName="sensor", undoDeprecate=True)
+    client.create_thing_type(thingTypeName="retired")
+    with pytest.raises(client.exceptions.InvalidRequestException):
+        client.delete_thing_type(thingTypeName="retired")
+    client.deprecate_thing_type(thingTypeName="retired")
+    client.delete_thing_type(thingTypeName="retired")
+    assert [t["thingTypeName"] for t in client.list_thing_types()["thingTypes"]] == ["sensor"]
 
     keys = client.create_keys_and_certificate(setAsActive=True)
     assert keys["keyPair"]["PrivateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----")
@@ -206,6 +212,11 @@ def test_policy_operations(gateway):
     with pytest.raises(client.exceptions.DeleteConflictException):
         client.delete_policy(policyName="p1")
     client.detach_policy(policyName="p1", target=arn)
+    # The deprecated principal-policy calls old scripts still make.
+    client.attach_principal_policy(policyName="p1", principal=arn)
+    assert [p["policyName"] for p in client.list_principal_policies(principal=arn)["policies"]] == ["p1"]
+    client.detach_principal_policy(policyName="p1", principal=arn)
+    assert client.list_principal_policies(principal=arn)["policies"] == []
     for v in ("2", "3", "4", "5"):
         client.delete_policy_version(policyName="p1", policyVersionId=v)
     client.delete_policy(policyName="p1")
