@@ -229,7 +229,7 @@ pub fn check_attributes(
     };
     if let Some((k, v)) = attributes.iter().find(|(k, v)| !name_ok(k) || !value_ok(v)) {
         return Err(RegistryError::Invalid(format!(
-            "1 validation error detected: attribute `{k}` = `{v}` does not match [a-zA-Z0-9_.,@/:#-]{{1,128}} = [a-zA-Z0-9_.,@/:#=\\[\\]-]{{0,800}}"
+            "attribute `{k}` = `{v}`: names are 1 to 128 of [a-zA-Z0-9_.,@/:#-], values up to 800 of [a-zA-Z0-9_.,@/:#=[]-]"
         )));
     }
     let max = if typed { 50 } else { 3 };
