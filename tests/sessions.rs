@@ -58,7 +58,7 @@ async fn expired_messages_are_not_delivered() {
         .expect("sub");
     c.suback().await;
     c.kill();
-    let p = t.v5("newsroom").await;
+    let mut p = t.v5("newsroom").await;
     let expiring = PublishProperties {
         message_expiry_interval: Some(1),
         ..Default::default()
@@ -71,7 +71,15 @@ async fn expired_messages_are_not_delivered() {
         .publish("news/fresh", QoS5::AtLeastOnce, false, "new")
         .await
         .expect("pub");
-    // Longer than the first message may live.
+    // Both are stored once acknowledged; from then on, wait longer than the
+    // first may live (a sleep is never shorter than asked, however loaded
+    // the machine).
+    for _ in 0..2 {
+        assert_eq!(
+            p.puback().await,
+            rumqttc::v5::mqttbytes::v5::PubAckReason::Success
+        );
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut c = V5::connect(&t, "away", persistent).await;
     assert!(c.connack.session_present);
@@ -257,10 +265,14 @@ async fn a_slow_subscriber_is_disconnected_instead_of_blocking_publishers() {
     raw.send(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b's', 0x01])
         .await;
     raw.read_n(5).await;
-    let p = t.v4("fast", true).await;
+    let mut p = t.v4("fast", true).await;
     let payload = vec![b'x'; 100];
     for _ in 0..200 {
         p.publish("s", QoS::AtLeastOnce, false, &payload).await;
+    }
+    // The publisher is never held up: every PUBACK arrives in time.
+    for _ in 0..200 {
+        p.puback().await;
     }
     metric_becomes(&t, "edgegate_connections", 1.0).await;
     let m = t.metrics().await;

@@ -160,10 +160,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
 }
 
 /// Value of a metric line (exact name with labels) in Prometheus text.
+/// The value of one series in a Prometheus text page; a series that is not
+/// there fails the test, so a misspelled name cannot pass a `== 0.0` check.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|v| v.starts_with(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no series `{series}` in:\n{text}"))
 }
 
 pub fn client_tls(ca_pem: &str, device: Option<&Pem>) -> Arc<rustls::ClientConfig> {
@@ -411,11 +417,18 @@ impl V4 {
     }
 
     /// Asserts nothing is published to this client for `d`.
+    /// Asserts nothing is published to this client for `d`, and that it
+    /// stays connected all along: a dropped subscriber receives nothing
+    /// either, and must not pass for one that was denied.
     pub async fn nothing_for(&mut self, d: Duration) {
         let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            if let Ev4::Publish(p) = ev {
-                panic!("unexpected publish on {}", p.topic);
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return,
+                Ok(Some(Ev4::Publish(p))) => panic!("unexpected publish on {}", p.topic),
+                Ok(Some(Ev4::Error(e))) => panic!("the connection ended: {e}"),
+                Ok(Some(Ev4::Other(_))) => {}
+                Ok(None) => panic!("the event loop stopped"),
             }
         }
     }
@@ -533,6 +546,37 @@ impl V5 {
                 Ev5::Publish(p) => return p,
                 Ev5::Error(e) => panic!("connection failed: {e}"),
                 Ev5::Other(_) => {}
+            }
+        }
+    }
+
+    /// The reason of the next PUBACK.
+    pub async fn puback(&mut self) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+        loop {
+            match self.next().await {
+                Ev5::Other(rumqttc::v5::mqttbytes::v5::Packet::PubAck(a)) => return a.reason,
+                Ev5::Error(e) => panic!("connection failed: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Asserts nothing is published to this client for `d`, and that it
+    /// stays connected all along.
+    pub async fn nothing_for(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return,
+                Ok(Some(Ev5::Publish(p))) => {
+                    panic!(
+                        "unexpected publish on {}",
+                        String::from_utf8_lossy(&p.topic)
+                    )
+                }
+                Ok(Some(Ev5::Error(e))) => panic!("the connection ended: {e}"),
+                Ok(Some(Ev5::Other(_))) => {}
+                Ok(None) => panic!("the event loop stopped"),
             }
         }
     }
