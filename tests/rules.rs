@@ -100,18 +100,23 @@ fn tls_acceptor(pem: &edgegate::transport::pki::Pem) -> tokio_rustls::TlsAccepto
 }
 
 impl Sink {
-    /// Serves plain HTTP on `port` (0: any).
-    async fn start(port: u16, status: u16) -> (Self, SocketAddr) {
-        Self::serve(port, status, None).await
+    /// Serves plain HTTP on any port.
+    async fn start(status: u16) -> (Self, SocketAddr) {
+        Self::serve(reserve(), status, None).await
+    }
+
+    /// Serves plain HTTP on a port [`reserve`]d before.
+    async fn start_on(socket: tokio::net::TcpSocket, status: u16) -> (Self, SocketAddr) {
+        Self::serve(socket, status, None).await
     }
 
     /// Serves HTTPS with `pem` on any port.
     async fn start_tls(pem: &edgegate::transport::pki::Pem) -> (Self, SocketAddr) {
-        Self::serve(0, 200, Some(tls_acceptor(pem))).await
+        Self::serve(reserve(), 200, Some(tls_acceptor(pem))).await
     }
 
     async fn serve(
-        port: u16,
+        socket: tokio::net::TcpSocket,
         status: u16,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> (Self, SocketAddr) {
@@ -120,11 +125,6 @@ impl Sink {
             status: AtomicU16::new(status),
             tx,
         });
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_reuseaddr(true).expect("reuseaddr");
-        socket
-            .bind(SocketAddr::from(([127, 0, 0, 1], port)))
-            .expect("bind sink");
         let listener = socket.listen(64).expect("listen");
         let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new()
@@ -166,12 +166,18 @@ impl Sink {
     }
 }
 
-/// A port nothing listens on (yet).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// A port of 127.0.0.1 bound but not listening: connections to it are
+/// refused, and nothing else can take it before a [`Sink`] listens there.
+fn reserve() -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    socket
+}
+
+fn port_of(socket: &tokio::net::TcpSocket) -> u16 {
+    socket.local_addr().expect("bound").port()
 }
 
 fn http_rule(port: u16) -> String {
@@ -196,7 +202,7 @@ async fn publish_seq(p: &mut V4, from: u64, to: u64) {
 
 #[tokio::test]
 async fn http_action_posts_the_selected_fields_with_templated_url_and_headers() {
-    let (mut sink, addr) = Sink::start(0, 200).await;
+    let (mut sink, addr) = Sink::start(200).await;
     let t = TestServer::start_with(&http_rule(addr.port())).await;
     let mut p = t.v4("thermo-7", true).await;
     p.publish(
@@ -238,13 +244,13 @@ async fn http_action_posts_the_selected_fields_with_templated_url_and_headers() 
 
 #[tokio::test]
 async fn an_unreachable_then_failing_target_loses_nothing_and_keeps_order() {
-    let port = free_port();
-    let t = TestServer::start_with(&http_rule(port)).await;
+    let reserved = reserve();
+    let t = TestServer::start_with(&http_rule(port_of(&reserved))).await;
     let mut p = t.v4("thermo", true).await;
     // Nothing listens: every message is acknowledged all the same.
     publish_seq(&mut p, 0, 10).await;
     // Up, but failing.
-    let (mut sink, _) = Sink::start(port, 500).await;
+    let (mut sink, _) = Sink::start_on(reserved, 500).await;
     publish_seq(&mut p, 10, 20).await;
     let series = "edgegate_action_retries_total{rule=\"ingest\",action=\"0\"}";
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -273,7 +279,7 @@ async fn an_unreachable_then_failing_target_loses_nothing_and_keeps_order() {
 
 #[tokio::test]
 async fn spooled_messages_survive_kill_9_while_the_target_is_down() {
-    let (mut sink, addr) = Sink::start(0, 503).await;
+    let (mut sink, addr) = Sink::start(503).await;
     let t = TestServer::prepare("");
     let extra = http_rule(addr.port());
     let (mut child, port, _) = spawn_binary(&t, &extra, &[]);
@@ -469,17 +475,35 @@ async fn https_targets_are_verified_against_the_configured_roots() {
         t.ca.issue_server(&["localhost", "127.0.0.1"])
             .expect("server cert");
     let (mut sink, addr) = Sink::start_tls(&pem).await;
+    // A target whose certificate another CA signed is never trusted: its
+    // jobs fail until they age out to the error action.
+    let stranger = edgegate::transport::pki::Ca::generate("stranger CA")
+        .expect("ca")
+        .issue_server(&["localhost", "127.0.0.1"])
+        .expect("server cert");
+    let (mut untrusted, stranger_addr) = Sink::start_tls(&stranger).await;
     t.extra_toml = format!(
         r#"[actions]
 http_ca = "certs/ca.pem"
+retry_initial_ms = 20
+retry_max_ms = 200
+spool_max_age_secs = 1
 [[rules]]
 name = "secure"
 sql = "SELECT * FROM 'secure/in'"
 actions = [{{ http = {{ url = "https://localhost:{port}/in" }} }}]
+[[rules]]
+name = "stranger"
+sql = "SELECT * FROM 'stranger/in'"
+actions = [{{ http = {{ url = "https://localhost:{stranger}/in" }} }}]
+error_action = {{ republish = {{ topic = "errors/${{ruleName}}", qos = 1 }} }}
 "#,
-        port = addr.port()
+        port = addr.port(),
+        stranger = stranger_addr.port(),
     );
     t.boot().await;
+    let mut errors = t.v4("ops", true).await;
+    errors.subscribe("errors/#", QoS::AtLeastOnce).await;
     let mut p = t.v4("dev", true).await;
     p.publish("secure/in", QoS::AtLeastOnce, false, b"\x00\x01binary")
         .await;
@@ -491,11 +515,23 @@ actions = [{{ http = {{ url = "https://localhost:{port}/in" }} }}]
         "SELECT * of a binary payload is the payload"
     );
     assert_eq!(got.headers["content-type"], "application/octet-stream");
+
+    p.publish("stranger/in", QoS::AtLeastOnce, false, br#"{"v": 2}"#)
+        .await;
+    p.puback().await;
+    let err = errors.recv().await;
+    assert_eq!(err.topic, "errors/stranger");
+    let doc: serde_json::Value = serde_json::from_slice(&err.payload).expect("json");
+    assert_eq!(doc["failures"][0]["failedAction"], "HttpAction", "{doc}");
+    assert!(
+        untrusted.rx.try_recv().is_err(),
+        "nothing reached the untrusted target"
+    );
 }
 
 #[tokio::test]
 async fn a_refusing_target_sends_the_job_to_the_error_action() {
-    let (sink, addr) = Sink::start(0, 400).await;
+    let (sink, addr) = Sink::start(400).await;
     let t = TestServer::start_with(&format!(
         r#"{FAST_RETRIES}
 [[rules]]
@@ -549,7 +585,8 @@ error_action = {{ republish = {{ topic = "errors/${{ruleName}}", qos = 1 }} }}
 #[tokio::test]
 async fn a_full_spool_refuses_new_publishes_or_pushes_the_oldest_to_the_error_action() {
     use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
-    let port = free_port();
+    let reserved = reserve();
+    let port = port_of(&reserved);
     let rule = |overflow: &str| {
         format!(
             r#"[actions]
@@ -676,7 +713,7 @@ actions = [{ republish = { topic = "alerts/${topic(2)}", qos = 1, retain = true,
 
 #[tokio::test]
 async fn an_error_action_that_feeds_its_own_rule_stops_at_the_hop_limit() {
-    let (_sink, addr) = Sink::start(0, 400).await;
+    let (_sink, addr) = Sink::start(400).await;
     let t = TestServer::start_with(&format!(
         r#"[actions]
 max_hops = 3

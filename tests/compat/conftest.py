@@ -3,6 +3,7 @@
 The binary is taken from EDGEGATE_BIN (set by .ci/run), else target/release.
 """
 import os
+import queue
 import re
 import subprocess
 import threading
@@ -45,6 +46,13 @@ provisioning = { policies = ["open"] }
 OPEN_POLICY = '{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}'
 
 
+def published(info, timeout=10):
+    """Waits for a paho publish to complete; paho's own wait returns quietly
+    on timeout, so say so."""
+    info.wait_for_publish(timeout=timeout)
+    assert info.is_published(), "the publish was not acknowledged in time"
+
+
 def operator_client(gateway, service, secret=ADMIN_SECRET):
     """A boto3 client of `service` ("iot", "iot-data") signed with the control
     plane's key, pointed at the admin listener as `--endpoint-url` would."""
@@ -84,8 +92,31 @@ class Gateway:
         self.port = None
         self.admin = None
         self.https = None
+        # A thread drains stderr (so the gateway never blocks on a full pipe)
+        # and hands lines over only until the listeners are known; the wait
+        # for them is bounded, so a silent gateway fails the test instead
+        # of hanging it.
+        lines = queue.Queue()
+        self._listening = threading.Event()
+
+        def pump():
+            for line in self.proc.stderr:
+                if not self._listening.is_set():
+                    lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + 30
-        for line in self.proc.stderr:
+        while not (self.port and self.admin and self.https):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                break
             m = re.search(r"MQTT over mutual TLS addr=127\.0\.0\.1:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
@@ -95,11 +126,8 @@ class Gateway:
             m = re.search(r"admin listener .* addr=(127\.0\.0\.1:\d+)", line)
             if m:
                 self.admin = m.group(1)
-            if (self.port and self.admin and self.https) or time.monotonic() > deadline:
-                break
-        assert self.port and self.admin and self.https, "gateway did not report its listeners"
-        # Keep draining stderr so the gateway never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        self._listening.set()
+        assert self.port and self.admin and self.https, "gateway did not report its listeners within 30 s"
 
     @property
     def ca(self) -> str:

@@ -10,7 +10,7 @@ import botocore.exceptions
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ADMIN_KEY, ADMIN_SECRET, BIN, ROOT, operator_client
+from conftest import ADMIN_KEY, ADMIN_SECRET, BIN, ROOT, operator_client, published
 
 WAIT = 10
 
@@ -307,12 +307,12 @@ def test_topic_rules(gateway):
     watcher.subscribe("boto/alerts", qos=1)
     assert got.get(timeout=WAIT) == "subscribed"
     publisher, _ = connected_device(gateway, "boto-sensor")
-    publisher.publish("boto/s1/temp", json.dumps({"temp": 72}), qos=1).wait_for_publish(WAIT)
+    published(publisher.publish("boto/s1/temp", json.dumps({"temp": 72}), qos=1), WAIT)
     assert got.get(timeout=WAIT) == {"temp": 72}
 
     client.replace_topic_rule(ruleName="boto_hot",
                               topicRulePayload={**payload, "sql": "SELECT temp, 'replaced' AS how FROM 'boto/+/temp'"})
-    publisher.publish("boto/s1/temp", json.dumps({"temp": 1}), qos=1).wait_for_publish(WAIT)
+    published(publisher.publish("boto/s1/temp", json.dumps({"temp": 1}), qos=1), WAIT)
     assert got.get(timeout=WAIT) == {"temp": 1, "how": "replaced"}
     client.disable_topic_rule(ruleName="boto_hot")
     assert client.get_topic_rule(ruleName="boto_hot")["rule"]["ruleDisabled"] is True

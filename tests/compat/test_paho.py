@@ -7,6 +7,8 @@ import sys
 import paho.mqtt.client as mqtt
 import pytest
 
+from conftest import published
+
 WAIT = 10
 
 PROTOCOLS = [mqtt.MQTTv311, mqtt.MQTTv5]
@@ -45,8 +47,7 @@ def test_publish_and_subscribe_at_qos_0_and_1(gateway, protocol):
     subscribe(sub, "paho/+/data", 1)
     pub = connect(client(gateway, f"paho-pub-{protocol}", protocol), gateway)
     for qos in (0, 1):
-        info = pub.publish(f"paho/q{qos}/data", f"hello {qos}", qos=qos)
-        info.wait_for_publish(timeout=WAIT)
+        published(pub.publish(f"paho/q{qos}/data", f"hello {qos}", qos=qos), WAIT)
         msg = sub.messages.get(timeout=WAIT)
         assert msg.topic == f"paho/q{qos}/data"
         assert msg.payload == f"hello {qos}".encode()
@@ -59,7 +60,7 @@ def test_publish_and_subscribe_at_qos_0_and_1(gateway, protocol):
 @pytest.mark.parametrize("protocol", PROTOCOLS, ids=["v311", "v5"])
 def test_retained_message(gateway, protocol):
     pub = connect(client(gateway, f"paho-rpub-{protocol}", protocol), gateway)
-    pub.publish("paho/retained", "kept", qos=1, retain=True).wait_for_publish(timeout=WAIT)
+    published(pub.publish("paho/retained", "kept", qos=1, retain=True), WAIT)
     sub = connect(client(gateway, f"paho-rsub-{protocol}", protocol), gateway)
     subscribe(sub, "paho/retained", 1)
     msg = sub.messages.get(timeout=WAIT)
