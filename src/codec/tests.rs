@@ -406,3 +406,158 @@ proptest! {
         }
     }
 }
+
+// Byte strings written from the MQTT specifications' own examples and
+// rules, decoded and encoded against fixed bytes rather than against this
+// codec's own output.
+
+fn fixed(p: &Packet, proto: Protocol) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode(p, proto, &mut buf);
+    buf.to_vec()
+}
+
+#[test]
+fn mqtt_311_connect_with_every_flag_of_figure_3_6() {
+    // Connect Flags 0xCE: user name, password, will QoS 1, will, clean session;
+    // Keep Alive 10 (MQTT 3.1.1 §3.1.2, Figure 3.6).
+    let bytes = [
+        0x10, 0x19, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0xCE, 0x00, 0x0A, // header
+        0x00, 0x01, b'c', 0x00, 0x01, b'w', 0x00, 0x01, b'm', 0x00, 0x01, b'u', 0x00, 0x01, b'p',
+    ];
+    let Some(Packet::Connect(c)) = raw(&bytes, Protocol::V4).expect("valid") else {
+        panic!("not a CONNECT");
+    };
+    assert_eq!(c.protocol, Protocol::V4);
+    assert!(c.clean_start);
+    assert_eq!((c.keep_alive, c.client_id.as_str()), (10, "c"));
+    let will = c.will.as_ref().expect("will");
+    assert_eq!((will.topic.as_str(), &will.payload[..]), ("w", &b"m"[..]));
+    assert_eq!((will.qos, will.retain), (QoS::AtLeastOnce, false));
+    assert_eq!(c.username.as_deref(), Some("u"));
+    assert_eq!(c.password.as_deref(), Some(&b"p"[..]));
+    // The reserved flag must be zero [MQTT-3.1.2-3].
+    let mut reserved = bytes;
+    reserved[9] |= 0x01;
+    assert!(raw(&reserved, Protocol::V4).is_err());
+}
+
+#[test]
+fn mqtt_311_publish_and_subscribe_of_the_specification_examples() {
+    // PUBLISH QoS 1, topic "a/b", packet identifier 10 (§3.3.2.3, Figure 3.11).
+    let publish = [
+        0x32, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'i',
+    ];
+    let Some(Packet::Publish(p)) = raw(&publish, Protocol::V4).expect("valid") else {
+        panic!("not a PUBLISH");
+    };
+    assert_eq!(
+        (p.topic.as_str(), p.pkid, p.qos),
+        ("a/b", 10, QoS::AtLeastOnce)
+    );
+    assert_eq!(&p.payload[..], b"hi");
+    assert_eq!(fixed(&Packet::Publish(p), Protocol::V4), publish);
+    // SUBSCRIBE "a/b" QoS 1 and "c/d" QoS 2, packet identifier 10 (Figure 3.22).
+    let subscribe = [
+        0x82, 0x0E, 0x00, 0x0A, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x00, 0x03, b'c', b'/', b'd',
+        0x02,
+    ];
+    let Some(Packet::Subscribe(s)) = raw(&subscribe, Protocol::V4).expect("valid") else {
+        panic!("not a SUBSCRIBE");
+    };
+    assert_eq!(s.pkid, 10);
+    let filters: Vec<(&str, QoS)> = s.filters.iter().map(|(f, o)| (f.as_str(), o.qos)).collect();
+    assert_eq!(
+        filters,
+        [("a/b", QoS::AtLeastOnce), ("c/d", QoS::ExactlyOnce)]
+    );
+    // SUBSCRIBE's fixed header flags must be 0010 [MQTT-3.8.1-1].
+    let mut bad = subscribe;
+    bad[0] = 0x80;
+    assert!(raw(&bad, Protocol::V4).is_err());
+    // SUBACK granting 0, 1, 2 and a failure (Figure 3.26).
+    let suback = Packet::SubAck(SubAck {
+        pkid: 10,
+        codes: vec![0x00, 0x01, 0x02, 0x80],
+        properties: Properties::default(),
+    });
+    assert_eq!(
+        fixed(&suback, Protocol::V4),
+        [0x90, 0x06, 0x00, 0x0A, 0x00, 0x01, 0x02, 0x80]
+    );
+}
+
+#[test]
+fn fixed_encodings_of_small_packets() {
+    let connack = |session_present, code| {
+        Packet::ConnAck(ConnAck {
+            session_present,
+            code,
+            properties: Properties::default(),
+        })
+    };
+    assert_eq!(
+        fixed(&connack(true, 0), Protocol::V4),
+        [0x20, 0x02, 0x01, 0x00]
+    );
+    // MQTT 5 Not authorized (0x87) is 3.1.1's return code 5.
+    assert_eq!(
+        fixed(&connack(false, 0x87), Protocol::V4),
+        [0x20, 0x02, 0x00, 0x05]
+    );
+    assert_eq!(fixed(&Packet::PingResp, Protocol::V4), [0xD0, 0x00]);
+    assert_eq!(raw(&[0xC0, 0x00], Protocol::V4), Ok(Some(Packet::PingReq)));
+    assert_eq!(
+        fixed(&Packet::PubAck(Ack::ok(10)), Protocol::V4),
+        [0x40, 0x02, 0x00, 0x0A]
+    );
+    // PUBREL's flags are 0010 [MQTT-3.6.1-1].
+    assert_eq!(
+        fixed(&Packet::PubRel(Ack::ok(10)), Protocol::V4),
+        [0x62, 0x02, 0x00, 0x0A]
+    );
+    // MQTT 5: a PUBACK with a reason code other than Success carries it;
+    // without properties the property length may be omitted [MQTT-3.4.2.1].
+    assert_eq!(
+        fixed(&Packet::PubAck(Ack::with_code(10, 0x10)), Protocol::V5),
+        [0x40, 0x03, 0x00, 0x0A, 0x10]
+    );
+    let Some(Packet::PubAck(a)) = raw(&[0x40, 0x02, 0x00, 0x0A], Protocol::V5).expect("valid")
+    else {
+        panic!("not a PUBACK");
+    };
+    assert_eq!((a.pkid, a.code), (10, 0));
+}
+
+#[test]
+fn remaining_length_boundaries_of_table_2_4() {
+    // The Remaining Length of a PUBLISH with topic "t" and no packet id is
+    // 3 + the payload: payloads chosen to land on the table's boundaries.
+    for (remaining, head) in [
+        (127usize, &[0x7F][..]),
+        (128, &[0x80, 0x01][..]),
+        (16_383, &[0xFF, 0x7F][..]),
+        (16_384, &[0x80, 0x80, 0x01][..]),
+        (2_097_152, &[0x80, 0x80, 0x80, 0x01][..]),
+    ] {
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "t".into(),
+            pkid: 0,
+            properties: PublishProperties::default(),
+            payload: Bytes::from(vec![0u8; remaining - 3]),
+        });
+        let bytes = fixed(&p, Protocol::V4);
+        assert_eq!(bytes[0], 0x30);
+        assert_eq!(
+            &bytes[1..1 + head.len()],
+            head,
+            "remaining length {remaining}"
+        );
+        assert_eq!(bytes.len(), 1 + head.len() + remaining);
+    }
+    // A fifth length byte is malformed [MQTT-2.2.3].
+    assert!(raw(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], Protocol::V4).is_err());
+}
