@@ -54,12 +54,13 @@ async fn conn_reports_rate_and_handshake_percentiles() {
 async fn fanin_at_every_qos_loses_and_reorders_nothing() {
     let t = TestServer::start().await;
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
-        let r = loadgen::run(&options(&t, "fanin", qos))
-            .await
-            .expect("runs");
-        assert_eq!(r["messages"], 900, "{r}");
-        assert_eq!(r["delivered"], 900, "{r}");
+        let o = options(&t, "fanin", qos);
+        let sent = o.publishers * o.messages;
+        let r = loadgen::run(&o).await.expect("runs");
+        assert_eq!(r["messages"], sent, "{r}");
+        assert_eq!(r["delivered"], sent, "{r}");
         assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["duplicates"], 0, "{r}");
         assert_eq!(r["reordered"], 0, "{r}");
         assert_eq!(r["timed_out"], false, "{r}");
         assert!(r["delivered_per_s"].as_f64() > Some(0.0), "{r}");
@@ -69,23 +70,28 @@ async fn fanin_at_every_qos_loses_and_reorders_nothing() {
 #[tokio::test]
 async fn fanout_delivers_to_every_subscriber() {
     let t = TestServer::start().await;
-    let r = loadgen::run(&options(&t, "fanout", QoS::AtLeastOnce))
-        .await
-        .expect("runs");
-    assert_eq!(r["deliveries"], 900, "{r}");
+    let o = options(&t, "fanout", QoS::AtLeastOnce);
+    let r = loadgen::run(&o).await.expect("runs");
+    assert_eq!(r["deliveries"], o.messages * o.subscribers, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["reordered"], 0, "{r}");
     assert!(r["deliveries_per_s"].as_f64() > Some(0.0), "{r}");
 }
 
 #[tokio::test]
 async fn latency_measures_after_the_warm_up() {
     let t = TestServer::start().await;
-    let r = loadgen::run(&options(&t, "latency", QoS::AtMostOnce))
-        .await
-        .expect("runs");
-    assert_eq!(r["messages"], 200, "{r}");
+    let o = options(&t, "latency", QoS::AtMostOnce);
+    let r = loadgen::run(&o).await.expect("runs");
+    let sent = o.rate * o.duration_secs;
+    assert_eq!(r["messages"], sent, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
-    assert_eq!(r["measured"], 180, "the first tenth is the warm-up: {r}");
+    assert_eq!(
+        r["measured"],
+        sent - sent / 10,
+        "the first tenth is the warm-up: {r}"
+    );
     let (p50, p99) = (r["p50_ms"].as_f64(), r["p99_ms"].as_f64());
     assert!(p50 > Some(0.0) && p99 >= p50, "{r}");
 }
@@ -159,7 +165,10 @@ fn the_gateway_raises_its_open_files_limit_to_serve_its_connections() {
         .filter_map(|w| w.parse().ok())
         .collect();
     let (soft, hard) = (open_files[0], open_files[1]);
-    assert_eq!(soft, hard.min(1000 + 64), "{limits}");
+    assert!(
+        soft >= hard.min(1000) && soft <= hard,
+        "enough for max_connections, within the hard limit: {limits}"
+    );
     let out = bench_command(&t, "conn", &format!("127.0.0.1:{port}"))
         .args(["--connections", "300", "--concurrency", "16"])
         .args(["--hold-secs", "1", "--timeout-secs", "60"])
@@ -175,12 +184,14 @@ fn the_gateway_raises_its_open_files_limit_to_serve_its_connections() {
 #[tokio::test]
 async fn shadow_updates_each_device_and_waits_for_every_answer() {
     let t = TestServer::start().await;
-    let r = loadgen::run(&options(&t, "shadow", QoS::AtLeastOnce))
-        .await
-        .expect("runs");
+    let o = options(&t, "shadow", QoS::AtLeastOnce);
+    let r = loadgen::run(&o).await.expect("runs");
     assert_eq!(
         (r["devices"].as_u64(), r["updates"].as_u64()),
-        (Some(3), Some(900)),
+        (
+            Some(o.publishers as u64),
+            Some((o.publishers * o.messages) as u64)
+        ),
         "{r}"
     );
     assert_eq!(r["errors"], serde_json::json!([]), "{r}");
