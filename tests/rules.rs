@@ -28,6 +28,10 @@ struct Got {
 
 struct SinkState {
     status: AtomicU16,
+    /// Milliseconds to wait before answering.
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// A `Location` to send with the answer.
+    location: parking_lot::Mutex<Option<String>>,
     tx: mpsc::UnboundedSender<Got>,
 }
 
@@ -43,7 +47,11 @@ async fn handle(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, HeaderMap) {
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).expect("status");
     if status == StatusCode::OK {
         let _ = s.tx.send(Got {
@@ -52,7 +60,11 @@ async fn handle(
             body,
         });
     }
-    status
+    let mut answer = HeaderMap::new();
+    if let Some(to) = s.location.lock().clone() {
+        answer.insert("location", to.parse().expect("location"));
+    }
+    (status, answer)
 }
 
 /// HTTPS for the sink: each accepted connection finishes its handshake first.
@@ -123,6 +135,8 @@ impl Sink {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(SinkState {
             status: AtomicU16::new(status),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
+            location: parking_lot::Mutex::new(None),
             tx,
         });
         let listener = socket.listen(64).expect("listen");
@@ -745,4 +759,179 @@ error_action = {{ republish = {{ topic = "errs/x", qos = 1 }} }}
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     s.nothing_for(Duration::from_millis(300)).await;
+}
+
+/// Waits until `series` is at least `least`, within `WAIT`.
+async fn metric_reaches(t: &TestServer, series: &str, least: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&t.metrics().await, series) < least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn http_retries_on_429_and_timeouts_and_never_follows_redirects() {
+    let (mut sink, addr) = Sink::start(429).await;
+    let (mut elsewhere, elsewhere_addr) = Sink::start(200).await;
+    let t = TestServer::start_with(&format!(
+        r#"{FAST_RETRIES}
+[[rules]]
+name = "ingest"
+sql = "SELECT * FROM 'sensors/+/temp'"
+actions = [{{ http = {{ url = "http://127.0.0.1:{port}/in", timeout_ms = 200 }} }}]
+error_action = {{ republish = {{ topic = "errors/${{ruleName}}", qos = 1 }} }}
+"#,
+        port = addr.port()
+    ))
+    .await;
+    let mut errors = t.v4("ops", true).await;
+    errors.subscribe("errors/#", QoS::AtLeastOnce).await;
+    let mut p = t.v4("thermo", true).await;
+    let retries = "edgegate_action_retries_total{rule=\"ingest\",action=\"0\"}";
+    // 429: retried, then delivered once the target takes it.
+    publish_seq(&mut p, 0, 1).await;
+    metric_reaches(&t, retries, 2.0).await;
+    sink.set_status(200);
+    assert_eq!(sink.seqs(1).await, vec![0]);
+    // Too slow to answer: retried, then delivered once it is fast again.
+    let before = metric(&t.metrics().await, retries);
+    sink.state.delay_ms.store(1000, Ordering::SeqCst);
+    publish_seq(&mut p, 1, 2).await;
+    metric_reaches(&t, retries, before + 2.0).await;
+    sink.state.delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!(sink.seqs(1).await, vec![1]);
+    // A redirect is a failure: to the error action, and nothing follows it.
+    sink.set_status(307);
+    *sink.state.location.lock() = Some(format!("http://{elsewhere_addr}/moved"));
+    publish_seq(&mut p, 2, 3).await;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&errors.recv().await.payload).expect("json");
+    assert_eq!(doc["failures"][0]["failedAction"], "HttpAction", "{doc}");
+    assert!(
+        doc["failures"][0]["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("307")),
+        "{doc}"
+    );
+    assert!(
+        elsewhere.rx.try_recv().is_err(),
+        "the redirect was followed"
+    );
+    errors.nothing_for(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn an_evaluation_failure_reports_every_failed_action_in_one_document() {
+    let t = TestServer::start_with(
+        r##"[[rules]]
+name = "twice"
+sql = "SELECT * FROM 'in/+'"
+actions = [
+  { republish = { topic = "out/${dest}/a" } },
+  { republish = { topic = "out/${dest}/b" } },
+]
+error_action = { republish = { topic = "errors/${ruleName}", qos = 1 } }
+"##,
+    )
+    .await;
+    let mut errors = t.v4("ops", true).await;
+    errors.subscribe("errors/#", QoS::AtLeastOnce).await;
+    let mut p = t.v4("dev", true).await;
+    // `#` in a topic name: both topics are invalid after substitution.
+    p.publish("in/x", QoS::AtLeastOnce, false, br##"{"dest": "#"}"##)
+        .await;
+    p.puback().await;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&errors.recv().await.payload).expect("json");
+    let failures = doc["failures"].as_array().expect("failures");
+    assert_eq!(failures.len(), 2, "{doc}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| f["failedAction"] == "RepublishAction"),
+        "{doc}"
+    );
+    errors.nothing_for(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_full_refuse_new_spool_closes_an_mqtt_311_connection_unacknowledged() {
+    let reserved = reserve();
+    let t = TestServer::start_with(&format!(
+        r#"[actions]
+spool_max_bytes = 2000
+spool_overflow = "refuse_new"
+retry_initial_ms = 1000
+[[rules]]
+name = "bounded"
+sql = "SELECT * FROM 'bounded/in'"
+actions = [{{ http = {{ url = "http://127.0.0.1:{port}/in" }} }}]
+"#,
+        port = port_of(&reserved)
+    ))
+    .await;
+    let mut p = t.v4("dev", true).await;
+    let mut closed_at = None;
+    for i in 0..40 {
+        p.publish(
+            "bounded/in",
+            QoS::AtLeastOnce,
+            false,
+            format!("{i:0>40}").as_bytes(),
+        )
+        .await;
+        let acked = loop {
+            match p.next().await {
+                Ev4::Other(rumqttc::Packet::PubAck(_)) => break true,
+                Ev4::Error(_) => break false,
+                _ => {}
+            }
+        };
+        if !acked {
+            closed_at = Some(i);
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("the spool filled up");
+    assert!(closed_at > 3, "refused only when full, at {closed_at}");
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_spool_records{spool=\"rules/bounded/0\"}"),
+        f64::from(closed_at),
+        "the refused publish was not taken"
+    );
+}
+
+#[tokio::test]
+async fn jobs_of_a_removed_rule_are_still_delivered() {
+    let reserved = reserve();
+    let port = port_of(&reserved);
+    let t = TestServer::start_with(&http_rule(port)).await;
+    let mut p = t.v4("thermo", true).await;
+    publish_seq(&mut p, 0, 5).await;
+    // The rule goes from the file; its five jobs stay spooled. Its removal
+    // shows when a matching publish is no longer counted (a QoS 1 publish
+    // that a rule matches is acknowledged after the rule evaluated it).
+    std::fs::write(t.config_file(), config_text("")).expect("rewrite");
+    let matched = "edgegate_rule_matched_total{rule=\"ingest\"}";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let before = metric(&t.metrics().await, matched);
+        publish_seq(&mut p, 99, 100).await;
+        if metric(&t.metrics().await, matched) == before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rule was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut sink, _) = Sink::start_on(reserved, 200).await;
+    let seqs = sink.seqs(5).await;
+    assert_eq!(&seqs[..5], &[0, 1, 2, 3, 4], "{seqs:?}");
 }
