@@ -208,8 +208,16 @@ impl Server {
             })
         };
         for dir in tls_dirs {
-            let retrust = retrust.clone();
-            watch_dir(&dir, None, &mut watches, move || retrust());
+            let (retrust, registry, ca, auto) = (
+                retrust.clone(),
+                registry.clone(),
+                config.tls.ca.clone(),
+                config.auth.registration != crate::config::Registration::Registry,
+            );
+            watch_dir(&dir, None, &mut watches, move || {
+                registry.configure_cas(crate::registry::read_ca_file(&ca), auto);
+                retrust();
+            });
         }
         let limits = MailboxLimits {
             queued: config.limits.max_queued_messages,

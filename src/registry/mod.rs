@@ -397,26 +397,7 @@ impl Registry {
                 state.registration_code.clone().into_bytes(),
             ));
         }
-        // The configured trust and registration mode govern: each start
-        // brings the CA records in line with them.
-        for ca in cas {
-            let mut changed = false;
-            let entry = state
-                .cas
-                .entry(ca.certificate_id.clone())
-                .or_insert_with(|| {
-                    changed = true;
-                    new_ca(&ca, auto_registration, true)
-                });
-            if entry.auto_registration != auto_registration || !entry.configured {
-                entry.auto_registration = auto_registration;
-                entry.configured = true;
-                changed = true;
-            }
-            if changed {
-                ops.push(record("cacert/", &entry.id, &*entry));
-            }
-        }
+        ops.extend(configure(&mut state, cas, auto_registration));
         if !ops.is_empty() {
             store.enqueue(ops);
         }
@@ -425,6 +406,16 @@ impl Registry {
             store,
             changed: tokio::sync::watch::channel(0).0,
             trust: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Brings the CA records in line with the configured trust (`tls.ca`,
+    /// re-read when it changes) and registration mode, so that devices of a
+    /// rotated-in CA are registered as the mode says without a restart.
+    pub fn configure_cas(&self, cas: Vec<ClientIdentity>, auto_registration: bool) {
+        let ops = configure(&mut self.state.write(), cas, auto_registration);
+        if !ops.is_empty() {
+            self.store.enqueue(ops);
         }
     }
 
@@ -1087,6 +1078,31 @@ fn principal_of(state: &State, cert: &Certificate, client_id: &str) -> Principal
         policies: cert.policies.clone(),
         thing: thing.and_then(|t| state.things.get(t)).cloned(),
     }
+}
+
+/// The configured CAs as records: each registered if it is not yet, with
+/// auto registration as the mode says; the records to store.
+fn configure(state: &mut State, cas: Vec<ClientIdentity>, auto_registration: bool) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for ca in cas {
+        let mut changed = false;
+        let entry = state
+            .cas
+            .entry(ca.certificate_id.clone())
+            .or_insert_with(|| {
+                changed = true;
+                new_ca(&ca, auto_registration, true)
+            });
+        if entry.auto_registration != auto_registration || !entry.configured {
+            entry.auto_registration = auto_registration;
+            entry.configured = true;
+            changed = true;
+        }
+        if changed {
+            ops.push(record("cacert/", &entry.id, &*entry));
+        }
+    }
+    ops
 }
 
 fn check_version(name: &str, have: u64, expected: Option<u64>) -> Result<(), RegistryError> {
