@@ -713,3 +713,32 @@ async fn a_rules_upstream_action_sends_its_output_up() {
     let body: serde_json::Value = serde_json::from_slice(&got.payload).expect("json");
     assert_eq!(body, serde_json::json!({"level": 3, "room": "kitchen"}));
 }
+
+#[tokio::test]
+async fn over_mqtt_5_the_upstreams_receive_maximum_is_respected() {
+    // An upstream that takes one unacknowledged publish at a time, and ends
+    // a connection that sends more (0x93).
+    let up = TestServer::start_with("[limits]\nmax_inflight = 1\n").await;
+    let mut watcher = up.v4("watcher", true).await;
+    watcher.subscribe("edge-a/#", QoS::AtLeastOnce).await;
+    let mut edge = TestServer::prepare(&upstream_toml(up.addr().port(), "mqtt_version = \"5\""));
+    trust(edge.dir.path(), &up.ca);
+    edge.boot().await;
+    wait_metric(&edge, "edgegate_upstream_connected", 1.0).await;
+    let mut device = edge.v4("sensor", true).await;
+    for seq in 0..30u32 {
+        device
+            .publish("telemetry/t", QoS::AtLeastOnce, false, &seq.to_be_bytes())
+            .await;
+    }
+    for _ in 0..30 {
+        device.puback().await;
+    }
+    assert_eq!(seqs(&mut watcher, 30).await, (0..30).collect::<Vec<_>>());
+    let m = edge.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_upstream_reconnects_total"),
+        0.0,
+        "one link all along: the window was never overrun"
+    );
+}
