@@ -742,3 +742,23 @@ async fn over_mqtt_5_the_upstreams_receive_maximum_is_respected() {
         "one link all along: the window was never overrun"
     );
 }
+
+#[tokio::test]
+async fn over_mqtt_5_the_bridge_keeps_the_keep_alive_the_upstream_assigns() {
+    // The bridge asks for 2 s; the upstream assigns 1 s (Server Keep Alive)
+    // and closes a link silent for 1.5 s. A bridge that kept its own 2 s
+    // would be cut off and reconnect while idle.
+    let up =
+        TestServer::start_with("[mqtt]\nlisten = [\"127.0.0.1:0\"]\nmax_keep_alive_secs = 1\n")
+            .await;
+    let mut edge = TestServer::prepare(&upstream_toml(up.addr().port(), "mqtt_version = \"5\""));
+    trust(edge.dir.path(), &up.ca);
+    edge.boot().await;
+    wait_metric(&edge, "edgegate_upstream_connected", 1.0).await;
+    // Idle for several of the upstream's keep-alive deadlines: real time
+    // has to pass for a keep alive to be kept or broken.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = edge.metrics().await;
+    assert_eq!(metric(&m, "edgegate_upstream_reconnects_total"), 0.0);
+    assert_eq!(metric(&m, "edgegate_upstream_connected"), 1.0);
+}
