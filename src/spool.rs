@@ -17,7 +17,7 @@
 //!   room; `RefuseNew` refuses the new record. Expired records are handed
 //!   back the same way.
 
-use crate::store::{Commit, Op, Store, StoreError};
+use crate::store::{Commit, Op, Store, StoreError, now_ms};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -365,13 +365,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.step = self.initial;
     }
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A spool's rows as the store snapshot holds them: (sequence, record).

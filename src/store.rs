@@ -109,6 +109,17 @@ pub enum Op {
     DelShadow(String),
 }
 
+/// Milliseconds since the Unix epoch: how every record keeps time.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
 /// Resolves when a batch is durable.
 pub type Commit = oneshot::Receiver<Result<(), Arc<StoreError>>>;
 

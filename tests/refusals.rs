@@ -100,10 +100,17 @@ async fn a_client_that_never_sends_connect_is_dropped_at_the_deadline() {
 #[tokio::test]
 async fn unsupported_protocol_level_gets_connack_1() {
     let t = TestServer::start().await;
-    let mut raw = t.raw("old-client").await;
-    raw.send(&connect_bytes(3, "old", 30)).await;
-    // MQTT 3.1 is refused with return code 1 [MQTT-3.1.2-2].
-    assert_eq!(raw.read_to_close().await, vec![0x20, 0x02, 0x00, 0x01]);
+    // MQTT 3.1 and levels past 5 are refused with 3.1.1's return code 1
+    // [MQTT-3.1.2-2], never with an MQTT 5 CONNACK.
+    for level in [3, 6, 99] {
+        let mut raw = t.raw("old-client").await;
+        raw.send(&connect_bytes(level, "old", 30)).await;
+        assert_eq!(
+            raw.read_to_close().await,
+            vec![0x20, 0x02, 0x00, 0x01],
+            "level {level}"
+        );
+    }
 }
 
 #[tokio::test]

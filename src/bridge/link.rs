@@ -632,7 +632,7 @@ impl Bridge {
 
     /// Drops (and counts) messages older than `upstream.spool_max_age_secs`.
     fn expire(&self) {
-        let expired = self.spool.expire(spool::now_ms()).len();
+        let expired = self.spool.expire(crate::store::now_ms()).len();
         if expired > 0 {
             self.metrics.upstream_failed.increment(expired as u64);
             if self.up_warn.allow() {
@@ -712,7 +712,7 @@ impl Bridge {
                         json: json.as_ref(),
                         client_id: None,
                         principal: None,
-                        timestamp_ms: spool::now_ms() as i64,
+                        timestamp_ms: crate::store::now_ms() as i64,
                         account: "",
                     },
                     &sql::Variables::new(),

@@ -67,7 +67,7 @@ impl Status {
 
     /// (records, bytes, age of the oldest in ms) waiting to go up.
     pub fn backlog(&self) -> (usize, usize, u64) {
-        self.spool.depth(crate::spool::now_ms())
+        self.spool.depth(crate::store::now_ms())
     }
 }
 

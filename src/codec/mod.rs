@@ -458,7 +458,6 @@ impl Packet {
 
 /// MQTT 5 reason codes the gateway sends, by name.
 pub mod reason {
-    #![allow(missing_docs)]
     pub const SUCCESS: u8 = 0x00;
     pub const GRANTED_QOS1: u8 = 0x01;
     pub const GRANTED_QOS2: u8 = 0x02;

@@ -3,6 +3,7 @@
 //! `edgegate` CLI signs its own. Canonicalization follows
 //! spec/aws-iot-auth.md §6.2 (non-S3 services: the path is encoded twice).
 
+use crate::registry::identity::hex;
 use ring::{digest, hmac};
 use std::fmt::Write;
 
@@ -54,14 +55,6 @@ impl Request<'_> {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| *v)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 fn sha256_hex(data: &[u8]) -> String {

@@ -14,8 +14,8 @@
 //!   `ForAnyValue:` (false); `Null` tests presence.
 //! - Keys compare case-insensitively.
 
-use super::document::{BaseOperator, Condition, Document, SetQualifier};
-use super::eval::{Cidr, CompiledStatement, Glob, PolicySet, ResourcePattern};
+use super::document::{BaseOperator, Cidr, Condition, Document, SetQualifier};
+use super::eval::{CompiledStatement, Glob, PolicySet, ResourcePattern};
 use std::net::IpAddr;
 use std::sync::Arc;
 

@@ -13,7 +13,6 @@
 //! the virtual concatenation of its type and name, so no ARN is built.
 
 use super::document::Effect;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The actions the gateway checks.
@@ -248,48 +247,6 @@ impl Input<'_> {
     }
 }
 
-/// An IPv4 or IPv6 network, for `IpAddress` conditions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    bits: u8,
-}
-
-impl Cidr {
-    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (addr, bits) = match text.split_once('/') {
-            Some((a, b)) => (a, Some(b.parse::<u8>().ok()?)),
-            None => (text, None),
-        };
-        let net: IpAddr = addr.parse().ok()?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let bits = bits.unwrap_or(max);
-        (bits <= max).then_some(Self { net, bits })
-    }
-
-    /// Whether `ip` is inside the network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match (ip, self.net) {
-            (IpAddr::V6(v6), IpAddr::V4(_)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            _ => ip,
-        };
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.bits))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
 /// A resource pattern compiled for this gateway's partition, region and account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResourcePattern {
@@ -509,30 +466,6 @@ mod tests {
                 "split {pattern} vs {input}"
             );
         }
-    }
-
-    #[test]
-    fn cidr() {
-        let net = Cidr::parse("10.0.0.0/8").expect("cidr");
-        assert!(net.contains("10.1.2.3".parse().expect("ip")));
-        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
-        assert!(
-            net.contains("::ffff:10.0.0.1".parse().expect("ip")),
-            "mapped v4"
-        );
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .expect("any")
-                .contains("8.8.8.8".parse().expect("ip"))
-        );
-        let v6 = Cidr::parse("2001:db8::/32").expect("v6");
-        assert!(v6.contains("2001:db8::1".parse().expect("ip")));
-        assert!(Cidr::parse("1.2.3.4/33").is_none());
-        assert!(
-            Cidr::parse("1.2.3.4")
-                .expect("host")
-                .contains("1.2.3.4".parse().expect("ip"))
-        );
     }
 
     #[test]

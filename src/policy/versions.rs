@@ -10,13 +10,12 @@
 //! file, fsync, rename), then to the store, under one lock.
 
 use super::document;
-use crate::store::{Op, Store};
+use crate::store::{Op, Store, now_ms};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// Versions one policy may have.
 pub const MAX_VERSIONS: usize = 5;
@@ -104,12 +103,6 @@ impl std::fmt::Debug for Versions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Versions").field("dir", &self.dir).finish()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 const PREFIX: &str = "policy/";

@@ -12,11 +12,10 @@ pub use identity::ClientIdentity;
 
 use crate::config::{Provisioning, Registration};
 use crate::policy::compile::Context;
-use crate::store::{Op, Store};
+use crate::store::{Op, Store, now_ms};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 /// A certificate's status, as AWS IoT names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,12 +343,6 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Registry")
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 const REGISTRATION_CODE: &str = "meta/registration-code";

@@ -21,14 +21,14 @@ pub mod trie;
 
 use crate::codec::{self, ByteStr, Protocol, PublishProperties, QoS, SubOptions};
 use crate::metrics::{DropReason, Metrics};
-use crate::store::{Commit, Op, Store, StoreError};
+use crate::store::{Commit, Op, Store, StoreError, unix_ms};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -170,12 +170,6 @@ impl Message {
         msg.expires_at = expires_at;
         Some(msg)
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One message on its way to one session.

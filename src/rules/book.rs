@@ -12,13 +12,12 @@
 use super::RuleSet;
 use super::engine::Engine;
 use crate::config::{self, Config};
-use crate::store::{Op, Store};
+use crate::store::{Op, Store, now_ms};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
 
 /// Why a rule change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,12 +87,6 @@ impl std::fmt::Debug for Book {
 }
 
 const PREFIX: &str = "rule/";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 impl Book {
     /// The rules of `config` and the API rules among the stored registry records.

@@ -51,7 +51,7 @@ struct Lane {
 
 impl Lane {
     fn append(&self, job: Job) -> Result<spool::Appended, SpoolError> {
-        let appended = self.spool.append(job.into_record(), spool::now_ms());
+        let appended = self.spool.append(job.into_record(), crate::store::now_ms());
         self.gauges();
         appended
     }
@@ -322,7 +322,7 @@ impl Engine {
         let set = self.rules.load();
         let topic = msg.topic.as_str();
         let origin = &msg.origin;
-        let now_ms = spool::now_ms();
+        let now_ms = crate::store::now_ms();
         let mut parsed = None;
         let mut original = None;
         let mut commits: Vec<Commit> = durable.into_iter().collect();
@@ -501,7 +501,7 @@ impl Engine {
             json: Some(&doc),
             client_id: client_id.as_deref(),
             principal: None,
-            timestamp_ms: spool::now_ms() as i64,
+            timestamp_ms: crate::store::now_ms() as i64,
             account: &self.settings.account,
         };
         let vars = sql::Variables::new();
@@ -604,7 +604,7 @@ impl Engine {
         let a = &self.settings.actions;
         let mut backoff = spool::Backoff::new(a.retry_initial_ms, a.retry_max_ms);
         loop {
-            for r in lane.spool.expire(spool::now_ms()) {
+            for r in lane.spool.expire(crate::store::now_ms()) {
                 self.give_up(
                     lane,
                     &r.data,

@@ -246,13 +246,16 @@ pub async fn serve<S>(
                 .metrics
                 .handshake_failed(HandshakeFailure::BadConnect);
             tracing::debug!(%peer, error = %e, "bad CONNECT");
-            if let ProtocolError::UnsupportedProtocol(level) = e {
-                let proto = if level >= 5 {
-                    Protocol::V5
-                } else {
-                    Protocol::V4
-                };
-                let _ = refuse(&mut stream, proto, reason::UNSUPPORTED_PROTOCOL_VERSION).await;
+            if let ProtocolError::UnsupportedProtocol(_) = e {
+                // Whatever the level, in 3.1.1's format: return code 1
+                // [MQTT-3.1.2-2], which MQTT 5 allows too, and which a
+                // client of any level can read (Mosquitto answers so).
+                let _ = refuse(
+                    &mut stream,
+                    Protocol::V4,
+                    reason::UNSUPPORTED_PROTOCOL_VERSION,
+                )
+                .await;
             }
             return;
         }
@@ -1364,7 +1367,12 @@ impl Conn {
                 Ok(p) => p,
                 Err(e) => {
                     codes.push(reason::TOPIC_FILTER_INVALID);
-                    refusals.push(format!("{raw}: {e}"));
+                    // An empty filter has no name to put before the problem.
+                    refusals.push(if raw.is_empty() {
+                        "an empty topic filter".to_owned()
+                    } else {
+                        format!("{raw}: {e}")
+                    });
                     continue;
                 }
             };

@@ -263,7 +263,7 @@ impl Sessions {
                     self.discard(*data);
                 } else {
                     let generation = self.new_id();
-                    let rec = record(&data, Some(router::unix_ms(SystemTime::now())));
+                    let rec = record(&data, Some(crate::store::unix_ms(SystemTime::now())));
                     self.store
                         .enqueue(vec![Op::PutSession(client_id.clone(), rec)]);
                     let after = Duration::from_secs(u64::from(data.expiry));
@@ -399,7 +399,7 @@ impl Sessions {
     pub fn restore(self: &Arc<Self>, snapshot: Snapshot) {
         let now = Instant::now();
         let mut cleanup = Vec::new();
-        let now_ms = router::unix_ms(SystemTime::now());
+        let now_ms = crate::store::unix_ms(SystemTime::now());
         for (topic, rec) in snapshot.retained {
             let (modified_ms, rec) = router::read_retained_record(&rec);
             match Message::from_record(rec, now) {

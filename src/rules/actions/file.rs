@@ -218,7 +218,7 @@ impl Files {
 
 /// Renames a full file to `<name>.<unix ms>`, never over an existing file.
 fn rotate(target: &Path) -> std::io::Result<()> {
-    let mut ms = crate::spool::now_ms();
+    let mut ms = crate::store::now_ms();
     loop {
         let rotated = PathBuf::from(format!("{}.{ms}", target.display()));
         // A hard link fails if the name is taken, where a rename would replace it.

@@ -38,7 +38,6 @@ pub enum Kind {
 
 /// The keywords of the language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub enum Keyword {
     Select,
     From,
@@ -87,7 +86,6 @@ impl Keyword {
 
 /// Operators and punctuation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub enum Sym {
     Star,
     Comma,

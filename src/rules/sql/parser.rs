@@ -49,7 +49,6 @@ pub struct Nested {
 
 /// Binary operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub enum BinOp {
     Or,
     And,
