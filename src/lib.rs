@@ -7,6 +7,8 @@
 //! - [`topic`] (P): topic names and filters, validation and matching.
 //! - [`metrics`]: every metric name; a private Prometheus recorder per gateway.
 //! - [`config`]: `config.toml`, defaults, validation reporting every problem.
+//! - [`transport`]: TLS configuration, the server's TLS stream, and
+//!   certificate generation; it imports only [`config`] and [`metrics`].
 //! - [`codec`] (P): MQTT 3.1.1 and 5.0 packets to and from bytes.
 //! - [`store`]: the redb database and its group-commit writer.
 //! - [`spool`]: the durable at-least-once queue for rule actions and the bridge.
@@ -22,7 +24,6 @@
 //! - [`shadow`]: device shadows: the document (pure) and the service that
 //!   answers the reserved topics and the REST calls.
 //! - [`session`]: the session table, wills, and the connection task.
-//! - [`transport`]: TLS configuration and certificate generation.
 //! - [`http`]: the admin listener and socket, the AWS IoT control plane
 //!   with operators and audit, the `iot-data` API, the device endpoint.
 //! - [`server`]: binds everything, then serves; owns shutdown.
