@@ -246,7 +246,7 @@ pub struct Metrics {
     /// `edgegate_authz_denied_total{action}`.
     pub authz_denied: Family,
     /// `edgegate_connections_refused_total{reason}`: certificates refused by the registry.
-    pub principal_refused: Family,
+    principal_refused: Family,
     /// `edgegate_protocol_errors_total`: connections closed for a protocol error.
     pub protocol_errors: Counter,
     /// `edgegate_reload_failures_total`: files that failed to load or reload.
@@ -287,22 +287,35 @@ pub struct Metrics {
     pub audit_dropped: Counter,
 }
 
-/// How a control-plane call ended, for `edgegate_control_calls_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlOutcome {
-    /// Done.
-    Ok,
-    /// Refused by the operation itself (not found, conflict, invalid).
-    Error,
-    /// Refused by the operator's policies.
-    Denied,
-    /// No valid signature.
-    Unauthenticated,
-}
+label_enum!(
+    /// How a control-plane call ended, for `edgegate_control_calls_total`.
+    ControlOutcome {
+        /// Done.
+        Ok => "ok",
+        /// Refused by the operation itself (not found, conflict, invalid).
+        Error => "error",
+        /// Refused by the operator's policies.
+        Denied => "denied",
+        /// No valid signature.
+        Unauthenticated => "unauthenticated",
+    }
+);
 
-impl ControlOutcome {
-    const LABELS: [&'static str; 4] = ["ok", "error", "denied", "unauthenticated"];
-}
+label_enum!(
+    /// Why the registry refused a certificate, for `edgegate_connections_refused_total`.
+    Refused {
+        /// Not registered, and the registration mode does not add it.
+        Unknown => "unknown",
+        /// Registered INACTIVE.
+        Inactive => "inactive",
+        /// Revoked.
+        Revoked => "revoked",
+        /// Registered by JITR, waiting for an operator.
+        PendingActivation => "pending_activation",
+        /// Its CA is INACTIVE.
+        CaInactive => "ca_inactive",
+    }
+);
 
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -456,13 +469,7 @@ impl Metrics {
                 "edgegate_connections_refused_total",
                 "Connections refused because of their certificate's registration, by reason.",
                 "reason",
-                &[
-                    "unknown",
-                    "inactive",
-                    "revoked",
-                    "pending_activation",
-                    "ca_inactive",
-                ],
+                &Refused::ALL.iter().map(|v| v.label()).collect::<Vec<_>>(),
             ),
             protocol_errors: counter(
                 "edgegate_protocol_errors_total",
@@ -540,7 +547,10 @@ impl Metrics {
                 "edgegate_control_calls_total",
                 "Control-plane calls, by outcome (ok, error, denied by operator policy, unauthenticated).",
                 "outcome",
-                &ControlOutcome::LABELS,
+                &ControlOutcome::ALL
+                    .iter()
+                    .map(|v| v.label())
+                    .collect::<Vec<_>>(),
             ),
             audit_dropped: counter(
                 "edgegate_audit_dropped_total",
@@ -570,6 +580,11 @@ impl Metrics {
     /// Counts a control-plane call.
     pub fn control_call(&self, outcome: ControlOutcome) {
         self.control_calls.get(outcome as usize).increment(1);
+    }
+
+    /// Counts a certificate the registry refused.
+    pub fn principal_refused(&self, why: Refused) {
+        self.principal_refused.get(why as usize).increment(1);
     }
 
     fn labelled(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Key {

@@ -447,14 +447,14 @@ pub fn admit(shared: &Shared, id: &ClientIdentity, client_id: &str) -> Option<Pr
     match admitted {
         Ok(p) => Some(p),
         Err(refusal) => {
-            let label = match &refusal {
-                Refusal::Unknown => 0,
-                Refusal::NotActive(CertStatus::Revoked) => 2,
-                Refusal::NotActive(CertStatus::PendingActivation) => 3,
-                Refusal::NotActive(_) => 1,
-                Refusal::CaInactive => 4,
-            };
-            shared.metrics.principal_refused.get(label).increment(1);
+            use crate::metrics::Refused;
+            shared.metrics.principal_refused(match &refusal {
+                Refusal::Unknown => Refused::Unknown,
+                Refusal::NotActive(CertStatus::Revoked) => Refused::Revoked,
+                Refusal::NotActive(CertStatus::PendingActivation) => Refused::PendingActivation,
+                Refusal::NotActive(_) => Refused::Inactive,
+                Refusal::CaInactive => Refused::CaInactive,
+            });
             if refusal == Refusal::NotActive(CertStatus::PendingActivation) {
                 announce_pending(shared, id);
             }
