@@ -650,7 +650,7 @@ fn outcome(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<()> {
-    use edgegate::policy::compile::{ArnHead, Context, compile, missing};
+    use edgegate::policy::compile::{ArnHead, compile, missing};
     use edgegate::policy::eval::{Action, ResourceType};
     let action = Action::parse(&r.action).with_context(|| {
         format!(
@@ -696,27 +696,34 @@ fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?
     };
-    let mut ctx = Context::new();
-    if let Some(path) = &r.cert {
-        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let der = rustls_pemfile::certs(&mut pem.as_slice())
-            .next()
-            .context("no certificate in the file")??;
-        edgegate::registry::ClientIdentity::from_der(&der)
-            .context("unreadable certificate")?
-            .add_to(&mut ctx);
-    }
-    if let Some(id) = &r.client_id {
-        ctx.set("iot:ClientId", id.clone());
-    }
-    if let Some(thing) = &r.thing {
-        ctx.set("iot:Connection.Thing.ThingName", thing.clone());
-        ctx.set("iot:Connection.Thing.IsAttached", "true");
-    }
-    if let Some(ip) = r.source_ip {
-        ctx.set("aws:SourceIp", ip.to_string());
-    }
+    let identity = match &r.cert {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let der = rustls_pemfile::certs(&mut pem.as_slice())
+                .next()
+                .context("no certificate in the file")??;
+            Some(ClientIdentity::from_der(&der).context("unreadable certificate")?)
+        }
+        None => None,
+    };
+    // The context the gateway would build for this connection, by its own builder.
+    let principal = edgegate::registry::Principal {
+        certificate_id: identity.as_ref().map(|i| i.certificate_id.clone()),
+        policies: Vec::new(),
+        thing: r.thing.as_deref().map(edgegate::registry::Thing::named),
+    };
     let head = ArnHead::new(&config.aws.region, &config.aws.account_id);
+    let ctx = edgegate::session::authz::context(
+        identity.as_ref(),
+        &principal,
+        edgegate::session::authz::ConnectFacts {
+            client_id: r.client_id.as_deref(),
+            peer: r.source_ip,
+            persistent: false,
+            will_topic: None,
+        },
+        &head,
+    );
     let set = compile(chosen.iter().map(|(n, d)| (*n, &***d)), &head, &ctx);
     let (decision, statement) = set.explain(action, ty, name);
     println!("{}", decision.name());

@@ -193,7 +193,7 @@ async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, Aw
     let principal = conn::admit(shared, &identity, "").ok_or_else(data::forbidden)?;
     let facts = ConnectFacts {
         client_id: None,
-        peer: peer.addr,
+        peer: Some(peer.addr.ip()),
         persistent: false,
         will_topic: None,
     };

@@ -9,7 +9,7 @@ use crate::policy::compile::{ArnHead, Context, PackedContext};
 use crate::policy::eval::{Action, DecisionCache, PolicySet, ResourceType};
 use crate::policy::{PolicyStore, Snapshot};
 use crate::registry::{ClientIdentity, Principal};
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// What the policy context needs to know about the CONNECT.
@@ -18,12 +18,54 @@ pub struct ConnectFacts<'a> {
     /// The client id; HTTPS requests have none, and `${iot:ClientId}` then
     /// resolves to nothing rather than to an empty string.
     pub client_id: Option<&'a str>,
-    /// Where the client connects from.
-    pub peer: SocketAddr,
+    /// Where the client connects from, if known (`aws:SourceIp`).
+    pub peer: Option<IpAddr>,
     /// Whether the session is persistent.
     pub persistent: bool,
     /// The will's topic, if any.
     pub will_topic: Option<&'a str>,
+}
+
+/// The policy context of a connection, or of a request evaluated as one
+/// (`edgegate policy test`, TestAuthorization): one builder, so that an
+/// explanation never disagrees with an enforcement.
+pub fn context(
+    identity: Option<&ClientIdentity>,
+    principal: &Principal,
+    facts: ConnectFacts<'_>,
+    head: &ArnHead,
+) -> Context {
+    let mut ctx = Context::new();
+    if let Some(id) = identity {
+        id.add_to(&mut ctx);
+    }
+    if let Some(id) = facts.client_id {
+        ctx.set("iot:ClientId", id);
+    }
+    if let Some(ip) = facts.peer {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            ip => ip,
+        };
+        ctx.set("aws:SourceIp", ip.to_string());
+    }
+    let mut attributes = Vec::new();
+    if facts.persistent {
+        attributes.push("PersistentConnect".to_owned());
+    }
+    if let Some(topic) = facts.will_topic {
+        attributes.push("LastWill".to_owned());
+        ctx.set(
+            "iot:LastWillTopic",
+            format!(
+                "arn:{}:iot:{}:{}:topic/{topic}",
+                head.partition, head.region, head.account
+            ),
+        );
+    }
+    ctx.set_all("iot:ConnectAttributes", attributes);
+    principal.add_to(&mut ctx);
+    ctx
 }
 
 /// A connection's authorization state.
@@ -47,36 +89,7 @@ impl Authz {
         policies: &PolicyStore,
         head: &ArnHead,
     ) -> Option<Self> {
-        let mut ctx = Context::new();
-        if let Some(id) = identity {
-            id.add_to(&mut ctx);
-        }
-        if let Some(id) = facts.client_id {
-            ctx.set("iot:ClientId", id);
-        }
-        let ip = match facts.peer.ip() {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-            ip => ip,
-        };
-        ctx.set("aws:SourceIp", ip.to_string());
-        let mut attributes = Vec::new();
-        if facts.persistent {
-            attributes.push("PersistentConnect".to_owned());
-        }
-        if let Some(topic) = facts.will_topic {
-            attributes.push("LastWill".to_owned());
-            ctx.set(
-                "iot:LastWillTopic",
-                format!(
-                    "arn:{}:iot:{}:{}:topic/{topic}",
-                    head.partition, head.region, head.account
-                ),
-            );
-        }
-        ctx.set_all("iot:ConnectAttributes", attributes);
-        principal.add_to(&mut ctx);
+        let ctx = context(identity, &principal, facts, head);
         let snapshot = policies.current();
         let set = snapshot.compile(&principal.policies, head, &ctx);
         Some(Self {

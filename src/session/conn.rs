@@ -488,7 +488,7 @@ fn authorize(
     };
     let facts = ConnectFacts {
         client_id: Some(client_id),
-        peer,
+        peer: Some(peer.ip()),
         persistent,
         will_topic: will.map(|w| w.topic.as_str()),
     };

@@ -6,11 +6,12 @@
 use super::things::with_next;
 use super::{Call, Control, by_creation, done, paginate, secs};
 use crate::http::aws::{AwsError, ok};
-use crate::policy::compile::{self, Context};
+use crate::policy::compile;
 use crate::policy::document::Document;
 use crate::policy::eval::{Action, Decision, ResourceType};
 use crate::policy::versions::{Policy, Version};
 use crate::registry::ClientIdentity;
+use crate::session::authz::{ConnectFacts, context};
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -306,29 +307,32 @@ pub(super) fn test_authorization(c: &Control, call: &Call<'_>) -> Result<Respons
             .unwrap_or_default()
     };
     let client_id = call.query("clientId");
-    let mut ctx = Context::new();
-    let mut names = Vec::new();
-    if let Some(principal) = input["principal"].as_str() {
-        let id = c.cert_id_of(principal)?;
+    let mut identity = None;
+    let mut principal = crate::registry::Principal::anonymous(&[]);
+    if let Some(arn) = input["principal"].as_str() {
+        let id = c.cert_id_of(arn)?;
         let cert = c
             .registry
             .certificate(&id)
             .ok_or_else(|| AwsError::not_found(format!("Certificate {id} does not exist")))?;
-        if let Some(identity) = rustls_pemfile::certs(&mut cert.pem.as_bytes())
+        identity = rustls_pemfile::certs(&mut cert.pem.as_bytes())
             .next()
             .and_then(Result::ok)
-            .and_then(|der| ClientIdentity::from_der(&der))
-        {
-            identity.add_to(&mut ctx);
-        }
-        c.registry
-            .principal_for(&id, client_id.as_deref().unwrap_or_default())
-            .add_to(&mut ctx);
-        names = cert.policies;
+            .and_then(|der| ClientIdentity::from_der(&der));
+        principal = c
+            .registry
+            .principal_for(&id, client_id.as_deref().unwrap_or_default());
     }
-    if let Some(id) = &client_id {
-        ctx.set("iot:ClientId", id.clone());
-    }
+    // The context a connection with this certificate and client id would
+    // have, built by the broker's own builder.
+    let facts = ConnectFacts {
+        client_id: client_id.as_deref(),
+        peer: None,
+        persistent: false,
+        will_topic: None,
+    };
+    let ctx = context(identity.as_ref(), &principal, facts, &c.head);
+    let mut names = principal.policies;
     let skip = strings("policyNamesToSkip");
     names.retain(|n| !skip.contains(n));
     for add in strings("policyNamesToAdd") {
