@@ -4,7 +4,7 @@
 //! alone.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use edgegate::rules::sql::{Message, evaluate, parse};
+use edgegate::sql::{Message, evaluate, parse};
 use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {

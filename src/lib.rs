@@ -15,8 +15,10 @@
 //! - [`policy`]: AWS IoT policy documents, compilation and evaluation.
 //! - [`registry`]: principals: certificates, CAs, things and thing types,
 //!   and the identities read from certificates.
+//! - [`sql`] (P): AWS IoT SQL and substitution templates, shared by the
+//!   rules engine and the bridge.
 //! - [`router`]: subscriptions, retained messages, fan-out into mailboxes.
-//! - [`rules`]: the rules engine: AWS IoT SQL (pure), actions, and the
+//! - [`rules`]: the rules engine: compiled rules, actions, and the
 //!   engine that evaluates tapped messages and delivers spooled jobs.
 //! - [`bridge`]: the upstream connection; it drains the upstream spool and
 //!   publishes what the upstream sends. It shares the pure SQL templates
@@ -44,6 +46,7 @@ pub mod server;
 pub mod session;
 pub mod shadow;
 pub mod spool;
+pub mod sql;
 pub mod store;
 pub mod topic;
 pub mod transport;

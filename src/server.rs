@@ -13,7 +13,6 @@ use crate::policy::{self, PolicyStore, compile::ArnHead};
 use crate::registry::ClientIdentity;
 use crate::registry::{CertStatus, Registry};
 use crate::router::{MailboxLimits, Router};
-use crate::rules::UPSTREAM_SPOOL;
 use crate::rules::engine::{Engine, EngineError, Gateway};
 use crate::session::Sessions;
 use crate::session::conn::{self, Bulletin, Shared};
@@ -255,14 +254,14 @@ impl Server {
         let mut spools = spool::by_name(spools);
         let upstream = config.upstream.as_ref().map(|u| {
             Arc::new(Spool::new(
-                UPSTREAM_SPOOL,
+                spool::UPSTREAM,
                 store.clone(),
                 spool::Limits {
                     max_bytes: u.spool_max_bytes,
                     max_age_ms: u.spool_max_age_secs.saturating_mul(1000),
                     overflow: u.spool_overflow,
                 },
-                spools.remove(UPSTREAM_SPOOL).unwrap_or_default(),
+                spools.remove(spool::UPSTREAM).unwrap_or_default(),
             ))
         });
         let engine = Engine::start(

@@ -367,6 +367,10 @@ impl Backoff {
     }
 }
 
+/// The bridge's spool, which every upstream action appends to: the one
+/// contract between the rules engine and the bridge.
+pub const UPSTREAM: &str = "upstream";
+
 /// A spool's rows as the store snapshot holds them: (sequence, record).
 pub type Rows = Vec<(u64, Vec<u8>)>;
 

@@ -671,7 +671,7 @@ async fn publish_carries_mqtt5_properties() {
         .await
         .expect("subscribe");
     sub.suback().await;
-    let user = edgegate::rules::sql::eval::base64_encode(br#""[{\"a\": \"1\"}, {\"b\": \"2\"}]""#);
+    let user = edgegate::sql::eval::base64_encode(br#""[{\"a\": \"1\"}, {\"b\": \"2\"}]""#);
     let (status, _) = iot_data(
         &admin,
         "POST",

@@ -9,8 +9,8 @@ use crate::codec::{
 use crate::config::Upstream;
 use crate::metrics::{ActionMetrics, Metrics};
 use crate::router::{Message, Origin, Router};
-use crate::rules::sql;
 use crate::spool::{self, Spool, Throttle};
+use crate::sql;
 use crate::store::Commit;
 use crate::topic;
 use bytes::BytesMut;

@@ -16,12 +16,12 @@
 //! [`Tap`]: crate::router::Tap
 
 use super::actions::{self, Context, Deliverer, Failure, Job, Outcome};
-use super::sql::{self, Output};
 use super::{Action, Rule, RuleSet};
 use crate::config::{self, Config};
 use crate::metrics::{ActionMetrics, Metrics, RuleMetrics};
 use crate::router::{Router, Tapped};
 use crate::spool::{self, Limits, Spool, SpoolError, Throttle};
+use crate::sql::{self, Output};
 use crate::store::{Commit, Store, StoreError};
 use crate::topic;
 use arc_swap::ArcSwap;

@@ -1,7 +1,7 @@
 //! The rules engine: AWS IoT SQL selects published messages and actions
 //! take the result elsewhere (spec/aws-iot-shadow-rules.md §2-§3).
 //!
-//! - [`sql`] (P): the language.
+//! - [`crate::sql`] (P): the language, shared with the bridge.
 //! - This module: `[[rules]]` compiled into a [`RuleSet`], checked as a
 //!   whole, so a reload either swaps in every rule or keeps the old set.
 //! - [`actions`]: what each action makes of a rule's output (a spooled
@@ -15,9 +15,9 @@
 pub mod actions;
 pub mod book;
 pub mod engine;
-pub mod sql;
 
 use crate::config::{self, RuleAction};
+use crate::sql;
 use crate::topic;
 use actions::ActionKind;
 use std::collections::HashSet;
@@ -25,9 +25,6 @@ use std::sync::Arc;
 
 /// AWS's limit on actions per rule.
 const MAX_ACTIONS: usize = 10;
-
-/// The bridge's spool, which every upstream action appends to.
-pub const UPSTREAM_SPOOL: &str = "upstream";
 
 /// One compiled rule.
 #[derive(Debug)]
@@ -159,7 +156,7 @@ impl RuleSet {
             }
             let mut compile = |label: String, a: &RuleAction| {
                 let spool = match a {
-                    RuleAction::Upstream(_) => UPSTREAM_SPOOL.to_owned(),
+                    RuleAction::Upstream(_) => crate::spool::UPSTREAM.to_owned(),
                     _ => format!("rules/{}/{label}", r.name),
                 };
                 match ActionKind::compile(a, settings, bridge) {
@@ -299,7 +296,7 @@ mod tests {
         .expect("valid");
         assert_eq!(&*set.rules[0].name, "upstream_forward_0");
         assert_eq!(set.rules[0].stmt.from, "telemetry/#");
-        assert_eq!(&*set.rules[0].actions[0].spool, UPSTREAM_SPOOL);
+        assert_eq!(&*set.rules[0].actions[0].spool, crate::spool::UPSTREAM);
         let problems = rules(
             r#"
             [[rules]]

@@ -23,7 +23,7 @@ use crate::metrics::{ControlOutcome, Metrics};
 use crate::policy::compile::ArnHead;
 use crate::policy::versions::{VersionError, Versions};
 use crate::registry::{Registry, RegistryError};
-use crate::rules::sql::eval::{base64_decode, base64_encode};
+use crate::sql::eval::{base64_decode, base64_encode};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -91,7 +91,7 @@ pub(super) fn list(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
         .list()
         .into_iter()
         .map(|e| {
-            let from = crate::rules::sql::parse(&e.rule.sql)
+            let from = crate::sql::parse(&e.rule.sql)
                 .map(|s| s.from)
                 .unwrap_or_default();
             (e, from)

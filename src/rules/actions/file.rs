@@ -14,8 +14,8 @@
 
 use super::{Context, Outcome};
 use crate::config::{Actions, FileAction};
-use crate::rules::sql::Template;
-use crate::rules::sql::eval::base64_encode;
+use crate::sql::Template;
+use crate::sql::eval::base64_encode;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::io::{ErrorKind, Write};

@@ -9,8 +9,8 @@
 
 use super::{Context, Outcome};
 use crate::config::HttpAction;
-use crate::rules::sql::Template;
-use crate::rules::sql::eval::{base64_decode, base64_encode};
+use crate::sql::Template;
+use crate::sql::eval::{base64_decode, base64_encode};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -14,8 +14,8 @@ pub mod upstream;
 
 use crate::config::{self, RuleAction};
 use crate::router::Router;
-use crate::rules::sql::eval::base64_encode;
-use crate::rules::sql::{self, Output};
+use crate::sql::eval::base64_encode;
+use crate::sql::{self, Output};
 use serde::{Deserialize, Serialize};
 
 /// A compiled action.

@@ -8,7 +8,7 @@ use super::Context;
 use crate::codec::{PublishProperties, QoS};
 use crate::config::{Upstream as UpstreamConfig, UpstreamAction};
 use crate::router::{Message, Origin};
-use crate::rules::sql::Template;
+use crate::sql::Template;
 use crate::topic;
 use tokio::time::Instant;
 
