@@ -707,6 +707,16 @@ pub struct Upstream {
     pub subscribe: Vec<TopicMapping>,
 }
 
+impl Upstream {
+    /// The upstream's topic bounds (AWS IoT's by default).
+    pub fn topics(&self) -> crate::topic::Limits {
+        crate::topic::Limits {
+            max_len: self.max_topic_bytes,
+            max_slashes: self.max_topic_slashes,
+        }
+    }
+}
+
 impl Default for Upstream {
     fn default() -> Self {
         Self {

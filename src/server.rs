@@ -256,11 +256,7 @@ impl Server {
             Arc::new(Spool::new(
                 spool::UPSTREAM,
                 store.clone(),
-                spool::Limits {
-                    max_bytes: u.spool_max_bytes,
-                    max_age_ms: u.spool_max_age_secs.saturating_mul(1000),
-                    overflow: u.spool_overflow,
-                },
+                spool::Limits::of_upstream(u),
                 spools.remove(spool::UPSTREAM).unwrap_or_default(),
             ))
         });

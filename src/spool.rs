@@ -47,6 +47,26 @@ pub struct Limits {
     pub overflow: Overflow,
 }
 
+impl Limits {
+    /// The bounds `[actions]` sets for every rule action's spool.
+    pub fn of_actions(a: &crate::config::Actions) -> Self {
+        Self {
+            max_bytes: a.spool_max_bytes,
+            max_age_ms: a.spool_max_age_secs.saturating_mul(1000),
+            overflow: a.spool_overflow,
+        }
+    }
+
+    /// The bounds `[upstream]` sets for the bridge's spool.
+    pub fn of_upstream(u: &crate::config::Upstream) -> Self {
+        Self {
+            max_bytes: u.spool_max_bytes,
+            max_age_ms: u.spool_max_age_secs.saturating_mul(1000),
+            overflow: u.spool_overflow,
+        }
+    }
+}
+
 /// Why a record was not appended.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {

@@ -180,10 +180,7 @@ impl Engine {
             deliverer,
             settings: Settings {
                 actions: a.clone(),
-                topic_limits: topic::Limits {
-                    max_len: config.limits.max_topic_bytes,
-                    max_slashes: config.limits.max_topic_slashes,
-                },
+                topic_limits: config.limits.topics(),
                 max_payload: config.limits.max_payload_bytes,
                 account: config.aws.account_id.clone(),
             },
@@ -266,11 +263,7 @@ impl Engine {
             spool: Arc::new(Spool::new(
                 name,
                 self.store.clone(),
-                Limits {
-                    max_bytes: a.spool_max_bytes,
-                    max_age_ms: a.spool_max_age_secs.saturating_mul(1000),
-                    overflow: a.spool_overflow,
-                },
+                Limits::of_actions(a),
                 restored,
             )),
             metrics: self.metrics.action(rule, action, name),

@@ -32,10 +32,7 @@ impl Upstream {
         };
         let topic = Template::parse(&a.topic)
             .map_err(|e| format!("topic: position {}: {}", e.at, e.message))?;
-        let limits = topic::Limits {
-            max_len: bridge.max_topic_bytes,
-            max_slashes: bridge.max_topic_slashes,
-        };
+        let limits = bridge.topics();
         if let Some(t) = topic.literal() {
             topic::validate_name(&t)
                 .and_then(|()| limits.check(&t))
