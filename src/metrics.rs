@@ -157,25 +157,72 @@ const SHADOW_CODES: [(u16, &str); 9] = [
     (500, "500"),
 ];
 
-/// Packet type names by MQTT control packet type number.
-const PACKET_TYPES: [&str; 16] = [
-    "reserved",
-    "connect",
-    "connack",
-    "publish",
-    "puback",
-    "pubrec",
-    "pubrel",
-    "pubcomp",
-    "subscribe",
-    "suback",
-    "unsubscribe",
-    "unsuback",
-    "pingreq",
-    "pingresp",
-    "disconnect",
-    "auth",
-];
+label_enum!(
+    /// An MQTT control packet type, in the order of its type number.
+    PacketType {
+        /// 0 (not a packet).
+        Reserved => "reserved",
+        /// 1
+        Connect => "connect",
+        /// 2
+        ConnAck => "connack",
+        /// 3
+        Publish => "publish",
+        /// 4
+        PubAck => "puback",
+        /// 5
+        PubRec => "pubrec",
+        /// 6
+        PubRel => "pubrel",
+        /// 7
+        PubComp => "pubcomp",
+        /// 8
+        Subscribe => "subscribe",
+        /// 9
+        SubAck => "suback",
+        /// 10
+        Unsubscribe => "unsubscribe",
+        /// 11
+        UnsubAck => "unsuback",
+        /// 12
+        PingReq => "pingreq",
+        /// 13
+        PingResp => "pingresp",
+        /// 14
+        Disconnect => "disconnect",
+        /// 15
+        Auth => "auth",
+    }
+);
+
+impl PacketType {
+    /// The type with MQTT's type number `n` (the fixed header's high nibble).
+    pub fn numbered(n: u8) -> Self {
+        Self::ALL
+            .get(usize::from(n))
+            .copied()
+            .unwrap_or(Self::Reserved)
+    }
+}
+
+label_enum!(
+    /// A message's QoS, as a label.
+    QosLabel {
+        /// At most once.
+        Zero => "0",
+        /// At least once.
+        One => "1",
+        /// Exactly once.
+        Two => "2",
+    }
+);
+
+impl QosLabel {
+    /// The label of QoS `n` (0, 1 or 2).
+    pub fn of(n: u8) -> Self {
+        Self::ALL.get(usize::from(n)).copied().unwrap_or(Self::Two)
+    }
+}
 
 /// A counter per value of a label enum.
 pub struct Family(Vec<Counter>);
@@ -228,13 +275,13 @@ pub struct Metrics {
     /// `edgegate_handshake_failures_total{reason}`.
     pub handshake_failures: Family,
     /// `edgegate_packets_received_total{type}`.
-    pub packets_in: Family,
+    packets_in: Family,
     /// `edgegate_packets_sent_total{type}`.
-    pub packets_out: Family,
+    packets_out: Family,
     /// `edgegate_messages_received_total{qos}`: PUBLISH accepted from clients.
-    pub messages_in: Family,
+    messages_in: Family,
     /// `edgegate_messages_sent_total{qos}`: PUBLISH written to clients.
-    pub messages_out: Family,
+    messages_out: Family,
     /// `edgegate_bytes_received_total`.
     pub bytes_in: Counter,
     /// `edgegate_bytes_sent_total`.
@@ -393,7 +440,7 @@ impl Metrics {
         ] {
             r.describe_gauge(name.into(), None, help.into());
         }
-        let qos = ["0", "1", "2"];
+        let qos: Vec<&str> = QosLabel::ALL.iter().map(|v| v.label()).collect();
         Self {
             connections: gauge(
                 "edgegate_connections",
@@ -413,13 +460,19 @@ impl Metrics {
                 "edgegate_packets_received_total",
                 "MQTT packets received, by type.",
                 "type",
-                &PACKET_TYPES,
+                &PacketType::ALL
+                    .iter()
+                    .map(|v| v.label())
+                    .collect::<Vec<_>>(),
             ),
             packets_out: family(
                 "edgegate_packets_sent_total",
                 "MQTT packets sent, by type.",
                 "type",
-                &PACKET_TYPES,
+                &PacketType::ALL
+                    .iter()
+                    .map(|v| v.label())
+                    .collect::<Vec<_>>(),
             ),
             messages_in: family(
                 "edgegate_messages_received_total",
@@ -580,6 +633,26 @@ impl Metrics {
     /// Counts a control-plane call.
     pub fn control_call(&self, outcome: ControlOutcome) {
         self.control_calls.get(outcome as usize).increment(1);
+    }
+
+    /// Counts a packet received.
+    pub fn packet_in(&self, t: PacketType) {
+        self.packets_in.get(t as usize).increment(1);
+    }
+
+    /// Counts a packet sent.
+    pub fn packet_out(&self, t: PacketType) {
+        self.packets_out.get(t as usize).increment(1);
+    }
+
+    /// Counts a PUBLISH accepted from a client.
+    pub fn message_in(&self, qos: QosLabel) {
+        self.messages_in.get(qos as usize).increment(1);
+    }
+
+    /// Counts a PUBLISH written to a client.
+    pub fn message_out(&self, qos: QosLabel) {
+        self.messages_out.get(qos as usize).increment(1);
     }
 
     /// Counts a certificate the registry refused.

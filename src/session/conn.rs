@@ -18,7 +18,7 @@ use crate::codec::{
     Publish, PublishView, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
 };
 use crate::config::Config;
-use crate::metrics::{DropReason, HandshakeFailure, LimitKind, Metrics};
+use crate::metrics::{DropReason, HandshakeFailure, LimitKind, Metrics, PacketType, QosLabel};
 use crate::policy::PolicyStore;
 use crate::policy::compile::ArnHead;
 use crate::policy::eval::{Action, ResourceType};
@@ -303,7 +303,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
 ) -> Result<Option<Box<Connect>>, ProtocolError> {
     loop {
         if let Some(packet) = codec::decode(rbuf, Protocol::V5, max)? {
-            metrics.packets_in.get(1).increment(1);
+            metrics.packet_in(PacketType::Connect);
             return match packet {
                 Packet::Connect(c) => Ok(Some(c)),
                 _ => Err(ProtocolError::Violation(
@@ -702,9 +702,7 @@ impl Conn {
         codec::encode(p, self.protocol, &mut self.wbuf);
         self.shared
             .metrics
-            .packets_out
-            .get(usize::from(p.type_number()))
-            .increment(1);
+            .packet_out(PacketType::numbered(p.type_number()));
     }
 
     fn reason(&self, text: &str) -> Option<String> {
@@ -1030,8 +1028,7 @@ impl Conn {
         now: Instant,
     ) -> Result<(), End> {
         let metrics = &shared.metrics;
-        let ty = usize::from(p.type_number());
-        metrics.packets_in.get(ty).increment(1);
+        metrics.packet_in(PacketType::numbered(p.type_number()));
         match p {
             Packet::Publish(p) => self.publish(shared, p, data, now),
             Packet::PubAck(a) => {
@@ -1270,7 +1267,7 @@ impl Conn {
                 "more unacknowledged publishes than Receive Maximum",
             ));
         }
-        metrics.messages_in.get(p.qos as usize).increment(1);
+        metrics.message_in(QosLabel::of(p.qos as u8));
         let (pkid, qos) = (p.pkid, p.qos);
         let origin = self.origin(data.mailbox.session_id);
         let msg = Arc::new(Message::new(
@@ -1561,8 +1558,8 @@ impl Conn {
         }
         codec::encode_publish(&v, self.protocol, &mut self.wbuf);
         let metrics = &self.shared.metrics;
-        metrics.packets_out.get(3).increment(1);
-        metrics.messages_out.get(d.qos as usize).increment(1);
+        metrics.packet_out(PacketType::Publish);
+        metrics.message_out(QosLabel::of(d.qos as u8));
     }
 
     async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
