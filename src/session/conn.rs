@@ -575,73 +575,18 @@ impl Conn {
         // Unboxed here, so the CONNECT's allocation is not kept for the
         // life of the connection.
         let c = *c;
-        let cfg = &shared.config;
-        let limits = &cfg.limits;
-        let v5 = c.protocol == Protocol::V5;
-        let refuse = |code| Err((c.protocol, code));
-        if c.properties.authentication_method.is_some() {
-            return refuse(reason::BAD_AUTHENTICATION_METHOD);
-        }
-        if c.client_id.len() > limits.max_client_id_bytes || c.client_id.starts_with('$') {
-            shared.metrics.refused(LimitKind::ClientId);
-            return refuse(reason::CLIENT_IDENTIFIER_NOT_VALID);
-        }
-        if c.client_id.is_empty() && !c.clean_start && !v5 {
-            // [MQTT-3.1.3-8]
-            return refuse(reason::CLIENT_IDENTIFIER_NOT_VALID);
-        }
-        if let Some(w) = &c.will {
-            if w.qos as u8 > limits.max_qos {
-                shared.metrics.refused(LimitKind::Qos);
-                return refuse(reason::QOS_NOT_SUPPORTED);
+        let n = match state::connect::negotiate(&c, &shared.config, assigned_client_id) {
+            Ok(n) => n,
+            Err(refused) => {
+                if let Some(limit) = refused.limit {
+                    shared.metrics.refused(limit);
+                }
+                return Err((c.protocol, refused.code));
             }
-            if state::unpublishable(w.topic.as_str(), false, cfg.limits.topics()).is_some()
-                || w.payload.len() > limits.max_payload_bytes
-            {
-                return refuse(reason::TOPIC_NAME_INVALID);
-            }
-        }
+        };
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let mut props = Properties::default();
-        let client_id: Arc<str> = if c.client_id.is_empty() {
-            let assigned = assigned_client_id();
-            if v5 {
-                props.assigned_client_identifier = Some(assigned.clone());
-            }
-            assigned.into()
-        } else {
-            c.client_id.as_str().into()
-        };
-        let max_ka = cfg.mqtt.max_keep_alive_secs;
-        let keep_alive = if c.keep_alive == 0 || c.keep_alive > max_ka {
-            max_ka
-        } else {
-            c.keep_alive
-        };
-        if v5 {
-            props.server_keep_alive = Some(keep_alive);
-        }
-        let expiry = if v5 {
-            let asked = c.properties.session_expiry_interval.unwrap_or(0);
-            let capped = asked.min(cfg.mqtt.max_session_expiry_secs);
-            if capped != asked {
-                props.session_expiry_interval = Some(capped);
-            }
-            capped
-        } else if c.clean_start {
-            0
-        } else {
-            cfg.mqtt.session_expiry_secs
-        };
-        if v5 {
-            props.receive_maximum = Some(limits.max_inflight);
-            props.maximum_packet_size = Some(limits.max_packet_bytes as u32);
-            props.topic_alias_maximum = Some(cfg.mqtt.topic_alias_maximum);
-            if limits.max_qos < 2 {
-                props.maximum_qos = Some(limits.max_qos);
-            }
-        }
-        let client_recv_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        let client_id: Arc<str> = n.client_id.into();
+        let expiry = n.expiry;
         // Count notices before deciding, so that a change made meanwhile is
         // acted on by the serving loop.
         let notices_seen = shared.bulletin.posted();
@@ -657,7 +602,7 @@ impl Conn {
         let connack = Box::new(ConnAck {
             session_present: false,
             code: reason::SUCCESS,
-            properties: props,
+            properties: n.connack,
         });
         let conn = Box::new(Self {
             shared: shared.clone(),
@@ -666,17 +611,14 @@ impl Conn {
             client_id,
             clean_start: c.clean_start,
             expiry,
-            keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
+            keep_alive: Duration::from_millis(u64::from(n.keep_alive_secs) * 1500),
             will: c.will.map(Box::new),
-            client_max_packet: c
-                .properties
-                .maximum_packet_size
-                .map_or(usize::MAX, |m| m as usize),
-            send_window: usize::from(client_recv_max.min(limits.max_inflight)),
+            client_max_packet: n.client_max_packet,
+            send_window: n.send_window,
             aliases: HashMap::new(),
             out_aliases: HashMap::new(),
-            out_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
-            problem_info: c.properties.request_problem_information != Some(0),
+            out_alias_max: n.out_alias_max,
+            problem_info: n.problem_info,
             acks: VecDeque::new(),
             paced: None,
             resend: VecDeque::new(),

@@ -1,6 +1,10 @@
 //! Per-session protocol state that outlives a connection: packet
 //! identifiers and the outbound inflight window; and which topics a client
 //! may publish on, over MQTT or HTTPS. Pure.
+//!
+//! - [`connect`]: what a CONNECT negotiates (or why it is refused).
+
+pub mod connect;
 
 use crate::router::Delivery;
 use crate::topic::{self, TopicError};
