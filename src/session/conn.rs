@@ -14,8 +14,8 @@ use super::authz::{Authz, ConnectFacts};
 use super::state::{self, Unpublishable};
 use super::{Control, SessionData, Sessions};
 use crate::codec::{
-    self, Ack, ByteStr, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, ProtocolError,
-    Publish, PublishView, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
+    self, Ack, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, ProtocolError, Publish,
+    PublishView, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
 };
 use crate::config::Config;
 use crate::metrics::{DropReason, HandshakeFailure, LimitKind, Metrics, PacketType, QosLabel};
@@ -27,7 +27,7 @@ use crate::router::{Delivery, Message, Origin, Router, Subscriber};
 use crate::store::{Commit, Op, Store, StoreError};
 use crate::topic::{self, Subscription};
 use bytes::BytesMut;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -411,10 +411,9 @@ struct Conn {
     /// Outbound window: the client's Receive Maximum capped by our limit.
     send_window: usize,
     /// Topic aliases the client set up.
-    aliases: HashMap<u16, ByteStr>,
+    aliases: state::aliases::Inbound,
     /// Topic aliases the gateway set up, at most the client's Topic Alias Maximum.
-    out_aliases: HashMap<ByteStr, u16>,
-    out_alias_max: u16,
+    out_aliases: state::aliases::Outbound,
     /// Whether reason strings may be sent (MQTT 5 Request Problem Information).
     problem_info: bool,
     acks: VecDeque<PendingAck>,
@@ -615,9 +614,8 @@ impl Conn {
             will: c.will.map(Box::new),
             client_max_packet: n.client_max_packet,
             send_window: n.send_window,
-            aliases: HashMap::new(),
-            out_aliases: HashMap::new(),
-            out_alias_max: n.out_alias_max,
+            aliases: state::aliases::Inbound::default(),
+            out_aliases: state::aliases::Outbound::new(n.out_alias_max),
             problem_info: n.problem_info,
             acks: VecDeque::new(),
             paced: None,
@@ -1113,25 +1111,10 @@ impl Conn {
                 "QoS above the maximum",
             ));
         }
-        // Topic aliases [MQTT-3.3.2-7..12].
-        if let Some(alias) = p.properties.topic_alias.take() {
-            if alias == 0 || alias > cfg.mqtt.topic_alias_maximum {
-                return Err(End::Protocol(
-                    reason::TOPIC_ALIAS_INVALID,
-                    "topic alias out of range",
-                ));
-            }
-            if p.topic.is_empty() {
-                match self.aliases.get(&alias) {
-                    Some(t) => p.topic = t.clone(),
-                    None => {
-                        return Err(End::Protocol(reason::PROTOCOL_ERROR, "unknown topic alias"));
-                    }
-                }
-            } else {
-                self.aliases.insert(alias, p.topic.clone());
-            }
-        }
+        let alias = p.properties.topic_alias.take();
+        self.aliases
+            .resolve(&mut p.topic, alias, cfg.mqtt.topic_alias_maximum)
+            .map_err(|(code, why)| End::Protocol(code, why))?;
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(End::Protocol(
                 reason::PROTOCOL_ERROR,
@@ -1480,22 +1463,12 @@ impl Conn {
     /// Encodes one PUBLISH; `remaining` is its Message Expiry Interval.
     fn write_publish(&mut self, d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) {
         let mut v = view(d, pkid, dup && d.qos != QoS::AtMostOnce, remaining);
-        // The first topics sent get an alias each, as far as the client allows;
-        // later messages on them carry only the alias.
-        if self.out_alias_max > 0 {
-            match self.out_aliases.get(&d.msg.topic) {
-                Some(&alias) => {
-                    v.topic = b"";
-                    v.topic_alias = Some(alias);
-                }
-                None if self.out_aliases.len() < usize::from(self.out_alias_max) => {
-                    let alias = self.out_aliases.len() as u16 + 1;
-                    // A copy, so the alias table does not pin the publisher's read buffer.
-                    self.out_aliases
-                        .insert(ByteStr::from(d.msg.topic.as_str()), alias);
-                    v.topic_alias = Some(alias);
-                }
-                None => {}
+        match self.out_aliases.assign(&d.msg.topic) {
+            state::aliases::Outgoing::Topic => {}
+            state::aliases::Outgoing::Set(alias) => v.topic_alias = Some(alias),
+            state::aliases::Outgoing::Alias(alias) => {
+                v.topic = b"";
+                v.topic_alias = Some(alias);
             }
         }
         codec::encode_publish(&v, self.protocol, &mut self.wbuf);

@@ -3,7 +3,9 @@
 //! may publish on, over MQTT or HTTPS. Pure.
 //!
 //! - [`connect`]: what a CONNECT negotiates (or why it is refused).
+//! - [`aliases`]: MQTT 5 topic aliases, both ways.
 
+pub mod aliases;
 pub mod connect;
 
 use crate::router::Delivery;
