@@ -939,7 +939,7 @@ async fn a_ca_registered_through_the_api_admits_its_devices_without_a_restart() 
         Some(&device),
     );
     assert!(
-        connack_of(&t, config.clone(), "fleet-1").await.is_none(),
+        connack_code(&t, config.clone(), "fleet-1").await.is_none(),
         "an unknown CA fails the handshake"
     );
     let (_, code) = aws.get("/registrationcode", "").await;
@@ -991,7 +991,7 @@ async fn a_ca_registered_through_the_api_admits_its_devices_without_a_restart() 
     assert_eq!(status, 200, "{made}");
     let ca_id = made["certificateId"].as_str().expect("id").to_owned();
     assert_eq!(
-        connack_of(&t, config.clone(), "fleet-1").await,
+        connack_code(&t, config.clone(), "fleet-1").await,
         Some(0),
         "admitted without a restart"
     );
@@ -1025,7 +1025,7 @@ async fn a_ca_registered_through_the_api_admits_its_devices_without_a_restart() 
         .await;
     assert_eq!(status, 200);
     assert!(
-        connack_of(&t, config.clone(), "fleet-1").await.is_none(),
+        connack_code(&t, config.clone(), "fleet-1").await.is_none(),
         "no longer trusted"
     );
     assert_eq!(
@@ -1081,23 +1081,6 @@ async fn a_ca_registered_through_the_api_admits_its_devices_without_a_restart() 
         )
         .await;
     assert_eq!((status, kind(&body)), (406, "CertificateStateException"));
-}
-
-/// The CONNACK return code a device gets, or `None` when the handshake fails.
-async fn connack_of(
-    t: &TestServer,
-    config: std::sync::Arc<rustls::ClientConfig>,
-    id: &str,
-) -> Option<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut raw = Raw::connect(t.addr(), config).await.ok()?;
-    raw.send(&connect_bytes(4, id, 30)).await;
-    let mut got = [0u8; 4];
-    tokio::time::timeout(WAIT, raw.stream.read_exact(&mut got))
-        .await
-        .expect("an answer or a close in time")
-        .ok()?;
-    Some(got[3])
 }
 
 #[tokio::test]

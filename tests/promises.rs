@@ -329,25 +329,14 @@ async fn a_control_plane_without_a_key_refuses_every_request() {
     assert!(http_get(t.admin(), "/healthz").await.contains("\"ok\""));
 }
 
-/// The CONNACK return code a device gets, or `None` if the handshake fails.
-async fn connack_with(t: &TestServer, pem: &edgegate::transport::pki::Pem, id: &str) -> Option<u8> {
-    use tokio::io::AsyncReadExt;
-    let config = client_tls(&t.ca.pem.cert, Some(pem));
-    let mut raw = Raw::connect(t.addr(), config).await.ok()?;
-    raw.send(&connect_bytes(4, id, 30)).await;
-    let mut got = [0u8; 4];
-    tokio::time::timeout(WAIT, raw.stream.read_exact(&mut got))
-        .await
-        .expect("an answer or a close in time")
-        .ok()?;
-    Some(got[3])
-}
-
 #[tokio::test]
 async fn a_rotated_ca_applies_without_a_restart_and_a_broken_file_keeps_the_previous() {
     let t = TestServer::start().await;
     let old_device = t.device("old-1");
-    assert_eq!(connack_with(&t, &old_device, "old-1").await, Some(0));
+    assert_eq!(
+        connack_code(&t, client_tls(&t.ca.pem.cert, Some(&old_device)), "old-1").await,
+        Some(0)
+    );
     // The CA file now names a new CA (the server certificate stays).
     let rotated = edgegate::transport::pki::Ca::generate("rotated CA").expect("ca");
     let new_device = rotated
@@ -356,7 +345,8 @@ async fn a_rotated_ca_applies_without_a_restart_and_a_broken_file_keeps_the_prev
     let ca_file = t.dir.path().join("certs/ca.pem");
     std::fs::write(&ca_file, &rotated.pem.cert).expect("rotate");
     let deadline = tokio::time::Instant::now() + WAIT;
-    while connack_with(&t, &new_device, "new-1").await != Some(0) {
+    while connack_code(&t, client_tls(&t.ca.pem.cert, Some(&new_device)), "new-1").await != Some(0)
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the rotated CA never applied"
@@ -364,7 +354,7 @@ async fn a_rotated_ca_applies_without_a_restart_and_a_broken_file_keeps_the_prev
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        connack_with(&t, &old_device, "old-2").await,
+        connack_code(&t, client_tls(&t.ca.pem.cert, Some(&old_device)), "old-2").await,
         None,
         "the old CA is no longer trusted"
     );
@@ -379,5 +369,8 @@ async fn a_rotated_ca_applies_without_a_restart_and_a_broken_file_keeps_the_prev
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(connack_with(&t, &new_device, "new-2").await, Some(0));
+    assert_eq!(
+        connack_code(&t, client_tls(&t.ca.pem.cert, Some(&new_device)), "new-2").await,
+        Some(0)
+    );
 }

@@ -852,3 +852,20 @@ pub fn run_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The MQTT 3.1.1 CONNACK return code a client with `config` gets as `id`,
+/// or `None` when the TLS handshake (or the connection) fails first.
+pub async fn connack_code(
+    t: &TestServer,
+    config: Arc<rustls::ClientConfig>,
+    id: &str,
+) -> Option<u8> {
+    let mut raw = Raw::connect(t.addr(), config).await.ok()?;
+    raw.send(&connect_bytes(4, id, 30)).await;
+    let mut got = [0u8; 4];
+    tokio::time::timeout(WAIT, raw.stream.read_exact(&mut got))
+        .await
+        .expect("an answer or a close in time")
+        .ok()?;
+    Some(got[3])
+}
