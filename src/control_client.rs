@@ -225,12 +225,5 @@ fn over_socket(
 
 /// A path label or query value, escaped as botocore escapes it.
 pub(crate) fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    edgegate::http::sigv4::uri_encode(s, false)
 }

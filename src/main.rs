@@ -126,6 +126,18 @@ struct ConfigArg {
     config: Option<PathBuf>,
 }
 
+/// A thing or a policy, by name, and a certificate.
+#[derive(clap::Args)]
+struct NamedCert {
+    /// The thing's or the policy's name.
+    name: String,
+    /// Certificate id or PEM file.
+    #[arg(long)]
+    cert: String,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
 /// A certificate by id or by its PEM file.
 #[derive(clap::Args)]
 struct CertRef {
@@ -152,27 +164,14 @@ enum ThingCommand {
     },
     /// Attach a certificate to a thing.
     Attach {
-        /// Thing name.
-        name: String,
-        /// Certificate id or PEM file.
-        #[arg(long)]
-        cert: String,
+        #[command(flatten)]
+        target: NamedCert,
         /// EXCLUSIVE_THING: the certificate's only thing, whatever the client id.
         #[arg(long)]
         exclusive: bool,
-        #[command(flatten)]
-        config: ConfigArg,
     },
     /// Detach a certificate from a thing.
-    Detach {
-        /// Thing name.
-        name: String,
-        /// Certificate id or PEM file.
-        #[arg(long)]
-        cert: String,
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Detach(NamedCert),
     /// Create a thing type.
     CreateType {
         /// Thing type name.
@@ -248,25 +247,9 @@ enum PolicyCommand {
     /// statement decided.
     Test(TestArgs),
     /// Attach a policy to a certificate.
-    Attach {
-        /// Policy name.
-        name: String,
-        /// Certificate id or PEM file.
-        #[arg(long)]
-        cert: String,
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Attach(NamedCert),
     /// Detach a policy from a certificate.
-    Detach {
-        /// Policy name.
-        name: String,
-        /// Certificate id or PEM file.
-        #[arg(long)]
-        cert: String,
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Detach(NamedCert),
     /// List policies with their default version and targets.
     List(ConfigArg),
 }
@@ -629,12 +612,8 @@ fn policy(command: PolicyCommand) -> ExitCode {
             };
             outcome(test_authorization(&config, request))
         }
-        PolicyCommand::Attach { name, cert, config } => {
-            outcome(attach_policy(&name, &cert, config, true))
-        }
-        PolicyCommand::Detach { name, cert, config } => {
-            outcome(attach_policy(&name, &cert, config, false))
-        }
+        PolicyCommand::Attach(t) => outcome(attach_policy(t, true)),
+        PolicyCommand::Detach(t) => outcome(attach_policy(t, false)),
         PolicyCommand::List(config) => outcome(list_policies(config)),
     }
 }
@@ -696,16 +675,7 @@ fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?
     };
-    let identity = match &r.cert {
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let der = rustls_pemfile::certs(&mut pem.as_slice())
-                .next()
-                .context("no certificate in the file")??;
-            Some(ClientIdentity::from_der(&der).context("unreadable certificate")?)
-        }
-        None => None,
-    };
+    let identity = r.cert.as_deref().map(read_identity).transpose()?;
     // The context the gateway would build for this connection, by its own builder.
     let principal = edgegate::registry::Principal {
         certificate_id: identity.as_ref().map(|i| i.certificate_id.clone()),
@@ -873,9 +843,7 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
                 let d = &described["certificateDescription"];
                 let cn = d["certificatePem"]
                     .as_str()
-                    .and_then(|pem| rustls_pemfile::certs(&mut pem.as_bytes()).next())
-                    .and_then(Result::ok)
-                    .and_then(|der| ClientIdentity::from_der(&der))
+                    .and_then(ClientIdentity::from_pem)
                     .and_then(|i| i.subject.common_name)
                     .unwrap_or_default();
                 let expires = d["validity"]["notAfter"]
@@ -928,44 +896,8 @@ fn thing(command: ThingCommand) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        ThingCommand::Attach {
-            name,
-            cert,
-            exclusive,
-            config,
-        } => {
-            let id = cert_id(&cert)?;
-            control(config, |c| {
-                let kind = if exclusive {
-                    "EXCLUSIVE_THING"
-                } else {
-                    "NON_EXCLUSIVE_THING"
-                };
-                c.call(
-                    "PUT",
-                    &format!("/things/{}/principals", segment(&name)),
-                    &format!("thingPrincipalType={kind}"),
-                    &[("x-amzn-principal", &c.cert_arn(&id))],
-                    None,
-                )?;
-                println!("attached certificate {id} to thing {name}");
-                Ok(())
-            })
-        }
-        ThingCommand::Detach { name, cert, config } => {
-            let id = cert_id(&cert)?;
-            control(config, |c| {
-                c.call(
-                    "DELETE",
-                    &format!("/things/{}/principals", segment(&name)),
-                    "",
-                    &[("x-amzn-principal", &c.cert_arn(&id))],
-                    None,
-                )?;
-                println!("detached certificate {id} from thing {name}");
-                Ok(())
-            })
-        }
+        ThingCommand::Attach { target, exclusive } => attach_thing(target, Some(exclusive)),
+        ThingCommand::Detach(target) => attach_thing(target, None),
         ThingCommand::CreateType {
             name,
             description,
@@ -1075,23 +1007,47 @@ fn put_rule(r: RulePayload, method: &str, done: &str) -> anyhow::Result<()> {
 }
 
 /// Attaches or detaches a policy.
-fn attach_policy(name: &str, cert: &str, config: ConfigArg, attach: bool) -> anyhow::Result<()> {
-    let id = cert_id(cert)?;
-    control(config, |c| {
+fn attach_policy(t: NamedCert, attach: bool) -> anyhow::Result<()> {
+    let id = cert_id(&t.cert)?;
+    control(t.config, |c| {
         let method = if attach { "PUT" } else { "POST" };
-        c.call(
-            method,
-            &format!("/target-policies/{}", segment(name)),
-            "",
-            &[],
-            Some(json!({ "target": c.cert_arn(&id) })),
-        )?;
-        let what = if attach {
-            "attached policy {name} to"
+        let body = json!({ "target": c.cert_arn(&id) });
+        let path = format!("/target-policies/{}", segment(&t.name));
+        c.call(method, &path, "", &[], Some(body))?;
+        let (done, to) = if attach {
+            ("attached", "to")
         } else {
-            "detached policy {name} from"
+            ("detached", "from")
         };
-        println!("{} certificate {id}", what.replace("{name}", name));
+        println!("{done} policy {} {to} certificate {id}", t.name);
+        Ok(())
+    })
+}
+
+/// Attaches a certificate to a thing (exclusively or not), or with `None`
+/// detaches it.
+fn attach_thing(t: NamedCert, exclusive: Option<bool>) -> anyhow::Result<()> {
+    let id = cert_id(&t.cert)?;
+    control(t.config, |c| {
+        let path = format!("/things/{}/principals", segment(&t.name));
+        let principal = c.cert_arn(&id);
+        let headers = [("x-amzn-principal", principal.as_str())];
+        match exclusive {
+            Some(exclusive) => {
+                let kind = if exclusive {
+                    "EXCLUSIVE_THING"
+                } else {
+                    "NON_EXCLUSIVE_THING"
+                };
+                let query = format!("thingPrincipalType={kind}");
+                c.call("PUT", &path, &query, &headers, None)?;
+                println!("attached certificate {id} to thing {}", t.name);
+            }
+            None => {
+                c.call("DELETE", &path, "", &headers, None)?;
+                println!("detached certificate {id} from thing {}", t.name);
+            }
+        }
         Ok(())
     })
 }

@@ -644,13 +644,7 @@ fn reload_rules(book: &crate::rules::book::Book, metrics: &Metrics, file: &std::
 /// provisioning template's policies and its thing, the operator with the
 /// `operator` policy.
 fn register_first_run(registry: &Registry, config: &Config, first: &FirstRun) {
-    let identity = |pem: &str| {
-        rustls_pemfile::certs(&mut pem.as_bytes())
-            .next()
-            .and_then(Result::ok)
-            .and_then(|der| ClientIdentity::from_der(&der))
-    };
-    if let Some(id) = identity(&first.device) {
+    if let Some(id) = ClientIdentity::from_pem(&first.device) {
         registry.register(
             &id,
             CertStatus::Active,
@@ -658,7 +652,7 @@ fn register_first_run(registry: &Registry, config: &Config, first: &FirstRun) {
             Some(pki::FIRST_DEVICE),
         );
     }
-    if let Some(id) = identity(&first.operator) {
+    if let Some(id) = ClientIdentity::from_pem(&first.operator) {
         registry.register(&id, CertStatus::Active, vec!["operator".into()], None);
     }
 }

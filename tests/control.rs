@@ -641,14 +641,7 @@ async fn things_types_and_principals_in_aws_shapes() {
 }
 
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    edgegate::http::sigv4::uri_encode(s, false)
 }
 
 #[tokio::test]

@@ -504,6 +504,25 @@ pub mod reason {
             _ => 5,
         }
     }
+
+    /// The PUBACK and PUBREC reason for a refusal: the codes those packets
+    /// have pass, any other (Retain not supported is a DISCONNECT and
+    /// CONNACK code) becomes Implementation specific error (MQTT 5
+    /// §3.4.2.1, §3.5.2.1).
+    pub fn puback(code: u8) -> u8 {
+        match code {
+            SUCCESS
+            | NO_MATCHING_SUBSCRIBERS
+            | UNSPECIFIED_ERROR
+            | NOT_AUTHORIZED
+            | TOPIC_NAME_INVALID
+            | PACKET_IDENTIFIER_IN_USE
+            | QUOTA_EXCEEDED
+            | PAYLOAD_FORMAT_INVALID
+            | IMPLEMENTATION_SPECIFIC_ERROR => code,
+            _ => IMPLEMENTATION_SPECIFIC_ERROR,
+        }
+    }
 }
 
 #[cfg(test)]

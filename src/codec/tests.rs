@@ -561,3 +561,17 @@ fn remaining_length_boundaries_of_table_2_4() {
     // A fifth length byte is malformed [MQTT-2.2.3].
     assert!(raw(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], Protocol::V4).is_err());
 }
+
+#[test]
+fn puback_reasons_are_only_those_puback_has() {
+    for code in [0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99] {
+        assert_eq!(reason::puback(code), code, "{code:#04x} is a PUBACK code");
+    }
+    for code in [
+        reason::RETAIN_NOT_SUPPORTED,
+        reason::QOS_NOT_SUPPORTED,
+        reason::PACKET_TOO_LARGE,
+    ] {
+        assert_eq!(reason::puback(code), reason::IMPLEMENTATION_SPECIFIC_ERROR);
+    }
+}

@@ -178,12 +178,7 @@ async fn signed(
             return response;
         }
     };
-    let ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        ip => ip,
-    };
+    let ip = peer.ip().to_canonical();
     control
         .handle(Caller::Operator(operator, Some(ip)), request)
         .await

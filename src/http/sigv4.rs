@@ -61,8 +61,9 @@ fn sha256_hex(data: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, data).as_ref())
 }
 
-/// Percent-encodes everything but unreserved characters (and `/` if asked).
-fn uri_encode(s: &str, keep_slash: bool) -> String {
+/// Percent-encodes everything but unreserved characters (and `/` if
+/// asked), as botocore encodes path labels and query values.
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {

@@ -197,7 +197,8 @@ impl PolicyStore {
     }
 
     /// Re-reads `dir`. A file that fails keeps its last good version; a
-    /// deleted file's policy goes. Returns the problems found.
+    /// deleted file's policy goes; nothing changes if no document did.
+    /// Returns the problems found.
     pub fn reload(&self, dir: &Path) -> Vec<FileError> {
         let loaded = load_dir(dir);
         let old = self.current();
@@ -211,6 +212,12 @@ impl PolicyStore {
             if let Some((name, doc)) = kept {
                 documents.insert(name.clone(), doc.clone());
             }
+        }
+        // An unchanged directory (a save that rewrote the same text, or a
+        // file the control plane wrote and applied already) is no new
+        // generation: live connections have nothing to recompile.
+        if documents == old.documents {
+            return loaded.errors;
         }
         let generation = old.generation + 1;
         self.current.store(Arc::new(Snapshot {

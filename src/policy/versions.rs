@@ -296,9 +296,9 @@ impl Versions {
         let p = policies.get_mut(name).ok_or_else(|| no_policy(name))?;
         let mut next = p.clone();
         let out = change(&mut next)?;
-        let text = next.default_version().map(|v| v.text.clone());
-        if text != p.default_version().map(|v| v.text.clone())
-            && let Some(text) = &text
+        let text = next.default_version().map(|v| &v.text);
+        if let Some(text) = text
+            && Some(text) != p.default_version().map(|v| &v.text)
         {
             self.write_file(name, text)?;
         }

@@ -97,6 +97,11 @@ impl ClientIdentity {
         })
     }
 
+    /// The identity of the first certificate in a PEM text.
+    pub fn from_pem(pem: &str) -> Option<Self> {
+        Self::from_der(&first_der(pem)?)
+    }
+
     /// Adds the certificate's policy variables (spec/aws-iot-auth.md §1.7).
     pub fn add_to(&self, ctx: &mut Context) {
         ctx.set("iot:CertificateId", self.certificate_id.clone());
@@ -130,12 +135,7 @@ impl ClientIdentity {
 /// a subject (every `edgegate cert ca` has the same one), so the subject
 /// alone does not name the issuer.
 pub fn issued_by(cert: &ClientIdentity, ca_pem: &str) -> bool {
-    let der = |pem: &str| {
-        rustls_pemfile::certs(&mut pem.as_bytes())
-            .next()
-            .and_then(Result::ok)
-    };
-    let (Some(leaf), Some(ca)) = (der(&cert.pem), der(ca_pem)) else {
+    let (Some(leaf), Some(ca)) = (first_der(&cert.pem), first_der(ca_pem)) else {
         return false;
     };
     match (
@@ -145,6 +145,13 @@ pub fn issued_by(cert: &ClientIdentity, ca_pem: &str) -> bool {
         (Ok((_, leaf)), Ok((_, ca))) => leaf.verify_signature(Some(ca.public_key())).is_ok(),
         _ => false,
     }
+}
+
+/// The DER of the first certificate in a PEM text.
+fn first_der(pem: &str) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
 }
 
 /// Lowercase hex of bytes.
@@ -186,10 +193,7 @@ mod tests {
         let dev = ca
             .issue_device("thing-7", KeyKind::EcdsaP256)
             .expect("device");
-        let der = rustls_pemfile::certs(&mut dev.cert.as_bytes())
-            .next()
-            .expect("one cert")
-            .expect("pem");
+        let der = first_der(&dev.cert).expect("pem");
         let id = ClientIdentity::from_der(&der).expect("parses");
         assert_eq!(id.subject.common_name.as_deref(), Some("thing-7"));
         assert_eq!(id.issuer.common_name.as_deref(), Some("test CA"));
@@ -209,11 +213,7 @@ mod tests {
         let dev = second
             .issue_device("d", KeyKind::EcdsaP256)
             .expect("device");
-        let der = rustls_pemfile::certs(&mut dev.cert.as_bytes())
-            .next()
-            .expect("one cert")
-            .expect("pem");
-        let id = ClientIdentity::from_der(&der).expect("parses");
+        let id = ClientIdentity::from_pem(&dev.cert).expect("parses");
         assert!(!issued_by(&id, &first.pem.cert));
         assert!(issued_by(&id, &second.pem.cert));
         assert!(!issued_by(&id, "not a certificate"));
@@ -224,12 +224,8 @@ mod tests {
         let ca = Ca::generate("test CA").expect("ca");
         for (cn, usable) in [("plain-7", true), ("evil#", false), ("star*", false)] {
             let dev = ca.issue_device(cn, KeyKind::EcdsaP256).expect("device");
-            let der = rustls_pemfile::certs(&mut dev.cert.as_bytes())
-                .next()
-                .expect("one cert")
-                .expect("pem");
             let mut ctx = Context::new();
-            ClientIdentity::from_der(&der)
+            ClientIdentity::from_pem(&dev.cert)
                 .expect("parses")
                 .add_to(&mut ctx);
             let got = ctx.get("iot:Certificate.Subject.CommonName");

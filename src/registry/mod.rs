@@ -428,19 +428,31 @@ impl Registry {
 
     /// Applies `change` to the state under the lock and queues the records
     /// it returns, in order, before anyone sees the next change.
+    ///
+    /// Live connections are told only when a record their principals are
+    /// made of changed (a certificate, a thing, a CA), not for a thing type
+    /// or a change that changed nothing.
     fn write<T>(
         &self,
         change: impl FnOnce(&mut State) -> Result<(T, Vec<Op>), RegistryError>,
     ) -> Result<T, RegistryError> {
-        let out = {
+        let (out, principals) = {
             let mut state = self.state.write();
             let (out, ops) = change(&mut state)?;
+            let principals = ops.iter().any(|op| match op {
+                Op::PutRegistry(key, _) | Op::DelRegistry(key) => ["cert/", "thing/", "cacert/"]
+                    .iter()
+                    .any(|p| key.starts_with(p)),
+                _ => false,
+            });
             if !ops.is_empty() {
                 self.store.enqueue(ops);
             }
-            out
+            (out, principals)
         };
-        self.notify();
+        if principals {
+            self.notify();
+        }
         Ok(out)
     }
 
@@ -742,7 +754,7 @@ impl Registry {
                     id: identity.certificate_id.clone(),
                 });
             }
-            let cert = new_certificate(state, identity, status);
+            let cert = new_certificate(identity, status, ca_of(state, identity));
             let ops = vec![record("cert/", &cert.id, &cert)];
             state.certs.insert(cert.id.clone(), cert);
             Ok(((), ops))
@@ -767,11 +779,15 @@ impl Registry {
                 ops.push(record("thing/", name, &t));
                 state.things.insert(name.to_owned(), t);
             }
-            let fresh = new_certificate(state, identity, status);
+            let ca = if state.certs.contains_key(&identity.certificate_id) {
+                None
+            } else {
+                ca_of(state, identity)
+            };
             let cert = state
                 .certs
                 .entry(identity.certificate_id.clone())
-                .or_insert(fresh);
+                .or_insert_with(|| new_certificate(identity, status, ca));
             cert.status = status;
             cert.policies = policies;
             if let Some(name) = thing
@@ -1011,16 +1027,21 @@ impl Registry {
         let mut registered = Registered::Known;
         let mut state = self.state.write();
         if !state.certs.contains_key(&identity.certificate_id) {
-            let ca_allows = ca_of(&state, identity)
-                .and_then(|id| state.cas.get(&id))
-                .is_some_and(|ca| ca.auto_registration && ca.active);
             let status = match mode {
                 Registration::Registry => return (Err(Refusal::Unknown), registered),
-                _ if !ca_allows => return (Err(Refusal::Unknown), registered),
                 Registration::Auto => CertStatus::Active,
                 Registration::Jitr => CertStatus::PendingActivation,
             };
-            let mut cert = new_certificate(&state, identity, status);
+            // The issuer is found once: it takes a signature check.
+            let ca = ca_of(&state, identity);
+            let ca_allows = ca
+                .as_ref()
+                .and_then(|id| state.cas.get(id))
+                .is_some_and(|ca| ca.auto_registration && ca.active);
+            if !ca_allows {
+                return (Err(Refusal::Unknown), registered);
+            }
+            let mut cert = new_certificate(identity, status, ca);
             let mut ops = Vec::new();
             if mode == Registration::Auto {
                 cert.policies = provisioning.policies.clone();
@@ -1150,13 +1171,17 @@ fn new_ca(ca: &ClientIdentity, auto_registration: bool, configured: bool) -> CaC
 }
 
 /// A certificate record for a newly registered identity.
-fn new_certificate(state: &State, identity: &ClientIdentity, status: CertStatus) -> Certificate {
+fn new_certificate(
+    identity: &ClientIdentity,
+    status: CertStatus,
+    ca_id: Option<String>,
+) -> Certificate {
     let now = now_ms();
     Certificate {
         id: identity.certificate_id.clone(),
         pem: identity.pem.clone(),
         status,
-        ca_id: ca_of(state, identity),
+        ca_id,
         created_ms: now,
         modified_ms: now,
         version: 1,

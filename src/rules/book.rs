@@ -141,21 +141,21 @@ impl Book {
         RuleSet::compile_parts(rules, &self.actions, self.upstream.as_ref())
     }
 
-    /// Compiles the state `change` makes and installs it; on failure the
-    /// state and the rules in force stay as they were.
-    fn apply(
+    /// Compiles the state `change` makes and installs it, then queues the
+    /// records it returns; on failure the state and the rules in force stay
+    /// as they were, and every problem is returned.
+    fn change<E>(
         &self,
-        change: impl FnOnce(&mut State) -> Result<Vec<Op>, BookError>,
-    ) -> Result<(), BookError> {
+        change: impl FnOnce(&mut State) -> Result<Vec<Op>, E>,
+        problems: impl FnOnce(Vec<String>) -> E,
+    ) -> Result<(), E> {
         let mut state = self.state.lock();
         let mut next = State {
             config: state.config.clone(),
             api: state.api.clone(),
         };
         let ops = change(&mut next)?;
-        let set = self
-            .compile(&union(&next))
-            .map_err(|problems| classify(&problems))?;
+        let set = self.compile(&union(&next)).map_err(problems)?;
         if let Some(engine) = self.engine.get() {
             engine.install(set);
         }
@@ -166,19 +166,23 @@ impl Book {
         Ok(())
     }
 
+    /// [`Book::change`] for the API, its problems in AWS's classes.
+    fn apply(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<Vec<Op>, BookError>,
+    ) -> Result<(), BookError> {
+        self.change(change, |problems| classify(&problems))
+    }
+
     /// Swaps in the rules of a reloaded `config.toml`.
     pub fn set_config(&self, rules: Vec<config::Rule>) -> Result<(), Vec<String>> {
-        let mut state = self.state.lock();
-        let next = State {
-            config: rules,
-            api: state.api.clone(),
-        };
-        let set = self.compile(&union(&next))?;
-        if let Some(engine) = self.engine.get() {
-            engine.install(set);
-        }
-        *state = next;
-        Ok(())
+        self.change(
+            |state| {
+                state.config = rules;
+                Ok(Vec::new())
+            },
+            |problems| problems,
+        )
     }
 
     /// The rules of `config.toml` as last applied.

@@ -43,11 +43,8 @@ pub fn context(
         ctx.set("iot:ClientId", id);
     }
     if let Some(ip) = facts.peer {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            ip => ip,
-        };
-        ctx.set("aws:SourceIp", ip.to_string());
+        // A v4 client of a dual-stack listener is its v4 address.
+        ctx.set("aws:SourceIp", ip.to_canonical().to_string());
     }
     let mut attributes = Vec::new();
     if facts.persistent {

@@ -1250,15 +1250,9 @@ impl Conn {
 
     /// Answers a refused QoS 1/2 publish (MQTT 5) with its reason in the ack.
     fn refuse_publish(&mut self, p: &Publish, code: u8, why: &str) {
-        // PUBACK and PUBREC have no Retain not supported (0x9A): it is a
-        // DISCONNECT and CONNACK code. The reason string says why.
-        let code = match code {
-            reason::RETAIN_NOT_SUPPORTED => reason::IMPLEMENTATION_SPECIFIC_ERROR,
-            code => code,
-        };
         let ack = Ack {
             pkid: p.pkid,
-            code,
+            code: reason::puback(code),
             properties: Properties {
                 reason_string: self.reason(why),
                 ..Properties::default()

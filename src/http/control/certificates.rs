@@ -148,9 +148,7 @@ fn certificate(c: &Control, id: &str) -> Result<Certificate, AwsError> {
 
 pub(super) fn describe(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
     let cert = certificate(c, call.label(0))?;
-    let identity = der_of(&cert.pem)
-        .ok()
-        .and_then(|d| ClientIdentity::from_der(&d));
+    let identity = ClientIdentity::from_pem(&cert.pem);
     let mut d = json!({
         "certificateArn": c.arn("cert", &cert.id),
         "certificateId": cert.id,
@@ -393,10 +391,7 @@ pub(super) fn describe_ca(c: &Control, call: &Call<'_>) -> Result<Response, AwsE
     d["customerVersion"] = ca.version.into();
     d["generationId"] = format!("{}-{}", &ca.id[..8.min(ca.id.len())], ca.version).into();
     d["certificateMode"] = "DEFAULT".into();
-    if let Some(i) = der_of(&ca.pem)
-        .ok()
-        .and_then(|d| ClientIdentity::from_der(&d))
-    {
+    if let Some(i) = ClientIdentity::from_pem(&ca.pem) {
         d["validity"] = json!({"notBefore": i.not_before, "notAfter": i.not_after});
     }
     Ok(ok(json!({ "certificateDescription": d })))

@@ -92,11 +92,11 @@ pub enum Caller<'a> {
     Operator(&'a Operator, Option<IpAddr>),
 }
 
-impl Caller<'_> {
-    fn name(&self) -> String {
+impl<'a> Caller<'a> {
+    fn name(&self) -> &'a str {
         match self {
-            Self::Local => "local".into(),
-            Self::Operator(op, _) => op.access_key_id.clone(),
+            Self::Local => "local",
+            Self::Operator(op, _) => &op.access_key_id,
         }
     }
 
@@ -593,23 +593,24 @@ impl Control {
     pub async fn handle(&self, caller: Caller<'_>, request: Request) -> Response {
         let segs = segments(&request.path);
         let routed = route(request.method.as_str(), &segs);
-        let (operation, resources) = match &routed {
+        let (operation, arn) = match &routed {
             Some((op, kind, labels)) => (
                 op.name().to_owned(),
-                resource(kind, labels)
-                    .map(|(kind, name)| vec![self.arn(kind, name)])
-                    .unwrap_or_default(),
+                resource(kind, labels).map(|(kind, name)| self.arn(kind, name)),
             ),
-            None => (format!("{} {}", request.method, request.path), Vec::new()),
+            None => (format!("{} {}", request.method, request.path), None),
         };
-        let (decision, result) = match routed {
-            Some((op, kind, labels)) => self.operation(caller, op, kind, labels, &request).await,
+        let (denied, result) = match routed {
+            Some((op, kind, labels)) => {
+                self.operation(caller, op, kind, labels, arn.as_deref(), &request)
+                    .await
+            }
             None => self.data_plane(caller, &segs, &request).await,
         };
-        let outcome = match (&result, decision) {
+        let outcome = match (&result, denied) {
             (Ok(_), _) => ControlOutcome::Ok,
-            (Err(_), "deny") => ControlOutcome::Denied,
-            (Err(_), _) => ControlOutcome::Error,
+            (Err(_), true) => ControlOutcome::Denied,
+            (Err(_), false) => ControlOutcome::Error,
         };
         self.metrics.control_call(outcome);
         let mut response = match result {
@@ -626,11 +627,12 @@ impl Control {
                 e.into_response()
             }
         };
+        let decision = if denied { "deny" } else { "allow" };
         self.audit(
-            &caller.name(),
+            caller.name(),
             caller.source(),
             operation,
-            resources,
+            arn.into_iter().collect(),
             decision,
             &response,
         );
@@ -676,8 +678,9 @@ impl Control {
         op: Op,
         kind: &str,
         labels: Vec<String>,
+        arn: Option<&str>,
         request: &Request,
-    ) -> (&'static str, Result<Response, AwsError>) {
+    ) -> (bool, Result<Response, AwsError>) {
         if let Caller::Operator(operator, source) = caller {
             // Operations without a resource of their own are allowed on `*` only.
             let (prefix, name) = match resource(kind, &labels) {
@@ -690,9 +693,8 @@ impl Control {
                 .decide(operator, source, &action, &prefix, name)
                 .is_allowed()
             {
-                let arn =
-                    resource(kind, &labels).map_or_else(|| "*".to_owned(), |(k, n)| self.arn(k, n));
-                return ("deny", Err(access_denied(&caller.name(), op, &arn)));
+                let denied = access_denied(caller.name(), op, arn.unwrap_or("*"));
+                return (true, Err(denied));
             }
         }
         let call = Call {
@@ -701,7 +703,7 @@ impl Control {
             headers: &request.headers,
             body: &request.body,
         };
-        ("allow", self.run(op, &call).await)
+        (false, self.run(op, &call).await)
     }
 
     async fn run(&self, op: Op, call: &Call<'_>) -> Result<Response, AwsError> {
@@ -825,7 +827,7 @@ impl Control {
         caller: Caller<'_>,
         segs: &[String],
         request: &Request,
-    ) -> (&'static str, Result<Response, AwsError>) {
+    ) -> (bool, Result<Response, AwsError>) {
         let unknown = || {
             AwsError::new(
                 StatusCode::NOT_FOUND,
@@ -837,7 +839,7 @@ impl Control {
             )
         };
         let Some(dp) = &self.data else {
-            return ("allow", Err(unknown()));
+            return (false, Err(unknown()));
         };
         let seg: Vec<&str> = segs.iter().map(String::as_str).collect();
         let name = caller.name();
@@ -863,14 +865,14 @@ impl Control {
             &request.headers,
             request.body.clone(),
             data::Caller {
-                principal: &name,
+                principal: name,
                 allows: &mut allows,
             },
         )
         .await;
         match answer {
-            Some(result) => (if denied { "deny" } else { "allow" }, result),
-            None => ("allow", Err(unknown())),
+            Some(result) => (denied, result),
+            None => (false, Err(unknown())),
         }
     }
 

@@ -315,10 +315,7 @@ pub(super) fn test_authorization(c: &Control, call: &Call<'_>) -> Result<Respons
             .registry
             .certificate(&id)
             .ok_or_else(|| AwsError::not_found(format!("Certificate {id} does not exist")))?;
-        identity = rustls_pemfile::certs(&mut cert.pem.as_bytes())
-            .next()
-            .and_then(Result::ok)
-            .and_then(|der| ClientIdentity::from_der(&der));
+        identity = ClientIdentity::from_pem(&cert.pem);
         principal = c
             .registry
             .principal_for(&id, client_id.as_deref().unwrap_or_default());
