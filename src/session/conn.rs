@@ -11,23 +11,29 @@
 //! publish made durable.
 
 use super::authz::{Authz, ConnectFacts};
-use super::state::{self, Unpublishable};
+use super::state::connect::Refused;
+use super::state::end::End;
+use super::state::inbound::{self, Admission};
+use super::state::keep_alive::{self, KeepAlive};
+use super::state::outbound::{self, Acked, ClientAck};
+use super::state::subscribe::{self, Decision};
+use super::state::{self, Judge};
 use super::{Control, SessionData, Sessions};
 use crate::codec::{
-    self, Ack, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, ProtocolError, Publish,
-    PublishView, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
+    self, Ack, ConnAck, Connect, Packet, Properties, Protocol, ProtocolError, Publish, QoS, SubAck,
+    Subscribe, UnsubAck, Unsubscribe, reason,
 };
 use crate::config::Config;
-use crate::metrics::{DropReason, HandshakeFailure, LimitKind, Metrics, PacketType, QosLabel};
+use crate::metrics::{HandshakeFailure, LimitKind, Metrics, PacketType, QosLabel};
 use crate::policy::PolicyStore;
 use crate::policy::compile::ArnHead;
 use crate::policy::eval::{Action, ResourceType};
 use crate::registry::{CertStatus, ClientIdentity, Principal, Refusal, Registry};
 use crate::router::{Delivery, Message, Origin, Router, Subscriber};
-use crate::store::{Commit, Op, Store, StoreError};
-use crate::topic::{self, Subscription};
+use crate::store::{Commit, Op, Store};
+use crate::topic::Subscription;
 use bytes::BytesMut;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -162,9 +168,9 @@ fn front_ready(mut front: Option<&mut PendingAck>) -> impl Future<Output = Event
     std::future::poll_fn(move |cx| match front.as_deref_mut() {
         Some(PendingAck {
             commit: Some(c), ..
-        }) => Pin::new(c).poll(cx).map(|r| {
-            Event::Committed(r.map_or(Some(reason::UNSPECIFIED_ERROR), |r| commit_code(&r)))
-        }),
+        }) => Pin::new(c)
+            .poll(cx)
+            .map(|r| Event::Committed(inbound::commit_failure(r.as_ref().ok()))),
         Some(PendingAck { held: Some(h), .. }) => h.poll_wait(cx),
         _ => Poll::Pending,
     })
@@ -176,42 +182,6 @@ fn wait_held(mut held: Option<&mut Held>) -> impl Future<Output = Event> + '_ {
         Some(h) => h.poll_wait(cx),
         None => Poll::Pending,
     })
-}
-
-/// The reason code a finished commit puts in its publish's ack, if it failed.
-fn commit_code(res: &Result<(), Arc<StoreError>>) -> Option<u8> {
-    res.as_ref().err().map(|e| e.reason_code())
-}
-
-/// Why a connection ended; decides the will, the DISCONNECT sent and the log level.
-#[derive(Debug)]
-enum End {
-    /// The client sent DISCONNECT; `will` is true for reason 0x04.
-    Client { will: bool },
-    /// The socket closed or failed.
-    Io,
-    /// The client broke the protocol; the reason code goes in DISCONNECT.
-    Protocol(u8, &'static str),
-    /// No packet within 1.5 times the keep alive.
-    KeepAlive,
-    /// Another connection took the client id.
-    TakenOver(oneshot::Sender<Box<SessionData>>),
-    /// The gateway is shutting down.
-    Shutdown,
-    /// The client reads too slowly to keep up with its messages.
-    SlowConsumer,
-    /// The store could not make a publish durable.
-    Store,
-    /// A policy refused the connection or one of its publishes (MQTT 3.1.1).
-    NotAuthorized(&'static str),
-    /// The certificate was revoked or deactivated: its will is not published.
-    Revoked,
-}
-
-impl From<ProtocolError> for End {
-    fn from(e: ProtocolError) -> Self {
-        End::Protocol(e.reason_code(), e.label())
-    }
 }
 
 /// Reads CONNECT (within `deadline`), then serves the session until it ends.
@@ -247,15 +217,8 @@ pub async fn serve<S>(
                 .handshake_failed(HandshakeFailure::BadConnect);
             tracing::debug!(%peer, error = %e, "bad CONNECT");
             if let ProtocolError::UnsupportedProtocol(_) = e {
-                // Whatever the level, in 3.1.1's format: return code 1
-                // [MQTT-3.1.2-2], which MQTT 5 allows too, and which a
-                // client of any level can read (Mosquitto answers so).
-                let _ = refuse(
-                    &mut stream,
-                    Protocol::V4,
-                    reason::UNSUPPORTED_PROTOCOL_VERSION,
-                )
-                .await;
+                let (proto, code) = state::connect::UNKNOWN_LEVEL;
+                let _ = refuse(&mut stream, proto, code).await;
             }
             return;
         }
@@ -403,7 +366,7 @@ struct Conn {
     client_id: Arc<str>,
     clean_start: bool,
     expiry: u32,
-    keep_alive: Duration,
+    keep_alive_secs: u16,
     /// Boxed: most clients have none, and the connection lives long.
     will: Option<Box<codec::Will>>,
     /// Largest packet the client accepts.
@@ -432,6 +395,8 @@ struct Conn {
     /// The bulletin notices posted before this connection last looked
     /// again at what it was admitted under.
     notices_seen: u64,
+    /// Where the session goes when another connection takes it over.
+    takeover: Option<oneshot::Sender<Box<SessionData>>>,
 }
 
 /// Admits a certificate as the registration mode says, for MQTT (with its
@@ -478,12 +443,12 @@ fn authorize(
     peer: SocketAddr,
     persistent: bool,
     will: Option<&codec::Will>,
-) -> Result<Authz, u8> {
+) -> Result<Authz, Refused> {
     let auth = &shared.config.auth;
     let metrics = &shared.metrics;
     let principal = match identity {
         None => Principal::anonymous(&auth.anonymous_policies),
-        Some(id) => admit(shared, id, client_id).ok_or(reason::NOT_AUTHORIZED)?,
+        Some(id) => admit(shared, id, client_id).ok_or(Refused::NOT_AUTHORIZED)?,
     };
     let facts = ConnectFacts {
         client_id: Some(client_id),
@@ -498,7 +463,7 @@ fn authorize(
         &shared.policies,
         &shared.arn_head,
     ) else {
-        return Err(reason::IMPLEMENTATION_SPECIFIC_ERROR);
+        return Err(Refused::NO_POLICY_CONTEXT);
     };
     let mut ok = authz.allows(
         metrics,
@@ -531,7 +496,7 @@ fn authorize(
     if ok {
         Ok(authz)
     } else {
-        Err(reason::NOT_AUTHORIZED)
+        Err(Refused::NOT_AUTHORIZED)
     }
 }
 
@@ -597,7 +562,7 @@ impl Conn {
             expiry > 0,
             c.will.as_ref(),
         )
-        .map_err(|code| (c.protocol, code))?;
+        .map_err(|r| (c.protocol, r.code))?;
         let connack = Box::new(ConnAck {
             session_present: false,
             code: reason::SUCCESS,
@@ -610,7 +575,7 @@ impl Conn {
             client_id,
             clean_start: c.clean_start,
             expiry,
-            keep_alive: Duration::from_millis(u64::from(n.keep_alive_secs) * 1500),
+            keep_alive_secs: n.keep_alive_secs,
             will: c.will.map(Box::new),
             client_max_packet: n.client_max_packet,
             send_window: n.send_window,
@@ -625,6 +590,7 @@ impl Conn {
             authz,
             origin: None,
             notices_seen,
+            takeover: None,
         });
         Ok((conn, connack))
     }
@@ -702,14 +668,14 @@ impl Conn {
         let metrics = shared.metrics.clone();
         let max_packet = shared.config.limits.max_packet_bytes;
         let mailbox = data.mailbox.clone();
-        let mut deadline = Instant::now() + self.keep_alive;
+        let mut idle = KeepAlive::new(self.keep_alive_secs, Instant::now());
         let mut batch = Vec::new();
         let mut mail_ready = true;
         // What the connection waits for its whole life is registered once,
         // not on every turn of the loop, and the keep-alive timer moves only
         // when it fires.
         let notice = shared.bulletin.notice();
-        let keep_alive = tokio::time::sleep_until(deadline);
+        let keep_alive = tokio::time::sleep_until(idle.deadline());
         let kicked = mailbox.kicked();
         tokio::pin!(notice, keep_alive, kicked);
         // Created before this check, the notice wait sees whatever is posted after it.
@@ -738,7 +704,7 @@ impl Conn {
                 match codec::decode(rbuf, self.protocol, max_packet) {
                     Ok(Some(p)) => {
                         let now = *read_at.get_or_insert_with(Instant::now);
-                        deadline = now + self.keep_alive;
+                        idle.heard(now);
                         if let Err(end) = self.handle(&shared, p, data, now) {
                             return end;
                         }
@@ -791,7 +757,8 @@ impl Conn {
                         }
                         // A stuck write must not keep a takeover or a shutdown waiting.
                         Ok(Control::TakeOver(reply)) = &mut *control, if !control.is_terminated() => {
-                            return End::TakenOver(reply);
+                            self.takeover = Some(reply);
+                            return End::TakenOver;
                         }
                         () = &mut notice => {
                             notice.set(shared.bulletin.notice());
@@ -841,24 +808,19 @@ impl Conn {
                     kicked.set(mailbox.kicked());
                     Event::Slow
                 }
-                () = &mut keep_alive => {
-                    let now = Instant::now();
-                    // A client the gateway does not read (its acknowledgements
-                    // wait for the store, or it is paced) cannot be judged idle.
-                    if !reading {
-                        deadline = now + self.keep_alive;
-                    }
-                    if now < deadline {
-                        // Packets came since it was set: it fires again later.
-                        keep_alive.as_mut().reset(deadline);
+                () = &mut keep_alive => match idle.check(Instant::now(), reading) {
+                    keep_alive::Check::Later(at) => {
+                        keep_alive.as_mut().reset(at);
                         Event::Turn
-                    } else {
-                        Event::KeepAlive
                     }
+                    keep_alive::Check::Expired => Event::KeepAlive,
                 }
             };
             match event {
-                Event::TakeOver(reply) => return End::TakenOver(reply),
+                Event::TakeOver(reply) => {
+                    self.takeover = Some(reply);
+                    return End::TakenOver;
+                }
                 Event::Committed(code) => {
                     if let Some(front) = self.acks.front_mut() {
                         front.commit = None;
@@ -915,15 +877,15 @@ impl Conn {
     /// A publish the store could not make durable is refused: MQTT 5 says so
     /// in the ack; MQTT 3.1.1 has no failure ack, so the connection is closed
     /// unacknowledged and the client sends the message again.
-    fn flush_ready_acks(&mut self, qos2_in: &mut HashSet<u16>) -> Result<(), End> {
+    fn flush_ready_acks(&mut self, received: &mut inbound::Received) -> Result<(), End> {
         while let Some(front) = self.acks.front_mut() {
             if let Some(commit) = front.commit.as_mut() {
                 let code = match commit.try_recv() {
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return Ok(()),
                     Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                        Some(reason::UNSPECIFIED_ERROR)
+                        inbound::commit_failure(None)
                     }
-                    Ok(r) => commit_code(&r),
+                    Ok(r) => inbound::commit_failure(Some(&r)),
                 };
                 if let Some(code) = code {
                     front.code = code;
@@ -936,24 +898,15 @@ impl Conn {
                 }
                 front.held = None;
             }
-            if front.code >= 0x80 {
-                // A refused QoS 2 id may be reused at once (MQTT 5 §4.3.3); it was never routed.
-                if front.qos2 {
-                    qos2_in.remove(&front.pkid);
-                }
-                if self.protocol == Protocol::V4 {
-                    return Err(End::Store);
-                }
-            }
-            let Some(a) = self.acks.pop_front() else {
-                return Ok(());
-            };
-            let ack = Ack::with_code(a.pkid, a.code);
-            self.send(&if a.qos2 {
-                Packet::PubRec(ack)
-            } else {
-                Packet::PubAck(ack)
-            });
+            let ack = inbound::acknowledgement(
+                front.pkid,
+                front.qos2,
+                front.code,
+                self.protocol,
+                received,
+            )?;
+            self.acks.pop_front();
+            self.send(&ack);
         }
         Ok(())
     }
@@ -972,39 +925,25 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.publish(shared, p, data, now),
             Packet::PubAck(a) => {
-                self.acked(a.pkid, data.inflight.complete(a.pkid), data);
+                self.client_ack(ClientAck::PubAck, &a, data);
                 Ok(())
             }
             Packet::PubRec(a) => {
-                if a.code >= 0x80 {
-                    self.acked(a.pkid, data.inflight.complete(a.pkid), data);
-                } else if data.inflight.release(a.pkid) == super::state::Acked::Released {
-                    self.acked(a.pkid, super::state::Acked::Released, data);
-                    self.send(&Packet::PubRel(Ack::ok(a.pkid)));
-                } else {
-                    self.send(&Packet::PubRel(Ack::with_code(
-                        a.pkid,
-                        reason::PACKET_IDENTIFIER_NOT_FOUND,
-                    )));
-                }
+                self.client_ack(ClientAck::PubRec, &a, data);
                 Ok(())
             }
             Packet::PubComp(a) => {
-                self.acked(a.pkid, data.inflight.complete(a.pkid), data);
+                self.client_ack(ClientAck::PubComp, &a, data);
                 Ok(())
             }
             Packet::PubRel(a) => {
-                let code = if data.qos2_in.remove(&a.pkid) {
-                    reason::SUCCESS
-                } else {
-                    reason::PACKET_IDENTIFIER_NOT_FOUND
-                };
-                self.send(&Packet::PubComp(Ack::with_code(a.pkid, code)));
+                let comp = data.qos2_in.release(a.pkid);
+                self.send(&comp);
                 Ok(())
             }
             Packet::Subscribe(s) => self.subscribe(shared, s, data),
             Packet::Unsubscribe(u) => {
-                self.unsubscribe(u, data);
+                self.unsubscribe(shared, u, data);
                 Ok(())
             }
             Packet::PingReq => {
@@ -1012,44 +951,31 @@ impl Conn {
                 Ok(())
             }
             Packet::Disconnect(d) => {
-                if let Some(e) = d.properties.session_expiry_interval {
-                    if self.expiry == 0 && e > 0 {
-                        return Err(End::Protocol(
-                            reason::PROTOCOL_ERROR,
-                            "session expiry changed from 0 [MQTT-3.14.2-2]",
-                        ));
-                    }
-                    data.expiry = e.min(self.shared.config.mqtt.max_session_expiry_secs);
-                    data.mailbox.set_persistent(data.expiry > 0);
+                let max = shared.config.mqtt.max_session_expiry_secs;
+                let (end, expiry) = End::client_disconnect(&d, self.expiry, max)?;
+                if let Some(e) = expiry {
+                    data.expiry = e;
+                    data.mailbox.set_persistent(e > 0);
                 }
-                Err(End::Client {
-                    will: d.code == reason::DISCONNECT_WITH_WILL,
-                })
+                Err(end)
             }
-            Packet::Connect(_) => Err(End::Protocol(
-                reason::PROTOCOL_ERROR,
-                "second CONNECT [MQTT-3.1.0-2]",
-            )),
-            Packet::Auth(_) => Err(End::Protocol(
-                reason::PROTOCOL_ERROR,
-                "AUTH without an authentication method",
-            )),
-            _ => Err(End::Protocol(
-                reason::PROTOCOL_ERROR,
-                "packet a client may not send",
-            )),
+            p => Err(End::unexpected(&p)),
         }
     }
 
-    /// An acknowledgement of `pkid` arrived (or was decided here): the store
+    /// The client acknowledged a message of the gateway's: the store
     /// forgets a completed message and its room in the window goes to the
     /// next message waiting to be resent.
-    fn acked(&mut self, pkid: u16, acked: super::state::Acked, data: &mut SessionData) {
+    fn client_ack(&mut self, kind: ClientAck, a: &Ack, data: &mut SessionData) {
+        let (acked, reply) = data.inflight.acknowledged(kind, a);
+        if let Some(reply) = reply {
+            self.send(&reply);
+        }
         if !self.resend.is_empty() {
             // The client may acknowledge what it got before it reconnected.
-            self.resend.retain(|&p| p != pkid);
+            self.resend.retain(|&p| p != a.pkid);
         }
-        if let super::state::Acked::Done(seq) = acked {
+        if let Acked::Done(seq) = acked {
             self.forget(seq, data);
             self.resend_some(data);
         }
@@ -1067,7 +993,7 @@ impl Conn {
     /// Resends messages from an earlier connection while the client's
     /// Receive Maximum has room.
     fn resend_some(&mut self, data: &mut SessionData) {
-        while data.inflight.len().saturating_sub(self.resend.len()) < self.send_window {
+        while data.inflight.has_room(self.send_window, self.resend.len()) {
             let Some(pkid) = self.resend.pop_front() else {
                 return;
             };
@@ -1086,7 +1012,7 @@ impl Conn {
             } else {
                 // This connection may not receive it (another principal, or a
                 // revoked permission): it leaves the session.
-                if let super::state::Acked::Done(seq) = data.inflight.complete(pkid) {
+                if let Acked::Done(seq) = data.inflight.complete(pkid) {
                     self.forget(seq, data);
                 }
             }
@@ -1100,97 +1026,51 @@ impl Conn {
         data: &mut SessionData,
         now: Instant,
     ) -> Result<(), End> {
-        let cfg = &shared.config;
-        let limits = &cfg.limits;
         let metrics = &shared.metrics;
-        let v5 = self.protocol == Protocol::V5;
-        if p.qos as u8 > limits.max_qos {
-            metrics.refused(LimitKind::Qos);
-            return Err(End::Protocol(
-                reason::QOS_NOT_SUPPORTED,
-                "QoS above the maximum",
-            ));
-        }
-        let alias = p.properties.topic_alias.take();
-        self.aliases
-            .resolve(&mut p.topic, alias, cfg.mqtt.topic_alias_maximum)
-            .map_err(|(code, why)| End::Protocol(code, why))?;
-        if !p.properties.subscription_identifiers.is_empty() {
-            return Err(End::Protocol(
-                reason::PROTOCOL_ERROR,
-                "client sent a subscription identifier [MQTT-3.3.4-6]",
-            ));
-        }
-        if p.payload.len() > limits.max_payload_bytes {
-            metrics.refused(LimitKind::Payload);
-            return Err(End::Protocol(reason::PACKET_TOO_LARGE, "payload too large"));
-        }
-        let topic = p.topic.as_str();
-        let refusal = state::unpublishable(topic, p.retain, cfg.limits.topics()).map(|u| match u {
-            Unpublishable::Topic(e) => {
-                metrics.refused(match e {
-                    topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
-                    _ => LimitKind::TopicLength,
-                });
-                (reason::TOPIC_NAME_INVALID, "topic too long or too deep")
-            }
-            Unpublishable::GatewayOnly => {
-                metrics.denied(crate::metrics::AuthzAction::Publish);
-                (
-                    reason::NOT_AUTHORIZED,
-                    "only the gateway publishes lifecycle events and shadow responses",
-                )
-            }
-            Unpublishable::RetainedReserved => {
-                (reason::RETAIN_NOT_SUPPORTED, "retain on a reserved topic")
-            }
-        });
-        if let Some((code, why)) = refusal {
-            // MQTT 5 refuses a QoS 1/2 publish in its ack and keeps the connection.
-            if v5 && p.qos != QoS::AtMostOnce {
-                self.refuse_publish(&p, code, why);
+        let judge = Judge {
+            protocol: self.protocol,
+            config: &shared.config,
+            metrics,
+        };
+        let unacked = self.acks.iter().filter(|a| !a.qos2).count();
+        let (authz, client_id) = (&mut self.authz, &self.client_id);
+        let allowed = |topic: &str, retain: bool| {
+            authz.refresh(&shared.policies, &shared.arn_head);
+            authz.allows(
+                metrics,
+                client_id,
+                Action::Publish,
+                ResourceType::Topic,
+                topic,
+            ) && (!retain
+                || authz.allows(
+                    metrics,
+                    client_id,
+                    Action::RetainPublish,
+                    ResourceType::Topic,
+                    topic,
+                ))
+        };
+        match judge.admit(&mut p, &mut self.aliases, &data.qos2_in, unacked, allowed)? {
+            Admission::Route => {}
+            Admission::Drop => return Ok(()),
+            Admission::Refuse { code, why } => {
+                let ack = inbound::refusal(p.pkid, p.qos, code, self.reason(why));
+                self.send(&ack);
                 return Ok(());
             }
-            return Err(End::Protocol(code, why));
-        }
-        let allowed = self.allows(Action::Publish, ResourceType::Topic, topic)
-            && (!p.retain || self.allows(Action::RetainPublish, ResourceType::Topic, topic));
-        if !allowed {
-            // MQTT 5 says so in the ack (or drops a QoS 0 publish); 3.1.1 has
-            // no way to say it but closing the connection (spec §1.3).
-            if !v5 {
-                return Err(End::NotAuthorized("publish not authorized"));
+            Admission::Duplicate => {
+                // Acknowledged again, in order, and counted once towards
+                // Receive Maximum.
+                self.acks.push_back(PendingAck {
+                    pkid: p.pkid,
+                    qos2: true,
+                    code: reason::SUCCESS,
+                    commit: None,
+                    held: None,
+                });
+                return Ok(());
             }
-            if p.qos != QoS::AtMostOnce {
-                self.refuse_publish(
-                    &p,
-                    reason::NOT_AUTHORIZED,
-                    "not authorized to publish to this topic",
-                );
-            }
-            return Ok(());
-        }
-        if p.qos == QoS::ExactlyOnce && data.qos2_in.contains(&p.pkid) {
-            // A resent PUBLISH whose PUBREL has not come yet: acknowledge again,
-            // route once, and count it once towards Receive Maximum.
-            self.acks.push_back(PendingAck {
-                pkid: p.pkid,
-                qos2: true,
-                code: reason::SUCCESS,
-                commit: None,
-                held: None,
-            });
-            return Ok(());
-        }
-        // QoS 2 publishes count until PUBCOMP (they are in `qos2_in`), QoS 1
-        // ones until their PUBACK leaves.
-        let unacked = self.acks.iter().filter(|a| !a.qos2).count() + data.qos2_in.len();
-        if p.qos != QoS::AtMostOnce && v5 && unacked >= usize::from(limits.max_inflight) {
-            metrics.refused(LimitKind::Inflight);
-            return Err(End::Protocol(
-                reason::RECEIVE_MAXIMUM_EXCEEDED,
-                "more unacknowledged publishes than Receive Maximum",
-            ));
         }
         metrics.message_in(QosLabel::of(p.qos as u8));
         let (pkid, qos) = (p.pkid, p.qos);
@@ -1205,10 +1085,11 @@ impl Conn {
             origin,
         ));
         let (code, commit, pressure) = match shared.router.publish(&msg, now) {
-            Ok(routed) if routed.matched == 0 && v5 => {
-                (reason::NO_MATCHING_SUBSCRIBERS, routed.commit, None)
-            }
-            Ok(routed) => (reason::SUCCESS, routed.commit, routed.pressure),
+            Ok(routed) => (
+                inbound::routed_code(routed.matched, self.protocol),
+                routed.commit,
+                routed.pressure,
+            ),
             Err(e) => {
                 tracing::warn!(client_id = %self.client_id, error = %e, "publish refused");
                 (e.reason_code(), None, None)
@@ -1221,7 +1102,7 @@ impl Conn {
             return Ok(());
         }
         if qos == QoS::ExactlyOnce {
-            data.qos2_in.insert(pkid);
+            data.qos2_in.routed(pkid);
         }
         self.acks.push_back(PendingAck {
             pkid,
@@ -1248,99 +1129,38 @@ impl Conn {
         o
     }
 
-    /// Answers a refused QoS 1/2 publish (MQTT 5) with its reason in the ack.
-    fn refuse_publish(&mut self, p: &Publish, code: u8, why: &str) {
-        let ack = Ack {
-            pkid: p.pkid,
-            code: reason::puback(code),
-            properties: Properties {
-                reason_string: self.reason(why),
-                ..Properties::default()
-            },
-        };
-        self.send(&if p.qos == QoS::ExactlyOnce {
-            Packet::PubRec(ack)
-        } else {
-            Packet::PubAck(ack)
-        });
-    }
-
     fn subscribe(
         &mut self,
         shared: &Shared,
         s: Subscribe,
         data: &mut SessionData,
     ) -> Result<(), End> {
-        let cfg = &shared.config;
-        let limits = &cfg.limits;
         let metrics = &shared.metrics;
+        let judge = Judge {
+            protocol: self.protocol,
+            config: &shared.config,
+            metrics,
+        };
         let sub_id = s.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         let mut refusals = Vec::new();
         for (i, (raw, opts)) in s.filters.iter().enumerate() {
-            let parsed = match Subscription::parse(raw) {
-                Ok(p) => p,
-                Err(e) => {
-                    codes.push(reason::TOPIC_FILTER_INVALID);
-                    // An empty filter has no name to put before the problem.
-                    refusals.push(if raw.is_empty() {
-                        "an empty topic filter".to_owned()
-                    } else {
-                        format!("{raw}: {e}")
-                    });
+            let session = (
+                data.subscriptions.len(),
+                data.subscriptions.contains_key(raw.as_str()),
+            );
+            let allowed =
+                |filter: &str| self.allows(Action::Subscribe, ResourceType::TopicFilter, filter);
+            let (parsed, granted) = match judge.subscription(i, raw, opts, session, allowed)? {
+                Decision::Grant(parsed, granted) => (parsed, granted),
+                Decision::Refuse(code, why) => {
+                    codes.push(code);
+                    refusals.push(why);
                     continue;
                 }
             };
-            if parsed.share.is_some() && opts.no_local {
-                return Err(End::Protocol(
-                    reason::PROTOCOL_ERROR,
-                    "No Local on a shared subscription [MQTT-3.8.3-4]",
-                ));
-            }
-            // The filter exactly as sent, `$share/...` included (spec §1.3).
-            if !self.allows(Action::Subscribe, ResourceType::TopicFilter, raw) {
-                codes.push(reason::NOT_AUTHORIZED);
-                refusals.push(format!("{raw}: not authorized"));
-                continue;
-            }
-            let exists = data.subscriptions.contains_key(raw.as_str());
-            let refusal = if i >= limits.max_filters_per_subscribe {
-                Some((
-                    LimitKind::FiltersPerSubscribe,
-                    reason::QUOTA_EXCEEDED,
-                    "too many filters in one SUBSCRIBE",
-                ))
-            } else if let Err(e) = cfg.limits.topics().check(parsed.filter) {
-                let kind = match e {
-                    topic::TopicError::TooDeep(_) => LimitKind::TopicDepth,
-                    _ => LimitKind::TopicLength,
-                };
-                Some((
-                    kind,
-                    reason::TOPIC_FILTER_INVALID,
-                    "filter too long or too deep",
-                ))
-            } else if !exists && data.subscriptions.len() >= limits.max_subscriptions_per_connection
-            {
-                Some((
-                    LimitKind::Subscriptions,
-                    reason::QUOTA_EXCEEDED,
-                    "too many subscriptions",
-                ))
-            } else {
-                None
-            };
-            if let Some((kind, code, why)) = refusal {
-                metrics.refused(kind);
-                codes.push(code);
-                refusals.push(format!("{raw}: {why}"));
-                continue;
-            }
-            let mut granted = *opts;
-            granted.qos =
-                QoS::from_u8((opts.qos as u8).min(limits.max_qos)).unwrap_or(QoS::AtMostOnce);
-            let new = self.shared.router.subscribe(
+            let new = shared.router.subscribe(
                 parsed.filter,
                 parsed.share,
                 Subscriber {
@@ -1351,17 +1171,11 @@ impl Conn {
             );
             data.subscriptions.insert(raw.clone(), (granted, sub_id));
             codes.push(granted.qos as u8);
-            let send_retained = parsed.share.is_none()
-                && match opts.retain_handling {
-                    0 => true,
-                    1 => new,
-                    _ => false,
-                };
-            if send_retained {
+            if subscribe::sends_retained(&parsed, opts, new) {
                 retained.push((parsed.filter.to_owned(), granted.qos));
             }
         }
-        self.shared.sessions.persist(data);
+        shared.sessions.persist(data);
         let properties = Properties {
             reason_string: if refusals.is_empty() {
                 None
@@ -1378,7 +1192,7 @@ impl Conn {
         // Retained messages follow the SUBACK, flagged RETAIN [MQTT-3.3.1-8],
         // through the mailbox so that they respect the client's window.
         for (filter, qos) in retained {
-            for msg in self.shared.router.retained(&filter) {
+            for msg in shared.router.retained(&filter) {
                 let d = Delivery {
                     qos: msg.qos.min(qos),
                     msg,
@@ -1392,29 +1206,24 @@ impl Conn {
         Ok(())
     }
 
-    fn unsubscribe(&mut self, u: Unsubscribe, data: &mut SessionData) {
-        let mut codes = Vec::with_capacity(u.filters.len());
-        for raw in &u.filters {
-            let existed = match Subscription::parse(raw) {
-                Ok(s) if data.subscriptions.remove(raw.as_str()).is_some() => {
-                    self.shared
-                        .router
-                        .unsubscribe(s.filter, s.share, data.mailbox.session_id);
-                    true
+    fn unsubscribe(&mut self, shared: &Shared, u: Unsubscribe, data: &mut SessionData) {
+        let codes = u
+            .filters
+            .iter()
+            .map(|raw| match Subscription::parse(raw) {
+                Ok(s) => {
+                    let existed = data.subscriptions.remove(raw.as_str()).is_some();
+                    if existed {
+                        shared
+                            .router
+                            .unsubscribe(s.filter, s.share, data.mailbox.session_id);
+                    }
+                    subscribe::unsubscribed(true, existed)
                 }
-                Ok(_) => false,
-                Err(_) => {
-                    codes.push(reason::TOPIC_FILTER_INVALID);
-                    continue;
-                }
-            };
-            codes.push(if existed {
-                reason::SUCCESS
-            } else {
-                reason::NO_SUBSCRIPTION_EXISTED
-            });
-        }
-        self.shared.sessions.persist(data);
+                Err(_) => subscribe::unsubscribed(false, false),
+            })
+            .collect();
+        shared.sessions.persist(data);
         self.send(&Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
             codes,
@@ -1430,19 +1239,15 @@ impl Conn {
             self.forget(d.seq, data);
             return;
         }
-        let metrics = &self.shared.metrics;
-        let Some(remaining) = d.msg.remaining(now) else {
-            metrics.count_drop(DropReason::Expired);
-            self.forget(d.seq, data);
-            return;
+        let remaining = match outbound::deliverable(&d, now, self.protocol, self.client_max_packet)
+        {
+            Ok(remaining) => remaining,
+            Err(drop) => {
+                self.shared.metrics.count_drop(drop);
+                self.forget(d.seq, data);
+                return;
+            }
         };
-        let view = view(&d, 0, false, remaining);
-        if codec::publish_len(&view, self.protocol) > self.client_max_packet {
-            // Too big for the client: discard as if sent [MQTT-3.1.2-25].
-            metrics.count_drop(DropReason::TooLargeForClient);
-            self.forget(d.seq, data);
-            return;
-        }
         if d.qos == QoS::AtMostOnce {
             self.write_publish(&d, 0, false, remaining);
             return;
@@ -1456,7 +1261,7 @@ impl Conn {
 
     /// Encodes one PUBLISH; `remaining` is its Message Expiry Interval.
     fn write_publish(&mut self, d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) {
-        let mut v = view(d, pkid, dup && d.qos != QoS::AtMostOnce, remaining);
+        let mut v = outbound::view(d, pkid, dup, remaining);
         match self.out_aliases.assign(&d.msg.topic) {
             state::aliases::Outgoing::Topic => {}
             state::aliases::Outgoing::Set(alias) => v.topic_alias = Some(alias),
@@ -1478,46 +1283,21 @@ impl Conn {
         mut data: Box<SessionData>,
         control: &mut oneshot::Receiver<Control>,
     ) {
-        let v5 = self.protocol == Protocol::V5;
-        let metrics = self.shared.metrics.clone();
-        let (code, publish_will, why): (Option<u8>, bool, &str) = match &end {
-            End::Client { will } => (None, *will, "client disconnected"),
-            End::Io => (None, true, "connection lost"),
-            End::Protocol(code, why) => {
-                metrics.protocol_errors.increment(1);
-                (Some(*code), true, why)
-            }
-            End::KeepAlive => (Some(reason::KEEP_ALIVE_TIMEOUT), true, "keep alive timeout"),
-            End::TakenOver(_) => (Some(reason::SESSION_TAKEN_OVER), true, "session taken over"),
-            End::Shutdown => (
-                Some(reason::SERVER_SHUTTING_DOWN),
-                true,
-                "server shutting down",
-            ),
-            End::SlowConsumer => (Some(reason::QUOTA_EXCEEDED), true, "client too slow"),
-            End::Store => (Some(reason::UNSPECIFIED_ERROR), true, "store failure"),
-            End::NotAuthorized(why) => (Some(reason::NOT_AUTHORIZED), true, *why),
-            End::Revoked => (
-                Some(reason::NOT_AUTHORIZED),
-                false,
-                "certificate no longer active",
-            ),
-        };
-        tracing::debug!(client_id = %self.client_id, conn = self.id, reason = why, "session ended");
+        if end.is_protocol_error() {
+            self.shared.metrics.protocol_errors.increment(1);
+        }
+        tracing::debug!(client_id = %self.client_id, conn = self.id, reason = end.why(), "session ended");
         // Acknowledge what is already durable; the rest the client will resend.
         let _ = self.flush_ready_acks(&mut data.qos2_in);
-        if let (Some(code), true) = (code, v5) {
-            self.send(&Packet::Disconnect(Disconnect::with_reason(
-                code,
-                self.reason(why),
-            )));
+        if let Some(d) = end.disconnect(self.protocol, self.reason(end.why())) {
+            self.send(&Packet::Disconnect(d));
         }
         if !self.wbuf.is_empty() {
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), stream.write_all(&self.wbuf)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-        if code.is_some() {
+        if end.reason_code().is_some() {
             // Read what the client still sends for a moment: closing with
             // unread data makes the kernel reset the connection, and the
             // client would lose the DISCONNECT that says why.
@@ -1533,24 +1313,22 @@ impl Conn {
             .await;
         }
         drop(stream);
-        // The will goes out only if its topic is still allowed now.
-        let will = self.will.take().filter(|w| {
-            publish_will && {
-                let topic = w.topic.as_str();
+        if let Some(will) = self.will.take() {
+            // Only if its topic is still allowed now.
+            let topic = will.topic.as_str();
+            let allowed = || {
                 self.allows(Action::Publish, ResourceType::Topic, topic)
-                    && (!w.retain || self.allows(Action::RetainPublish, ResourceType::Topic, topic))
-            }
-        });
-        if let Some(will) = will {
-            // On takeover the session continues at once, which cancels a delayed will.
-            let delay = will.delay_interval.min(data.expiry);
-            if !(matches!(end, End::TakenOver(_)) && delay > 0) {
+                    && (!will.retain
+                        || self.allows(Action::RetainPublish, ResourceType::Topic, topic))
+            };
+            if let Some(delay) = state::will::delay(&end, will.delay_interval, data.expiry, allowed)
+            {
                 let origin = self.origin(data.mailbox.session_id);
                 data.pending_will = self.shared.sessions.schedule_will(*will, origin, delay);
             }
         }
         let sessions = self.shared.sessions.clone();
-        if let End::TakenOver(reply) = end {
+        if let Some(reply) = self.takeover.take() {
             data.mailbox.set_online(false);
             if let Err(d) = reply.send(data) {
                 sessions.close(self.id, d, control);
@@ -1573,21 +1351,6 @@ enum Event {
     Slow,
     /// A bulletin notice: look again at what the connection was admitted under.
     Notice,
-}
-
-fn view(d: &Delivery, pkid: u16, dup: bool, remaining: Option<u32>) -> PublishView<'_> {
-    PublishView {
-        dup,
-        qos: d.qos,
-        retain: d.retain,
-        topic: d.msg.topic.as_bytes(),
-        pkid,
-        properties: &d.msg.properties,
-        message_expiry_interval: remaining,
-        topic_alias: None,
-        subscription_identifiers: &d.sub_ids,
-        payload: &d.msg.payload,
-    }
 }
 
 /// A client id for a client that sent none: random, so it is unique across restarts too.

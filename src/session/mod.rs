@@ -24,7 +24,7 @@ use crate::topic::Subscription;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -42,9 +42,9 @@ pub struct SessionData {
     /// Subscriptions by filter as sent (with `$share/` prefix if any).
     pub subscriptions: HashMap<String, (SubOptions, Option<u32>)>,
     /// Outbound QoS 1/2 messages awaiting acknowledgement.
-    pub inflight: state::Inflight,
+    pub inflight: state::outbound::Inflight,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
-    pub qos2_in: HashSet<u16>,
+    pub qos2_in: state::inbound::Received,
     /// Session expiry interval in seconds; 0 ends the session with the connection.
     pub expiry: u32,
     /// Protocol of the connection that created it.
@@ -185,10 +185,12 @@ impl Sessions {
         };
         let mut present = false;
         let mut forget = maybe_stored;
+        let found = old.as_ref().map(|d| state::takeover::Found {
+            protocol: d.protocol,
+            expiry: d.expiry,
+        });
         let mut data = match old {
-            // A session whose expiry is 0 ended with its connection [MQTT-3.1.2-4..6].
-            Some(mut d) if !clean_start && d.protocol == protocol && d.expiry > 0 => {
-                // Reconnecting before the will delay ends cancels the will [MQTT-3.1.3-9].
+            Some(mut d) if state::takeover::resumes(clean_start, found, protocol) => {
                 d.pending_will = None;
                 present = true;
                 d
@@ -225,8 +227,8 @@ impl Sessions {
         Box::new(SessionData {
             mailbox: Arc::new(Mailbox::new(self.new_id(), client_id, false, self.limits)),
             subscriptions: HashMap::new(),
-            inflight: state::Inflight::default(),
-            qos2_in: HashSet::new(),
+            inflight: state::outbound::Inflight::default(),
+            qos2_in: state::inbound::Received::default(),
             expiry: 0,
             protocol,
             stored: false,

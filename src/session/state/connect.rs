@@ -38,6 +38,25 @@ pub struct Refused {
     pub limit: Option<LimitKind>,
 }
 
+impl Refused {
+    /// The certificate is not admitted, or its policies deny `iot:Connect`
+    /// or the will's publish.
+    pub const NOT_AUTHORIZED: Refused = Refused {
+        code: reason::NOT_AUTHORIZED,
+        limit: None,
+    };
+    /// The policy context cannot be built (a value past the gateway's limits).
+    pub const NO_POLICY_CONTEXT: Refused = Refused {
+        code: reason::IMPLEMENTATION_SPECIFIC_ERROR,
+        limit: None,
+    };
+}
+
+/// How a CONNECT of a protocol level the gateway does not speak is
+/// answered: in 3.1.1's format, return code 1 [MQTT-3.1.2-2], which MQTT 5
+/// allows too and a client of any level can read (Mosquitto answers so).
+pub const UNKNOWN_LEVEL: (Protocol, u8) = (Protocol::V4, reason::UNSUPPORTED_PROTOCOL_VERSION);
+
 fn refuse(code: u8, limit: Option<LimitKind>) -> Result<Negotiated, Refused> {
     Err(Refused { code, limit })
 }
