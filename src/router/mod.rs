@@ -5,431 +5,38 @@
 //! a [`Delivery`] that points at it. The trie is read-mostly behind a
 //! `parking_lot` lock held only for the lookup, never across `.await`.
 //!
-//! Mailboxes are bounded with a named overflow policy ([`Mailbox::push`]):
-//! QoS 0 beyond `max_queued_messages` is dropped; QoS 1/2 is kept up to
-//! `max_stored_messages`, after which a connected consumer is disconnected
-//! as too slow and an offline session drops the message. Every drop is
-//! counted by reason.
-//!
 //! Durability: a QoS 1/2 message for a persistent session is written to the
 //! store under the session's next sequence number before the publisher is
 //! acknowledged; [`Router::publish`] returns the writes, the caller commits
 //! them.
+//!
+//! - [`message`]: the message and its record encodings.
+//! - [`mailbox`]: a session's mailbox and its overflow policy.
+//! - [`flow`]: pacing publishers to their subscribers, both sides.
+//! - [`tap`]: what the rules engine and the shadow service are offered.
+//! - [`trie`], [`retained`]: subscriptions and retained messages by topic.
 
+pub mod flow;
+pub mod mailbox;
+pub mod message;
 pub mod retained;
+pub mod tap;
 pub mod trie;
 
-use crate::codec::{self, ByteStr, Protocol, PublishProperties, QoS, SubOptions};
+pub use mailbox::{Mailbox, MailboxLimits, Pushed};
+pub use message::{Delivery, Message, Origin, delivery_from_record, read_retained_record};
+pub use tap::{FilterIndex, Tap, Tapped};
+
+use crate::codec::{QoS, SubOptions};
 use crate::metrics::{DropReason, Metrics};
 use crate::store::{Commit, Op, Store, StoreError, unix_ms};
-use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
-use parking_lot::{Mutex, RwLock};
-use std::collections::VecDeque;
+use message::{queued_record, retained_record};
+use parking_lot::RwLock;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
-use tokio::sync::{Notify, oneshot};
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
-
-/// One published message, shared by every delivery of it.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// Topic name.
-    pub topic: ByteStr,
-    /// Payload.
-    pub payload: Bytes,
-    /// QoS it was published with.
-    pub qos: QoS,
-    /// RETAIN flag it was published with.
-    pub retain: bool,
-    /// Properties to forward (no topic alias, no subscription identifiers).
-    pub properties: PublishProperties,
-    /// When it expires (MQTT 5 message expiry).
-    pub expires_at: Option<Instant>,
-    /// Who published it.
-    pub origin: Arc<Origin>,
-}
-
-/// Who published a message: No Local and the rules engine's `clientid()`,
-/// `principal()` and loop bound need to know. One per connection, shared by
-/// its messages.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
-    /// Session that published it; 0 for the gateway itself.
-    pub session: u64,
-    /// Client identifier of the publisher.
-    pub client_id: Option<Arc<str>>,
-    /// Certificate id of the publisher.
-    pub principal: Option<Arc<str>>,
-    /// How many rule republishes led to this message.
-    pub hops: u8,
-    /// Whether it came from the upstream broker: it is never sent back.
-    pub bridged: bool,
-}
-
-impl Origin {
-    /// The gateway itself (events, stored messages).
-    pub fn gateway() -> Arc<Self> {
-        static GATEWAY: std::sync::OnceLock<Arc<Origin>> = std::sync::OnceLock::new();
-        GATEWAY.get_or_init(Default::default).clone()
-    }
-}
-
-impl Message {
-    /// A message as published now by `origin`; its expiry counts from now.
-    pub fn new(
-        topic: ByteStr,
-        payload: Bytes,
-        qos: QoS,
-        retain: bool,
-        properties: PublishProperties,
-        now: Instant,
-        origin: Arc<Origin>,
-    ) -> Self {
-        Self {
-            expires_at: properties
-                .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s))),
-            topic,
-            payload,
-            qos,
-            retain,
-            properties,
-            origin,
-        }
-    }
-
-    /// Seconds left to live: `None` if expired, `Some(None)` if it never expires.
-    pub fn remaining(&self, now: Instant) -> Option<Option<u32>> {
-        match self.expires_at {
-            None => Some(None),
-            Some(at) if at <= now => None,
-            Some(at) => {
-                let secs = (at - now).as_secs_f64().ceil() as u32;
-                Some(Some(secs.max(1)))
-            }
-        }
-    }
-
-    /// Serializes for the store: wall-clock expiry, then the message as an MQTT 5 PUBLISH.
-    pub fn to_record(&self, now: Instant) -> Vec<u8> {
-        self.record_after(&[], now)
-    }
-
-    /// The record of [`Message::to_record`] behind `head`, in one buffer.
-    fn record_after(&self, head: &[u8], now: Instant) -> Vec<u8> {
-        let expiry_ms = self.expires_at.map_or(0, |at| {
-            let left = at.saturating_duration_since(now);
-            unix_ms(SystemTime::now() + left)
-        });
-        let view = codec::PublishView {
-            dup: false,
-            qos: self.qos,
-            retain: self.retain,
-            topic: self.topic.as_bytes(),
-            pkid: 1,
-            properties: &self.properties,
-            message_expiry_interval: None,
-            topic_alias: None,
-            subscription_identifiers: &[],
-            payload: &self.payload,
-        };
-        let mut buf =
-            BytesMut::with_capacity(head.len() + 8 + codec::publish_len(&view, Protocol::V5));
-        buf.extend_from_slice(head);
-        buf.extend_from_slice(&expiry_ms.to_be_bytes());
-        codec::encode_publish(&view, Protocol::V5, &mut buf);
-        buf.into()
-    }
-
-    /// Reads a stored record; `None` if it is unreadable or has expired.
-    pub fn from_record(record: &[u8], now: Instant) -> Option<Self> {
-        let (expiry, packet) = record.split_at_checked(8)?;
-        let expiry_ms = u64::from_be_bytes(expiry.try_into().ok()?);
-        let mut buf = BytesMut::from(packet);
-        let Ok(Some(codec::Packet::Publish(p))) = codec::decode(&mut buf, Protocol::V5, usize::MAX)
-        else {
-            return None;
-        };
-        let expires_at = if expiry_ms == 0 {
-            None
-        } else {
-            let left = expiry_ms.checked_sub(unix_ms(SystemTime::now()))?;
-            Some(now + Duration::from_millis(left))
-        };
-        let mut msg = Self::new(
-            p.topic,
-            p.payload,
-            p.qos,
-            p.retain,
-            p.properties,
-            now,
-            Origin::gateway(),
-        );
-        msg.expires_at = expires_at;
-        Some(msg)
-    }
-}
-
-/// One message on its way to one session.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The shared message.
-    pub msg: Arc<Message>,
-    /// QoS of this delivery: the lower of the message's and the subscription's.
-    pub qos: QoS,
-    /// RETAIN flag to send.
-    pub retain: bool,
-    /// Subscription identifiers of the matching subscriptions.
-    pub sub_ids: Vec<u32>,
-    /// Store sequence number when the delivery is durable, else 0.
-    pub seq: u64,
-}
-
-/// Limits every mailbox obeys.
-#[derive(Debug, Clone, Copy)]
-pub struct MailboxLimits {
-    /// QoS 0 is dropped beyond this many queued deliveries.
-    pub queued: usize,
-    /// QoS 1/2 is refused beyond this many.
-    pub stored: usize,
-}
-
-/// What happened to a pushed delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
-    /// Queued for the session.
-    Queued,
-    /// Dropped for the given reason (already counted).
-    Dropped(DropReason),
-}
-
-/// A session's inbox: filled by the router, drained by the connection that owns the session.
-#[derive(Debug)]
-pub struct Mailbox {
-    /// Session id (unique for the life of the process).
-    pub session_id: u64,
-    /// Client identifier.
-    pub client_id: Arc<str>,
-    persistent: AtomicBool,
-    online: AtomicBool,
-    /// Set when the consumer made no progress for a whole hold: it paces
-    /// nobody until it drains below its watermark again.
-    stalled: AtomicBool,
-    seq: AtomicU64,
-    state: Mutex<Inbox>,
-    notify: Notify,
-    kick: Notify,
-    /// Bumped when a pressed mailbox drains below its watermark (or its
-    /// consumer goes away or stalls), so that paced publishers go on. Made
-    /// when a publisher first waits: most mailboxes never need one.
-    relieved: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
-    limits: MailboxLimits,
-}
-
-#[derive(Debug, Default)]
-struct Inbox {
-    queue: VecDeque<Delivery>,
-    slow: bool,
-}
-
-impl Mailbox {
-    /// A new, empty mailbox.
-    pub fn new(
-        session_id: u64,
-        client_id: Arc<str>,
-        persistent: bool,
-        limits: MailboxLimits,
-    ) -> Self {
-        Self {
-            session_id,
-            client_id,
-            persistent: AtomicBool::new(persistent),
-            online: AtomicBool::new(false),
-            stalled: AtomicBool::new(false),
-            seq: AtomicU64::new(0),
-            state: Mutex::new(Inbox::default()),
-            notify: Notify::new(),
-            kick: Notify::new(),
-            relieved: std::sync::OnceLock::new(),
-            limits,
-        }
-    }
-
-    /// Half the lower bound: past it, a connected consumer is falling
-    /// behind, and its publishers are paced (for a bounded time) before it
-    /// loses QoS 0 messages or is disconnected as too slow.
-    fn watermark(&self) -> usize {
-        (self.limits.queued.min(self.limits.stored) / 2).max(1)
-    }
-
-    /// Whether publishers should wait for this consumer: it is connected,
-    /// past its watermark, and was not found stalled.
-    fn behind(&self, len: usize) -> bool {
-        len >= self.watermark()
-            && self.online.load(Ordering::Relaxed)
-            && !self.stalled.load(Ordering::Relaxed)
-    }
-
-    /// Whether publishers should still wait for this consumer.
-    pub fn is_pressed(&self) -> bool {
-        let len = self.state.lock().queue.len();
-        self.behind(len)
-    }
-
-    /// The consumer made no progress for a whole hold: publishers stop
-    /// waiting for it until it drains below its watermark, so that a
-    /// consumer that stopped reading cannot slow anyone down for long.
-    pub fn stall(&self) {
-        self.stalled.store(true, Ordering::Relaxed);
-        self.relieve();
-    }
-
-    /// Changes when the mailbox drains below its watermark or goes offline.
-    pub fn relief(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.relieved
-            .get_or_init(|| tokio::sync::watch::Sender::new(0))
-            .subscribe()
-    }
-
-    fn relieve(&self) {
-        if let Some(tx) = self.relieved.get().filter(|tx| tx.receiver_count() > 0) {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-
-    /// Whether QoS 1/2 deliveries are written to the store.
-    pub fn is_persistent(&self) -> bool {
-        self.persistent.load(Ordering::Relaxed)
-    }
-
-    /// Changes persistence (MQTT 5 DISCONNECT may change the session expiry).
-    pub fn set_persistent(&self, p: bool) {
-        self.persistent.store(p, Ordering::Relaxed);
-    }
-
-    /// Marks whether a connection is draining this mailbox; a new connection
-    /// starts with a clean record.
-    pub fn set_online(&self, online: bool) {
-        self.online.store(online, Ordering::Relaxed);
-        if online {
-            self.stalled.store(false, Ordering::Relaxed);
-            self.take_slow();
-        } else {
-            self.relieve();
-        }
-    }
-
-    /// Whether the consumer was found too slow since the last call.
-    pub fn take_slow(&self) -> bool {
-        std::mem::take(&mut self.state.lock().slow)
-    }
-
-    /// Continues sequence numbers after those already stored.
-    pub fn resume_seq(&self, last: u64) {
-        self.seq.fetch_max(last, Ordering::Relaxed);
-    }
-
-    fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Queues a delivery under the overflow policy described in the module docs.
-    pub fn push(&self, d: Delivery, metrics: &Metrics) -> Pushed {
-        self.push_watched(d, metrics).0
-    }
-
-    /// [`Mailbox::push`], also telling how far behind a connected consumer
-    /// past its watermark now is, read under the same lock.
-    fn push_watched(&self, d: Delivery, metrics: &Metrics) -> (Pushed, Option<usize>) {
-        let mut inbox = self.state.lock();
-        let len = inbox.queue.len();
-        let verdict = if d.qos == QoS::AtMostOnce && len >= self.limits.queued {
-            Pushed::Dropped(DropReason::QueueFull)
-        } else if len >= self.limits.stored {
-            if self.online.load(Ordering::Relaxed) {
-                inbox.slow = true;
-                self.kick.notify_one();
-                Pushed::Dropped(DropReason::SlowConsumer)
-            } else {
-                Pushed::Dropped(DropReason::SessionFull)
-            }
-        } else {
-            Pushed::Queued
-        };
-        match verdict {
-            Pushed::Queued => inbox.queue.push_back(d),
-            Pushed::Dropped(reason) => metrics.count_drop(reason),
-        }
-        let len = inbox.queue.len();
-        let behind = self.behind(len).then_some(len);
-        drop(inbox);
-        self.notify.notify_one();
-        (verdict, behind)
-    }
-
-    /// Puts deliveries back at the front (a connection ended before sending them).
-    pub fn requeue_front(&self, items: impl DoubleEndedIterator<Item = Delivery>) {
-        let mut inbox = self.state.lock();
-        for d in items.rev() {
-            inbox.queue.push_front(d);
-        }
-    }
-
-    /// Moves up to `max_acked` QoS 1/2 deliveries into `out` (QoS 0 ones do
-    /// not count), at most 1024 in all.
-    pub fn drain(&self, out: &mut Vec<Delivery>, max_acked: usize) {
-        let mut inbox = self.state.lock();
-        let mut acked = 0;
-        while let Some(front) = inbox.queue.front() {
-            if front.qos != QoS::AtMostOnce {
-                if acked == max_acked {
-                    break;
-                }
-                acked += 1;
-            }
-            if let Some(d) = inbox.queue.pop_front() {
-                out.push(d);
-            }
-            if out.len() >= 1024 {
-                break;
-            }
-        }
-        let below = inbox.queue.len() < self.watermark();
-        drop(inbox);
-        if below && !out.is_empty() {
-            self.stalled.store(false, Ordering::Relaxed);
-            self.relieve();
-        }
-    }
-
-    /// Number of queued deliveries.
-    pub fn len(&self) -> usize {
-        self.state.lock().queue.len()
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Resolves when something was pushed since the last call.
-    pub async fn notified(&self) {
-        self.notify.notified().await;
-    }
-
-    /// Resolves when the consumer may have been found too slow (confirm with
-    /// [`Mailbox::take_slow`]); wakes a connection even while it is stuck writing.
-    pub async fn kicked(&self) {
-        self.kick.notified().await;
-    }
-
-    /// Takes every queued delivery (the session is being discarded).
-    pub fn clear(&self) -> Vec<Delivery> {
-        self.state.lock().queue.drain(..).collect()
-    }
-}
 
 /// A subscription as the trie holds it.
 #[derive(Debug, Clone)]
@@ -471,31 +78,6 @@ pub struct Kept {
     pub modified_ms: u64,
 }
 
-/// Marks a retained record that begins with the time it was set. Older
-/// records begin with an expiry in milliseconds, whose first byte is 0
-/// until the year 2540.
-const RETAINED_TIMED: u8 = 0xFF;
-
-/// The stored form of a retained message: the marker, when it was set,
-/// then the message's record.
-fn retained_record(modified_ms: u64, msg: &Message, now: Instant) -> Vec<u8> {
-    let mut head = [RETAINED_TIMED; 9];
-    head[1..].copy_from_slice(&modified_ms.to_be_bytes());
-    msg.record_after(&head, now)
-}
-
-/// Splits a stored retained record into when it was set (unknown for
-/// records stored before that was kept) and the message's record.
-pub fn read_retained_record(r: &[u8]) -> (Option<u64>, &[u8]) {
-    match r.split_first() {
-        Some((&RETAINED_TIMED, rest)) => match rest.split_first_chunk::<8>() {
-            Some((ms, record)) => (Some(u64::from_be_bytes(*ms)), record),
-            None => (None, &[]),
-        },
-        _ => (None, r),
-    }
-}
-
 /// Subscriptions and retained messages of the whole gateway.
 #[derive(Debug)]
 pub struct Router {
@@ -507,144 +89,6 @@ pub struct Router {
     shadows: Tap,
 }
 
-/// A published message offered to the rules engine or the shadow service.
-#[derive(Debug)]
-pub struct Tapped {
-    /// The message.
-    pub msg: Arc<Message>,
-    /// What must be durable before this client's own work counts: the
-    /// publish's writes, and the client offered the message before it.
-    pub durable: Option<Commit>,
-    /// For a QoS 1/2 publish: told once the message and everything the
-    /// client made of it (rule outputs, a stored shadow)
-    /// are durable; the publisher's acknowledgement waits for it.
-    pub done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
-}
-
-/// Topic filters (the rules' FROM clauses, the shadow service's request
-/// topics) in a trie like subscriptions, so that finding the ones a topic
-/// matches costs the same for ten filters as for thousands.
-#[derive(Debug, Default)]
-pub struct FilterIndex {
-    trie: trie::Trie<Indexed>,
-    /// Whether every filter begins with a `$` level: such filters match only
-    /// `$` topics [MQTT-4.7.2-1], so any other topic is answered without a
-    /// look-up (every ordinary publish, for the shadow service's index).
-    only_dollar: bool,
-}
-
-/// The position of a filter's owner (a rule) in the caller's list.
-#[derive(Debug)]
-struct Indexed(usize);
-
-impl trie::Entry for Indexed {
-    fn owner(&self) -> u64 {
-        self.0 as u64
-    }
-}
-
-impl FilterIndex {
-    /// Indexes `filters`, each under the position of its owner.
-    pub fn new<'a>(filters: impl IntoIterator<Item = (usize, &'a str)>) -> Self {
-        let mut trie = trie::Trie::default();
-        let mut only_dollar = true;
-        for (i, filter) in filters {
-            only_dollar &= filter.starts_with('$');
-            trie.insert(filter, None, Indexed(i));
-        }
-        Self { trie, only_dollar }
-    }
-
-    /// Whether any filter matches `topic`.
-    pub fn matches_any(&self, topic: &str) -> bool {
-        if self.trie.is_empty() || (self.only_dollar && !topic.starts_with('$')) {
-            return false;
-        }
-        let mut any = false;
-        self.trie.for_each_match(topic, &mut |_| any = true);
-        any
-    }
-
-    /// The positions of the filters `topic` matches, in ascending order.
-    pub fn matching(&self, topic: &str, out: &mut Vec<usize>) {
-        out.clear();
-        self.trie.for_each_match(topic, &mut |m| {
-            if let trie::Match::Plain(Indexed(i)) = m {
-                out.push(*i);
-            }
-        });
-        out.sort_unstable();
-    }
-}
-
-/// The bounded queue from publishers to an internal client that works
-/// outside connection tasks: the rules engine (topics some rule's FROM
-/// filter matches) or the shadow service (its request topics).
-#[derive(Debug)]
-pub struct Tap {
-    filters: ArcSwap<FilterIndex>,
-    queue: Mutex<TapQueue>,
-    notify: Notify,
-}
-
-#[derive(Debug, Default)]
-struct TapQueue {
-    items: VecDeque<Tapped>,
-    /// Payload bytes queued.
-    bytes: usize,
-}
-
-impl Tap {
-    fn new() -> Self {
-        Self {
-            filters: ArcSwap::default(),
-            queue: Mutex::default(),
-            notify: Notify::new(),
-        }
-    }
-
-    /// Sets the filters whose messages are offered (the rules' FROM clauses,
-    /// or the shadow service's request topics).
-    pub fn set_filters(&self, filters: Arc<FilterIndex>) {
-        self.filters.store(filters);
-    }
-
-    /// Whether a message on `topic` is to be offered.
-    pub fn wants(&self, topic: &str) -> bool {
-        self.filters.load().matches_any(topic)
-    }
-
-    fn has_room(&self) -> bool {
-        let q = self.queue.lock();
-        q.items.len() < TAP_MESSAGES && q.bytes < TAP_BYTES
-    }
-
-    fn push(&self, t: Tapped) {
-        let mut q = self.queue.lock();
-        q.bytes += t.msg.payload.len();
-        q.items.push_back(t);
-        drop(q);
-        self.notify.notify_one();
-    }
-
-    /// Moves up to `max` offered messages into `out`, oldest first.
-    pub fn take(&self, out: &mut Vec<Tapped>, max: usize) {
-        let mut q = self.queue.lock();
-        let n = q.items.len().min(max);
-        let start = out.len();
-        out.extend(q.items.drain(..n));
-        q.bytes -= out[start..]
-            .iter()
-            .map(|t| t.msg.payload.len())
-            .sum::<usize>();
-    }
-
-    /// Resolves when something was offered since the last call.
-    pub async fn offered(&self) {
-        self.notify.notified().await;
-    }
-}
-
 struct Target {
     mailbox: Arc<Mailbox>,
     qos: QoS,
@@ -652,10 +96,6 @@ struct Target {
     sub_ids: Vec<u32>,
     seq: u64,
 }
-
-/// Messages, and payload bytes, waiting for the rules engine.
-const TAP_MESSAGES: usize = 16_384;
-const TAP_BYTES: usize = 64 * 1024 * 1024;
 
 thread_local! {
     /// Matches of the publish being routed, reused so routing does not allocate.
@@ -952,39 +392,13 @@ impl Router {
     }
 }
 
-/// A queued message as stored: how it is to be delivered, then the message.
-fn queued_record(message: &[u8], qos: QoS, retain: bool, sub_ids: &[u32]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(3 + 4 * sub_ids.len() + message.len());
-    r.push(qos as u8);
-    r.push(u8::from(retain));
-    r.push(sub_ids.len().min(255) as u8);
-    for id in sub_ids.iter().take(255) {
-        r.extend_from_slice(&id.to_be_bytes());
-    }
-    r.extend_from_slice(message);
-    r
-}
-
-/// Reads a stored queued message back into a delivery with sequence `seq`;
-/// `None` if it is unreadable or expired.
-pub fn delivery_from_record(record: &[u8], seq: u64, now: Instant) -> Option<Delivery> {
-    let (&[qos, retain, n], rest) = record.split_first_chunk::<3>()?;
-    let (ids, message) = rest.split_at_checked(4 * usize::from(n))?;
-    Some(Delivery {
-        msg: Arc::new(Message::from_record(message, now)?),
-        qos: QoS::from_u8(qos)?,
-        retain: retain == 1,
-        sub_ids: ids
-            .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        seq,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::PublishProperties;
+    use bytes::Bytes;
+    use message::RETAINED_TIMED;
+    use std::time::Duration;
 
     #[test]
     fn retained_records_keep_their_time_and_older_ones_still_read() {
@@ -1071,7 +485,7 @@ mod tests {
         // b is furthest behind, but it is the publisher.
         assert!(publish("t", 2).is_some_and(|p| !Arc::ptr_eq(&p, &b)));
         // A stalled subscriber paces nobody until it drains.
-        b.stall();
+        b.pace.stall();
         assert!(!b.is_pressed());
         b.drain(&mut out, 10);
         publish("u", 9);

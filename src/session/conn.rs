@@ -29,6 +29,7 @@ use crate::policy::PolicyStore;
 use crate::policy::compile::ArnHead;
 use crate::policy::eval::{Action, ResourceType};
 use crate::registry::{CertStatus, ClientIdentity, Principal, Refusal, Registry};
+use crate::router::flow::Held;
 use crate::router::{Delivery, Message, Origin, Router, Subscriber};
 use crate::store::{Commit, Op, Store};
 use crate::topic::Subscription;
@@ -39,7 +40,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
@@ -171,7 +172,7 @@ fn front_ready(mut front: Option<&mut PendingAck>) -> impl Future<Output = Event
         }) => Pin::new(c)
             .poll(cx)
             .map(|r| Event::Committed(inbound::commit_failure(r.as_ref().ok()))),
-        Some(PendingAck { held: Some(h), .. }) => h.poll_wait(cx),
+        Some(PendingAck { held: Some(h), .. }) => h.poll_wait(cx).map(|()| Event::Turn),
         _ => Poll::Pending,
     })
 }
@@ -179,7 +180,7 @@ fn front_ready(mut front: Option<&mut PendingAck>) -> impl Future<Output = Event
 /// Resolves when a held publisher may go on (never if nothing is held).
 fn wait_held(mut held: Option<&mut Held>) -> impl Future<Output = Event> + '_ {
     std::future::poll_fn(move |cx| match held.as_deref_mut() {
-        Some(h) => h.poll_wait(cx),
+        Some(h) => h.poll_wait(cx).map(|()| Event::Turn),
         None => Poll::Pending,
     })
 }
@@ -288,76 +289,9 @@ struct PendingAck {
     code: u8,
     commit: Option<Commit>,
     /// A subscriber the message found falling behind: the acknowledgement
-    /// waits until it drains or [`HOLD`] passes.
+    /// waits until it drains or [`HOLD`](crate::router::flow::HOLD) passes.
     held: Option<Held>,
 }
-
-/// Flow control: the subscriber a publisher waits for, and until when at most.
-struct Held {
-    mailbox: Arc<crate::router::Mailbox>,
-    until: Instant,
-    /// Taken at once, so that a drain before the wait begins is not missed.
-    relief: Option<watch::Receiver<u64>>,
-    /// The wait for relief or for `until`, boxed when first polled and
-    /// handing the receiver back when done.
-    wait: Option<Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>>,
-}
-
-impl Held {
-    fn new(mailbox: Arc<crate::router::Mailbox>, now: Instant) -> Self {
-        Self {
-            relief: Some(mailbox.relief()),
-            mailbox,
-            until: now + HOLD,
-            wait: None,
-        }
-    }
-
-    /// Ready when the wait may be over (confirm with [`Held::is_over`]).
-    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        let wait = match (&mut self.wait, self.relief.take()) {
-            (Some(wait), _) => wait,
-            (wait, relief) => {
-                let mut relief = relief.unwrap_or_else(|| self.mailbox.relief());
-                let until = self.until;
-                wait.insert(Box::pin(async move {
-                    tokio::select! {
-                        _ = relief.changed() => {}
-                        () = tokio::time::sleep_until(until) => {}
-                    }
-                    relief
-                }))
-            }
-        };
-        let relief = ready!(wait.as_mut().poll(cx));
-        self.wait = None;
-        self.relief = Some(relief);
-        Poll::Ready(Event::Turn)
-    }
-
-    /// Whether the publisher may go on: the subscriber drained, or the hold
-    /// ran out, and then the subscriber, which made no progress for a whole
-    /// hold, paces nobody until it catches up.
-    fn is_over(&self, now: Instant) -> bool {
-        if !self.mailbox.is_pressed() {
-            return true;
-        }
-        if now < self.until {
-            return false;
-        }
-        self.mailbox.stall();
-        true
-    }
-}
-
-/// Longest a publisher waits for a subscriber that is falling behind: a
-/// QoS 1/2 publisher for its acknowledgement, a QoS 0 publisher for its
-/// next read. Within it, publishers slow down to what their subscribers take
-/// (with Receive Maximum, QoS 1/2 publishers cannot run ahead); past it, the
-/// publisher goes on, and a subscriber that still cannot keep up loses QoS 0
-/// messages and meets the slow-consumer bound: a publisher is paced, never
-/// blocked.
-const HOLD: Duration = Duration::from_secs(1);
 
 struct Conn {
     shared: Arc<Shared>,
@@ -381,7 +315,7 @@ struct Conn {
     problem_info: bool,
     acks: VecDeque<PendingAck>,
     /// A subscriber a QoS 0 publish found falling behind: the client's
-    /// socket is not read until it drains or [`HOLD`] passes.
+    /// socket is not read until it drains or [`HOLD`](crate::router::flow::HOLD) passes.
     paced: Option<Held>,
     /// Packet identifiers in flight from an earlier connection and not yet
     /// sent again on this one, oldest first: they wait for room in the
