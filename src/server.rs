@@ -15,6 +15,7 @@ use crate::registry::{CertStatus, Registry};
 use crate::router::{MailboxLimits, Router};
 use crate::rules::engine::{Engine, EngineError, Gateway};
 use crate::session::Sessions;
+use crate::session::admission;
 use crate::session::conn::{self, Bulletin, Shared};
 use crate::spool::{self, Spool};
 use crate::store::{Store, StoreError};
@@ -769,7 +770,7 @@ async fn https_accept_loop(
                 else {
                     return;
                 };
-                if conn::admit(&shared, &identity, "").is_none() {
+                if admission::admit(&shared, &identity, "").is_none() {
                     return;
                 }
                 let peer = crate::http::device::Peer {

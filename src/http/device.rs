@@ -20,8 +20,9 @@
 use super::aws::{AwsError, segments};
 use super::data::{self, DataPlane};
 use crate::registry::ClientIdentity;
+use crate::session::admission;
 use crate::session::authz::{Authz, ConnectFacts};
-use crate::session::conn::{self, Shared};
+use crate::session::conn::Shared;
 use crate::transport::stream::TlsStream;
 use axum::Router;
 use axum::body::Bytes;
@@ -190,7 +191,7 @@ async fn handle(
 async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, AwsError> {
     let shared = &device.shared;
     let identity = peer.identity.ok_or_else(data::forbidden)?;
-    let principal = conn::admit(shared, &identity, "").ok_or_else(data::forbidden)?;
+    let principal = admission::admit(shared, &identity, "").ok_or_else(data::forbidden)?;
     let facts = ConnectFacts {
         client_id: None,
         peer: Some(peer.addr.ip()),

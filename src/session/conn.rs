@@ -10,8 +10,8 @@
 //! arrived [MQTT-4.6.0-2], each only after the store has committed what the
 //! publish made durable.
 
-use super::authz::{Authz, ConnectFacts};
-use super::state::connect::Refused;
+use super::admission;
+use super::authz::Authz;
 use super::state::end::End;
 use super::state::inbound::{self, Admission};
 use super::state::keep_alive::{self, KeepAlive};
@@ -28,7 +28,7 @@ use crate::metrics::{HandshakeFailure, LimitKind, Metrics, PacketType, QosLabel}
 use crate::policy::PolicyStore;
 use crate::policy::compile::ArnHead;
 use crate::policy::eval::{Action, ResourceType};
-use crate::registry::{CertStatus, ClientIdentity, Principal, Refusal, Registry};
+use crate::registry::{ClientIdentity, Registry};
 use crate::router::flow::Held;
 use crate::router::{Delivery, Message, Origin, Router, Subscriber};
 use crate::store::{Commit, Op, Store};
@@ -333,130 +333,6 @@ struct Conn {
     takeover: Option<oneshot::Sender<Box<SessionData>>>,
 }
 
-/// Admits a certificate as the registration mode says, for MQTT (with its
-/// client id) and HTTPS (without); a refusal is counted, logged, and for a
-/// certificate waiting for activation announced (JITR), whichever way it
-/// came in.
-pub fn admit(shared: &Shared, id: &ClientIdentity, client_id: &str) -> Option<Principal> {
-    let auth = &shared.config.auth;
-    let (admitted, _) = shared
-        .registry
-        .admit(id, client_id, auth.registration, &auth.provisioning);
-    match admitted {
-        Ok(p) => Some(p),
-        Err(refusal) => {
-            use crate::metrics::Refused;
-            shared.metrics.principal_refused(match &refusal {
-                Refusal::Unknown => Refused::Unknown,
-                Refusal::NotActive(CertStatus::Revoked) => Refused::Revoked,
-                Refusal::NotActive(CertStatus::PendingActivation) => Refused::PendingActivation,
-                Refusal::NotActive(_) => Refused::Inactive,
-                Refusal::CaInactive => Refused::CaInactive,
-            });
-            if refusal == Refusal::NotActive(CertStatus::PendingActivation) {
-                announce_pending(shared, id);
-            }
-            tracing::info!(
-                target: "edgegate::authz",
-                certificate_id = %id.certificate_id,
-                client_id,
-                reason = %refusal,
-                "connection refused"
-            );
-            None
-        }
-    }
-}
-
-/// Admits the principal behind a CONNECT and checks `iot:Connect` (and the
-/// will's `iot:Publish`); on refusal, the CONNACK reason code.
-fn authorize(
-    shared: &Shared,
-    identity: Option<&ClientIdentity>,
-    client_id: &str,
-    peer: SocketAddr,
-    persistent: bool,
-    will: Option<&codec::Will>,
-) -> Result<Authz, Refused> {
-    let auth = &shared.config.auth;
-    let metrics = &shared.metrics;
-    let principal = match identity {
-        None => Principal::anonymous(&auth.anonymous_policies),
-        Some(id) => admit(shared, id, client_id).ok_or(Refused::NOT_AUTHORIZED)?,
-    };
-    let facts = ConnectFacts {
-        client_id: Some(client_id),
-        peer: Some(peer.ip()),
-        persistent,
-        will_topic: will.map(|w| w.topic.as_str()),
-    };
-    let Some(mut authz) = Authz::new(
-        identity,
-        principal,
-        facts,
-        &shared.policies,
-        &shared.arn_head,
-    ) else {
-        return Err(Refused::NO_POLICY_CONTEXT);
-    };
-    let mut ok = authz.allows(
-        metrics,
-        client_id,
-        Action::Connect,
-        ResourceType::Client,
-        client_id,
-    );
-    if let Some(w) = will {
-        let topic = w.topic.as_str();
-        ok = ok
-            && authz.allows(
-                metrics,
-                client_id,
-                Action::Publish,
-                ResourceType::Topic,
-                topic,
-            );
-        if w.retain {
-            ok = ok
-                && authz.allows(
-                    metrics,
-                    client_id,
-                    Action::RetainPublish,
-                    ResourceType::Topic,
-                    topic,
-                );
-        }
-    }
-    if ok {
-        Ok(authz)
-    } else {
-        Err(Refused::NOT_AUTHORIZED)
-    }
-}
-
-/// JITR: every connect of a certificate waiting for activation announces it
-/// on `$aws/events/certificates/registered/<caCertificateId>` (spec §2.6).
-fn announce_pending(shared: &Shared, identity: &ClientIdentity) {
-    let Some(cert) = shared.registry.certificate(&identity.certificate_id) else {
-        return;
-    };
-    let Some(ca_id) = cert.ca_id else {
-        return;
-    };
-    let payload = serde_json::json!({
-        "certificateId": cert.id,
-        "caCertificateId": ca_id,
-        "timestamp": cert.created_ms / 1000,
-        "certificateStatus": "PENDING_ACTIVATION",
-        "awsAccountId": shared.arn_head.account,
-        "certificateRegistrationTimestamp": null,
-    });
-    shared.sessions.publish_event(
-        &format!("$aws/events/certificates/registered/{ca_id}"),
-        payload.to_string(),
-    );
-}
-
 impl Conn {
     /// Validates CONNECT and gives the connection with its CONNACK; on
     /// refusal returns the protocol and reason code for CONNACK.
@@ -488,7 +364,7 @@ impl Conn {
         // Count notices before deciding, so that a change made meanwhile is
         // acted on by the serving loop.
         let notices_seen = shared.bulletin.posted();
-        let authz = authorize(
+        let authz = admission::connect(
             shared,
             identity.as_deref(),
             &client_id,

@@ -12,6 +12,7 @@
 //!   discards it, unless it was taken over, in which case it answers the
 //!   pending takeover request instead.
 
+pub mod admission;
 pub mod authz;
 pub mod conn;
 pub mod state;
