@@ -66,16 +66,6 @@ pub enum StoreError {
     Full(String),
 }
 
-impl StoreError {
-    /// The MQTT reason code of a publish this error refused.
-    pub fn reason_code(&self) -> u8 {
-        match self {
-            Self::Full(_) => crate::codec::reason::QUOTA_EXCEEDED,
-            _ => crate::codec::reason::UNSPECIFIED_ERROR,
-        }
-    }
-}
-
 fn txn_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Transaction(e.to_string())
 }

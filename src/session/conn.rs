@@ -532,7 +532,7 @@ impl Conn {
             // up to a buffer's worth per turn so reads are not starved.
             if mail_ready {
                 while self.wbuf.len() < WRITE_BATCH {
-                    let room = self.send_window.saturating_sub(data.inflight.len());
+                    let room = data.inflight.room(self.send_window);
                     mailbox.drain(&mut batch, room);
                     if batch.is_empty() {
                         break;
@@ -585,7 +585,7 @@ impl Conn {
                 }
                 self.wbuf.clear();
             }
-            let window_open = data.inflight.len() < self.send_window;
+            let window_open = data.inflight.room(self.send_window) > 0;
             // Stop reading while too many acknowledgements wait for the
             // store, or while a subscriber of this client's QoS 0 messages
             // catches up.
@@ -896,13 +896,13 @@ impl Conn {
         ));
         let (code, commit, pressure) = match shared.router.publish(&msg, now) {
             Ok(routed) => (
-                inbound::routed_code(routed.matched, self.protocol),
+                inbound::routed_code(Ok(routed.matched), self.protocol),
                 routed.commit,
                 routed.pressure,
             ),
             Err(e) => {
                 tracing::warn!(client_id = %self.client_id, error = %e, "publish refused");
-                (e.reason_code(), None, None)
+                (inbound::routed_code(Err(&e), self.protocol), None, None)
             }
         };
         if qos == QoS::AtMostOnce {

@@ -169,23 +169,34 @@ impl Judge<'_> {
     }
 }
 
-/// The reason code for the acknowledgement of a publish the router took:
-/// 0x10 No matching subscribers when nobody gets it (MQTT 5, §3.4.2.1).
-pub fn routed_code(matched: usize, protocol: Protocol) -> u8 {
-    if matched == 0 && protocol == Protocol::V5 {
-        reason::NO_MATCHING_SUBSCRIBERS
-    } else {
-        reason::SUCCESS
+/// The reason code for the acknowledgement of a publish given to the
+/// router, which delivered it to `matched` sessions or refused it: 0x10 No
+/// matching subscribers when nobody gets it (MQTT 5, §3.4.2.1).
+pub fn routed_code(routed: Result<usize, &StoreError>, protocol: Protocol) -> u8 {
+    match routed {
+        Ok(0) if protocol == Protocol::V5 => reason::NO_MATCHING_SUBSCRIBERS,
+        Ok(_) => reason::SUCCESS,
+        Err(e) => store_failure(e),
     }
 }
 
 /// The reason code a finished commit puts in its publish's
-/// acknowledgement, if it failed: the store's own, or 0x80 Unspecified
-/// error when the store went away without an answer (`None`).
+/// acknowledgement, if it failed; `None` when the store went away without
+/// an answer.
 pub fn commit_failure(res: Option<&Result<(), Arc<StoreError>>>) -> Option<u8> {
     match res {
         None => Some(reason::UNSPECIFIED_ERROR),
-        Some(r) => r.as_ref().err().map(|e| e.reason_code()),
+        Some(r) => r.as_ref().err().map(|e| store_failure(e)),
+    }
+}
+
+/// A bounded queue in front of the store (the rules engine, a spool that
+/// refuses new records) that is full is AWS IoT's throttling: 0x97 Quota
+/// exceeded; any other failure is 0x80 Unspecified error.
+fn store_failure(e: &StoreError) -> u8 {
+    match e {
+        StoreError::Full(_) => reason::QUOTA_EXCEEDED,
+        _ => reason::UNSPECIFIED_ERROR,
     }
 }
 
@@ -442,17 +453,48 @@ mod tests {
 
     #[test]
     fn acknowledgements() {
+        let full = StoreError::Full("the rules engine's queue".into());
+        // (statement, routed, protocol, code)
+        let cases = [
+            (
+                "§3.4.2.1: 0x10 when nobody subscribes",
+                Ok(0),
+                Protocol::V5,
+                reason::NO_MATCHING_SUBSCRIBERS,
+            ),
+            (
+                "3.1.1 has no such code",
+                Ok(0),
+                Protocol::V4,
+                reason::SUCCESS,
+            ),
+            ("delivered", Ok(2), Protocol::V5, reason::SUCCESS),
+            (
+                "AWS IoT: a full queue is throttling, 0x97",
+                Err(&full),
+                Protocol::V5,
+                reason::QUOTA_EXCEEDED,
+            ),
+            (
+                "a store that failed is 0x80",
+                Err(&StoreError::Busy),
+                Protocol::V5,
+                reason::UNSPECIFIED_ERROR,
+            ),
+        ];
+        for (statement, routed, protocol, code) in cases {
+            assert_eq!(routed_code(routed, protocol), code, "{statement}");
+        }
         assert_eq!(
-            routed_code(0, Protocol::V5),
-            reason::NO_MATCHING_SUBSCRIBERS,
-            "§3.4.2.1: 0x10 when nobody subscribes"
+            commit_failure(None),
+            Some(reason::UNSPECIFIED_ERROR),
+            "the store went away"
         );
+        assert_eq!(commit_failure(Some(&Ok(()))), None);
         assert_eq!(
-            routed_code(0, Protocol::V4),
-            reason::SUCCESS,
-            "3.1.1 has no such code"
+            commit_failure(Some(&Err(Arc::new(full)))),
+            Some(reason::QUOTA_EXCEEDED)
         );
-        assert_eq!(routed_code(2, Protocol::V5), reason::SUCCESS);
         let mut received = Received::default();
         received.routed(4);
         assert_eq!(

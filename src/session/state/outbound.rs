@@ -146,10 +146,15 @@ impl Inflight {
         }
     }
 
-    /// Whether another message may be sent, `resending` of those in flight
-    /// being from an earlier connection and not sent again yet: no more
-    /// unacknowledged messages than `window`, the client's Receive Maximum
-    /// [MQTT-3.3.4-9].
+    /// How many new messages may be sent under `window`, the client's
+    /// Receive Maximum [MQTT-3.3.4-9].
+    pub fn room(&self, window: usize) -> usize {
+        window.saturating_sub(self.len())
+    }
+
+    /// Whether a message from an earlier connection may be sent again,
+    /// `resending` of those in flight not being sent again yet: they wait
+    /// for room under `window` like any other message [MQTT-3.3.4-9].
     pub fn has_room(&self, window: usize, resending: usize) -> bool {
         self.len().saturating_sub(resending) < window
     }
@@ -299,6 +304,7 @@ mod tests {
         }
         // MQTT-3.3.4-9: no more unacknowledged PUBLISHes than the client's Receive Maximum.
         assert!(!f.has_room(3, 0));
+        assert_eq!((f.room(3), f.room(5)), (0, 2));
         assert!(f.has_room(4, 0));
         // Messages from an earlier connection, not yet sent again, wait for room too.
         assert!(f.has_room(3, 1));
