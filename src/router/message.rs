@@ -76,6 +76,19 @@ impl Message {
         }
     }
 
+    /// A PUBLISH as a message, published now by `origin`.
+    pub fn published(p: codec::Publish, now: Instant, origin: Arc<Origin>) -> Self {
+        Self::new(
+            p.topic,
+            p.payload,
+            p.qos,
+            p.retain,
+            p.properties,
+            now,
+            origin,
+        )
+    }
+
     /// Seconds left to live: `None` if expired, `Some(None)` if it never expires.
     pub fn remaining(&self, now: Instant) -> Option<Option<u32>> {
         match self.expires_at {
@@ -134,15 +147,7 @@ impl Message {
             let left = expiry_ms.checked_sub(unix_ms(SystemTime::now()))?;
             Some(now + Duration::from_millis(left))
         };
-        let mut msg = Self::new(
-            p.topic,
-            p.payload,
-            p.qos,
-            p.retain,
-            p.properties,
-            now,
-            Origin::gateway(),
-        );
+        let mut msg = Self::published(p, now, Origin::gateway());
         msg.expires_at = expires_at;
         Some(msg)
     }

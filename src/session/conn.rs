@@ -885,15 +885,7 @@ impl Conn {
         metrics.message_in(QosLabel::of(p.qos as u8));
         let (pkid, qos) = (p.pkid, p.qos);
         let origin = self.origin(data.mailbox.session_id);
-        let msg = Arc::new(Message::new(
-            p.topic,
-            p.payload,
-            p.qos,
-            p.retain,
-            p.properties,
-            now,
-            origin,
-        ));
+        let msg = Arc::new(Message::published(p, now, origin));
         let (code, commit, pressure) = match shared.router.publish(&msg, now) {
             Ok(routed) => (
                 inbound::routed_code(Ok(routed.matched), self.protocol),

@@ -369,6 +369,35 @@ mod tests {
             "MQTT-3.3.4-6"
         );
         let mut p = publish("a", QoS::AtMostOnce, 0);
+        p.properties.topic_alias = Some(1);
+        p.topic = ByteStr::from("");
+        assert_eq!(
+            code(Protocol::V5, p),
+            Err(Some(reason::PROTOCOL_ERROR)),
+            "§3.3.2.3.4: an alias never set up is a protocol error"
+        );
+        let mut capped = cfg.clone();
+        capped.limits.max_qos = 1;
+        let metrics = Metrics::new();
+        let judge = Judge {
+            protocol: Protocol::V5,
+            config: &capped,
+            metrics: &metrics,
+        };
+        assert_eq!(
+            judge
+                .admit(
+                    &mut publish("a", QoS::ExactlyOnce, 1),
+                    &mut aliases::Inbound::default(),
+                    &none,
+                    0,
+                    |_, _| true,
+                )
+                .map_err(|e| e.reason_code()),
+            Err(Some(reason::QOS_NOT_SUPPORTED)),
+            "MQTT-3.2.2-11, §3.2.2.3.4: a QoS above the Maximum QoS is 0x9B"
+        );
+        let mut p = publish("a", QoS::AtMostOnce, 0);
         p.properties.topic_alias = Some(cfg.mqtt.topic_alias_maximum + 1);
         assert_eq!(
             code(Protocol::V5, p),
