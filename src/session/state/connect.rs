@@ -87,10 +87,16 @@ pub fn negotiate(
         if w.qos as u8 > limits.max_qos {
             return refuse(reason::QOS_NOT_SUPPORTED, Some(LimitKind::Qos));
         }
-        if super::unpublishable(w.topic.as_str(), false, limits.topics()).is_some()
-            || w.payload.len() > limits.max_payload_bytes
-        {
-            return refuse(reason::TOPIC_NAME_INVALID, None);
+        // The rules a publish meets, retain on reserved topics included.
+        match super::unpublishable(w.topic.as_str(), w.retain, limits.topics()) {
+            Some(super::Unpublishable::RetainedReserved) => {
+                return refuse(reason::RETAIN_NOT_SUPPORTED, None);
+            }
+            Some(_) => return refuse(reason::TOPIC_NAME_INVALID, None),
+            None if w.payload.len() > limits.max_payload_bytes => {
+                return refuse(reason::TOPIC_NAME_INVALID, None);
+            }
+            None => {}
         }
     }
     let mut props = Properties::default();
@@ -378,6 +384,14 @@ mod tests {
             negotiate(&c, &cfg, assigned).map_err(|r| r.code),
             Err(reason::TOPIC_NAME_INVALID),
             "a will may not be published where only the gateway publishes"
+        );
+        let mut retained = will("$aws/rules/r/w", QoS::AtLeastOnce);
+        retained.retain = true;
+        c.will = Some(retained);
+        assert_eq!(
+            negotiate(&c, &cfg, assigned).map_err(|r| r.code),
+            Err(reason::RETAIN_NOT_SUPPORTED),
+            "§3.2.2.2: a retained will on a reserved topic is refused, as a retained publish is"
         );
         c.will = Some(will("status/w", QoS::AtLeastOnce));
         let n = negotiate(&c, &cfg, assigned).expect("ok");
