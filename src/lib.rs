@@ -6,6 +6,8 @@
 //! no IO, time passed in.
 //! - [`topic`] (P): topic names and filters, validation and matching.
 //! - [`metrics`]: every metric name; a private Prometheus recorder per gateway.
+//! - [`oplog`]: the operator's log: escaped text or JSON, and the gate that
+//!   lets every refusal through at most once a second per principal.
 //! - [`config`]: `config.toml`, defaults, validation reporting every problem.
 //! - [`transport`]: TLS configuration, the server's TLS stream, and
 //!   certificate generation; it imports only [`config`] and [`metrics`].
@@ -38,6 +40,7 @@ pub mod config;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;
+pub mod oplog;
 pub mod policy;
 pub mod registry;
 pub mod router;

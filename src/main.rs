@@ -23,6 +23,9 @@ const EX_CONFIG: u8 = 64;
     about = "An MQTT gateway that devices talk to as they talk to AWS IoT Core"
 )]
 struct Cli {
+    /// How log lines are written: text (values escaped) or one JSON object a line.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: edgegate::oplog::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -348,15 +351,8 @@ enum CertCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "edgegate=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    edgegate::oplog::init(cli.log_format);
     let result = match cli.command {
         Command::Serve { config } => return serve(config),
         Command::Cert { command } => cert(command),

@@ -801,12 +801,13 @@ async fn tls_accept(
     let tls = match tokio::time::timeout_at(deadline, accept).await {
         Err(_) => {
             metrics.handshake_failed(HandshakeFailure::Timeout);
+            refused_handshake(peer, HandshakeFailure::Timeout, &"");
             return None;
         }
         Ok(Err(e)) => {
             let reason = tls::classify(&e);
-            tracing::debug!(%peer, error = %e, reason = reason.label(), "TLS handshake failed");
             metrics.handshake_failed(reason);
+            refused_handshake(peer, reason, &e);
             return None;
         }
         Ok(Ok(s)) => Box::new(s),
@@ -817,9 +818,28 @@ async fn tls_accept(
         .and_then(|der| ClientIdentity::from_der(der));
     let Some(identity) = identity else {
         metrics.handshake_failed(HandshakeFailure::BadCertificate);
+        refused_handshake(
+            peer,
+            HandshakeFailure::BadCertificate,
+            &"unreadable certificate",
+        );
         return None;
     };
     Some((tls, identity))
+}
+
+/// The operator's line for a refused handshake: the source address, the
+/// reason in words, and what TLS said.
+fn refused_handshake(peer: SocketAddr, failure: HandshakeFailure, detail: &dyn std::fmt::Display) {
+    let who = peer.ip().to_string();
+    crate::refusal!(
+        &who,
+        failure.label(),
+        %peer,
+        why = tls::in_words(failure),
+        detail = %detail,
+        "TLS handshake refused"
+    );
 }
 
 async fn handshake(

@@ -150,9 +150,10 @@ async fn signed(
             control
                 .metrics
                 .control_call(ControlOutcome::Unauthenticated);
-            tracing::info!(
-                target: "edgegate::audit",
-                peer = %peer,
+            crate::refusal!(
+                &peer.ip().to_string(),
+                "unauthenticated",
+                %peer,
                 error = %e,
                 "control-plane request refused"
             );

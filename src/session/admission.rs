@@ -25,22 +25,23 @@ pub fn admit(shared: &Shared, id: &ClientIdentity, client_id: &str) -> Option<Pr
         Ok(p) => Some(p),
         Err(refusal) => {
             use crate::metrics::Refused;
-            shared.metrics.principal_refused(match &refusal {
+            let kind = match &refusal {
                 Refusal::Unknown => Refused::Unknown,
                 Refusal::NotActive(CertStatus::Revoked) => Refused::Revoked,
                 Refusal::NotActive(CertStatus::PendingActivation) => Refused::PendingActivation,
                 Refusal::NotActive(_) => Refused::Inactive,
                 Refusal::CaInactive => Refused::CaInactive,
-            });
+            };
+            shared.metrics.principal_refused(kind);
             if refusal == Refusal::NotActive(CertStatus::PendingActivation) {
                 announce_pending(shared, id);
             }
-            tracing::info!(
-                target: "edgegate::authz",
-                certificate_id = %id.certificate_id,
+            crate::refusal!(
+                &id.certificate_id,
+                kind.label(),
                 client_id,
-                reason = %refusal,
-                "connection refused"
+                why = %refusal,
+                "certificate refused"
             );
             None
         }

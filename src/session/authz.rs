@@ -161,9 +161,12 @@ impl Authz {
             Action::GetRetainedMessage => AuthzAction::GetRetainedMessage,
             Action::ListRetainedMessages => AuthzAction::ListRetainedMessages,
         });
-        tracing::info!(
-            target: "edgegate::authz",
-            certificate_id = self.principal.certificate_id.as_deref().unwrap_or("anonymous"),
+        crate::refusal!(
+            self.principal
+                .certificate_id
+                .as_deref()
+                .unwrap_or(client_id),
+            "denied",
             client_id,
             action = action.name(),
             resource_type = ty.prefix().trim_end_matches('/'),

@@ -210,13 +210,14 @@ pub async fn serve<S>(
     {
         Err(_) => {
             shared.metrics.handshake_failed(HandshakeFailure::Timeout);
+            crate::refusal!(&peer.ip().to_string(), "connect_timeout", %peer, "no CONNECT in time");
             return;
         }
         Ok(Err(e)) => {
             shared
                 .metrics
                 .handshake_failed(HandshakeFailure::BadConnect);
-            tracing::debug!(%peer, error = %e, "bad CONNECT");
+            crate::refusal!(&peer.ip().to_string(), "bad_connect", %peer, error = %e, "bad CONNECT");
             if let ProtocolError::UnsupportedProtocol(_) = e {
                 let (proto, code) = state::connect::UNKNOWN_LEVEL;
                 let _ = refuse(&mut stream, proto, code).await;
@@ -233,6 +234,13 @@ pub async fn serve<S>(
         Ok(accepted) => accepted,
         Err((proto, code)) => {
             shared.metrics.handshake_failed(HandshakeFailure::Refused);
+            crate::refusal!(
+                &peer.ip().to_string(),
+                "connect_refused",
+                %peer,
+                code = format_args!("{code:#04x}"),
+                "CONNECT refused"
+            );
             let _ = refuse(&mut stream, proto, code).await;
             return;
         }
@@ -412,6 +420,11 @@ impl Conn {
             .refresh(&self.shared.policies, &self.shared.arn_head);
         self.authz
             .allows(&self.shared.metrics, &self.client_id, action, ty, name)
+    }
+
+    /// Who this connection is, for the operator's log.
+    fn who(&self) -> &str {
+        self.authz.certificate_id().unwrap_or(&self.client_id)
     }
 
     fn send(&mut self, p: &Packet) {
@@ -865,6 +878,15 @@ impl Conn {
             Admission::Route => {}
             Admission::Drop => return Ok(()),
             Admission::Refuse { code, why } => {
+                crate::refusal!(
+                    self.who(),
+                    "publish_refused",
+                    client_id = &*self.client_id,
+                    topic = p.topic.as_str(),
+                    code = format_args!("{code:#04x}"),
+                    why,
+                    "publish refused"
+                );
                 let ack = inbound::refusal(p.pkid, p.qos, code, self.reason(why));
                 self.send(&ack);
                 return Ok(());
@@ -957,6 +979,14 @@ impl Conn {
             let (parsed, granted) = match judge.subscription(i, raw, opts, session, allowed)? {
                 Decision::Grant(parsed, granted) => (parsed, granted),
                 Decision::Refuse(code, why) => {
+                    crate::refusal!(
+                        self.who(),
+                        "subscribe_refused",
+                        client_id = &*self.client_id,
+                        code = format_args!("{code:#04x}"),
+                        why,
+                        "subscription refused"
+                    );
                     codes.push(code);
                     refusals.push(why);
                     continue;
@@ -1088,7 +1118,22 @@ impl Conn {
         if end.is_protocol_error() {
             self.shared.metrics.protocol_errors.increment(1);
         }
-        tracing::debug!(client_id = %self.client_id, conn = self.id, reason = end.why(), "session ended");
+        match end.refusal() {
+            Some(kind) => crate::refusal!(
+                self.who(),
+                kind,
+                client_id = &*self.client_id,
+                code = format_args!("{:#04x}", end.reason_code().unwrap_or(0)),
+                why = end.why(),
+                "connection closed"
+            ),
+            None => tracing::debug!(
+                client_id = &*self.client_id,
+                conn = self.id,
+                reason = end.why(),
+                "session ended"
+            ),
+        }
         // Acknowledge what is already durable; the rest the client will resend.
         let _ = self.flush_ready_acks(&mut data.qos2_in);
         if let Some(d) = end.disconnect(self.protocol, self.reason(end.why())) {

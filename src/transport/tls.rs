@@ -190,6 +190,25 @@ impl Acceptor {
     }
 }
 
+/// A failed handshake's class in words, for the operator's log.
+pub fn in_words(failure: HandshakeFailure) -> &'static str {
+    match failure {
+        HandshakeFailure::Timeout => "the handshake did not finish in time",
+        HandshakeFailure::NoCertificate => "the client presented no certificate",
+        HandshakeFailure::UnknownCa => {
+            "the client's certificate is not issued by a CA the gateway trusts"
+        }
+        HandshakeFailure::Expired => "the client's certificate has expired or is not yet valid",
+        HandshakeFailure::Revoked => "the client's certificate is on a revocation list",
+        HandshakeFailure::BadCertificate => "the client's certificate is not acceptable",
+        HandshakeFailure::Tls => "the client broke the TLS protocol or offered nothing in common",
+        HandshakeFailure::Io => "the connection closed during the handshake",
+        HandshakeFailure::BadConnect => "the first packet was not a valid CONNECT",
+        HandshakeFailure::Refused => "the CONNECT was refused",
+        HandshakeFailure::ConnectionLimit => "the gateway is at its connection limit",
+    }
+}
+
 /// Classifies a failed handshake for the metrics.
 pub fn classify(err: &std::io::Error) -> HandshakeFailure {
     let Some(tls) = err

@@ -306,7 +306,8 @@ impl V4 {
         Self::connect_with(t, t.addr().port(), id, pem, true, None, |_| {}).await
     }
 
-    async fn connect_with(
+    /// Connects as client `id` with the given certificate to `port`.
+    pub async fn connect_with(
         t: &TestServer,
         port: u16,
         id: &str,
@@ -656,7 +657,54 @@ pub fn spawn_binary(
 
 /// Starts a command that runs `edgegate serve`; returns once it listens, with
 /// its MQTT port and admin address.
-pub fn spawn_serving(mut command: std::process::Command) -> (std::process::Child, u16, String) {
+pub fn spawn_serving(command: std::process::Command) -> (std::process::Child, u16, String) {
+    let (child, port, admin, _) = spawn_logging(command);
+    (child, port, admin)
+}
+
+/// The lines a spawned gateway logged after it started listening.
+#[derive(Clone, Default)]
+pub struct Log(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    /// Every line so far that contains `needle`.
+    pub fn lines(&self, needle: &str) -> Vec<String> {
+        let lines = self.0.lock().expect("log lock");
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (bounded by [`WAIT`]) for a line containing every one of `needles`.
+    pub async fn wait_for(&self, needles: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found = {
+                let lines = self.0.lock().expect("log lock");
+                lines
+                    .iter()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .cloned()
+            };
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no line with {needles:?} in:\n{}",
+                self.0.lock().expect("log lock").join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// [`spawn_serving`], keeping what the gateway logs after it listens.
+pub fn spawn_logging(
+    mut command: std::process::Command,
+) -> (std::process::Child, u16, String, Log) {
     use std::io::{BufRead, BufReader};
     let mut child = command
         .env("RUST_LOG", "edgegate=info")
@@ -685,8 +733,14 @@ pub fn spawn_serving(mut command: std::process::Command) -> (std::process::Child
         }
     }
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, port.expect("port"), admin.expect("admin"))
+    let log = Log::default();
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.0.lock().expect("log lock").push(line);
+        }
+    });
+    (child, port.expect("port"), admin.expect("admin"), log)
 }
 
 /// One HTTP/1.1 request over TLS with `device`'s certificate (or none) to

@@ -617,9 +617,9 @@ impl Control {
             Ok(r) => r,
             Err(e) => {
                 if outcome == ControlOutcome::Denied {
-                    tracing::info!(
-                        target: "edgegate::audit",
-                        principal = %caller.name(),
+                    crate::refusal!(
+                        caller.name(),
+                        "operator_denied",
                         operation = %operation,
                         "control-plane call denied by operator policy"
                     );

@@ -71,6 +71,20 @@ impl End {
         }
     }
 
+    /// The kind of refusal this ending is, for the operator's log; `None`
+    /// when the gateway refused nothing (the client left, the socket went,
+    /// the gateway stops, the session moved on, or its own store failed).
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            End::Protocol(..) => Some("protocol_error"),
+            End::NotAuthorized(_) => Some("not_authorized"),
+            End::Revoked => Some("certificate_inactive"),
+            End::SlowConsumer => Some("slow_consumer"),
+            End::KeepAlive => Some("keep_alive"),
+            End::Client { .. } | End::Io | End::TakenOver | End::Shutdown | End::Store => None,
+        }
+    }
+
     /// The client broke the protocol (counted as a protocol error).
     pub fn is_protocol_error(&self) -> bool {
         matches!(self, End::Protocol(..))
@@ -220,6 +234,14 @@ mod tests {
             // 3.1.1 §3.14: only a client sends DISCONNECT.
             assert_eq!(end.disconnect(Protocol::V4, None), None, "{statement}");
             assert!(!end.why().is_empty(), "{statement}");
+            // Every ending with a reason but shutdown, takeover and the
+            // store's own failure is a refusal the operator sees.
+            let gateway_side = matches!(end, End::Shutdown | End::TakenOver | End::Store);
+            assert_eq!(
+                end.refusal().is_some(),
+                code.is_some() && !gateway_side,
+                "{statement}"
+            );
         }
     }
 
