@@ -144,7 +144,13 @@ async fn signed(
         body: &request.body,
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let operator = match control.operators.authenticate(&signed, now) {
+    // The control plane is signed for `iot`, the iot-data API for `iotdata`.
+    let service = if super::control::is_control_plane(request.method.as_str(), &request.path) {
+        "iot"
+    } else {
+        "iotdata"
+    };
+    let operator = match control.operators.authenticate(&signed, now, service) {
         Ok(op) => op,
         Err(e) => {
             control

@@ -120,6 +120,7 @@ impl Operators {
         &self,
         request: &sigv4::Request<'_>,
         now: i64,
+        service: &'static str,
     ) -> Result<&Operator, sigv4::SigError> {
         let key = request.access_key().ok_or(sigv4::SigError::Missing)?;
         let op = self
@@ -127,7 +128,11 @@ impl Operators {
             .iter()
             .find(|u| u.access_key_id == key)
             .ok_or(sigv4::SigError::Mismatch)?;
-        match sigv4::verify(request, &op.access_key_id, &op.secret, now) {
+        let scope = sigv4::Scope {
+            region: &self.head.region,
+            service,
+        };
+        match sigv4::verify(request, &op.access_key_id, &op.secret, now, scope) {
             Err(sigv4::SigError::UnknownKey) => Err(sigv4::SigError::Mismatch),
             Err(e) => Err(e),
             Ok(()) => Ok(op),

@@ -25,7 +25,31 @@ pub enum SigError {
     /// The request is too old or too far in the future.
     #[error("request time is outside the allowed window")]
     Skewed,
+    /// The credential scope names another region (AWS's words).
+    #[error("Credential should be scoped to a valid region.")]
+    Region,
+    /// The credential scope names another service (AWS's words).
+    #[error("Credential should be scoped to correct service: '{0}'.")]
+    Service(&'static str),
+    /// A header the gateway may act on was not signed, so it could have
+    /// been changed after signing.
+    #[error("header {0} must be signed")]
+    Unsigned(String),
 }
+
+/// Where a request must be signed for: the gateway's region and the
+/// service of the API it calls (`iot`, `iotdata`).
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The configured region.
+    pub region: &'a str,
+    /// The signing name of the API.
+    pub service: &'static str,
+}
+
+/// Headers an SDK leaves unsigned that nothing here reads (botocore's
+/// list of headers it never signs).
+const UNSIGNED_OK: &[&str] = &["x-amzn-trace-id"];
 
 /// The parts of a request that are signed.
 #[derive(Debug, Clone, Copy)]
@@ -220,9 +244,17 @@ pub fn sign(
     )
 }
 
-/// Checks a request's signature against the one configured key pair.
-/// `now` (seconds since the epoch) bounds the request time to ±15 minutes.
-pub fn verify(r: &Request<'_>, access_key: &str, secret: &str, now: i64) -> Result<(), SigError> {
+/// Checks a request's signature against the one configured key pair, for
+/// `expected`'s region and service. `now` (seconds since the epoch) bounds
+/// the request time to ±15 minutes. Every `x-amz-*` and `x-amzn-*` header
+/// present must be signed.
+pub fn verify(
+    r: &Request<'_>,
+    access_key: &str,
+    secret: &str,
+    now: i64,
+    expected: Scope<'_>,
+) -> Result<(), SigError> {
     let auth = r
         .header("authorization")
         .and_then(|a| a.strip_prefix("AWS4-HMAC-SHA256 "))
@@ -247,7 +279,17 @@ pub fn verify(r: &Request<'_>, access_key: &str, secret: &str, now: i64) -> Resu
         return Err(SigError::UnknownKey);
     }
     let amz_date = r.header("x-amz-date").ok_or(SigError::Malformed)?;
-    if !scope.starts_with(amz_date.get(..8).ok_or(SigError::Malformed)?) {
+    let mut parts = scope.split('/');
+    if parts.next() != amz_date.get(..8) {
+        return Err(SigError::Malformed);
+    }
+    if parts.next() != Some(expected.region) {
+        return Err(SigError::Region);
+    }
+    if parts.next() != Some(expected.service) {
+        return Err(SigError::Service(expected.service));
+    }
+    if parts.next() != Some("aws4_request") || parts.next().is_some() {
         return Err(SigError::Malformed);
     }
     let when = amz_seconds(amz_date).ok_or(SigError::Malformed)?;
@@ -258,8 +300,17 @@ pub fn verify(r: &Request<'_>, access_key: &str, secret: &str, now: i64) -> Resu
     if !signed.contains(&"host") {
         return Err(SigError::Malformed);
     }
-    if let Some(claimed) = r.header("x-amz-content-sha256")
-        && (!signed.contains(&"x-amz-content-sha256") || claimed != sha256_hex(r.body))
+    for (name, _) in r.headers {
+        let lower = name.to_ascii_lowercase();
+        if (lower.starts_with("x-amz-") || lower.starts_with("x-amzn-"))
+            && !signed.contains(&lower.as_str())
+            && !UNSIGNED_OK.contains(&lower.as_str())
+        {
+            return Err(SigError::Unsigned(lower));
+        }
+    }
+    if r.header("x-amz-content-sha256")
+        .is_some_and(|claimed| claimed != sha256_hex(r.body))
     {
         return Err(SigError::Mismatch);
     }
@@ -339,6 +390,11 @@ mod tests {
             headers: &headers,
             ..r
         };
+        let iot = Scope {
+            region: "us-east-1",
+            service: "iot",
+        };
+        let verify = |r: &Request<'_>, key, secret, now| verify(r, key, secret, now, iot);
         assert_eq!(verify(&signed, KEY, SECRET, now), Ok(()));
         assert_eq!(verify(&signed, KEY, "other", now), Err(SigError::Mismatch));
         assert_eq!(
@@ -348,6 +404,48 @@ mod tests {
         assert_eq!(
             verify(&signed, KEY, SECRET, now + 3600),
             Err(SigError::Skewed)
+        );
+        // Signed for another region or another service: refused, whatever
+        // the signature.
+        for (region, service, err) in [
+            ("eu-west-1", "iot", SigError::Region),
+            ("us-east-1", "iotdata", SigError::Service("iot")),
+            ("us-east-1", "s3", SigError::Service("iot")),
+        ] {
+            let auth = sign(&r, KEY, SECRET, region, service);
+            let mut other = base.to_vec();
+            other.push(("Authorization", &auth));
+            let req = Request {
+                headers: &other,
+                ..r
+            };
+            assert_eq!(
+                super::verify(&req, KEY, SECRET, now, iot),
+                Err(err.clone()),
+                "{region}/{service}"
+            );
+        }
+        // A header the handler reads, added after signing.
+        let mut swapped = headers.clone();
+        swapped.push(("X-Amzn-Principal-Extra", "arn:aws:iot:us-east-1:0:cert/cd"));
+        let added = Request {
+            headers: &swapped,
+            ..signed
+        };
+        assert_eq!(
+            verify(&added, KEY, SECRET, now),
+            Err(SigError::Unsigned("x-amzn-principal-extra".into()))
+        );
+        let mut traced = headers.clone();
+        traced.push(("X-Amzn-Trace-Id", "Root=1-5759e988"));
+        let trace = Request {
+            headers: &traced,
+            ..signed
+        };
+        assert_eq!(
+            verify(&trace, KEY, SECRET, now),
+            Ok(()),
+            "botocore never signs x-amzn-trace-id, and nothing reads it"
         );
         let tampered = Request {
             body: br#"{"a":2}"#,
@@ -363,7 +461,10 @@ mod tests {
             headers: &lying,
             ..signed
         };
-        assert_eq!(verify(&replayed, KEY, SECRET, now), Err(SigError::Mismatch));
+        assert_eq!(
+            verify(&replayed, KEY, SECRET, now),
+            Err(SigError::Unsigned("x-amz-content-sha256".into()))
+        );
         let unsigned = Request {
             headers: &headers[..3],
             ..signed

@@ -354,6 +354,11 @@ pub const ROUTES: &[(&str, &str, Op, &str)] = &[
     ("POST", "rules/{}/disable", Op::DisableTopicRule, "rule"),
 ];
 
+/// Whether a request is for the control plane (else the iot-data API).
+pub fn is_control_plane(method: &str, path: &str) -> bool {
+    route(method, &segments(path)).is_some()
+}
+
 /// The operation a method and path name, with the path's labels.
 pub fn route(method: &str, segments: &[String]) -> Option<(Op, &'static str, Vec<String>)> {
     ROUTES.iter().find_map(|(m, pattern, op, kind)| {
