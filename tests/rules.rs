@@ -22,6 +22,7 @@ const FAST_RETRIES: &str = "[actions]\nretry_initial_ms = 20\nretry_max_ms = 200
 #[derive(Debug)]
 struct Got {
     path: String,
+    query: Option<String>,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -56,6 +57,7 @@ async fn handle(
     if status == StatusCode::OK {
         let _ = s.tx.send(Got {
             path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
             headers,
             body,
         });
@@ -253,6 +255,54 @@ async fn http_action_posts_the_selected_fields_with_templated_url_and_headers() 
     assert_eq!(
         metric(&m, "edgegate_rule_evaluated_total{rule=\"ingest\"}"),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn substituted_values_cannot_change_where_a_request_goes() {
+    let (mut sink, addr) = Sink::start(200).await;
+    let t = TestServer::start_with(&format!(
+        r#"{FAST_RETRIES}
+[[rules]]
+name = "routed"
+sql = "SELECT * FROM 'up/+/+'"
+actions = [{{ http = {{ url = "http://127.0.0.1:{port}/in/${{topic(2)}}?tag=${{topic(3)}}" }} }}]
+error_action = {{ republish = {{ topic = "errors/${{ruleName}}", qos = 1 }} }}
+"#,
+        port = addr.port()
+    ))
+    .await;
+    let mut errors = t.v4("ops", true).await;
+    errors.subscribe("errors/#", QoS::AtLeastOnce).await;
+    let mut p = t.v4("dev", true).await;
+    p.publish("up/a?admin=1/x&y=2", QoS::AtLeastOnce, false, b"{}")
+        .await;
+    p.puback().await;
+    let got = sink.next().await;
+    assert_eq!(
+        got.path, "/in/a%3Fadmin%3D1",
+        "a value stays one path segment"
+    );
+    assert_eq!(
+        got.query.as_deref(),
+        Some("tag=x%26y%3D2"),
+        "and one query value"
+    );
+    // A value that would climb out of the template's path goes to the
+    // error action instead of anywhere else.
+    p.publish("up/../x", QoS::AtLeastOnce, false, b"{}").await;
+    p.puback().await;
+    let err = errors.recv().await;
+    let doc: serde_json::Value = serde_json::from_slice(&err.payload).expect("json");
+    assert!(
+        doc["failures"][0]["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("leaves its template")),
+        "{doc}"
+    );
+    assert!(
+        sink.rx.try_recv().is_err(),
+        "nothing else reached the target"
     );
 }
 

@@ -85,23 +85,7 @@ fn sha256_hex(data: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, data).as_ref())
 }
 
-/// Percent-encodes everything but unreserved characters (and `/` if
-/// asked), as botocore encodes path labels and query values.
-pub fn uri_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if keep_slash => out.push('/'),
-            _ => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
-    out
-}
+pub use crate::sql::template::uri_encode;
 
 fn uri_decode(s: &str) -> String {
     let bytes = s.as_bytes();

@@ -9,6 +9,7 @@
 use super::eval::{Message, Variables, render_expr};
 use super::lexer::SqlError;
 use super::parser::{Expr, parse_expr};
+use std::fmt::Write as _;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
@@ -82,15 +83,57 @@ impl Template {
     /// The text with every expression replaced by its string value
     /// (Undefined gives an empty string).
     pub fn render(&self, msg: &Message<'_>, variables: &Variables) -> String {
+        self.render_with(msg, variables, |v, out| out.push_str(v))
+    }
+
+    /// [`Template::render`] for a URL: every substituted value is
+    /// percent-encoded, so that no value can add a path segment, a query
+    /// or a fragment to the template's own.
+    pub fn render_url(&self, msg: &Message<'_>, variables: &Variables) -> String {
+        self.render_with(msg, variables, |v, out| out.push_str(&uri_encode(v, false)))
+    }
+
+    fn render_with(
+        &self,
+        msg: &Message<'_>,
+        variables: &Variables,
+        substitute: impl Fn(&str, &mut String),
+    ) -> String {
         let mut out = String::new();
         for part in &self.0 {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Expr(e) => out.push_str(&render_expr(e, msg, variables)),
+                Part::Expr(e) => substitute(&render_expr(e, msg, variables), &mut out),
             }
         }
         out
     }
+
+    /// The literal text before the first expression.
+    pub fn literal_prefix(&self) -> &str {
+        match self.0.first() {
+            Some(Part::Text(t)) => t,
+            _ => "",
+        }
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (and `/` if
+/// asked), as botocore encodes path labels and query values.
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b'/' if keep_slash => out.push('/'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
 }
 
 /// Length of the expression up to its matching `}`, skipping quoted strings and nested braces.

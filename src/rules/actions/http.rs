@@ -74,13 +74,17 @@ impl Http {
 
     /// The URL, for error documents of failed renders.
     pub fn resource(&self, cx: &Context<'_>) -> String {
-        self.url.render(cx.msg, cx.vars)
+        self.url.render_url(cx.msg, cx.vars)
     }
 
-    /// Substitutes the templates for one message.
+    /// Substitutes the templates for one message. Substituted values are
+    /// percent-encoded in the URL, and the URL must keep its template's
+    /// literal start (scheme, host, port, path prefix), so that a topic
+    /// such as `a/..` or `a?admin=1` cannot send the request elsewhere.
     pub fn render(&self, cx: &Context<'_>, body: &[u8], json: bool) -> Result<Request, String> {
-        let url = self.url.render(cx.msg, cx.vars);
+        let url = self.url.render_url(cx.msg, cx.vars);
         check_url(&url, self.allow_plaintext)?;
+        keeps_prefix(&url, self.url.literal_prefix())?;
         let mut headers: Vec<(String, String)> = self
             .headers
             .iter()
@@ -125,6 +129,28 @@ fn check_url(url: &str, allow_plaintext: bool) -> Result<(), String> {
             "url `{url}`: plaintext http only to loopback hosts unless actions.allow_plaintext_http = true"
         )),
         other => Err(format!("url `{url}`: scheme {other} is not http(s)")),
+    }
+}
+
+/// Whether `url`, once parsed (dot segments resolved), keeps what its
+/// template's literal `prefix` fixes: the scheme, host and port when the
+/// prefix holds the whole authority, and the path as far as the prefix goes.
+fn keeps_prefix(url: &str, prefix: &str) -> Result<(), String> {
+    let authority_done = prefix
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains(['/', '?', '#']));
+    let (Ok(fixed), true) = (reqwest::Url::parse(prefix), authority_done) else {
+        // The template substitutes into the scheme or the host: check_url decides.
+        return Ok(());
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("url `{url}`: {e}"))?;
+    let same_origin = parsed.scheme() == fixed.scheme()
+        && parsed.host() == fixed.host()
+        && parsed.port_or_known_default() == fixed.port_or_known_default();
+    if same_origin && parsed.path().starts_with(fixed.path()) {
+        Ok(())
+    } else {
+        Err(format!("url `{parsed}` leaves its template's `{prefix}`"))
     }
 }
 
