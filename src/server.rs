@@ -106,10 +106,12 @@ impl Server {
     /// Prepares state, binds every listener, and starts serving.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let config = Arc::new(config);
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .and_then(|()| owner_only(&config.data_dir))
+            .map_err(|source| ServerError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
         let first_run = if config.tls.generate_if_missing {
             pki::ensure_first_run(
                 &config.data_dir.join("certs"),
@@ -542,6 +544,29 @@ where
 
 /// The file name of the admin socket in the data directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// Makes the data directory the gateway's alone: every file the gateway
+/// creates from now on is owner-only (umask 077), and what is already in
+/// the directory becomes so too (directories 0700, files 0600), whatever
+/// an earlier version or a copy left. Symbolic links are not followed.
+fn owner_only(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() && entry.metadata()?.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Binds the admin socket, owner-only. A socket left by a gateway that
 /// died is replaced: the store's lock, taken earlier, proves none runs.

@@ -374,3 +374,49 @@ async fn a_rotated_ca_applies_without_a_restart_and_a_broken_file_keeps_the_prev
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn the_data_directory_and_key_files_are_the_gateways_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    let mut t = TestServer::prepare("");
+    // What an earlier version, or a copy, left: readable by everyone.
+    let data = t.dir.path().join("data");
+    std::fs::create_dir_all(data.join("files")).expect("mkdir");
+    std::fs::write(data.join("files/old.jsonl"), "{}\n").expect("write");
+    let open = |p: &std::path::Path, m| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    open(&data, 0o755);
+    open(&data.join("files"), 0o755);
+    open(&data.join("files/old.jsonl"), 0o644);
+    let key = t.dir.path().join("certs/device-9.key");
+    std::fs::write(&key, "old").expect("write");
+    open(&key, 0o644);
+    t.boot().await;
+    let mut c = t.v4("writer", true).await;
+    c.publish("t", rumqttc::QoS::AtLeastOnce, true, b"kept")
+        .await;
+    c.puback().await;
+
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&data.join("files")), 0o700, "a directory in it");
+    assert_eq!(
+        mode(&data.join("files/old.jsonl")),
+        0o600,
+        "a file that was there"
+    );
+    assert_eq!(mode(&data.join("edgegate.redb")), 0o600, "the store");
+    edgegate::transport::pki::write_pair(
+        &t.dir.path().join("certs"),
+        "device-9",
+        &t.device("device-9"),
+    )
+    .expect("write pair");
+    assert_eq!(
+        mode(&key),
+        0o600,
+        "a key file written over one that was 0644"
+    );
+}

@@ -276,7 +276,8 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file, creating its directory; private keys get mode 0600.
+/// Writes a file, creating its directory; private keys get mode 0600,
+/// whatever mode a file already there had.
 pub fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
     let io = |source| PkiError::Io {
         path: path.to_owned(),
@@ -296,6 +297,12 @@ pub fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError>
     let _ = private;
     use std::io::Write;
     let mut f = options.open(path).map_err(io)?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
