@@ -361,6 +361,8 @@ label_enum!(
         PendingActivation => "pending_activation",
         /// Its CA is INACTIVE.
         CaInactive => "ca_inactive",
+        /// A configured revocation list names it.
+        Listed => "revocation_list",
     }
 );
 

@@ -597,11 +597,16 @@ fn endpoint_host(config: &Config) -> String {
 
 /// The MQTT and HTTPS server configurations for the `[tls]` files and the
 /// CAs registered through the control plane.
+/// The TLS configurations of the MQTT and HTTPS listeners, trusting the
+/// configured and the registered CAs; the registry takes the revocation
+/// lists at the same time, so that live connections of listed certificates
+/// close when a list changes.
 fn tls_configs(
     tls: &crate::config::Tls,
     registry: &Registry,
 ) -> Result<(rustls::ServerConfig, rustls::ServerConfig), TlsError> {
     let registered = registry.registered_roots();
+    registry.apply_revocation_lists(&tls::Revoked::read(tls.crl.as_deref())?);
     Ok((
         tls::server_config(tls, tls::ALPN, &registered)?,
         tls::server_config(tls, tls::HTTPS_ALPN, &registered)?,

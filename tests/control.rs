@@ -1007,6 +1007,7 @@ async fn a_ca_registered_through_the_api_admits_its_devices_without_a_restart() 
         (406, "CertificateStateException"),
         "still ACTIVE"
     );
+    let mut live = V5::connect_with(&t, t.addr().port(), "fleet-1", &device, |_| {}).await;
     let (status, _) = aws
         .call(
             "PUT",
@@ -1017,6 +1018,11 @@ async fn a_ca_registered_through_the_api_admits_its_devices_without_a_restart() 
         )
         .await;
     assert_eq!(status, 200);
+    let ended = live.ended().await;
+    assert!(
+        ended.contains("NotAuthorized"),
+        "a live connection of the CA's device closes: {ended}"
+    );
     assert!(
         connack_code(&t, config.clone(), "fleet-1").await.is_none(),
         "no longer trusted"

@@ -447,3 +447,48 @@ async fn certificates_on_the_revocation_list_are_refused_once_it_changes() {
     let m = t.metrics().await;
     assert!(metric(&m, "edgegate_handshake_failures_total{reason=\"revoked\"}") >= 1.0);
 }
+
+#[tokio::test]
+async fn live_connections_close_when_the_revocation_list_names_them() {
+    let mut t = TestServer::prepare(r#"crl = "certs/crl.pem""#);
+    let path = t.dir.path().join("certs/crl.pem");
+    std::fs::write(&path, crl(&t, &[])).expect("write crl");
+    t.boot().await;
+    let (lost, kept) = (t.device("lost"), t.device("kept"));
+    let port = t.addr().port();
+    let mut gone = V5::connect_with(&t, port, "lost", &lost, |_| {}).await;
+    let mut stays = V5::connect_with(&t, port, "kept", &kept, |_| {}).await;
+    std::fs::write(&path, crl(&t, &[&lost])).expect("write crl");
+    let ended = gone.ended().await;
+    assert!(
+        ended.contains("NotAuthorized"),
+        "MQTT 5 DISCONNECT 0x87 Not authorized: {ended}"
+    );
+    stays
+        .nothing_for(std::time::Duration::from_millis(300))
+        .await;
+    stays
+        .client
+        .publish(
+            "still/here",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "x",
+        )
+        .await
+        .expect("queued");
+    assert_eq!(
+        stays.puback().await,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::NoMatchingSubscribers,
+        "another device of the same CA is untouched"
+    );
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_connections_refused_total{reason=\"revocation_list\"}"
+        ),
+        0.0,
+        "closing a live connection is not a refused connect"
+    );
+}

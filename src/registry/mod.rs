@@ -267,6 +267,9 @@ pub enum Refusal {
     /// Its CA is registered INACTIVE.
     #[error("the certificate's CA is INACTIVE")]
     CaInactive,
+    /// A configured certificate revocation list names it.
+    #[error("the certificate is on a revocation list")]
+    Listed,
 }
 
 /// What a connection may act as.
@@ -325,6 +328,8 @@ struct State {
     types: BTreeMap<String, ThingType>,
     cas: BTreeMap<String, CaCertificate>,
     registration_code: String,
+    /// Certificates the configured revocation lists name.
+    listed: std::collections::HashSet<String>,
 }
 
 /// Certificates, CAs, things and thing types.
@@ -992,6 +997,26 @@ impl Registry {
 
     // ---- connections -----------------------------------------------------
 
+    /// Takes the configured revocation lists: the certificates they name
+    /// are refused from now on, and live connections are told to look
+    /// again (so theirs close), when the set changed.
+    pub fn apply_revocation_lists(&self, revoked: &crate::transport::tls::Revoked) {
+        let listed: std::collections::HashSet<String> = self
+            .state
+            .read()
+            .certs
+            .values()
+            .filter(|c| pem::parse(&c.pem).is_ok_and(|p| revoked.lists(p.contents())))
+            .map(|c| c.id.clone())
+            .collect();
+        let mut state = self.state.write();
+        if state.listed != listed {
+            state.listed = listed;
+            drop(state);
+            self.notify();
+        }
+    }
+
     /// The principal a certificate has now for `client_id`, if it may still connect.
     pub fn principal(&self, id: &str, client_id: &str) -> Result<Principal, Refusal> {
         let state = self.state.read();
@@ -1070,6 +1095,9 @@ fn principal(state: &State, id: &str, client_id: &str) -> Result<Principal, Refu
     let cert = state.certs.get(id).ok_or(Refusal::Unknown)?;
     if cert.status != CertStatus::Active {
         return Err(Refusal::NotActive(cert.status));
+    }
+    if state.listed.contains(id) {
+        return Err(Refusal::Listed);
     }
     if let Some(ca) = cert.ca_id.as_ref().and_then(|ca| state.cas.get(ca))
         && !ca.active

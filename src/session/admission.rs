@@ -31,6 +31,7 @@ pub fn admit(shared: &Shared, id: &ClientIdentity, client_id: &str) -> Option<Pr
                 Refusal::NotActive(CertStatus::PendingActivation) => Refused::PendingActivation,
                 Refusal::NotActive(_) => Refused::Inactive,
                 Refusal::CaInactive => Refused::CaInactive,
+                Refusal::Listed => Refused::Listed,
             };
             shared.metrics.principal_refused(kind);
             if refusal == Refusal::NotActive(CertStatus::PendingActivation) {

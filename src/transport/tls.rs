@@ -65,6 +65,44 @@ fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
     })
 }
 
+/// The certificates the configured revocation lists name: each by its
+/// issuer (RFC 4514) and serial number, so that live connections can be
+/// checked when a list changes (the handshake checks new ones itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    listed: std::collections::HashSet<(String, Vec<u8>)>,
+}
+
+impl Revoked {
+    /// Reads every list in `path`; none when `path` is `None`.
+    pub fn read(path: Option<&Path>) -> Result<Self, TlsError> {
+        use x509_parser::prelude::FromDer;
+        let mut listed = std::collections::HashSet::new();
+        let Some(path) = path else {
+            return Ok(Self { listed });
+        };
+        for der in read_crls(path)? {
+            let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+                .map_err(|e| pem_error(path, format!("unreadable revocation list: {e}")))?;
+            let issuer = crl.issuer().to_string();
+            for entry in crl.iter_revoked_certificates() {
+                listed.insert((issuer.clone(), entry.raw_serial().to_vec()));
+            }
+        }
+        Ok(Self { listed })
+    }
+
+    /// Whether the certificate `der` is listed.
+    pub fn lists(&self, der: &[u8]) -> bool {
+        use x509_parser::prelude::FromDer;
+        !self.listed.is_empty()
+            && x509_parser::certificate::X509Certificate::from_der(der).is_ok_and(|(_, cert)| {
+                self.listed
+                    .contains(&(cert.issuer().to_string(), cert.raw_serial().to_vec()))
+            })
+    }
+}
+
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = read(path)?;
     rustls_pemfile::private_key(&mut data.as_slice())

@@ -481,7 +481,18 @@ impl V5 {
         id: &str,
         tweak: impl FnOnce(&mut rumqttc::v5::MqttOptions),
     ) -> Self {
-        let pem = t.device(id);
+        Self::connect_with(t, port, id, &t.device(id), tweak).await
+    }
+
+    /// Connects as client `id` with the given certificate to `port`.
+    pub async fn connect_with(
+        t: &TestServer,
+        port: u16,
+        id: &str,
+        pem: &Pem,
+        tweak: impl FnOnce(&mut rumqttc::v5::MqttOptions),
+    ) -> Self {
+        let pem = pem.clone();
         let mut opts = rumqttc::v5::MqttOptions::new(id, "localhost", port);
         opts.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&pem))),
