@@ -417,7 +417,9 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
 /// Raises the soft limit on open files to the hard one, as far as
 /// `limits.max_connections` needs: every connection is a file, and a soft
 /// limit of 1024 (common) would refuse clients long before the configured
-/// bound. Says so when even the hard limit is lower than the bound.
+/// bound. Warns, naming the fix, only when `max_connections` was set above
+/// what even the hard limit allows; the default bound is a ceiling, not a
+/// request, and says nothing.
 fn raise_open_files_limit(max_connections: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     // Listeners, the store, watchers and logs.
@@ -432,11 +434,14 @@ fn raise_open_files_limit(max_connections: usize) {
         }
     }
     let open_files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    if open_files < want {
+    let configured = max_connections != edgegate::config::Limits::default().max_connections;
+    if open_files < want && configured {
         tracing::warn!(
             open_files,
             max_connections,
-            "the open files limit allows fewer connections than limits.max_connections"
+            "the open files limit allows fewer connections than limits.max_connections; \
+             raise the hard limit: `ulimit -n {want}` in the shell that starts the gateway, \
+             `LimitNOFILE={want}` in its systemd unit, or `--ulimit nofile={want}:{want}` for docker run"
         );
     }
 }
@@ -459,7 +464,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "admin listener (/metrics, /healthz, control plane)");
     }
     if let Some(port) = server.mqtt.first().map(|a| a.port()) {
-        print_quickstart(&config, port, server.https.map(|a| a.port()));
+        let made_now = server.first_run.is_some();
+        print_quickstart(&config, port, server.https.map(|a| a.port()), made_now);
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -469,7 +475,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Prints client command lines that work against this gateway as configured:
 /// the operator watches every thing's topics, the device publishes on its own.
-fn print_quickstart(config: &Config, port: u16, https: Option<u16>) {
+fn print_quickstart(config: &Config, port: u16, https: Option<u16>, made_now: bool) {
     let certs = config.data_dir.join("certs");
     let files = |name: &str| {
         (
@@ -487,8 +493,16 @@ fn print_quickstart(config: &Config, port: u16, https: Option<u16>) {
     }
     let ca = config.tls.ca.display();
     let (dev, op) = (pki::FIRST_DEVICE, pki::FIRST_OPERATOR);
+    let which = if made_now {
+        format!(
+            "the certificates this first run made in {}",
+            certs.display()
+        )
+    } else {
+        format!("the certificates in {}", certs.display())
+    };
     println!(
-        "\nedgegate is listening. Try it with the certificates made on first run:\n\n  \
+        "\nedgegate is listening. Try it with {which}:\n\n  \
          mosquitto_sub -h localhost -p {port} --cafile {ca} --cert {} --key {} -i {op} -t 'things/#' -v\n  \
          mosquitto_pub -h localhost -p {port} --cafile {ca} --cert {} --key {} -i {dev} -t 'things/{dev}/hello' -m 'hello from {dev}'\n",
         op_cert.display(),

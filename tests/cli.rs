@@ -223,3 +223,62 @@ fn policy_test_explains_the_decision_like_test_authorization() {
     let other = test("topic/lamps/lamp-8/state");
     assert!(other.starts_with("IMPLICIT_DENY"), "{other}");
 }
+
+/// Starts `edgegate serve` in `dir` with `text` as its configuration, reads
+/// what it prints until the quick-start banner, stops it, and gives the
+/// banner line and everything it logged.
+fn banner_and_log(dir: &std::path::Path, text: &str) -> (String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let config = dir.join("config.toml");
+    std::fs::write(&config, text).expect("write");
+    let mut child = edgegate()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "edgegate=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let stdout = child.stdout.take().expect("stdout");
+    let banner = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take(20)
+        .find(|l| l.contains("Try it with"))
+        .unwrap_or_default();
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("read");
+    (banner, log)
+}
+
+#[test]
+fn start_up_says_what_is_true() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listeners = "data_dir = \"data\"\n[mqtt]\nlisten = [\"127.0.0.1:0\"]\n[https]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let (first, log) = banner_and_log(dir.path(), listeners);
+    assert!(first.contains("this first run made"), "{first}");
+    assert!(
+        !log.contains("open files"),
+        "the default connection bound is a ceiling, not a request:\n{log}"
+    );
+    let (second, _) = banner_and_log(dir.path(), listeners);
+    assert!(
+        second.contains("Try it with the certificates in") && !second.contains("first run"),
+        "{second}"
+    );
+    let (_, log) = banner_and_log(
+        dir.path(),
+        &format!("{listeners}[limits]\nmax_connections = 100000000\n"),
+    );
+    assert!(
+        log.contains("ulimit -n") && log.contains("LimitNOFILE") && log.contains("--ulimit"),
+        "a bound above the hard limit names the fix:\n{log}"
+    );
+}
