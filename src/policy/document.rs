@@ -335,6 +335,11 @@ fn statement(value: &Value, i: usize, errors: &mut Errors) -> Option<Statement> 
                     Some(i),
                     format!("action `{a}` is not of the form service:action"),
                 );
+            } else if super::vocabulary::unknown_action(a) {
+                errors.at(
+                    Some(i),
+                    format!("unknown action `{a}`: AWS IoT has no such action"),
+                );
             }
         }
     }
@@ -429,6 +434,10 @@ fn condition_keys(
     out: &mut Vec<Condition>,
 ) {
     for (key, value) in keys {
+        if super::vocabulary::unknown_key(key) {
+            errors.at(Some(i), format!("{op_name}: unknown condition key `{key}`"));
+            continue;
+        }
         let scalar = |v: &Value| match v {
             Value::String(s) => Some(s.clone()),
             Value::Bool(b) => Some(b.to_string()),
@@ -439,8 +448,10 @@ fn condition_keys(
             Value::Array(items) => items.iter().map(scalar).collect(),
             v => scalar(v).map(|s| vec![s]),
         };
+        // An empty list is allowed, as in AWS's connect policy examples
+        // (`"iot:ConnectAttributes": []`): no value matches it.
         match values {
-            Some(values) if !values.is_empty() => {
+            Some(values) => {
                 let bad = values.iter().find(|v| !value_fits(operator.base, v));
                 if let Some(v) = bad {
                     errors.at(

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod document;
 pub mod eval;
 pub mod versions;
+pub mod vocabulary;
 pub mod watch;
 
 use std::collections::BTreeMap;

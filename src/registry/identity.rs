@@ -27,25 +27,40 @@ pub struct Name {
     pub values: Vec<(&'static str, Vec<String>)>,
 }
 
+/// The distinguished-name attributes AWS IoT names in policy variables
+/// (spec aws-iot-auth.md §1.7), with the last arc of their OID (2.5.4.n).
+const ATTRIBUTES: [(&str, u64); 13] = [
+    ("CommonName", 3),
+    ("Surname", 4),
+    ("SerialNumber", 5),
+    ("Country", 6),
+    ("State", 8),
+    ("Organization", 10),
+    ("OrganizationalUnit", 11),
+    ("Title", 12),
+    ("GivenName", 42),
+    ("Initials", 43),
+    ("GenerationQualifier", 44),
+    ("DistinguishedNameQualifier", 46),
+    ("Pseudonym", 65),
+];
+
 impl Name {
     fn from_x509(name: &X509Name<'_>) -> Self {
         let first = |it: &mut dyn Iterator<
             Item = &x509_parser::x509::AttributeTypeAndValue<'_>,
         >| { it.next().and_then(|a| a.as_str().ok()).map(str::to_owned) };
-        let all = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
-            it.filter_map(|a| a.as_str().ok().map(str::to_owned))
-                .collect::<Vec<_>>()
-        };
-        let values = vec![
-            ("CommonName", all(&mut name.iter_common_name())),
-            ("Organization", all(&mut name.iter_organization())),
-            (
-                "OrganizationalUnit",
-                all(&mut name.iter_organizational_unit()),
-            ),
-            ("Country", all(&mut name.iter_country())),
-            ("State", all(&mut name.iter_state_or_province())),
-        ];
+        let values = ATTRIBUTES
+            .iter()
+            .filter_map(|&(attr, arc)| {
+                let oid = x509_parser::der_parser::oid::Oid::from(&[2, 5, 4, arc]).ok()?;
+                let found: Vec<String> = name
+                    .iter_by_oid(&oid)
+                    .filter_map(|a| a.as_str().ok().map(str::to_owned))
+                    .collect();
+                (!found.is_empty()).then_some((attr, found))
+            })
+            .collect();
         Self {
             values,
             common_name: first(&mut name.iter_common_name()),
@@ -68,6 +83,9 @@ pub struct ClientIdentity {
     pub subject: Name,
     /// Issuer fields.
     pub issuer: Name,
+    /// Subject and issuer alternative names by type, as their policy
+    /// variables name them (`Subject.AlternativeName.DNSName`, ...).
+    pub alt_names: Vec<(String, Vec<String>)>,
     /// Serial number, lowercase hex.
     pub serial_number: String,
     /// Serial number in decimal, as `${iot:Certificate.SerialNumber}` gives it.
@@ -89,6 +107,7 @@ impl ClientIdentity {
             certificate_id: hex(digest.as_ref()),
             subject: Name::from_x509(cert.subject()),
             issuer: Name::from_x509(cert.issuer()),
+            alt_names: alt_names(&cert),
             serial_number: hex(cert.raw_serial()),
             serial_decimal: cert.serial.to_string(),
             not_before: cert.validity().not_before.timestamp(),
@@ -106,28 +125,88 @@ impl ClientIdentity {
     pub fn add_to(&self, ctx: &mut Context) {
         ctx.set("iot:CertificateId", self.certificate_id.clone());
         ctx.set("iot:Certificate.SerialNumber", self.serial_decimal.clone());
-        for (side, name) in [("Subject", &self.subject), ("Issuer", &self.issuer)] {
-            for (attr, values) in &name.values {
-                // AWS leaves values with wildcard characters, or longer than
-                // 1024 characters, unsubstituted (spec §1.7): they stay unresolved.
-                let usable: Vec<String> = values
+        let mut available = vec!["iot:Certificate.SerialNumber".to_owned()];
+        let names = [("Subject", &self.subject), ("Issuer", &self.issuer)]
+            .into_iter()
+            .flat_map(|(side, name)| {
+                name.values
                     .iter()
-                    .filter(|v| v.len() <= 1024 && !v.contains(['*', '$', '+', '?', '#']))
-                    .cloned()
-                    .collect();
-                let key = format!("iot:Certificate.{side}.{attr}");
-                if let Some(first) = usable.first() {
-                    ctx.set(&key, first.clone());
-                }
-                // `.1` is the second value; `.List` all of them, at most five.
-                for (i, v) in usable.iter().enumerate().skip(1) {
-                    ctx.set(&format!("{key}.{i}"), v.clone());
-                }
-                if !usable.is_empty() {
-                    ctx.set_all(&format!("{key}.List"), usable.into_iter().take(5).collect());
-                }
+                    .map(move |(attr, values)| (format!("iot:Certificate.{side}.{attr}"), values))
+            });
+        let alt = self
+            .alt_names
+            .iter()
+            .map(|(name, values)| (format!("iot:Certificate.{name}"), values));
+        for (key, values) in names.chain(alt) {
+            // AWS leaves values with wildcard characters, or longer than
+            // 1024 characters, unsubstituted (spec §1.7): they stay unresolved.
+            let usable: Vec<String> = values
+                .iter()
+                .filter(|v| v.len() <= 1024 && !v.contains(['*', '$', '+', '?', '#']))
+                .cloned()
+                .collect();
+            let Some(first) = usable.first() else {
+                continue;
+            };
+            ctx.set(&key, first.clone());
+            // `.1` is the second value; `.List` all of them, at most five.
+            for (i, v) in usable.iter().enumerate().skip(1) {
+                ctx.set(&format!("{key}.{i}"), v.clone());
+            }
+            ctx.set_all(&format!("{key}.List"), usable.into_iter().take(5).collect());
+            available.push(key);
+        }
+        // The names of the certificate variables that have values [inferred:
+        // AWS documents the key but not the form of its values; the full
+        // variable names are what a policy can compare them with].
+        ctx.set_all("iot:Certificate.AvailableKeys", available);
+    }
+}
+
+/// The subject's and the issuer's alternative names, by policy variable.
+fn alt_names(cert: &X509Certificate<'_>) -> Vec<(String, Vec<String>)> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut add = |side: &str, names: &[GeneralName<'_>]| {
+        for name in names {
+            let (kind, value) = match name {
+                GeneralName::RFC822Name(v) => ("RFC822Name", (*v).to_owned()),
+                GeneralName::DNSName(v) => ("DNSName", (*v).to_owned()),
+                GeneralName::URI(v) => ("UniformResourceIdentifier", (*v).to_owned()),
+                GeneralName::DirectoryName(n) => ("DirectoryName", n.to_string()),
+                GeneralName::IPAddress(b) => match ip_text(b) {
+                    Some(ip) => ("IPAddress", ip),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let key = format!("{side}.AlternativeName.{kind}");
+            match out.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, values)) => values.push(value),
+                None => out.push((key, vec![value])),
             }
         }
+    };
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => add("Subject", &san.general_names),
+            ParsedExtension::IssuerAlternativeName(ian) => add("Issuer", &ian.general_names),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// An IP address from its 4 or 16 bytes.
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::IpAddr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::IpAddr::from(b).to_string()),
+        _ => None,
     }
 }
 
@@ -217,6 +296,79 @@ mod tests {
         assert!(!issued_by(&id, &first.pem.cert));
         assert!(issued_by(&id, &second.pem.cert));
         assert!(!issued_by(&id, "not a certificate"));
+    }
+
+    #[test]
+    fn every_name_attribute_and_alternative_name_is_a_variable() {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "dev-9");
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 12]), "Sensor");
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 5]), "SN-42");
+        params.subject_alt_names = vec![
+            SanType::DnsName("dev-9.example".try_into().expect("dns")),
+            SanType::DnsName("dev-9.local".try_into().expect("dns")),
+            SanType::IpAddress("10.1.2.3".parse().expect("ip")),
+            SanType::Rfc822Name("ops@example.com".try_into().expect("email")),
+            SanType::URI("spiffe://site/dev-9".try_into().expect("uri")),
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let mut ctx = Context::new();
+        ClientIdentity::from_der(cert.der())
+            .expect("parses")
+            .add_to(&mut ctx);
+        let one = |k: &str| ctx.get(k).map(|v| v.join(","));
+        // (policy variable, value)
+        let cases = [
+            ("iot:Certificate.Subject.Title", "Sensor"),
+            ("iot:Certificate.Subject.SerialNumber", "SN-42"),
+            (
+                "iot:Certificate.Subject.AlternativeName.DNSName",
+                "dev-9.example",
+            ),
+            (
+                "iot:Certificate.Subject.AlternativeName.DNSName.1",
+                "dev-9.local",
+            ),
+            (
+                "iot:Certificate.Subject.AlternativeName.DNSName.List",
+                "dev-9.example,dev-9.local",
+            ),
+            (
+                "iot:Certificate.Subject.AlternativeName.IPAddress",
+                "10.1.2.3",
+            ),
+            (
+                "iot:Certificate.Subject.AlternativeName.RFC822Name",
+                "ops@example.com",
+            ),
+            (
+                "iot:Certificate.Subject.AlternativeName.UniformResourceIdentifier",
+                "spiffe://site/dev-9",
+            ),
+        ];
+        for (key, want) in cases {
+            assert_eq!(one(key).as_deref(), Some(want), "{key}");
+        }
+        let available = ctx
+            .get("iot:Certificate.AvailableKeys")
+            .expect("available keys");
+        for key in [
+            "iot:Certificate.Subject.CommonName",
+            "iot:Certificate.Subject.AlternativeName.DNSName",
+            "iot:Certificate.SerialNumber",
+        ] {
+            assert!(available.iter().any(|k| k == key), "{key} in {available:?}");
+        }
+        assert!(
+            !available.iter().any(|k| k.contains("Organization")),
+            "only variables that have values: {available:?}"
+        );
     }
 
     #[test]
