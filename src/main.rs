@@ -248,7 +248,7 @@ enum PolicyCommand {
     },
     /// Evaluate one request as AWS TestAuthorization does, and say which
     /// statement decided.
-    Test(TestArgs),
+    Test(Box<TestArgs>),
     /// Attach a policy to a certificate.
     Attach(NamedCert),
     /// Detach a policy from a certificate.
@@ -269,16 +269,38 @@ struct TestArgs {
     /// The thing associated with the connection.
     #[arg(long)]
     thing: Option<String>,
+    /// That thing's type (iot:Connection.Thing.ThingTypeName).
+    #[arg(long = "thing-type", requires = "thing")]
+    thing_type: Option<String>,
+    /// One of that thing's attributes, KEY=VALUE (repeat).
+    #[arg(long = "thing-attr", requires = "thing", value_parser = key_value)]
+    thing_attrs: Vec<(String, String)>,
+    /// iot:ConnectAttributes: PersistentConnect, LastWill (comma-separated).
+    #[arg(long = "connect-attributes", value_delimiter = ',')]
+    connect_attributes: Vec<ConnectAttribute>,
+    /// The will's topic (iot:LastWillTopic); implies LastWill.
+    #[arg(long = "last-will-topic")]
+    last_will_topic: Option<String>,
+    /// The domain name the client connected to (iot:DomainName).
+    #[arg(long = "domain-name")]
+    domain_name: Option<String>,
     /// The client's address, for aws:SourceIp.
     #[arg(long = "source-ip")]
     source_ip: Option<std::net::IpAddr>,
+    /// How the request comes: over MQTT, or over HTTPS, which has no client
+    /// id (so neither iot:ClientId nor the thing variables resolve).
+    #[arg(long, value_enum, default_value_t = Protocol::Mqtt)]
+    protocol: Protocol,
     /// The action, e.g. iot:Publish.
     #[arg(long)]
     action: String,
-    /// The resource, e.g. topic/a/b, client/dev-1 or a full ARN.
+    /// The resource, e.g. topic/a/b, client/dev-1, a full ARN, or `*` for
+    /// actions on no resource (iot:ListRetainedMessages).
     #[arg(long)]
     resource: String,
-    /// Policies to evaluate (repeat); default: every policy in the directory.
+    /// Policies to evaluate (repeat); default: the certificate's attached
+    /// policies in the registry, or with no certificate (or with --dir)
+    /// every policy in the directory.
     #[arg(long = "policy")]
     policies: Vec<String>,
     /// Directory of NAME.json policy documents.
@@ -287,6 +309,32 @@ struct TestArgs {
     /// Configuration file naming the policies directory and the ARN region and account.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+/// A value of iot:ConnectAttributes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConnectAttribute {
+    /// A persistent session.
+    #[value(name = "PersistentConnect")]
+    PersistentConnect,
+    /// A will (give its topic with --last-will-topic).
+    #[value(name = "LastWill")]
+    LastWill,
+}
+
+/// The protocol a tested request comes over.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    /// MQTT (or MQTT over WebSockets).
+    Mqtt,
+    /// HTTPS.
+    Https,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 #[derive(Subcommand)]
@@ -620,7 +668,14 @@ fn policy(command: PolicyCommand) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            outcome(test_authorization(&config, request))
+            match test_authorization(&config, *request) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
         PolicyCommand::Attach(t) => outcome(attach_policy(t, true)),
         PolicyCommand::Detach(t) => outcome(attach_policy(t, false)),
@@ -638,8 +693,10 @@ fn outcome(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<()> {
+/// Evaluates one request as the gateway would; ALLOWED exits 0, a deny 1.
+fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<bool> {
     use edgegate::policy::compile::{ArnHead, compile, missing};
+    use edgegate::policy::document::Document;
     use edgegate::policy::eval::{Action, ResourceType};
     let action = Action::parse(&r.action).with_context(|| {
         format!(
@@ -647,64 +704,94 @@ fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<()> {
             r.action
         )
     })?;
-    // A full ARN or just its path.
+    // A full ARN or just its path; `*` for an action on no resource, which
+    // the gateway checks as the topic `*`.
     let path = if r.resource.starts_with("arn:") {
         r.resource.splitn(6, ':').nth(5).unwrap_or_default()
     } else {
         r.resource.as_str()
     };
-    let (ty, name) = [
-        ResourceType::TopicFilter,
-        ResourceType::Topic,
-        ResourceType::Client,
-        ResourceType::Thing,
-    ]
-    .into_iter()
-    .find_map(|t| path.strip_prefix(t.prefix()).map(|n| (t, n)))
-    .with_context(|| {
-        format!(
-            "resource `{}` is not client/, topic/, topicfilter/ or thing/",
-            r.resource
-        )
-    })?;
-    let dir = r.dir.clone().unwrap_or_else(|| config.policies.dir.clone());
-    let loaded = edgegate::policy::load_dir(&dir);
-    for e in &loaded.errors {
-        eprintln!("skipped: {e}");
-    }
-    let chosen: Vec<_> = if r.policies.is_empty() {
-        loaded.documents.iter().collect()
+    let (ty, name) = if path == "*" {
+        (ResourceType::Topic, "*")
     } else {
-        r.policies
-            .iter()
-            .map(|p| {
-                loaded
-                    .documents
-                    .get_key_value(p.as_str())
-                    .with_context(|| format!("no valid policy `{p}` in {}", dir.display()))
-            })
-            .collect::<anyhow::Result<_>>()?
+        [
+            ResourceType::TopicFilter,
+            ResourceType::Topic,
+            ResourceType::Client,
+            ResourceType::Thing,
+        ]
+        .into_iter()
+        .find_map(|t| path.strip_prefix(t.prefix()).map(|n| (t, n)))
+        .with_context(|| {
+            format!(
+                "resource `{}` is not client/, topic/, topicfilter/, thing/ or *",
+                r.resource
+            )
+        })?
     };
     let identity = r.cert.as_deref().map(read_identity).transpose()?;
-    // The context the gateway would build for this connection, by its own builder.
+    let chosen: Vec<(std::sync::Arc<str>, std::sync::Arc<Document>)> = match &identity {
+        Some(id) if r.policies.is_empty() && r.dir.is_none() => attached_policies(config, id)?,
+        _ => {
+            let dir = r.dir.clone().unwrap_or_else(|| config.policies.dir.clone());
+            let loaded = edgegate::policy::load_dir(&dir);
+            for e in &loaded.errors {
+                eprintln!("skipped: {e}");
+            }
+            if r.policies.is_empty() {
+                loaded
+                    .documents
+                    .iter()
+                    .map(|(n, d)| (n.clone(), d.clone()))
+                    .collect()
+            } else {
+                r.policies
+                    .iter()
+                    .map(|p| {
+                        loaded
+                            .documents
+                            .get_key_value(p.as_str())
+                            .map(|(n, d)| (n.clone(), d.clone()))
+                            .with_context(|| format!("no valid policy `{p}` in {}", dir.display()))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+        }
+    };
+    let https = r.protocol == Protocol::Https;
+    // HTTPS has no client id, and so no thing of the connection (spec §1.8).
+    let thing = r.thing.as_deref().filter(|_| !https).map(|name| {
+        let mut t = edgegate::registry::Thing::named(name);
+        t.thing_type = r.thing_type.clone();
+        t.attributes = r.thing_attrs.iter().cloned().collect();
+        t
+    });
     let principal = edgegate::registry::Principal {
         certificate_id: identity.as_ref().map(|i| i.certificate_id.clone()),
         policies: Vec::new(),
-        thing: r.thing.as_deref().map(edgegate::registry::Thing::named),
+        thing,
     };
+    let will_topic = r.last_will_topic.as_deref();
+    if r.connect_attributes.contains(&ConnectAttribute::LastWill) && will_topic.is_none() {
+        anyhow::bail!("LastWill needs --last-will-topic");
+    }
     let head = ArnHead::new(&config.aws.region, &config.aws.account_id);
+    // The context the gateway would build for this connection, by its own builder.
     let ctx = edgegate::session::authz::context(
         identity.as_ref(),
         &principal,
         edgegate::session::authz::ConnectFacts {
-            client_id: r.client_id.as_deref(),
+            client_id: r.client_id.as_deref().filter(|_| !https),
             peer: r.source_ip,
-            persistent: false,
-            will_topic: None,
+            persistent: r
+                .connect_attributes
+                .contains(&ConnectAttribute::PersistentConnect),
+            will_topic,
+            domain_name: r.domain_name.as_deref(),
         },
         &head,
     );
-    let set = compile(chosen.iter().map(|(n, d)| (*n, &***d)), &head, &ctx);
+    let set = compile(chosen.iter().map(|(n, d)| (n, &**d)), &head, &ctx);
     let (decision, statement) = set.explain(action, ty, name);
     println!("{}", decision.name());
     match statement {
@@ -724,7 +811,7 @@ fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<()> {
             name
         ),
     }
-    let names: Vec<&str> = chosen.iter().map(|(n, _)| &***n).collect();
+    let names: Vec<&str> = chosen.iter().map(|(n, _)| &**n).collect();
     println!(
         "  evaluated: {}",
         if names.is_empty() {
@@ -733,11 +820,61 @@ fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<()> {
             names.join(", ")
         }
     );
-    let missing = missing(chosen.iter().map(|(_, d)| &***d), &ctx);
+    let missing = missing(chosen.iter().map(|(_, d)| &**d), &ctx);
     if !missing.is_empty() {
         println!("  missing context values: {}", missing.join(", "));
     }
-    Ok(())
+    Ok(decision.is_allowed())
+}
+
+/// The policies attached to a certificate in the registry, with their
+/// default versions, through the control plane.
+fn attached_policies(
+    config: &Config,
+    id: &ClientIdentity,
+) -> anyhow::Result<
+    Vec<(
+        std::sync::Arc<str>,
+        std::sync::Arc<edgegate::policy::document::Document>,
+    )>,
+> {
+    let client = control_client::Client::open(config)?;
+    let result = (|| {
+        let arn = client.cert_arn(&id.certificate_id);
+        let attached = client.call(
+            "POST",
+            &format!("/attached-policies/{}", segment(&arn)),
+            "",
+            &[],
+            None,
+        )?;
+        let mut out = Vec::new();
+        for p in attached["policies"].as_array().into_iter().flatten() {
+            let name = p["policyName"].as_str().unwrap_or_default();
+            let got = client.call(
+                "GET",
+                &format!("/policies/{}", segment(name)),
+                "",
+                &[],
+                None,
+            )?;
+            let text = got["policyDocument"].as_str().unwrap_or_default();
+            let document = edgegate::policy::document::parse(text).map_err(|errors| {
+                anyhow::anyhow!(
+                    "policy `{name}` does not parse: {}",
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })?;
+            out.push((std::sync::Arc::from(name), std::sync::Arc::new(document)));
+        }
+        Ok(out)
+    })();
+    client.close();
+    result
 }
 
 fn cert(command: CertCommand) -> anyhow::Result<()> {
@@ -892,17 +1029,23 @@ fn thing(command: ThingCommand) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?;
             control(config, |c| {
                 let body = json!({ "thingTypeName": thing_type, "attributePayload": { "attributes": attributes } });
-                let made = c.call(
-                    "POST",
-                    &format!("/things/{}", segment(&name)),
-                    "",
-                    &[],
-                    Some(body),
-                )?;
-                println!(
-                    "created thing {name} ({})",
-                    made["thingId"].as_str().unwrap_or_default()
-                );
+                let path = format!("/things/{}", segment(&name));
+                match c.call("POST", &path, "", &[], Some(body)) {
+                    Ok(made) => println!(
+                        "created thing {name} ({})",
+                        made["thingId"].as_str().unwrap_or_default()
+                    ),
+                    // It exists: this command updates its type and attributes.
+                    Err(e) if e.to_string().contains("ResourceAlreadyExistsException") => {
+                        let update = json!({
+                            "thingTypeName": thing_type,
+                            "attributePayload": { "attributes": attributes, "merge": true },
+                        });
+                        c.call("PATCH", &path, "", &[], Some(update))?;
+                        println!("updated thing {name}");
+                    }
+                    Err(e) => return Err(e),
+                }
                 Ok(())
             })
         }

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use rumqttc::QoS;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use std::time::Duration;
 
 /// The repository's device policy, and a device provisioned with it.
@@ -522,4 +523,149 @@ async fn the_cli_revokes_through_the_admin_socket_of_a_running_gateway() {
     })
     .await;
     assert!(revoke.contains("\"principal\":\"local\""), "{revoke}");
+}
+
+/// `policy test`, given the certificate and nothing else, evaluates the
+/// policies the registry attaches to it, with the thing's type and
+/// attributes and the connect attributes, and agrees with the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_test_agrees_with_the_gateway_on_a_live_connection() {
+    let fleet = r#"{"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["iot:Connect", "iot:Subscribe", "iot:Receive"], "Resource": "*",
+         "Condition": {"ForAllValues:StringEquals": {"iot:ConnectAttributes": []}}},
+        {"Effect": "Allow", "Action": "iot:Publish",
+         "Resource": "arn:aws:iot:*:*:topic/site/${iot:Connection.Thing.Attributes[site]}/*",
+         "Condition": {"StringEquals": {"iot:Connection.Thing.ThingTypeName": "Lamp"}}}
+    ]}"#;
+    let mut t = TestServer::prepare("[auth]\nprovisioning = { policies = [\"fleet\"] }\n");
+    t.write_policy("fleet", fleet);
+    t.boot().await;
+    let config = t.config_file();
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = run_cli(&config, args);
+        assert!(ok, "{args:?}: {out}{err}");
+        out
+    };
+    let pem = t.device("lamp-1");
+    let (cert_file, _) =
+        edgegate::transport::pki::write_pair(&t.dir.path().join("certs"), "lamp-1", &pem)
+            .expect("write");
+    let cert = cert_file.to_str().expect("utf8").to_owned();
+    // The operator makes the thing; the first connect registers the
+    // certificate with the fleet policy and attaches it to that thing.
+    cli(&["thing", "create-type", "Lamp"]);
+    cli(&[
+        "thing",
+        "create",
+        "lamp-1",
+        "--type",
+        "Lamp",
+        "--attr",
+        "site=north",
+    ]);
+    V4::connect_with(&t, t.addr().port(), "lamp-1", &pem, true, None, |_| {})
+        .await
+        .disconnect()
+        .await;
+
+    let policy_test = |topic: &str, extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "test",
+            "--cert",
+            &cert,
+            "--client-id",
+            "lamp-1",
+            "--thing",
+            "lamp-1",
+            "--thing-type",
+            "Lamp",
+            "--thing-attr",
+            "site=north",
+            "--action",
+            "iot:Publish",
+            "--resource",
+        ];
+        args.push(topic);
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))
+            .args(&args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            stdout.contains("evaluated: fleet"),
+            "the registry's policies: {stdout}"
+        );
+        (out.status.code(), stdout)
+    };
+    let (code, out) = policy_test("topic/site/north/light", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("ALLOWED"), "{out}");
+    let (code, out) = policy_test("topic/site/south/light", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("IMPLICIT_DENY"), "{out}");
+
+    // The gateway decides the same for the live connection.
+    let mut lamp = V5::connect_with(&t, t.addr().port(), "lamp-1", &pem, |_| {}).await;
+    for (topic, allowed) in [("site/north/light", true), ("site/south/light", false)] {
+        lamp.client
+            .publish(topic, QoS5::AtLeastOnce, false, "on")
+            .await
+            .expect("queued");
+        let reason = lamp.puback().await;
+        assert_eq!(
+            reason == PubAckReason::NotAuthorized,
+            !allowed,
+            "{topic}: {reason:?}"
+        );
+    }
+
+    // A persistent session is a connect attribute the fleet policy's empty
+    // list allows none of: policy test and the gateway both refuse it.
+    let connect = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "test",
+            "--cert",
+            &cert,
+            "--client-id",
+            "lamp-1",
+            "--action",
+            "iot:Connect",
+            "--resource",
+            "client/lamp-1",
+        ];
+        args.extend_from_slice(extra);
+        run_cli(&config, &args)
+    };
+    assert!(connect(&[]).0, "a clean session may connect");
+    let (ok, out, _) = connect(&["--connect-attributes", "PersistentConnect"]);
+    assert!(!ok && out.starts_with("IMPLICIT_DENY"), "{out}");
+    let refused = connack_code_v5_persistent(&t, &pem).await;
+    assert_eq!(
+        refused, 0x87,
+        "the gateway refuses the persistent session too"
+    );
+}
+
+/// The CONNACK reason code for a persistent MQTT 5 session as lamp-1.
+async fn connack_code_v5_persistent(t: &TestServer, pem: &edgegate::transport::pki::Pem) -> u8 {
+    let mut raw = Raw::connect(t.addr(), t.tls_config(Some(pem)))
+        .await
+        .expect("tls");
+    // CONNECT v5, clean start 0, keep alive 30, Session Expiry Interval 3600.
+    let id = b"lamp-1";
+    let mut body = vec![
+        0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 30, 5, 0x11, 0, 0, 0x0e, 0x10,
+    ];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    raw.send(&packet).await;
+    let got = raw.read_n(4).await;
+    got[3]
 }

@@ -204,12 +204,16 @@ fn policy_test_explains_the_decision_like_test_authorization() {
             ])
             .output()
             .expect("run");
-        assert!(
-            out.status.success(),
-            "{}",
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // 0 on ALLOWED, 1 on a deny.
+        let want = if stdout.starts_with("ALLOWED") { 0 } else { 1 };
+        assert_eq!(
+            out.status.code(),
+            Some(want),
+            "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout
     };
     let allowed = test("topic/lamps/lamp-7/state");
     assert!(allowed.starts_with("ALLOWED"), "{allowed}");

@@ -197,6 +197,7 @@ async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, Aw
         peer: Some(peer.addr.ip()),
         persistent: false,
         will_topic: None,
+        domain_name: None,
     };
     let mut authz = Authz::new(
         Some(&identity),

@@ -70,6 +70,7 @@ pub fn connect(
         peer: Some(peer.ip()),
         persistent,
         will_topic: will.map(|w| w.topic.as_str()),
+        domain_name: None,
     };
     let Some(mut authz) = Authz::new(
         identity,

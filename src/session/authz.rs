@@ -24,6 +24,8 @@ pub struct ConnectFacts<'a> {
     pub persistent: bool,
     /// The will's topic, if any.
     pub will_topic: Option<&'a str>,
+    /// The domain name the client connected to (`iot:DomainName`), when known.
+    pub domain_name: Option<&'a str>,
 }
 
 /// The policy context of a connection, or of a request evaluated as one
@@ -41,6 +43,9 @@ pub fn context(
     }
     if let Some(id) = facts.client_id {
         ctx.set("iot:ClientId", id);
+    }
+    if let Some(name) = facts.domain_name {
+        ctx.set("iot:DomainName", name);
     }
     if let Some(ip) = facts.peer {
         // A v4 client of a dual-stack listener is its v4 address.

@@ -327,6 +327,7 @@ pub(super) fn test_authorization(c: &Control, call: &Call<'_>) -> Result<Respons
         peer: None,
         persistent: false,
         will_topic: None,
+        domain_name: None,
     };
     let ctx = context(identity.as_ref(), &principal, facts, &c.head);
     let mut names = principal.policies;
