@@ -261,6 +261,13 @@ pub struct Limits {
     pub max_named_shadows_per_thing: usize,
     /// Shadows the gateway holds, deleted ones kept for their version included.
     pub max_shadows: usize,
+    /// Publishes a second one connection may send (AWS IoT: 100; 0: no limit).
+    pub publishes_per_second: u32,
+    /// Payload bytes a second one connection may send; the excess is delayed
+    /// (AWS IoT: 512 KiB; 0: no limit).
+    pub publish_bytes_per_second: usize,
+    /// Subscriptions a second one connection may make (0: no limit).
+    pub subscriptions_per_second: u32,
 }
 
 impl Limits {
@@ -292,6 +299,9 @@ impl Default for Limits {
             shadow_max_depth: 6,
             max_named_shadows_per_thing: 100,
             max_shadows: 100_000,
+            publishes_per_second: 100,
+            publish_bytes_per_second: 512 * 1024,
+            subscriptions_per_second: 100,
         }
     }
 }

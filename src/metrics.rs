@@ -97,6 +97,12 @@ label_enum!(
         Qos => "qos",
         /// Client id longer than allowed.
         ClientId => "client_id",
+        /// More publishes a second than `limits.publishes_per_second`.
+        PublishRate => "publish_rate",
+        /// More payload bytes a second than `limits.publish_bytes_per_second`.
+        ByteRate => "byte_rate",
+        /// More subscriptions a second than `limits.subscriptions_per_second`.
+        SubscribeRate => "subscribe_rate",
     }
 );
 

@@ -415,11 +415,11 @@ async fn acknowledged_messages_survive_kill_9_during_an_outage() {
 async fn the_rate_limit_holds_while_a_backlog_drains_at_that_rate() {
     const RATE: usize = 2000;
     const N: u32 = 10_000;
-    let up = TestServer::start().await;
+    let up = TestServer::start_with(&format!("[limits]\n{NO_RATE_LIMITS}")).await;
     let proxy = Proxy::start(up.addr().port()).await;
     proxy.set_open(false);
     let mut edge = TestServer::prepare(&format!(
-        "[store]\nfsync = false\n{}",
+        "[store]\nfsync = false\n[limits]\n{NO_RATE_LIMITS}{}",
         upstream_toml(
             proxy.port,
             &format!("server_name = \"localhost\"\nmax_publishes_per_second = {RATE}")

@@ -492,3 +492,84 @@ async fn live_connections_close_when_the_revocation_list_names_them() {
         "closing a live connection is not a refused connect"
     );
 }
+
+#[tokio::test]
+async fn rate_limits_refuse_or_slow_one_client_and_never_its_neighbour() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode};
+    let t = TestServer::start_with(
+        "[limits]\npublishes_per_second = 10\npublish_bytes_per_second = 2000\nsubscriptions_per_second = 3\n",
+    )
+    .await;
+    // MQTT 5: publishes over the rate are refused with 0x97, as AWS IoT does.
+    let mut flood = t.v5("flooder").await;
+    let mut calm = t.v5("neighbour").await;
+    const N: usize = 60;
+    for i in 0..N {
+        flood
+            .client
+            .publish("load/x", QoS5::AtLeastOnce, false, vec![b'x'; 10])
+            .await
+            .expect("queued");
+        if i % 20 == 0 {
+            calm.client
+                .publish("calm/x", QoS5::AtLeastOnce, false, "x")
+                .await
+                .expect("queued");
+        }
+    }
+    let mut refused = 0;
+    for _ in 0..N {
+        match flood.puback().await {
+            PubAckReason::QuotaExceeded => refused += 1,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        refused >= N - 10 - 10,
+        "{refused} of {N} refused at 10 a second"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            calm.puback().await,
+            PubAckReason::NoMatchingSubscribers,
+            "the neighbour has its own rate"
+        );
+    }
+
+    // A SUBSCRIBE past the subscriptions a second: the excess filters get 0x97.
+    let filters =
+        (0..5).map(|i| rumqttc::v5::mqttbytes::v5::Filter::new(format!("f/{i}"), QoS5::AtMostOnce));
+    calm.client.subscribe_many(filters).await.expect("queued");
+    let codes = calm.suback().await;
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == SubscribeReasonCode::QuotaExceeded)
+            .count(),
+        2,
+        "{codes:?}"
+    );
+
+    // MQTT 3.1.1 cannot be refused: a client over the rates is slowed, and
+    // every publish is acknowledged in the end.
+    let mut slow = t.v4("slowed", true).await;
+    for _ in 0..15 {
+        slow.publish("load/y", QoS::AtLeastOnce, false, &[b'y'; 400])
+            .await;
+    }
+    for _ in 0..15 {
+        slow.puback().await;
+    }
+    let m = t.metrics().await;
+    for limit in ["publish_rate", "byte_rate", "subscribe_rate"] {
+        assert!(
+            metric(
+                &m,
+                &format!("edgegate_limit_refusals_total{{limit=\"{limit}\"}}")
+            ) >= 1.0,
+            "{limit}\n{m}"
+        );
+    }
+}

@@ -595,7 +595,10 @@ async fn a_subscriber_falling_behind_paces_qos0_publishers_too() {
     // keep them; past 50 queued the subscriber is falling behind, at 100
     // QoS 0 would be dropped.
     const N: usize = 3000;
-    let t = TestServer::start_with("[limits]\nmax_queued_messages = 100\n").await;
+    let t = TestServer::start_with(&format!(
+        "[limits]\nmax_queued_messages = 100\n{NO_RATE_LIMITS}"
+    ))
+    .await;
     let reader = slow_subscriber(&t, "paced0", edgegate::codec::QoS::AtMostOnce, N).await;
     let mut p = lean(&t, "fast0").await;
     let mut payload = vec![b'x'; 8 * 1024];
@@ -633,7 +636,10 @@ async fn a_subscriber_falling_behind_paces_qos0_publishers_too() {
 
 #[tokio::test]
 async fn a_subscriber_that_stopped_reading_does_not_hold_its_publishers_back() {
-    let t = TestServer::start_with("[limits]\nmax_queued_messages = 100\n").await;
+    let t = TestServer::start_with(&format!(
+        "[limits]\nmax_queued_messages = 100\n{NO_RATE_LIMITS}"
+    ))
+    .await;
     // Subscribed at QoS 0, then never reads again.
     let mut stuck = t.raw("stuck").await;
     stuck.send(&connect_bytes(4, "stuck", 60)).await;

@@ -177,6 +177,16 @@ fn front_ready(mut front: Option<&mut PendingAck>) -> impl Future<Output = Event
     })
 }
 
+/// Resolves when a throttled client may be read again (never if it is not).
+fn wait_throttle(
+    mut sleep: Option<&mut Pin<Box<tokio::time::Sleep>>>,
+) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match sleep.as_deref_mut() {
+        Some(s) => s.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
+}
+
 /// Resolves when a held publisher may go on (never if nothing is held).
 fn wait_held(mut held: Option<&mut Held>) -> impl Future<Output = Event> + '_ {
     std::future::poll_fn(move |cx| match held.as_deref_mut() {
@@ -339,6 +349,11 @@ struct Conn {
     notices_seen: u64,
     /// Where the session goes when another connection takes it over.
     takeover: Option<oneshot::Sender<Box<SessionData>>>,
+    /// Publish and subscribe rates, from the first publish or subscribe on.
+    rates: Option<Box<state::rate::Rates>>,
+    /// Over a rate that slows rather than refuses: nothing is read from the
+    /// client until this sleep ends.
+    throttle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -409,6 +424,8 @@ impl Conn {
             origin: None,
             notices_seen,
             takeover: None,
+            rates: None,
+            throttle: None,
         });
         Ok((conn, connack))
     }
@@ -420,6 +437,12 @@ impl Conn {
             .refresh(&self.shared.policies, &self.shared.arn_head);
         self.authz
             .allows(&self.shared.metrics, &self.client_id, action, ty, name)
+    }
+
+    /// The connection's rates, made at its first publish or subscribe.
+    fn rates(&mut self, limits: &crate::config::Limits, now: Instant) -> &mut state::rate::Rates {
+        self.rates
+            .get_or_insert_with(|| Box::new(state::rate::Rates::new(limits, now)))
     }
 
     /// Who this connection is, for the operator's log.
@@ -523,7 +546,7 @@ impl Conn {
             // its watermark by one message per publisher at most. The clock
             // is read once for all the packets one read brought.
             let mut read_at = None;
-            while self.paced.is_none() {
+            while self.paced.is_none() && self.throttle.is_none() {
                 match codec::decode(rbuf, self.protocol, max_packet) {
                     Ok(Some(p)) => {
                         let now = *read_at.get_or_insert_with(Instant::now);
@@ -603,7 +626,8 @@ impl Conn {
             // store, or while a subscriber of this client's QoS 0 messages
             // catches up.
             let reading = self.acks.len() < usize::from(shared.config.limits.max_inflight) * 2
-                && self.paced.is_none();
+                && self.paced.is_none()
+                && self.throttle.is_none();
             // While it waits, a connection holds no buffer it does not need:
             // idle connections cost little, however many there are.
             if rbuf.is_empty() && rbuf.capacity() > 0 {
@@ -624,6 +648,10 @@ impl Conn {
                 }
                 ev = front_ready(front) => ev,
                 ev = wait_held(self.paced.as_mut()) => ev,
+                () = wait_throttle(self.throttle.as_mut()) => {
+                    self.throttle = None;
+                    Event::Turn
+                }
                 res = read_some(stream, rbuf), if reading => Event::Read(res),
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
@@ -764,7 +792,7 @@ impl Conn {
                 self.send(&comp);
                 Ok(())
             }
-            Packet::Subscribe(s) => self.subscribe(shared, s, data),
+            Packet::Subscribe(s) => self.subscribe(shared, s, data, now),
             Packet::Unsubscribe(u) => {
                 self.unsubscribe(shared, u, data);
                 Ok(())
@@ -904,6 +932,34 @@ impl Conn {
                 return Ok(());
             }
         }
+        let limits = &shared.config.limits;
+        let protocol = self.protocol;
+        let (verdict, limit) =
+            self.rates(limits, now)
+                .publish(now, p.payload.len(), p.qos, protocol, limits);
+        if let Some(kind) = limit {
+            metrics.refused(kind);
+            crate::refusal!(
+                self.who(),
+                kind.label(),
+                client_id = &*self.client_id,
+                topic = p.topic.as_str(),
+                "over a rate limit"
+            );
+        }
+        match verdict {
+            state::rate::Publish::Pass => {}
+            state::rate::Publish::Slow(until) => {
+                self.throttle = Some(Box::pin(tokio::time::sleep_until(until)));
+            }
+            state::rate::Publish::Drop => return Ok(()),
+            state::rate::Publish::Refuse(code) => {
+                let why = "more publishes a second than the connection may send";
+                let ack = inbound::refusal(p.pkid, p.qos, code, self.reason(why));
+                self.send(&ack);
+                return Ok(());
+            }
+        }
         metrics.message_in(QosLabel::of(p.qos as u8));
         let (pkid, qos) = (p.pkid, p.qos);
         let origin = self.origin(data.mailbox.session_id);
@@ -958,6 +1014,7 @@ impl Conn {
         shared: &Shared,
         s: Subscribe,
         data: &mut SessionData,
+        now: Instant,
     ) -> Result<(), End> {
         let metrics = &shared.metrics;
         let judge = Judge {
@@ -976,7 +1033,21 @@ impl Conn {
             );
             let allowed =
                 |filter: &str| self.allows(Action::Subscribe, ResourceType::TopicFilter, filter);
+            let limits = &shared.config.limits;
             let (parsed, granted) = match judge.subscription(i, raw, opts, session, allowed)? {
+                Decision::Grant(..) if !self.rates(limits, now).subscribe(now, limits) => {
+                    metrics.refused(LimitKind::SubscribeRate);
+                    crate::refusal!(
+                        self.who(),
+                        LimitKind::SubscribeRate.label(),
+                        client_id = &*self.client_id,
+                        filter = raw.as_str(),
+                        "over a rate limit"
+                    );
+                    codes.push(reason::QUOTA_EXCEEDED);
+                    refusals.push(format!("{raw}: too many subscriptions a second"));
+                    continue;
+                }
                 Decision::Grant(parsed, granted) => (parsed, granted),
                 Decision::Refuse(code, why) => {
                     crate::refusal!(

@@ -20,6 +20,10 @@ use tokio_rustls::client::TlsStream;
 /// authorization tests write their own policies.
 pub const OPEN_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}"#;
 
+/// `[limits]` lines that turn the per-connection rate limits off, for tests
+/// of other things that publish faster than AWS IoT's 100 a second.
+pub const NO_RATE_LIMITS: &str = "publishes_per_second = 0\npublish_bytes_per_second = 0\n";
+
 /// How long any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -12,6 +12,7 @@
 //! - [`outbound`]: publishes to the client: packet identifiers, the
 //!   client's Receive Maximum and Maximum Packet Size, its acknowledgements.
 //! - [`subscribe`]: SUBSCRIBE and UNSUBSCRIBE, subscription options.
+//! - [`rate`]: publishes, bytes and subscriptions per second.
 //! - [`will`]: whether and when the will is published.
 //! - [`takeover`]: whether a connection resumes the session it finds.
 //! - [`end`]: how a connection ends, and its reason code.
@@ -24,6 +25,7 @@ pub mod end;
 pub mod inbound;
 pub mod keep_alive;
 pub mod outbound;
+pub mod rate;
 pub mod subscribe;
 pub mod takeover;
 pub mod will;
