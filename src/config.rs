@@ -268,6 +268,15 @@ pub struct Limits {
     pub publish_bytes_per_second: usize,
     /// Subscriptions a second one connection may make (0: no limit).
     pub subscriptions_per_second: u32,
+    /// Retained messages in all (0: no limit).
+    pub max_retained_messages: usize,
+    /// Topic and payload bytes of retained messages in all (0: no limit).
+    pub max_retained_bytes: usize,
+    /// Retained messages one certificate may set (0: no limit).
+    pub max_retained_messages_per_principal: usize,
+    /// Topic and payload bytes of the retained messages one certificate may
+    /// set (0: no limit).
+    pub max_retained_bytes_per_principal: usize,
 }
 
 impl Limits {
@@ -302,6 +311,10 @@ impl Default for Limits {
             publishes_per_second: 100,
             publish_bytes_per_second: 512 * 1024,
             subscriptions_per_second: 100,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 64 * 1024 * 1024,
+            max_retained_messages_per_principal: 1_000,
+            max_retained_bytes_per_principal: 8 * 1024 * 1024,
         }
     }
 }

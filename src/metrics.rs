@@ -103,6 +103,12 @@ label_enum!(
         ByteRate => "byte_rate",
         /// More subscriptions a second than `limits.subscriptions_per_second`.
         SubscribeRate => "subscribe_rate",
+        /// More retained messages than `limits.max_retained_messages` (in all
+        /// or for one certificate).
+        RetainedMessages => "retained_messages",
+        /// More retained bytes than `limits.max_retained_bytes` (in all or
+        /// for one certificate).
+        RetainedBytes => "retained_bytes",
     }
 );
 

@@ -128,7 +128,16 @@ impl Server {
             config.store.fsync,
             metrics.clone(),
         )?;
-        let router = Arc::new(Router::new(store.clone(), metrics.clone()));
+        let router = Arc::new(Router::new(
+            store.clone(),
+            metrics.clone(),
+            crate::router::retained::Quota {
+                messages: config.limits.max_retained_messages,
+                bytes: config.limits.max_retained_bytes,
+                messages_per_owner: config.limits.max_retained_messages_per_principal,
+                bytes_per_owner: config.limits.max_retained_bytes_per_principal,
+            },
+        ));
         let loaded = policy::load_dir(&config.policies.dir);
         for e in &loaded.errors {
             metrics.reload_failures.increment(1);

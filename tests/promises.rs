@@ -420,3 +420,71 @@ async fn the_data_directory_and_key_files_are_the_gateways_alone() {
         "a key file written over one that was 0644"
     );
 }
+
+#[tokio::test]
+async fn retained_messages_are_bounded_per_certificate_and_in_all() {
+    let t = TestServer::start_with(
+        "[limits]\nmax_retained_messages = 3\nmax_retained_messages_per_principal = 2\n",
+    )
+    .await;
+    let mut a = t.v5("retainer-a").await;
+    assert_eq!(
+        puback_of(&mut a, "r/a/1", true).await,
+        PubAckReason::NoMatchingSubscribers
+    );
+    assert_eq!(
+        puback_of(&mut a, "r/a/2", true).await,
+        PubAckReason::NoMatchingSubscribers
+    );
+    assert_eq!(
+        puback_of(&mut a, "r/a/3", true).await,
+        PubAckReason::QuotaExceeded,
+        "a third retained message of one certificate"
+    );
+    assert_eq!(
+        puback_of(&mut a, "r/a/1", true).await,
+        PubAckReason::NoMatchingSubscribers,
+        "replacing one of its own is within its quota"
+    );
+    let mut b = t.v5("retainer-b").await;
+    assert_eq!(
+        puback_of(&mut b, "r/b/1", true).await,
+        PubAckReason::NoMatchingSubscribers
+    );
+    assert_eq!(
+        puback_of(&mut b, "r/b/2", true).await,
+        PubAckReason::QuotaExceeded,
+        "three retained messages in all"
+    );
+    // A refused retained publish went nowhere: it is not retained.
+    let mut watcher = t.v5("watcher").await;
+    watcher
+        .client
+        .subscribe("r/#", QoS5::AtMostOnce)
+        .await
+        .expect("queued");
+    watcher.suback().await;
+    let mut topics = Vec::new();
+    for _ in 0..3 {
+        topics.push(watcher.recv().await.topic);
+    }
+    topics.sort();
+    assert_eq!(topics, ["r/a/1", "r/a/2", "r/b/1"].map(bytes::Bytes::from));
+    // MQTT 3.1.1 has no refusing ack: the connection closes, unacknowledged.
+    let mut old = t.v4("retainer-c", true).await;
+    old.publish("r/c/1", rumqttc::QoS::AtLeastOnce, true, b"x")
+        .await;
+    assert!(
+        matches!(old.next().await, Ev4::Error(_)),
+        "the connection closes instead of an acknowledgement"
+    );
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_limit_refusals_total{limit=\"retained_messages\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+}

@@ -25,7 +25,7 @@ impl FanOut {
         let metrics = Arc::new(Metrics::new());
         let (store, _) =
             Store::open(&dir.path().join("db"), false, metrics.clone()).expect("store");
-        let router = Router::new(store, metrics);
+        let router = Router::new(store, metrics, Default::default());
         let mailboxes: Vec<Arc<Mailbox>> = (0..n)
             .map(|i| {
                 Arc::new(Mailbox::new(

@@ -28,7 +28,7 @@ pub use message::{Delivery, Message, Origin, delivery_from_record, read_retained
 pub use tap::{FilterIndex, Tap, Tapped};
 
 use crate::codec::{QoS, SubOptions};
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, LimitKind, Metrics};
 use crate::store::{Commit, Op, Store, StoreError, unix_ms};
 use message::{queued_record, retained_record};
 use parking_lot::RwLock;
@@ -82,11 +82,45 @@ pub struct Kept {
 #[derive(Debug)]
 pub struct Router {
     subs: RwLock<trie::Trie<Subscriber>>,
-    retained: RwLock<retained::Retained<Kept>>,
+    retained: RwLock<RetainedSet>,
+    retain_quota: retained::Quota,
     store: Store,
     metrics: Arc<Metrics>,
     tap: Tap,
     shadows: Tap,
+}
+
+/// Retained messages and what they hold, under one lock.
+#[derive(Debug, Default)]
+struct RetainedSet {
+    tree: retained::Retained<Kept>,
+    usage: retained::Usage,
+}
+
+/// What a retained message counts against its quota: its topic and payload.
+fn held(msg: &Message) -> retained::Held<'_> {
+    (
+        msg.origin.principal.as_deref(),
+        msg.topic.len() + msg.payload.len(),
+    )
+}
+
+impl RetainedSet {
+    fn put(&mut self, topic: &str, kept: Kept) {
+        self.usage
+            .add(kept.msg.origin.principal.as_ref(), held(&kept.msg).1);
+        if let Some(old) = self.tree.insert(topic, kept) {
+            let (owner, bytes) = held(&old.msg);
+            self.usage.remove(owner, bytes);
+        }
+    }
+
+    fn delete(&mut self, topic: &str) {
+        if let Some(old) = self.tree.remove(topic) {
+            let (owner, bytes) = held(&old.msg);
+            self.usage.remove(owner, bytes);
+        }
+    }
 }
 
 struct Target {
@@ -149,11 +183,13 @@ fn add_shared(targets: &mut Vec<Target>, g: &trie::Group<Subscriber>, msg: &Mess
 }
 
 impl Router {
-    /// An empty router writing durable state to `store`.
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+    /// An empty router writing durable state to `store`, keeping retained
+    /// messages within `retain_quota`.
+    pub fn new(store: Store, metrics: Arc<Metrics>, retain_quota: retained::Quota) -> Self {
         Self {
             subs: RwLock::new(trie::Trie::default()),
-            retained: RwLock::new(retained::Retained::default()),
+            retained: RwLock::new(RetainedSet::default()),
+            retain_quota,
             store,
             metrics,
             tap: Tap::new(),
@@ -227,19 +263,23 @@ impl Router {
         let mut out = Vec::new();
         self.retained
             .read()
+            .tree
             .for_each_match(filter, &mut |k| out.push(k.msg.clone()));
         out
     }
 
     /// The retained message of `topic`, if any.
     pub fn retained_message(&self, topic: &str) -> Option<Kept> {
-        self.retained.read().get(topic).cloned()
+        self.retained.read().tree.get(topic).cloned()
     }
 
     /// Every retained message, by topic.
     pub fn retained_messages(&self) -> Vec<Kept> {
         let mut out = Vec::new();
-        self.retained.read().for_each(&mut |k| out.push(k.clone()));
+        self.retained
+            .read()
+            .tree
+            .for_each(&mut |k| out.push(k.clone()));
         out.sort_unstable_by(|a, b| a.msg.topic.as_str().cmp(b.msg.topic.as_str()));
         out
     }
@@ -248,8 +288,8 @@ impl Router {
     pub fn restore_retained(&self, msg: Arc<Message>, modified_ms: u64) {
         let mut r = self.retained.write();
         let topic = msg.topic.clone();
-        r.insert(topic.as_str(), Kept { msg, modified_ms });
-        self.metrics.retained.set(r.len() as f64);
+        r.put(topic.as_str(), Kept { msg, modified_ms });
+        self.metrics.retained.set(r.tree.len() as f64);
     }
 
     /// Updates retained state and queues the message for every matching session.
@@ -263,6 +303,21 @@ impl Router {
     /// changes and the error is returned.
     pub fn publish(&self, msg: &Arc<Message>, now: Instant) -> Result<Routed, StoreError> {
         let topic = msg.topic.as_str();
+        // A retained message past its quota refuses the publish before
+        // anything changes; the lock, taken first, orders retained publishes.
+        let mut retained = msg.retain.then(|| self.retained.write());
+        if let Some(r) = retained.as_ref()
+            && !msg.payload.is_empty()
+        {
+            let old = r.tree.get(topic).map(|k| held(&k.msg));
+            if let Err(e) = r.usage.admits(&self.retain_quota, held(msg), old) {
+                self.metrics.refused(match e {
+                    retained::Exceeded::Messages => LimitKind::RetainedMessages,
+                    retained::Exceeded::Bytes => LimitKind::RetainedBytes,
+                });
+                return Err(StoreError::Full("the retained messages' quota".into()));
+            }
+        }
         // Decide on the internal clients first, so that one without room
         // refuses the publish before anything changes. (A spool that
         // refuses the rule output later refuses the publish through its
@@ -286,7 +341,6 @@ impl Router {
         } else {
             0
         };
-        let mut retained = msg.retain.then(|| self.retained.write());
         let mut ops = Vec::new();
         if retained.is_some() {
             ops.push(if msg.payload.is_empty() {
@@ -320,9 +374,9 @@ impl Router {
             };
             if let Some(r) = retained.as_mut() {
                 if msg.payload.is_empty() {
-                    r.remove(topic);
+                    r.delete(topic);
                 } else {
-                    r.insert(
+                    r.put(
                         topic,
                         Kept {
                             msg: msg.clone(),
@@ -330,7 +384,7 @@ impl Router {
                         },
                     );
                 }
-                self.metrics.retained.set(r.len() as f64);
+                self.metrics.retained.set(r.tree.len() as f64);
             }
             drop(retained);
             let mut matched = 0;
@@ -455,7 +509,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (store, _) =
             Store::open(&dir.path().join("db"), false, metrics.clone()).expect("store");
-        Router::new(store, metrics)
+        Router::new(store, metrics, retained::Quota::default())
     }
 
     #[test]

@@ -19,6 +19,106 @@ impl<T> Default for Node<T> {
     }
 }
 
+/// Bounds on what retained messages hold, overall and per owner (the
+/// certificate that published them); 0 is no bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Retained messages in all.
+    pub messages: usize,
+    /// Topic and payload bytes in all.
+    pub bytes: usize,
+    /// Retained messages one owner may set.
+    pub messages_per_owner: usize,
+    /// Topic and payload bytes one owner may set.
+    pub bytes_per_owner: usize,
+}
+
+/// Which bound a retained message would break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    /// A count of messages.
+    Messages,
+    /// A count of bytes.
+    Bytes,
+}
+
+/// What retained messages hold, overall and by owner.
+#[derive(Debug, Default)]
+pub struct Usage {
+    messages: usize,
+    bytes: usize,
+    owners: HashMap<std::sync::Arc<str>, (usize, usize)>,
+}
+
+/// One retained message as the quota sees it: who set it, and its size.
+pub type Held<'a> = (Option<&'a str>, usize);
+
+impl Usage {
+    /// Whether `new` may take the place of `old` (`None`: the topic holds
+    /// nothing yet) under `quota`.
+    pub fn admits(
+        &self,
+        quota: &Quota,
+        new: Held<'_>,
+        old: Option<Held<'_>>,
+    ) -> Result<(), Exceeded> {
+        let over = |limit: usize, value: usize| limit > 0 && value > limit;
+        let (old_owner, old_bytes) = old.map_or((None, 0), |(o, b)| (o, b));
+        let messages = self.messages + usize::from(old.is_none());
+        if over(quota.messages, messages) {
+            return Err(Exceeded::Messages);
+        }
+        if over(quota.bytes, self.bytes - old_bytes.min(self.bytes) + new.1) {
+            return Err(Exceeded::Bytes);
+        }
+        let Some(owner) = new.0 else {
+            return Ok(());
+        };
+        let (count, bytes) = self.owners.get(owner).copied().unwrap_or_default();
+        let same = old.is_some() && old_owner == Some(owner);
+        let count = count + usize::from(!same);
+        let bytes = bytes - if same { old_bytes.min(bytes) } else { 0 } + new.1;
+        if over(quota.messages_per_owner, count) {
+            return Err(Exceeded::Messages);
+        }
+        if over(quota.bytes_per_owner, bytes) {
+            return Err(Exceeded::Bytes);
+        }
+        Ok(())
+    }
+
+    /// A message of `owner` of `bytes` was retained.
+    pub fn add(&mut self, owner: Option<&std::sync::Arc<str>>, bytes: usize) {
+        self.messages += 1;
+        self.bytes += bytes;
+        if let Some(owner) = owner {
+            let entry = self.owners.entry(owner.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += bytes;
+        }
+    }
+
+    /// A message of `owner` of `bytes` is no longer retained.
+    pub fn remove(&mut self, owner: Option<&str>, bytes: usize) {
+        self.messages = self.messages.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        if let Some(owner) = owner
+            && let Some(entry) = self.owners.get_mut(owner)
+        {
+            entry.0 = entry.0.saturating_sub(1);
+            entry.1 = entry.1.saturating_sub(bytes);
+            if entry.0 == 0 {
+                self.owners.remove(owner);
+            }
+        }
+    }
+
+    /// Bytes retained in all.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 /// Retained values by topic name.
 #[derive(Debug)]
 pub struct Retained<T> {
@@ -160,6 +260,53 @@ fn step<T>(child: &Node<T>, tail: Option<&str>, f: &mut dyn FnMut(&T)) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quota_overall_and_per_owner() {
+        let quota = Quota {
+            messages: 3,
+            bytes: 100,
+            messages_per_owner: 2,
+            bytes_per_owner: 60,
+        };
+        let (a, b): (std::sync::Arc<str>, std::sync::Arc<str>) = ("a".into(), "b".into());
+        let mut u = Usage::default();
+        assert_eq!(u.admits(&quota, (Some("a"), 30), None), Ok(()));
+        u.add(Some(&a), 30);
+        u.add(Some(&a), 30);
+        assert_eq!(
+            u.admits(&quota, (Some("a"), 1), None),
+            Err(Exceeded::Messages),
+            "a third message of one owner"
+        );
+        assert_eq!(
+            u.admits(&quota, (Some("a"), 31), Some((Some("a"), 30))),
+            Err(Exceeded::Bytes),
+            "replacing its own message with a larger one past its bytes"
+        );
+        assert_eq!(
+            u.admits(&quota, (Some("a"), 20), Some((Some("a"), 30))),
+            Ok(())
+        );
+        assert_eq!(u.admits(&quota, (Some("b"), 30), None), Ok(()));
+        u.add(Some(&b), 30);
+        assert_eq!(
+            u.admits(&quota, (None, 1), None),
+            Err(Exceeded::Messages),
+            "three in all"
+        );
+        u.remove(Some("a"), 30);
+        assert_eq!(
+            u.admits(&quota, (Some("b"), 41), None),
+            Err(Exceeded::Bytes),
+            "100 bytes in all"
+        );
+        assert_eq!(
+            u.admits(&Quota::default(), (Some("b"), 1 << 30), None),
+            Ok(()),
+            "0 is no bound"
+        );
+    }
+
     use super::*;
     use crate::topic;
     use proptest::prelude::*;

@@ -971,7 +971,13 @@ impl Conn {
                 routed.pressure,
             ),
             Err(e) => {
-                tracing::warn!(client_id = %self.client_id, error = %e, "publish refused");
+                crate::refusal!(
+                    self.who(),
+                    "publish_refused",
+                    client_id = &*self.client_id,
+                    error = %e,
+                    "publish refused"
+                );
                 (inbound::routed_code(Err(&e), self.protocol), None, None)
             }
         };
