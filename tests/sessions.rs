@@ -559,7 +559,10 @@ async fn a_subscriber_falling_behind_paces_its_publishers_instead_of_losing_mess
     const N: usize = 3000;
     // Past 200 queued messages the subscriber is falling behind; at 400 it
     // would be disconnected as too slow.
-    let t = TestServer::start_with("[limits]\nmax_stored_messages = 400\n").await;
+    let t = TestServer::start_with(&format!(
+        "[limits]\nmax_stored_messages = 400\n{NO_RATE_LIMITS}"
+    ))
+    .await;
     // A subscriber that takes a millisecond per message, a fifth of the
     // publisher's pace or less.
     let reader = slow_subscriber(&t, "paced", edgegate::codec::QoS::AtLeastOnce, N).await;
