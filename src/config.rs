@@ -268,6 +268,16 @@ pub struct Limits {
     pub publish_bytes_per_second: usize,
     /// Subscriptions a second one connection may make (0: no limit).
     pub subscriptions_per_second: u32,
+    /// CONNECT attempts a second one client id may make after a burst of
+    /// `connect_burst_per_client_id` (AWS IoT: 1; 0: no limit).
+    pub connects_per_second_per_client_id: u32,
+    /// The burst of CONNECT attempts one client id may make at once.
+    pub connect_burst_per_client_id: u32,
+    /// New connections a second from one source address after a burst of
+    /// `connection_burst_per_address` (0: no limit).
+    pub connections_per_second_per_address: u32,
+    /// The burst of new connections one source address may open at once.
+    pub connection_burst_per_address: u32,
     /// Retained messages in all (0: no limit).
     pub max_retained_messages: usize,
     /// Topic and payload bytes of retained messages in all (0: no limit).
@@ -311,6 +321,10 @@ impl Default for Limits {
             publishes_per_second: 100,
             publish_bytes_per_second: 512 * 1024,
             subscriptions_per_second: 100,
+            connects_per_second_per_client_id: 1,
+            connect_burst_per_client_id: 5,
+            connections_per_second_per_address: 100,
+            connection_burst_per_address: 200,
             max_retained_messages: 100_000,
             max_retained_bytes: 64 * 1024 * 1024,
             max_retained_messages_per_principal: 1_000,

@@ -103,6 +103,10 @@ label_enum!(
         ByteRate => "byte_rate",
         /// More subscriptions a second than `limits.subscriptions_per_second`.
         SubscribeRate => "subscribe_rate",
+        /// More CONNECT attempts a second from one client id than allowed.
+        ConnectRate => "connect_rate",
+        /// More new connections a second from one source address than allowed.
+        ConnectionRate => "connection_rate",
         /// More retained messages than `limits.max_retained_messages` (in all
         /// or for one certificate).
         RetainedMessages => "retained_messages",

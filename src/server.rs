@@ -17,6 +17,7 @@ use crate::rules::engine::{Engine, EngineError, Gateway};
 use crate::session::Sessions;
 use crate::session::admission;
 use crate::session::conn::{self, Bulletin, Shared};
+use crate::session::state::rate::Table;
 use crate::spool::{self, Spool};
 use crate::store::{Store, StoreError};
 use crate::transport::pki::{self, FirstRun, PkiError};
@@ -342,6 +343,8 @@ impl Server {
             policies: policies.clone(),
             arn_head: ArnHead::new(&config.aws.region, &config.aws.account_id),
             bulletin: Bulletin::default(),
+            connects: parking_lot::Mutex::new(Table::new(conn::RATE_KEYS)),
+            arrivals: parking_lot::Mutex::new(Table::new(conn::RATE_KEYS)),
         });
         tracker.spawn({
             let (shared, policies, registry) =
@@ -740,6 +743,25 @@ async fn accept_loop<F, Fut>(
                 continue;
             }
         };
+        let limits = &shared.config.limits;
+        let address = peer.ip().to_canonical().to_string();
+        if !shared.arrivals.lock().admit(
+            Instant::now(),
+            &address,
+            limits.connections_per_second_per_address,
+            limits.connection_burst_per_address,
+        ) {
+            shared
+                .metrics
+                .refused(crate::metrics::LimitKind::ConnectionRate);
+            crate::refusal!(
+                &address,
+                "connection_rate",
+                %peer,
+                "too many new connections a second from this address"
+            );
+            continue;
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             shared
                 .metrics

@@ -44,10 +44,10 @@ fn allocations_per_publish(n: u64, qos: QoS) -> u64 {
     for _ in 0..3 {
         route();
     }
-    // The fewest of ten: the store's writer thread, idle here, may still be
-    // starting during one of them, and its allocations count too; an
-    // allocation per subscriber would show in every one.
-    (0..10).map(|_| route()).min().unwrap_or(0)
+    // The fewest of thirty: other threads (the store's writer, idle here,
+    // starting; on a loaded machine, late) count too; an allocation per
+    // subscriber would show in every one.
+    (0..30).map(|_| route()).min().unwrap_or(0)
 }
 
 #[test]

@@ -147,7 +147,7 @@ fn the_gateway_raises_its_open_files_limit_to_serve_its_connections() {
     let t = TestServer::prepare("");
     let config = write_config(
         t.dir.path(),
-        &config_text("[limits]\nmax_connections = 1000\n"),
+        &config_text("[limits]\nmax_connections = 1000\nconnections_per_second_per_address = 0\n"),
     );
     // Started with a soft limit of 256 open files, below 300 connections.
     let mut command = std::process::Command::new("sh");

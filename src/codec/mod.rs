@@ -486,6 +486,7 @@ pub mod reason {
     pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
@@ -499,7 +500,11 @@ pub mod reason {
             SUCCESS => 0,
             UNSUPPORTED_PROTOCOL_VERSION => 1,
             CLIENT_IDENTIFIER_NOT_VALID => 2,
-            SERVER_UNAVAILABLE | SERVER_BUSY | SERVER_SHUTTING_DOWN | QUOTA_EXCEEDED => 3,
+            SERVER_UNAVAILABLE
+            | SERVER_BUSY
+            | SERVER_SHUTTING_DOWN
+            | QUOTA_EXCEEDED
+            | CONNECTION_RATE_EXCEEDED => 3,
             BAD_USER_NAME_OR_PASSWORD => 4,
             _ => 5,
         }

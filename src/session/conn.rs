@@ -12,6 +12,7 @@
 
 use super::admission;
 use super::authz::Authz;
+use super::state::connect::Refused;
 use super::state::end::End;
 use super::state::inbound::{self, Admission};
 use super::state::keep_alive::{self, KeepAlive};
@@ -159,7 +160,14 @@ pub struct Shared {
     pub bulletin: Bulletin,
     /// This gateway's partition, region and account, for ARNs.
     pub arn_head: ArnHead,
+    /// CONNECT attempts by client id.
+    pub connects: parking_lot::Mutex<state::rate::Table>,
+    /// New connections by source address.
+    pub arrivals: parking_lot::Mutex<state::rate::Table>,
 }
+
+/// Client ids, and source addresses, whose rates are tracked at once.
+pub const RATE_KEYS: usize = 65_536;
 
 /// Resolves when the acknowledgement at the front may move: its commit is
 /// done, or the subscriber it waits for drained (or the hold ran out). A
@@ -381,6 +389,20 @@ impl Conn {
                 return Err((c.protocol, refused.code));
             }
         };
+        let limits = &shared.config.limits;
+        let now = Instant::now();
+        if !shared.connects.lock().admit(
+            now,
+            &n.client_id,
+            limits.connects_per_second_per_client_id,
+            limits.connect_burst_per_client_id,
+        ) {
+            let refused = Refused::CONNECT_RATE;
+            if let Some(limit) = refused.limit {
+                shared.metrics.refused(limit);
+            }
+            return Err((c.protocol, refused.code));
+        }
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let client_id: Arc<str> = n.client_id.into();
         let expiry = n.expiry;

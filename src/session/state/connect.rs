@@ -45,6 +45,12 @@ impl Refused {
         code: reason::NOT_AUTHORIZED,
         limit: None,
     };
+    /// The client id made more CONNECT attempts a second than allowed: 0x9F
+    /// Connection rate exceeded (3.1.1: 3 Server unavailable).
+    pub const CONNECT_RATE: Refused = Refused {
+        code: reason::CONNECTION_RATE_EXCEEDED,
+        limit: Some(LimitKind::ConnectRate),
+    };
     /// The policy context cannot be built (a value past the gateway's limits).
     pub const NO_POLICY_CONTEXT: Refused = Refused {
         code: reason::IMPLEMENTATION_SPECIFIC_ERROR,

@@ -1,6 +1,7 @@
-//! Per-connection rate limits, AWS IoT's quotas by default (spec
-//! aws-iot-auth.md §5.2): publishes per second, payload bytes per second,
-//! and subscriptions per second. A client over a limit is refused (an MQTT
+//! Rate limits, AWS IoT's quotas by default (spec aws-iot-auth.md §5.2):
+//! per connection, publishes, payload bytes and subscriptions per second;
+//! per client id, CONNECT attempts per second; per source address, new
+//! connections per second, in a bounded table. A client over a limit is refused (an MQTT
 //! 5 publish or subscription, with its reason code) or slowed (its socket
 //! is not read for a while), never able to slow anyone else. Pure: time is
 //! passed in.
@@ -131,6 +132,93 @@ impl Rates {
     }
 }
 
+/// Token buckets by key (a client id, a source address), at most `cap`
+/// of them: a botnet-sized set of keys cannot grow it. Keys whose bucket
+/// would be full again are forgotten (at most once a second, so that a
+/// full table costs one scan a second); when every key is busy, new keys
+/// share one bucket, so that a flood of new keys is limited as one key is.
+#[derive(Debug)]
+pub struct Table {
+    buckets: std::collections::HashMap<Box<str>, Bucket>,
+    overflow: Option<Bucket>,
+    cap: usize,
+    pruned: Option<Instant>,
+}
+
+impl Table {
+    /// An empty table of at most `cap` keys.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            buckets: std::collections::HashMap::new(),
+            overflow: None,
+            cap,
+            pruned: None,
+        }
+    }
+
+    /// One attempt of `key` at `now`, at most `rate` a second after a burst
+    /// of `burst`; whether it may go on. A rate of 0 is no limit.
+    pub fn admit(&mut self, now: Instant, key: &str, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
+        let take = |b: &mut Bucket| {
+            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+            b.tokens = (b.tokens + elapsed * rate).min(burst);
+            b.at = now;
+            let enough = b.tokens >= 1.0;
+            if enough {
+                b.tokens -= 1.0;
+            }
+            enough
+        };
+        if let Some(b) = self.buckets.get_mut(key) {
+            return take(b);
+        }
+        if self.buckets.len() >= self.cap {
+            self.prune(now, rate, burst);
+        }
+        if self.buckets.len() >= self.cap {
+            let shared = self.overflow.get_or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            });
+            return take(shared);
+        }
+        let mut fresh = Bucket {
+            tokens: burst,
+            at: now,
+        };
+        let ok = take(&mut fresh);
+        self.buckets.insert(key.into(), fresh);
+        ok
+    }
+
+    fn prune(&mut self, now: Instant, rate: f64, burst: f64) {
+        if self
+            .pruned
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.pruned = Some(now);
+        self.buckets.retain(|_, b| {
+            b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
+        });
+    }
+
+    /// Keys tracked now.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +305,37 @@ mod tests {
             r.publish(later, 10, QoS::AtMostOnce, Protocol::V5, &l).0,
             Publish::Slow(later + Duration::from_millis(10))
         );
+    }
+
+    #[test]
+    fn attempts_per_key_in_a_bounded_table() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut table = Table::new(3);
+        // AWS IoT: one CONNECT a second per client id, after a small burst.
+        assert!(table.admit(t0, "dev-1", 1, 2) && table.admit(t0, "dev-1", 1, 2));
+        assert!(
+            !table.admit(t0, "dev-1", 1, 2),
+            "a reconnect storm of one id"
+        );
+        assert!(table.admit(t0, "dev-2", 1, 2), "does not starve the others");
+        assert!(
+            table.admit(t0 + ms(1000), "dev-1", 1, 2),
+            "a second later, one more"
+        );
+        // A botnet-sized set of keys: the table stays at its bound, and
+        // the keys beyond it share one bucket.
+        for i in 0..1000 {
+            table.admit(t0 + ms(1000), &format!("10.0.0.{i}"), 1, 2);
+        }
+        assert!(table.len() <= 3, "{} keys", table.len());
+        assert!(
+            !table.admit(t0 + ms(1000), "10.9.9.9", 1, 2),
+            "the overflow bucket is spent"
+        );
+        // Keys whose buckets are full again are forgotten.
+        assert!(table.admit(t0 + ms(5000), "late", 1, 2));
+        assert!(table.admit(t0, "any", 0, 0), "0 is no limit");
     }
 
     #[test]
