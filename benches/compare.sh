@@ -63,10 +63,12 @@ dir = "policies"
 provisioning = { policies = ["open"] }
 [limits]
 max_connections = 100000
-# Throughput is what is measured: AWS IoT's per-connection rates (100
-# publishes and 512 KiB a second) are off, as the peers have none.
+# Throughput and connection rate are what is measured: AWS IoT's
+# per-connection rates (100 publishes and 512 KiB a second) and the limit
+# on new connections per address are off, as the peers have none.
 publishes_per_second = 0
 publish_bytes_per_second = 0
+connections_per_second_per_address = 0
 [store]
 fsync = $FSYNC
 EOF

@@ -573,3 +573,56 @@ async fn rate_limits_refuse_or_slow_one_client_and_never_its_neighbour() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_reconnect_storm_of_one_client_id_starves_no_other() {
+    let t = TestServer::start_with(
+        "[limits]\nconnects_per_second_per_client_id = 1\nconnect_burst_per_client_id = 2\n",
+    )
+    .await;
+    let config = t.tls_config(Some(&t.device("storm")));
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(connack_code(&t, config.clone(), "storm").await);
+    }
+    assert_eq!(&codes[..2], [Some(0), Some(0)], "the burst connects");
+    assert!(
+        codes[2..].iter().all(|c| *c == Some(3)),
+        "then 3.1.1's Server unavailable (MQTT 5: 0x9F Connection rate exceeded): {codes:?}"
+    );
+    let calm = t.tls_config(Some(&t.device("calm")));
+    assert_eq!(
+        connack_code(&t, calm, "calm").await,
+        Some(0),
+        "another client id connects"
+    );
+    let m = t.metrics().await;
+    assert!(
+        metric(&m, "edgegate_limit_refusals_total{limit=\"connect_rate\"}") >= 2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn new_connections_from_one_address_are_limited() {
+    let t = TestServer::start_with(
+        "[limits]\nconnections_per_second_per_address = 1\nconnection_burst_per_address = 3\n",
+    )
+    .await;
+    let config = t.tls_config(Some(&t.device("many")));
+    let mut accepted = 0;
+    for i in 0..6 {
+        if connack_code(&t, config.clone(), &format!("many-{i}")).await == Some(0) {
+            accepted += 1;
+        }
+    }
+    assert!((3..=4).contains(&accepted), "{accepted} of 6 connected");
+    let m = t.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "edgegate_limit_refusals_total{limit=\"connection_rate\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+}
