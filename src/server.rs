@@ -744,18 +744,20 @@ async fn accept_loop<F, Fut>(
             }
         };
         let limits = &shared.config.limits;
-        let address = peer.ip().to_canonical().to_string();
-        if !shared.arrivals.lock().admit(
-            Instant::now(),
-            &address,
-            limits.connections_per_second_per_address,
-            limits.connection_burst_per_address,
-        ) {
+        let address = || peer.ip().to_canonical().to_string();
+        if limits.connections_per_second_per_address > 0
+            && !shared.arrivals.lock().admit(
+                Instant::now(),
+                &address(),
+                limits.connections_per_second_per_address,
+                limits.connection_burst_per_address,
+            )
+        {
             shared
                 .metrics
                 .refused(crate::metrics::LimitKind::ConnectionRate);
             crate::refusal!(
-                &address,
+                &address(),
                 "connection_rate",
                 %peer,
                 "too many new connections a second from this address"
