@@ -1118,6 +1118,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_compose_configuration_opens_the_admin_listener_only_with_a_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/edgegate.toml");
+        let text = std::fs::read_to_string(&path).expect("docker/edgegate.toml");
+        let cfg = Config::parse(&text, Path::new("/srv/edgegate")).expect("valid");
+        assert_eq!(cfg.admin.listen.as_deref(), Some("0.0.0.0:9080"));
+        assert!(cfg.admin.allow_network, "the explicit opt-in");
+        assert!(cfg.admin.access_key_id.is_some(), "and a key");
+        assert_eq!(cfg.data_dir, Path::new("/srv/edgegate/data"), "the volume");
+        assert_eq!(
+            cfg.mqtt.listen,
+            ["0.0.0.0:8883"],
+            "the rest is the embedded defaults"
+        );
+    }
+
+    #[test]
     fn embedded_defaults_are_valid_and_secure() {
         let cfg = Config::embedded(Path::new("/srv")).expect("valid");
         assert_eq!(cfg.data_dir, Path::new("/srv/data"));
