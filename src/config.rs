@@ -278,6 +278,9 @@ pub struct Limits {
     pub connections_per_second_per_address: u32,
     /// The burst of new connections one source address may open at once.
     pub connection_burst_per_address: u32,
+    /// Sessions the gateway holds, connected or persistent; past it a new
+    /// persistent session is refused, a clean one never (0: no limit).
+    pub max_sessions: usize,
     /// Retained messages in all (0: no limit).
     pub max_retained_messages: usize,
     /// Topic and payload bytes of retained messages in all (0: no limit).
@@ -325,6 +328,7 @@ impl Default for Limits {
             connect_burst_per_client_id: 5,
             connections_per_second_per_address: 100,
             connection_burst_per_address: 200,
+            max_sessions: 10_000,
             max_retained_messages: 100_000,
             max_retained_bytes: 64 * 1024 * 1024,
             max_retained_messages_per_principal: 1_000,

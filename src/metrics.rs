@@ -103,6 +103,8 @@ label_enum!(
         ByteRate => "byte_rate",
         /// More subscriptions a second than `limits.subscriptions_per_second`.
         SubscribeRate => "subscribe_rate",
+        /// A new persistent session past `limits.max_sessions`.
+        Sessions => "sessions",
         /// More CONNECT attempts a second from one client id than allowed.
         ConnectRate => "connect_rate",
         /// More new connections a second from one source address than allowed.

@@ -626,3 +626,43 @@ async fn new_connections_from_one_address_are_limited() {
         "{m}"
     );
 }
+
+/// The 3.1.1 CONNACK return code for a persistent session (clean session 0) as `id`.
+async fn persistent_connack(t: &TestServer, id: &str) -> u8 {
+    let mut raw = Raw::connect(t.addr(), t.tls_config(Some(&t.device(id))))
+        .await
+        .expect("tls");
+    let mut connect = connect_bytes(4, id, 30);
+    connect[9] = 0x00; // connect flags: clean session 0
+    raw.send(&connect).await;
+    raw.read_n(4).await[3]
+}
+
+#[tokio::test]
+async fn new_persistent_sessions_are_bounded_and_clean_ones_never_refused() {
+    let t = TestServer::start_with("[limits]\nmax_sessions = 2\n").await;
+    assert_eq!(persistent_connack(&t, "kept-1").await, 0);
+    assert_eq!(persistent_connack(&t, "kept-2").await, 0);
+    assert_eq!(
+        persistent_connack(&t, "one-too-many").await,
+        3,
+        "a third persistent session: 3.1.1's Server unavailable (MQTT 5: 0x97)"
+    );
+    assert_eq!(
+        persistent_connack(&t, "kept-1").await,
+        0,
+        "a session the gateway holds comes back"
+    );
+    let calm = t.tls_config(Some(&t.device("clean")));
+    assert_eq!(
+        connack_code(&t, calm, "clean").await,
+        Some(0),
+        "a clean session is never refused"
+    );
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_limit_refusals_total{limit=\"sessions\"}"),
+        1.0,
+        "{m}"
+    );
+}

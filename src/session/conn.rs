@@ -391,13 +391,23 @@ impl Conn {
         };
         let limits = &shared.config.limits;
         let now = Instant::now();
-        if !shared.connects.lock().admit(
+        let refused = if !shared.connects.lock().admit(
             now,
             &n.client_id,
             limits.connects_per_second_per_client_id,
             limits.connect_burst_per_client_id,
         ) {
-            let refused = Refused::CONNECT_RATE;
+            Some(Refused::CONNECT_RATE)
+        } else if n.expiry > 0
+            && limits.max_sessions > 0
+            && shared.sessions.len() >= limits.max_sessions
+            && !shared.sessions.holds(&n.client_id)
+        {
+            Some(Refused::SESSIONS)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
             if let Some(limit) = refused.limit {
                 shared.metrics.refused(limit);
             }

@@ -488,6 +488,11 @@ impl Sessions {
         self.map.len()
     }
 
+    /// Whether a session is held for `client_id`.
+    pub fn holds(&self, client_id: &str) -> bool {
+        self.map.contains_key(client_id)
+    }
+
     /// Whether no session is held.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()

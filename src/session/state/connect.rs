@@ -51,6 +51,12 @@ impl Refused {
         code: reason::CONNECTION_RATE_EXCEEDED,
         limit: Some(LimitKind::ConnectRate),
     };
+    /// A new persistent session past `limits.max_sessions`: 0x97 Quota
+    /// exceeded (3.1.1: 3 Server unavailable).
+    pub const SESSIONS: Refused = Refused {
+        code: reason::QUOTA_EXCEEDED,
+        limit: Some(LimitKind::Sessions),
+    };
     /// The policy context cannot be built (a value past the gateway's limits).
     pub const NO_POLICY_CONTEXT: Refused = Refused {
         code: reason::IMPLEMENTATION_SPECIFIC_ERROR,
