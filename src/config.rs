@@ -588,12 +588,12 @@ impl Config {
             problems.push("mqtt.listen: at least one listener is needed".into());
         }
         for addr in &self.mqtt.listen {
-            if let Err(e) = addr.parse::<SocketAddr>() {
+            if let Err(e) = resolve(addr) {
                 problems.push(format!("mqtt.listen: `{addr}`: {e}"));
             }
         }
         if let Some(addr) = &self.https.listen
-            && let Err(e) = addr.parse::<SocketAddr>()
+            && let Err(e) = resolve(addr)
         {
             problems.push(format!("https.listen: `{addr}`: {e}"));
         }
@@ -1108,18 +1108,51 @@ fn check_exposure(
     problems: &mut Vec<String>,
 ) {
     let Some(addr) = addr else { return };
-    match addr.parse::<SocketAddr>() {
+    match resolve(addr) {
         Err(e) => problems.push(format!("{key}: `{addr}`: {e}")),
-        Ok(a) if !a.ip().is_loopback() && !allowed => problems.push(format!(
-            "{key}: `{addr}` is not a loopback address; set {switch} = true to expose it"
-        )),
+        Ok(all) if !allowed && all.iter().any(|a| !a.ip().is_loopback()) => {
+            problems.push(format!(
+                "{key}: `{addr}` is not a loopback address; set {switch} = true to expose it"
+            ));
+        }
         Ok(_) => {}
     }
+}
+
+/// The addresses a listen address stands for: an IP and port, or a host
+/// name and port (`localhost:8883`), which must resolve.
+fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    use std::net::ToSocketAddrs;
+    let all: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| e.to_string())?.collect();
+    if all.is_empty() {
+        return Err("the host name resolves to no address".into());
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_may_be_host_names() {
+        let parse = |text: &str| {
+            Config::parse(text, Path::new("/srv"))
+                .map(|_| ())
+                .map_err(|p| p.join("; "))
+        };
+        assert_eq!(parse("[mqtt]\nlisten = [\"localhost:8883\"]\n"), Ok(()));
+        assert_eq!(
+            parse("[mqtt]\nplaintext_listen = \"localhost:1883\"\n"),
+            Ok(()),
+            "localhost is loopback: no opt-in needed"
+        );
+        let bad = parse("[mqtt]\nlisten = [\"localhost:notaport\"]\n").expect_err("a bad port");
+        assert!(bad.contains("mqtt.listen: `localhost:notaport`"), "{bad}");
+    }
 
     #[test]
     fn the_compose_configuration_opens_the_admin_listener_only_with_a_key() {
