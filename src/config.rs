@@ -510,7 +510,10 @@ impl Config {
         if problems.is_empty() {
             Ok(cfg)
         } else {
-            Err(problems)
+            Err(problems
+                .into_iter()
+                .map(|p| with_position(text, p))
+                .collect())
         }
     }
 
@@ -1083,21 +1086,109 @@ pub fn valid_policy_name(name: &str) -> bool {
 }
 
 /// Deserializes one section on its own so that its errors do not hide the others'.
+/// Reads section `name`; a key that is unknown or has a bad value is
+/// reported and left at its default, so that the section's other keys are
+/// still read and checked (every problem in one report).
 fn section<T: DeserializeOwned + Default>(
     table: &toml::Table,
     name: &str,
     problems: &mut Vec<String>,
 ) -> T {
-    match table.get(name) {
-        None => T::default(),
-        Some(value) => match value.clone().try_into() {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(format!("[{name}]: {}", e.to_string().trim()));
-                T::default()
+    let Some(value) = table.get(name) else {
+        return T::default();
+    };
+    let mut value = value.clone();
+    // Each failed attempt removes one key: at most as many attempts as keys.
+    let keys = value.as_table().map_or(0, toml::Table::len);
+    for _ in 0..=keys {
+        let e = match value.clone().try_into() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        let message = e.to_string();
+        let message = message.trim();
+        let removed = offending_key(message).filter(|key| {
+            value
+                .as_table_mut()
+                .is_some_and(|t| t.remove(key).is_some())
+        });
+        match removed {
+            Some(key) => {
+                let why = message.split("\nin `").next().unwrap_or(message);
+                problems.push(format!("{name}.{key}: {}", why.trim()));
             }
-        },
+            None => {
+                problems.push(format!("[{name}]: {message}"));
+                return T::default();
+            }
+        }
     }
+    T::default()
+}
+
+/// The key a section's error names: `unknown field `k`` or `... in `k``.
+fn offending_key(message: &str) -> Option<String> {
+    let quoted = |s: &str| s.split('`').nth(1).map(str::to_owned);
+    if let Some(rest) = message.split("unknown field ").nth(1) {
+        return quoted(rest);
+    }
+    message
+        .rsplit("\nin ")
+        .next()
+        .filter(|_| message.contains("\nin "))
+        .and_then(quoted)
+}
+
+/// `problem` with where it is in `text`, when it names a key:
+/// `section.key: ...`, or `unknown key `k`` at the top level.
+fn with_position(text: &str, problem: String) -> String {
+    let located = if let Some(rest) = problem.strip_prefix("unknown key `") {
+        rest.split('`').next().and_then(|k| locate(text, None, k))
+    } else {
+        let path = problem.split(':').next().unwrap_or_default();
+        let mut parts = path.splitn(2, '.');
+        match (parts.next(), parts.next()) {
+            (Some(section), Some(key)) => {
+                let key = key.split(['[', '.']).next().unwrap_or(key);
+                locate(text, Some(section), key)
+            }
+            _ => None,
+        }
+    };
+    match located {
+        Some((line, column)) => format!("line {line}, column {column}: {problem}"),
+        None => problem,
+    }
+}
+
+/// Where `key` of `[section]` (the top level when `None`) is set in
+/// `text`, as a 1-based line and column; a table of that name (`[[admin.users]]`) counts too.
+fn locate(text: &str, section: Option<&str>, key: &str) -> Option<(usize, usize)> {
+    let mut current: Option<&str> = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        let column = line.len() - t.len() + 1;
+        if let Some(header) = t.strip_prefix('[') {
+            let name = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim();
+            if section.is_some_and(|s| name == format!("{s}.{key}")) {
+                return Some((i + 1, column));
+            }
+            current = Some(name);
+            continue;
+        }
+        if current == section
+            && t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some((i + 1, column));
+        }
+    }
+    None
 }
 
 fn check_exposure(
@@ -1136,6 +1227,45 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_problem_is_reported_with_its_line_and_column() {
+        let text = "surprise = 1\n[mqtt]\nplaintext_listen = \"0.0.0.0:1883\"\nkeep = 3\n[admin]\n  listen = \"0.0.0.0:9080\"\n[limits]\nmax_qos = 7\nmax_payload_bytes = \"big\"\n[tls]\nhandshake_timeout_secs = -1\n";
+        let problems = Config::parse(text, Path::new("/srv")).expect_err("seven mistakes");
+        let all = problems.join("\n");
+        // (where, what)
+        let cases = [
+            (
+                "line 1, column 1: unknown key `surprise`",
+                "a top-level key",
+            ),
+            (
+                "line 4, column 1: mqtt.keep: unknown field",
+                "an unknown key in a section",
+            ),
+            (
+                "line 3, column 1: mqtt.plaintext_listen",
+                "a value checked after parsing, in the same section",
+            ),
+            ("line 6, column 3: admin.listen", "an indented key"),
+            (
+                "line 9, column 1: limits.max_payload_bytes: invalid type",
+                "a bad type",
+            ),
+            (
+                "line 8, column 1: limits.max_qos",
+                "checked after a bad type in its section",
+            ),
+            (
+                "line 11, column 1: tls.handshake_timeout_secs: invalid value",
+                "a bad value",
+            ),
+        ];
+        for (want, what) in cases {
+            assert!(all.contains(want), "{what}: `{want}` not in:\n{all}");
+        }
+        assert_eq!(problems.len(), cases.len(), "{all}");
+    }
 
     #[test]
     fn listen_addresses_may_be_host_names() {
