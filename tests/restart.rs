@@ -102,3 +102,85 @@ async fn acknowledged_qos1_messages_survive_kill_9() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+#[tokio::test]
+async fn sigterm_during_a_qos1_load_loses_nothing_acknowledged() {
+    let t = TestServer::prepare("");
+    let limits = format!("[limits]\n{NO_RATE_LIMITS}");
+    let (mut child, port, _) = spawn_binary(&t, &limits, &[]);
+    let connect = |id: &'static str, clean: bool, port: u16| {
+        let t = &t;
+        async move { V4::connect_to(t, port, id, clean, None, |_| {}).await }
+    };
+    let mut dev = connect("keeper", false, port).await;
+    dev.subscribe("load/#", QoS::AtLeastOnce).await;
+    dev.disconnect().await;
+    // A producer that does not wait for each acknowledgement.
+    let mut p = connect("loader", true, port).await;
+    const N: usize = 5000;
+    let client = p.client.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            if client
+                .publish("load/x", QoS::AtLeastOnce, false, format!("{i}"))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    // Acknowledgements come in order [MQTT-4.6.0-2]: the first `acked`
+    // messages are the acknowledged ones.
+    let mut acked = 0;
+    let pid = child.id().to_string();
+    loop {
+        match p.next().await {
+            Ev4::Other(rumqttc::Packet::PubAck(_)) => {
+                acked += 1;
+                if acked == 200 {
+                    let term = std::process::Command::new("kill")
+                        .args(["-TERM", &pid])
+                        .status()
+                        .expect("kill");
+                    assert!(term.success());
+                }
+            }
+            Ev4::Error(_) => break,
+            _ => {}
+        }
+    }
+    sender.abort();
+    assert!(acked >= 200, "{acked}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("status") {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "a graceful stop: {status}");
+
+    let (mut child, port, _) = spawn_binary(&t, &limits, &[]);
+    let mut dev = connect("keeper", false, port).await;
+    assert!(dev.session_present);
+    let mut seen = vec![false; N];
+    let mut missing = acked;
+    while missing > 0 {
+        let got = dev.recv().await;
+        let i: usize = std::str::from_utf8(&got.payload)
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        if i < acked && !seen[i] {
+            seen[i] = true;
+            missing -= 1;
+        }
+    }
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}
