@@ -885,6 +885,10 @@ pub struct Actions {
     /// How many rotated copies of each file are kept; older ones are
     /// removed when the file rotates again (0: none is kept).
     pub file_max_rotated: usize,
+    /// How many files (rotated copies aside) file actions may make under
+    /// `file_root` in all; a job that would make one more goes to the error
+    /// action (0: no limit).
+    pub file_max_files: usize,
     /// PEM roots HTTP actions trust instead of the system's.
     pub http_ca: Option<PathBuf>,
     /// HTTP actions may use `http://` to non-loopback hosts (loopback is always allowed).
@@ -911,6 +915,7 @@ impl Default for Actions {
             file_max_bytes: 64 * 1024 * 1024,
             file_max_age_secs: 86_400,
             file_max_rotated: 10,
+            file_max_files: 1000,
             http_ca: None,
             allow_plaintext_http: false,
             spool_max_bytes: 32 * 1024 * 1024,

@@ -7,7 +7,9 @@
 //! nor a link can make or write anything elsewhere. A file is rotated (renamed to `<name>.<unix ms>`) before
 //! a write would take it past `file_max_bytes`, or once it is older than
 //! `file_max_age_secs`; the newest `file_max_rotated` rotated copies are
-//! kept, so a file action's disk use is bounded. Each batch of lines is flushed to disk (with the
+//! kept, and no more than `file_max_files` files are made under the root,
+//! so the disk file actions use is bounded whatever their path templates
+//! make of the topics they see. Each batch of lines is flushed to disk (with the
 //! directory, when it made a new entry) before the spool lets go of it.
 //! The root should be writable by the gateway alone: a link planted there
 //! between the walk and the write is the one thing the checks cannot see.
@@ -90,9 +92,12 @@ pub struct Files {
     max_bytes: u64,
     max_age: Option<Duration>,
     max_rotated: usize,
+    max_files: usize,
     /// One writer at a time: two lanes writing one path must not rotate it
-    /// under each other.
-    lock: Arc<Mutex<()>>,
+    /// under each other. It holds the number of files under the root,
+    /// counted when first needed and again whenever it reaches the bound
+    /// (files removed by hand are noticed then).
+    files: Arc<Mutex<Option<usize>>>,
 }
 
 impl Files {
@@ -104,7 +109,8 @@ impl Files {
             max_bytes: actions.file_max_bytes,
             max_age: (age > 0).then(|| Duration::from_secs(age)),
             max_rotated: actions.file_max_rotated,
-            lock: Arc::default(),
+            max_files: actions.file_max_files,
+            files: Arc::default(),
         }
     }
 
@@ -118,9 +124,25 @@ impl Files {
     }
 
     fn append(&self, path: &str, lines: &[String]) -> Outcome {
-        let _one_writer = self.lock.lock();
+        let mut files = self.files.lock();
         if let Err(e) = check_relative(path) {
             return Outcome::Failed(e);
+        }
+        // A new file is counted before anything (a directory) is made for it.
+        let new_file = std::fs::symlink_metadata(self.root.join(path)).is_err();
+        if new_file && self.max_files > 0 {
+            let count = match *files {
+                Some(n) if n < self.max_files => n,
+                _ => live_files(&self.root, self.max_files),
+            };
+            *files = Some(count);
+            if count >= self.max_files {
+                return Outcome::Failed(format!(
+                    "{} already holds actions.file_max_files ({}) files",
+                    self.root.display(),
+                    self.max_files
+                ));
+            }
         }
         let mut dir = self.root.clone();
         let mut parts: Vec<&std::ffi::OsStr> = Path::new(path).iter().collect();
@@ -195,7 +217,12 @@ impl Files {
                 }
             });
         match written {
-            Ok(()) => Outcome::Delivered,
+            Ok(()) => {
+                if new_file && let Some(n) = files.as_mut() {
+                    *n += 1;
+                }
+                Outcome::Delivered
+            }
             Err(e) => io_failure(&target, e),
         }
     }
@@ -214,6 +241,36 @@ impl Files {
         });
         too_big || too_old
     }
+}
+
+/// The files under `root` that are not rotated copies (`<name>.<unix ms>`),
+/// counted up to `cap`, without following links.
+fn live_files(root: &Path, cap: usize) -> usize {
+    let rotated = |name: &str| {
+        name.rsplit_once('.')
+            .is_some_and(|(_, ms)| ms.len() >= 10 && ms.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut count = 0;
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() && !rotated(&entry.file_name().to_string_lossy()) {
+                count += 1;
+                if count >= cap {
+                    return count;
+                }
+            }
+        }
+    }
+    count
 }
 
 /// Renames a full file to `<name>.<unix ms>`, never over an existing file.
@@ -289,6 +346,40 @@ mod tests {
         for bad in ["", "/etc/passwd", "../x", "a/../../x", "./a"] {
             assert!(check_relative(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_files_under_the_root_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).expect("root");
+        let files = Files::new(&Actions {
+            file_root: root.clone(),
+            file_max_bytes: 10,
+            file_max_age_secs: 0,
+            file_max_files: 3,
+            ..Actions::default()
+        });
+        let line = |s: &str| vec![s.to_owned()];
+        for topic in ["a", "b", "c"] {
+            assert_eq!(
+                files.append(&format!("out/{topic}"), &line("1")),
+                Outcome::Delivered
+            );
+        }
+        // `out/${topic(2)}` over many topics: the fourth file is refused,
+        // and no directory is made for it.
+        assert!(
+            matches!(files.append("more/d", &line("1")), Outcome::Failed(m) if m.contains("file_max_files"))
+        );
+        assert!(!root.join("more").exists());
+        // Files already there take more lines, and rotate without counting.
+        for l in ["12345678", "12345678", "12345678"] {
+            assert_eq!(files.append("out/a", &line(l)), Outcome::Delivered);
+        }
+        // A file removed by hand makes room again.
+        std::fs::remove_file(root.join("out/b")).expect("remove");
+        assert_eq!(files.append("out/d", &line("1")), Outcome::Delivered);
     }
 
     #[test]
