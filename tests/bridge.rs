@@ -489,7 +489,7 @@ struct Mosquitto {
     port: u16,
 }
 
-/// The Mosquitto binary, if installed. `scripts/test.sh` installs it and
+/// The Mosquitto binary, if installed. `.ci/run` installs it and
 /// sets `EDGEGATE_ALL_TESTS`, under which a missing binary fails the test;
 /// a plain `cargo test` leaves the test out and says so.
 fn mosquitto_binary() -> Option<&'static str> {
@@ -499,13 +499,13 @@ fn mosquitto_binary() -> Option<&'static str> {
     if found.is_none() {
         assert!(
             std::env::var_os("EDGEGATE_ALL_TESTS").is_none(),
-            "Eclipse Mosquitto is not installed, and scripts/test.sh runs every test"
+            "Eclipse Mosquitto is not installed, and .ci/run runs every test"
         );
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
             "left out: a bridge test needs Eclipse Mosquitto (/usr/sbin/mosquitto); \
-             `bash scripts/test.sh` installs it and runs every test"
+             `bash .ci/run` installs it and runs every test"
         );
     }
     found
