@@ -160,8 +160,8 @@ enum ThingCommand {
         #[arg(long = "type")]
         thing_type: Option<String>,
         /// Attributes, KEY=VALUE (repeat).
-        #[arg(long = "attr")]
-        attributes: Vec<String>,
+        #[arg(long = "attr", value_parser = key_value)]
+        attributes: Vec<(String, String)>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -838,8 +838,7 @@ fn attached_policies(
         std::sync::Arc<edgegate::policy::document::Document>,
     )>,
 > {
-    let client = control_client::Client::open(config)?;
-    let result = (|| {
+    with_control(config, |client| {
         let arn = client.cert_arn(&id.certificate_id);
         let attached = client.call(
             "POST",
@@ -872,9 +871,7 @@ fn attached_policies(
             out.push((std::sync::Arc::from(name), std::sync::Arc::new(document)));
         }
         Ok(out)
-    })();
-    client.close();
-    result
+    })
 }
 
 fn cert(command: CertCommand) -> anyhow::Result<()> {
@@ -1020,13 +1017,9 @@ fn thing(command: ThingCommand) -> anyhow::Result<()> {
             config,
         } => {
             let attributes: serde_json::Map<String, Value> = attributes
-                .iter()
-                .map(|a| {
-                    a.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), Value::from(v)))
-                        .with_context(|| format!("attribute `{a}` is not KEY=VALUE"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+                .into_iter()
+                .map(|(k, v)| (k, Value::from(v)))
+                .collect();
             control(config, |c| {
                 let body = json!({ "thingTypeName": thing_type, "attributePayload": { "attributes": attributes } });
                 let path = format!("/things/{}", segment(&name));
@@ -1279,7 +1272,15 @@ fn control(
     config: ConfigArg,
     f: impl FnOnce(&control_client::Client) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let client = control_client::Client::open(&load_config(config.config)?)?;
+    with_control(&load_config(config.config)?, f)
+}
+
+/// Runs `f` against the control plane of `config`'s gateway.
+fn with_control<T>(
+    config: &Config,
+    f: impl FnOnce(&control_client::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let client = control_client::Client::open(config)?;
     let result = f(&client);
     client.close();
     result

@@ -115,14 +115,13 @@ pub enum Let {
 impl Gate {
     /// A refusal of `who` for `reason` at `now`.
     pub fn admit(&mut self, now: Instant, who: &str, reason: &'static str) -> Let {
-        if !self.slots.get(reason).is_some_and(|m| m.contains_key(who))
-            && self.len >= MAX_PRINCIPALS
-        {
+        // A principal not seen yet needs room: made by forgetting quiet
+        // ones, else it shares the overflow line.
+        let known = self.slots.get(reason).is_some_and(|m| m.contains_key(who));
+        if !known && self.len >= MAX_PRINCIPALS {
             self.prune(now);
         }
-        let who = if self.len >= MAX_PRINCIPALS
-            && !self.slots.get(reason).is_some_and(|m| m.contains_key(who))
-        {
+        let who = if !known && self.len >= MAX_PRINCIPALS {
             OVERFLOW
         } else {
             who

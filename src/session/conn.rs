@@ -380,38 +380,30 @@ impl Conn {
         // Unboxed here, so the CONNECT's allocation is not kept for the
         // life of the connection.
         let c = *c;
-        let n = match state::connect::negotiate(&c, &shared.config, assigned_client_id) {
-            Ok(n) => n,
-            Err(refused) => {
-                if let Some(limit) = refused.limit {
-                    shared.metrics.refused(limit);
-                }
-                return Err((c.protocol, refused.code));
+        // Every refusal before the policies are asked: counted by its limit.
+        let refuse = |refused: Refused| {
+            if let Some(limit) = refused.limit {
+                shared.metrics.refused(limit);
             }
+            (c.protocol, refused.code)
         };
+        let n =
+            state::connect::negotiate(&c, &shared.config, assigned_client_id).map_err(refuse)?;
         let limits = &shared.config.limits;
-        let now = Instant::now();
-        let refused = if !shared.connects.lock().admit(
-            now,
+        if !shared.connects.lock().admit(
+            Instant::now(),
             &n.client_id,
             limits.connects_per_second_per_client_id,
             limits.connect_burst_per_client_id,
         ) {
-            Some(Refused::CONNECT_RATE)
-        } else if n.expiry > 0
+            return Err(refuse(Refused::CONNECT_RATE));
+        }
+        if n.expiry > 0
             && limits.max_sessions > 0
             && shared.sessions.len() >= limits.max_sessions
             && !shared.sessions.holds(&n.client_id)
         {
-            Some(Refused::SESSIONS)
-        } else {
-            None
-        };
-        if let Some(refused) = refused {
-            if let Some(limit) = refused.limit {
-                shared.metrics.refused(limit);
-            }
-            return Err((c.protocol, refused.code));
+            return Err(refuse(Refused::SESSIONS));
         }
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let client_id: Arc<str> = n.client_id.into();

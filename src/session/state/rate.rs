@@ -12,8 +12,9 @@ use crate::metrics::LimitKind;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A token bucket holding at most one second of its rate; `tokens` may go
-/// below zero for bytes, which are delayed rather than refused.
+/// A token bucket refilled at `rate` a second up to `burst` tokens (a
+/// connection's buckets hold one second's worth); `tokens` may go below
+/// zero for bytes, which are delayed rather than refused.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -21,22 +22,22 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn full(rate: f64, now: Instant) -> Self {
+    fn full(burst: f64, now: Instant) -> Self {
         Self {
-            tokens: rate,
+            tokens: burst,
             at: now,
         }
     }
 
-    fn refill(&mut self, now: Instant, rate: f64) {
+    fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.at = now;
     }
 
     /// Takes `n` if there are that many.
-    fn take(&mut self, now: Instant, n: f64, rate: f64) -> bool {
-        self.refill(now, rate);
+    fn take(&mut self, now: Instant, n: f64, rate: f64, burst: f64) -> bool {
+        self.refill(now, rate, burst);
         let enough = self.tokens >= n;
         if enough {
             self.tokens -= n;
@@ -47,9 +48,14 @@ impl Bucket {
     /// Takes `n` whatever is there; when the balance is negative, the
     /// instant it is back to zero.
     fn owe(&mut self, now: Instant, n: f64, rate: f64) -> Option<Instant> {
-        self.refill(now, rate);
+        self.refill(now, rate, rate);
         self.tokens -= n;
         (self.tokens < 0.0).then(|| now + Duration::from_secs_f64(-self.tokens / rate))
+    }
+
+    /// Whether it would be full again at `now`: nothing to remember.
+    fn is_full_at(&self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate >= burst
     }
 }
 
@@ -101,7 +107,7 @@ impl Rates {
         limits: &Limits,
     ) -> (Publish, Option<LimitKind>) {
         let rate = f64::from(limits.publishes_per_second);
-        if rate > 0.0 && !self.publishes.take(now, 1.0, rate) {
+        if rate > 0.0 && !self.publishes.take(now, 1.0, rate, rate) {
             return match (protocol, qos) {
                 (Protocol::V5, QoS::AtMostOnce) => (Publish::Drop, Some(LimitKind::PublishRate)),
                 (Protocol::V5, _) => (
@@ -128,7 +134,7 @@ impl Rates {
     /// Whether one more subscription may be made at `now`.
     pub fn subscribe(&mut self, now: Instant, limits: &Limits) -> bool {
         let rate = f64::from(limits.subscriptions_per_second);
-        rate == 0.0 || self.subscriptions.take(now, 1.0, rate)
+        rate == 0.0 || self.subscriptions.take(now, 1.0, rate, rate)
     }
 }
 
@@ -163,34 +169,18 @@ impl Table {
             return true;
         }
         let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
-        let take = |b: &mut Bucket| {
-            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-            b.tokens = (b.tokens + elapsed * rate).min(burst);
-            b.at = now;
-            let enough = b.tokens >= 1.0;
-            if enough {
-                b.tokens -= 1.0;
-            }
-            enough
-        };
         if let Some(b) = self.buckets.get_mut(key) {
-            return take(b);
+            return b.take(now, 1.0, rate, burst);
         }
         if self.buckets.len() >= self.cap {
             self.prune(now, rate, burst);
         }
         if self.buckets.len() >= self.cap {
-            let shared = self.overflow.get_or_insert(Bucket {
-                tokens: burst,
-                at: now,
-            });
-            return take(shared);
+            let shared = self.overflow.get_or_insert(Bucket::full(burst, now));
+            return shared.take(now, 1.0, rate, burst);
         }
-        let mut fresh = Bucket {
-            tokens: burst,
-            at: now,
-        };
-        let ok = take(&mut fresh);
+        let mut fresh = Bucket::full(burst, now);
+        let ok = fresh.take(now, 1.0, rate, burst);
         self.buckets.insert(key.into(), fresh);
         ok
     }
@@ -203,9 +193,7 @@ impl Table {
             return;
         }
         self.pruned = Some(now);
-        self.buckets.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
-        });
+        self.buckets.retain(|_, b| !b.is_full_at(now, rate, burst));
     }
 
     /// Keys tracked now.
