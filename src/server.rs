@@ -797,7 +797,7 @@ async fn mqtt_accept_loop(
                 let deadline = Instant::now() + timeout;
                 match acceptor {
                     Some(a) => handshake(stream, peer, &a, shared, deadline).await,
-                    None => conn::serve(stream, None, peer, shared, deadline).await,
+                    None => conn::serve(stream, conn::Peer::plain(peer), shared, deadline).await,
                 }
             }
         },
@@ -828,7 +828,7 @@ async fn https_accept_loop(
             let (acceptor, shared, ready) = (acceptor.clone(), session.clone(), ready.clone());
             async move {
                 let deadline = Instant::now() + timeout;
-                let Some((tls, identity)) =
+                let Some((tls, identity, domain_name)) =
                     tls_accept(stream, peer, &acceptor, &shared.metrics, deadline).await
                 else {
                     return;
@@ -839,6 +839,7 @@ async fn https_accept_loop(
                 let peer = crate::http::device::Peer {
                     addr: peer,
                     identity: Some(Arc::new(identity)),
+                    domain_name: domain_name.map(Arc::from),
                 };
                 let _ = ready
                     .send((crate::http::device::Conn::new(tls, permit, idle), peer))
@@ -849,19 +850,20 @@ async fn https_accept_loop(
     .await;
 }
 
-/// The TLS handshake and the client certificate's identity, by
-/// `deadline`; a failure is counted (and logged at debug level).
+/// The TLS handshake, the client certificate's identity and the server
+/// name the client asked for, by `deadline`; a failure is counted and
+/// logged.
 async fn tls_accept(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: &Acceptor,
     metrics: &Metrics,
     deadline: Instant,
-) -> Option<(Box<stream::TlsStream>, ClientIdentity)> {
+) -> Option<(Box<stream::TlsStream>, ClientIdentity, Option<Box<str>>)> {
     // Boxed, and the stream after it: the handshake's state is freed once it
     // is done, and the connection's future holds a pointer to the stream.
     let accept = Box::pin(stream::accept(stream, acceptor.current()));
-    let tls = match tokio::time::timeout_at(deadline, accept).await {
+    let mut tls = match tokio::time::timeout_at(deadline, accept).await {
         Err(_) => {
             metrics.handshake_failed(HandshakeFailure::Timeout);
             refused_handshake(peer, HandshakeFailure::Timeout, &"");
@@ -875,6 +877,7 @@ async fn tls_accept(
         }
         Ok(Ok(s)) => Box::new(s),
     };
+    let domain_name = tls.take_server_name();
     let identity = tls
         .peer_certificates()
         .and_then(|chain| chain.first())
@@ -888,7 +891,7 @@ async fn tls_accept(
         );
         return None;
     };
-    Some((tls, identity))
+    Some((tls, identity, domain_name))
 }
 
 /// The operator's line for a refused handshake: the source address, the
@@ -912,9 +915,14 @@ async fn handshake(
     shared: Arc<Shared>,
     deadline: Instant,
 ) {
-    if let Some((tls, identity)) =
+    if let Some((tls, identity, domain_name)) =
         tls_accept(stream, peer, acceptor, &shared.metrics, deadline).await
     {
-        conn::serve(tls, Some(Box::new(identity)), peer, shared, deadline).await;
+        let origin = conn::Peer {
+            addr: peer,
+            identity: Some(Box::new(identity)),
+            domain_name,
+        };
+        conn::serve(tls, origin, shared, deadline).await;
     }
 }

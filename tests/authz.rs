@@ -651,6 +651,44 @@ async fn policy_test_agrees_with_the_gateway_on_a_live_connection() {
     );
 }
 
+#[tokio::test]
+async fn iot_domain_name_is_the_name_the_device_asked_for() {
+    let by_name = r#"{"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*",
+         "Condition": {"StringEquals": {"iot:DomainName": "localhost"}}},
+        {"Effect": "Allow", "Action": "iot:Publish",
+         "Resource": "arn:aws:iot:*:*:topic/via/${iot:DomainName}/*"}
+    ]}"#;
+    let mut t = TestServer::prepare("[auth]\nprovisioning = { policies = [\"by-name\"] }\n");
+    t.write_policy("by-name", by_name);
+    t.boot().await;
+    let pem = t.device("dev-1");
+
+    // rumqttc asks for "localhost" (SNI): it may connect, and publish under it.
+    let mut dev = V5::connect_with(&t, t.addr().port(), "dev-1", &pem, |_| {}).await;
+    for (topic, allowed) in [("via/localhost/a", true), ("via/elsewhere/a", false)] {
+        dev.client
+            .publish(topic, QoS5::AtLeastOnce, false, "x")
+            .await
+            .expect("queued");
+        let reason = dev.puback().await;
+        assert_eq!(
+            reason == PubAckReason::NotAuthorized,
+            !allowed,
+            "{topic}: {reason:?}"
+        );
+    }
+
+    // A client that asks for an address sends no server name: no domain.
+    let ip = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+    let mut raw = Raw::connect_to(t.addr(), t.tls_config(Some(&pem)), ip)
+        .await
+        .expect("tls");
+    raw.send(&connect_bytes(5, "dev-1", 30)).await;
+    let connack = raw.read_to_close().await;
+    assert_eq!(connack[3], 0x87, "MQTT 5: Not authorized: {connack:?}");
+}
+
 /// The CONNACK reason code for a persistent MQTT 5 session as lamp-1.
 async fn connack_code_v5_persistent(t: &TestServer, pem: &edgegate::transport::pki::Pem) -> u8 {
     let mut raw = Raw::connect(t.addr(), t.tls_config(Some(pem)))

@@ -57,6 +57,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client's certificate; `None` only for the listener's own address.
     pub identity: Option<Arc<ClientIdentity>>,
+    /// The server name the client asked for in its ClientHello (SNI).
+    pub domain_name: Option<Arc<str>>,
 }
 
 impl Connected<IncomingStream<'_, Handshaken>> for Peer {
@@ -168,6 +170,7 @@ impl Listener for Handshaken {
         Ok(Peer {
             addr: self.local,
             identity: None,
+            domain_name: None,
         })
     }
 }
@@ -197,7 +200,7 @@ async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, Aw
         peer: Some(peer.addr.ip()),
         persistent: false,
         will_topic: None,
-        domain_name: None,
+        domain_name: peer.domain_name.as_deref(),
     };
     let mut authz = Authz::new(
         Some(&identity),

@@ -54,6 +54,7 @@ pub fn admit(shared: &Shared, id: &ClientIdentity, client_id: &str) -> Option<Pr
 pub fn connect(
     shared: &Shared,
     identity: Option<&ClientIdentity>,
+    domain_name: Option<&str>,
     client_id: &str,
     peer: SocketAddr,
     persistent: bool,
@@ -70,7 +71,7 @@ pub fn connect(
         peer: Some(peer.ip()),
         persistent,
         will_topic: will.map(|w| w.topic.as_str()),
-        domain_name: None,
+        domain_name,
     };
     let Some(mut authz) = Authz::new(
         identity,

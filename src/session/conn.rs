@@ -203,16 +203,35 @@ fn wait_held(mut held: Option<&mut Held>) -> impl Future<Output = Event> + '_ {
     })
 }
 
+/// Who is at the other end of a connection, as its transport established.
+#[derive(Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The client certificate's identity (none on a plaintext listener).
+    pub identity: Option<Box<ClientIdentity>>,
+    /// The server name the client asked for in its ClientHello
+    /// (`iot:DomainName`).
+    pub domain_name: Option<Box<str>>,
+}
+
+impl Peer {
+    /// A client of a plaintext listener: an address and nothing more.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+            domain_name: None,
+        }
+    }
+}
+
 /// Reads CONNECT (within `deadline`), then serves the session until it ends.
-pub async fn serve<S>(
-    mut stream: S,
-    identity: Option<Box<ClientIdentity>>,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    deadline: Instant,
-) where
+pub async fn serve<S>(mut stream: S, from: Peer, shared: Arc<Shared>, deadline: Instant)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer = from.addr;
     let limits = &shared.config.limits;
     let mut rbuf = BytesMut::new();
     let connect = match tokio::time::timeout_at(
@@ -248,7 +267,7 @@ pub async fn serve<S>(
         }
         Ok(Ok(Some(c))) => c,
     };
-    let (mut conn, connack) = match Conn::accept(&shared, connect, identity, peer) {
+    let (mut conn, connack) = match Conn::accept(&shared, connect, from) {
         Ok(accepted) => accepted,
         Err((proto, code)) => {
             shared.metrics.handshake_failed(HandshakeFailure::Refused);
@@ -374,8 +393,7 @@ impl Conn {
     fn accept(
         shared: &Arc<Shared>,
         c: Box<Connect>,
-        identity: Option<Box<ClientIdentity>>,
-        peer: SocketAddr,
+        from: Peer,
     ) -> Result<(Box<Self>, Box<ConnAck>), (Protocol, u8)> {
         // Unboxed here, so the CONNECT's allocation is not kept for the
         // life of the connection.
@@ -413,9 +431,10 @@ impl Conn {
         let notices_seen = shared.bulletin.posted();
         let authz = admission::connect(
             shared,
-            identity.as_deref(),
+            from.identity.as_deref(),
+            from.domain_name.as_deref(),
             &client_id,
-            peer,
+            from.addr,
             expiry > 0,
             c.will.as_ref(),
         )
@@ -443,7 +462,7 @@ impl Conn {
             paced: None,
             resend: VecDeque::new(),
             wbuf: BytesMut::new(),
-            peer,
+            peer: from.addr,
             authz,
             origin: None,
             notices_seen,

@@ -13,10 +13,14 @@
 
 use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection,
+};
+use rustls::sign::CertifiedKey;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
 };
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,6 +47,35 @@ thread_local! {
     static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Where records are encrypted before they go to the socket.
     static WRITE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The server name of the ClientHello this thread's handshake just
+    /// processed, from [`NotesServerName`] to the stream that called rustls.
+    static SERVER_NAME: Cell<Option<Box<str>>> = const { Cell::new(None) };
+}
+
+/// The gateway's one certificate, resolved for every handshake, which
+/// notes the client's server name (SNI) on the way.
+///
+/// rustls's unbuffered connection does not say which name the client asked
+/// for, and `iot:DomainName` needs it. Certificate resolution is the one
+/// place rustls hands out the ClientHello, and it runs inside the
+/// `process_tls_records` call of the stream being handshaken, on its
+/// thread, for every full or resumed handshake; the stream takes the note
+/// as soon as that call returns.
+#[derive(Debug)]
+pub struct NotesServerName(Arc<CertifiedKey>);
+
+impl NotesServerName {
+    /// Resolves to `key`.
+    pub fn new(key: CertifiedKey) -> Self {
+        Self(Arc::new(key))
+    }
+}
+
+impl ResolvesServerCert for NotesServerName {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        SERVER_NAME.set(hello.server_name().map(Box::from));
+        Some(self.0.clone())
+    }
 }
 
 /// A server-side TLS stream over TCP.
@@ -55,6 +88,8 @@ pub struct TlsStream {
     /// Records the socket has not taken yet, from `sent` on.
     outgoing: Vec<u8>,
     sent: usize,
+    /// The name the client asked for in its ClientHello, until taken.
+    server_name: Option<Box<str>>,
 }
 
 /// The TLS state and its decrypted output, apart from the buffers so both
@@ -129,6 +164,7 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Tls
         incoming: Vec::new(),
         outgoing: Vec::new(),
         sent: 0,
+        server_name: None,
     };
     match std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
         Ok(()) => Ok(stream),
@@ -145,6 +181,12 @@ impl TlsStream {
         self.tls.conn.peer_certificates()
     }
 
+    /// The server name (SNI) the client asked for, if it sent one and the
+    /// configuration resolves its certificate with [`NotesServerName`].
+    pub fn take_server_name(&mut self) -> Option<Box<str>> {
+        self.server_name.take()
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_send(cx))?;
@@ -154,7 +196,12 @@ impl TlsStream {
             if self.tls.read_closed || self.tls.eof {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
-            if ready!(self.poll_read_tls(cx, None))? == Step::Closed {
+            let read = self.poll_read_tls(cx, None);
+            // Taken whatever the outcome, so no note outlives its handshake.
+            if let Some(name) = SERVER_NAME.take() {
+                self.server_name = Some(name);
+            }
+            if ready!(read)? == Step::Closed {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
         }

@@ -11,9 +11,11 @@
 
 use crate::config::Tls;
 use crate::metrics::HandshakeFailure;
+use crate::transport::stream::NotesServerName;
 use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
@@ -197,10 +199,14 @@ pub fn server_config(
     let verifier = verifier
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(read_certs(cert)?, read_key(key)?)?;
+        .with_cert_resolver(Arc::new(NotesServerName::new(CertifiedKey::from_der(
+            read_certs(cert)?,
+            read_key(key)?,
+            &provider,
+        )?)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.send_tls13_tickets = 0;
     Ok(config)

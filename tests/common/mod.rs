@@ -213,11 +213,23 @@ impl Raw {
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,
     ) -> std::io::Result<Self> {
+        Self::connect_to(
+            addr,
+            config,
+            ServerName::try_from("localhost").expect("name"),
+        )
+        .await
+    }
+
+    /// Connects asking for `name`: a DNS name is sent as SNI, an address is not.
+    pub async fn connect_to(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> std::io::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
         let connector = tokio_rustls::TlsConnector::from(config);
-        let mut stream = connector
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
-            .await?;
+        let mut stream = connector.connect(name, tcp).await?;
         // With TLS 1.3 a refused client certificate shows only on the first read.
         stream.flush().await?;
         Ok(Self { stream })
