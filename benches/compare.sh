@@ -13,6 +13,9 @@
 #   BROKERS=edgegate SCENARIOS=scale RUNS=1 benches/compare.sh   # SCALE (19,900) held connections
 #   FSYNC=true BROKERS=edgegate SCENARIOS="fanin1 latency1 shadow shadow1" benches/compare.sh
 #       # device shadows (edgegate only) beside QoS 1 fan-in and latency, every commit flushed
+#   SCENARIOS=flood benches/compare.sh
+#       # a well-behaved client's p99 next to 4 flooding clients over its p99 alone;
+#       # edgegate runs with its default rate limits for this one
 #
 # Everything listens on 127.0.0.1 only, every run is bounded in count and
 # time, and every broker is stopped when the script ends.
@@ -82,6 +85,10 @@ sql = "SELECT temp FROM 'sensors/$i/+' WHERE temp > 50"
 actions = [{ republish = { topic = "alerts/$i" } }]
 EOF
 done
+# The flood scenario measures the rate limits: the same gateway with AWS
+# IoT's per-connection quotas, its defaults.
+grep -v -e '^publishes_per_second' -e '^publish_bytes_per_second' \
+    -e '^connections_per_second_per_address' "$work/edgegate.toml" > "$work/edgegate-limited.toml"
 
 cat > "$work/mosquitto.conf" <<EOF
 user root
@@ -123,7 +130,7 @@ EOF
 
 start_broker() {
     case $1 in
-        edgegate) (cd "$work" && exec taskset -c 0 "$OLDPWD/$EG" serve --config edgegate.toml >/dev/null 2>&1) & ;;
+        edgegate) (cd "$work" && exec taskset -c 0 "$OLDPWD/$EG" serve --config "${2:-edgegate.toml}" >/dev/null 2>&1) & ;;
         mosquitto) taskset -c 0 /usr/sbin/mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 & ;;
         rumqttd) taskset -c 0 rumqttd --config "$work/rumqttd.toml" >/dev/null 2>&1 & ;;
     esac
@@ -166,6 +173,7 @@ args_for() {
         latency1) echo "latency --rate 1000 --duration-secs 10 --qos 1" ;;
         shadow) echo "shadow --publishers 256 --messages 100" ;;
         shadow1) echo "shadow --publishers 1 --messages 3000" ;;
+        flood) echo "flood --publishers 4 --rate 100 --duration-secs 10" ;;
     esac
 }
 
@@ -178,7 +186,9 @@ for run in $(seq "$RUNS"); do
         for broker in $order; do
             # Only edgegate has a shadow service.
             [[ $scenario == shadow* ]] && [ "$broker" != edgegate ] && continue
-            start_broker "$broker" || continue
+            config=edgegate.toml
+            [ "$scenario" = flood ] && config=edgegate-limited.toml
+            start_broker "$broker" "$config" || continue
             pid=$(broker_proc)
             rss0=$(rss_kib "$pid"); cpu0=$(cpu_s "$pid")
             # shellcheck disable=SC2046
@@ -230,6 +240,8 @@ figures = {
     "shadow_p99": ("shadow update p99 us (256 devices)",
                    lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
     "shadow1": ("shadow updates/s (1 device)", lambda r: r["report"].get("updates_per_s"), True),
+    "flood": ("p99 next to 4 flooders / p99 alone",
+              lambda r: r["report"].get("p99_ratio"), False),
     "shadow1_p99": ("shadow update p99 us (1 device)",
                     lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
 }

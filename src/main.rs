@@ -66,7 +66,7 @@ enum Command {
 /// `edgegate bench`.
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// `conn`, `fanin`, `fanout`, `latency` or `shadow`.
+    /// `conn`, `fanin`, `fanout`, `latency`, `shadow` or `flood`.
     scenario: String,
     /// Broker address (loopback only).
     #[arg(long, default_value = "127.0.0.1:8883")]
@@ -92,7 +92,7 @@ struct BenchArgs {
     /// conn: seconds to hold every connection open (to read the broker's RSS).
     #[arg(long, default_value_t = 0)]
     hold_secs: u64,
-    /// fanin: publishers; shadow: devices.
+    /// fanin: publishers; shadow: devices; flood: flooding clients.
     #[arg(long, default_value_t = 4)]
     publishers: usize,
     /// fanin, fanout: messages per publisher; shadow: updates per device.
@@ -107,10 +107,10 @@ struct BenchArgs {
     /// fanout: subscribers.
     #[arg(long, default_value_t = 50)]
     subscribers: usize,
-    /// latency: messages per second.
+    /// latency, flood: messages per second (of the well-behaved client).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// latency: seconds of publishing.
+    /// latency, flood: seconds of publishing (each phase of flood).
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
     /// Unacknowledged QoS 1/2 publishes per publisher.

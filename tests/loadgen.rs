@@ -216,3 +216,27 @@ async fn shadow_updates_each_device_and_waits_for_every_answer() {
         (Some(300), &serde_json::json!(299))
     );
 }
+
+#[tokio::test]
+async fn flood_measures_a_well_behaved_client_alone_then_next_to_flooders() {
+    let t = TestServer::start().await;
+    let mut o = options(&t, "flood", QoS::AtMostOnce);
+    // Within the default 100 publishes a second of one connection.
+    o.rate = 50;
+    let r = loadgen::run(&o).await.expect("runs");
+    for phase in ["alone", "flooded"] {
+        let p = &r[phase];
+        assert_eq!(p["messages"], 50, "{r}");
+        assert_eq!(p["lost"], 0, "{phase}: {r}");
+        assert_eq!(p["measured"], 45, "{phase}: {r}");
+    }
+    assert!(r["p99_ratio"].as_f64() > Some(0.0), "{r}");
+    assert!(r["flood_sent"].as_u64() > Some(0), "{r}");
+    assert!(r["flood_connections"].as_u64() >= Some(3), "{r}");
+    // The flooders went over the connection's publish rate, and were held to it.
+    let m = t.metrics().await;
+    assert!(
+        metric(&m, "edgegate_limit_refusals_total{limit=\"publish_rate\"}") > 0.0,
+        "{m}"
+    );
+}

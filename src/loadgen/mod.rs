@@ -13,6 +13,10 @@
 //! - `shadow`: P devices, each updating its own device shadow M times and
 //!   waiting for `update/accepted` before the next update; updates/s and
 //!   p50/p99 from request to answer (brokers with an AWS IoT shadow service).
+//! - `flood`: the `latency` client measured alone, then again next to P
+//!   clients that publish as fast as the broker takes it (reconnecting when
+//!   dropped); the ratio of its p99s says whether a misbehaving client can
+//!   slow a well-behaved one.
 //!
 //! Every wait is bounded by one deadline (`timeout`); a run that hits it
 //! reports what it saw with `"timed_out": true`. The tool reports its own
@@ -26,7 +30,7 @@ use crate::codec::{
 use client::{Client, Target};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Barrier, Semaphore};
 use tokio::time::{Instant, timeout_at};
@@ -40,10 +44,15 @@ const HEADER: usize = 16;
 /// Once the publishers are done, a subscriber that hears nothing for this long stops.
 const QUIET: Duration = Duration::from_millis(500);
 
+/// How long the flooders run before the well-behaved client is measured,
+/// and how long a flooder whose connection was refused waits to try again.
+const FLOOD_WARM_UP: Duration = Duration::from_secs(1);
+const FLOOD_RETRY: Duration = Duration::from_millis(100);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `conn`, `fanin`, `fanout` or `latency`.
+    /// `conn`, `fanin`, `fanout`, `latency`, `shadow` or `flood`.
     pub scenario: String,
     /// Where to connect.
     pub target: Target,
@@ -53,7 +62,7 @@ pub struct Options {
     pub concurrency: usize,
     /// `conn`: seconds to hold every connection open before closing.
     pub hold_secs: u64,
-    /// `fanin`: publishers.
+    /// `fanin`: publishers; `shadow`: devices; `flood`: flooders.
     pub publishers: usize,
     /// `fanin`, `fanout`: messages per publisher.
     pub messages: usize,
@@ -63,9 +72,9 @@ pub struct Options {
     pub qos: QoS,
     /// `fanout`: subscribers.
     pub subscribers: usize,
-    /// `latency`: messages per second.
+    /// `latency`, `flood`: messages per second.
     pub rate: u64,
-    /// `latency`: seconds of publishing.
+    /// `latency`, `flood`: seconds of publishing.
     pub duration_secs: u64,
     /// Unacknowledged QoS 1/2 publishes per publisher.
     pub window: usize,
@@ -87,6 +96,7 @@ pub async fn run(o: &Options) -> Result<Value, String> {
             "fanout" => fanout(o, deadline).await,
             "latency" => latency(o, deadline).await,
             "shadow" => shadow(o, deadline).await,
+            "flood" => flood(o, deadline).await,
             other => Err(format!("unknown scenario `{other}`")),
         }
     };
@@ -534,6 +544,82 @@ async fn latency(o: &Options, deadline: Instant) -> Result<Value, String> {
         "errors": published.err().into_iter().collect::<Vec<_>>(),
         "timed_out": Instant::now() >= deadline,
     }))
+}
+
+async fn flood(o: &Options, deadline: Instant) -> Result<Value, String> {
+    let alone = latency(o, deadline).await?;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let mut flooders = tokio::task::JoinSet::new();
+    for i in 0..o.publishers {
+        let counts = (sent.clone(), connections.clone());
+        flooders.spawn(flooder(o.target.clone(), i, o.size, counts, deadline));
+    }
+    let _ = timeout_at(deadline, tokio::time::sleep(FLOOD_WARM_UP)).await;
+    let flooded = latency(o, deadline).await;
+    flooders.abort_all();
+    let flooded = flooded?;
+    let p99 = |r: &Value| r["p99_ms"].as_f64().unwrap_or(0.0);
+    let ratio = if p99(&alone) > 0.0 {
+        p99(&flooded) / p99(&alone)
+    } else {
+        0.0
+    };
+    Ok(json!({
+        "flooders": o.publishers,
+        "flood_sent": sent.load(Ordering::Relaxed),
+        "flood_connections": connections.load(Ordering::Relaxed),
+        "alone": alone,
+        "flooded": flooded,
+        "p99_ratio": round3(ratio),
+        "timed_out": Instant::now() >= deadline,
+    }))
+}
+
+/// Publishes QoS 0 to its own topic as fast as the broker reads, and
+/// connects again whenever it is dropped or refused, until aborted or the
+/// deadline; counts what it wrote and the connections it made.
+async fn flooder(
+    target: client::Target,
+    i: usize,
+    size: usize,
+    (sent, connections): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+    deadline: Instant,
+) {
+    let id = format!("bench-flood-{i}");
+    let topic = format!("bench/flood/{i}");
+    let payload = vec![0u8; size.max(HEADER)];
+    let props = PublishProperties::default();
+    let view = PublishView {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: topic.as_bytes(),
+        pkid: 0,
+        properties: &props,
+        message_expiry_interval: None,
+        topic_alias: None,
+        subscription_identifiers: &[],
+        payload: &payload,
+    };
+    while Instant::now() < deadline {
+        let Ok(Ok(mut c)) = timeout_at(deadline, Client::connect(&target, &id)).await else {
+            let _ = timeout_at(deadline, tokio::time::sleep(FLOOD_RETRY)).await;
+            continue;
+        };
+        connections.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let mut batch = 0;
+            while c.wbuf.len() < BATCH {
+                crate::codec::encode_publish(&view, c.protocol(), &mut c.wbuf);
+                batch += 1;
+            }
+            match timeout_at(deadline, c.flush()).await {
+                Ok(Ok(())) => sent.fetch_add(batch, Ordering::Relaxed),
+                _ => break,
+            };
+        }
+    }
 }
 
 /// One device's updates of its own shadow, each after the previous answer;
