@@ -73,10 +73,13 @@ fn packet(byte0: u8, mut r: Reader, protocol: Protocol) -> Result<Packet, Protoc
                 return Err(ProtocolError::Malformed("CONNACK flags"));
             }
             let code = r.u8()?;
-            let properties = if v5 {
-                r.properties(Ctx::ConnAck)?.0
+            let (code, properties) = if v5 {
+                (code, r.properties(Ctx::ConnAck)?.0)
             } else {
-                Properties::default()
+                let code = reason::connack_v5(code).ok_or(ProtocolError::Violation(
+                    "CONNACK return code reserved in 3.1.1 [MQTT-3.2.2.3]",
+                ))?;
+                (code, Properties::default())
             };
             Packet::ConnAck(ConnAck {
                 session_present: ack_flags & 1 == 1,
@@ -113,9 +116,15 @@ fn packet(byte0: u8, mut r: Reader, protocol: Protocol) -> Result<Packet, Protoc
             } else {
                 Properties::default()
             };
+            let codes = r.rest().to_vec();
+            if !v5 && codes.iter().any(|c| !matches!(c, 0 | 1 | 2 | 0x80)) {
+                return Err(ProtocolError::Violation(
+                    "SUBACK return code reserved in 3.1.1 [MQTT-3.9.3-2]",
+                ));
+            }
             Packet::SubAck(SubAck {
                 pkid,
-                codes: r.rest().to_vec(),
+                codes,
                 properties,
             })
         }

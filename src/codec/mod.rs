@@ -255,7 +255,8 @@ pub struct Will {
 pub struct ConnAck {
     /// Whether the server resumed a session.
     pub session_present: bool,
-    /// The MQTT 5 reason code; mapped to a 3.1.1 return code on encoding.
+    /// The MQTT 5 reason code; mapped to a 3.1.1 return code on encoding,
+    /// and from one on decoding.
     pub code: u8,
     /// MQTT 5 CONNACK properties.
     pub properties: Properties,
@@ -508,6 +509,20 @@ pub mod reason {
             BAD_USER_NAME_OR_PASSWORD => 4,
             _ => 5,
         }
+    }
+
+    /// The MQTT 5 CONNACK reason code a 3.1.1 return code stands for;
+    /// `None` for the reserved codes 6-255 [MQTT-3.2.3].
+    pub fn connack_v5(code: u8) -> Option<u8> {
+        Some(match code {
+            0 => SUCCESS,
+            1 => UNSUPPORTED_PROTOCOL_VERSION,
+            2 => CLIENT_IDENTIFIER_NOT_VALID,
+            3 => SERVER_UNAVAILABLE,
+            4 => BAD_USER_NAME_OR_PASSWORD,
+            5 => NOT_AUTHORIZED,
+            _ => return None,
+        })
     }
 
     /// The PUBACK and PUBREC reason for a refusal: the codes those packets

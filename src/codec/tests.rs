@@ -271,6 +271,51 @@ fn rejects_publish_rule_breaks() {
 }
 
 #[test]
+fn rejects_reserved_suback_codes_in_311() {
+    // Found by fuzz/run mqtt_decode: a reserved code decoded, and encoded
+    // back as 0x80, so the packet forwarded was not the one received.
+    for code in [0x03, 0x7f, 0x81, 0xc6] {
+        assert!(
+            matches!(
+                raw(&[0x90, 0x03, 0x00, 0x04, code], Protocol::V4),
+                Err(ProtocolError::Violation(_))
+            ),
+            "{code:#04x}"
+        );
+    }
+    for code in [0x00, 0x01, 0x02, 0x80] {
+        assert!(raw(&[0x90, 0x03, 0x00, 0x04, code], Protocol::V4).is_ok());
+    }
+}
+
+#[test]
+fn connack_return_codes_of_311_read_as_reason_codes() {
+    // Found by fuzz/run mqtt_decode: a 3.1.1 return code was kept as it
+    // came, so 1 (unacceptable protocol version) encoded back as 5.
+    for (v4, v5) in [
+        (0, reason::SUCCESS),
+        (1, reason::UNSUPPORTED_PROTOCOL_VERSION),
+        (2, reason::CLIENT_IDENTIFIER_NOT_VALID),
+        (3, reason::SERVER_UNAVAILABLE),
+        (4, reason::BAD_USER_NAME_OR_PASSWORD),
+        (5, reason::NOT_AUTHORIZED),
+    ] {
+        let Ok(Some(Packet::ConnAck(a))) = raw(&[0x20, 0x02, 0x00, v4], Protocol::V4) else {
+            panic!("return code {v4}");
+        };
+        assert_eq!(a.code, v5);
+        assert_eq!(
+            roundtrip(&Packet::ConnAck(a.clone()), Protocol::V4),
+            Packet::ConnAck(a)
+        );
+    }
+    assert!(matches!(
+        raw(&[0x20, 0x02, 0x00, 0x0b], Protocol::V4),
+        Err(ProtocolError::Violation(_))
+    ));
+}
+
+#[test]
 fn rejects_bad_properties() {
     // PUBLISH v5 with message expiry twice.
     let bytes = [
