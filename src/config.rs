@@ -44,6 +44,8 @@ pub struct Config {
     pub auth: Auth,
     /// Where rule actions write and how they retry.
     pub actions: Actions,
+    /// Which lifecycle events are published.
+    pub events: Events,
     /// Topic rules, in file order.
     pub rules: Vec<Rule>,
     /// The bridge to an upstream broker; none when absent.
@@ -483,7 +485,7 @@ impl Config {
                     None => problems.push("data_dir: expected a string".into()),
                 },
                 "aws" | "tls" | "mqtt" | "https" | "admin" | "limits" | "store" | "policies"
-                | "auth" | "actions" | "rules" | "upstream" => {}
+                | "auth" | "actions" | "events" | "rules" | "upstream" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -499,6 +501,7 @@ impl Config {
             policies: section(&table, "policies", &mut problems),
             auth: section(&table, "auth", &mut problems),
             actions: section(&table, "actions", &mut problems),
+            events: section(&table, "events", &mut problems),
             rules: rules(&table, &mut problems),
             upstream: table
                 .contains_key("upstream")
@@ -870,6 +873,27 @@ fn same_topic() -> String {
 
 fn qos1() -> u8 {
     1
+}
+
+/// `[events]`: the lifecycle events the gateway publishes on
+/// `$aws/events/...`. AWS IoT publishes both families for every account;
+/// here each may be turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// `$aws/events/presence/connected|disconnected/<clientId>`.
+    pub presence: bool,
+    /// `$aws/events/subscriptions/subscribed|unsubscribed/<clientId>`.
+    pub subscriptions: bool,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            presence: true,
+            subscriptions: true,
+        }
+    }
 }
 
 /// `[actions]`: settings every rule action shares.

@@ -27,6 +27,8 @@
 //!   with rules, never the engine: rules and bridge meet at the spool.
 //! - [`shadow`]: device shadows: the document (pure) and the service that
 //!   answers the reserved topics and the REST calls.
+//! - [`events`]: lifecycle events: their documents and the service that
+//!   publishes them on `$aws/events/...`.
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`http`]: the admin listener and socket, the AWS IoT control plane
 //!   with operators and audit, the `iot-data` API, the device endpoint.
@@ -37,6 +39,7 @@
 pub mod bridge;
 pub mod codec;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;

@@ -45,6 +45,10 @@ label_enum!(
         ShadowsBusy => "shadows_busy",
         /// A shadow answer could not be published (the store stayed busy).
         ShadowAnswer => "shadow_answer",
+        /// A Basic Ingest message named a rule that does not exist or is disabled.
+        RuleNotFound => "rule_not_found",
+        /// A subscription event met a full events queue.
+        EventsBusy => "events_busy",
     }
 );
 

@@ -331,6 +331,13 @@ impl Server {
             topic_limits: config.limits.topics(),
             max_payload: config.limits.max_payload_bytes,
         };
+        let events = crate::events::Events::start(
+            router.clone(),
+            metrics.clone(),
+            config.events,
+            shutdown.clone(),
+            &tracker,
+        );
         let shared = Arc::new(Shared {
             config: config.clone(),
             router,
@@ -345,6 +352,7 @@ impl Server {
             bulletin: Bulletin::default(),
             connects: parking_lot::Mutex::new(Table::new(conn::RATE_KEYS)),
             arrivals: parking_lot::Mutex::new(Table::new(conn::RATE_KEYS)),
+            events,
         });
         tracker.spawn({
             let (shared, policies, registry) =

@@ -50,7 +50,10 @@ pub struct Limits {
 
 impl Limits {
     /// Checks length and depth of a topic or the filter part of a subscription.
+    /// The `$aws/rules/<ruleName>/` prefix of a Basic Ingest topic does not
+    /// count, as on AWS.
     pub fn check(&self, topic: &str) -> Result<(), TopicError> {
+        let topic = basic_ingest(topic).map_or(topic, |(_, inner)| inner);
         if topic.len() > self.max_len {
             return Err(TopicError::TooLong(self.max_len));
         }
@@ -160,9 +163,43 @@ pub fn is_reserved(name: &str) -> bool {
     name.starts_with('$')
 }
 
+/// Where Basic Ingest topics begin: `$aws/rules/<ruleName>/<topic>` goes to
+/// that rule alone, never to subscribers.
+pub const BASIC_INGEST: &str = "$aws/rules/";
+
+/// For a Basic Ingest topic, the rule it names and the topic that rule sees
+/// (what follows the rule's level; empty for a bare `$aws/rules/<ruleName>`).
+pub fn basic_ingest(topic: &str) -> Option<(&str, &str)> {
+    let rest = topic.strip_prefix(BASIC_INGEST)?;
+    let (rule, inner) = rest.split_once('/').unwrap_or((rest, ""));
+    (!rule.is_empty()).then_some((rule, inner))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_ingest_names_its_rule_and_hides_its_prefix() {
+        assert_eq!(
+            basic_ingest("$aws/rules/BuildingManager/Buildings/Building5/Floor2"),
+            Some(("BuildingManager", "Buildings/Building5/Floor2"))
+        );
+        assert_eq!(basic_ingest("$aws/rules/r"), Some(("r", "")));
+        assert_eq!(basic_ingest("$aws/rules/"), None);
+        assert_eq!(basic_ingest("$aws/rules//x"), None);
+        assert_eq!(basic_ingest("aws/rules/r/x"), None);
+        // The prefix's three levels do not count toward the limits.
+        let limits = Limits {
+            max_len: 8,
+            max_slashes: 1,
+        };
+        assert_eq!(limits.check("$aws/rules/a_rule/b/c"), Ok(()));
+        assert_eq!(
+            limits.check("$aws/rules/a_rule/b/c/d"),
+            Err(TopicError::TooDeep(1))
+        );
+    }
 
     #[test]
     fn names() {

@@ -985,3 +985,62 @@ async fn jobs_of_a_removed_rule_are_still_delivered() {
     let seqs = sink.seqs(5).await;
     assert_eq!(&seqs[..5], &[0, 1, 2, 3, 4], "{seqs:?}");
 }
+
+#[tokio::test]
+async fn basic_ingest_reaches_only_the_rule_it_names_with_the_topic_after_its_prefix() {
+    let t = TestServer::start_with(
+        r#"
+[[rules]]
+name = "BuildingManager"
+sql = "SELECT topic() AS t, topic(3) AS floor, level FROM 'Buildings/#'"
+actions = [{ republish = { topic = "out/${topic(2)}", qos = 1 } }]
+
+[[rules]]
+name = "nosy"
+sql = "SELECT * FROM '$aws/rules/#'"
+actions = [{ republish = { topic = "out/nosy" } }]
+"#,
+    )
+    .await;
+    let mut ops = t.v4("ops", true).await;
+    ops.subscribe("out/#", QoS::AtLeastOnce).await;
+    let mut direct = t.v4("direct", true).await;
+    direct.subscribe("$aws/rules/#", QoS::AtLeastOnce).await;
+    let mut p = t.v4("building-5", true).await;
+    // Seven levels after the prefix: the prefix does not count toward the
+    // limit of seven slashes.
+    p.publish(
+        "$aws/rules/BuildingManager/Buildings/Building5/Floor2/Room201/Lights/a/b",
+        QoS::AtLeastOnce,
+        false,
+        br#"{"level": 3}"#,
+    )
+    .await;
+    p.puback().await;
+    let got = ops.recv().await;
+    assert_eq!(got.topic, "out/Building5");
+    let doc: serde_json::Value = serde_json::from_slice(&got.payload).expect("json");
+    assert_eq!(
+        doc,
+        serde_json::json!({"t": "Buildings/Building5/Floor2/Room201/Lights/a/b", "floor": "Floor2", "level": 3})
+    );
+    // Not to subscribers, not to the other rule, not retained.
+    direct
+        .nothing_for(std::time::Duration::from_millis(300))
+        .await;
+    ops.nothing_for(std::time::Duration::from_millis(300)).await;
+
+    // A rule that does not exist: dropped, counted, and the publisher's
+    // QoS 1 is acknowledged all the same.
+    p.publish("$aws/rules/Nobody/x", QoS::AtLeastOnce, false, b"{}")
+        .await;
+    p.puback().await;
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_messages_dropped_total{reason=\"rule_not_found\"}"
+        ),
+        1.0
+    );
+}

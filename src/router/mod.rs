@@ -214,11 +214,12 @@ impl Router {
     fn offers(
         &self,
         tap: &Tap,
+        wanted: bool,
         msg: &Message,
         name: &str,
         busy: DropReason,
     ) -> Result<bool, StoreError> {
-        if !tap.wants(msg.topic.as_str()) {
+        if !wanted {
             return Ok(false);
         }
         if tap.has_room() {
@@ -303,9 +304,11 @@ impl Router {
     /// changes and the error is returned.
     pub fn publish(&self, msg: &Arc<Message>, now: Instant) -> Result<Routed, StoreError> {
         let topic = msg.topic.as_str();
+        // Basic Ingest goes to its rule alone: no subscriber, nothing retained.
+        let ingest = crate::topic::basic_ingest(topic).is_some();
         // A retained message past its quota refuses the publish before
         // anything changes; the lock, taken first, orders retained publishes.
-        let mut retained = msg.retain.then(|| self.retained.write());
+        let mut retained = (msg.retain && !ingest).then(|| self.retained.write());
         if let Some(r) = retained.as_ref()
             && !msg.payload.is_empty()
         {
@@ -323,14 +326,18 @@ impl Router {
         // refuses the rule output later refuses the publish through its
         // commit, after subscribers may have it: the publisher sends it
         // again, and duplicates are allowed where loss is not.)
+        // Basic Ingest always goes to the engine, which finds its rule (or
+        // counts and logs that there is none).
         let ruled = self.offers(
             &self.tap,
+            ingest || self.tap.wants(topic),
             msg,
             "the rules engine queue",
             DropReason::RulesBusy,
         )?;
         let shadowed = self.offers(
             &self.shadows,
+            self.shadows.wants(topic),
             msg,
             "the shadow service queue",
             DropReason::ShadowsBusy,
@@ -351,10 +358,12 @@ impl Router {
         }
         TARGETS.with_borrow_mut(|targets| {
             targets.clear();
-            self.subs.read().for_each_match(topic, &mut |m| match m {
-                trie::Match::Plain(s) => add_plain(targets, s, msg),
-                trie::Match::Group(g) => add_shared(targets, g, msg),
-            });
+            if !ingest {
+                self.subs.read().for_each_match(topic, &mut |m| match m {
+                    trie::Match::Plain(s) => add_plain(targets, s, msg),
+                    trie::Match::Group(g) => add_shared(targets, g, msg),
+                });
+            }
             let mut record = None;
             for t in targets.iter_mut() {
                 if t.qos != QoS::AtMostOnce && t.mailbox.is_persistent() {

@@ -69,7 +69,8 @@ impl FilterIndex {
         any
     }
 
-    /// The positions of the filters `topic` matches, in ascending order.
+    /// The owners of the filters `topic` matches, each once, in ascending
+    /// order (a rule owns its FROM filter and its Basic Ingest filter).
     pub fn matching(&self, topic: &str, out: &mut Vec<usize>) {
         out.clear();
         self.trie.for_each_match(topic, &mut |m| {
@@ -78,6 +79,7 @@ impl FilterIndex {
             }
         });
         out.sort_unstable();
+        out.dedup();
     }
 }
 

@@ -18,7 +18,7 @@
 use super::actions::{self, Context, Deliverer, Failure, Job, Outcome};
 use super::{Action, Rule, RuleSet};
 use crate::config::{self, Config};
-use crate::metrics::{ActionMetrics, Metrics, RuleMetrics};
+use crate::metrics::{ActionMetrics, DropReason, Metrics, RuleMetrics};
 use crate::router::{Router, Tapped};
 use crate::spool::{self, Limits, Spool, SpoolError, Throttle};
 use crate::sql::{self, Output};
@@ -313,20 +313,36 @@ impl Engine {
     fn evaluate(&self, t: Tapped, matched: &mut Vec<usize>) {
         let Tapped { msg, durable, done } = t;
         let set = self.rules.load();
-        let topic = msg.topic.as_str();
+        let published = msg.topic.as_str();
+        // Basic Ingest runs the rule it names, whatever its FROM, and the
+        // rule sees the topic without the `$aws/rules/<name>/` prefix.
+        let ingest = topic::basic_ingest(published);
+        let topic = ingest.map_or(published, |(_, inner)| inner);
         let origin = &msg.origin;
         let now_ms = crate::store::now_ms();
         let mut parsed = None;
         let mut original = None;
         let mut commits: Vec<Commit> = durable.into_iter().collect();
         let mut refused = None;
-        set.index.matching(topic, matched);
+        set.index.matching(published, matched);
+        if let Some((name, _)) = ingest {
+            matched.retain(|&i| set.rules.get(i).is_some_and(|r| *r.rule.name == *name));
+            if matched.is_empty() {
+                self.metrics.count_drop(DropReason::RuleNotFound);
+                crate::refusal!(
+                    origin.principal.as_deref().unwrap_or("gateway"),
+                    "rule_not_found",
+                    topic = published,
+                    "Basic Ingest names a rule that does not exist or is disabled"
+                );
+            }
+        }
         for live in matched.iter().filter_map(|&i| set.rules.get(i)) {
             live.metrics.matched.increment(1);
             if origin.hops >= self.settings.actions.max_hops {
                 live.metrics.failed.increment(1);
                 if live.warn.allow() {
-                    tracing::warn!(rule = %live.rule.name, topic, hops = origin.hops, "message republished actions.max_hops times; rules skip it");
+                    tracing::warn!(rule = %live.rule.name, topic = published, hops = origin.hops, "message republished actions.max_hops times; rules skip it");
                 }
                 continue;
             }
@@ -391,7 +407,7 @@ impl Engine {
                 };
                 let job = Job {
                     rule: live.rule.name.to_string(),
-                    topic: topic.to_owned(),
+                    topic: published.to_owned(),
                     client_id: origin.client_id.as_deref().map(str::to_owned),
                     hops: origin.hops,
                     bridged: origin.bridged,
@@ -431,7 +447,7 @@ impl Engine {
                 live.metrics.failed.increment(1);
                 let doc = actions::error_document(
                     &live.rule.name,
-                    topic,
+                    published,
                     origin.client_id.as_deref(),
                     original,
                     &failures,

@@ -200,16 +200,24 @@ impl RuleSet {
         }
     }
 
-    /// The FROM filters of the enabled rules, each under its rule's
-    /// position: what the router offers the engine, and which rules a
-    /// message's topic selects.
+    /// The FROM filters of the enabled rules, and each one's Basic Ingest
+    /// filter (`$aws/rules/<name>/#`), under its rule's position: what the
+    /// router offers the engine, and which rules a message's topic selects.
     pub fn filters(&self) -> crate::router::FilterIndex {
+        let ingest: Vec<(usize, String)> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.enabled)
+            .map(|(i, r)| (i, format!("{}{}/#", crate::topic::BASIC_INGEST, r.name)))
+            .collect();
         crate::router::FilterIndex::new(
             self.rules
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| r.enabled)
-                .map(|(i, r)| (i, r.stmt.from.as_str())),
+                .map(|(i, r)| (i, r.stmt.from.as_str()))
+                .chain(ingest.iter().map(|(i, f)| (*i, f.as_str()))),
         )
     }
 }

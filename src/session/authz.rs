@@ -108,6 +108,11 @@ impl Authz {
         self.principal.certificate_id.as_deref()
     }
 
+    /// The thing associated with this connection, if any.
+    pub fn thing_name(&self) -> Option<&str> {
+        self.principal.thing.as_ref().map(|t| t.name.as_str())
+    }
+
     /// Takes a changed principal (attachments edited in the registry) and
     /// recompiles; false if its context is too long to keep.
     #[must_use]

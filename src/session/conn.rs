@@ -25,6 +25,7 @@ use crate::codec::{
     Subscribe, UnsubAck, Unsubscribe, reason,
 };
 use crate::config::Config;
+use crate::events::{self, Events};
 use crate::metrics::{HandshakeFailure, LimitKind, Metrics, PacketType, QosLabel};
 use crate::policy::PolicyStore;
 use crate::policy::compile::ArnHead;
@@ -164,6 +165,8 @@ pub struct Shared {
     pub connects: parking_lot::Mutex<state::rate::Table>,
     /// New connections by source address.
     pub arrivals: parking_lot::Mutex<state::rate::Table>,
+    /// The lifecycle events service.
+    pub events: Arc<Events>,
 }
 
 /// Client ids, and source addresses, whose rates are tracked at once.
@@ -444,6 +447,7 @@ impl Conn {
             code: reason::SUCCESS,
             properties: n.connack,
         });
+
         let conn = Box::new(Self {
             shared: shared.clone(),
             id,
@@ -527,6 +531,12 @@ impl Conn {
         let mut data = opened.data;
         connack.session_present = opened.present;
         self.send(&Packet::ConnAck(*connack));
+        // Routed before the client's first packet is read: `connected`
+        // comes before anything the client publishes.
+        if shared.events.presence() {
+            let event = events::Event::Connected(self.described());
+            shared.events.announce(event).await;
+        }
         metrics.connections.increment(1.0);
         metrics.connections_total.increment(1);
         tracing::debug!(
@@ -1075,6 +1085,7 @@ impl Conn {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         let mut refusals = Vec::new();
+        let mut subscribed = Vec::new();
         for (i, (raw, opts)) in s.filters.iter().enumerate() {
             let session = (
                 data.subscriptions.len(),
@@ -1123,6 +1134,7 @@ impl Conn {
             );
             data.subscriptions.insert(raw.clone(), (granted, sub_id));
             codes.push(granted.qos as u8);
+            subscribed.push(raw.clone());
             if subscribe::sends_retained(&parsed, opts, new) {
                 retained.push((parsed.filter.to_owned(), granted.qos));
             }
@@ -1141,6 +1153,9 @@ impl Conn {
             codes,
             properties,
         }));
+        if !subscribed.is_empty() {
+            self.post_subscriptions(shared, |c| events::Event::Subscribed(c, subscribed));
+        }
         // Retained messages follow the SUBACK, flagged RETAIN [MQTT-3.3.1-8],
         // through the mailbox so that they respect the client's window.
         for (filter, qos) in retained {
@@ -1181,6 +1196,31 @@ impl Conn {
             codes,
             properties: Properties::default(),
         }));
+        self.post_subscriptions(shared, |c| events::Event::Unsubscribed(c, u.filters));
+    }
+
+    /// Posts a subscriptions event, if that family is published.
+    fn post_subscriptions(
+        &self,
+        shared: &Shared,
+        event: impl FnOnce(events::Connection) -> events::Event,
+    ) {
+        if shared.events.subscriptions() {
+            shared.events.post(event(self.described()));
+        }
+    }
+
+    /// What this connection's lifecycle events say of it: made when an
+    /// event is, so that a connection holds nothing for them.
+    fn described(&self) -> events::Connection {
+        events::Connection {
+            client_id: self.client_id.clone(),
+            session: self.shared.events.session_identifier(self.id),
+            principal: self.authz.certificate_id().map(Arc::from),
+            thing: self.authz.thing_name().map(str::to_owned),
+            ip: self.peer.ip(),
+            version: self.id,
+        }
     }
 
     /// Encodes one delivery, assigning a packet id for QoS 1/2.
@@ -1293,6 +1333,14 @@ impl Conn {
                 let origin = self.origin(data.mailbox.session_id);
                 data.pending_will = self.shared.sessions.schedule_will(*will, origin, delay);
             }
+        }
+        // After the connection's last message and its will (when it goes
+        // at once) were routed.
+        if self.shared.events.presence() {
+            let by_client = matches!(end, End::Client { .. });
+            let event =
+                events::Event::Disconnected(self.described(), end.disconnect_reason(), by_client);
+            self.shared.events.send(event).await;
         }
         let sessions = self.shared.sessions.clone();
         if let Some(reply) = self.takeover.take() {

@@ -62,3 +62,36 @@ def test_the_shadow_commands_of_the_readme(default_gateway):
     # The payload goes to /dev/stdout, before anything the CLI prints itself.
     got, _ = json.JSONDecoder().raw_decode(done.stdout)
     assert got["state"]["delta"] == {"temp": 19} and got["version"] == 2
+
+
+def test_the_event_and_basic_ingest_commands_of_the_readme(default_gateway):
+    gateway = default_gateway
+    watch = next(l for l in readme_lines("mosquitto_sub") if "$aws/events/#" in l)
+    ingest = next(l for l in readme_lines("mosquitto_pub") if "$aws/rules/" in l)
+    # The operator watches five events (the first is its own subscribe)
+    # while the device publishes again and again: whenever the watcher's
+    # subscription began, the device's hold a connected followed by its
+    # disconnected.
+    watcher = subprocess.Popen(["bash", "-c", localized(watch, gateway) + " -C 5 -W 10"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(40):
+            done = run(ingest, gateway)
+            assert done.returncode == 0, done.stderr
+            try:
+                watcher.wait(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        out, err = watcher.communicate(timeout=WAIT + 5)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, err
+    events = [l.split(" ", 1) for l in out.splitlines() if "/device-1 " in l]
+    pairs = [(a, b) for a, b in zip(events, events[1:])
+             if a[0] == "$aws/events/presence/connected/device-1"
+             and b[0] == "$aws/events/presence/disconnected/device-1"]
+    assert pairs, out
+    connected, gone = (json.loads(e[1]) for e in pairs[0])
+    assert gone["disconnectReason"] == "CLIENT_INITIATED_DISCONNECT"
+    assert gone["sessionIdentifier"] == connected["sessionIdentifier"]

@@ -85,6 +85,23 @@ impl End {
         }
     }
 
+    /// The `disconnectReason` of the `disconnected` lifecycle event, as AWS
+    /// IoT names it (spec aws-iot-auth.md §4.1).
+    pub fn disconnect_reason(&self) -> &'static str {
+        match self {
+            End::Client { .. } => "CLIENT_INITIATED_DISCONNECT",
+            End::Io => "CONNECTION_LOST",
+            End::Protocol(code, _) if is_throttling(*code) => "THROTTLED",
+            End::Protocol(..) => "CLIENT_ERROR",
+            End::KeepAlive => "MQTT_KEEP_ALIVE_TIMEOUT",
+            End::TakenOver => "DUPLICATE_CLIENTID",
+            End::Shutdown => "SERVER_INITIATED_DISCONNECT",
+            End::SlowConsumer => "THROTTLED",
+            End::Store => "SERVER_ERROR",
+            End::NotAuthorized(_) | End::Revoked => "AUTH_ERROR",
+        }
+    }
+
     /// The client broke the protocol (counted as a protocol error).
     pub fn is_protocol_error(&self) -> bool {
         matches!(self, End::Protocol(..))
@@ -139,6 +156,14 @@ impl End {
         let will = d.code == reason::DISCONNECT_WITH_WILL;
         Ok((End::Client { will }, changed))
     }
+}
+
+/// Codes that say the client went over a rate or quota.
+fn is_throttling(code: u8) -> bool {
+    matches!(
+        code,
+        reason::QUOTA_EXCEEDED | reason::CONNECTION_RATE_EXCEEDED
+    )
 }
 
 impl From<ProtocolError> for End {
@@ -242,6 +267,28 @@ mod tests {
                 code.is_some() && !gateway_side,
                 "{statement}"
             );
+        }
+    }
+
+    #[test]
+    fn every_ending_has_the_disconnect_reason_aws_names() {
+        let cases = [
+            (End::Client { will: false }, "CLIENT_INITIATED_DISCONNECT"),
+            (End::Client { will: true }, "CLIENT_INITIATED_DISCONNECT"),
+            (End::Io, "CONNECTION_LOST"),
+            (End::Protocol(reason::PROTOCOL_ERROR, "x"), "CLIENT_ERROR"),
+            (End::Protocol(reason::PACKET_TOO_LARGE, "x"), "CLIENT_ERROR"),
+            (End::Protocol(reason::QUOTA_EXCEEDED, "x"), "THROTTLED"),
+            (End::KeepAlive, "MQTT_KEEP_ALIVE_TIMEOUT"),
+            (End::TakenOver, "DUPLICATE_CLIENTID"),
+            (End::Shutdown, "SERVER_INITIATED_DISCONNECT"),
+            (End::SlowConsumer, "THROTTLED"),
+            (End::Store, "SERVER_ERROR"),
+            (End::NotAuthorized("x"), "AUTH_ERROR"),
+            (End::Revoked, "AUTH_ERROR"),
+        ];
+        for (end, aws) in cases {
+            assert_eq!(end.disconnect_reason(), aws, "{end:?}");
         }
     }
 

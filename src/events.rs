@@ -1,0 +1,280 @@
+//! Lifecycle events on `$aws/events/presence/...` and
+//! `$aws/events/subscriptions/...` (spec aws-iot-auth.md §4.1): the
+//! documents, made from what a session decided, and the service that
+//! publishes them as the gateway.
+//!
+//! The service is an internal client of the router with its own task and a
+//! bounded queue. A connection hands it `connected` and waits until it is
+//! routed before the connection reads anything more, so that the event
+//! reaches every subscriber before the client's first message;
+//! `disconnected` is handed over once the connection's last message has
+//! been routed, so it comes after it.
+
+use crate::config;
+use crate::metrics::{DropReason, Metrics};
+use crate::router::{Message, Origin, Router};
+use serde_json::{Map, Value, json};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Events waiting to be published.
+const QUEUE: usize = 4096;
+
+/// One connection, as its events describe it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client id.
+    pub client_id: Arc<str>,
+    /// Unique to this connection (`sessionIdentifier`).
+    pub session: String,
+    /// The certificate id (`principalIdentifier`), if the client has one.
+    pub principal: Option<Arc<str>>,
+    /// The thing the connection is associated with (`thingName`).
+    pub thing: Option<String>,
+    /// The client's address (`ipAddress`).
+    pub ip: IpAddr,
+    /// Increases with every connection of a client id; a connection's
+    /// `connected` and `disconnected` share it (`versionNumber`).
+    pub version: u64,
+}
+
+/// One lifecycle event.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The session reached CONNACK.
+    Connected(Connection),
+    /// The connection ended: AWS's `disconnectReason`, and whether the
+    /// client ended it.
+    Disconnected(Connection, &'static str, bool),
+    /// A SUBSCRIBE's granted filters.
+    Subscribed(Connection, Vec<String>),
+    /// An UNSUBSCRIBE's filters.
+    Unsubscribed(Connection, Vec<String>),
+}
+
+impl Event {
+    /// Its topic and JSON document at `now_ms` (milliseconds since the
+    /// epoch); `None` for a client id that cannot be a topic level (one
+    /// with `+`, `#` or `/`: AWS publishes no events for those).
+    pub fn document(&self, now_ms: u64) -> Option<(String, Vec<u8>)> {
+        let (c, kind) = match self {
+            Event::Connected(c) => (c, "connected"),
+            Event::Disconnected(c, ..) => (c, "disconnected"),
+            Event::Subscribed(c, _) => (c, "subscribed"),
+            Event::Unsubscribed(c, _) => (c, "unsubscribed"),
+        };
+        if c.client_id.contains(['+', '#', '/']) || c.client_id.is_empty() {
+            return None;
+        }
+        let family = match self {
+            Event::Connected(_) | Event::Disconnected(..) => "presence",
+            Event::Subscribed(..) | Event::Unsubscribed(..) => "subscriptions",
+        };
+        let mut doc = Map::new();
+        doc.insert("clientId".into(), json!(&*c.client_id));
+        if let Some(thing) = &c.thing {
+            doc.insert("thingName".into(), json!(thing));
+        }
+        doc.insert("timestamp".into(), json!(now_ms));
+        doc.insert("eventType".into(), json!(kind));
+        doc.insert("sessionIdentifier".into(), json!(c.session));
+        if let Some(p) = &c.principal {
+            doc.insert("principalIdentifier".into(), json!(&**p));
+        }
+        match self {
+            Event::Connected(_) => {
+                doc.insert("ipAddress".into(), json!(c.ip.to_canonical().to_string()));
+                doc.insert("versionNumber".into(), json!(c.version));
+            }
+            Event::Disconnected(_, reason, by_client) => {
+                doc.insert("clientInitiatedDisconnect".into(), json!(by_client));
+                doc.insert("disconnectReason".into(), json!(reason));
+                doc.insert("versionNumber".into(), json!(c.version));
+            }
+            Event::Subscribed(_, topics) | Event::Unsubscribed(_, topics) => {
+                doc.insert("topics".into(), json!(topics));
+            }
+        }
+        let topic = format!("$aws/events/{family}/{kind}/{}", c.client_id);
+        Some((topic, Value::Object(doc).to_string().into_bytes()))
+    }
+}
+
+/// The events service's handle.
+#[derive(Debug)]
+pub struct Events {
+    tx: mpsc::Sender<(Event, Option<oneshot::Sender<()>>)>,
+    config: config::Events,
+    metrics: Arc<Metrics>,
+    /// Random at start: with a connection's number, a session identifier
+    /// no other run of the gateway gives.
+    nonce: u64,
+}
+
+impl Events {
+    /// Starts the service; it stops at `shutdown` after publishing what
+    /// was queued.
+    pub fn start(
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        config: config::Events,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Arc<Self> {
+        use ring::rand::SecureRandom;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tracker.spawn(run(router, rx, shutdown));
+        let mut nonce = [0u8; 8];
+        let _ = ring::rand::SystemRandom::new().fill(&mut nonce);
+        Arc::new(Self {
+            tx,
+            config,
+            metrics,
+            nonce: u64::from_be_bytes(nonce),
+        })
+    }
+
+    /// Whether `connected` and `disconnected` are published.
+    pub fn presence(&self) -> bool {
+        self.config.presence
+    }
+
+    /// Whether `subscribed` and `unsubscribed` are published.
+    pub fn subscriptions(&self) -> bool {
+        self.config.subscriptions
+    }
+
+    /// A session identifier for connection number `conn`.
+    pub fn session_identifier(&self, conn: u64) -> String {
+        format!("{:016x}{conn:016x}", self.nonce)
+    }
+
+    /// Publishes `event` and returns once it is routed (or the service has
+    /// stopped): what the caller routes afterwards comes after it.
+    pub async fn announce(&self, event: Event) {
+        let (done, routed) = oneshot::channel();
+        if self.tx.send((event, Some(done))).await.is_ok() {
+            let _ = routed.await;
+        }
+    }
+
+    /// Queues `event` for publication, waiting for room.
+    pub async fn send(&self, event: Event) {
+        let _ = self.tx.send((event, None)).await;
+    }
+
+    /// Queues `event` if there is room now; else it is counted as dropped.
+    pub fn post(&self, event: Event) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send((event, None)) {
+            self.metrics.count_drop(DropReason::EventsBusy);
+        }
+    }
+}
+
+async fn run(
+    router: Arc<Router>,
+    mut rx: mpsc::Receiver<(Event, Option<oneshot::Sender<()>>)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            next = rx.recv() => next,
+            () = shutdown.cancelled() => {
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some((event, done)) = next else { return };
+        publish(&router, &event);
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Routes one event as the gateway, at QoS 1, like AWS's.
+fn publish(router: &Router, event: &Event) {
+    let Some((topic, payload)) = event.document(crate::store::now_ms()) else {
+        return;
+    };
+    let now = Instant::now();
+    let msg = Arc::new(Message::new(
+        topic.into(),
+        payload.into(),
+        crate::codec::QoS::AtLeastOnce,
+        false,
+        Default::default(),
+        now,
+        Origin::gateway(),
+    ));
+    if let Err(e) = router.publish(&msg, now) {
+        tracing::warn!(topic = %msg.topic, error = %e, "event not published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(client_id: &str) -> Connection {
+        Connection {
+            client_id: client_id.into(),
+            session: "00000000000000010000000000000007".into(),
+            principal: Some("3f2a".into()),
+            thing: Some("lamp-1".into()),
+            ip: "::ffff:192.0.2.10".parse().expect("ip"),
+            version: 7,
+        }
+    }
+
+    fn doc(e: &Event) -> (String, Value) {
+        let (topic, payload) = e.document(1_573_002_230_757).expect("an event");
+        (topic, serde_json::from_slice(&payload).expect("json"))
+    }
+
+    #[test]
+    fn documents_have_aws_fields_and_topics() {
+        let c = connection("lamp-1");
+        let (topic, d) = doc(&Event::Connected(c.clone()));
+        assert_eq!(topic, "$aws/events/presence/connected/lamp-1");
+        assert_eq!(
+            d,
+            json!({"clientId": "lamp-1", "thingName": "lamp-1", "timestamp": 1_573_002_230_757u64,
+                   "eventType": "connected", "sessionIdentifier": "00000000000000010000000000000007",
+                   "principalIdentifier": "3f2a", "ipAddress": "192.0.2.10", "versionNumber": 7})
+        );
+        let (topic, d) = doc(&Event::Disconnected(
+            c.clone(),
+            "CLIENT_INITIATED_DISCONNECT",
+            true,
+        ));
+        assert_eq!(topic, "$aws/events/presence/disconnected/lamp-1");
+        assert_eq!(d["disconnectReason"], "CLIENT_INITIATED_DISCONNECT");
+        assert_eq!(d["clientInitiatedDisconnect"], true);
+        assert_eq!(d["versionNumber"], 7);
+        assert!(
+            d.get("ipAddress").is_none(),
+            "only connected has the address"
+        );
+        let (topic, d) = doc(&Event::Subscribed(c.clone(), vec!["a/+".into()]));
+        assert_eq!(topic, "$aws/events/subscriptions/subscribed/lamp-1");
+        assert_eq!(d["topics"], json!(["a/+"]));
+        assert!(d.get("versionNumber").is_none());
+        let (topic, _) = doc(&Event::Unsubscribed(c, vec!["a/+".into()]));
+        assert_eq!(topic, "$aws/events/subscriptions/unsubscribed/lamp-1");
+    }
+
+    #[test]
+    fn client_ids_that_are_not_topic_levels_have_no_events() {
+        for id in ["a+b", "a#", "a/b", ""] {
+            assert!(
+                Event::Connected(connection(id)).document(0).is_none(),
+                "{id}"
+            );
+        }
+    }
+}
