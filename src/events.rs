@@ -1,7 +1,8 @@
-//! Lifecycle events on `$aws/events/presence/...` and
-//! `$aws/events/subscriptions/...` (spec aws-iot-auth.md §4.1): the
-//! documents, made from what a session decided, and the service that
-//! publishes them as the gateway.
+//! Events on `$aws/events/...`: lifecycle events (spec aws-iot-auth.md
+//! §4.1), made from what a session decided, and registry events for things
+//! and thing types (spec aws-iot-device-services.md §1.4), made from the
+//! registry's changes when UpdateEventConfigurations enabled their type;
+//! their documents, and the service that publishes them as the gateway.
 //!
 //! The service is an internal client of the router with its own task and a
 //! bounded queue. A connection hands it `connected` and waits until it is
@@ -12,10 +13,12 @@
 
 use crate::config;
 use crate::metrics::{DropReason, Metrics};
+use crate::registry::{Change, Operation, Registry};
 use crate::router::{Message, Origin, Router};
 use serde_json::{Map, Value, json};
 use std::net::IpAddr;
 use std::sync::Arc;
+use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -104,6 +107,81 @@ impl Event {
     }
 }
 
+/// The registry event type that enables events of a change.
+pub fn event_type(change: &Change) -> &'static str {
+    match change {
+        Change::Thing(..) => "THING",
+        Change::ThingType(..) => "THING_TYPE",
+        Change::TypeAssociation(..) => "THING_TYPE_ASSOCIATION",
+    }
+}
+
+/// A registry change's topic and document at `now_ms`, with AWS's fields.
+pub fn registry_document(
+    change: &Change,
+    account: &str,
+    event_id: &str,
+    now_ms: u64,
+) -> (String, Vec<u8>) {
+    let operation = |op: &Operation| match op {
+        Operation::Created => "created",
+        Operation::Updated => "updated",
+        Operation::Deleted => "deleted",
+    };
+    let (topic, doc) = match change {
+        Change::Thing(op, t) => (
+            format!("$aws/events/thing/{}/{}", t.name, operation(op)),
+            json!({
+                "eventType": "THING_EVENT",
+                "eventId": event_id,
+                "timestamp": now_ms,
+                "operation": operation(op).to_ascii_uppercase(),
+                "accountId": account,
+                "thingId": t.id,
+                "thingName": t.name,
+                "versionNumber": t.version,
+                "thingTypeName": t.thing_type,
+                "attributes": t.attributes,
+            }),
+        ),
+        Change::ThingType(op, t) => (
+            format!("$aws/events/thingType/{}/{}", t.name, operation(op)),
+            json!({
+                "eventType": "THING_TYPE_EVENT",
+                "eventId": event_id,
+                "timestamp": now_ms,
+                "operation": operation(op).to_ascii_uppercase(),
+                "accountId": account,
+                "thingTypeId": t.id,
+                "thingTypeName": t.name,
+                "isDeprecated": t.deprecated_ms.is_some(),
+                "deprecationDate": t.deprecated_ms.map(|ms| ms / 1000),
+                "searchableAttributes": t.searchable_attributes,
+                "description": t.description,
+            }),
+        ),
+        Change::TypeAssociation(added, t, ty) => {
+            let op = if *added { "added" } else { "removed" };
+            (
+                format!(
+                    "$aws/events/thingTypeAssociation/thing/{}/thingType/{ty}/{op}",
+                    t.name
+                ),
+                json!({
+                    "eventId": event_id,
+                    "eventType": "THING_TYPE_ASSOCIATION_EVENT",
+                    "operation": op.to_ascii_uppercase(),
+                    "thingId": t.id,
+                    "thingName": t.name,
+                    "thingTypeName": ty,
+                    "timestamp": now_ms,
+                }),
+            )
+        }
+    };
+    (topic, doc.to_string().into_bytes())
+}
+
 /// The events service's handle.
 #[derive(Debug)]
 pub struct Events {
@@ -120,14 +198,23 @@ impl Events {
     /// was queued.
     pub fn start(
         router: Arc<Router>,
+        registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         config: config::Events,
+        account: String,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Arc<Self> {
         use ring::rand::SecureRandom;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tracker.spawn(run(router, rx, shutdown));
+        let service = Service {
+            changes: registry.changes(),
+            registry,
+            router,
+            metrics: metrics.clone(),
+            account,
+        };
+        tracker.spawn(service.run(rx, shutdown));
         let mut nonce = [0u8; 8];
         let _ = ring::rand::SystemRandom::new().fill(&mut nonce);
         Arc::new(Self {
@@ -175,32 +262,65 @@ impl Events {
     }
 }
 
-async fn run(
+/// The service's task: lifecycle events from connections, registry
+/// events from the registry's changes.
+struct Service {
     router: Arc<Router>,
-    mut rx: mpsc::Receiver<(Event, Option<oneshot::Sender<()>>)>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let next = tokio::select! {
-            next = rx.recv() => next,
-            () = shutdown.cancelled() => {
-                rx.close();
-                rx.recv().await
+    registry: Arc<Registry>,
+    changes: broadcast::Receiver<Change>,
+    metrics: Arc<Metrics>,
+    account: String,
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<(Event, Option<oneshot::Sender<()>>)>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                change = self.changes.recv() => {
+                    self.registry_event(change);
+                    continue;
+                }
+                () = shutdown.cancelled() => {
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            let Some((event, done)) = next else { return };
+            if let Some((topic, payload)) = event.document(crate::store::now_ms()) {
+                publish(&self.router, topic, payload);
             }
-        };
-        let Some((event, done)) = next else { return };
-        publish(&router, &event);
-        if let Some(done) = done {
-            let _ = done.send(());
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn registry_event(&mut self, change: Result<Change, broadcast::error::RecvError>) {
+        match change {
+            Ok(change) if self.registry.event_enabled(event_type(&change)) => {
+                let id = crate::registry::identity::uuid_v4();
+                let now = crate::store::now_ms();
+                let (topic, payload) = registry_document(&change, &self.account, &id, now);
+                publish(&self.router, topic, payload);
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                self.metrics.count_drops(DropReason::EventsBusy, missed);
+            }
+            // Cannot happen: the service holds the registry, whose sender
+            // lives as long as it does.
+            Err(broadcast::error::RecvError::Closed) => {}
         }
     }
 }
 
 /// Routes one event as the gateway, at QoS 1, like AWS's.
-fn publish(router: &Router, event: &Event) {
-    let Some((topic, payload)) = event.document(crate::store::now_ms()) else {
-        return;
-    };
+fn publish(router: &Router, topic: String, payload: Vec<u8>) {
     let now = Instant::now();
     let msg = Arc::new(Message::new(
         topic.into(),

@@ -47,7 +47,7 @@ label_enum!(
         ShadowAnswer => "shadow_answer",
         /// A Basic Ingest message named a rule that does not exist or is disabled.
         RuleNotFound => "rule_not_found",
-        /// A subscription event met a full events queue.
+        /// A subscription or registry event met a full events queue.
         EventsBusy => "events_busy",
     }
 );
@@ -736,7 +736,12 @@ impl Metrics {
 
     /// Counts a dropped message.
     pub fn count_drop(&self, reason: DropReason) {
-        self.dropped.get(reason as usize).increment(1);
+        self.count_drops(reason, 1);
+    }
+
+    /// Counts `n` dropped messages.
+    pub fn count_drops(&self, reason: DropReason, n: u64) {
+        self.dropped.get(reason as usize).increment(n);
     }
 
     /// Counts a policy denial.

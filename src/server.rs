@@ -333,8 +333,10 @@ impl Server {
         };
         let events = crate::events::Events::start(
             router.clone(),
+            registry.clone(),
             metrics.clone(),
             config.events,
+            config.aws.account_id.clone(),
             shutdown.clone(),
             &tracker,
         );

@@ -1408,3 +1408,105 @@ async fn nothing_the_api_accepts_is_lost_on_kill_9() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+#[tokio::test]
+async fn registry_events_are_published_once_their_type_is_enabled() {
+    let t = gateway(&[], &[]).await;
+    let aws = client(&t, "AKIDADMIN");
+    // Every type is listed, and off, until enabled.
+    let (status, body) = aws.get("/event-configurations", "").await;
+    assert_eq!(status, 200, "{body}");
+    let all = body["eventConfigurations"].as_object().expect("a map");
+    assert_eq!(all.len(), 11, "{body}");
+    assert!(all.values().all(|c| c["Enabled"] == false), "{body}");
+
+    let mut w = t.v4("watcher", true).await;
+    for filter in [
+        "$aws/events/thing/#",
+        "$aws/events/thingType/#",
+        "$aws/events/thingTypeAssociation/#",
+    ] {
+        w.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
+    }
+    // Made while THING is off: no event (the next one is about lamp-1's type).
+    let (status, _) = aws.post("/things/before", "", json!({})).await;
+    assert_eq!(status, 200);
+
+    let enable = json!({"eventConfigurations": {
+        "THING": {"Enabled": true},
+        "THING_TYPE": {"Enabled": true},
+        "THING_TYPE_ASSOCIATION": {"Enabled": true}}});
+    let (status, body) = aws
+        .call(
+            "PATCH",
+            "/event-configurations",
+            "",
+            &[],
+            &enable.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = aws.get("/event-configurations", "").await;
+    assert_eq!(body["eventConfigurations"]["THING"]["Enabled"], true);
+    assert_eq!(body["eventConfigurations"]["JOB"]["Enabled"], false);
+    let bad = json!({"eventConfigurations": {"THINGS": {"Enabled": true}}});
+    let (status, body) = aws
+        .call("PATCH", "/event-configurations", "", &[], &bad.to_string())
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, _) = aws.post("/thing-types/Lamp", "", json!({})).await;
+    assert_eq!(status, 200);
+    let made =
+        json!({"thingTypeName": "Lamp", "attributePayload": {"attributes": {"site": "north"}}});
+    let (status, thing) = aws.post("/things/lamp-1", "", made).await;
+    assert_eq!(status, 200, "{thing}");
+    let (status, _) = aws
+        .call(
+            "PATCH",
+            "/things/lamp-1",
+            "",
+            &[],
+            &json!({"removeThingType": true}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = aws.call("DELETE", "/things/before", "", &[], "").await;
+    assert_eq!(status, 200);
+
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let p = w.recv().await;
+        let doc: Value = serde_json::from_slice(&p.payload).expect("json");
+        seen.push((p.topic, doc));
+    }
+    let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "$aws/events/thingType/Lamp/created",
+            "$aws/events/thing/lamp-1/created",
+            "$aws/events/thingTypeAssociation/thing/lamp-1/thingType/Lamp/added",
+            "$aws/events/thing/lamp-1/updated",
+            "$aws/events/thingTypeAssociation/thing/lamp-1/thingType/Lamp/removed",
+            "$aws/events/thing/before/deleted",
+        ]
+    );
+    let created = &seen[1].1;
+    assert_eq!(created["eventType"], "THING_EVENT");
+    assert_eq!(created["operation"], "CREATED");
+    assert_eq!(created["accountId"], ACCOUNT);
+    assert_eq!(created["thingName"], "lamp-1");
+    assert_eq!(created["thingId"], thing["thingId"]);
+    assert_eq!(created["versionNumber"], 1);
+    assert_eq!(created["thingTypeName"], "Lamp");
+    assert_eq!(created["attributes"], json!({"site": "north"}));
+    assert!(created["eventId"].as_str().is_some_and(|id| id.len() == 36));
+    assert_eq!(seen[0].1["eventType"], "THING_TYPE_EVENT");
+    assert_eq!(seen[0].1["isDeprecated"], false);
+    assert_eq!(seen[2].1["eventType"], "THING_TYPE_ASSOCIATION_EVENT");
+    assert_eq!(seen[2].1["operation"], "ADDED");
+    assert_eq!(seen[3].1["versionNumber"], 2);
+    assert_eq!(seen[3].1["thingTypeName"], Value::Null);
+    assert_eq!(seen[5].1["operation"], "DELETED");
+}

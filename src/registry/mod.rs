@@ -330,12 +330,73 @@ struct State {
     registration_code: String,
     /// Certificates the configured revocation lists name.
     listed: std::collections::HashSet<String>,
+    /// Which registry events are published (UpdateEventConfigurations).
+    events: EventConfigurations,
 }
+
+/// The event types of UpdateEventConfigurations, in AWS's order.
+pub const EVENT_TYPES: [&str; 11] = [
+    "THING",
+    "THING_GROUP",
+    "THING_TYPE",
+    "THING_GROUP_MEMBERSHIP",
+    "THING_GROUP_HIERARCHY",
+    "THING_TYPE_ASSOCIATION",
+    "JOB",
+    "JOB_EXECUTION",
+    "POLICY",
+    "CERTIFICATE",
+    "CA_CERTIFICATE",
+];
+
+/// Which registry events are published, and when that was set; every
+/// type is off until enabled, as on AWS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventConfigurations {
+    /// The enabled event types.
+    pub enabled: std::collections::BTreeSet<String>,
+    /// First set, ms since the epoch (0: never).
+    pub created_ms: u64,
+    /// Last set, ms since the epoch.
+    pub modified_ms: u64,
+}
+
+/// A change to things or thing types, for the events service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A thing was created, updated or deleted (as it is after the change,
+    /// or was before a deletion).
+    Thing(Operation, Thing),
+    /// A thing type was created, updated (deprecated or not) or deleted.
+    ThingType(Operation, ThingType),
+    /// A thing gained (`true`) or lost its type.
+    TypeAssociation(bool, Thing, String),
+}
+
+/// What happened to a registry resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Made.
+    Created,
+    /// Changed.
+    Updated,
+    /// Removed.
+    Deleted,
+}
+
+/// Registry changes waiting for the events service; one that falls this
+/// far behind misses some (and counts them).
+const CHANGES: usize = 1024;
+
+/// The record that holds the event configurations.
+const EVENT_CONFIGURATIONS: &str = "eventconfigurations";
 
 /// Certificates, CAs, things and thing types.
 pub struct Registry {
     state: RwLock<State>,
     store: Store,
+    /// Changes to things and thing types, for registry events.
+    changes: tokio::sync::broadcast::Sender<Change>,
     /// Bumped whenever a status or an attachment changes, so that live
     /// connections re-check their principal.
     changed: tokio::sync::watch::Sender<u64>,
@@ -382,6 +443,10 @@ impl Registry {
                 }
             } else if key == REGISTRATION_CODE {
                 state.registration_code = String::from_utf8_lossy(&rec).into_owned();
+            } else if key == EVENT_CONFIGURATIONS
+                && let Some(e) = parse_record(&key, &rec)
+            {
+                state.events = e;
             }
         }
         let mut ops = Vec::new();
@@ -402,6 +467,7 @@ impl Registry {
         Self {
             state: RwLock::new(state),
             store,
+            changes: tokio::sync::broadcast::channel(CHANGES).0,
             changed: tokio::sync::watch::channel(0).0,
             trust: tokio::sync::watch::channel(0).0,
         }
@@ -429,6 +495,61 @@ impl Registry {
 
     fn notify(&self) {
         self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Every change to things and thing types from now on.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Tells the events service (if it listens) what changed.
+    fn announce(&self, changes: impl IntoIterator<Item = Change>) {
+        for c in changes {
+            let _ = self.changes.send(c);
+        }
+    }
+
+    /// Which registry events are published.
+    pub fn event_configurations(&self) -> EventConfigurations {
+        self.state.read().events.clone()
+    }
+
+    /// Whether events of `event_type` (`THING`, ...) are published.
+    pub fn event_enabled(&self, event_type: &str) -> bool {
+        self.state.read().events.enabled.contains(event_type)
+    }
+
+    /// Turns event types on or off; types not named keep their setting.
+    pub fn update_event_configurations(
+        &self,
+        changes: &BTreeMap<String, bool>,
+    ) -> Result<(), RegistryError> {
+        if let Some(unknown) = changes.keys().find(|k| !EVENT_TYPES.contains(&k.as_str())) {
+            return Err(RegistryError::Invalid(format!(
+                "`{unknown}` is not an event type ({})",
+                EVENT_TYPES.join(", ")
+            )));
+        }
+        self.write(|state| {
+            let e = &mut state.events;
+            for (kind, on) in changes {
+                if *on {
+                    e.enabled.insert(kind.clone());
+                } else {
+                    e.enabled.remove(kind);
+                }
+            }
+            let now = now_ms();
+            if e.created_ms == 0 {
+                e.created_ms = now;
+            }
+            e.modified_ms = now;
+            let record = serde_json::to_vec(&*e).unwrap_or_default();
+            Ok((
+                (),
+                vec![Op::PutRegistry(EVENT_CONFIGURATIONS.into(), record)],
+            ))
+        })
     }
 
     /// Applies `change` to the state under the lock and queues the records
@@ -782,6 +903,10 @@ impl Registry {
             {
                 let t = Thing::named(name);
                 ops.push(record("thing/", name, &t));
+                self.announce(std::iter::once(Change::Thing(
+                    Operation::Created,
+                    t.clone(),
+                )));
                 state.things.insert(name.to_owned(), t);
             }
             let ca = if state.certs.contains_key(&identity.certificate_id) {
@@ -837,7 +962,7 @@ impl Registry {
             }
             if let Some(t) = state.things.get(name) {
                 return if t.thing_type == thing_type && t.attributes == attributes {
-                    Ok((t.clone(), Vec::new()))
+                    Ok(((t.clone(), false), Vec::new()))
                 } else {
                     Err(RegistryError::AlreadyExists {
                         message: format!(
@@ -852,7 +977,18 @@ impl Registry {
             t.attributes = attributes;
             let ops = vec![record("thing/", name, &t)];
             state.things.insert(name.to_owned(), t.clone());
-            Ok((t, ops))
+            Ok(((t, true), ops))
+        })
+        .map(|(t, created)| {
+            if created {
+                let typed = t.thing_type.clone();
+                self.announce(std::iter::once(Change::Thing(
+                    Operation::Created,
+                    t.clone(),
+                )));
+                self.announce(typed.map(|ty| Change::TypeAssociation(true, t.clone(), ty)));
+            }
+            t
         })
     }
 
@@ -886,8 +1022,26 @@ impl Registry {
             }
             check_attributes(&next.attributes, next.thing_type.is_some())?;
             next.version += 1;
-            *t = next;
-            Ok(((), vec![record("thing/", name, &*t)]))
+            let before = std::mem::replace(t, next.clone());
+            Ok(((before, next), vec![record("thing/", name, &*t)]))
+        })
+        .map(|(before, after)| {
+            let mut changes = vec![Change::Thing(Operation::Updated, after.clone())];
+            if before.thing_type != after.thing_type {
+                changes.extend(
+                    before
+                        .thing_type
+                        .clone()
+                        .map(|ty| Change::TypeAssociation(false, before.clone(), ty)),
+                );
+                changes.extend(
+                    after
+                        .thing_type
+                        .clone()
+                        .map(|ty| Change::TypeAssociation(true, after.clone(), ty)),
+                );
+            }
+            self.announce(changes);
         })
     }
 
@@ -896,7 +1050,7 @@ impl Registry {
     pub fn delete_thing(&self, name: &str, expected: Option<u64>) -> Result<(), RegistryError> {
         self.write(|state| {
             let Some(t) = state.things.get(name) else {
-                return Ok(((), Vec::new()));
+                return Ok((None, Vec::new()));
             };
             check_version(name, t.version, expected)?;
             if state
@@ -908,8 +1062,11 @@ impl Registry {
                     "Cannot delete. Thing {name} is still attached to one or more principals"
                 )));
             }
-            state.things.remove(name);
-            Ok(((), vec![Op::DelRegistry(format!("thing/{name}"))]))
+            let gone = state.things.remove(name);
+            Ok((gone, vec![Op::DelRegistry(format!("thing/{name}"))]))
+        })
+        .map(|gone| {
+            self.announce(gone.map(|t| Change::Thing(Operation::Deleted, t)));
         })
     }
 
@@ -961,6 +1118,12 @@ impl Registry {
             state.types.insert(name.to_owned(), t.clone());
             Ok((t, ops))
         })
+        .inspect(|t| {
+            self.announce(std::iter::once(Change::ThingType(
+                Operation::Created,
+                t.clone(),
+            )));
+        })
     }
 
     /// Deprecates a thing type, or undoes that.
@@ -968,7 +1131,10 @@ impl Registry {
         self.write(|state| {
             let t = state.types.get_mut(name).ok_or_else(|| no_type(name))?;
             t.deprecated_ms = if undo { None } else { Some(now_ms()) };
-            Ok(((), vec![record("thingtype/", name, &*t)]))
+            Ok((t.clone(), vec![record("thingtype/", name, &*t)]))
+        })
+        .map(|t| {
+            self.announce(std::iter::once(Change::ThingType(Operation::Updated, t)));
         })
     }
 
@@ -990,8 +1156,11 @@ impl Registry {
                     "Can not delete thing type {name}: things are still associated with it"
                 )));
             }
-            state.types.remove(name);
-            Ok(((), vec![Op::DelRegistry(format!("thingtype/{name}"))]))
+            let gone = state.types.remove(name);
+            Ok((gone, vec![Op::DelRegistry(format!("thingtype/{name}"))]))
+        })
+        .map(|gone| {
+            self.announce(gone.map(|t| Change::ThingType(Operation::Deleted, t)));
         })
     }
 
@@ -1074,6 +1243,10 @@ impl Registry {
                     if !state.things.contains_key(&name) {
                         let thing = Thing::named(&name);
                         ops.push(record("thing/", &name, &thing));
+                        self.announce(std::iter::once(Change::Thing(
+                            Operation::Created,
+                            thing.clone(),
+                        )));
                         state.things.insert(name.clone(), thing);
                     }
                     cert.things.push(name);

@@ -447,7 +447,6 @@ impl Conn {
             code: reason::SUCCESS,
             properties: n.connack,
         });
-
         let conn = Box::new(Self {
             shared: shared.clone(),
             id,
@@ -1085,7 +1084,8 @@ impl Conn {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         let mut refusals = Vec::new();
-        let mut subscribed = Vec::new();
+        // The granted filters, for a subscriptions event.
+        let mut subscribed = shared.events.subscriptions().then(Vec::new);
         for (i, (raw, opts)) in s.filters.iter().enumerate() {
             let session = (
                 data.subscriptions.len(),
@@ -1134,7 +1134,9 @@ impl Conn {
             );
             data.subscriptions.insert(raw.clone(), (granted, sub_id));
             codes.push(granted.qos as u8);
-            subscribed.push(raw.clone());
+            if let Some(s) = subscribed.as_mut() {
+                s.push(raw.clone());
+            }
             if subscribe::sends_retained(&parsed, opts, new) {
                 retained.push((parsed.filter.to_owned(), granted.qos));
             }
@@ -1153,8 +1155,10 @@ impl Conn {
             codes,
             properties,
         }));
-        if !subscribed.is_empty() {
-            self.post_subscriptions(shared, |c| events::Event::Subscribed(c, subscribed));
+        if let Some(filters) = subscribed.filter(|f| !f.is_empty()) {
+            shared
+                .events
+                .post(events::Event::Subscribed(self.described(), filters));
         }
         // Retained messages follow the SUBACK, flagged RETAIN [MQTT-3.3.1-8],
         // through the mailbox so that they respect the client's window.
@@ -1196,17 +1200,10 @@ impl Conn {
             codes,
             properties: Properties::default(),
         }));
-        self.post_subscriptions(shared, |c| events::Event::Unsubscribed(c, u.filters));
-    }
-
-    /// Posts a subscriptions event, if that family is published.
-    fn post_subscriptions(
-        &self,
-        shared: &Shared,
-        event: impl FnOnce(events::Connection) -> events::Event,
-    ) {
         if shared.events.subscriptions() {
-            shared.events.post(event(self.described()));
+            shared
+                .events
+                .post(events::Event::Unsubscribed(self.described(), u.filters));
         }
     }
 

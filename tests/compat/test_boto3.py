@@ -363,3 +363,18 @@ def test_ca_registration_with_certificates_the_edgegate_cli_makes(gateway, tmp_p
     assert ca_id not in [c["certificateId"] for c in client.list_ca_certificates()["certificates"]]
     with pytest.raises(client.exceptions.ResourceAlreadyExistsException):
         client.register_certificate_without_ca(certificatePem=(fleet / "fleet-1.pem").read_text())
+
+
+def test_event_configurations(gateway):
+    client = iot(gateway)
+    described = client.describe_event_configurations()
+    assert len(described["eventConfigurations"]) == 11
+    assert described["eventConfigurations"]["THING"] == {"Enabled": False}
+    client.update_event_configurations(eventConfigurations={"THING": {"Enabled": True}})
+    described = client.describe_event_configurations()
+    assert described["eventConfigurations"]["THING"] == {"Enabled": True}
+    assert described["eventConfigurations"]["THING_TYPE"] == {"Enabled": False}
+    assert described["lastModifiedDate"] >= described["creationDate"]
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        client.update_event_configurations(eventConfigurations={"THINGS": {"Enabled": True}})
+    assert refused.value.response["Error"]["Code"] == "InvalidRequestException"

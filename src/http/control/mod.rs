@@ -11,6 +11,7 @@
 //! log.
 
 mod certificates;
+mod events;
 mod policies;
 mod rules;
 mod things;
@@ -204,6 +205,8 @@ operations!(
     DeleteTopicRule,
     EnableTopicRule,
     DisableTopicRule,
+    DescribeEventConfigurations,
+    UpdateEventConfigurations,
 );
 
 /// Method, path pattern (`{}` is one label), operation, and the kind of
@@ -352,6 +355,18 @@ pub const ROUTES: &[(&str, &str, Op, &str)] = &[
     ("DELETE", "rules/{}", Op::DeleteTopicRule, "rule"),
     ("POST", "rules/{}/enable", Op::EnableTopicRule, "rule"),
     ("POST", "rules/{}/disable", Op::DisableTopicRule, "rule"),
+    (
+        "GET",
+        "event-configurations",
+        Op::DescribeEventConfigurations,
+        "",
+    ),
+    (
+        "PATCH",
+        "event-configurations",
+        Op::UpdateEventConfigurations,
+        "",
+    ),
 ];
 
 /// Whether a request is for the control plane (else the iot-data API).
@@ -822,6 +837,8 @@ impl Control {
             DeleteTopicRule => rules::delete(self, call),
             EnableTopicRule => rules::set_enabled(self, call, true),
             DisableTopicRule => rules::set_enabled(self, call, false),
+            DescribeEventConfigurations => events::describe(self),
+            UpdateEventConfigurations => events::update(self, call),
         }
     }
 
