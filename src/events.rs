@@ -12,7 +12,7 @@
 //! been routed, so it comes after it.
 
 use crate::config;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, EventKind, Metrics};
 use crate::registry::{Change, Operation, Registry};
 use crate::router::{Message, Origin, Router};
 use serde_json::{Map, Value, json};
@@ -107,12 +107,22 @@ impl Event {
     }
 }
 
-/// The registry event type that enables events of a change.
-pub fn event_type(change: &Change) -> &'static str {
+/// The registry event type that enables events of a change, and its kind.
+pub fn event_type(change: &Change) -> (&'static str, EventKind) {
     match change {
-        Change::Thing(..) => "THING",
-        Change::ThingType(..) => "THING_TYPE",
-        Change::TypeAssociation(..) => "THING_TYPE_ASSOCIATION",
+        Change::Thing(..) => ("THING", EventKind::Thing),
+        Change::ThingType(..) => ("THING_TYPE", EventKind::ThingType),
+        Change::TypeAssociation(..) => ("THING_TYPE_ASSOCIATION", EventKind::ThingTypeAssociation),
+    }
+}
+
+impl Event {
+    /// Its kind, for the metrics.
+    fn kind(&self) -> EventKind {
+        match self {
+            Event::Connected(_) | Event::Disconnected(..) => EventKind::Presence,
+            Event::Subscribed(..) | Event::Unsubscribed(..) => EventKind::Subscriptions,
+        }
     }
 }
 
@@ -292,7 +302,7 @@ impl Service {
             };
             let Some((event, done)) = next else { return };
             if let Some((topic, payload)) = event.document(crate::store::now_ms()) {
-                publish(&self.router, topic, payload);
+                self.publish(event.kind(), topic, payload);
             }
             if let Some(done) = done {
                 let _ = done.send(());
@@ -302,13 +312,15 @@ impl Service {
 
     fn registry_event(&mut self, change: Result<Change, broadcast::error::RecvError>) {
         match change {
-            Ok(change) if self.registry.event_enabled(event_type(&change)) => {
-                let id = crate::registry::identity::uuid_v4();
-                let now = crate::store::now_ms();
-                let (topic, payload) = registry_document(&change, &self.account, &id, now);
-                publish(&self.router, topic, payload);
+            Ok(change) => {
+                let (event_type, kind) = event_type(&change);
+                if self.registry.event_enabled(event_type) {
+                    let id = crate::registry::identity::uuid_v4();
+                    let now = crate::store::now_ms();
+                    let (topic, payload) = registry_document(&change, &self.account, &id, now);
+                    self.publish(kind, topic, payload);
+                }
             }
-            Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 self.metrics.count_drops(DropReason::EventsBusy, missed);
             }
@@ -317,22 +329,23 @@ impl Service {
             Err(broadcast::error::RecvError::Closed) => {}
         }
     }
-}
 
-/// Routes one event as the gateway, at QoS 1, like AWS's.
-fn publish(router: &Router, topic: String, payload: Vec<u8>) {
-    let now = Instant::now();
-    let msg = Arc::new(Message::new(
-        topic.into(),
-        payload.into(),
-        crate::codec::QoS::AtLeastOnce,
-        false,
-        Default::default(),
-        now,
-        Origin::gateway(),
-    ));
-    if let Err(e) = router.publish(&msg, now) {
-        tracing::warn!(topic = %msg.topic, error = %e, "event not published");
+    /// Routes one event as the gateway, at QoS 1, like AWS's.
+    fn publish(&self, kind: EventKind, topic: String, payload: Vec<u8>) {
+        let now = Instant::now();
+        let msg = Arc::new(Message::new(
+            topic.into(),
+            payload.into(),
+            crate::codec::QoS::AtLeastOnce,
+            false,
+            Default::default(),
+            now,
+            Origin::gateway(),
+        ));
+        match self.router.publish(&msg, now) {
+            Ok(_) => self.metrics.event_published(kind),
+            Err(e) => tracing::warn!(topic = %msg.topic, error = %e, "event not published"),
+        }
     }
 }
 

@@ -354,7 +354,25 @@ pub struct Metrics {
     pub control_calls: Family,
     /// `edgegate_audit_dropped_total`: audit lines lost because the writer fell behind or failed.
     pub audit_dropped: Counter,
+    /// `edgegate_events_published_total{type}`, by [`EventKind`].
+    events_published: Family,
 }
+
+label_enum!(
+    /// The kinds of `$aws/events/...` messages, for `edgegate_events_published_total`.
+    EventKind {
+        /// Presence: connected, disconnected.
+        Presence => "presence",
+        /// Subscriptions: subscribed, unsubscribed.
+        Subscriptions => "subscriptions",
+        /// THING: a thing created, updated or deleted.
+        Thing => "thing",
+        /// THING_TYPE: a thing type created, updated or deleted.
+        ThingType => "thing_type",
+        /// THING_TYPE_ASSOCIATION: a thing gained or lost its type.
+        ThingTypeAssociation => "thing_type_association",
+    }
+);
 
 label_enum!(
     /// How a control-plane call ended, for `edgegate_control_calls_total`.
@@ -633,6 +651,12 @@ impl Metrics {
                 "edgegate_audit_dropped_total",
                 "Audit log lines lost because the audit writer fell behind or could not write.",
             ),
+            events_published: family(
+                "edgegate_events_published_total",
+                "Events the gateway published on $aws/events/..., by type.",
+                "type",
+                &EventKind::ALL.iter().map(|v| v.label()).collect::<Vec<_>>(),
+            ),
             shadow_bytes: gauge(
                 "edgegate_shadow_bytes",
                 "Bytes of device shadow state (desired and reported) held.",
@@ -652,6 +676,11 @@ impl Metrics {
                 .unwrap_or(SHADOW_CODES.len() - 1);
             self.shadow_rejections.get(i).increment(1);
         }
+    }
+
+    /// Counts an event published.
+    pub fn event_published(&self, kind: EventKind) {
+        self.events_published.get(kind as usize).increment(1);
     }
 
     /// Counts a control-plane call.

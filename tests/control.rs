@@ -1509,4 +1509,16 @@ async fn registry_events_are_published_once_their_type_is_enabled() {
     assert_eq!(seen[3].1["versionNumber"], 2);
     assert_eq!(seen[3].1["thingTypeName"], Value::Null);
     assert_eq!(seen[5].1["operation"], "DELETED");
+    let m = t.metrics().await;
+    for (kind, n) in [
+        ("thing", 3.0),
+        ("thing_type", 1.0),
+        ("thing_type_association", 2.0),
+    ] {
+        assert_eq!(
+            metric(&m, &format!("edgegate_events_published_total{{type=\"{kind}\"}}")),
+            n,
+            "{kind}"
+        );
+    }
 }

@@ -82,6 +82,15 @@ async fn presence_and_subscription_events_carry_aws_fields() {
         "a connection's two events share their version"
     );
     assert!(gone.get("ipAddress").is_none(), "{gone}");
+    // The watcher's own connect and subscribe count too.
+    let m = t.metrics().await;
+    for (kind, n) in [("presence", 3.0), ("subscriptions", 3.0)] {
+        assert_eq!(
+            metric(&m, &format!("edgegate_events_published_total{{type=\"{kind}\"}}")),
+            n,
+            "{kind}"
+        );
+    }
 }
 
 #[tokio::test]
