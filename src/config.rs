@@ -46,6 +46,8 @@ pub struct Config {
     pub actions: Actions,
     /// Which lifecycle events are published.
     pub events: Events,
+    /// Fleet provisioning templates.
+    pub provisioning: FleetProvisioning,
     /// Topic rules, in file order.
     pub rules: Vec<Rule>,
     /// The bridge to an upstream broker; none when absent.
@@ -485,7 +487,7 @@ impl Config {
                     None => problems.push("data_dir: expected a string".into()),
                 },
                 "aws" | "tls" | "mqtt" | "https" | "admin" | "limits" | "store" | "policies"
-                | "auth" | "actions" | "events" | "rules" | "upstream" => {}
+                | "auth" | "actions" | "events" | "provisioning" | "rules" | "upstream" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -502,6 +504,7 @@ impl Config {
             auth: section(&table, "auth", &mut problems),
             actions: section(&table, "actions", &mut problems),
             events: section(&table, "events", &mut problems),
+            provisioning: section(&table, "provisioning", &mut problems),
             rules: rules(&table, &mut problems),
             upstream: table
                 .contains_key("upstream")
@@ -543,7 +546,9 @@ impl Config {
             self.upstream
                 .iter_mut()
                 .flat_map(|u| [&mut u.ca, &mut u.cert, &mut u.key]),
-        ) {
+        )
+        .chain(self.provisioning.templates.iter_mut().map(|t| &mut t.file))
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -894,6 +899,27 @@ impl Default for Events {
             subscriptions: true,
         }
     }
+}
+
+/// `[provisioning]`: fleet provisioning by claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetProvisioning {
+    /// The templates RegisterThing may name.
+    pub templates: Vec<ProvisioningTemplate>,
+}
+
+/// `[[provisioning.templates]]`: one provisioning template.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningTemplate {
+    /// Its name: `$aws/provisioning-templates/<name>/provision/json`.
+    pub name: String,
+    /// The template body (AWS's template language, JSON).
+    pub file: PathBuf,
+    /// A disabled template refuses RegisterThing.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
 }
 
 /// `[actions]`: settings every rule action shares.

@@ -27,6 +27,8 @@
 //!   with rules, never the engine: rules and bridge meet at the spool.
 //! - [`shadow`]: device shadows: the document (pure) and the service that
 //!   answers the reserved topics and the REST calls.
+//! - [`provisioning`]: fleet provisioning by claim: templates (pure),
+//!   ownership tokens (pure), and the service that answers devices.
 //! - [`events`]: lifecycle events: their documents and the service that
 //!   publishes them on `$aws/events/...`.
 //! - [`session`]: the session table, wills, and the connection task.
@@ -45,6 +47,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod oplog;
 pub mod policy;
+pub mod provisioning;
 pub mod registry;
 pub mod router;
 pub mod rules;

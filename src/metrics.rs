@@ -43,6 +43,8 @@ label_enum!(
         RulesBusy => "rules_busy",
         /// A QoS 0 shadow request met a full shadow service queue.
         ShadowsBusy => "shadows_busy",
+        /// A QoS 0 provisioning request met a full provisioning service queue.
+        ProvisioningBusy => "provisioning_busy",
         /// A shadow answer could not be published (the store stayed busy).
         ShadowAnswer => "shadow_answer",
         /// A Basic Ingest message named a rule that does not exist or is disabled.
@@ -356,6 +358,8 @@ pub struct Metrics {
     pub audit_dropped: Counter,
     /// `edgegate_events_published_total{type}`, by [`EventKind`].
     events_published: Family,
+    /// `edgegate_provisioning_requests_total{outcome}`, by [`ProvisioningOutcome`].
+    provisioning_requests: Family,
 }
 
 label_enum!(
@@ -371,6 +375,17 @@ label_enum!(
         ThingType => "thing_type",
         /// THING_TYPE_ASSOCIATION: a thing gained or lost its type.
         ThingTypeAssociation => "thing_type_association",
+    }
+);
+
+label_enum!(
+    /// How a fleet provisioning request ended, for
+    /// `edgegate_provisioning_requests_total`.
+    ProvisioningOutcome {
+        /// Answered on `.../accepted`.
+        Accepted => "accepted",
+        /// Answered on `.../rejected`.
+        Rejected => "rejected",
     }
 );
 
@@ -651,6 +666,15 @@ impl Metrics {
                 "edgegate_audit_dropped_total",
                 "Audit log lines lost because the audit writer fell behind or could not write.",
             ),
+            provisioning_requests: family(
+                "edgegate_provisioning_requests_total",
+                "Fleet provisioning requests, by outcome (accepted, rejected).",
+                "outcome",
+                &ProvisioningOutcome::ALL
+                    .iter()
+                    .map(|v| v.label())
+                    .collect::<Vec<_>>(),
+            ),
             events_published: family(
                 "edgegate_events_published_total",
                 "Events the gateway published on $aws/events/..., by type.",
@@ -676,6 +700,13 @@ impl Metrics {
                 .unwrap_or(SHADOW_CODES.len() - 1);
             self.shadow_rejections.get(i).increment(1);
         }
+    }
+
+    /// Counts a fleet provisioning request.
+    pub fn provisioning_request(&self, outcome: ProvisioningOutcome) {
+        self.provisioning_requests
+            .get(outcome as usize)
+            .increment(1);
     }
 
     /// Counts an event published.

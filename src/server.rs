@@ -65,6 +65,16 @@ pub enum ServerError {
     /// The upstream bridge could not start (its certificates).
     #[error(transparent)]
     Bridge(#[from] crate::bridge::BridgeError),
+    /// A provisioning template could not be read or is not valid.
+    #[error("provisioning template {name} ({file}): {why}")]
+    Template {
+        /// The template's name.
+        name: String,
+        /// Its file.
+        file: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -302,6 +312,18 @@ impl Server {
             shutdown.clone(),
             &tracker,
         );
+        crate::provisioning::service::start(
+            router.clone(),
+            registry.clone(),
+            store.clone(),
+            metrics.clone(),
+            crate::provisioning::service::Settings {
+                ca_dir: ca_dir(&config),
+                templates: templates(&config)?,
+            },
+            shutdown.clone(),
+            &tracker,
+        );
         let bridge = match (&config.upstream, upstream) {
             (Some(u), Some(spool)) => Some(crate::bridge::start(
                 u,
@@ -470,10 +492,7 @@ impl Server {
                     reload_policies(&store, &metrics, &dir);
                 })
             }),
-            ca_dir: config.tls.ca.parent().map_or_else(
-                || std::path::PathBuf::from("."),
-                std::path::Path::to_path_buf,
-            ),
+            ca_dir: ca_dir(&config),
         });
         let admin_state = crate::http::admin::AdminState::new(
             metrics.clone(),
@@ -902,6 +921,34 @@ async fn tls_accept(
         return None;
     };
     Some((tls, identity, domain_name))
+}
+
+/// Where the CA's certificate and key are, to issue certificates with.
+fn ca_dir(config: &Config) -> std::path::PathBuf {
+    config.tls.ca.parent().map_or_else(
+        || std::path::PathBuf::from("."),
+        std::path::Path::to_path_buf,
+    )
+}
+
+/// The enabled provisioning templates, each read and checked.
+fn templates(
+    config: &Config,
+) -> Result<std::collections::BTreeMap<String, crate::provisioning::template::Template>, ServerError>
+{
+    let mut out = std::collections::BTreeMap::new();
+    for t in config.provisioning.templates.iter().filter(|t| t.enabled) {
+        let failed = |why: String| ServerError::Template {
+            name: t.name.clone(),
+            file: t.file.display().to_string(),
+            why,
+        };
+        let body = std::fs::read_to_string(&t.file).map_err(|e| failed(e.to_string()))?;
+        let template = crate::provisioning::template::Template::parse(&body)
+            .map_err(|e| failed(e.to_string()))?;
+        out.insert(t.name.clone(), template);
+    }
+    Ok(out)
 }
 
 /// The operator's line for a refused handshake: the source address, the

@@ -1516,7 +1516,10 @@ async fn registry_events_are_published_once_their_type_is_enabled() {
         ("thing_type_association", 2.0),
     ] {
         assert_eq!(
-            metric(&m, &format!("edgegate_events_published_total{{type=\"{kind}\"}}")),
+            metric(
+                &m,
+                &format!("edgegate_events_published_total{{type=\"{kind}\"}}")
+            ),
             n,
             "{kind}"
         );

@@ -86,7 +86,10 @@ async fn presence_and_subscription_events_carry_aws_fields() {
     let m = t.metrics().await;
     for (kind, n) in [("presence", 3.0), ("subscriptions", 3.0)] {
         assert_eq!(
-            metric(&m, &format!("edgegate_events_published_total{{type=\"{kind}\"}}")),
+            metric(
+                &m,
+                &format!("edgegate_events_published_total{{type=\"{kind}\"}}")
+            ),
             n,
             "{kind}"
         );

@@ -88,6 +88,7 @@ pub struct Router {
     metrics: Arc<Metrics>,
     tap: Tap,
     shadows: Tap,
+    provisioning: Tap,
 }
 
 /// Retained messages and what they hold, under one lock.
@@ -194,6 +195,7 @@ impl Router {
             metrics,
             tap: Tap::new(),
             shadows: Tap::new(),
+            provisioning: Tap::new(),
         }
     }
 
@@ -205,6 +207,41 @@ impl Router {
     /// The shadow service's queue: requests on its reserved topics.
     pub fn shadow_tap(&self) -> &Tap {
         &self.shadows
+    }
+
+    /// The fleet provisioning service's queue: requests on its reserved topics.
+    pub fn provisioning_tap(&self) -> &Tap {
+        &self.provisioning
+    }
+
+    /// Delivers `msg` to one session alone, through those of its
+    /// subscriptions that match: the answer to a request that is the
+    /// requester's only (a new certificate's private key). Nothing is
+    /// stored for it: a session gone meanwhile asks again. Whether it was
+    /// delivered.
+    pub fn answer(&self, msg: &Arc<Message>, session_id: u64) -> bool {
+        let mut targets = Vec::new();
+        self.subs
+            .read()
+            .for_each_match(msg.topic.as_str(), &mut |m| {
+                if let trie::Match::Plain(s) = m
+                    && s.mailbox.session_id == session_id
+                {
+                    add_plain(&mut targets, s, msg);
+                }
+            });
+        let mut delivered = false;
+        for t in targets {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: t.qos,
+                retain: t.retain,
+                sub_ids: t.sub_ids,
+                seq: 0,
+            };
+            delivered |= matches!(t.mailbox.push(d, &self.metrics), Pushed::Queued);
+        }
+        delivered
     }
 
     /// Whether `tap` is to be offered this message: a QoS 1/2 message it has
@@ -342,6 +379,13 @@ impl Router {
             "the shadow service queue",
             DropReason::ShadowsBusy,
         )?;
+        let provisioned = self.offers(
+            &self.provisioning,
+            self.provisioning.wants(topic),
+            msg,
+            "the provisioning service queue",
+            DropReason::ProvisioningBusy,
+        )?;
         // The clock is read before the lock is taken, and only for a retain.
         let modified_ms = if msg.retain {
             unix_ms(SystemTime::now())
@@ -429,7 +473,11 @@ impl Router {
             // Each internal client waits for what came before it (the
             // publish's own writes, then the other client) and the
             // acknowledgement waits for the last.
-            for (tap, offered) in [(&self.tap, ruled), (&self.shadows, shadowed)] {
+            for (tap, offered) in [
+                (&self.tap, ruled),
+                (&self.shadows, shadowed),
+                (&self.provisioning, provisioned),
+            ] {
                 if !offered {
                     continue;
                 }

@@ -67,7 +67,7 @@ def operator_client(gateway, service, secret=ADMIN_SECRET):
 
 
 class Gateway:
-    def __init__(self, workdir: Path, open_policies: bool):
+    def __init__(self, workdir: Path, open_policies: bool, extra: str = ""):
         self.dir = workdir
         self.certs = workdir / "data" / "certs"
         if open_policies:
@@ -79,7 +79,7 @@ class Gateway:
         else:
             # The repository's own policies and provisioning, as a user gets them.
             config = CONFIG.format(policies=ROOT / "policies")
-        (workdir / "config.toml").write_text(config)
+        (workdir / "config.toml").write_text(config + extra)
         self.stdout = workdir / "stdout.txt"
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--config", str(workdir / "config.toml")],

@@ -7,7 +7,7 @@ import re
 import shlex
 import subprocess
 
-from conftest import ADMIN_KEY, ADMIN_SECRET, ROOT
+from conftest import ADMIN_KEY, ADMIN_SECRET, BIN, ROOT, Gateway
 
 WAIT = 10
 
@@ -35,7 +35,7 @@ def run(line, gateway):
 
 def test_the_shadow_commands_of_the_readme(default_gateway):
     gateway = default_gateway
-    update, get = readme_lines("mosquitto_rr")
+    update, get = [l for l in readme_lines("mosquitto_rr") if "/shadow/" in l]
     done = run(update, gateway)
     assert done.returncode == 0, done.stderr
     accepted = json.loads(done.stdout)
@@ -95,3 +95,44 @@ def test_the_event_and_basic_ingest_commands_of_the_readme(default_gateway):
     connected, gone = (json.loads(e[1]) for e in pairs[0])
     assert gone["disconnectReason"] == "CLIENT_INITIATED_DISCONNECT"
     assert gone["sessionIdentifier"] == connected["sessionIdentifier"]
+
+
+def test_the_fleet_provisioning_commands_of_the_readme(tmp_path):
+    # The repository's policies and template, and the README's section.
+    (tmp_path / "templates").mkdir()
+    template = ROOT / "templates" / "device-fleet.json"
+    (tmp_path / "templates" / "device-fleet.json").write_text(template.read_text())
+    text = (ROOT / "README.md").read_text()
+    section = text.split("[[provisioning.templates]]\nname = \"DeviceFleet\"", 1)[1].split("```", 1)[0]
+    gateway = Gateway(tmp_path, open_policies=False,
+                      extra="[[provisioning.templates]]\nname = \"DeviceFleet\"" + section)
+    try:
+        config = str(tmp_path / "config.toml")
+        issue, register = [l for l in readme_lines("edgegate cert ")
+                           if "--cn claim" in l or "claim.pem" in l]
+        # As a user runs them, in the gateway's directory.
+        for line in (issue, f"{register} --config {config}"):
+            done = subprocess.run(["bash", "-c", line.replace("edgegate ", f"{BIN} ", 1)],
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        create, provision = [l for l in readme_lines("mosquitto_rr") if "claim.pem" in l]
+        done = run(create, gateway)
+        assert done.returncode == 0, done.stderr
+        created = json.loads(done.stdout)
+        assert created["certificatePem"].startswith("-----BEGIN CERTIFICATE-----")
+        done = run(provision.replace("TOKEN", created["certificateOwnershipToken"]), gateway)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "deviceConfiguration": {"topic": "things/device-0042/hello"},
+            "thingName": "device-0042"}
+        # The device connects with what it got, under the device policy.
+        (tmp_path / "new.pem").write_text(created["certificatePem"])
+        (tmp_path / "new.key").write_text(created["privateKey"])
+        done = subprocess.run(
+            ["mosquitto_pub", "-h", "localhost", "-p", str(gateway.port), "--cafile", gateway.ca,
+             "--cert", str(tmp_path / "new.pem"), "--key", str(tmp_path / "new.key"),
+             "-i", "device-0042", "-q", "1", "-t", "things/device-0042/hello", "-m", "hi"],
+            capture_output=True, text=True, timeout=WAIT + 5)
+        assert done.returncode == 0, done.stderr
+    finally:
+        gateway.stop()
