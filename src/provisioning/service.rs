@@ -146,11 +146,13 @@ impl Service {
     async fn handle(&mut self, t: Tapped) {
         let Tapped { msg, durable, done } = t;
         let topic = msg.topic.as_str();
+        self.forget_expired();
         let result = match Request::of(topic) {
             Some(Request::CreateKeys) => self.create_keys().await,
             Some(Request::FromCsr) => self.create_from_csr(&msg.payload),
             Some(Request::Register(template)) => self.register(template, &msg.payload),
-            None => return,
+            // `+` matched an empty level.
+            None => Err(rejected(404, "ResourceNotFound", "a template has a name")),
         };
         let result = match result {
             Ok(body) => self.durable().await.map(|()| body),
@@ -196,6 +198,20 @@ impl Service {
         }
     }
 
+    /// Deletes the certificates whose tokens expired unredeemed, as AWS
+    /// does an hour after it issued them.
+    fn forget_expired(&mut self) {
+        for id in self.tokens.expire(unix_secs()) {
+            let pending = self
+                .registry
+                .certificate(&id)
+                .is_some_and(|c| c.status == CertStatus::PendingActivation);
+            if pending && let Err(e) = self.registry.delete_certificate(&id, true) {
+                tracing::warn!(certificate_id = %id, error = %e, "an unclaimed certificate was not deleted");
+            }
+        }
+    }
+
     /// Waits until every change queued so far is durable.
     async fn durable(&self) -> Result<(), Rejected> {
         let failed = |e: String| {
@@ -231,8 +247,7 @@ impl Service {
         let der = pem::parse(pem).map_err(|e| rejected(500, "InternalFailure", e.to_string()))?;
         let identity = ClientIdentity::from_der(der.contents())
             .ok_or_else(|| rejected(500, "InternalFailure", "issued certificate does not parse"))?;
-        self.registry
-            .register_new(&identity, CertStatus::PendingActivation)?;
+        // The token first: a certificate is registered only with one.
         let token = new_token();
         if !self
             .tokens
@@ -246,6 +261,13 @@ impl Service {
                     tokens::MAX_TOKENS
                 ),
             ));
+        }
+        if let Err(e) = self
+            .registry
+            .register_new(&identity, CertStatus::PendingActivation)
+        {
+            self.tokens.redeem(&token);
+            return Err(e.into());
         }
         Ok(json!({
             "certificateId": identity.certificate_id,

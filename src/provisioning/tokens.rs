@@ -3,15 +3,16 @@
 //! an hour (spec aws-iot-device-services.md §3.4). Pure: time is passed in.
 //!
 //! They live in memory: after a restart a device starts its flow again,
-//! as it does when a token expires.
+//! as it does when a token expires. As on AWS, the certificate of a token
+//! that expires unredeemed is deleted, so that claim devices asking again
+//! and again cannot fill the registry.
 
 use std::collections::HashMap;
 
 /// How long a token may be redeemed, in seconds.
 pub const LIFETIME_SECS: u64 = 3600;
 
-/// Tokens held at once; past it, expired ones are forgotten first, and a
-/// new one is refused if none has expired.
+/// Tokens held at once; past it, a new one is refused until some expire.
 pub const MAX_TOKENS: usize = 10_000;
 
 /// Why a token cannot be redeemed.
@@ -35,10 +36,7 @@ impl Tokens {
     /// full of live tokens.
     pub fn issue(&mut self, token: String, certificate_id: &str, now: u64) -> bool {
         if self.issued.len() >= MAX_TOKENS {
-            self.issued.retain(|_, (_, expiry)| *expiry > now);
-            if self.issued.len() >= MAX_TOKENS {
-                return false;
-            }
+            return false;
         }
         self.issued
             .insert(token, (certificate_id.to_owned(), now + LIFETIME_SECS));
@@ -60,6 +58,20 @@ impl Tokens {
     /// Uses a token up.
     pub fn redeem(&mut self, token: &str) {
         self.issued.remove(token);
+    }
+
+    /// Forgets the tokens past their hour at `now`; the certificates they
+    /// stood for, which were never registered to a thing.
+    pub fn expire(&mut self, now: u64) -> Vec<String> {
+        let mut expired = Vec::new();
+        self.issued.retain(|_, (id, expiry)| {
+            let live = *expiry > now;
+            if !live {
+                expired.push(std::mem::take(id));
+            }
+            live
+        });
+        expired
     }
 }
 
@@ -84,16 +96,20 @@ mod tests {
     }
 
     #[test]
-    fn the_table_is_bounded_and_makes_room_from_expired_tokens() {
+    fn the_table_is_bounded_and_expired_tokens_give_their_certificates_back() {
         let mut t = Tokens::default();
         for i in 0..MAX_TOKENS {
-            assert!(t.issue(format!("t{i}"), "c", 0));
+            assert!(t.issue(format!("t{i}"), &format!("c{i}"), i as u64));
         }
         assert!(!t.issue("one more".into(), "c", 1), "all live: refused");
+        let mut expired = t.expire(LIFETIME_SECS + 1);
+        expired.sort();
+        assert_eq!(expired, ["c0", "c1"]);
         assert!(
-            t.issue("later".into(), "c", LIFETIME_SECS),
-            "the expired make room"
+            t.issue("later".into(), "c", LIFETIME_SECS + 1),
+            "room again"
         );
-        assert_eq!(t.certificate("later", LIFETIME_SECS), Ok("c"));
+        assert_eq!(t.certificate("later", LIFETIME_SECS + 1), Ok("c"));
+        assert_eq!(t.certificate("t2", LIFETIME_SECS + 1), Ok("c2"));
     }
 }
