@@ -242,6 +242,18 @@ impl Store {
         Ok(commit)
     }
 
+    /// Resolves once everything queued so far is on disk: batches commit in
+    /// order, so an empty one committing means every earlier one did. The
+    /// error says why not, in words.
+    pub async fn barrier(&self) -> Result<(), String> {
+        let commit = self.try_submit(Vec::new()).map_err(|e| e.to_string())?;
+        match commit.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(StoreError::Closed.to_string()),
+        }
+    }
+
     /// Queues `ops` that need no acknowledgement (tidying up after delivery,
     /// session records), in order with every other op, even past the queue's
     /// bound (see [`WRITER_QUEUE`]).

@@ -214,23 +214,14 @@ impl Service {
 
     /// Waits until every change queued so far is durable.
     async fn durable(&self) -> Result<(), Rejected> {
-        let failed = |e: String| {
+        self.store.barrier().await.map_err(|e| {
             tracing::error!(error = %e, "a provisioning change is not durable");
             rejected(
                 500,
                 "InternalFailure",
                 "the change could not be made durable",
             )
-        };
-        let commit = self
-            .store
-            .try_submit(Vec::new())
-            .map_err(|e| failed(e.to_string()))?;
-        match commit.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(failed(e.to_string())),
-            Err(_) => Err(failed("the store stopped".into())),
-        }
+        })
     }
 
     fn issuing_ca(&self) -> Result<Ca, Rejected> {

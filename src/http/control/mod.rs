@@ -747,28 +747,17 @@ impl Control {
         result
     }
 
-    /// Waits until everything queued for the store so far is on disk: the
-    /// store applies batches in order, so an empty one committing means
-    /// the operation's records did. Nothing the API accepts is lost on a
-    /// crash.
+    /// Waits until the operation's records are on disk: nothing the API
+    /// accepts is lost on a crash.
     async fn durable(&self) -> Result<(), AwsError> {
-        let failed = |e: String| {
+        self.store.barrier().await.map_err(|e| {
             tracing::error!(error = %e, "a control-plane change is not durable");
             AwsError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalFailureException",
                 format!("the change could not be made durable: {e}"),
             )
-        };
-        let commit = self
-            .store
-            .try_submit(Vec::new())
-            .map_err(|e| failed(e.to_string()))?;
-        match commit.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(failed(e.to_string())),
-            Err(_) => Err(failed("the store has stopped".into())),
-        }
+        })
     }
 
     async fn dispatch(&self, op: Op, call: &Call<'_>) -> Result<Response, AwsError> {
