@@ -104,6 +104,17 @@ impl Client {
         format!("arn:aws:iot:{}:{}:cert/{id}", self.region, self.account)
     }
 
+    /// GetPolicy: the policy `name` with its default version's document.
+    pub(crate) fn policy(&self, name: &str) -> anyhow::Result<Value> {
+        self.call(
+            "GET",
+            &format!("/policies/{}", segment(name)),
+            "",
+            &[],
+            None,
+        )
+    }
+
     /// One call; the JSON answer, or the error as AWS names it.
     pub(crate) fn call(
         &self,

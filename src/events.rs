@@ -73,10 +73,6 @@ impl Event {
         if c.client_id.contains(['+', '#', '/']) || c.client_id.is_empty() {
             return None;
         }
-        let family = match self {
-            Event::Connected(_) | Event::Disconnected(..) => "presence",
-            Event::Subscribed(..) | Event::Unsubscribed(..) => "subscriptions",
-        };
         let mut doc = Map::new();
         doc.insert("clientId".into(), json!(&*c.client_id));
         if let Some(thing) = &c.thing {
@@ -102,8 +98,18 @@ impl Event {
                 doc.insert("topics".into(), json!(topics));
             }
         }
+        // The family's topic level is its metric label.
+        let family = self.kind().label();
         let topic = format!("$aws/events/{family}/{kind}/{}", c.client_id);
         Some((topic, Value::Object(doc).to_string().into_bytes()))
+    }
+
+    /// Its family, for the topic and the metrics.
+    fn kind(&self) -> EventKind {
+        match self {
+            Event::Connected(_) | Event::Disconnected(..) => EventKind::Presence,
+            Event::Subscribed(..) | Event::Unsubscribed(..) => EventKind::Subscriptions,
+        }
     }
 }
 
@@ -113,16 +119,6 @@ pub fn event_type(change: &Change) -> (&'static str, EventKind) {
         Change::Thing(..) => ("THING", EventKind::Thing),
         Change::ThingType(..) => ("THING_TYPE", EventKind::ThingType),
         Change::TypeAssociation(..) => ("THING_TYPE_ASSOCIATION", EventKind::ThingTypeAssociation),
-    }
-}
-
-impl Event {
-    /// Its kind, for the metrics.
-    fn kind(&self) -> EventKind {
-        match self {
-            Event::Connected(_) | Event::Disconnected(..) => EventKind::Presence,
-            Event::Subscribed(..) | Event::Unsubscribed(..) => EventKind::Subscriptions,
-        }
     }
 }
 

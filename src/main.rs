@@ -850,13 +850,7 @@ fn attached_policies(
         let mut out = Vec::new();
         for p in attached["policies"].as_array().into_iter().flatten() {
             let name = p["policyName"].as_str().unwrap_or_default();
-            let got = client.call(
-                "GET",
-                &format!("/policies/{}", segment(name)),
-                "",
-                &[],
-                None,
-            )?;
+            let got = client.policy(name)?;
             let text = got["policyDocument"].as_str().unwrap_or_default();
             let document = edgegate::policy::document::parse(text).map_err(|errors| {
                 anyhow::anyhow!(
@@ -1202,13 +1196,7 @@ fn list_policies(config: ConfigArg) -> anyhow::Result<()> {
     control(config, |c| {
         for p in c.all("/policies", "policies", ("marker", "nextMarker"))? {
             let name = p["policyName"].as_str().unwrap_or_default();
-            let got = c.call(
-                "GET",
-                &format!("/policies/{}", segment(name)),
-                "",
-                &[],
-                None,
-            )?;
+            let got = c.policy(name)?;
             let targets = c.call(
                 "POST",
                 &format!("/policy-targets/{}", segment(name)),

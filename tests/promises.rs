@@ -15,14 +15,6 @@ use std::time::Duration;
 /// How long a client is watched for a message that must not come.
 const QUIET: Duration = Duration::from_millis(300);
 
-async fn puback_of(c: &mut V5, topic: &str, retain: bool) -> PubAckReason {
-    c.client
-        .publish(topic, QoS5::AtLeastOnce, retain, "x")
-        .await
-        .expect("queue");
-    c.puback().await
-}
-
 #[tokio::test]
 async fn unsubscribe_stops_delivery_and_is_acknowledged() {
     let t = TestServer::start().await;
@@ -32,7 +24,10 @@ async fn unsubscribe_stops_delivery_and_is_acknowledged() {
         .await
         .expect("sub");
     c.suback().await;
-    assert_eq!(puback_of(&mut c, "u/1", false).await, PubAckReason::Success);
+    assert_eq!(
+        c.publish_qos1("u/1", false, "x").await,
+        PubAckReason::Success
+    );
     assert_eq!(&c.recv().await.topic[..], b"u/1");
     c.client.unsubscribe("u/#").await.expect("unsub");
     loop {
@@ -47,7 +42,7 @@ async fn unsubscribe_stops_delivery_and_is_acknowledged() {
     }
     // Nobody subscribes now: MQTT 5 says so in the PUBACK (0x10).
     assert_eq!(
-        puback_of(&mut c, "u/2", false).await,
+        c.publish_qos1("u/2", false, "x").await,
         PubAckReason::NoMatchingSubscribers
     );
     c.nothing_for(QUIET).await;
@@ -58,7 +53,7 @@ async fn retain_handling_decides_when_retained_messages_are_sent() {
     let t = TestServer::start().await;
     let mut p = t.v5("keeper").await;
     assert_eq!(
-        puback_of(&mut p, "r/kept", true).await,
+        p.publish_qos1("r/kept", true, "x").await,
         PubAckReason::NoMatchingSubscribers,
         "kept, though nobody subscribes yet"
     );
@@ -112,18 +107,19 @@ async fn clients_may_not_publish_events_nor_retain_on_dollar_topics() {
     watcher.suback().await;
     let mut c = t.v5("forger").await;
     assert_eq!(
-        puback_of(&mut c, "$aws/events/presence/connected/x", false).await,
+        c.publish_qos1("$aws/events/presence/connected/x", false, "x")
+            .await,
         PubAckReason::NotAuthorized
     );
     watcher.nothing_for(QUIET).await;
     assert_eq!(
-        puback_of(&mut c, "$custom/state", true).await,
+        c.publish_qos1("$custom/state", true, "x").await,
         PubAckReason::ImplementationSpecificError,
         "retain on a $ topic (PUBACK has no 0x9A Retain not supported)"
     );
     // Not retained, the same topic is fine.
     assert_eq!(
-        puback_of(&mut c, "$custom/state", false).await,
+        c.publish_qos1("$custom/state", false, "x").await,
         PubAckReason::NoMatchingSubscribers
     );
 }
@@ -139,11 +135,11 @@ async fn retain_publish_is_its_own_permission() {
     t.boot().await;
     let mut c = t.v5("plain").await;
     assert_eq!(
-        puback_of(&mut c, "data/1", false).await,
+        c.publish_qos1("data/1", false, "x").await,
         PubAckReason::NoMatchingSubscribers
     );
     assert_eq!(
-        puback_of(&mut c, "data/1", true).await,
+        c.publish_qos1("data/1", true, "x").await,
         PubAckReason::NotAuthorized
     );
     let m = t.metrics().await;
@@ -160,13 +156,13 @@ async fn topic_and_filter_limits_answer_with_reason_codes() {
     let mut c = t.v5("limits").await;
     let deep = "a/b/c/d/e/f/g/h/i";
     assert_eq!(
-        puback_of(&mut c, deep, false).await,
+        c.publish_qos1(deep, false, "x").await,
         PubAckReason::TopicNameInvalid,
         "more than 7 slashes"
     );
     let long = "t".repeat(257);
     assert_eq!(
-        puback_of(&mut c, &long, false).await,
+        c.publish_qos1(&long, false, "x").await,
         PubAckReason::TopicNameInvalid,
         "more than 256 bytes"
     );
@@ -429,30 +425,30 @@ async fn retained_messages_are_bounded_per_certificate_and_in_all() {
     .await;
     let mut a = t.v5("retainer-a").await;
     assert_eq!(
-        puback_of(&mut a, "r/a/1", true).await,
+        a.publish_qos1("r/a/1", true, "x").await,
         PubAckReason::NoMatchingSubscribers
     );
     assert_eq!(
-        puback_of(&mut a, "r/a/2", true).await,
+        a.publish_qos1("r/a/2", true, "x").await,
         PubAckReason::NoMatchingSubscribers
     );
     assert_eq!(
-        puback_of(&mut a, "r/a/3", true).await,
+        a.publish_qos1("r/a/3", true, "x").await,
         PubAckReason::QuotaExceeded,
         "a third retained message of one certificate"
     );
     assert_eq!(
-        puback_of(&mut a, "r/a/1", true).await,
+        a.publish_qos1("r/a/1", true, "x").await,
         PubAckReason::NoMatchingSubscribers,
         "replacing one of its own is within its quota"
     );
     let mut b = t.v5("retainer-b").await;
     assert_eq!(
-        puback_of(&mut b, "r/b/1", true).await,
+        b.publish_qos1("r/b/1", true, "x").await,
         PubAckReason::NoMatchingSubscribers
     );
     assert_eq!(
-        puback_of(&mut b, "r/b/2", true).await,
+        b.publish_qos1("r/b/2", true, "x").await,
         PubAckReason::QuotaExceeded,
         "three retained messages in all"
     );

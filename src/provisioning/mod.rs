@@ -46,6 +46,10 @@ impl<'a> Request<'a> {
 /// Whether `topic` is one the provisioning service answers on: clients may
 /// subscribe to these but not publish to them.
 pub fn is_response_topic(topic: &str) -> bool {
+    // Every client publish asks this: an ordinary topic is answered at once.
+    if !topic.starts_with("$aws/") {
+        return false;
+    }
     let Some(request) = topic
         .strip_suffix("/accepted")
         .or_else(|| topic.strip_suffix("/rejected"))

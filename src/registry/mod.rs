@@ -903,10 +903,7 @@ impl Registry {
             {
                 let t = Thing::named(name);
                 ops.push(record("thing/", name, &t));
-                self.announce(std::iter::once(Change::Thing(
-                    Operation::Created,
-                    t.clone(),
-                )));
+                self.announce(Some(Change::Thing(Operation::Created, t.clone())));
                 state.things.insert(name.to_owned(), t);
             }
             let ca = if state.certs.contains_key(&identity.certificate_id) {
@@ -982,10 +979,7 @@ impl Registry {
         .map(|(t, created)| {
             if created {
                 let typed = t.thing_type.clone();
-                self.announce(std::iter::once(Change::Thing(
-                    Operation::Created,
-                    t.clone(),
-                )));
+                self.announce(Some(Change::Thing(Operation::Created, t.clone())));
                 self.announce(typed.map(|ty| Change::TypeAssociation(true, t.clone(), ty)));
             }
             t
@@ -1119,10 +1113,7 @@ impl Registry {
             Ok((t, ops))
         })
         .inspect(|t| {
-            self.announce(std::iter::once(Change::ThingType(
-                Operation::Created,
-                t.clone(),
-            )));
+            self.announce(Some(Change::ThingType(Operation::Created, t.clone())));
         })
     }
 
@@ -1134,7 +1125,7 @@ impl Registry {
             Ok((t.clone(), vec![record("thingtype/", name, &*t)]))
         })
         .map(|t| {
-            self.announce(std::iter::once(Change::ThingType(Operation::Updated, t)));
+            self.announce(Some(Change::ThingType(Operation::Updated, t)));
         })
     }
 
@@ -1243,10 +1234,7 @@ impl Registry {
                     if !state.things.contains_key(&name) {
                         let thing = Thing::named(&name);
                         ops.push(record("thing/", &name, &thing));
-                        self.announce(std::iter::once(Change::Thing(
-                            Operation::Created,
-                            thing.clone(),
-                        )));
+                        self.announce(Some(Change::Thing(Operation::Created, thing.clone())));
                         state.things.insert(name.clone(), thing);
                     }
                     cert.things.push(name);

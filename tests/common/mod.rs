@@ -578,6 +578,25 @@ impl V5 {
         }
     }
 
+    /// Publishes `payload` at QoS 1 and waits for its PUBACK's reason.
+    pub async fn publish_qos1(
+        &mut self,
+        topic: &str,
+        retain: bool,
+        payload: &str,
+    ) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+        self.client
+            .publish(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                retain,
+                payload.to_owned(),
+            )
+            .await
+            .expect("queue publish");
+        self.puback().await
+    }
+
     /// The reason of the next PUBACK.
     pub async fn puback(&mut self) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
         loop {

@@ -348,19 +348,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_files_under_the_root_are_bounded() {
+    /// Files under a fresh root that rotate past 10 bytes, never by age,
+    /// with `tweak` applied; the directory (kept for the test) and its root.
+    fn files_under(tweak: impl FnOnce(&mut Actions)) -> (tempfile::TempDir, PathBuf, Files) {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).expect("root");
-        let files = Files::new(&Actions {
+        let mut actions = Actions {
             file_root: root.clone(),
             file_max_bytes: 10,
             file_max_age_secs: 0,
-            file_max_files: 3,
             ..Actions::default()
-        });
-        let line = |s: &str| vec![s.to_owned()];
+        };
+        tweak(&mut actions);
+        (dir, root, Files::new(&actions))
+    }
+
+    fn line(s: &str) -> Vec<String> {
+        vec![s.to_owned()]
+    }
+
+    #[test]
+    fn the_files_under_the_root_are_bounded() {
+        let (_dir, root, files) = files_under(|a| a.file_max_files = 3);
         for topic in ["a", "b", "c"] {
             assert_eq!(
                 files.append(&format!("out/{topic}"), &line("1")),
@@ -384,17 +394,7 @@ mod tests {
 
     #[test]
     fn appends_rotates_and_stays_inside() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(&root).expect("root");
-        let files = Files::new(&Actions {
-            file_root: root.clone(),
-            file_max_bytes: 10,
-            file_max_age_secs: 0,
-            file_max_rotated: 2,
-            ..Actions::default()
-        });
-        let line = |s: &str| vec![s.to_owned()];
+        let (dir, root, files) = files_under(|a| a.file_max_rotated = 2);
         assert_eq!(files.append("d/a.jsonl", &line("1234")), Outcome::Delivered);
         assert_eq!(files.append("d/a.jsonl", &line("5678")), Outcome::Delivered);
         assert_eq!(
