@@ -920,6 +920,9 @@ pub struct ProvisioningTemplate {
     /// A disabled template refuses RegisterThing.
     #[serde(default = "enabled")]
     pub enabled: bool,
+    /// The pre-provisioning hook: an HTTPS endpoint asked, with AWS's
+    /// request document, whether to provision each device.
+    pub hook: Option<String>,
 }
 
 /// `[actions]`: settings every rule action shares.

@@ -51,9 +51,16 @@ impl Client {
                     Versions::new(&config.policies.dir, store.clone(), &snapshot.registry);
                 let rules =
                     edgegate::rules::book::Book::new(config, store.clone(), &snapshot.registry);
+                let templates = edgegate::provisioning::catalog::Catalog::load(
+                    config,
+                    store.clone(),
+                    &snapshot.registry,
+                    edgegate::store::now_ms(),
+                )?;
                 let registry = Registry::new(store.clone(), snapshot.registry, cas, auto);
                 let control = Control {
                     rules: Arc::new(rules),
+                    templates: Arc::new(templates),
                     registry: Arc::new(registry),
                     policies: Arc::new(versions),
                     head: ArnHead::new(&config.aws.region, &config.aws.account_id),

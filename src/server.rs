@@ -66,15 +66,11 @@ pub enum ServerError {
     #[error(transparent)]
     Bridge(#[from] crate::bridge::BridgeError),
     /// A provisioning template could not be read or is not valid.
-    #[error("provisioning template {name} ({file}): {why}")]
-    Template {
-        /// The template's name.
-        name: String,
-        /// Its file.
-        file: String,
-        /// What is wrong.
-        why: String,
-    },
+    #[error(transparent)]
+    Template(#[from] crate::provisioning::catalog::FileError),
+    /// The client for pre-provisioning hooks could not be made (`actions.http_ca`).
+    #[error("pre-provisioning hooks: {0}")]
+    HookClient(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -165,6 +161,12 @@ impl Server {
             store.clone(),
             &snapshot.registry,
         ));
+        let catalog = Arc::new(crate::provisioning::catalog::Catalog::load(
+            &config,
+            store.clone(),
+            &snapshot.registry,
+            crate::store::now_ms(),
+        )?);
         let registry = Arc::new(Registry::new(
             store.clone(),
             std::mem::take(&mut snapshot.registry),
@@ -319,7 +321,10 @@ impl Server {
             metrics.clone(),
             crate::provisioning::service::Settings {
                 ca_dir: ca_dir(&config),
-                templates: templates(&config)?,
+                catalog: catalog.clone(),
+                head: ArnHead::new(&config.aws.region, &config.aws.account_id),
+                http: crate::rules::actions::http::client(config.actions.http_ca.as_deref())
+                    .map_err(ServerError::HookClient)?,
             },
             shutdown.clone(),
             &tracker,
@@ -462,6 +467,7 @@ impl Server {
         };
         let control = Arc::new(crate::http::control::Control {
             rules: book,
+            templates: catalog,
             registry: registry.clone(),
             policies: versions,
             head: ArnHead::new(&config.aws.region, &config.aws.account_id),
@@ -929,26 +935,6 @@ fn ca_dir(config: &Config) -> std::path::PathBuf {
         || std::path::PathBuf::from("."),
         std::path::Path::to_path_buf,
     )
-}
-
-/// The enabled provisioning templates, each read and checked.
-fn templates(
-    config: &Config,
-) -> Result<std::collections::BTreeMap<String, crate::provisioning::template::Template>, ServerError>
-{
-    let mut out = std::collections::BTreeMap::new();
-    for t in config.provisioning.templates.iter().filter(|t| t.enabled) {
-        let failed = |why: String| ServerError::Template {
-            name: t.name.clone(),
-            file: t.file.display().to_string(),
-            why,
-        };
-        let body = std::fs::read_to_string(&t.file).map_err(|e| failed(e.to_string()))?;
-        let template = crate::provisioning::template::Template::parse(&body)
-            .map_err(|e| failed(e.to_string()))?;
-        out.insert(t.name.clone(), template);
-    }
-    Ok(out)
 }
 
 /// The operator's line for a refused handshake: the source address, the

@@ -8,6 +8,7 @@ use common::*;
 use edgegate::transport::pki::Pem;
 use rumqttc::QoS;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// What a claim certificate may do, as AWS's fleet provisioning guide has it.
 const CLAIM_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": [
@@ -37,10 +38,25 @@ const FLEET_TEMPLATE: &str = r#"{
 /// A gateway whose unknown certificates are claim certificates, with the
 /// repository's device policy and the `Fleet` template.
 async fn gateway() -> TestServer {
-    let mut t = TestServer::prepare(
-        "[auth]\nprovisioning = { policies = [\"claim\"] }\n\
-         [[provisioning.templates]]\nname = \"Fleet\"\nfile = \"templates/fleet.json\"\n",
-    );
+    gateway_with("").await
+}
+
+/// [`gateway`] with `extra` configuration after the `Fleet` template's
+/// table, and an operator `AKIDADMIN` allowed everything should `extra`
+/// open the admin listener.
+async fn gateway_with(extra: &str) -> TestServer {
+    let mut t = TestServer::prepare(&format!(
+        "[auth]\nprovisioning = {{ policies = [\"claim\"] }}\n\
+         [[provisioning.templates]]\nname = \"Fleet\"\nfile = \"templates/fleet.json\"\n{extra}"
+    ));
+    let operators = t.dir.path().join("operator-policies");
+    std::fs::create_dir_all(&operators).expect("dir");
+    std::fs::write(
+        operators.join("Everything.json"),
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
+    )
+    .expect("operator policy");
+    std::fs::write(t.dir.path().join("admin.secret"), "secret-of-admin\n").expect("secret");
     t.write_policy("claim", CLAIM_POLICY);
     let device = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/device.json");
     t.write_policy(
@@ -56,7 +72,12 @@ async fn gateway() -> TestServer {
 
 /// A claim device subscribed to the answers of `requests`.
 async fn claim(t: &TestServer, id: &str, requests: &[&str]) -> V4 {
-    let mut c = t.v4(id, true).await;
+    claim_as(t, id, &t.device(id), requests).await
+}
+
+/// [`claim`] with the claim certificate `pem`.
+async fn claim_as(t: &TestServer, id: &str, pem: &Pem, requests: &[&str]) -> V4 {
+    let mut c = V4::connect_as(t, id, pem).await;
     for r in requests {
         for answer in ["accepted", "rejected"] {
             let codes = c
@@ -297,4 +318,384 @@ fn a_broken_template_stops_the_gateway_from_starting_with_its_name() {
         err.contains("provisioning template Broken") && err.contains("Fn::If is not supported"),
         "{err}"
     );
+}
+
+/// What a pre-provisioning hook endpoint was asked, and how it answers:
+/// by the device's `SerialNumber`.
+#[derive(Clone, Default)]
+struct HookEndpoint {
+    asked: Arc<parking_lot::Mutex<Vec<Value>>>,
+}
+
+async fn hook_answer(
+    axum::extract::State(hook): axum::extract::State<HookEndpoint>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let doc: Value = serde_json::from_slice(&body).expect("the hook is sent JSON");
+    hook.asked.lock().push(doc.clone());
+    let serial = doc["parameters"]["SerialNumber"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match serial.as_str() {
+        "deny" => json!({"allowProvisioning": false})
+            .to_string()
+            .into_response(),
+        "garbage" => "allow!".into_response(),
+        "broken" => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        "silent" => std::future::pending().await,
+        _ => json!({
+            "allowProvisioning": true,
+            "parameterOverrides": {"SerialNumber": format!("{serial}-checked")}
+        })
+        .to_string()
+        .into_response(),
+    }
+}
+
+/// A hook endpoint on 127.0.0.1; its URL.
+async fn hook_endpoint() -> (HookEndpoint, String) {
+    let hook = HookEndpoint::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook_answer))
+        .with_state(hook.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (hook, format!("http://{addr}/hook"))
+}
+
+/// A URL on 127.0.0.1 where nothing listens.
+async fn nothing_listens() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    format!("http://{}/hook", listener.local_addr().expect("addr"))
+}
+
+/// Creates keys and a certificate; the ownership token.
+async fn token(c: &mut V4) -> String {
+    let (topic, created) = ask(c, CREATE, json!({})).await;
+    assert_eq!(topic, format!("{CREATE}/accepted"), "{created}");
+    created["certificateOwnershipToken"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_provisioning_hook_decides_and_may_override_parameters() {
+    let (hook, url) = hook_endpoint().await;
+    let down = nothing_listens().await;
+    let t = gateway_with(&format!(
+        "hook = \"{url}\"\n\
+         [[provisioning.templates]]\nname = \"Down\"\nfile = \"templates/fleet.json\"\nhook = \"{down}\"\n"
+    ))
+    .await;
+    let down_topic = "$aws/provisioning-templates/Down/provision/json";
+    let claim_pem = t.device("claim-hooked");
+    let mut c = claim_as(
+        &t,
+        "claim-hooked",
+        &claim_pem,
+        &[CREATE, PROVISION, down_topic],
+    )
+    .await;
+    let claim_id = edgegate::registry::ClientIdentity::from_der(
+        pem::parse(&claim_pem.cert).expect("PEM").contents(),
+    )
+    .expect("identity")
+    .certificate_id;
+
+    // Allowed, with the serial number the hook chose.
+    let token_1 = token(&mut c).await;
+    let (topic, registered) = ask(
+        &mut c,
+        PROVISION,
+        json!({"certificateOwnershipToken": token_1, "parameters": {"SerialNumber": "1"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{PROVISION}/accepted"), "{registered}");
+    assert_eq!(registered["thingName"], "lamp-1-checked");
+    let asked = hook.asked.lock()[0].clone();
+    assert_eq!(asked["claimCertificateId"], claim_id.as_str());
+    assert_eq!(asked["clientId"], "claim-hooked");
+    assert_eq!(
+        asked["templateArn"],
+        "arn:aws:iot:us-east-1:000000000000:provisioningtemplate/Fleet"
+    );
+    assert_eq!(asked["parameters"], json!({"SerialNumber": "1"}));
+    let certificate_id = asked["certificateId"].as_str().expect("certificateId");
+    let certificate = t
+        .server()
+        .registry
+        .certificate(certificate_id)
+        .expect("the certificate asked about");
+    assert_eq!(asked["certificatePem"], certificate.pem.as_str());
+    assert_eq!(certificate.things, ["lamp-1-checked"]);
+
+    // Refused, and refused by an answer that is not an explicit allow,
+    // by an error status and by an endpoint that is down: AccessDenied,
+    // nothing made, the token still good.
+    let token_2 = token(&mut c).await;
+    for (topic, serial) in [
+        (PROVISION, "deny"),
+        (PROVISION, "garbage"),
+        (PROVISION, "broken"),
+        (down_topic, "2"),
+    ] {
+        let (answer, refused) = ask(
+            &mut c,
+            topic,
+            json!({"certificateOwnershipToken": token_2, "parameters": {"SerialNumber": serial}}),
+        )
+        .await;
+        assert_eq!(answer, format!("{topic}/rejected"), "{serial}: {refused}");
+        assert_eq!(refused["statusCode"], 403, "{refused}");
+        assert_eq!(refused["errorCode"], "AccessDenied", "{refused}");
+        assert!(
+            t.server()
+                .registry
+                .thing(&format!("lamp-{serial}"))
+                .is_none()
+        );
+    }
+    let (topic, _) = ask(
+        &mut c,
+        PROVISION,
+        json!({"certificateOwnershipToken": token_2, "parameters": {"SerialNumber": "2"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{PROVISION}/accepted"));
+
+    // A hook that never answers refuses the device after AWS's 5 seconds;
+    // other devices are answered meanwhile.
+    let token_3 = token(&mut c).await;
+    c.publish(
+        PROVISION,
+        QoS::AtLeastOnce,
+        false,
+        json!({"certificateOwnershipToken": token_3, "parameters": {"SerialNumber": "silent"}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    let mut other = claim(&t, "claim-other", &[CREATE]).await;
+    token(&mut other).await;
+    let started = tokio::time::Instant::now();
+    let p = c.recv().await;
+    assert_eq!(p.topic, format!("{PROVISION}/rejected"));
+    let refused: Value = serde_json::from_slice(&p.payload).expect("JSON");
+    assert_eq!(refused["errorCode"], "AccessDenied", "{refused}");
+    assert!(
+        refused["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("5 s")),
+        "{refused}"
+    );
+    assert!(started.elapsed() < WAIT);
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_provisioning_requests_total{outcome=\"rejected\"}"
+        ),
+        5.0
+    );
+}
+
+/// The admin listener and its one operator.
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
+    [[admin.users]]\naccess_key_id = \"admin\"\nsecret_file = \"admin.secret\"\npolicies = [\"Everything\"]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_made_through_the_api_provision_devices_and_persist() {
+    let mut t = gateway_with(ADMIN).await;
+    let aws = Aws::new(t.admin(), "admin", "secret-of-admin");
+    let (status, made) = aws
+        .post(
+            "/provisioning-templates",
+            "",
+            json!({
+                "templateName": "Lamps",
+                "description": "lamps of the first floor",
+                "templateBody": FLEET_TEMPLATE,
+                "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning",
+                "enabled": true,
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(
+        made,
+        json!({"templateArn": "arn:aws:iot:us-east-1:000000000000:provisioningtemplate/Lamps",
+               "templateName": "Lamps", "defaultVersionId": 1})
+    );
+    let lamps = "$aws/provisioning-templates/Lamps/provision/json";
+    let mut c = claim(&t, "claim-api", &[CREATE, lamps]).await;
+    let token_now = token(&mut c).await;
+    let (topic, registered) = ask(
+        &mut c,
+        lamps,
+        json!({"certificateOwnershipToken": token_now, "parameters": {"SerialNumber": "8"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{lamps}/accepted"), "{registered}");
+    assert_eq!(registered["thingName"], "lamp-8");
+
+    // A second version, made the default, names things otherwise.
+    let second = FLEET_TEMPLATE.replace("lamp-", "floor1-");
+    let (status, version) = aws
+        .post(
+            "/provisioning-templates/Lamps/versions",
+            "setAsDefault=true",
+            json!({ "templateBody": second }),
+        )
+        .await;
+    assert_eq!(status, 200, "{version}");
+    assert_eq!(
+        (&version["versionId"], &version["isDefaultVersion"]),
+        (&json!(2), &json!(true))
+    );
+    let token_now = token(&mut c).await;
+    let (_, registered) = ask(
+        &mut c,
+        lamps,
+        json!({"certificateOwnershipToken": token_now, "parameters": {"SerialNumber": "9"}}),
+    )
+    .await;
+    assert_eq!(registered["thingName"], "floor1-9", "{registered}");
+
+    // The default version cannot go; another can.
+    let (status, conflict) = aws
+        .call(
+            "DELETE",
+            "/provisioning-templates/Lamps/versions/2",
+            "",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(status, 409, "{conflict}");
+    let (_, versions) = aws.get("/provisioning-templates/Lamps/versions", "").await;
+    assert_eq!(
+        versions["versions"].as_array().map(|v| v
+            .iter()
+            .map(|v| v["isDefaultVersion"].clone())
+            .collect::<Vec<_>>()),
+        Some(vec![json!(false), json!(true)])
+    );
+    let (status, _) = aws
+        .call(
+            "DELETE",
+            "/provisioning-templates/Lamps/versions/1",
+            "",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // A broken body is refused with AWS's error and changes nothing.
+    let (status, broken) = aws
+        .post(
+            "/provisioning-templates/Lamps/versions",
+            "setAsDefault=true",
+            json!({ "templateBody": "{\"Resources\": []}" }),
+        )
+        .await;
+    assert_eq!(status, 400, "{broken}");
+
+    // Disabled, it provisions nothing.
+    let (status, _) = aws
+        .call(
+            "PATCH",
+            "/provisioning-templates/Lamps",
+            "",
+            &[],
+            &json!({"enabled": false}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let token_now = token(&mut c).await;
+    let (topic, refused) = ask(
+        &mut c,
+        lamps,
+        json!({"certificateOwnershipToken": token_now, "parameters": {"SerialNumber": "10"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{lamps}/rejected"), "{refused}");
+
+    // A template that fails half-way leaves nothing behind: the policy it
+    // attached before its thing's type turned out missing is detached.
+    let typed = FLEET_TEMPLATE.replace(
+        "\"ThingName\"",
+        "\"ThingTypeName\": \"no-such-type\", \"ThingName\"",
+    );
+    let (status, made) = aws
+        .post(
+            "/provisioning-templates",
+            "",
+            json!({"templateName": "Typed", "templateBody": typed, "enabled": true,
+                   "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let typed_topic = "$aws/provisioning-templates/Typed/provision/json";
+    let mut d = claim(&t, "claim-typed", &[CREATE, typed_topic]).await;
+    let (_, created) = ask(&mut d, CREATE, json!({})).await;
+    let (topic, refused) = ask(
+        &mut d,
+        typed_topic,
+        json!({"certificateOwnershipToken": created["certificateOwnershipToken"],
+               "parameters": {"SerialNumber": "11"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{typed_topic}/rejected"), "{refused}");
+    let left = t
+        .server()
+        .registry
+        .certificate(created["certificateId"].as_str().expect("id"))
+        .expect("still registered, waiting for its token");
+    assert!(
+        left.policies.is_empty() && left.things.is_empty(),
+        "{left:?}"
+    );
+    assert_eq!(left.status.name(), "PENDING_ACTIVATION");
+    assert!(t.server().registry.thing("lamp-11").is_none());
+
+    // The template of config.toml is listed, and changed only there.
+    let (_, listed) = aws.get("/provisioning-templates", "").await;
+    let names: Vec<&str> = listed["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .filter_map(|t| t["templateName"].as_str())
+        .collect();
+    assert_eq!(names, ["Fleet", "Lamps", "Typed"]);
+    let (status, fixed) = aws
+        .call("DELETE", "/provisioning-templates/Fleet", "", &[], "")
+        .await;
+    assert_eq!(status, 409, "{fixed}");
+
+    // What the API made outlives a restart.
+    t.restart().await;
+    let aws = Aws::new(t.admin(), "admin", "secret-of-admin");
+    let (status, described) = aws.get("/provisioning-templates/Lamps", "").await;
+    assert_eq!(status, 200, "{described}");
+    assert_eq!(described["defaultVersionId"], 2);
+    assert_eq!(described["enabled"], false);
+    assert_eq!(described["description"], "lamps of the first floor");
+    assert_eq!(described["templateBody"], second.as_str());
+
+    let (status, _) = aws
+        .call("DELETE", "/provisioning-templates/Lamps", "", &[], "")
+        .await;
+    assert_eq!(status, 200);
+    let (status, gone) = aws.get("/provisioning-templates/Lamps", "").await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(gone["__type"], "ResourceNotFoundException", "{gone}");
 }

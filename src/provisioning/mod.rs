@@ -2,10 +2,14 @@
 //! device connected with a claim certificate asks, over MQTT, for its own
 //! certificate (CreateKeysAndCertificate or CreateCertificateFromCsr) and
 //! then for its thing (RegisterThing with a template of
-//! `[[provisioning.templates]]`). `template` is the template language
-//! (pure), `tokens` the certificate ownership tokens (pure), `service` the
-//! internal client of the router that answers, to the requester alone.
+//! `[[provisioning.templates]]` or of the control plane). `template` is the
+//! template language (pure), `catalog` the templates with their versions,
+//! `tokens` the certificate ownership tokens (pure), `hook` the
+//! pre-provisioning hook, `service` the internal client of the router that
+//! answers, to the requester alone.
 
+pub mod catalog;
+pub mod hook;
 pub mod service;
 pub mod template;
 pub mod tokens;

@@ -4,24 +4,36 @@
 //! and each answer goes to the requesting session alone: an accepted
 //! CreateKeysAndCertificate carries a private key.
 
-use super::template::{CERTIFICATE_ID, Template, TemplateError};
+use super::catalog::{Catalog, CatalogError, Hook, Live};
+use super::hook;
+use super::template::{CERTIFICATE_ID, Plan, Template, TemplateError};
 use super::tokens::{self, Tokens};
 use super::{REQUEST_FILTERS, Request};
 use crate::metrics::{Metrics, ProvisioningOutcome};
+use crate::policy::compile::ArnHead;
 use crate::registry::{CertStatus, ClientIdentity, Registry, RegistryError, ThingUpdate};
 use crate::router::{FilterIndex, Message, Origin, Router, Tapped};
-use crate::store::Store;
+use crate::store::{Commit, Store};
 use crate::transport::pki::Ca;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Requests taken from the tap at once.
 const TURN: usize = 16;
+
+/// RegisterThing requests waiting for their template's hook at once; more
+/// wait in the tap, whose bound holds their publishers back.
+const HOOKS_IN_FLIGHT: usize = 64;
+
+/// Told when a publish's acknowledgement may go.
+type Done = oneshot::Sender<Result<(), Arc<crate::store::StoreError>>>;
 
 /// Longest CSR accepted, as AWS's control plane allows.
 const MAX_CSR: usize = 4096;
@@ -31,8 +43,12 @@ const MAX_CSR: usize = 4096;
 pub struct Settings {
     /// Where the CA key and certificate are, to issue certificates.
     pub ca_dir: PathBuf,
-    /// The enabled templates, by name.
-    pub templates: BTreeMap<String, Template>,
+    /// The templates RegisterThing may name.
+    pub catalog: Arc<Catalog>,
+    /// For template ARNs.
+    pub head: ArnHead,
+    /// Calls the templates' pre-provisioning hooks.
+    pub http: reqwest::Client,
 }
 
 /// Starts the service: the router offers it the request topics.
@@ -118,42 +134,133 @@ impl Service {
         let router = self.router.clone();
         let tap = router.provisioning_tap();
         let mut batch = Vec::with_capacity(TURN);
+        let mut hooks = JoinSet::new();
         loop {
-            tap.take(&mut batch, TURN);
+            while let Some(asked) = hooks.try_join_next() {
+                self.after_hook(asked).await;
+            }
+            let room = HOOKS_IN_FLIGHT.saturating_sub(hooks.len());
+            tap.take(&mut batch, TURN.min(room));
             if batch.is_empty() {
                 tokio::select! {
-                    _ = tap.offered() => continue,
+                    _ = tap.offered(), if room > 0 => {}
+                    Some(asked) = hooks.join_next() => self.after_hook(asked).await,
                     _ = shutdown.cancelled() => {
                         // Answer what was offered before the end, so that no
-                        // publisher waits for an acknowledgement forever.
+                        // device waits for an answer forever; hooks have
+                        // their deadline.
                         tap.take(&mut batch, usize::MAX);
                         for t in batch.drain(..) {
-                            self.handle(t).await;
+                            self.handle(t, &mut hooks).await;
+                        }
+                        while let Some(asked) = hooks.join_next().await {
+                            self.after_hook(asked).await;
                         }
                         return;
                     }
                 }
+                continue;
             }
             for t in batch.drain(..) {
-                self.handle(t).await;
+                self.handle(t, &mut hooks).await;
             }
         }
     }
 
     /// Answers one request on `<request topic>/accepted` or `/rejected`,
-    /// once what it changed is durable, then lets its publisher's
-    /// acknowledgement go.
-    async fn handle(&mut self, t: Tapped) {
+    /// once what it changed is durable, and lets its publisher's
+    /// acknowledgement go. A RegisterThing whose template has a hook is
+    /// answered once the hook has (see [`Service::after_hook`]).
+    async fn handle(&mut self, t: Tapped, hooks: &mut JoinSet<Asked>) {
         let Tapped { msg, durable, done } = t;
-        let topic = msg.topic.as_str();
         self.forget_expired();
-        let result = match Request::of(topic) {
+        let result = match Request::of(msg.topic.as_str()) {
             Some(Request::CreateKeys) => self.create_keys().await,
             Some(Request::FromCsr) => self.create_from_csr(&msg.payload),
-            Some(Request::Register(template)) => self.register(template, &msg.payload),
+            Some(Request::Register(template)) => match self.prepare(template, &msg) {
+                Ok((registration, Some(hook))) => {
+                    release(durable, done).await;
+                    let asked = self.ask(&msg, registration, hook);
+                    hooks.spawn(asked);
+                    return;
+                }
+                Ok((registration, None)) => self.register(registration),
+                Err(r) => Err(r),
+            },
             // `+` matched an empty level.
             None => Err(rejected(404, "ResourceNotFound", "a template has a name")),
         };
+        self.reply(&msg, result).await;
+        release(durable, done).await;
+    }
+
+    /// The hook's question about one RegisterThing, as a task of its own:
+    /// other devices are answered meanwhile.
+    fn ask(
+        &self,
+        msg: &Arc<Message>,
+        registration: Registration,
+        hook: Hook,
+    ) -> impl Future<Output = Asked> + Send + 'static {
+        let client = self.settings.http.clone();
+        let msg = msg.clone();
+        let template_arn = self.template_arn(&registration.template_name);
+        let pem = self
+            .registry
+            .certificate(&registration.certificate_id)
+            .map(|c| c.pem)
+            .unwrap_or_default();
+        async move {
+            let verdict = hook::ask(
+                &client,
+                &hook,
+                &hook::Asked {
+                    claim_certificate_id: msg.origin.principal.as_deref().unwrap_or_default(),
+                    certificate_id: &registration.certificate_id,
+                    certificate_pem: &pem,
+                    template_arn: &template_arn,
+                    client_id: msg.origin.client_id.as_deref().unwrap_or_default(),
+                    parameters: &registration.parameters,
+                },
+            )
+            .await;
+            Asked {
+                msg,
+                registration,
+                verdict,
+            }
+        }
+    }
+
+    /// Provisions the device the hook allowed, with its parameter
+    /// overrides, or refuses it as AWS does (403 AccessDenied).
+    async fn after_hook(&mut self, joined: Result<Asked, JoinError>) {
+        let asked = match joined {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "a pre-provisioning hook call was lost");
+                return;
+            }
+        };
+        let Asked {
+            msg,
+            mut registration,
+            verdict,
+        } = asked;
+        let result = match verdict {
+            Ok(overrides) => {
+                registration.parameters.extend(overrides);
+                self.register(registration)
+            }
+            Err(why) => Err(rejected(403, "AccessDenied", why)),
+        };
+        self.reply(&msg, result).await;
+    }
+
+    /// Answers `msg` to its requester alone, once what it changed is
+    /// durable.
+    async fn reply(&self, msg: &Message, result: Result<Value, Rejected>) {
+        let topic = msg.topic.as_str();
         let result = match result {
             Ok(body) => self.durable().await.map(|()| body),
             Err(r) => Err(r),
@@ -178,24 +285,24 @@ impl Service {
             }
         };
         self.metrics.provisioning_request(outcome);
-        let now = Instant::now();
         let answer = Arc::new(Message::new(
             format!("{topic}/{suffix}").into(),
             body.to_string().into_bytes().into(),
             crate::codec::QoS::AtLeastOnce,
             false,
             Default::default(),
-            now,
+            Instant::now(),
             Origin::gateway(),
         ));
         self.router.answer(&answer, msg.origin.session);
-        if let Some(done) = done {
-            let written = match durable {
-                Some(commit) => commit.await.unwrap_or(Ok(())),
-                None => Ok(()),
-            };
-            let _ = done.send(written);
-        }
+    }
+
+    fn template_arn(&self, name: &str) -> String {
+        let h = &self.settings.head;
+        format!(
+            "arn:{}:iot:{}:{}:provisioningtemplate/{name}",
+            h.partition, h.region, h.account
+        )
     }
 
     /// Deletes the certificates whose tokens expired unredeemed, as AWS
@@ -306,35 +413,20 @@ impl Service {
         self.issued(&pem)
     }
 
-    /// RegisterThing: the token's certificate gets the template's thing,
-    /// policies and status; the token is used up.
-    fn register(&mut self, name: &str, payload: &[u8]) -> Result<Value, Rejected> {
-        let template = self.settings.templates.get(name).ok_or_else(|| {
-            rejected(
-                404,
-                "ResourceNotFound",
-                format!("Template {name} does not exist"),
-            )
+    /// Reads a RegisterThing request: the template's default version and
+    /// hook, the token's certificate, and the parameters.
+    fn prepare(&self, name: &str, msg: &Message) -> Result<(Registration, Option<Hook>), Rejected> {
+        let Live { template, hook } = self.settings.catalog.live(name).map_err(|e| match e {
+            CatalogError::NotFound(m) => rejected(404, "ResourceNotFound", m),
+            other => rejected(400, "InvalidRequest", other.to_string()),
         })?;
-        let request: Value = serde_json::from_slice(payload)
+        let request: Value = serde_json::from_slice(&msg.payload)
             .map_err(|_| rejected(400, "InvalidPayload", "the request is not a JSON object"))?;
         let token = request["certificateOwnershipToken"]
             .as_str()
-            .unwrap_or_default();
-        let certificate_id = self
-            .tokens
-            .certificate(token, unix_secs())
-            .map_err(|why| {
-                rejected(
-                    400,
-                    "InvalidCertificateOwnershipToken",
-                    match why {
-                        tokens::Invalid::Empty => "Certificate ownership token cannot be empty.",
-                        tokens::Invalid::Unknown => "Certificate ownership token is invalid.",
-                    },
-                )
-            })?
+            .unwrap_or_default()
             .to_owned();
+        let certificate_id = self.token_certificate(&token)?;
         let mut parameters = BTreeMap::new();
         match &request["parameters"] {
             Value::Null => {}
@@ -358,45 +450,162 @@ impl Service {
                 ));
             }
         }
-        parameters.insert(CERTIFICATE_ID.to_owned(), certificate_id.clone());
-        let plan = template.evaluate(&parameters)?;
-        let registry = &self.registry;
-        let thing_name = match &plan.thing {
-            Some(t) if registry.thing(&t.name).is_some() => {
-                registry.update_thing(
-                    &t.name,
-                    ThingUpdate {
-                        thing_type: t.thing_type.clone(),
-                        remove_type: false,
-                        attributes: Some((t.attributes.clone(), false)),
-                        expected_version: None,
+        let registration = Registration {
+            template_name: name.to_owned(),
+            template,
+            token,
+            certificate_id,
+            parameters,
+        };
+        Ok((registration, hook))
+    }
+
+    /// The certificate a token is for, if it is good now.
+    fn token_certificate(&self, token: &str) -> Result<String, Rejected> {
+        self.tokens
+            .certificate(token, unix_secs())
+            .map(str::to_owned)
+            .map_err(|why| {
+                rejected(
+                    400,
+                    "InvalidCertificateOwnershipToken",
+                    match why {
+                        tokens::Invalid::Empty => "Certificate ownership token cannot be empty.",
+                        tokens::Invalid::Unknown => "Certificate ownership token is invalid.",
                     },
-                )?;
-                Some(t.name.clone())
-            }
-            Some(t) => {
-                registry.create_thing(&t.name, t.thing_type.clone(), t.attributes.clone())?;
-                Some(t.name.clone())
-            }
-            None => None,
-        };
-        for policy in &plan.policies {
-            registry.attach_policy(&certificate_id, policy)?;
+                )
+            })
+    }
+
+    /// RegisterThing: the token's certificate gets the template's thing,
+    /// policies and status, all or nothing; the token is used up.
+    fn register(&mut self, mut r: Registration) -> Result<Value, Rejected> {
+        // A hook's wait may have outlived the token, or another request
+        // may have used it meanwhile.
+        if self.token_certificate(&r.token)? != r.certificate_id {
+            return Err(rejected(
+                400,
+                "InvalidCertificateOwnershipToken",
+                "Certificate ownership token is invalid.",
+            ));
         }
-        if let Some(thing) = &thing_name {
-            registry.attach_thing(&certificate_id, thing, false)?;
+        // The certificate is the token's, whatever the device or a hook says.
+        r.parameters
+            .insert(CERTIFICATE_ID.to_owned(), r.certificate_id.clone());
+        let plan = r.template.evaluate(&r.parameters)?;
+        let mut undo = Undo::default();
+        let done = self.apply(&r.certificate_id, &plan, &mut undo);
+        if done.is_err() {
+            undo.run(&self.registry, &r.certificate_id);
         }
-        let status = if plan.active {
-            CertStatus::Active
-        } else {
-            CertStatus::Inactive
-        };
-        registry.set_status(&certificate_id, status)?;
-        self.tokens.redeem(token);
+        let thing_name = done?;
+        self.tokens.redeem(&r.token);
         Ok(json!({
             "deviceConfiguration": plan.device_configuration,
             "thingName": thing_name.unwrap_or_default(),
         }))
+    }
+
+    /// Makes what `plan` says, noting in `undo` how to take it back.
+    fn apply(
+        &self,
+        certificate_id: &str,
+        plan: &Plan,
+        undo: &mut Undo,
+    ) -> Result<Option<String>, Rejected> {
+        let registry = &self.registry;
+        for policy in &plan.policies {
+            registry.attach_policy(certificate_id, policy)?;
+            undo.policies.push(policy.clone());
+        }
+        let Some(t) = &plan.thing else {
+            registry.set_status(certificate_id, status(plan))?;
+            return Ok(None);
+        };
+        let exists = registry.thing(&t.name).is_some();
+        if !exists {
+            registry.create_thing(&t.name, t.thing_type.clone(), t.attributes.clone())?;
+            undo.thing = Some(t.name.clone());
+        }
+        registry.attach_thing(certificate_id, &t.name, false)?;
+        undo.attached = Some(t.name.clone());
+        // An existing thing changes last: nothing after it fails but a
+        // certificate deleted meanwhile.
+        if exists {
+            registry.update_thing(
+                &t.name,
+                ThingUpdate {
+                    thing_type: t.thing_type.clone(),
+                    remove_type: false,
+                    attributes: Some((t.attributes.clone(), false)),
+                    expected_version: None,
+                },
+            )?;
+        }
+        registry.set_status(certificate_id, status(plan))?;
+        Ok(Some(t.name.clone()))
+    }
+}
+
+fn status(plan: &Plan) -> CertStatus {
+    if plan.active {
+        CertStatus::Active
+    } else {
+        CertStatus::Inactive
+    }
+}
+
+/// What a RegisterThing that failed half-way had made, to take back.
+#[derive(Debug, Default)]
+struct Undo {
+    thing: Option<String>,
+    policies: Vec<String>,
+    attached: Option<String>,
+}
+
+impl Undo {
+    fn run(self, registry: &Registry, certificate_id: &str) {
+        let mut failed = Vec::new();
+        if let Some(thing) = &self.attached {
+            failed.extend(registry.detach_thing(certificate_id, thing).err());
+        }
+        for policy in &self.policies {
+            failed.extend(registry.detach_policy(certificate_id, policy).err());
+        }
+        if let Some(thing) = &self.thing {
+            failed.extend(registry.delete_thing(thing, None).err());
+        }
+        for e in failed {
+            tracing::warn!(certificate_id, error = %e, "a failed RegisterThing was not wholly taken back");
+        }
+    }
+}
+
+/// A RegisterThing request, read and checked.
+#[derive(Debug)]
+struct Registration {
+    template_name: String,
+    template: Template,
+    token: String,
+    certificate_id: String,
+    parameters: BTreeMap<String, String>,
+}
+
+/// A RegisterThing and what its template's hook answered.
+struct Asked {
+    msg: Arc<Message>,
+    registration: Registration,
+    verdict: Result<BTreeMap<String, String>, String>,
+}
+
+/// Lets a publisher's acknowledgement go once its publish is durable.
+async fn release(durable: Option<Commit>, done: Option<Done>) {
+    if let Some(done) = done {
+        let written = match durable {
+            Some(commit) => commit.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        let _ = done.send(written);
     }
 }
 

@@ -13,6 +13,7 @@
 mod certificates;
 mod events;
 mod policies;
+mod provisioning;
 mod rules;
 mod things;
 
@@ -47,6 +48,8 @@ pub struct Endpoint {
 pub struct Control {
     /// Topic rules.
     pub rules: Arc<crate::rules::book::Book>,
+    /// Provisioning templates.
+    pub templates: Arc<crate::provisioning::catalog::Catalog>,
     /// Certificates, CAs, things and thing types.
     pub registry: Arc<Registry>,
     /// Policies and their versions.
@@ -207,6 +210,15 @@ operations!(
     DisableTopicRule,
     DescribeEventConfigurations,
     UpdateEventConfigurations,
+    CreateProvisioningTemplate,
+    DescribeProvisioningTemplate,
+    ListProvisioningTemplates,
+    UpdateProvisioningTemplate,
+    DeleteProvisioningTemplate,
+    CreateProvisioningTemplateVersion,
+    DescribeProvisioningTemplateVersion,
+    ListProvisioningTemplateVersions,
+    DeleteProvisioningTemplateVersion,
 );
 
 /// Method, path pattern (`{}` is one label), operation, and the kind of
@@ -366,6 +378,60 @@ pub const ROUTES: &[(&str, &str, Op, &str)] = &[
         "event-configurations",
         Op::UpdateEventConfigurations,
         "",
+    ),
+    (
+        "POST",
+        "provisioning-templates",
+        Op::CreateProvisioningTemplate,
+        "",
+    ),
+    (
+        "GET",
+        "provisioning-templates",
+        Op::ListProvisioningTemplates,
+        "",
+    ),
+    (
+        "GET",
+        "provisioning-templates/{}",
+        Op::DescribeProvisioningTemplate,
+        "provisioningtemplate",
+    ),
+    (
+        "PATCH",
+        "provisioning-templates/{}",
+        Op::UpdateProvisioningTemplate,
+        "provisioningtemplate",
+    ),
+    (
+        "DELETE",
+        "provisioning-templates/{}",
+        Op::DeleteProvisioningTemplate,
+        "provisioningtemplate",
+    ),
+    (
+        "POST",
+        "provisioning-templates/{}/versions",
+        Op::CreateProvisioningTemplateVersion,
+        "provisioningtemplate",
+    ),
+    (
+        "GET",
+        "provisioning-templates/{}/versions",
+        Op::ListProvisioningTemplateVersions,
+        "provisioningtemplate",
+    ),
+    (
+        "GET",
+        "provisioning-templates/{}/versions/{}",
+        Op::DescribeProvisioningTemplateVersion,
+        "provisioningtemplate",
+    ),
+    (
+        "DELETE",
+        "provisioning-templates/{}/versions/{}",
+        Op::DeleteProvisioningTemplateVersion,
+        "provisioningtemplate",
     ),
 ];
 
@@ -828,6 +894,15 @@ impl Control {
             DisableTopicRule => rules::set_enabled(self, call, false),
             DescribeEventConfigurations => events::describe(self),
             UpdateEventConfigurations => events::update(self, call),
+            CreateProvisioningTemplate => provisioning::create(self, call),
+            DescribeProvisioningTemplate => provisioning::describe(self, call),
+            ListProvisioningTemplates => provisioning::list(self, call),
+            UpdateProvisioningTemplate => provisioning::update(self, call),
+            DeleteProvisioningTemplate => provisioning::delete(self, call),
+            CreateProvisioningTemplateVersion => provisioning::create_version(self, call),
+            DescribeProvisioningTemplateVersion => provisioning::describe_version(self, call),
+            ListProvisioningTemplateVersions => provisioning::list_versions(self, call),
+            DeleteProvisioningTemplateVersion => provisioning::delete_version(self, call),
         }
     }
 

@@ -117,7 +117,7 @@ impl Http {
 
 /// An absolute `https://` URL, or `http://` to a loopback host (or anywhere
 /// with `actions.allow_plaintext_http`).
-fn check_url(url: &str, allow_plaintext: bool) -> Result<(), String> {
+pub fn check_url(url: &str, allow_plaintext: bool) -> Result<(), String> {
     if url.len() > MAX_URL {
         return Err(format!("url is longer than {MAX_URL} characters"));
     }
