@@ -134,5 +134,19 @@ def test_the_fleet_provisioning_commands_of_the_readme(tmp_path):
              "-i", "device-0042", "-q", "1", "-t", "things/device-0042/hello", "-m", "hi"],
             capture_output=True, text=True, timeout=WAIT + 5)
         assert done.returncode == 0, done.stderr
+
+        # A template made through the control plane with the AWS CLI, in the
+        # repository's directory, is listed beside the one of config.toml.
+        aws_cli = shlex.quote(str(ROOT / "tests/compat/.venv/bin/aws"))
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": ADMIN_KEY, "AWS_SECRET_ACCESS_KEY": ADMIN_SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        for line in [l for l in readme_lines("aws iot ") if "provisioning-template" in l]:
+            line = localized(re.sub(r"^aws ", f"{aws_cli} ", line), gateway)
+            done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        listed = json.loads(done.stdout)["templates"]
+        assert [(t["templateName"], t["enabled"]) for t in listed] == [
+            ("DeviceFleet", True), ("Lamps", True)]
     finally:
         gateway.stop()
