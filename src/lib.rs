@@ -8,6 +8,8 @@
 //! - [`metrics`]: every metric name; a private Prometheus recorder per gateway.
 //! - [`oplog`]: the operator's log: escaped text or JSON, and the gate that
 //!   lets every refusal through at most once a second per principal.
+//! - [`audit`]: the audit log of what changes identities and configuration:
+//!   control-plane calls and fleet provisioning requests.
 //! - [`config`]: `config.toml`, defaults, validation reporting every problem.
 //! - [`transport`]: TLS configuration, the server's TLS stream, and
 //!   certificate generation; it imports only [`config`] and [`metrics`].
@@ -33,11 +35,12 @@
 //!   publishes them on `$aws/events/...`.
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`http`]: the admin listener and socket, the AWS IoT control plane
-//!   with operators and audit, the `iot-data` API, the device endpoint.
+//!   with operators, the `iot-data` API, the device endpoint.
 //! - [`server`]: binds everything, then serves; owns shutdown.
 //! - [`loadgen`]: the load tool (`edgegate bench`), a client of any broker;
 //!   it uses only [`codec`].
 
+pub mod audit;
 pub mod bridge;
 pub mod codec;
 pub mod config;

@@ -314,6 +314,14 @@ impl Server {
             shutdown.clone(),
             &tracker,
         );
+        let audit = crate::audit::Audit::start(
+            &config.data_dir,
+            config.admin.audit_max_bytes,
+            config.admin.audit_max_files,
+            metrics.clone(),
+        )
+        .map_err(|e| tracing::error!(error = %e, "the audit log cannot be written"))
+        .ok();
         crate::provisioning::service::start(
             router.clone(),
             registry.clone(),
@@ -325,6 +333,7 @@ impl Server {
                 head: ArnHead::new(&config.aws.region, &config.aws.account_id),
                 http: crate::rules::actions::http::client(config.actions.http_ca.as_deref())
                     .map_err(ServerError::HookClient)?,
+                audit: audit.clone(),
             },
             shutdown.clone(),
             &tracker,
@@ -478,14 +487,7 @@ impl Server {
             },
             data: Some(data),
             operators,
-            audit: crate::http::audit::Audit::start(
-                &config.data_dir,
-                config.admin.audit_max_bytes,
-                config.admin.audit_max_files,
-                metrics.clone(),
-            )
-            .map_err(|e| tracing::error!(error = %e, "the audit log cannot be written"))
-            .ok(),
+            audit,
             metrics: metrics.clone(),
             store: store.clone(),
             enforce: Some({

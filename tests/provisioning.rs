@@ -151,6 +151,27 @@ async fn a_claim_certificate_gets_a_certificate_and_a_thing_then_connects_with_t
         Some([("serial".to_owned(), "0042".to_owned())].into())
     );
 
+    // Each request is in the audit log, with the claim certificate as its
+    // principal and what it made as resources.
+    let line = audit_line(&t, |l| {
+        l.contains("\"RegisterThing\"") && l.contains("\"status\":200")
+    })
+    .await;
+    let entry: Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(entry["decision"], "allow");
+    assert_eq!(
+        entry["resources"],
+        json!([
+            "arn:aws:iot:us-east-1:000000000000:provisioningtemplate/Fleet",
+            format!("arn:aws:iot:us-east-1:000000000000:cert/{id}"),
+            "arn:aws:iot:us-east-1:000000000000:thing/lamp-0042"
+        ])
+    );
+    let claim_principal = entry["principal"].as_str().expect("principal");
+    assert_eq!(claim_principal.len(), 64, "{entry}");
+    let line = audit_line(&t, |l| l.contains("CreateKeysAndCertificate")).await;
+    assert!(line.contains(&format!("cert/{id}")), "{line}");
+
     // The token is used up.
     let (topic, again) = ask(
         &mut c,
@@ -169,6 +190,11 @@ async fn a_claim_certificate_gets_a_certificate_and_a_thing_then_connects_with_t
         empty["errorMessage"],
         "Certificate ownership token cannot be empty."
     );
+    audit_line(&t, |l| {
+        l.contains("\"RegisterThing\"")
+            && l.contains("\"error\":\"InvalidCertificateOwnershipToken\"")
+    })
+    .await;
 
     // The other claim device, subscribed to the same answers, saw none of
     // them: the private key went to its requester alone.

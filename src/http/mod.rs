@@ -1,7 +1,6 @@
 //! HTTP servers of the gateway.
 
 pub mod admin;
-pub mod audit;
 pub mod aws;
 pub mod control;
 pub mod data;

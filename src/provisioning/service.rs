@@ -9,6 +9,7 @@ use super::hook;
 use super::template::{CERTIFICATE_ID, Plan, Template, TemplateError};
 use super::tokens::{self, Tokens};
 use super::{REQUEST_FILTERS, Request};
+use crate::audit::{Audit, Entry};
 use crate::metrics::{Metrics, ProvisioningOutcome};
 use crate::policy::compile::ArnHead;
 use crate::registry::{CertStatus, ClientIdentity, Registry, RegistryError, ThingUpdate};
@@ -49,6 +50,8 @@ pub struct Settings {
     pub head: ArnHead,
     /// Calls the templates' pre-provisioning hooks.
     pub http: reqwest::Client,
+    /// Where requests are recorded.
+    pub audit: Option<Audit>,
 }
 
 /// Starts the service: the router offers it the request topics.
@@ -174,6 +177,7 @@ impl Service {
     async fn handle(&mut self, t: Tapped, hooks: &mut JoinSet<Asked>) {
         let Tapped { msg, durable, done } = t;
         self.forget_expired();
+        let mut certificate = None;
         let result = match Request::of(msg.topic.as_str()) {
             Some(Request::CreateKeys) => self.create_keys().await,
             Some(Request::FromCsr) => self.create_from_csr(&msg.payload),
@@ -184,13 +188,16 @@ impl Service {
                     hooks.spawn(asked);
                     return;
                 }
-                Ok((registration, None)) => self.register(registration),
+                Ok((registration, None)) => {
+                    certificate = Some(registration.certificate_id.clone());
+                    self.register(registration)
+                }
                 Err(r) => Err(r),
             },
             // `+` matched an empty level.
             None => Err(rejected(404, "ResourceNotFound", "a template has a name")),
         };
-        self.reply(&msg, result).await;
+        self.reply(&msg, certificate.as_deref(), result).await;
         release(durable, done).await;
     }
 
@@ -204,7 +211,7 @@ impl Service {
     ) -> impl Future<Output = Asked> + Send + 'static {
         let client = self.settings.http.clone();
         let msg = msg.clone();
-        let template_arn = self.template_arn(&registration.template_name);
+        let template_arn = self.arn("provisioningtemplate", &registration.template_name);
         let pem = self
             .registry
             .certificate(&registration.certificate_id)
@@ -247,6 +254,7 @@ impl Service {
             mut registration,
             verdict,
         } = asked;
+        let certificate = registration.certificate_id.clone();
         let result = match verdict {
             Ok(overrides) => {
                 registration.parameters.extend(overrides);
@@ -254,17 +262,23 @@ impl Service {
             }
             Err(why) => Err(rejected(403, "AccessDenied", why)),
         };
-        self.reply(&msg, result).await;
+        self.reply(&msg, Some(&certificate), result).await;
     }
 
-    /// Answers `msg` to its requester alone, once what it changed is
-    /// durable.
-    async fn reply(&self, msg: &Message, result: Result<Value, Rejected>) {
+    /// Answers `msg` to its requester alone, once what it changed (for
+    /// `certificate`, if the request names one) is durable, and audits it.
+    async fn reply(
+        &self,
+        msg: &Message,
+        certificate: Option<&str>,
+        result: Result<Value, Rejected>,
+    ) {
         let topic = msg.topic.as_str();
         let result = match result {
             Ok(body) => self.durable().await.map(|()| body),
             Err(r) => Err(r),
         };
+        self.audit(msg, certificate, &result);
         let (suffix, body, outcome) = match result {
             Ok(body) => ("accepted", body, ProvisioningOutcome::Accepted),
             Err(r) => {
@@ -297,10 +311,59 @@ impl Service {
         self.router.answer(&answer, msg.origin.session);
     }
 
-    fn template_arn(&self, name: &str) -> String {
+    /// Writes the audit line of a request: the device, the operation, and
+    /// the template, certificate and thing it named or made.
+    fn audit(&self, msg: &Message, certificate: Option<&str>, result: &Result<Value, Rejected>) {
+        let Some(audit) = &self.settings.audit else {
+            return;
+        };
+        let request = Request::of(msg.topic.as_str());
+        let operation = match request {
+            Some(Request::CreateKeys) => "CreateKeysAndCertificate",
+            Some(Request::FromCsr) => "CreateCertificateFromCsr",
+            Some(Request::Register(_)) | None => "RegisterThing",
+        };
+        let mut resources = Vec::new();
+        if let Some(Request::Register(name)) = request {
+            resources.push(self.arn("provisioningtemplate", name));
+        }
+        let accepted = result.as_ref().ok();
+        let made = accepted.and_then(|body| body["certificateId"].as_str());
+        if let Some(id) = certificate.or(made) {
+            resources.push(self.arn("cert", id));
+        }
+        if let Some(thing) = accepted
+            .and_then(|body| body["thingName"].as_str())
+            .filter(|t| !t.is_empty())
+        {
+            resources.push(self.arn("thing", thing));
+        }
+        let (status, error) = match result {
+            Ok(_) => (200, None),
+            Err(r) => (r.status, Some(r.code.to_owned())),
+        };
+        audit.record(Entry {
+            time: crate::audit::now(),
+            principal: msg
+                .origin
+                .principal
+                .as_deref()
+                .unwrap_or_default()
+                .to_owned(),
+            source: None,
+            operation: operation.to_owned(),
+            resources,
+            decision: "allow",
+            status,
+            error,
+        });
+    }
+
+    /// `arn:aws:iot:REGION:ACCOUNT:KIND/NAME`.
+    fn arn(&self, kind: &str, name: &str) -> String {
         let h = &self.settings.head;
         format!(
-            "arn:{}:iot:{}:{}:provisioningtemplate/{name}",
+            "arn:{}:iot:{}:{}:{kind}/{name}",
             h.partition, h.region, h.account
         )
     }

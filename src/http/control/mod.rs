@@ -17,10 +17,10 @@ mod provisioning;
 mod rules;
 mod things;
 
-use super::audit::{Audit, Entry};
 use super::aws::{AwsError, json_body, query_param, segments};
 use super::data::{self, DataPlane};
 use super::operators::{Operator, Operators};
+use crate::audit::{Audit, Entry};
 use crate::metrics::{ControlOutcome, Metrics};
 use crate::policy::compile::ArnHead;
 use crate::policy::versions::{VersionError, Versions};
@@ -742,7 +742,7 @@ impl Control {
             return;
         };
         audit.record(Entry {
-            time: now_rfc3339(),
+            time: crate::audit::now(),
             principal: principal.to_owned(),
             source: source.map(|ip| ip.to_string()),
             operation,
@@ -985,10 +985,4 @@ impl Control {
         };
         Ok(super::aws::ok(json!({ "endpointAddress": address })))
     }
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -1,4 +1,5 @@
-//! The control plane's audit log: one JSON line per call in
+//! The audit log: one JSON line per control-plane call, and per fleet
+//! provisioning request over MQTT (what makes certificates and things), in
 //! `audit.jsonl` under the data directory, rotated by size
 //! (`audit.jsonl.1` is the newest old file) and bounded in files.
 //!
@@ -17,12 +18,20 @@ use std::sync::mpsc;
 /// Lines waiting for the writer.
 const QUEUE: usize = 1024;
 
+/// RFC 3339 time now, as entries carry it.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// One call, as the audit log records it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
     /// RFC 3339 time of the call.
     pub time: String,
-    /// The access key id, or `local` for the Unix socket.
+    /// The access key id, `local` for the Unix socket, or the certificate
+    /// id of a device that asked over MQTT.
     pub principal: String,
     /// The peer's address, when the call came over TCP.
     pub source: Option<String>,
@@ -31,9 +40,10 @@ pub struct Entry {
     pub operation: String,
     /// The ARNs the call acted on.
     pub resources: Vec<String>,
-    /// `allow` or `deny` (the operator's policies), or `unauthenticated`.
+    /// `allow` or `deny` (the operator's policies), or `unauthenticated`;
+    /// a device's request is `allow` (its policy let it publish).
     pub decision: &'static str,
-    /// HTTP status of the answer.
+    /// HTTP status of the answer (a device's: the `statusCode` AWS would give).
     pub status: u16,
     /// AWS's error code, when the call failed.
     pub error: Option<String>,
