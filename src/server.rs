@@ -322,6 +322,16 @@ impl Server {
         )
         .map_err(|e| tracing::error!(error = %e, "the audit log cannot be written"))
         .ok();
+        let enforce: crate::policy::Enforce = {
+            let (store, metrics, dir) = (
+                policies.clone(),
+                metrics.clone(),
+                config.policies.dir.clone(),
+            );
+            Arc::new(move || {
+                reload_policies(&store, &metrics, &dir);
+            })
+        };
         crate::provisioning::service::start(
             router.clone(),
             registry.clone(),
@@ -334,6 +344,8 @@ impl Server {
                 http: crate::rules::actions::http::client(config.actions.http_ca.as_deref())
                     .map_err(ServerError::HookClient)?,
                 audit: audit.clone(),
+                policies: versions.clone(),
+                enforce: enforce.clone(),
             },
             shutdown.clone(),
             &tracker,
@@ -490,16 +502,7 @@ impl Server {
             audit,
             metrics: metrics.clone(),
             store: store.clone(),
-            enforce: Some({
-                let (store, metrics, dir) = (
-                    policies.clone(),
-                    metrics.clone(),
-                    config.policies.dir.clone(),
-                );
-                Arc::new(move || {
-                    reload_policies(&store, &metrics, &dir);
-                })
-            }),
+            enforce: Some(enforce),
             ca_dir: ca_dir(&config),
         });
         let admin_state = crate::http::admin::AdminState::new(

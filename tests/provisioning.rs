@@ -725,3 +725,95 @@ async fn templates_made_through_the_api_provision_devices_and_persist() {
     assert_eq!(status, 404, "{gone}");
     assert_eq!(gone["__type"], "ResourceNotFoundException", "{gone}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_may_bring_its_policy_as_a_document() {
+    let t = gateway_with(ADMIN).await;
+    let aws = Aws::new(t.admin(), "admin", "secret-of-admin");
+    // AWS's fleet examples write the document as an object; its policy
+    // variables stay for the connection to fill.
+    let template = json!({
+        "Parameters": {"SerialNumber": {"Type": "String"}},
+        "Resources": {
+            "thing": {"Type": "AWS::IoT::Thing", "Properties": {
+                "ThingName": {"Fn::Join": ["", ["doc-", {"Ref": "SerialNumber"}]]}}},
+            "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}},
+            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "iot:Connect",
+                     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+                    {"Effect": "Allow", "Action": "iot:Publish",
+                     "Resource": "arn:aws:iot:*:*:topic/things/${iot:Connection.Thing.ThingName}/*"}]}}}
+        }
+    });
+    let (status, made) = aws
+        .post(
+            "/provisioning-templates",
+            "",
+            json!({"templateName": "Documented", "templateBody": template.to_string(),
+                   "enabled": true,
+                   "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let topic = "$aws/provisioning-templates/Documented/provision/json";
+    let mut c = claim(&t, "claim-doc", &[CREATE, topic]).await;
+    let (_, created) = ask(&mut c, CREATE, json!({})).await;
+    for serial in ["5", "6"] {
+        let (_, created) = if serial == "5" {
+            (String::new(), created.clone())
+        } else {
+            ask(&mut c, CREATE, json!({})).await
+        };
+        let (answer, registered) = ask(
+            &mut c,
+            topic,
+            json!({"certificateOwnershipToken": created["certificateOwnershipToken"],
+                   "parameters": {"SerialNumber": serial}}),
+        )
+        .await;
+        assert_eq!(answer, format!("{topic}/accepted"), "{registered}");
+        let id = created["certificateId"].as_str().expect("id");
+        let policies = t.server().registry.certificate(id).expect("cert").policies;
+        assert_eq!(
+            policies.len(),
+            1,
+            "one policy, named by its document's hash"
+        );
+        // Both devices share the one policy the document made.
+        let (status, policy) = aws.get(&format!("/policies/{}", policies[0]), "").await;
+        assert_eq!(status, 200, "{policy}");
+
+        // In force as soon as the device is provisioned: it may publish
+        // under its own thing's name only.
+        let pem = Pem {
+            cert: created["certificatePem"].as_str().expect("pem").to_owned(),
+            key: created["privateKey"].as_str().expect("key").to_owned(),
+        };
+        let name = format!("doc-{serial}");
+        let mut device = V5::connect_with(&t, t.addr().port(), &name, &pem, |_| {}).await;
+        // Accepted; nobody listens there.
+        assert_eq!(
+            device
+                .publish_qos1(&format!("things/{name}/hello"), false, "hi")
+                .await,
+            rumqttc::v5::mqttbytes::v5::PubAckReason::NoMatchingSubscribers
+        );
+        assert_eq!(
+            device
+                .publish_qos1("things/doc-other/hello", false, "hi")
+                .await,
+            rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+        );
+    }
+    let (_, listed) = aws.get("/policies", "").await;
+    let made: Vec<&Value> = listed["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .filter(|p| p["policyName"].as_str().is_some_and(|n| n.len() == 64))
+        .collect();
+    assert_eq!(made.len(), 1, "{listed}");
+}

@@ -12,6 +12,11 @@ pub mod versions;
 pub mod vocabulary;
 pub mod watch;
 
+/// Puts the policies directory in force for live connections at once, so
+/// that a policy just written applies before the call that wrote it
+/// returns (the directory watcher would apply it too, a moment later).
+pub type Enforce = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

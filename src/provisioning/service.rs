@@ -11,7 +11,9 @@ use super::tokens::{self, Tokens};
 use super::{REQUEST_FILTERS, Request};
 use crate::audit::{Audit, Entry};
 use crate::metrics::{Metrics, ProvisioningOutcome};
+use crate::policy::Enforce;
 use crate::policy::compile::ArnHead;
+use crate::policy::versions::Versions;
 use crate::registry::{CertStatus, ClientIdentity, Registry, RegistryError, ThingUpdate};
 use crate::router::{FilterIndex, Message, Origin, Router, Tapped};
 use crate::store::{Commit, Store};
@@ -40,7 +42,6 @@ type Done = oneshot::Sender<Result<(), Arc<crate::store::StoreError>>>;
 const MAX_CSR: usize = 4096;
 
 /// What the service needs besides the router.
-#[derive(Debug)]
 pub struct Settings {
     /// Where the CA key and certificate are, to issue certificates.
     pub ca_dir: PathBuf,
@@ -52,6 +53,10 @@ pub struct Settings {
     pub http: reqwest::Client,
     /// Where requests are recorded.
     pub audit: Option<Audit>,
+    /// Policies, for those templates bring as documents.
+    pub policies: Arc<Versions>,
+    /// Puts the policies directory in force at once.
+    pub enforce: Enforce,
 }
 
 /// Starts the service: the router offers it the request topics.
@@ -78,6 +83,14 @@ pub fn start(
         tokens: Tokens::default(),
     };
     tracker.spawn(service.run(shutdown));
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("ca_dir", &self.ca_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Service {
@@ -559,7 +572,10 @@ impl Service {
         let mut undo = Undo::default();
         let done = self.apply(&r.certificate_id, &plan, &mut undo);
         if done.is_err() {
-            undo.run(&self.registry, &r.certificate_id);
+            undo.run(&self.registry, &self.settings.policies, &r.certificate_id);
+        } else if !undo.made_policies.is_empty() {
+            // In force before the device can connect with its certificate.
+            (self.settings.enforce)();
         }
         let thing_name = done?;
         self.tokens.redeem(&r.token);
@@ -578,8 +594,17 @@ impl Service {
     ) -> Result<Option<String>, Rejected> {
         let registry = &self.registry;
         for policy in &plan.policies {
-            registry.attach_policy(certificate_id, policy)?;
-            undo.policies.push(policy.clone());
+            if let Some(text) = &policy.document
+                && self.settings.policies.get(&policy.name).is_err()
+            {
+                self.settings
+                    .policies
+                    .create(&policy.name, text)
+                    .map_err(|e| rejected(400, "InvalidRequest", e.to_string()))?;
+                undo.made_policies.push(policy.name.clone());
+            }
+            registry.attach_policy(certificate_id, &policy.name)?;
+            undo.policies.push(policy.name.clone());
         }
         let Some(t) = &plan.thing else {
             registry.set_status(certificate_id, status(plan))?;
@@ -618,16 +643,18 @@ fn status(plan: &Plan) -> CertStatus {
     }
 }
 
-/// What a RegisterThing that failed half-way had made, to take back.
+/// What a RegisterThing that failed half-way had made, to take back (and,
+/// when it succeeded, whether it made policies).
 #[derive(Debug, Default)]
 struct Undo {
     thing: Option<String>,
+    made_policies: Vec<String>,
     policies: Vec<String>,
     attached: Option<String>,
 }
 
 impl Undo {
-    fn run(self, registry: &Registry, certificate_id: &str) {
+    fn run(self, registry: &Registry, policies: &Versions, certificate_id: &str) {
         let mut failed = Vec::new();
         if let Some(thing) = &self.attached {
             failed.extend(registry.detach_thing(certificate_id, thing).err());
@@ -637,6 +664,11 @@ impl Undo {
         }
         if let Some(thing) = &self.thing {
             failed.extend(registry.delete_thing(thing, None).err());
+        }
+        for policy in &self.made_policies {
+            if let Err(e) = policies.delete(policy, || false) {
+                tracing::warn!(certificate_id, error = %e, "a failed RegisterThing was not wholly taken back");
+            }
         }
         for e in failed {
             tracing::warn!(certificate_id, error = %e, "a failed RegisterThing was not wholly taken back");

@@ -1,8 +1,8 @@
 //! Provisioning templates in AWS's template language (spec
 //! aws-iot-device-services.md §3.7), as far as templates for things go:
 //! `Parameters` with defaults, `Mappings`, `Resources` of type
-//! `AWS::IoT::Thing`, `AWS::IoT::Certificate` and `AWS::IoT::Policy` (by
-//! name), and `DeviceConfiguration`, with the intrinsic functions `Ref`,
+//! `AWS::IoT::Thing`, `AWS::IoT::Certificate` and `AWS::IoT::Policy` (an
+//! existing policy by name, or a document), and `DeviceConfiguration`, with the intrinsic functions `Ref`,
 //! `Fn::Join`, `Fn::Select`, `Fn::Split`, `Fn::FindInMap` and `Fn::Sub`.
 //! Pure: a template and parameters in, what to provision out.
 
@@ -35,10 +35,20 @@ pub struct Plan {
     pub thing: Option<ThingPlan>,
     /// Whether the certificate becomes ACTIVE (else INACTIVE).
     pub active: bool,
-    /// Policies (by name) to attach to the certificate.
-    pub policies: Vec<String>,
+    /// Policies to attach to the certificate.
+    pub policies: Vec<PolicyPlan>,
     /// `deviceConfiguration` of the reply.
     pub device_configuration: BTreeMap<String, String>,
+}
+
+/// A policy a template attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPlan {
+    /// `PolicyName`, or for a document, the SHA-256 of its text (as AWS
+    /// names a policy a template brings without a name).
+    pub name: String,
+    /// `PolicyDocument`: the policy is made with it if none has the name.
+    pub document: Option<String>,
 }
 
 /// The thing a template names.
@@ -134,10 +144,20 @@ impl Template {
                 Some("AWS::IoT::Thing") => {}
                 Some("AWS::IoT::Certificate") => certificates += 1,
                 Some("AWS::IoT::Policy") => {
-                    if r["Properties"].get("PolicyName").is_none() {
-                        return Err(invalid(format!(
-                            "resource {name}: a policy is named by PolicyName (a policy in the policies directory); PolicyDocument is not supported"
-                        )));
+                    let props = &r["Properties"];
+                    match (props.get("PolicyName"), props.get("PolicyDocument")) {
+                        (Some(_), None) => {}
+                        (None, Some(d)) => check_document(name, d)?,
+                        (None, None) => {
+                            return Err(invalid(format!(
+                                "resource {name}: Neither policyName nor policyDocument is present in the Template."
+                            )));
+                        }
+                        (Some(_), Some(_)) => {
+                            return Err(invalid(format!(
+                                "resource {name}: a policy has PolicyName or PolicyDocument, not both"
+                            )));
+                        }
                     }
                 }
                 other => {
@@ -217,7 +237,22 @@ impl Template {
                         },
                     };
                 }
-                _ => plan.policies.push(eval.string(&props["PolicyName"])?),
+                _ => plan.policies.push(match props.get("PolicyDocument") {
+                    Some(d) => {
+                        let text = eval.document(d)?;
+                        PolicyPlan {
+                            name: crate::registry::identity::hex(
+                                ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+                                    .as_ref(),
+                            ),
+                            document: Some(text),
+                        }
+                    }
+                    None => PolicyPlan {
+                        name: eval.string(&props["PolicyName"])?,
+                        document: None,
+                    },
+                }),
             }
         }
         for (k, v) in &self.device_configuration {
@@ -225,6 +260,36 @@ impl Template {
         }
         Ok(plan)
     }
+}
+
+/// A policy document written out in the template (an object, or JSON in a
+/// string, as AWS's examples have both) must be a valid policy; one that
+/// functions compute is checked when it is made.
+fn check_document(resource: &str, d: &Value) -> Result<(), TemplateError> {
+    let text = match d {
+        Value::String(s) => s.clone(),
+        Value::Object(m) if !is_function(m) => d.to_string(),
+        Value::Object(_) => return Ok(()),
+        _ => {
+            return Err(invalid(format!(
+                "resource {resource}: PolicyDocument is an object or a string"
+            )));
+        }
+    };
+    crate::policy::document::parse(&text)
+        .map(drop)
+        .map_err(|errors| {
+            let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            invalid(format!(
+                "resource {resource}: PolicyDocument: {}",
+                why.join("; ")
+            ))
+        })
+}
+
+/// Whether an object is one intrinsic function (`{"Fn::Join": ...}`).
+fn is_function(m: &Map<String, Value>) -> bool {
+    m.len() == 1 && m.keys().all(|k| k == "Ref" || k.starts_with("Fn::"))
 }
 
 /// Whether `word` appears as a key anywhere in `v`.
@@ -249,6 +314,15 @@ enum Evaluated {
 }
 
 impl Eval<'_> {
+    /// A policy document's text: written out (policy variables such as
+    /// `${iot:Connection.Thing.ThingName}` stay as they are), or computed.
+    fn document(&self, d: &Value) -> Result<String, TemplateError> {
+        match d {
+            Value::Object(m) if !is_function(m) => Ok(d.to_string()),
+            _ => self.string(d),
+        }
+    }
+
     fn string(&self, v: &Value) -> Result<String, TemplateError> {
         match self.value(v)? {
             Evaluated::One(s) => Ok(s),
@@ -443,7 +517,10 @@ mod tests {
                         .into(),
                 }),
                 active: true,
-                policies: vec!["device".into()],
+                policies: vec![PolicyPlan {
+                    name: "device".into(),
+                    document: None,
+                }],
                 device_configuration: [
                     ("broker", "edge-n"),
                     ("greeting", "hello 0042 ${Literal}"),
@@ -480,7 +557,11 @@ mod tests {
             ),
             (
                 r#"{"Resources": {"p": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyDocument": "{}"}}}}"#,
-                "PolicyDocument is not supported",
+                "resource p: PolicyDocument",
+            ),
+            (
+                r#"{"Resources": {"p": {"Type": "AWS::IoT::Policy", "Properties": {}}}}"#,
+                "Neither policyName nor policyDocument",
             ),
             (
                 r#"{"Resources": {"x": {"Type": "AWS::S3::Bucket"}}}"#,
@@ -501,5 +582,39 @@ mod tests {
             t.evaluate(&params(&[(CERTIFICATE_ID, "abc")])),
             Err(TemplateError::BadValue(_))
         ));
+    }
+
+    #[test]
+    fn a_policy_document_is_named_by_its_hash_and_keeps_its_variables() {
+        let statement = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Action": "iot:Publish",
+            "Resource": "arn:aws:iot:*:*:topic/things/${iot:Connection.Thing.ThingName}/*"}]}"#;
+        let body = |document: &str| {
+            format!(
+                r#"{{"Resources": {{
+                  "c": {{"Type": "AWS::IoT::Certificate",
+                        "Properties": {{"CertificateId": {{"Ref": "AWS::IoT::Certificate::Id"}}}}}},
+                  "p": {{"Type": "AWS::IoT::Policy", "Properties": {{"PolicyDocument": {document}}}}}}}}}"#
+            )
+        };
+        let escaped = Value::String(statement.into()).to_string();
+        for document in [statement.to_owned(), escaped] {
+            let t = Template::parse(&body(&document)).expect("valid");
+            let plan = t
+                .evaluate(&params(&[(CERTIFICATE_ID, "abc")]))
+                .expect("evaluates");
+            let [p] = &plan.policies[..] else {
+                panic!("{plan:?}")
+            };
+            let text = p.document.as_deref().expect("a document");
+            assert!(text.contains("${iot:Connection.Thing.ThingName}"), "{text}");
+            assert_eq!(p.name.len(), 64);
+            assert_eq!(
+                p.name,
+                crate::registry::identity::hex(
+                    ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref()
+                )
+            );
+        }
     }
 }

@@ -70,14 +70,9 @@ pub struct Control {
     pub store: crate::store::Store,
     /// The gateway's CA key and certificate directory, to issue certificates.
     pub ca_dir: std::path::PathBuf,
-    /// Applies the policies directory to live connections at once, so that
-    /// a policy the API wrote is in force when the call returns (the
-    /// directory watcher would apply it too, a moment later).
-    pub enforce: Option<Enforce>,
+    /// Puts a policy the API wrote in force when the call returns.
+    pub enforce: Option<crate::policy::Enforce>,
 }
-
-/// See [`Control::enforce`].
-pub type Enforce = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
