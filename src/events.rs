@@ -13,6 +13,7 @@
 
 use crate::config;
 use crate::metrics::{DropReason, EventKind, Metrics};
+use crate::policy::versions::{PolicyChange, Versions};
 use crate::registry::{Change, Operation, Registry};
 use crate::router::{Message, Origin, Router};
 use serde_json::{Map, Value, json};
@@ -119,7 +120,42 @@ pub fn event_type(change: &Change) -> (&'static str, EventKind) {
         Change::Thing(..) => ("THING", EventKind::Thing),
         Change::ThingType(..) => ("THING_TYPE", EventKind::ThingType),
         Change::TypeAssociation(..) => ("THING_TYPE_ASSOCIATION", EventKind::ThingTypeAssociation),
+        Change::Certificate(..) => ("CERTIFICATE", EventKind::Certificate),
     }
+}
+
+fn operation(op: Operation) -> &'static str {
+    match op {
+        Operation::Created => "created",
+        Operation::Updated => "updated",
+        Operation::Deleted => "deleted",
+    }
+}
+
+/// A policy change's topic and document at `now_ms`. AWS names a `POLICY`
+/// event type but documents no topic or fields for it: these follow its
+/// registry events (`$aws/events/<resource>/<name>/<operation>`,
+/// `eventType`, `eventId`, `operation`, `accountId`).
+pub fn policy_document(
+    change: &PolicyChange,
+    account: &str,
+    event_id: &str,
+    now_ms: u64,
+) -> (String, Vec<u8>) {
+    let op = operation(change.operation);
+    let doc = json!({
+        "eventType": "POLICY_EVENT",
+        "eventId": event_id,
+        "timestamp": now_ms,
+        "operation": op.to_ascii_uppercase(),
+        "accountId": account,
+        "policyName": change.name,
+        "defaultVersionId": change.default_version.to_string(),
+    });
+    (
+        format!("$aws/events/policy/{}/{op}", change.name),
+        doc.to_string().into_bytes(),
+    )
 }
 
 /// A registry change's topic and document at `now_ms`, with AWS's fields.
@@ -129,19 +165,14 @@ pub fn registry_document(
     event_id: &str,
     now_ms: u64,
 ) -> (String, Vec<u8>) {
-    let operation = |op: &Operation| match op {
-        Operation::Created => "created",
-        Operation::Updated => "updated",
-        Operation::Deleted => "deleted",
-    };
     let (topic, doc) = match change {
         Change::Thing(op, t) => (
-            format!("$aws/events/thing/{}/{}", t.name, operation(op)),
+            format!("$aws/events/thing/{}/{}", t.name, operation(*op)),
             json!({
                 "eventType": "THING_EVENT",
                 "eventId": event_id,
                 "timestamp": now_ms,
-                "operation": operation(op).to_ascii_uppercase(),
+                "operation": operation(*op).to_ascii_uppercase(),
                 "accountId": account,
                 "thingId": t.id,
                 "thingName": t.name,
@@ -151,12 +182,12 @@ pub fn registry_document(
             }),
         ),
         Change::ThingType(op, t) => (
-            format!("$aws/events/thingType/{}/{}", t.name, operation(op)),
+            format!("$aws/events/thingType/{}/{}", t.name, operation(*op)),
             json!({
                 "eventType": "THING_TYPE_EVENT",
                 "eventId": event_id,
                 "timestamp": now_ms,
-                "operation": operation(op).to_ascii_uppercase(),
+                "operation": operation(*op).to_ascii_uppercase(),
                 "accountId": account,
                 "thingTypeId": t.id,
                 "thingTypeName": t.name,
@@ -184,6 +215,23 @@ pub fn registry_document(
                 }),
             )
         }
+        // AWS names a CERTIFICATE event type but documents no topic or
+        // fields for it: these follow its registry events, under the
+        // `certificates` level of its JITR event.
+        Change::Certificate(op, c) => (
+            format!("$aws/events/certificates/{}/{}", c.id, operation(*op)),
+            json!({
+                "eventType": "CERTIFICATE_EVENT",
+                "eventId": event_id,
+                "timestamp": now_ms,
+                "operation": operation(*op).to_ascii_uppercase(),
+                "accountId": account,
+                "certificateId": c.id,
+                "certificateStatus": c.status.name(),
+                "caCertificateId": c.ca_id,
+                "versionNumber": c.version,
+            }),
+        ),
     };
     (topic, doc.to_string().into_bytes())
 }
@@ -199,12 +247,21 @@ pub struct Events {
     nonce: u64,
 }
 
+/// Where registry events come from.
+#[derive(Debug)]
+pub struct Sources {
+    /// Things, thing types and certificates.
+    pub registry: Arc<Registry>,
+    /// Policies.
+    pub policies: Arc<Versions>,
+}
+
 impl Events {
     /// Starts the service; it stops at `shutdown` after publishing what
     /// was queued.
     pub fn start(
         router: Arc<Router>,
-        registry: Arc<Registry>,
+        Sources { registry, policies }: Sources,
         metrics: Arc<Metrics>,
         config: config::Events,
         account: String,
@@ -215,6 +272,8 @@ impl Events {
         let (tx, rx) = mpsc::channel(QUEUE);
         let service = Service {
             changes: registry.changes(),
+            policy_changes: policies.changes(),
+            _policies: policies,
             registry,
             router,
             metrics: metrics.clone(),
@@ -274,6 +333,10 @@ struct Service {
     router: Arc<Router>,
     registry: Arc<Registry>,
     changes: broadcast::Receiver<Change>,
+    policy_changes: broadcast::Receiver<PolicyChange>,
+    /// Held so that the senders of both feeds live as long as the
+    /// service: neither receiver ever finds its feed closed.
+    _policies: Arc<Versions>,
     metrics: Arc<Metrics>,
     account: String,
 }
@@ -288,7 +351,20 @@ impl Service {
             let next = tokio::select! {
                 next = rx.recv() => next,
                 change = self.changes.recv() => {
-                    self.registry_event(change);
+                    if let Some(change) = self.received(change) {
+                        let (event_type, kind) = event_type(&change);
+                        self.registry_event(event_type, kind, |account, id, now| {
+                            registry_document(&change, account, id, now)
+                        });
+                    }
+                    continue;
+                }
+                change = self.policy_changes.recv() => {
+                    if let Some(change) = self.received(change) {
+                        self.registry_event("POLICY", EventKind::Policy, |account, id, now| {
+                            policy_document(&change, account, id, now)
+                        });
+                    }
                     continue;
                 }
                 () = shutdown.cancelled() => {
@@ -306,23 +382,31 @@ impl Service {
         }
     }
 
-    fn registry_event(&mut self, change: Result<Change, broadcast::error::RecvError>) {
+    /// A change, or none when changes were missed (counted) or their
+    /// source is gone.
+    fn received<T>(&self, change: Result<T, broadcast::error::RecvError>) -> Option<T> {
         match change {
-            Ok(change) => {
-                let (event_type, kind) = event_type(&change);
-                if self.registry.event_enabled(event_type) {
-                    let id = crate::registry::identity::uuid_v4();
-                    let now = crate::store::now_ms();
-                    let (topic, payload) = registry_document(&change, &self.account, &id, now);
-                    self.publish(kind, topic, payload);
-                }
-            }
+            Ok(change) => Some(change),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 self.metrics.count_drops(DropReason::EventsBusy, missed);
+                None
             }
-            // Cannot happen: the service holds the registry, whose sender
-            // lives as long as it does.
-            Err(broadcast::error::RecvError::Closed) => {}
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// Publishes the event `document` makes, if UpdateEventConfigurations
+    /// enabled `event_type`.
+    fn registry_event(
+        &self,
+        event_type: &str,
+        kind: EventKind,
+        document: impl FnOnce(&str, &str, u64) -> (String, Vec<u8>),
+    ) {
+        if self.registry.event_enabled(event_type) {
+            let id = crate::registry::identity::uuid_v4();
+            let (topic, payload) = document(&self.account, &id, crate::store::now_ms());
+            self.publish(kind, topic, payload);
         }
     }
 

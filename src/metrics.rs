@@ -375,6 +375,10 @@ label_enum!(
         ThingType => "thing_type",
         /// THING_TYPE_ASSOCIATION: a thing gained or lost its type.
         ThingTypeAssociation => "thing_type_association",
+        /// CERTIFICATE: a certificate registered, changed or deleted.
+        Certificate => "certificate",
+        /// POLICY: a policy created, changed or deleted.
+        Policy => "policy",
     }
 );
 

@@ -381,7 +381,10 @@ impl Server {
         };
         let events = crate::events::Events::start(
             router.clone(),
-            registry.clone(),
+            crate::events::Sources {
+                registry: registry.clone(),
+                policies: versions.clone(),
+            },
             metrics.clone(),
             config.events,
             config.aws.account_id.clone(),

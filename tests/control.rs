@@ -1525,3 +1525,107 @@ async fn registry_events_are_published_once_their_type_is_enabled() {
         );
     }
 }
+
+#[tokio::test]
+async fn certificate_and_policy_events_follow_every_change_once_enabled() {
+    let t = gateway(&[], &[]).await;
+    let aws = client(&t, "AKIDADMIN");
+    let mut w = t.v4("watcher", true).await;
+    for filter in ["$aws/events/certificates/#", "$aws/events/policy/#"] {
+        w.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
+    }
+    let enable = json!({"eventConfigurations": {
+        "CERTIFICATE": {"Enabled": true}, "POLICY": {"Enabled": true}}});
+    let (status, _) = aws
+        .call(
+            "PATCH",
+            "/event-configurations",
+            "",
+            &[],
+            &enable.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let id = register(&aws, &t.device("evented").cert).await;
+    let (status, _) = aws
+        .call(
+            "PUT",
+            &format!("/certificates/{id}"),
+            "newStatus=INACTIVE",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = aws
+        .call("DELETE", &format!("/certificates/{id}"), "", &[], "")
+        .await;
+    assert_eq!(status, 200);
+    let allow = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#;
+    let (status, _) = aws
+        .post("/policies/evented", "", json!({"policyDocument": allow}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = aws
+        .post(
+            "/policies/evented/version",
+            "setAsDefault=true",
+            json!({"policyDocument": allow.replace("Connect", "Publish")}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let p = w.recv().await;
+        let doc: Value = serde_json::from_slice(&p.payload).expect("json");
+        seen.push((p.topic, doc));
+    }
+    let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            format!("$aws/events/certificates/{id}/created").as_str(),
+            &format!("$aws/events/certificates/{id}/updated"),
+            &format!("$aws/events/certificates/{id}/deleted"),
+            "$aws/events/policy/evented/created",
+            "$aws/events/policy/evented/updated",
+        ]
+    );
+    let created = &seen[0].1;
+    assert_eq!(created["eventType"], "CERTIFICATE_EVENT");
+    assert_eq!(created["operation"], "CREATED");
+    assert_eq!(created["accountId"], ACCOUNT);
+    assert_eq!(created["certificateId"], id.as_str());
+    assert_eq!(created["certificateStatus"], "ACTIVE");
+    assert_eq!(seen[1].1["certificateStatus"], "INACTIVE");
+    assert_eq!(seen[3].1["eventType"], "POLICY_EVENT");
+    assert_eq!(
+        (
+            &seen[3].1["defaultVersionId"],
+            &seen[4].1["defaultVersionId"]
+        ),
+        (&json!("1"), &json!("2"))
+    );
+
+    // A policy file written or removed by hand is a change like any other.
+    let file = t.dir.path().join("policies/by-hand.json");
+    std::fs::write(&file, allow).expect("write");
+    let p = w.recv().await;
+    assert_eq!(p.topic, "$aws/events/policy/by-hand/created");
+    std::fs::remove_file(&file).expect("remove");
+    let p = w.recv().await;
+    assert_eq!(p.topic, "$aws/events/policy/by-hand/deleted");
+    let m = t.metrics().await;
+    for (kind, n) in [("certificate", 3.0), ("policy", 4.0)] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("edgegate_events_published_total{{type=\"{kind}\"}}")
+            ),
+            n,
+            "{kind}"
+        );
+    }
+}

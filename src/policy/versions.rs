@@ -92,11 +92,40 @@ pub enum VersionError {
     },
 }
 
+/// What happened to a resource (a policy here, the registry's resources
+/// too), for registry events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Made.
+    Created,
+    /// Changed.
+    Updated,
+    /// Removed.
+    Deleted,
+}
+
+/// A policy that was made, changed (its versions, or which is the
+/// default) or deleted, however: the API, the CLI or a hand edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// What happened.
+    pub operation: Operation,
+    /// The policy's name.
+    pub name: String,
+    /// Its default version after the change (before a deletion).
+    pub default_version: u64,
+}
+
+/// Policy changes waiting for the events service; one that falls this far
+/// behind misses some (and counts them).
+const CHANGES: usize = 1024;
+
 /// Every named policy's versions, kept in step with the policies directory.
 pub struct Versions {
     dir: PathBuf,
     store: Store,
     policies: Mutex<BTreeMap<String, Policy>>,
+    changes: tokio::sync::broadcast::Sender<PolicyChange>,
 }
 
 impl std::fmt::Debug for Versions {
@@ -125,9 +154,24 @@ impl Versions {
             dir: dir.to_owned(),
             store,
             policies: Mutex::new(policies),
+            changes: tokio::sync::broadcast::channel(CHANGES).0,
         };
         v.sync();
         v
+    }
+
+    /// Every policy change from now on.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<PolicyChange> {
+        self.changes.subscribe()
+    }
+
+    /// Tells the events service (if it listens) that `name` changed.
+    fn announce(&self, operation: Operation, name: &str, p: &Policy) {
+        let _ = self.changes.send(PolicyChange {
+            operation,
+            name: name.to_owned(),
+            default_version: p.default,
+        });
     }
 
     /// Brings the records in line with the files: what the directory holds
@@ -138,6 +182,11 @@ impl Versions {
         let mut ops = Vec::new();
         let now = now_ms();
         for (name, text) in &files {
+            let operation = if policies.contains_key(name) {
+                Operation::Updated
+            } else {
+                Operation::Created
+            };
             let p = policies.entry(name.clone()).or_insert_with(|| Policy {
                 versions: Vec::new(),
                 default: 0,
@@ -157,6 +206,7 @@ impl Versions {
             }
             add_version(p, text.clone(), true, now);
             ops.push(put(name, p));
+            self.announce(operation, name, p);
         }
         let gone: Vec<String> = policies
             .keys()
@@ -164,7 +214,9 @@ impl Versions {
             .cloned()
             .collect();
         for name in gone {
-            policies.remove(&name);
+            if let Some(p) = policies.remove(&name) {
+                self.announce(Operation::Deleted, &name, &p);
+            }
             ops.push(Op::DelRegistry(format!("{PREFIX}{name}")));
         }
         if !ops.is_empty() {
@@ -215,6 +267,7 @@ impl Versions {
         add_version(&mut p, text.to_owned(), true, now);
         self.write_file(name, text)?;
         self.store.enqueue(vec![put(name, &p)]);
+        self.announce(Operation::Created, name, &p);
         policies.insert(name.to_owned(), p.clone());
         Ok(p)
     }
@@ -279,6 +332,7 @@ impl Versions {
         }
         let file = self.file(name);
         std::fs::remove_file(&file).map_err(|e| io_error(&file, &e))?;
+        self.announce(Operation::Deleted, name, p);
         policies.remove(name);
         self.store
             .enqueue(vec![Op::DelRegistry(format!("{PREFIX}{name}"))]);
@@ -304,6 +358,7 @@ impl Versions {
         }
         *p = next;
         self.store.enqueue(vec![put(name, p)]);
+        self.announce(Operation::Updated, name, p);
         Ok(out)
     }
 

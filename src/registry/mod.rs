@@ -371,18 +371,12 @@ pub enum Change {
     ThingType(Operation, ThingType),
     /// A thing gained (`true`) or lost its type.
     TypeAssociation(bool, Thing, String),
+    /// A certificate was registered, changed (its status, policies or
+    /// things) or deleted.
+    Certificate(Operation, Certificate),
 }
 
-/// What happened to a registry resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// Made.
-    Created,
-    /// Changed.
-    Updated,
-    /// Removed.
-    Deleted,
-}
+pub use crate::policy::versions::Operation;
 
 /// Registry changes waiting for the events service; one that falls this
 /// far behind misses some (and counts them).
@@ -395,7 +389,7 @@ const EVENT_CONFIGURATIONS: &str = "eventconfigurations";
 pub struct Registry {
     state: RwLock<State>,
     store: Store,
-    /// Changes to things and thing types, for registry events.
+    /// Changes to things, thing types and certificates, for registry events.
     changes: tokio::sync::broadcast::Sender<Change>,
     /// Bumped whenever a status or an attachment changes, so that live
     /// connections re-check their principal.
@@ -497,7 +491,7 @@ impl Registry {
         self.changed.send_modify(|g| *g += 1);
     }
 
-    /// Every change to things and thing types from now on.
+    /// Every change to things, thing types and certificates from now on.
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
@@ -744,7 +738,9 @@ impl Registry {
                     "Certificate policies must be detached before deletion (arn: cert/{id})"
                 )));
             }
-            state.certs.remove(id);
+            if let Some(gone) = state.certs.remove(id) {
+                self.announce(Some(Change::Certificate(Operation::Deleted, gone)));
+            }
             Ok(((), vec![Op::DelRegistry(format!("cert/{id}"))]))
         })
     }
@@ -862,6 +858,7 @@ impl Registry {
             }
             cert.modified_ms = now_ms();
             cert.version += 1;
+            self.announce(Some(Change::Certificate(Operation::Updated, cert.clone())));
             Ok(((), vec![record("cert/", &cert.id, &*cert)]))
         })
     }
@@ -882,6 +879,7 @@ impl Registry {
             }
             let cert = new_certificate(identity, status, ca_of(state, identity));
             let ops = vec![record("cert/", &cert.id, &cert)];
+            self.announce(Some(Change::Certificate(Operation::Created, cert.clone())));
             state.certs.insert(cert.id.clone(), cert);
             Ok(((), ops))
         })
@@ -906,10 +904,14 @@ impl Registry {
                 self.announce(Some(Change::Thing(Operation::Created, t.clone())));
                 state.things.insert(name.to_owned(), t);
             }
-            let ca = if state.certs.contains_key(&identity.certificate_id) {
-                None
+            let operation = if state.certs.contains_key(&identity.certificate_id) {
+                Operation::Updated
             } else {
-                ca_of(state, identity)
+                Operation::Created
+            };
+            let ca = match operation {
+                Operation::Created => ca_of(state, identity),
+                _ => None,
             };
             let cert = state
                 .certs
@@ -923,6 +925,7 @@ impl Registry {
                 cert.things.push(name.to_owned());
             }
             ops.push(record("cert/", &cert.id, &*cert));
+            self.announce(Some(Change::Certificate(operation, cert.clone())));
             Ok(((), ops))
         });
     }
@@ -1242,6 +1245,7 @@ impl Registry {
             }
             ops.push(record("cert/", &cert.id, &cert));
             self.store.enqueue(ops);
+            self.announce(Some(Change::Certificate(Operation::Created, cert.clone())));
             state.certs.insert(cert.id.clone(), cert);
             registered = Registered::New(status);
         }
