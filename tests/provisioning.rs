@@ -595,6 +595,19 @@ async fn templates_made_through_the_api_provision_devices_and_persist() {
     .await;
     assert_eq!(registered["thingName"], "floor1-9", "{registered}");
 
+    let (status, described) = aws
+        .get("/provisioning-templates/Lamps/versions/2", "")
+        .await;
+    assert_eq!(status, 200, "{described}");
+    assert_eq!(
+        (&described["templateBody"], &described["isDefaultVersion"]),
+        (&json!(second), &json!(true))
+    );
+    let (status, missing) = aws
+        .get("/provisioning-templates/Lamps/versions/9", "")
+        .await;
+    assert_eq!(status, 404, "{missing}");
+
     // The default version cannot go; another can.
     let (status, conflict) = aws
         .call(

@@ -137,6 +137,14 @@ impl ArnHead {
             account: account.into(),
         }
     }
+
+    /// `arn:aws:iot:REGION:ACCOUNT:KIND/NAME`.
+    pub fn arn(&self, kind: &str, name: &str) -> String {
+        format!(
+            "arn:{}:iot:{}:{}:{kind}/{name}",
+            self.partition, self.region, self.account
+        )
+    }
 }
 
 /// Compiles named documents for a connection described by `ctx`.

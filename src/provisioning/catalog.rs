@@ -105,6 +105,27 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// A template made now, its body version 1.
+    fn new(c: Create, now_ms: u64) -> Self {
+        Self {
+            description: c.description,
+            enabled: c.enabled,
+            role_arn: c.role_arn,
+            hook: c.hook,
+            created_ms: now_ms,
+            modified_ms: now_ms,
+            default_version: 1,
+            next_version: 2,
+            versions: BTreeMap::from([(
+                1,
+                Version {
+                    body: c.body,
+                    created_ms: now_ms,
+                },
+            )]),
+        }
+    }
+
     /// The default version's body.
     pub fn body(&self) -> &str {
         self.versions
@@ -209,24 +230,14 @@ impl Catalog {
                 .map(|url| hook(url, HOOK_PAYLOAD_VERSION, allow_plaintext_hooks))
                 .transpose()
                 .map_err(|e| failed(e.to_string()))?;
-            let stored = Stored {
+            let made = Create {
+                body,
                 description: String::new(),
                 enabled: t.enabled,
                 role_arn: String::new(),
                 hook,
-                created_ms: now_ms,
-                modified_ms: now_ms,
-                default_version: 1,
-                next_version: 2,
-                versions: BTreeMap::from([(
-                    1,
-                    Version {
-                        body,
-                        created_ms: now_ms,
-                    },
-                )]),
             };
-            fixed.insert(t.name.clone(), stored);
+            fixed.insert(t.name.clone(), Stored::new(made, now_ms));
         }
         let api = records
             .iter()
@@ -287,6 +298,13 @@ impl Catalog {
         })
     }
 
+    /// One version of a template, and whether it is the default.
+    pub fn version(&self, name: &str, id: u32) -> Result<(Version, bool), CatalogError> {
+        let t = self.get(name)?.template;
+        let v = t.versions.get(&id).ok_or_else(|| no_version(name, id))?;
+        Ok((v.clone(), t.default_version == id))
+    }
+
     /// What RegisterThing uses: the default version of an enabled template.
     pub fn live(&self, name: &str) -> Result<Live, CatalogError> {
         let entry = self.get(name)?;
@@ -318,23 +336,7 @@ impl Catalog {
                 "Template with name {name} already exists"
             )));
         }
-        let stored = Stored {
-            description: c.description,
-            enabled: c.enabled,
-            role_arn: c.role_arn,
-            hook: c.hook,
-            created_ms: now_ms,
-            modified_ms: now_ms,
-            default_version: 1,
-            next_version: 2,
-            versions: BTreeMap::from([(
-                1,
-                Version {
-                    body: c.body,
-                    created_ms: now_ms,
-                },
-            )]),
-        };
+        let stored = Stored::new(c, now_ms);
         self.store.enqueue(vec![put(name, &stored)]);
         state.api.insert(name.to_owned(), stored);
         Ok(())

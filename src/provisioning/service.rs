@@ -372,13 +372,8 @@ impl Service {
         });
     }
 
-    /// `arn:aws:iot:REGION:ACCOUNT:KIND/NAME`.
     fn arn(&self, kind: &str, name: &str) -> String {
-        let h = &self.settings.head;
-        format!(
-            "arn:{}:iot:{}:{}:{kind}/{name}",
-            h.partition, h.region, h.account
-        )
+        self.settings.head.arn(kind, name)
     }
 
     /// Deletes the certificates whose tokens expired unredeemed, as AWS

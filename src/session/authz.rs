@@ -57,13 +57,7 @@ pub fn context(
     }
     if let Some(topic) = facts.will_topic {
         attributes.push("LastWill".to_owned());
-        ctx.set(
-            "iot:LastWillTopic",
-            format!(
-                "arn:{}:iot:{}:{}:topic/{topic}",
-                head.partition, head.region, head.account
-            ),
-        );
+        ctx.set("iot:LastWillTopic", head.arn("topic", topic));
     }
     ctx.set_all("iot:ConnectAttributes", attributes);
     principal.add_to(&mut ctx);

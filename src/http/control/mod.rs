@@ -652,10 +652,7 @@ fn access_denied(who: &str, op: Op, resource: &str) -> AwsError {
 impl Control {
     /// `arn:aws:iot:REGION:ACCOUNT:KIND/NAME`.
     pub fn arn(&self, kind: &str, name: &str) -> String {
-        format!(
-            "arn:{}:iot:{}:{}:{kind}/{name}",
-            self.head.partition, self.head.region, self.head.account
-        )
+        self.head.arn(kind, name)
     }
 
     /// The certificate id in a `...:cert/<id>` ARN (or a bare id).

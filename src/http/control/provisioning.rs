@@ -165,18 +165,13 @@ pub(super) fn create_version(c: &Control, call: &Call<'_>) -> Result<Response, A
 }
 
 pub(super) fn describe_version(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
-    let (name, id) = (call.label(0), path_version(call.label(1))?);
-    let t = c.templates.get(name)?.template;
-    let v = t.versions.get(&id).ok_or_else(|| {
-        AwsError::from(CatalogError::NotFound(format!(
-            "Version {id} of the template {name} does not exist"
-        )))
-    })?;
+    let id = path_version(call.label(1))?;
+    let (v, is_default) = c.templates.version(call.label(0), id)?;
     Ok(ok(json!({
         "versionId": id,
         "creationDate": secs(v.created_ms),
         "templateBody": v.body,
-        "isDefaultVersion": t.default_version == id,
+        "isDefaultVersion": is_default,
     })))
 }
 
