@@ -830,3 +830,82 @@ async fn a_template_may_bring_its_policy_as_a_document() {
         .collect();
     assert_eq!(made.len(), 1, "{listed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_settings_decide_what_becomes_of_an_existing_thing() {
+    let t = gateway_with(ADMIN).await;
+    let aws = Aws::new(t.admin(), "admin", "secret-of-admin");
+    let (status, _) = aws
+        .post(
+            "/things/shared",
+            "",
+            json!({"attributePayload": {"attributes": {"site": "north"}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut c = claim(&t, "claim-override", &[CREATE]).await;
+    for (name, setting, outcome, attributes) in [
+        (
+            "Merging",
+            "MERGE",
+            "accepted",
+            json!({"site": "north", "serial": "1"}),
+        ),
+        (
+            "Leaving",
+            "DO_NOTHING",
+            "accepted",
+            json!({"site": "north", "serial": "1"}),
+        ),
+        ("Replacing", "REPLACE", "accepted", json!({"serial": "3"})),
+        ("Failing", "FAIL", "rejected", json!({"serial": "3"})),
+    ] {
+        let template = json!({
+            "Parameters": {"SerialNumber": {"Type": "String"}},
+            "Resources": {
+                "thing": {"Type": "AWS::IoT::Thing",
+                          "Properties": {"ThingName": "shared",
+                                         "AttributePayload": {"serial": {"Ref": "SerialNumber"}}},
+                          "OverrideSettings": {"AttributePayload": setting}},
+                "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                    "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}}
+            }
+        });
+        let (status, made) = aws
+            .post(
+                "/provisioning-templates",
+                "",
+                json!({"templateName": name, "templateBody": template.to_string(), "enabled": true,
+                       "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{made}");
+        let topic = format!("$aws/provisioning-templates/{name}/provision/json");
+        for answer in ["accepted", "rejected"] {
+            c.subscribe(&format!("{topic}/{answer}"), QoS::AtLeastOnce)
+                .await;
+        }
+        let token_now = token(&mut c).await;
+        let serial = match setting {
+            "MERGE" => "1",
+            "DO_NOTHING" => "2",
+            _ => "3",
+        };
+        let (answer, body) = ask(
+            &mut c,
+            &topic,
+            json!({"certificateOwnershipToken": token_now, "parameters": {"SerialNumber": serial}}),
+        )
+        .await;
+        assert_eq!(answer, format!("{topic}/{outcome}"), "{setting}: {body}");
+        if outcome == "rejected" {
+            assert_eq!(
+                (&body["statusCode"], &body["errorCode"]),
+                (&json!(409), &json!("ResourceConflict")),
+                "{body}"
+            );
+        }
+        let (_, thing) = aws.get("/things/shared", "").await;
+        assert_eq!(thing["attributes"], attributes, "{setting}");
+    }
+}

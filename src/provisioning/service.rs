@@ -6,7 +6,7 @@
 
 use super::catalog::{Catalog, CatalogError, Hook, Live};
 use super::hook;
-use super::template::{CERTIFICATE_ID, Plan, Template, TemplateError};
+use super::template::{CERTIFICATE_ID, Override, Plan, Template, TemplateError};
 use super::tokens::{self, Tokens};
 use super::{REQUEST_FILTERS, Request};
 use crate::audit::{Audit, Entry};
@@ -588,6 +588,26 @@ impl Service {
         undo: &mut Undo,
     ) -> Result<Option<String>, Rejected> {
         let registry = &self.registry;
+        let existing = plan
+            .thing
+            .as_ref()
+            .filter(|t| registry.thing(&t.name).is_some());
+        if let Some(t) = existing {
+            // Refused before anything is made.
+            let set_type = t.thing_type.is_some() && t.type_override == Override::Fail;
+            let set_attributes =
+                !t.attributes.is_empty() && t.attributes_override == Override::Fail;
+            if set_type || set_attributes {
+                return Err(rejected(
+                    409,
+                    "ResourceConflict",
+                    format!(
+                        "Thing {} exists and the template's OverrideSettings say FAIL",
+                        t.name
+                    ),
+                ));
+            }
+        }
         for policy in &plan.policies {
             if let Some(text) = &policy.document
                 && self.settings.policies.get(&policy.name).is_err()
@@ -605,7 +625,7 @@ impl Service {
             registry.set_status(certificate_id, status(plan))?;
             return Ok(None);
         };
-        let exists = registry.thing(&t.name).is_some();
+        let exists = existing.is_some();
         if !exists {
             registry.create_thing(&t.name, t.thing_type.clone(), t.attributes.clone())?;
             undo.thing = Some(t.name.clone());
@@ -618,9 +638,16 @@ impl Service {
             registry.update_thing(
                 &t.name,
                 ThingUpdate {
-                    thing_type: t.thing_type.clone(),
+                    thing_type: match t.type_override {
+                        Override::Replace => t.thing_type.clone(),
+                        _ => None,
+                    },
                     remove_type: false,
-                    attributes: Some((t.attributes.clone(), false)),
+                    attributes: match t.attributes_override {
+                        Override::Replace => Some((t.attributes.clone(), false)),
+                        Override::Merge => Some((t.attributes.clone(), true)),
+                        Override::DoNothing | Override::Fail => None,
+                    },
                     expected_version: None,
                 },
             )?;

@@ -60,7 +60,45 @@ pub struct ThingPlan {
     pub thing_type: Option<String>,
     /// `AttributePayload`.
     pub attributes: BTreeMap<String, String>,
+    /// What an existing thing's type becomes.
+    pub type_override: Override,
+    /// What an existing thing's attributes become.
+    pub attributes_override: Override,
 }
+
+/// What a template does to a property of a thing that already exists
+/// (`OverrideSettings`). AWS documents no default: the template's value
+/// replaces the thing's, as CreateThing's would.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Override {
+    /// Leave the thing's value.
+    DoNothing,
+    /// The template's value replaces it.
+    #[default]
+    Replace,
+    /// Refuse the request (`ResourceConflict`).
+    Fail,
+    /// The template's attributes are added to the thing's.
+    Merge,
+}
+
+/// The properties each resource type may have, and those AWS has that this
+/// gateway does not serve, with why.
+const THING_PROPERTIES: [&str; 3] = ["ThingName", "AttributePayload", "ThingTypeName"];
+const CERTIFICATE_PROPERTIES: [&str; 2] = ["CertificateId", "Status"];
+const POLICY_PROPERTIES: [&str; 2] = ["PolicyName", "PolicyDocument"];
+const NOT_SERVED: [(&str, &str); 4] = [
+    ("ThingGroups", "this gateway has no thing groups"),
+    ("BillingGroup", "this gateway has no billing groups"),
+    (
+        "CertificateSigningRequest",
+        "a fleet provisioning template names its certificate by CertificateId",
+    ),
+    (
+        "CertificatePem",
+        "a fleet provisioning template names its certificate by CertificateId",
+    ),
+];
 
 /// Why a template or a request cannot be provisioned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,10 +176,39 @@ impl Template {
         {
             return Err(invalid(format!("unknown section {other}")));
         }
-        let mut certificates = 0;
+        let (mut certificates, mut things) = (0, 0);
         for (name, r) in &template.resources {
+            if let Some(key) = r.as_object().and_then(|o| {
+                o.keys()
+                    .find(|k| !matches!(k.as_str(), "Type" | "Properties" | "OverrideSettings"))
+            }) {
+                return Err(invalid(format!("resource {name}: unknown key {key}")));
+            }
+            let allowed: &[&str] = match r["Type"].as_str() {
+                Some("AWS::IoT::Thing") => &THING_PROPERTIES,
+                Some("AWS::IoT::Certificate") => &CERTIFICATE_PROPERTIES,
+                Some("AWS::IoT::Policy") => &POLICY_PROPERTIES,
+                _ => &[],
+            };
+            if let Some(props) = r["Properties"].as_object()
+                && let Some(key) = props.keys().find(|k| !allowed.contains(&k.as_str()))
+            {
+                let why = NOT_SERVED
+                    .iter()
+                    .find(|(p, _)| p == key)
+                    .map_or("not a property of its type", |(_, why)| why);
+                return Err(invalid(format!(
+                    "resource {name}: {key} is not supported: {why}"
+                )));
+            }
+            overrides(name, r)?;
             match r["Type"].as_str() {
-                Some("AWS::IoT::Thing") => {}
+                Some("AWS::IoT::Thing") => {
+                    things += 1;
+                    if r["Properties"].get("ThingName").is_none() {
+                        return Err(invalid(format!("resource {name}: ThingName is required")));
+                    }
+                }
                 Some("AWS::IoT::Certificate") => certificates += 1,
                 Some("AWS::IoT::Policy") => {
                     let props = &r["Properties"];
@@ -172,6 +239,9 @@ impl Template {
             return Err(invalid(
                 "exactly one AWS::IoT::Certificate resource is needed",
             ));
+        }
+        if things > 1 {
+            return Err(invalid("at most one AWS::IoT::Thing resource is allowed"));
         }
         Ok(template)
     }
@@ -211,10 +281,13 @@ impl Template {
                             attributes.insert(k.clone(), eval.string(v)?);
                         }
                     }
+                    let (type_override, attributes_override) = overrides(name, r)?;
                     plan.thing = Some(ThingPlan {
                         name: thing_name,
                         thing_type,
                         attributes,
+                        type_override,
+                        attributes_override,
                     });
                 }
                 Some("AWS::IoT::Certificate") => {
@@ -259,6 +332,60 @@ impl Template {
             plan.device_configuration.insert(k.clone(), eval.string(v)?);
         }
         Ok(plan)
+    }
+}
+
+/// A resource's `OverrideSettings`, checked: for a thing, what becomes of
+/// an existing thing's type and attributes. AWS's prose names the keys
+/// `THING_TYPE_NAME` and `ATTRIBUTE_PAYLOAD`, its examples the property
+/// names: both are read. A certificate may say what becomes of its
+/// `Status`, which a fleet certificate, always new, has none of yet: the
+/// template's applies.
+fn overrides(resource: &str, r: &Value) -> Result<(Override, Override), TemplateError> {
+    let mut out = (Override::default(), Override::default());
+    let Some(settings) = r.get("OverrideSettings") else {
+        return Ok(out);
+    };
+    let settings = settings.as_object().ok_or_else(|| {
+        invalid(format!(
+            "resource {resource}: OverrideSettings is an object"
+        ))
+    })?;
+    let kind = r["Type"].as_str().unwrap_or_default();
+    for (key, value) in settings {
+        let value = match value.as_str() {
+            Some("DO_NOTHING") => Override::DoNothing,
+            Some("REPLACE") => Override::Replace,
+            Some("FAIL") => Override::Fail,
+            Some("MERGE") => Override::Merge,
+            _ => {
+                return Err(invalid(format!(
+                    "resource {resource}: OverrideSettings.{key} is not DO_NOTHING, REPLACE, FAIL or MERGE"
+                )));
+            }
+        };
+        let merges = value == Override::Merge;
+        match (kind, key.as_str()) {
+            ("AWS::IoT::Thing", "ThingTypeName" | "THING_TYPE_NAME") if !merges => out.0 = value,
+            ("AWS::IoT::Thing", "AttributePayload" | "ATTRIBUTE_PAYLOAD") => out.1 = value,
+            ("AWS::IoT::Certificate", "Status") if !merges => {}
+            _ => {
+                return Err(invalid(format!(
+                    "resource {resource}: OverrideSettings.{key} = {} is not supported",
+                    value_name(value)
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn value_name(o: Override) -> &'static str {
+    match o {
+        Override::DoNothing => "DO_NOTHING",
+        Override::Replace => "REPLACE",
+        Override::Fail => "FAIL",
+        Override::Merge => "MERGE",
     }
 }
 
@@ -515,6 +642,7 @@ mod tests {
                     attributes: [("serial", "0042"), ("site", "north")]
                         .map(|(k, v)| (k.to_owned(), v.to_owned()))
                         .into(),
+                    ..ThingPlan::default()
                 }),
                 active: true,
                 policies: vec![PolicyPlan {
@@ -615,6 +743,50 @@ mod tests {
                     ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref()
                 )
             );
+        }
+    }
+
+    #[test]
+    fn override_settings_are_read_and_checked() {
+        let body = |settings: &str, props: &str| {
+            format!(
+                r#"{{"Resources": {{
+                  "c": {{"Type": "AWS::IoT::Certificate",
+                        "Properties": {{"CertificateId": {{"Ref": "AWS::IoT::Certificate::Id"}}}}}},
+                  "t": {{"Type": "AWS::IoT::Thing",
+                        "Properties": {{"ThingName": "lamp", "AttributePayload": {{"a": "1"}} {props}}},
+                        "OverrideSettings": {settings}}}}}}}"#
+            )
+        };
+        let plan = |settings: &str| {
+            Template::parse(&body(settings, ""))
+                .expect("valid")
+                .evaluate(&params(&[(CERTIFICATE_ID, "abc")]))
+                .expect("evaluates")
+                .thing
+                .expect("a thing")
+        };
+        let t = plan(r#"{"AttributePayload": "MERGE", "ThingTypeName": "DO_NOTHING"}"#);
+        assert_eq!(
+            (t.attributes_override, t.type_override),
+            (Override::Merge, Override::DoNothing)
+        );
+        let t = plan(r#"{"ATTRIBUTE_PAYLOAD": "FAIL"}"#);
+        assert_eq!(
+            (t.attributes_override, t.type_override),
+            (Override::Fail, Override::Replace)
+        );
+        for (settings, props, why) in [
+            (r#"{"ThingTypeName": "MERGE"}"#, "", "ThingTypeName = MERGE"),
+            (r#"{"AttributePayload": "SOMETIMES"}"#, "", "not DO_NOTHING"),
+            (r#"{"ThingGroups": "MERGE"}"#, "", "ThingGroups = MERGE"),
+            ("{}", r#", "ThingGroups": ["g"]"#, "no thing groups"),
+            ("{}", r#", "Colour": "red""#, "Colour is not supported"),
+        ] {
+            match Template::parse(&body(settings, props)) {
+                Err(e) => assert!(e.to_string().contains(why), "{settings} {props}: {e}"),
+                Ok(_) => panic!("{settings} {props} was accepted"),
+            }
         }
     }
 }
