@@ -363,14 +363,15 @@ impl Server {
         };
         book.attach(engine.clone());
         if let Some(file) = &config.source {
-            let (book, metrics, file) = (book.clone(), metrics.clone(), file.clone());
+            let (book, catalog, metrics, file) =
+                (book.clone(), catalog.clone(), metrics.clone(), file.clone());
             let dir = file
                 .parent()
                 .unwrap_or(std::path::Path::new("."))
                 .to_owned();
             let name = file.file_name().map(std::ffi::OsStr::to_owned);
             watch_dir(&dir, name, &mut watches, move || {
-                reload_rules(&book, &metrics, &file);
+                reload_config(&book, &catalog, &metrics, &file);
             });
         }
         let data = crate::http::data::DataPlane {
@@ -702,15 +703,34 @@ fn reload_policies(
 /// they changed and compile; otherwise the running rules stay and every
 /// problem is logged with file, rule and position. Other sections need a
 /// restart.
-fn reload_rules(book: &crate::rules::book::Book, metrics: &Metrics, file: &std::path::Path) {
+/// Applies what of a changed `config.toml` applies live: its rules and its
+/// provisioning templates, each whole or not at all.
+fn reload_config(
+    book: &crate::rules::book::Book,
+    catalog: &crate::provisioning::catalog::Catalog,
+    metrics: &Metrics,
+    file: &std::path::Path,
+) {
     let config = match Config::load(file) {
         Ok(c) => c,
         Err(e) => {
             metrics.reload_failures.increment(1);
-            tracing::error!(error = %e, "configuration reload failed; the running rules stay");
+            tracing::error!(error = %e, "configuration reload failed; the running rules and templates stay");
             return;
         }
     };
+    match catalog.set_config(&config, crate::store::now_ms()) {
+        Ok(false) => {}
+        Ok(true) => tracing::info!(
+            file = %file.display(),
+            templates = config.provisioning.templates.len(),
+            "provisioning templates reloaded"
+        ),
+        Err(e) => {
+            metrics.reload_failures.increment(1);
+            tracing::error!(file = %file.display(), error = %e, "provisioning templates reload failed; the running templates stay");
+        }
+    }
     if config.rules == book.config_rules() {
         return;
     }

@@ -909,3 +909,72 @@ async fn override_settings_decide_what_becomes_of_an_existing_thing() {
         assert_eq!(thing["attributes"], attributes, "{setting}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_of_config_toml_reload_with_it_whole_or_not_at_all() {
+    let mut t = gateway().await;
+    let second = "$aws/provisioning-templates/Second/provision/json";
+    let mut c = claim(&t, "claim-reload", &[CREATE, PROVISION, second]).await;
+    std::fs::write(
+        t.dir.path().join("templates/second.json"),
+        FLEET_TEMPLATE.replace("lamp-", "second-"),
+    )
+    .expect("template");
+    let auth = "[auth]\nprovisioning = { policies = [\"claim\"] }\n";
+    t.extra_toml = format!(
+        "{auth}[[provisioning.templates]]\nname = \"Fleet\"\nfile = \"templates/fleet.json\"\nenabled = false\n\
+         [[provisioning.templates]]\nname = \"Second\"\nfile = \"templates/second.json\"\n"
+    );
+    t.config_file();
+    // Applied once the watcher has seen the file: Second answers.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let registered = loop {
+        let token_now = token(&mut c).await;
+        let (topic, body) = ask(
+            &mut c,
+            second,
+            json!({"certificateOwnershipToken": token_now, "parameters": {"SerialNumber": "1"}}),
+        )
+        .await;
+        if topic.ends_with("/accepted") {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reloaded: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(registered["thingName"], "second-1");
+    let token_now = token(&mut c).await;
+    let (topic, disabled) = ask(
+        &mut c,
+        PROVISION,
+        json!({"certificateOwnershipToken": token_now, "parameters": {"SerialNumber": "2"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{PROVISION}/rejected"), "{disabled}");
+
+    // A template file that cannot be read fails the reload: what runs stays.
+    let failures = metric(&t.metrics().await, "edgegate_reload_failures_total");
+    t.extra_toml = format!(
+        "{auth}[[provisioning.templates]]\nname = \"Second\"\nfile = \"templates/missing.json\"\n"
+    );
+    t.config_file();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&t.metrics().await, "edgegate_reload_failures_total") <= failures {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broken edit not reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let token_now = token(&mut c).await;
+    let (topic, body) = ask(
+        &mut c,
+        second,
+        json!({"certificateOwnershipToken": token_now, "parameters": {"SerialNumber": "3"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{second}/accepted"), "{body}");
+}

@@ -211,34 +211,7 @@ impl Catalog {
         now_ms: u64,
     ) -> Result<Self, FileError> {
         let allow_plaintext_hooks = config.actions.allow_plaintext_http;
-        let mut fixed = BTreeMap::new();
-        for t in &config.provisioning.templates {
-            let failed = |why: String| FileError {
-                name: t.name.clone(),
-                file: t.file.display().to_string(),
-                why,
-            };
-            check_name(&t.name).map_err(|e| failed(e.to_string()))?;
-            if fixed.contains_key(&t.name) {
-                return Err(failed("a second template of this name".into()));
-            }
-            let body = std::fs::read_to_string(&t.file).map_err(|e| failed(e.to_string()))?;
-            check_body(&body).map_err(|e| failed(e.to_string()))?;
-            let hook = t
-                .hook
-                .as_deref()
-                .map(|url| hook(url, HOOK_PAYLOAD_VERSION, allow_plaintext_hooks))
-                .transpose()
-                .map_err(|e| failed(e.to_string()))?;
-            let made = Create {
-                body,
-                description: String::new(),
-                enabled: t.enabled,
-                role_arn: String::new(),
-                hook,
-            };
-            fixed.insert(t.name.clone(), Stored::new(made, now_ms));
-        }
+        let fixed = read_config(config, allow_plaintext_hooks, now_ms)?;
         let api = records
             .iter()
             .filter_map(|(k, v)| {
@@ -253,7 +226,6 @@ impl Catalog {
                         template = name,
                         "a template made through the API has the name of one in config.toml; the file's is in force"
                     );
-                    return None;
                 }
                 Some((name.to_owned(), stored))
             })
@@ -265,11 +237,31 @@ impl Catalog {
         })
     }
 
+    /// Takes the templates of a reloaded `config.toml`, all of them or,
+    /// when one cannot be read or is not valid, none; whether any changed.
+    /// A template that did not change keeps its dates.
+    pub fn set_config(&self, config: &Config, now_ms: u64) -> Result<bool, FileError> {
+        let mut fresh = read_config(config, self.allow_plaintext_hooks, now_ms)?;
+        let mut state = self.state.lock();
+        for (name, t) in &mut fresh {
+            if let Some(old) = state.config.get(name)
+                && (old.body(), old.enabled, &old.hook) == (t.body(), t.enabled, &t.hook)
+            {
+                t.clone_from(old);
+            }
+        }
+        let changed = fresh != state.config;
+        state.config = fresh;
+        Ok(changed)
+    }
+
     /// Every template, by name.
     pub fn list(&self) -> Vec<Entry> {
         let state = self.state.lock();
         let entries = |map: &BTreeMap<String, Stored>, source| {
             map.iter()
+                // One of config.toml hides one of the API of its name.
+                .filter(|(name, _)| source == Source::Config || !state.config.contains_key(*name))
                 .map(|(name, t)| Entry {
                     name: name.clone(),
                     source,
@@ -445,6 +437,43 @@ impl Catalog {
         state.api.insert(name.to_owned(), next);
         Ok(())
     }
+}
+
+/// The templates of `config.toml`, each read and checked.
+fn read_config(
+    config: &Config,
+    allow_plaintext_hooks: bool,
+    now_ms: u64,
+) -> Result<BTreeMap<String, Stored>, FileError> {
+    let mut fixed = BTreeMap::new();
+    for t in &config.provisioning.templates {
+        let failed = |why: String| FileError {
+            name: t.name.clone(),
+            file: t.file.display().to_string(),
+            why,
+        };
+        check_name(&t.name).map_err(|e| failed(e.to_string()))?;
+        if fixed.contains_key(&t.name) {
+            return Err(failed("a second template of this name".into()));
+        }
+        let body = std::fs::read_to_string(&t.file).map_err(|e| failed(e.to_string()))?;
+        check_body(&body).map_err(|e| failed(e.to_string()))?;
+        let hook = t
+            .hook
+            .as_deref()
+            .map(|url| hook(url, HOOK_PAYLOAD_VERSION, allow_plaintext_hooks))
+            .transpose()
+            .map_err(|e| failed(e.to_string()))?;
+        let made = Create {
+            body,
+            description: String::new(),
+            enabled: t.enabled,
+            role_arn: String::new(),
+            hook,
+        };
+        fixed.insert(t.name.clone(), Stored::new(made, now_ms));
+    }
+    Ok(fixed)
 }
 
 /// A template of `config.toml` cannot be changed through the API.
