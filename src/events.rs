@@ -13,6 +13,7 @@
 
 use crate::config;
 use crate::metrics::{DropReason, EventKind, Metrics};
+use crate::policy::compile::ArnHead;
 use crate::policy::versions::{PolicyChange, Versions};
 use crate::registry::{Change, Operation, Registry};
 use crate::router::{Message, Origin, Router};
@@ -121,7 +122,14 @@ pub fn event_type(change: &Change) -> (&'static str, EventKind) {
         Change::ThingType(..) => ("THING_TYPE", EventKind::ThingType),
         Change::TypeAssociation(..) => ("THING_TYPE_ASSOCIATION", EventKind::ThingTypeAssociation),
         Change::Certificate(..) => ("CERTIFICATE", EventKind::Certificate),
+        Change::ThingGroup(..) => ("THING_GROUP", EventKind::ThingGroup),
+        Change::GroupMembership(..) => ("THING_GROUP_MEMBERSHIP", EventKind::ThingGroupMembership),
+        Change::GroupHierarchy(..) => ("THING_GROUP_HIERARCHY", EventKind::ThingGroupHierarchy),
     }
+}
+
+fn added(yes: bool) -> &'static str {
+    if yes { "added" } else { "removed" }
 }
 
 fn operation(op: Operation) -> &'static str {
@@ -138,7 +146,7 @@ fn operation(op: Operation) -> &'static str {
 /// `eventType`, `eventId`, `operation`, `accountId`).
 pub fn policy_document(
     change: &PolicyChange,
-    account: &str,
+    head: &ArnHead,
     event_id: &str,
     now_ms: u64,
 ) -> (String, Vec<u8>) {
@@ -148,7 +156,7 @@ pub fn policy_document(
         "eventId": event_id,
         "timestamp": now_ms,
         "operation": op.to_ascii_uppercase(),
-        "accountId": account,
+        "accountId": head.account,
         "policyName": change.name,
         "defaultVersionId": change.default_version.to_string(),
     });
@@ -161,7 +169,7 @@ pub fn policy_document(
 /// A registry change's topic and document at `now_ms`, with AWS's fields.
 pub fn registry_document(
     change: &Change,
-    account: &str,
+    head: &ArnHead,
     event_id: &str,
     now_ms: u64,
 ) -> (String, Vec<u8>) {
@@ -173,7 +181,7 @@ pub fn registry_document(
                 "eventId": event_id,
                 "timestamp": now_ms,
                 "operation": operation(*op).to_ascii_uppercase(),
-                "accountId": account,
+                "accountId": head.account,
                 "thingId": t.id,
                 "thingName": t.name,
                 "versionNumber": t.version,
@@ -188,7 +196,7 @@ pub fn registry_document(
                 "eventId": event_id,
                 "timestamp": now_ms,
                 "operation": operation(*op).to_ascii_uppercase(),
-                "accountId": account,
+                "accountId": head.account,
                 "thingTypeId": t.id,
                 "thingTypeName": t.name,
                 "isDeprecated": t.deprecated_ms.is_some(),
@@ -197,8 +205,8 @@ pub fn registry_document(
                 "description": t.description,
             }),
         ),
-        Change::TypeAssociation(added, t, ty) => {
-            let op = if *added { "added" } else { "removed" };
+        Change::TypeAssociation(yes, t, ty) => {
+            let op = added(*yes);
             (
                 format!(
                     "$aws/events/thingTypeAssociation/thing/{}/thingType/{ty}/{op}",
@@ -215,6 +223,79 @@ pub fn registry_document(
                 }),
             )
         }
+        Change::ThingGroup(op, v) => {
+            let g = &v.group;
+            let parent = v.ancestors.last();
+            (
+                format!("$aws/events/thingGroup/{}/{}", g.name, operation(*op)),
+                json!({
+                    "eventType": "THING_GROUP_EVENT",
+                    "eventId": event_id,
+                    "timestamp": now_ms,
+                    "operation": operation(*op).to_ascii_uppercase(),
+                    "accountId": head.account,
+                    "thingGroupId": g.id,
+                    "thingGroupName": g.name,
+                    "versionNumber": g.version,
+                    "parentGroupName": parent.map(|(n, _)| n),
+                    "parentGroupId": parent.map(|(_, id)| id),
+                    "description": g.description,
+                    "rootToParentThingGroups": v.ancestors.iter().map(|(n, id)| json!({
+                        "groupArn": head.arn("thinggroup", n),
+                        "groupId": id,
+                    })).collect::<Vec<_>>(),
+                    "attributes": g.attributes,
+                    "dynamicGroupMappingId": null,
+                }),
+            )
+        }
+        Change::GroupMembership(yes, g, t) => (
+            format!(
+                "$aws/events/thingGroupMembership/thingGroup/{}/thing/{}/{}",
+                g.name,
+                t.name,
+                added(*yes)
+            ),
+            json!({
+                "eventType": "THING_GROUP_MEMBERSHIP_EVENT",
+                "eventId": event_id,
+                "timestamp": now_ms,
+                "operation": added(*yes).to_ascii_uppercase(),
+                "accountId": head.account,
+                "groupArn": head.arn("thinggroup", &g.name),
+                "groupId": g.id,
+                "thingArn": head.arn("thing", &t.name),
+                "thingId": t.id,
+                // One id per (group, thing) relation: the same whenever
+                // the thing joins that group.
+                "membershipId": crate::registry::identity::hex(
+                    &ring::digest::digest(
+                        &ring::digest::SHA256,
+                        format!("{}/{}", g.id, t.id).as_bytes(),
+                    )
+                    .as_ref()[..16],
+                ),
+            }),
+        ),
+        Change::GroupHierarchy(yes, parent, child) => (
+            format!(
+                "$aws/events/thingGroupHierarchy/thingGroup/{}/childThingGroup/{}/{}",
+                parent.name,
+                child.name,
+                added(*yes)
+            ),
+            json!({
+                "eventType": "THING_GROUP_HIERARCHY_EVENT",
+                "eventId": event_id,
+                "timestamp": now_ms,
+                "operation": added(*yes).to_ascii_uppercase(),
+                "accountId": head.account,
+                "thingGroupId": parent.id,
+                "thingGroupName": parent.name,
+                "childGroupId": child.id,
+                "childGroupName": child.name,
+            }),
+        ),
         // AWS names a CERTIFICATE event type but documents no topic or
         // fields for it: these follow its registry events, under the
         // `certificates` level of its JITR event.
@@ -225,7 +306,7 @@ pub fn registry_document(
                 "eventId": event_id,
                 "timestamp": now_ms,
                 "operation": operation(*op).to_ascii_uppercase(),
-                "accountId": account,
+                "accountId": head.account,
                 "certificateId": c.id,
                 "certificateStatus": c.status.name(),
                 "caCertificateId": c.ca_id,
@@ -264,7 +345,7 @@ impl Events {
         Sources { registry, policies }: Sources,
         metrics: Arc<Metrics>,
         config: config::Events,
-        account: String,
+        head: ArnHead,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Arc<Self> {
@@ -277,7 +358,7 @@ impl Events {
             registry,
             router,
             metrics: metrics.clone(),
-            account,
+            head,
         };
         tracker.spawn(service.run(rx, shutdown));
         let mut nonce = [0u8; 8];
@@ -338,7 +419,7 @@ struct Service {
     /// service: neither receiver ever finds its feed closed.
     _policies: Arc<Versions>,
     metrics: Arc<Metrics>,
-    account: String,
+    head: ArnHead,
 }
 
 impl Service {
@@ -353,16 +434,16 @@ impl Service {
                 change = self.changes.recv() => {
                     if let Some(change) = self.received(change) {
                         let (event_type, kind) = event_type(&change);
-                        self.registry_event(event_type, kind, |account, id, now| {
-                            registry_document(&change, account, id, now)
+                        self.registry_event(event_type, kind, |head, id, now| {
+                            registry_document(&change, head, id, now)
                         });
                     }
                     continue;
                 }
                 change = self.policy_changes.recv() => {
                     if let Some(change) = self.received(change) {
-                        self.registry_event("POLICY", EventKind::Policy, |account, id, now| {
-                            policy_document(&change, account, id, now)
+                        self.registry_event("POLICY", EventKind::Policy, |head, id, now| {
+                            policy_document(&change, head, id, now)
                         });
                     }
                     continue;
@@ -401,11 +482,11 @@ impl Service {
         &self,
         event_type: &str,
         kind: EventKind,
-        document: impl FnOnce(&str, &str, u64) -> (String, Vec<u8>),
+        document: impl FnOnce(&ArnHead, &str, u64) -> (String, Vec<u8>),
     ) {
         if self.registry.event_enabled(event_type) {
             let id = crate::registry::identity::uuid_v4();
-            let (topic, payload) = document(&self.account, &id, crate::store::now_ms());
+            let (topic, payload) = document(&self.head, &id, crate::store::now_ms());
             self.publish(kind, topic, payload);
         }
     }

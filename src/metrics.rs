@@ -379,6 +379,12 @@ label_enum!(
         Certificate => "certificate",
         /// POLICY: a policy created, changed or deleted.
         Policy => "policy",
+        /// THING_GROUP: a thing group created, updated or deleted.
+        ThingGroup => "thing_group",
+        /// THING_GROUP_MEMBERSHIP: a thing joined or left a group.
+        ThingGroupMembership => "thing_group_membership",
+        /// THING_GROUP_HIERARCHY: a group made or deleted below another.
+        ThingGroupHierarchy => "thing_group_hierarchy",
     }
 );
 

@@ -388,7 +388,7 @@ impl Server {
             },
             metrics.clone(),
             config.events,
-            config.aws.account_id.clone(),
+            ArnHead::new(&config.aws.region, &config.aws.account_id),
             shutdown.clone(),
             &tracker,
         );

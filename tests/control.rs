@@ -1629,3 +1629,153 @@ async fn certificate_and_policy_events_follow_every_change_once_enabled() {
         );
     }
 }
+
+#[tokio::test]
+async fn thing_groups_nest_hold_things_and_announce_their_changes() {
+    let t = gateway(&[], &[]).await;
+    let aws = client(&t, "AKIDADMIN");
+    let mut w = t.v4("watcher", true).await;
+    for filter in [
+        "$aws/events/thingGroup/#",
+        "$aws/events/thingGroupMembership/#",
+        "$aws/events/thingGroupHierarchy/#",
+    ] {
+        w.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
+    }
+    let enable = json!({"eventConfigurations": {
+        "THING_GROUP": {"Enabled": true},
+        "THING_GROUP_MEMBERSHIP": {"Enabled": true},
+        "THING_GROUP_HIERARCHY": {"Enabled": true}}});
+    let (status, _) = aws
+        .call(
+            "PATCH",
+            "/event-configurations",
+            "",
+            &[],
+            &enable.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let (status, site) = aws
+        .post(
+            "/thing-groups/site",
+            "",
+            json!({"thingGroupProperties": {"thingGroupDescription": "the north site",
+                   "attributePayload": {"attributes": {"city": "oslo"}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{site}");
+    assert_eq!(site["thingGroupArn"], arn("thinggroup", "site"));
+    let (status, _) = aws
+        .post(
+            "/thing-groups/floor-1",
+            "",
+            json!({"parentGroupName": "site"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, missing) = aws
+        .post(
+            "/thing-groups/orphan",
+            "",
+            json!({"parentGroupName": "nowhere"}),
+        )
+        .await;
+    assert_eq!((status, kind(&missing)), (404, "ResourceNotFoundException"));
+    for name in ["lamp-1", "lamp-2"] {
+        assert_eq!(
+            aws.post(&format!("/things/{name}"), "", json!({})).await.0,
+            200
+        );
+    }
+    let add = |group: &str, thing: &str| {
+        json!({"thingGroupName": group, "thingArn": arn("thing", thing)}).to_string()
+    };
+    for (group, thing) in [("floor-1", "lamp-1"), ("site", "lamp-2")] {
+        let (status, body) = aws
+            .call(
+                "PUT",
+                "/thing-groups/addThingToThingGroup",
+                "",
+                &[],
+                &add(group, thing),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let (_, described) = aws.get("/thing-groups/floor-1", "").await;
+    assert_eq!(described["thingGroupMetadata"]["parentGroupName"], "site");
+    assert_eq!(
+        described["thingGroupMetadata"]["rootToParentThingGroups"],
+        json!([{"groupName": "site", "groupArn": arn("thinggroup", "site")}])
+    );
+    let (_, direct) = aws.get("/thing-groups/site/things", "").await;
+    assert_eq!(direct["things"], json!(["lamp-2"]));
+    let (_, all) = aws.get("/thing-groups/site/things", "recursive=true").await;
+    assert_eq!(all["things"], json!(["lamp-1", "lamp-2"]));
+    let (_, of) = aws.get("/things/lamp-1/thing-groups", "").await;
+    assert_eq!(of["thingGroups"][0]["groupName"], "floor-1");
+    let (_, children) = aws.get("/thing-groups", "parentGroup=site").await;
+    assert_eq!(children["thingGroups"][0]["groupName"], "floor-1");
+
+    let update = json!({"thingGroupProperties": {"thingGroupDescription": "north"},
+                        "expectedVersion": 7});
+    let (status, conflict) = aws
+        .call("PATCH", "/thing-groups/site", "", &[], &update.to_string())
+        .await;
+    assert_eq!((status, kind(&conflict)), (409, "VersionConflictException"));
+    let update = json!({"thingGroupProperties": {"thingGroupDescription": "north"},
+                        "expectedVersion": 1});
+    let (status, updated) = aws
+        .call("PATCH", "/thing-groups/site", "", &[], &update.to_string())
+        .await;
+    assert_eq!((status, &updated["version"]), (200, &json!(2)), "{updated}");
+
+    let (status, body) = aws.call("DELETE", "/thing-groups/site", "", &[], "").await;
+    assert_eq!((status, kind(&body)), (400, "InvalidRequestException"));
+    let (status, _) = aws
+        .call("DELETE", "/thing-groups/floor-1", "", &[], "")
+        .await;
+    assert_eq!(status, 200);
+    let (_, of) = aws.get("/things/lamp-1/thing-groups", "").await;
+    assert_eq!(of["thingGroups"], json!([]));
+
+    let mut seen = Vec::new();
+    for _ in 0..9 {
+        let p = w.recv().await;
+        let doc: Value = serde_json::from_slice(&p.payload).expect("json");
+        seen.push((p.topic, doc));
+    }
+    let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "$aws/events/thingGroup/site/created",
+            "$aws/events/thingGroup/floor-1/created",
+            "$aws/events/thingGroupHierarchy/thingGroup/site/childThingGroup/floor-1/added",
+            "$aws/events/thingGroupMembership/thingGroup/floor-1/thing/lamp-1/added",
+            "$aws/events/thingGroupMembership/thingGroup/site/thing/lamp-2/added",
+            "$aws/events/thingGroup/site/updated",
+            "$aws/events/thingGroupMembership/thingGroup/floor-1/thing/lamp-1/removed",
+            "$aws/events/thingGroupHierarchy/thingGroup/site/childThingGroup/floor-1/removed",
+            "$aws/events/thingGroup/floor-1/deleted",
+        ]
+    );
+    let floor = &seen[1].1;
+    assert_eq!(floor["eventType"], "THING_GROUP_EVENT");
+    assert_eq!(floor["parentGroupName"], "site");
+    assert_eq!(floor["parentGroupId"], site["thingGroupId"]);
+    assert_eq!(
+        floor["rootToParentThingGroups"],
+        json!([{"groupArn": arn("thinggroup", "site"), "groupId": site["thingGroupId"]}])
+    );
+    let member = &seen[3].1;
+    assert_eq!(member["eventType"], "THING_GROUP_MEMBERSHIP_EVENT");
+    assert_eq!(member["thingArn"], arn("thing", "lamp-1"));
+    assert_eq!(seen[6].1["membershipId"], member["membershipId"]);
+    assert_eq!(seen[2].1["childGroupName"], "floor-1");
+    assert_eq!(seen[5].1["versionNumber"], 2);
+    assert_eq!(seen[5].1["description"], "north");
+}

@@ -6,6 +6,7 @@
 //! read back whole at startup. A connection asks [`Registry::admit`] once,
 //! at CONNECT; what it gets is a snapshot of its principal.
 
+pub mod groups;
 pub mod identity;
 
 pub use identity::ClientIdentity;
@@ -103,6 +104,9 @@ pub struct Thing {
     /// Starts at 1; every update adds one.
     #[serde(default = "first_version")]
     pub version: u64,
+    /// The static thing groups it is in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl Thing {
@@ -114,6 +118,7 @@ impl Thing {
             attributes: BTreeMap::new(),
             id: identity::uuid_v4(),
             version: 1,
+            groups: Vec::new(),
         }
     }
 }
@@ -326,6 +331,7 @@ struct State {
     certs: BTreeMap<String, Certificate>,
     things: BTreeMap<String, Thing>,
     types: BTreeMap<String, ThingType>,
+    groups: BTreeMap<String, groups::ThingGroup>,
     cas: BTreeMap<String, CaCertificate>,
     registration_code: String,
     /// Certificates the configured revocation lists name.
@@ -374,6 +380,12 @@ pub enum Change {
     /// A certificate was registered, changed (its status, policies or
     /// things) or deleted.
     Certificate(Operation, Certificate),
+    /// A thing group was created, updated or deleted.
+    ThingGroup(Operation, groups::GroupView),
+    /// A thing joined (`true`) or left a group.
+    GroupMembership(bool, groups::ThingGroup, Thing),
+    /// A group was made (`true`) or deleted below its parent: (parent, child).
+    GroupHierarchy(bool, groups::ThingGroup, groups::ThingGroup),
 }
 
 pub use crate::policy::versions::Operation;
@@ -434,6 +446,10 @@ impl Registry {
             } else if let Some(name) = key.strip_prefix("thingtype/") {
                 if let Some(t) = parse_record(&key, &rec) {
                     state.types.insert(name.to_owned(), t);
+                }
+            } else if let Some(name) = key.strip_prefix("thinggroup/") {
+                if let Some(g) = parse_record(&key, &rec) {
+                    state.groups.insert(name.to_owned(), g);
                 }
             } else if key == REGISTRATION_CODE {
                 state.registration_code = String::from_utf8_lossy(&rec).into_owned();

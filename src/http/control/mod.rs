@@ -12,6 +12,7 @@
 
 mod certificates;
 mod events;
+mod groups;
 mod policies;
 mod provisioning;
 mod rules;
@@ -214,6 +215,16 @@ operations!(
     DescribeProvisioningTemplateVersion,
     ListProvisioningTemplateVersions,
     DeleteProvisioningTemplateVersion,
+    CreateThingGroup,
+    DescribeThingGroup,
+    UpdateThingGroup,
+    DeleteThingGroup,
+    ListThingGroups,
+    AddThingToThingGroup,
+    RemoveThingFromThingGroup,
+    UpdateThingGroupsForThing,
+    ListThingsInThingGroup,
+    ListThingGroupsForThing,
 );
 
 /// Method, path pattern (`{}` is one label), operation, and the kind of
@@ -226,6 +237,61 @@ pub const ROUTES: &[(&str, &str, Op, &str)] = &[
     ("PATCH", "things/{}", Op::UpdateThing, "thing"),
     ("DELETE", "things/{}", Op::DeleteThing, "thing"),
     ("GET", "thing-types", Op::ListThingTypes, ""),
+    ("GET", "thing-groups", Op::ListThingGroups, ""),
+    (
+        "PUT",
+        "thing-groups/addThingToThingGroup",
+        Op::AddThingToThingGroup,
+        "",
+    ),
+    (
+        "PUT",
+        "thing-groups/removeThingFromThingGroup",
+        Op::RemoveThingFromThingGroup,
+        "",
+    ),
+    (
+        "PUT",
+        "thing-groups/updateThingGroupsForThing",
+        Op::UpdateThingGroupsForThing,
+        "",
+    ),
+    (
+        "POST",
+        "thing-groups/{}",
+        Op::CreateThingGroup,
+        "thinggroup",
+    ),
+    (
+        "GET",
+        "thing-groups/{}",
+        Op::DescribeThingGroup,
+        "thinggroup",
+    ),
+    (
+        "PATCH",
+        "thing-groups/{}",
+        Op::UpdateThingGroup,
+        "thinggroup",
+    ),
+    (
+        "DELETE",
+        "thing-groups/{}",
+        Op::DeleteThingGroup,
+        "thinggroup",
+    ),
+    (
+        "GET",
+        "thing-groups/{}/things",
+        Op::ListThingsInThingGroup,
+        "thinggroup",
+    ),
+    (
+        "GET",
+        "things/{}/thing-groups",
+        Op::ListThingGroupsForThing,
+        "thing",
+    ),
     ("POST", "thing-types/{}", Op::CreateThingType, "thingtype"),
     ("GET", "thing-types/{}", Op::DescribeThingType, "thingtype"),
     (
@@ -895,6 +961,16 @@ impl Control {
             DescribeProvisioningTemplateVersion => provisioning::describe_version(self, call),
             ListProvisioningTemplateVersions => provisioning::list_versions(self, call),
             DeleteProvisioningTemplateVersion => provisioning::delete_version(self, call),
+            CreateThingGroup => groups::create(self, call),
+            DescribeThingGroup => groups::describe(self, call),
+            UpdateThingGroup => groups::update(self, call),
+            DeleteThingGroup => groups::delete(self, call),
+            ListThingGroups => groups::list(self, call),
+            AddThingToThingGroup => groups::add_thing(self, call, true),
+            RemoveThingFromThingGroup => groups::add_thing(self, call, false),
+            UpdateThingGroupsForThing => groups::update_for_thing(self, call),
+            ListThingsInThingGroup => groups::things_in(self, call),
+            ListThingGroupsForThing => groups::of_thing(self, call),
         }
     }
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 /// The attribute map of an `AttributePayload`; values must be strings.
-fn attributes(payload: &Value) -> Result<Option<BTreeMap<String, String>>, AwsError> {
+pub(super) fn attributes(payload: &Value) -> Result<Option<BTreeMap<String, String>>, AwsError> {
     let Some(map) = payload.get("attributes") else {
         return Ok(None);
     };
@@ -29,7 +29,7 @@ fn attributes(payload: &Value) -> Result<Option<BTreeMap<String, String>>, AwsEr
         .map(Some)
 }
 
-fn optional_str(v: &Value, key: &str) -> Result<Option<String>, AwsError> {
+pub(super) fn optional_str(v: &Value, key: &str) -> Result<Option<String>, AwsError> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -37,7 +37,7 @@ fn optional_str(v: &Value, key: &str) -> Result<Option<String>, AwsError> {
     }
 }
 
-fn version(v: Option<&Value>) -> Result<Option<u64>, AwsError> {
+pub(super) fn version(v: Option<&Value>) -> Result<Option<u64>, AwsError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
