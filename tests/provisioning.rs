@@ -978,3 +978,64 @@ async fn templates_of_config_toml_reload_with_it_whole_or_not_at_all() {
     .await;
     assert_eq!(topic, format!("{second}/accepted"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_puts_its_thing_in_thing_groups() {
+    let t = gateway_with(ADMIN).await;
+    let aws = Aws::new(t.admin(), "admin", "secret-of-admin");
+    assert_eq!(
+        aws.post("/thing-groups/floor-1", "", json!({})).await.0,
+        200
+    );
+    let template = |groups: Value| {
+        json!({
+            "Parameters": {"SerialNumber": {"Type": "String"}},
+            "Resources": {
+                "thing": {"Type": "AWS::IoT::Thing", "Properties": {
+                    "ThingName": {"Fn::Join": ["", ["grouped-", {"Ref": "SerialNumber"}]]},
+                    "ThingGroups": groups}},
+                "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                    "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}}
+            }
+        })
+        .to_string()
+    };
+    let mut c = claim(&t, "claim-grouped", &[CREATE]).await;
+    for (name, groups, serial, outcome) in [
+        ("Grouped", json!(["floor-1"]), "1", "accepted"),
+        (
+            "Stray",
+            json!(["floor-1", "no-such-group"]),
+            "2",
+            "rejected",
+        ),
+    ] {
+        let (status, made) = aws
+            .post(
+                "/provisioning-templates",
+                "",
+                json!({"templateName": name, "templateBody": template(groups), "enabled": true,
+                       "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{made}");
+        let topic = format!("$aws/provisioning-templates/{name}/provision/json");
+        for answer in ["accepted", "rejected"] {
+            c.subscribe(&format!("{topic}/{answer}"), QoS::AtLeastOnce)
+                .await;
+        }
+        let token_now = token(&mut c).await;
+        let (answer, body) = ask(
+            &mut c,
+            &topic,
+            json!({"certificateOwnershipToken": token_now, "parameters": {"SerialNumber": serial}}),
+        )
+        .await;
+        assert_eq!(answer, format!("{topic}/{outcome}"), "{body}");
+    }
+    let (_, members) = aws.get("/thing-groups/floor-1/things", "").await;
+    // The stray device joined floor-1 before its second group turned out
+    // missing, and was taken out again with its thing.
+    assert_eq!(members["things"], json!(["grouped-1"]));
+    assert!(t.server().registry.thing("grouped-2").is_none());
+}

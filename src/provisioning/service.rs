@@ -597,7 +597,8 @@ impl Service {
             let set_type = t.thing_type.is_some() && t.type_override == Override::Fail;
             let set_attributes =
                 !t.attributes.is_empty() && t.attributes_override == Override::Fail;
-            if set_type || set_attributes {
+            let set_groups = !t.groups.is_empty() && t.groups_override == Override::Fail;
+            if set_type || set_attributes || set_groups {
                 return Err(rejected(
                     409,
                     "ResourceConflict",
@@ -632,6 +633,23 @@ impl Service {
         }
         registry.attach_thing(certificate_id, &t.name, false)?;
         undo.attached = Some(t.name.clone());
+        let joins = !exists || matches!(t.groups_override, Override::Replace | Override::Merge);
+        if joins {
+            let had = registry
+                .thing(&t.name)
+                .map(|t| t.groups)
+                .unwrap_or_default();
+            for group in t.groups.iter().filter(|g| !had.contains(g)) {
+                registry.add_thing_to_group(group, &t.name)?;
+                undo.joined.push(group.clone());
+            }
+            if exists && t.groups_override == Override::Replace {
+                for group in had.iter().filter(|g| !t.groups.contains(g)) {
+                    registry.remove_thing_from_group(group, &t.name)?;
+                    undo.left.push(group.clone());
+                }
+            }
+        }
         // An existing thing changes last: nothing after it fails but a
         // certificate deleted meanwhile.
         if exists {
@@ -673,6 +691,8 @@ struct Undo {
     made_policies: Vec<String>,
     policies: Vec<String>,
     attached: Option<String>,
+    joined: Vec<String>,
+    left: Vec<String>,
 }
 
 impl Undo {
@@ -683,6 +703,14 @@ impl Undo {
         }
         for policy in &self.policies {
             failed.extend(registry.detach_policy(certificate_id, policy).err());
+        }
+        if let Some(thing) = &self.attached {
+            for group in &self.joined {
+                failed.extend(registry.remove_thing_from_group(group, thing).err());
+            }
+            for group in &self.left {
+                failed.extend(registry.add_thing_to_group(group, thing).err());
+            }
         }
         if let Some(thing) = &self.thing {
             failed.extend(registry.delete_thing(thing, None).err());

@@ -64,6 +64,10 @@ pub struct ThingPlan {
     pub type_override: Override,
     /// What an existing thing's attributes become.
     pub attributes_override: Override,
+    /// `ThingGroups`: the static groups it joins.
+    pub groups: Vec<String>,
+    /// What an existing thing's groups become.
+    pub groups_override: Override,
 }
 
 /// What a template does to a property of a thing that already exists
@@ -84,11 +88,15 @@ pub enum Override {
 
 /// The properties each resource type may have, and those AWS has that this
 /// gateway does not serve, with why.
-const THING_PROPERTIES: [&str; 3] = ["ThingName", "AttributePayload", "ThingTypeName"];
+const THING_PROPERTIES: [&str; 4] = [
+    "ThingName",
+    "AttributePayload",
+    "ThingTypeName",
+    "ThingGroups",
+];
 const CERTIFICATE_PROPERTIES: [&str; 2] = ["CertificateId", "Status"];
 const POLICY_PROPERTIES: [&str; 2] = ["PolicyName", "PolicyDocument"];
-const NOT_SERVED: [(&str, &str); 4] = [
-    ("ThingGroups", "this gateway has no thing groups"),
+const NOT_SERVED: [(&str, &str); 3] = [
     ("BillingGroup", "this gateway has no billing groups"),
     (
         "CertificateSigningRequest",
@@ -281,13 +289,19 @@ impl Template {
                             attributes.insert(k.clone(), eval.string(v)?);
                         }
                     }
-                    let (type_override, attributes_override) = overrides(name, r)?;
+                    let settings = overrides(name, r)?;
+                    let groups = match &props["ThingGroups"] {
+                        Value::Null => Vec::new(),
+                        v => eval.list(v)?,
+                    };
                     plan.thing = Some(ThingPlan {
                         name: thing_name,
                         thing_type,
                         attributes,
-                        type_override,
-                        attributes_override,
+                        type_override: settings.thing_type,
+                        attributes_override: settings.attributes,
+                        groups,
+                        groups_override: settings.groups,
                     });
                 }
                 Some("AWS::IoT::Certificate") => {
@@ -335,14 +349,22 @@ impl Template {
     }
 }
 
+/// What a thing resource's `OverrideSettings` say.
+#[derive(Debug, Default)]
+struct Overrides {
+    thing_type: Override,
+    attributes: Override,
+    groups: Override,
+}
+
 /// A resource's `OverrideSettings`, checked: for a thing, what becomes of
 /// an existing thing's type and attributes. AWS's prose names the keys
 /// `THING_TYPE_NAME` and `ATTRIBUTE_PAYLOAD`, its examples the property
 /// names: both are read. A certificate may say what becomes of its
 /// `Status`, which a fleet certificate, always new, has none of yet: the
 /// template's applies.
-fn overrides(resource: &str, r: &Value) -> Result<(Override, Override), TemplateError> {
-    let mut out = (Override::default(), Override::default());
+fn overrides(resource: &str, r: &Value) -> Result<Overrides, TemplateError> {
+    let mut out = Overrides::default();
     let Some(settings) = r.get("OverrideSettings") else {
         return Ok(out);
     };
@@ -366,8 +388,11 @@ fn overrides(resource: &str, r: &Value) -> Result<(Override, Override), Template
         };
         let merges = value == Override::Merge;
         match (kind, key.as_str()) {
-            ("AWS::IoT::Thing", "ThingTypeName" | "THING_TYPE_NAME") if !merges => out.0 = value,
-            ("AWS::IoT::Thing", "AttributePayload" | "ATTRIBUTE_PAYLOAD") => out.1 = value,
+            ("AWS::IoT::Thing", "ThingTypeName" | "THING_TYPE_NAME") if !merges => {
+                out.thing_type = value;
+            }
+            ("AWS::IoT::Thing", "AttributePayload" | "ATTRIBUTE_PAYLOAD") => out.attributes = value,
+            ("AWS::IoT::Thing", "ThingGroups" | "THING_GROUPS") => out.groups = value,
             ("AWS::IoT::Certificate", "Status") if !merges => {}
             _ => {
                 return Err(invalid(format!(
@@ -766,7 +791,10 @@ mod tests {
                 .thing
                 .expect("a thing")
         };
-        let t = plan(r#"{"AttributePayload": "MERGE", "ThingTypeName": "DO_NOTHING"}"#);
+        let t = plan(
+            r#"{"AttributePayload": "MERGE", "ThingTypeName": "DO_NOTHING", "ThingGroups": "MERGE"}"#,
+        );
+        assert_eq!(t.groups_override, Override::Merge);
         assert_eq!(
             (t.attributes_override, t.type_override),
             (Override::Merge, Override::DoNothing)
@@ -779,8 +807,8 @@ mod tests {
         for (settings, props, why) in [
             (r#"{"ThingTypeName": "MERGE"}"#, "", "ThingTypeName = MERGE"),
             (r#"{"AttributePayload": "SOMETIMES"}"#, "", "not DO_NOTHING"),
-            (r#"{"ThingGroups": "MERGE"}"#, "", "ThingGroups = MERGE"),
-            ("{}", r#", "ThingGroups": ["g"]"#, "no thing groups"),
+            (r#"{"PolicyName": "MERGE"}"#, "", "PolicyName = MERGE"),
+            ("{}", r#", "BillingGroup": "g""#, "no billing groups"),
             ("{}", r#", "Colour": "red""#, "Colour is not supported"),
         ] {
             match Template::parse(&body(settings, props)) {
