@@ -31,6 +31,7 @@
 //!   answers the reserved topics and the REST calls.
 //! - [`provisioning`]: fleet provisioning by claim: templates (pure),
 //!   ownership tokens (pure), and the service that answers devices.
+//! - [`jobs`]: AWS IoT Jobs: jobs, executions and their state machine (pure).
 //! - [`events`]: lifecycle events: their documents and the service that
 //!   publishes them on `$aws/events/...`.
 //! - [`session`]: the session table, wills, and the connection task.
@@ -46,6 +47,7 @@ pub mod codec;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod jobs;
 pub mod loadgen;
 pub mod metrics;
 pub mod oplog;
