@@ -61,6 +61,7 @@ impl Client {
                 let control = Control {
                     rules: Arc::new(rules),
                     templates: Arc::new(templates),
+                    jobs: None,
                     registry: Arc::new(registry),
                     policies: Arc::new(versions),
                     head: ArnHead::new(&config.aws.region, &config.aws.account_id),

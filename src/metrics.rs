@@ -45,6 +45,8 @@ label_enum!(
         ShadowsBusy => "shadows_busy",
         /// A QoS 0 provisioning request met a full provisioning service queue.
         ProvisioningBusy => "provisioning_busy",
+        /// A QoS 0 jobs request met a full jobs service queue.
+        JobsBusy => "jobs_busy",
         /// A shadow answer could not be published (the store stayed busy).
         ShadowAnswer => "shadow_answer",
         /// A Basic Ingest message named a rule that does not exist or is disabled.
@@ -360,7 +362,24 @@ pub struct Metrics {
     events_published: Family,
     /// `edgegate_provisioning_requests_total{outcome}`, by [`ProvisioningOutcome`].
     provisioning_requests: Family,
+    /// `edgegate_jobs{status}`.
+    jobs: Vec<(&'static str, Gauge)>,
+    /// `edgegate_job_executions{status}`.
+    job_executions: Vec<(&'static str, Gauge)>,
+    /// `edgegate_job_rejections_total{code}`, by [`JOB_REJECTION_CODES`].
+    job_rejections: Family,
 }
+
+/// The `code`s of refused device jobs requests, as AWS names them.
+pub const JOB_REJECTION_CODES: [&str; 7] = [
+    "InvalidTopic",
+    "InvalidJson",
+    "InvalidRequest",
+    "InvalidStateTransition",
+    "ResourceNotFound",
+    "VersionMismatch",
+    "InternalError",
+];
 
 label_enum!(
     /// The kinds of `$aws/events/...` messages, for `edgegate_events_published_total`.
@@ -385,6 +404,10 @@ label_enum!(
         ThingGroupMembership => "thing_group_membership",
         /// THING_GROUP_HIERARCHY: a group made or deleted below another.
         ThingGroupHierarchy => "thing_group_hierarchy",
+        /// JOB: a job completed, canceled or deleted.
+        Job => "job",
+        /// JOB_EXECUTION: an execution ended or was deleted.
+        JobExecution => "job_execution",
     }
 );
 
@@ -468,6 +491,16 @@ impl Metrics {
                     })
                     .collect(),
             )
+        };
+        let gauges = |name: &'static str, help: &'static str, values: &[&'static str]| {
+            r.describe_gauge(name.into(), None, help.into());
+            values
+                .iter()
+                .map(|v| {
+                    let key = Key::from_parts(name, vec![Label::from_static_parts("status", v)]);
+                    (*v, r.register_gauge(&key, &META))
+                })
+                .collect::<Vec<_>>()
         };
         for (name, help) in [
             (
@@ -695,6 +728,31 @@ impl Metrics {
                 "edgegate_shadow_bytes",
                 "Bytes of device shadow state (desired and reported) held.",
             ),
+            jobs: gauges(
+                "edgegate_jobs",
+                "Jobs, by status.",
+                &["IN_PROGRESS", "CANCELED", "COMPLETED"],
+            ),
+            job_executions: gauges(
+                "edgegate_job_executions",
+                "Job executions, by status.",
+                &[
+                    "QUEUED",
+                    "IN_PROGRESS",
+                    "SUCCEEDED",
+                    "FAILED",
+                    "TIMED_OUT",
+                    "REJECTED",
+                    "REMOVED",
+                    "CANCELED",
+                ],
+            ),
+            job_rejections: family(
+                "edgegate_job_rejections_total",
+                "Device jobs requests refused, by AWS's error code.",
+                "code",
+                &JOB_REJECTION_CODES,
+            ),
             handle,
             recorder,
         }
@@ -710,6 +768,29 @@ impl Metrics {
                 .unwrap_or(SHADOW_CODES.len() - 1);
             self.shadow_rejections.get(i).increment(1);
         }
+    }
+
+    /// Sets how many jobs are in `status`.
+    pub fn jobs_in(&self, status: &str, n: usize) {
+        if let Some((_, g)) = self.jobs.iter().find(|(s, _)| *s == status) {
+            g.set(n as f64);
+        }
+    }
+
+    /// Sets how many job executions are in `status`.
+    pub fn job_executions_in(&self, status: &str, n: usize) {
+        if let Some((_, g)) = self.job_executions.iter().find(|(s, _)| *s == status) {
+            g.set(n as f64);
+        }
+    }
+
+    /// Counts a refused device jobs request by its `code`.
+    pub fn job_rejection(&self, code: &str) {
+        let i = JOB_REJECTION_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(JOB_REJECTION_CODES.len() - 1);
+        self.job_rejections.get(i).increment(1);
     }
 
     /// Counts a fleet provisioning request.

@@ -167,6 +167,7 @@ impl Server {
             &snapshot.registry,
             crate::store::now_ms(),
         )?);
+        let job_records = crate::jobs::service::records(&snapshot.registry);
         let registry = Arc::new(Registry::new(
             store.clone(),
             std::mem::take(&mut snapshot.registry),
@@ -322,6 +323,18 @@ impl Server {
         )
         .map_err(|e| tracing::error!(error = %e, "the audit log cannot be written"))
         .ok();
+        let jobs = crate::jobs::service::start(
+            router.clone(),
+            crate::jobs::service::Parts {
+                registry: registry.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                head: ArnHead::new(&config.aws.region, &config.aws.account_id),
+            },
+            job_records,
+            shutdown.clone(),
+            &tracker,
+        );
         let enforce: crate::policy::Enforce = {
             let (store, metrics, dir) = (
                 policies.clone(),
@@ -493,6 +506,7 @@ impl Server {
         let control = Arc::new(crate::http::control::Control {
             rules: book,
             templates: catalog,
+            jobs: Some(jobs),
             registry: registry.clone(),
             policies: versions,
             head: ArnHead::new(&config.aws.region, &config.aws.account_id),

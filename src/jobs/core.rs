@@ -782,6 +782,41 @@ impl Jobs {
         Ok(fx)
     }
 
+    /// UpdateJob: the description, the retry criteria, and the in-progress
+    /// timeout until an execution has started.
+    pub fn update_job(
+        &mut self,
+        job: &str,
+        description: Option<String>,
+        in_progress_minutes: Option<u64>,
+        retries: Option<Vec<Retry>>,
+        now: u64,
+    ) -> Result<Effects, Refusal> {
+        if let Some(m) = in_progress_minutes {
+            check_timeout(m)?;
+            if self.executions_of_job(job).any(|e| e.started_ms.is_some()) {
+                return Err(refuse(
+                    Code::InvalidRequest,
+                    format!("Job {job} has started executions; its timeout can no longer change"),
+                ));
+            }
+        }
+        let j = self.jobs.get_mut(job).ok_or_else(|| no_job(job))?;
+        if let Some(d) = description {
+            j.description = d;
+        }
+        if in_progress_minutes.is_some() {
+            j.in_progress_minutes = in_progress_minutes;
+        }
+        if let Some(r) = retries {
+            j.retries = r;
+        }
+        j.updated_ms = now;
+        let mut fx = Effects::default();
+        fx.jobs.insert(job.to_owned());
+        Ok(fx)
+    }
+
     /// CancelJob: QUEUED executions are canceled, IN_PROGRESS ones too with
     /// `force`.
     pub fn cancel(
@@ -1015,6 +1050,15 @@ impl Jobs {
             }
         }
         fx
+    }
+
+    /// How many executions are in each status.
+    pub fn counts_all(&self) -> BTreeMap<ExecStatus, usize> {
+        let mut out = BTreeMap::new();
+        for e in self.executions.values() {
+            *out.entry(e.status).or_insert(0) += 1;
+        }
+        out
     }
 
     /// How many of a job's executions are in each status.

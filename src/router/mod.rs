@@ -89,6 +89,7 @@ pub struct Router {
     tap: Tap,
     shadows: Tap,
     provisioning: Tap,
+    jobs: Tap,
 }
 
 /// Retained messages and what they hold, under one lock.
@@ -196,6 +197,7 @@ impl Router {
             tap: Tap::new(),
             shadows: Tap::new(),
             provisioning: Tap::new(),
+            jobs: Tap::new(),
         }
     }
 
@@ -212,6 +214,11 @@ impl Router {
     /// The fleet provisioning service's queue: requests on its reserved topics.
     pub fn provisioning_tap(&self) -> &Tap {
         &self.provisioning
+    }
+
+    /// The jobs service's queue: device requests on its reserved topics.
+    pub fn jobs_tap(&self) -> &Tap {
+        &self.jobs
     }
 
     /// Delivers `msg` to one session alone, through those of its
@@ -372,19 +379,28 @@ impl Router {
             "the rules engine queue",
             DropReason::RulesBusy,
         )?;
+        // The services answer only reserved topics: an ordinary one asks none.
+        let reserved = topic.starts_with("$aws/");
         let shadowed = self.offers(
             &self.shadows,
-            self.shadows.wants(topic),
+            reserved && self.shadows.wants(topic),
             msg,
             "the shadow service queue",
             DropReason::ShadowsBusy,
         )?;
         let provisioned = self.offers(
             &self.provisioning,
-            self.provisioning.wants(topic),
+            reserved && self.provisioning.wants(topic),
             msg,
             "the provisioning service queue",
             DropReason::ProvisioningBusy,
+        )?;
+        let jobbed = self.offers(
+            &self.jobs,
+            reserved && self.jobs.wants(topic),
+            msg,
+            "the jobs service queue",
+            DropReason::JobsBusy,
         )?;
         // The clock is read before the lock is taken, and only for a retain.
         let modified_ms = if msg.retain {
@@ -477,6 +493,7 @@ impl Router {
                 (&self.tap, ruled),
                 (&self.shadows, shadowed),
                 (&self.provisioning, provisioned),
+                (&self.jobs, jobbed),
             ] {
                 if !offered {
                     continue;

@@ -13,6 +13,7 @@
 mod certificates;
 mod events;
 mod groups;
+mod jobs;
 mod policies;
 mod provisioning;
 mod rules;
@@ -51,6 +52,8 @@ pub struct Control {
     pub rules: Arc<crate::rules::book::Book>,
     /// Provisioning templates.
     pub templates: Arc<crate::provisioning::catalog::Catalog>,
+    /// Jobs; only while the gateway runs.
+    pub jobs: Option<Arc<crate::jobs::service::Service>>,
     /// Certificates, CAs, things and thing types.
     pub registry: Arc<Registry>,
     /// Policies and their versions.
@@ -225,6 +228,18 @@ operations!(
     UpdateThingGroupsForThing,
     ListThingsInThingGroup,
     ListThingGroupsForThing,
+    CreateJob,
+    DescribeJob,
+    ListJobs,
+    UpdateJob,
+    CancelJob,
+    DeleteJob,
+    GetJobDocument,
+    ListJobExecutionsForJob,
+    ListJobExecutionsForThing,
+    DescribeJobExecution,
+    CancelJobExecution,
+    DeleteJobExecution,
 );
 
 /// Method, path pattern (`{}` is one label), operation, and the kind of
@@ -290,6 +305,38 @@ pub const ROUTES: &[(&str, &str, Op, &str)] = &[
         "GET",
         "things/{}/thing-groups",
         Op::ListThingGroupsForThing,
+        "thing",
+    ),
+    ("GET", "jobs", Op::ListJobs, ""),
+    ("PUT", "jobs/{}", Op::CreateJob, "job"),
+    ("GET", "jobs/{}", Op::DescribeJob, "job"),
+    ("PATCH", "jobs/{}", Op::UpdateJob, "job"),
+    ("DELETE", "jobs/{}", Op::DeleteJob, "job"),
+    ("PUT", "jobs/{}/cancel", Op::CancelJob, "job"),
+    ("GET", "jobs/{}/job-document", Op::GetJobDocument, "job"),
+    ("GET", "jobs/{}/things", Op::ListJobExecutionsForJob, "job"),
+    (
+        "GET",
+        "things/{}/jobs",
+        Op::ListJobExecutionsForThing,
+        "thing",
+    ),
+    (
+        "GET",
+        "things/{}/jobs/{}",
+        Op::DescribeJobExecution,
+        "thing",
+    ),
+    (
+        "PUT",
+        "things/{}/jobs/{}/cancel",
+        Op::CancelJobExecution,
+        "thing",
+    ),
+    (
+        "DELETE",
+        "things/{}/jobs/{}/executionNumber/{}",
+        Op::DeleteJobExecution,
         "thing",
     ),
     ("POST", "thing-types/{}", Op::CreateThingType, "thingtype"),
@@ -971,6 +1018,18 @@ impl Control {
             UpdateThingGroupsForThing => groups::update_for_thing(self, call),
             ListThingsInThingGroup => groups::things_in(self, call),
             ListThingGroupsForThing => groups::of_thing(self, call),
+            CreateJob => jobs::create(self, call).await,
+            DescribeJob => jobs::describe(self, call),
+            ListJobs => jobs::list(self, call),
+            UpdateJob => jobs::update(self, call).await,
+            CancelJob => jobs::cancel(self, call).await,
+            DeleteJob => jobs::delete(self, call).await,
+            GetJobDocument => jobs::document(self, call),
+            ListJobExecutionsForJob => jobs::executions_of_job(self, call),
+            ListJobExecutionsForThing => jobs::executions_of_thing(self, call),
+            DescribeJobExecution => jobs::describe_execution(self, call),
+            CancelJobExecution => jobs::cancel_execution(self, call).await,
+            DeleteJobExecution => jobs::delete_execution(self, call).await,
         }
     }
 

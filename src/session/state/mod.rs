@@ -61,7 +61,9 @@ pub enum Unpublishable {
 pub fn unpublishable(topic: &str, retain: bool, limits: topic::Limits) -> Option<Unpublishable> {
     if let Err(e) = limits.check(topic) {
         Some(Unpublishable::Topic(e))
-    } else if crate::shadow::is_gateway_only(topic) || crate::provisioning::is_response_topic(topic)
+    } else if crate::shadow::is_gateway_only(topic)
+        || crate::provisioning::is_response_topic(topic)
+        || crate::jobs::is_response_topic(topic)
     {
         Some(Unpublishable::GatewayOnly)
     } else if retain && topic::is_reserved(topic) {
