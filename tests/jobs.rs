@@ -1,0 +1,411 @@
+//! AWS IoT Jobs as an operator and devices run them: jobs made through the
+//! control plane, taken, reported on and finished by devices over MQTT.
+
+mod common;
+
+use common::*;
+use rumqttc::QoS;
+use serde_json::{Value, json};
+
+/// A gateway with an operator of full access (`AKIDADMIN`).
+async fn gateway() -> TestServer {
+    let mut t = TestServer::prepare(
+        "[admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
+         [[admin.users]]\naccess_key_id = \"AKIDADMIN\"\nsecret_file = \"admin.secret\"\npolicies = [\"Everything\"]\n",
+    );
+    let dir = t.dir.path().join("operator-policies");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("Everything.json"),
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
+    )
+    .expect("policy");
+    std::fs::write(t.dir.path().join("admin.secret"), "secret-of-admin\n").expect("secret");
+    t.boot().await;
+    t
+}
+
+fn admin(t: &TestServer) -> Aws {
+    Aws::new(t.admin(), "AKIDADMIN", "secret-of-admin")
+}
+
+fn arn(kind: &str, name: &str) -> String {
+    format!("arn:aws:iot:us-east-1:000000000000:{kind}/{name}")
+}
+
+/// A device connected as its thing, and what it received that no wait
+/// has taken yet.
+struct Device {
+    c: V4,
+    seen: Vec<(String, Value)>,
+}
+
+/// A device connected as its thing, subscribed to its jobs topics.
+async fn device(t: &TestServer, thing: &str) -> Device {
+    let mut d = t.v4(thing, true).await;
+    for filter in [
+        "notify",
+        "notify-next",
+        "get/+",
+        "start-next/+",
+        "+/get/+",
+        "+/update/+",
+    ] {
+        d.subscribe(
+            &format!("$aws/things/{thing}/jobs/{filter}"),
+            QoS::AtLeastOnce,
+        )
+        .await;
+    }
+    Device {
+        c: d,
+        seen: Vec::new(),
+    }
+}
+
+/// The next message on a topic `pick` accepts, with its topic, as JSON;
+/// others are kept for later waits.
+async fn next_where(d: &mut Device, pick: impl Fn(&str) -> bool) -> (String, Value) {
+    if let Some(i) = d.seen.iter().position(|(t, _)| pick(t)) {
+        return d.seen.remove(i);
+    }
+    loop {
+        let p = d.c.recv().await;
+        let doc = serde_json::from_slice(&p.payload).expect("JSON");
+        if pick(&p.topic) {
+            return (p.topic, doc);
+        }
+        d.seen.push((p.topic, doc));
+    }
+}
+
+/// The next message on `topic`, as JSON.
+async fn next_on(d: &mut Device, topic: &str) -> Value {
+    next_where(d, |t| t == topic).await.1
+}
+
+/// Publishes `request` on `$aws/things/<thing>/jobs/<what>` and returns
+/// the answer's suffix (`accepted` or `rejected`) and document.
+async fn ask(d: &mut Device, thing: &str, what: &str, request: Value) -> (String, Value) {
+    let topic = format!("$aws/things/{thing}/jobs/{what}");
+    d.c.publish(
+        &topic,
+        QoS::AtLeastOnce,
+        false,
+        request.to_string().as_bytes(),
+    )
+    .await;
+    let prefix = format!("{topic}/");
+    let (answer, doc) = next_where(d, |t| t.starts_with(&prefix)).await;
+    (answer[prefix.len()..].to_owned(), doc)
+}
+
+async fn create_job(aws: &Aws, id: &str, body: Value) -> (u16, Value) {
+    aws.call("PUT", &format!("/jobs/{id}"), "", &[], &body.to_string())
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_take_report_and_finish_a_job_for_a_thing_and_a_group() {
+    let t = gateway().await;
+    let aws = admin(&t);
+    for thing in ["lamp-1", "lamp-2"] {
+        assert_eq!(
+            aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
+            200
+        );
+    }
+    assert_eq!(aws.post("/thing-groups/floor", "", json!({})).await.0, 200);
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/thing-groups/addThingToThingGroup",
+            "",
+            &[],
+            &json!({"thingGroupName": "floor", "thingName": "lamp-2"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut one = device(&t, "lamp-1").await;
+    let mut two = device(&t, "lamp-2").await;
+
+    let (status, made) = create_job(
+        &aws,
+        "reboot-1",
+        json!({"targets": [arn("thing", "lamp-1"), arn("thinggroup", "floor")],
+               "document": "{\"operation\": \"reboot\"}", "description": "reboot the lamps"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["jobArn"], arn("job", "reboot-1"));
+
+    for (d, thing) in [(&mut one, "lamp-1"), (&mut two, "lamp-2")] {
+        let notified = next_on(d, &format!("$aws/things/{thing}/jobs/notify-next")).await;
+        let e = &notified["execution"];
+        assert_eq!(
+            (&e["jobId"], &e["status"], &e["versionNumber"]),
+            (&json!("reboot-1"), &json!("QUEUED"), &json!(1))
+        );
+        assert_eq!(e["jobDocument"], json!({"operation": "reboot"}));
+        assert!(
+            notified["timestamp"]
+                .as_u64()
+                .is_some_and(|s| s < 10_000_000_000),
+            "seconds: {notified}"
+        );
+
+        let (answer, pending) = ask(d, thing, "get", json!({"clientToken": "t-1"})).await;
+        assert_eq!(answer, "accepted", "{pending}");
+        assert_eq!(pending["clientToken"], "t-1");
+        assert_eq!(pending["queuedJobs"][0]["jobId"], "reboot-1");
+
+        let (answer, started) = ask(
+            d,
+            thing,
+            "start-next",
+            json!({"statusDetails": {"step": "1"}, "clientToken": "t-2"}),
+        )
+        .await;
+        assert_eq!(answer, "accepted", "{started}");
+        let e = &started["execution"];
+        assert_eq!(
+            (&e["status"], &e["versionNumber"], &e["statusDetails"]),
+            (&json!("IN_PROGRESS"), &json!(2), &json!({"step": "1"}))
+        );
+        assert!(e["startedAt"].is_u64());
+
+        let (answer, stale) = ask(
+            d,
+            thing,
+            "reboot-1/update",
+            json!({"status": "SUCCEEDED", "expectedVersion": 1, "clientToken": "t-3"}),
+        )
+        .await;
+        assert_eq!(answer, "rejected");
+        assert_eq!(stale["code"], "VersionMismatch", "{stale}");
+        assert_eq!(stale["clientToken"], "t-3");
+        assert_eq!(stale["executionState"]["versionNumber"], 2);
+
+        let (answer, updated) = ask(
+            d,
+            thing,
+            "reboot-1/update",
+            json!({"status": "SUCCEEDED", "expectedVersion": 2,
+                   "includeJobExecutionState": true, "statusDetails": {"step": "2"}}),
+        )
+        .await;
+        assert_eq!(answer, "accepted", "{updated}");
+        assert_eq!(
+            updated["executionState"],
+            json!({"status": "SUCCEEDED", "versionNumber": 3, "statusDetails": {"step": "2"}})
+        );
+        // Nothing is pending any more.
+        let next = next_on(d, &format!("$aws/things/{thing}/jobs/notify-next")).await;
+        assert!(next.get("execution").is_none(), "{next}");
+        let (answer, terminal) = ask(
+            d,
+            thing,
+            "reboot-1/update",
+            json!({"status": "IN_PROGRESS"}),
+        )
+        .await;
+        assert_eq!(answer, "rejected");
+        assert_eq!(terminal["code"], "InvalidStateTransition", "{terminal}");
+    }
+
+    let (status, described) = aws.get("/jobs/reboot-1", "").await;
+    assert_eq!(status, 200, "{described}");
+    let job = &described["job"];
+    assert_eq!(job["status"], "COMPLETED");
+    assert_eq!(job["jobProcessDetails"]["numberOfSucceededThings"], 2);
+    let (_, executions) = aws.get("/jobs/reboot-1/things", "").await;
+    let statuses: Vec<&Value> = executions["executionSummaries"]
+        .as_array()
+        .expect("summaries")
+        .iter()
+        .map(|s| &s["jobExecutionSummary"]["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("SUCCEEDED"), &json!("SUCCEEDED")]);
+    let (_, execution) = aws.get("/things/lamp-1/jobs/reboot-1", "").await;
+    assert_eq!(
+        execution["execution"]["statusDetails"],
+        json!({"detailsMap": {"step": "2"}})
+    );
+    let m = t.metrics().await;
+    assert_eq!(metric(&m, "edgegate_jobs{status=\"COMPLETED\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "edgegate_job_executions{status=\"SUCCEEDED\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_job_rejections_total{code=\"VersionMismatch\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_job_reaches_things_that_join_its_group_later() {
+    let t = gateway().await;
+    let aws = admin(&t);
+    assert_eq!(aws.post("/things/fan-1", "", json!({})).await.0, 200);
+    assert_eq!(aws.post("/thing-groups/fans", "", json!({})).await.0, 200);
+    let mut fan = device(&t, "fan-1").await;
+    let (status, made) = create_job(
+        &aws,
+        "tune",
+        json!({"targets": [arn("thinggroup", "fans")], "document": "{\"speed\": 2}",
+               "targetSelection": "CONTINUOUS"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let membership =
+        |add: &str| json!({"thingGroupName": "fans", "thingName": "fan-1"}).to_string() + add;
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/thing-groups/addThingToThingGroup",
+            "",
+            &[],
+            &membership(""),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let next = next_on(&mut fan, "$aws/things/fan-1/jobs/notify-next").await;
+    assert_eq!(next["execution"]["jobId"], "tune", "{next}");
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/thing-groups/removeThingFromThingGroup",
+            "",
+            &[],
+            &membership(""),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let next = next_on(&mut fan, "$aws/things/fan-1/jobs/notify-next").await;
+    assert!(next.get("execution").is_none(), "{next}");
+    let (_, execution) = aws.get("/things/fan-1/jobs/tune", "").await;
+    assert_eq!(execution["execution"]["status"], "REMOVED");
+    let (_, job) = aws.get("/jobs/tune", "").await;
+    assert_eq!(
+        job["job"]["status"], "IN_PROGRESS",
+        "a continuous job never completes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_needs_force_for_running_executions_and_delete_needs_a_finished_job() {
+    let mut t = gateway().await;
+    let aws = admin(&t);
+    for thing in ["a", "b"] {
+        assert_eq!(
+            aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
+            200
+        );
+    }
+    let mut a = device(&t, "a").await;
+    let (status, _) = create_job(
+        &aws,
+        "long",
+        json!({"targets": [arn("thing", "a"), arn("thing", "b")], "document": "{}"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (answer, _) = ask(&mut a, "a", "start-next", json!({})).await;
+    assert_eq!(answer, "accepted");
+
+    let (status, body) = aws.call("DELETE", "/jobs/long", "", &[], "").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["__type"], "InvalidStateTransitionException");
+    let (status, body) = aws
+        .call("PUT", "/things/a/jobs/long/cancel", "", &[], "{}")
+        .await;
+    assert_eq!(
+        (status, &body["__type"]),
+        (409, &json!("InvalidStateTransitionException"))
+    );
+
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/jobs/long/cancel",
+            "",
+            &[],
+            &json!({"reasonCode": "WRONG_BUILD", "comment": "stop"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let status_of = |body: &Value| body["execution"]["status"].clone();
+    assert_eq!(
+        status_of(&aws.get("/things/a/jobs/long", "").await.1),
+        "IN_PROGRESS"
+    );
+    assert_eq!(
+        status_of(&aws.get("/things/b/jobs/long", "").await.1),
+        "CANCELED"
+    );
+
+    // What was made survives a restart.
+    t.restart().await;
+    let aws = admin(&t);
+    let (_, job) = aws.get("/jobs/long", "").await;
+    assert_eq!(
+        (&job["job"]["status"], &job["job"]["reasonCode"]),
+        (&json!("CANCELED"), &json!("WRONG_BUILD"))
+    );
+    let (status, _) = aws
+        .call("PUT", "/jobs/long/cancel", "force=true", &[], "{}")
+        .await;
+    assert_eq!(status, 200);
+    let (_, execution) = aws.get("/things/a/jobs/long", "").await;
+    assert_eq!(execution["execution"]["status"], "CANCELED");
+    assert_eq!(execution["execution"]["forceCanceled"], true);
+    let (status, _) = aws.call("DELETE", "/jobs/long", "", &[], "").await;
+    assert_eq!(status, 200);
+    let (status, gone) = aws.get("/jobs/long", "").await;
+    assert_eq!(status, 404, "{gone}");
+}
+
+#[tokio::test]
+async fn devices_cannot_answer_for_the_service_and_bad_requests_are_refused() {
+    let t = gateway().await;
+    let mut d = device(&t, "lamp").await;
+    let (answer, missing) = ask(&mut d, "lamp", "nope/get", json!({})).await;
+    assert_eq!(answer, "rejected");
+    assert_eq!(missing["code"], "ResourceNotFound", "{missing}");
+    let (answer, next) = ask(&mut d, "lamp", "$next/get", json!({})).await;
+    assert_eq!(answer, "accepted");
+    assert!(next.get("execution").is_none(), "{next}");
+    let (answer, bad) = ask(
+        &mut d,
+        "lamp",
+        "start-next",
+        json!({"stepTimeoutInMinutes": 0}),
+    )
+    .await;
+    assert_eq!(answer, "rejected");
+    assert_eq!(bad["code"], "InvalidRequest", "{bad}");
+    d.c.publish(
+        "$aws/things/lamp/jobs/get",
+        QoS::AtLeastOnce,
+        false,
+        b"not json",
+    )
+    .await;
+    let refused = next_on(&mut d, "$aws/things/lamp/jobs/get/rejected").await;
+    assert_eq!(refused["code"], "InvalidJson");
+
+    let mut forger = t.v5("forger").await;
+    for topic in [
+        "$aws/things/lamp/jobs/notify-next",
+        "$aws/things/lamp/jobs/start-next/accepted",
+    ] {
+        assert_eq!(
+            forger.publish_qos1(topic, false, "{}").await,
+            rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+        );
+    }
+}
