@@ -151,6 +151,14 @@ label_enum!(
         GetRetainedMessage => "getretainedmessage",
         /// `iot:ListRetainedMessages` (HTTPS).
         ListRetainedMessages => "listretainedmessages",
+        /// `iot:DescribeJobExecution` (HTTPS).
+        DescribeJobExecution => "describejobexecution",
+        /// `iot:GetPendingJobExecutions` (HTTPS).
+        GetPendingJobExecutions => "getpendingjobexecutions",
+        /// `iot:StartNextPendingJobExecution` (HTTPS).
+        StartNextPendingJobExecution => "startnextpendingjobexecution",
+        /// `iot:UpdateJobExecution` (HTTPS).
+        UpdateJobExecution => "updatejobexecution",
     }
 );
 

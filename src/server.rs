@@ -479,6 +479,7 @@ impl Server {
                 let addr = local(&l)?;
                 let device = Arc::new(crate::http::device::Device {
                     data: data.clone(),
+                    jobs: jobs.clone(),
                     shared: shared.clone(),
                 });
                 let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKEN);

@@ -9,10 +9,18 @@ use serde_json::{Value, json};
 
 /// A gateway with an operator of full access (`AKIDADMIN`).
 async fn gateway() -> TestServer {
-    let mut t = TestServer::prepare(
-        "[admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
+    gateway_with("", &[]).await
+}
+
+/// [`gateway`] with `extra` configuration and device `policies`.
+async fn gateway_with(extra: &str, policies: &[(&str, &str)]) -> TestServer {
+    let mut t = TestServer::prepare(&format!(
+        "{extra}[admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
          [[admin.users]]\naccess_key_id = \"AKIDADMIN\"\nsecret_file = \"admin.secret\"\npolicies = [\"Everything\"]\n",
-    );
+    ));
+    for (name, text) in policies {
+        t.write_policy(name, text);
+    }
     let dir = t.dir.path().join("operator-policies");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(
@@ -408,4 +416,114 @@ async fn devices_cannot_answer_for_the_service_and_bad_requests_are_refused() {
             rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_runs_its_job_over_https_with_its_certificate() {
+    let t = gateway_with(
+        "[auth]\nprovisioning = { policies = [\"jobsdata\"] }\n",
+        &[(
+            "jobsdata",
+            r#"{"Version":"2012-10-17","Statement":[
+                {"Effect":"Allow","Action":"iotjobsdata:*",
+                 "Resource":"arn:aws:iot:*:*:thing/${iot:Certificate.Subject.CommonName}"}]}"#,
+        )],
+    )
+    .await;
+    let aws = admin(&t);
+    for thing in ["web-lamp", "other"] {
+        assert_eq!(
+            aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
+            200
+        );
+    }
+    let (status, _) = create_job(
+        &aws,
+        "web-1",
+        json!({"targets": [arn("thing", "web-lamp"), arn("thing", "other")],
+               "document": "{\"step\": \"flash\"}"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let addr = t.server().https.expect("the device HTTPS listener");
+    let pem = t.device("web-lamp");
+    let call = |method: &'static str, target: String, body: Value| {
+        let (t, pem) = (&t, &pem);
+        async move {
+            let (status, body) = https(
+                t,
+                addr,
+                Some(pem),
+                method,
+                &target,
+                body.to_string().as_bytes(),
+            )
+            .await
+            .expect("served");
+            let doc: Value = if body.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(&body).expect("JSON")
+            };
+            (status, doc)
+        }
+    };
+    let (status, pending) = call("GET", "/things/web-lamp/jobs".into(), json!({})).await;
+    assert_eq!(status, 200, "{pending}");
+    assert_eq!(pending["queuedJobs"][0]["jobId"], "web-1");
+    assert!(pending.get("timestamp").is_none());
+
+    let (status, started) = call(
+        "PUT",
+        "/things/web-lamp/jobs/$next".into(),
+        json!({"statusDetails": {"at": "1"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    let e = &started["execution"];
+    assert_eq!(
+        (&e["status"], &e["thingName"]),
+        (&json!("IN_PROGRESS"), &json!("web-lamp"))
+    );
+    assert_eq!(
+        e["jobDocument"], "{\"step\": \"flash\"}",
+        "a string over HTTPS"
+    );
+
+    let (status, stale) = call(
+        "POST",
+        "/things/web-lamp/jobs/web-1".into(),
+        json!({"status": "SUCCEEDED", "expectedVersion": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, &stale["__type"]),
+        (409, &json!("InvalidStateTransitionException"))
+    );
+    let (status, done) = call(
+        "POST",
+        "/things/web-lamp/jobs/web-1".into(),
+        json!({"status": "SUCCEEDED", "expectedVersion": 2, "includeJobExecutionState": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["executionState"]["status"], "SUCCEEDED");
+    let (status, described) = call(
+        "GET",
+        "/things/web-lamp/jobs/web-1?includeJobDocument=false".into(),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{described}");
+    assert_eq!(described["execution"]["status"], "SUCCEEDED");
+    assert!(described["execution"].get("jobDocument").is_none());
+    let (status, missing) = call("GET", "/things/web-lamp/jobs/nope".into(), json!({})).await;
+    assert_eq!(
+        (status, &missing["__type"]),
+        (404, &json!("ResourceNotFoundException"))
+    );
+
+    // Another thing's jobs are not this certificate's.
+    let (status, _) = call("GET", "/things/other/jobs".into(), json!({})).await;
+    assert_eq!(status, 403);
 }

@@ -46,6 +46,8 @@ use tokio::time::{Instant, Sleep};
 pub struct Device {
     /// The `iot-data` API.
     pub data: DataPlane,
+    /// The `iot-jobs-data` API.
+    pub jobs: Arc<crate::jobs::service::Service>,
     /// The registry, policies, configuration and metrics MQTT uses.
     pub shared: Arc<Shared>,
 }
@@ -222,6 +224,19 @@ async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, Aw
     let segments = segments(parts.uri.path());
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let metrics = shared.metrics.clone();
+    let mut allows = |action, ty, name: &str| authz.allows(&metrics, "", action, ty, name);
+    if let Some(answer) = super::jobs_data::handle(
+        &device.jobs,
+        &parts.method,
+        &seg,
+        parts.uri.query().unwrap_or_default(),
+        &body,
+        &mut allows,
+    )
+    .await
+    {
+        return answer;
+    }
     data::handle(
         &device.data,
         &parts.method,
@@ -231,7 +246,7 @@ async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, Aw
         body,
         data::Caller {
             principal: &identity.certificate_id,
-            allows: &mut |action, ty, name| authz.allows(&metrics, "", action, ty, name),
+            allows: &mut allows,
         },
     )
     .await

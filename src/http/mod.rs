@@ -5,5 +5,6 @@ pub mod aws;
 pub mod control;
 pub mod data;
 pub mod device;
+pub mod jobs_data;
 pub mod operators;
 pub mod sigv4;

@@ -30,17 +30,38 @@ pub fn summary(e: &Execution) -> Value {
     v
 }
 
+/// Which device API a document is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// MQTT: the job document is an object.
+    Mqtt,
+    /// `iot-jobs-data` over HTTPS: the document is a string, and the thing
+    /// is named.
+    Https,
+}
+
 /// `JobExecution`, with the job's document when `job` is given.
-pub fn execution(e: &Execution, job: Option<&Job>) -> Value {
+pub fn execution(e: &Execution, job: Option<&Job>, api: Api) -> Value {
     let mut v = summary(e);
     v["status"] = e.status.name().into();
     if !e.details.is_empty() {
         v["statusDetails"] = json!(e.details);
     }
     if let Some(job) = job {
-        v["jobDocument"] = document(job);
+        v["jobDocument"] = job_document(job, api);
+    }
+    if api == Api::Https {
+        v["thingName"] = e.thing.as_str().into();
     }
     v
+}
+
+/// A job's document as `api` carries it.
+pub fn job_document(job: &Job, api: Api) -> Value {
+    match api {
+        Api::Mqtt => document(job),
+        Api::Https => job.document.as_str().into(),
+    }
 }
 
 /// `JobExecutionState`.
@@ -86,7 +107,7 @@ pub fn notify(pending: &[&Execution], now_ms: u64) -> Value {
 pub fn notify_next(next: Option<(&Execution, &Job)>, now_ms: u64) -> Value {
     let mut v = json!({"timestamp": secs(now_ms)});
     if let Some((e, job)) = next {
-        v["execution"] = execution(e, Some(job));
+        v["execution"] = execution(e, Some(job), Api::Mqtt);
     }
     v
 }

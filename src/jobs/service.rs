@@ -6,6 +6,7 @@
 //! were made. A change is answered once its records are durable.
 
 use super::core::{Code, Effects, Event, ExecStatus, Execution, Job, JobStatus, Jobs, Refusal};
+use super::documents::Api;
 use super::{REQUEST_FILTERS, Request, documents};
 use crate::metrics::{DropReason, EventKind, Metrics};
 use crate::policy::compile::ArnHead;
@@ -403,7 +404,7 @@ impl Service {
             .and_then(|r| r["clientToken"].as_str())
             .map(str::to_owned);
         let answer = match (super::parse(topic), request) {
-            (Some(Ok((thing, r))), Ok(body)) => self.answer(thing, r, &body).await,
+            (Some(Ok((thing, r))), Ok(body)) => self.answer(thing, r, &body, Api::Mqtt).await,
             (Some(Err(_)), _) | (None, _) => Err(Answer::refused(
                 "InvalidTopic",
                 "the topic names no jobs request",
@@ -452,12 +453,14 @@ impl Service {
         }
     }
 
-    /// The accepted document of one request, or why not.
-    async fn answer(
+    /// The accepted document of one device request (over MQTT, or the
+    /// same over HTTPS), or why not.
+    pub async fn answer(
         &self,
         thing: &str,
         request: Request<'_>,
         body: &Value,
+        api: Api,
     ) -> Result<Value, Answer> {
         match request {
             Request::GetPending => Ok(self.read(|jobs| {
@@ -476,7 +479,9 @@ impl Service {
                     .change(|jobs, now| jobs.start_next(thing, details, step, now))
                     .await?;
                 Ok(self.read(|jobs| match started {
-                    Some(e) => json!({"execution": documents::execution(&e, jobs.job(&e.job_id))}),
+                    Some(e) => {
+                        json!({"execution": documents::execution(&e, jobs.job(&e.job_id), api)})
+                    }
                     None => json!({}),
                 }))
             }
@@ -495,7 +500,7 @@ impl Service {
                     Ok(match e {
                         Some(e) => {
                             let j = jobs.job(&e.job_id).filter(|_| with_document);
-                            json!({"execution": documents::execution(e, j)})
+                            json!({"execution": documents::execution(e, j, api)})
                         }
                         None => json!({}),
                     })
@@ -520,7 +525,7 @@ impl Service {
                             doc["executionState"] = documents::state(e);
                         }
                         if let Some(j) = jobs.job(job).filter(|_| with_document) {
-                            doc["jobDocument"] = documents::document(j);
+                            doc["jobDocument"] = documents::job_document(j, api);
                         }
                     }
                     doc
@@ -617,10 +622,13 @@ pub fn process_details(jobs: &Jobs, job: &str) -> Value {
 
 /// A refusal of a device request, as `/rejected` says it.
 #[derive(Debug)]
-struct Answer {
-    code: &'static str,
-    message: String,
-    state: Option<Box<Execution>>,
+pub struct Answer {
+    /// AWS's MQTT error code (`VersionMismatch`, ...).
+    pub code: &'static str,
+    /// Why, in words.
+    pub message: String,
+    /// The execution, for InvalidStateTransition and VersionMismatch.
+    pub state: Option<Box<Execution>>,
 }
 
 impl Answer {

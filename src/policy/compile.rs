@@ -182,11 +182,7 @@ pub fn compile<'a>(
                 index,
                 sid: st.sid.as_deref().map(Arc::from),
                 effect: st.effect,
-                actions: st
-                    .actions
-                    .iter()
-                    .map(|a| Glob::new(&a.to_ascii_lowercase()))
-                    .collect(),
+                actions: st.actions.iter().flat_map(|a| action_globs(a)).collect(),
                 not_action: st.not_action,
                 resources,
                 not_resource: st.not_resource,
@@ -194,6 +190,25 @@ pub fn compile<'a>(
         }
     }
     PolicySet { statements }
+}
+
+/// The patterns a statement's action stands for, lowercase. AWS names the
+/// jobs data-plane actions with `iotjobsdata:` as well as `iot:`: such a
+/// pattern stands for the jobs actions it matches, and for nothing else.
+fn action_globs(action: &str) -> Vec<Glob> {
+    let lower = action.to_ascii_lowercase();
+    match lower.strip_prefix("iotjobsdata:") {
+        None => vec![Glob::new(&lower)],
+        Some(rest) => {
+            let wanted = Glob::new(rest);
+            super::eval::JOBS_DATA_ACTIONS
+                .iter()
+                .map(|a| a.name())
+                .filter(|n| n.strip_prefix("iot:").is_some_and(|n| wanted.matches(n)))
+                .map(Glob::new)
+                .collect()
+        }
+    }
 }
 
 /// Policy variables and condition keys the documents use that `ctx` lacks

@@ -40,7 +40,24 @@ pub enum Action {
     DeleteThingShadow,
     /// `iot:ListNamedShadowsForThing` on `thing/<name>`.
     ListNamedShadowsForThing,
+    /// `iot:DescribeJobExecution` on `thing/<name>` (HTTPS).
+    DescribeJobExecution,
+    /// `iot:GetPendingJobExecutions` on `thing/<name>` (HTTPS).
+    GetPendingJobExecutions,
+    /// `iot:StartNextPendingJobExecution` on `thing/<name>` (HTTPS).
+    StartNextPendingJobExecution,
+    /// `iot:UpdateJobExecution` on `thing/<name>` (HTTPS).
+    UpdateJobExecution,
 }
+
+/// The jobs data-plane actions, which AWS also names with the prefix
+/// `iotjobsdata:`.
+pub const JOBS_DATA_ACTIONS: [Action; 4] = [
+    Action::DescribeJobExecution,
+    Action::GetPendingJobExecutions,
+    Action::StartNextPendingJobExecution,
+    Action::UpdateJobExecution,
+];
 
 impl Action {
     /// The action name, lowercase (actions compare case-insensitively).
@@ -57,12 +74,22 @@ impl Action {
             Self::UpdateThingShadow => "iot:updatethingshadow",
             Self::DeleteThingShadow => "iot:deletethingshadow",
             Self::ListNamedShadowsForThing => "iot:listnamedshadowsforthing",
+            Self::DescribeJobExecution => "iot:describejobexecution",
+            Self::GetPendingJobExecutions => "iot:getpendingjobexecutions",
+            Self::StartNextPendingJobExecution => "iot:startnextpendingjobexecution",
+            Self::UpdateJobExecution => "iot:updatejobexecution",
         }
     }
 
-    /// Parses `iot:Publish` and the like, in any case.
+    /// Parses `iot:Publish` and the like, in any case (and the jobs data
+    /// actions with `iotjobsdata:` too).
     pub fn parse(name: &str) -> Option<Self> {
         let lower = name.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("iotjobsdata:") {
+            return JOBS_DATA_ACTIONS
+                .into_iter()
+                .find(|a| a.name().strip_prefix("iot:") == Some(rest));
+        }
         [
             Self::Connect,
             Self::Publish,
@@ -75,6 +102,10 @@ impl Action {
             Self::UpdateThingShadow,
             Self::DeleteThingShadow,
             Self::ListNamedShadowsForThing,
+            Self::DescribeJobExecution,
+            Self::GetPendingJobExecutions,
+            Self::StartNextPendingJobExecution,
+            Self::UpdateJobExecution,
         ]
         .into_iter()
         .find(|a| a.name() == lower)

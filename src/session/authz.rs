@@ -164,6 +164,10 @@ impl Authz {
             Action::ListNamedShadowsForThing => AuthzAction::ListNamedShadowsForThing,
             Action::GetRetainedMessage => AuthzAction::GetRetainedMessage,
             Action::ListRetainedMessages => AuthzAction::ListRetainedMessages,
+            Action::DescribeJobExecution => AuthzAction::DescribeJobExecution,
+            Action::GetPendingJobExecutions => AuthzAction::GetPendingJobExecutions,
+            Action::StartNextPendingJobExecution => AuthzAction::StartNextPendingJobExecution,
+            Action::UpdateJobExecution => AuthzAction::UpdateJobExecution,
         });
         crate::refusal!(
             self.principal
