@@ -527,3 +527,61 @@ async fn a_device_runs_its_job_over_https_with_its_certificate() {
     let (status, _) = call("GET", "/things/other/jobs".into(), json!({})).await;
     assert_eq!(status, 403);
 }
+
+/// Every accepted change is answered once durable: a gateway killed with
+/// SIGKILL in the middle of an execution has every transition it answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answered_transition_is_lost_on_kill_9() {
+    let section = "[admin]\nlisten = \"127.0.0.1:0\"\naccess_key_id = \"AKIDADMIN\"\nsecret_access_key_env = \"EDGEGATE_JOBS_KILL_SECRET\"\n";
+    let env = [("EDGEGATE_JOBS_KILL_SECRET", "kill-secret")];
+    let t = TestServer::prepare(section);
+    let (mut child, port, admin) = spawn_binary(&t, section, &env);
+    let aws = Aws::new(admin.parse().expect("addr"), "AKIDADMIN", "kill-secret");
+    assert_eq!(aws.post("/things/kept", "", json!({})).await.0, 200);
+    let (status, _) = create_job(
+        &aws,
+        "kept-job",
+        json!({"targets": [arn("thing", "kept")], "document": "{}"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let c = V4::connect_to(&t, port, "kept", true, None, |_| {}).await;
+    let mut d = Device {
+        c,
+        seen: Vec::new(),
+    };
+    d.c.subscribe("$aws/things/kept/jobs/+/+", QoS::AtLeastOnce)
+        .await;
+    d.c.subscribe("$aws/things/kept/jobs/+/+/+", QoS::AtLeastOnce)
+        .await;
+    let (answer, _) = ask(&mut d, "kept", "start-next", json!({})).await;
+    assert_eq!(answer, "accepted");
+    let (answer, _) = ask(
+        &mut d,
+        "kept",
+        "kept-job/update",
+        json!({"status": "IN_PROGRESS", "statusDetails": {"progress": "40"}}),
+    )
+    .await;
+    assert_eq!(answer, "accepted");
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+
+    let (mut child, _, admin) = spawn_binary(&t, section, &env);
+    let aws = Aws::new(admin.parse().expect("addr"), "AKIDADMIN", "kill-secret");
+    let (status, execution) = aws.get("/things/kept/jobs/kept-job", "").await;
+    assert_eq!(status, 200, "{execution}");
+    let e = &execution["execution"];
+    assert_eq!(
+        (&e["status"], &e["versionNumber"], &e["statusDetails"]),
+        (
+            &json!("IN_PROGRESS"),
+            &json!(3),
+            &json!({"detailsMap": {"progress": "40"}})
+        )
+    );
+    let (_, job) = aws.get("/jobs/kept-job", "").await;
+    assert_eq!(job["job"]["status"], "IN_PROGRESS");
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}
