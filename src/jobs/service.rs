@@ -700,3 +700,68 @@ fn minutes(body: &Value) -> Result<Option<i64>, Answer> {
             .ok_or_else(|| Answer::invalid("stepTimeoutInMinutes is a number")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::core::{NewJob, Selection};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_execution_times_out_on_the_tokio_clock_when_its_timer_runs_out() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new());
+        let (store, _) =
+            Store::open(&dir.path().join("s.redb"), false, metrics.clone()).expect("store");
+        let router = Arc::new(Router::new(
+            store.clone(),
+            metrics.clone(),
+            Default::default(),
+        ));
+        let registry = Arc::new(Registry::new(store.clone(), Vec::new(), Vec::new(), false));
+        registry
+            .create_thing("lamp", None, BTreeMap::new())
+            .expect("thing");
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let service = start(
+            router,
+            Parts {
+                registry,
+                store,
+                metrics,
+                head: ArnHead::new("us-east-1", "000000000000"),
+            },
+            Vec::new(),
+            shutdown.clone(),
+            &tracker,
+        );
+        let job = NewJob {
+            document: "{}".into(),
+            description: String::new(),
+            targets: vec!["arn:aws:iot:us-east-1:000000000000:thing/lamp".into()],
+            selection: Selection::Snapshot,
+            in_progress_minutes: Some(20),
+            retries: Vec::new(),
+        };
+        let things = BTreeSet::from(["lamp".to_owned()]);
+        service
+            .change(|j, now| j.create("t", job, &things, now).map(|fx| ((), fx)))
+            .await
+            .expect("created");
+        // A step of 30 minutes cannot outlast the job's 20.
+        service
+            .change(|j, now| j.start_next("lamp", None, Some(30), now))
+            .await
+            .expect("started");
+        tokio::time::sleep(Duration::from_secs(21 * 60)).await;
+        let e = service
+            .read(|j| j.execution("lamp", "t").cloned())
+            .expect("execution");
+        assert_eq!(e.status, ExecStatus::TimedOut);
+        let started = e.started_ms.expect("started");
+        assert_eq!(e.updated_ms - started, 20 * 60_000, "at the job's deadline");
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}
