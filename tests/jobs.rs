@@ -585,3 +585,78 @@ async fn no_answered_transition_is_lost_on_kill_9() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_and_execution_events_are_published_once_enabled() {
+    let t = gateway().await;
+    let aws = admin(&t);
+    assert_eq!(aws.post("/things/ev", "", json!({})).await.0, 200);
+    let mut w = t.v4("watcher", true).await;
+    for filter in ["$aws/events/job/#", "$aws/events/jobExecution/#"] {
+        w.subscribe(filter, QoS::AtLeastOnce).await;
+    }
+    let enable = json!({"eventConfigurations": {
+        "JOB": {"Enabled": true}, "JOB_EXECUTION": {"Enabled": true}}});
+    let (status, _) = aws
+        .call(
+            "PATCH",
+            "/event-configurations",
+            "",
+            &[],
+            &enable.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut d = device(&t, "ev").await;
+    let (status, _) = create_job(
+        &aws,
+        "evented",
+        json!({"targets": [arn("thing", "ev")], "document": "{}", "description": "watched"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    ask(&mut d, "ev", "start-next", json!({})).await;
+    let (answer, _) = ask(
+        &mut d,
+        "ev",
+        "evented/update",
+        json!({"status": "SUCCEEDED", "statusDetails": {"result": "ok"}}),
+    )
+    .await;
+    assert_eq!(answer, "accepted");
+    let (status, _) = aws.call("DELETE", "/jobs/evented", "", &[], "").await;
+    assert_eq!(status, 200);
+
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let p = w.recv().await;
+        let doc: Value = serde_json::from_slice(&p.payload).expect("JSON");
+        seen.push((p.topic, doc));
+    }
+    let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "$aws/events/jobExecution/evented/succeeded",
+            "$aws/events/job/evented/completed",
+            "$aws/events/job/evented/deletion_in_progress",
+            "$aws/events/jobExecution/evented/deleted",
+            "$aws/events/job/evented/deleted",
+        ]
+    );
+    let succeeded = &seen[0].1;
+    assert_eq!(succeeded["eventType"], "JOB_EXECUTION");
+    assert_eq!(succeeded["status"], "SUCCEEDED");
+    assert_eq!(succeeded["thingArn"], arn("thing", "ev"));
+    assert_eq!(succeeded["statusDetails"], json!({"result": "ok"}));
+    let completed = &seen[1].1;
+    assert_eq!(
+        (
+            &completed["eventType"],
+            &completed["status"],
+            &completed["description"]
+        ),
+        (&json!("JOB"), &json!("COMPLETED"), &json!("watched"))
+    );
+    assert_eq!(completed["jobProcessDetails"]["numberOfSucceededThings"], 1);
+}
