@@ -7,8 +7,29 @@ use crate::registry::groups::{GroupUpdate, ThingGroup};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-fn name_and_arn(c: &Control, g: &ThingGroup) -> Value {
-    json!({"groupName": g.name, "groupArn": c.arn("thinggroup", &g.name)})
+/// A page of groups, by name and ARN.
+fn groups_page(
+    c: &Control,
+    call: &Call<'_>,
+    groups: Vec<ThingGroup>,
+) -> Result<Response, AwsError> {
+    let page = paginate(
+        groups,
+        |g| &g.name,
+        call.query("nextToken"),
+        call.query("maxResults"),
+        50,
+    )?;
+    let items: Vec<Value> = page
+        .items
+        .iter()
+        .map(|g| json!({"groupName": g.name, "groupArn": c.arn("thinggroup", &g.name)}))
+        .collect();
+    Ok(ok(with_next(
+        json!({ "thingGroups": items }),
+        "nextToken",
+        page.next,
+    )))
 }
 
 pub(super) fn create(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
@@ -70,14 +91,8 @@ pub(super) fn update(c: &Control, call: &Call<'_>) -> Result<Response, AwsError>
 }
 
 pub(super) fn delete(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
-    let expected = call
-        .query("expectedVersion")
-        .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| AwsError::invalid_request("expectedVersion must be a number"))
-        })
-        .transpose()?;
-    c.registry.delete_thing_group(call.label(0), expected)?;
+    c.registry
+        .delete_thing_group(call.label(0), call.number("expectedVersion")?)?;
     done()
 }
 
@@ -105,19 +120,7 @@ pub(super) fn list(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
         .into_iter()
         .filter(|g| g.name.starts_with(&prefix))
         .collect();
-    let page = paginate(
-        groups,
-        |g| &g.name,
-        call.query("nextToken"),
-        call.query("maxResults"),
-        50,
-    )?;
-    let items: Vec<Value> = page.items.iter().map(|g| name_and_arn(c, g)).collect();
-    Ok(ok(with_next(
-        json!({ "thingGroups": items }),
-        "nextToken",
-        page.next,
-    )))
+    groups_page(c, call, groups)
 }
 
 /// A name given as itself or in an ARN (`...:thinggroup/NAME`).
@@ -196,17 +199,5 @@ pub(super) fn things_in(c: &Control, call: &Call<'_>) -> Result<Response, AwsErr
 
 pub(super) fn of_thing(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
     let groups = c.registry.groups_of_thing(call.label(0))?;
-    let page = paginate(
-        groups,
-        |g| &g.name,
-        call.query("nextToken"),
-        call.query("maxResults"),
-        50,
-    )?;
-    let items: Vec<Value> = page.items.iter().map(|g| name_and_arn(c, g)).collect();
-    Ok(ok(with_next(
-        json!({ "thingGroups": items }),
-        "nextToken",
-        page.next,
-    )))
+    groups_page(c, call, groups)
 }

@@ -375,19 +375,7 @@ pub(super) fn executions_of_job(c: &Control, call: &Call<'_>) -> Result<Response
                 .collect(),
         )
     })?;
-    let page = paginate(
-        listed,
-        |(k, _)| k,
-        call.query("nextToken"),
-        call.query("maxResults"),
-        100,
-    )?;
-    let items: Vec<&Value> = page.items.iter().map(|(_, v)| v).collect();
-    Ok(ok(with_next(
-        json!({ "executionSummaries": items }),
-        "nextToken",
-        page.next,
-    )))
+    summaries_page(call, listed)
 }
 
 pub(super) fn executions_of_thing(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
@@ -406,6 +394,11 @@ pub(super) fn executions_of_thing(c: &Control, call: &Call<'_>) -> Result<Respon
             })
             .collect()
     });
+    summaries_page(call, listed)
+}
+
+/// A page of execution summaries, each under its sort key.
+fn summaries_page(call: &Call<'_>, listed: Vec<(String, Value)>) -> Result<Response, AwsError> {
     let page = paginate(
         listed,
         |(k, _)| k,
@@ -421,18 +414,9 @@ pub(super) fn executions_of_thing(c: &Control, call: &Call<'_>) -> Result<Respon
     )))
 }
 
-fn execution_number(given: Option<String>) -> Result<Option<u64>, AwsError> {
-    given
-        .map(|n| {
-            n.parse::<u64>()
-                .map_err(|_| AwsError::invalid_request("executionNumber is a number"))
-        })
-        .transpose()
-}
-
 pub(super) fn describe_execution(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
     let (thing, id) = (call.label(0), call.label(1));
-    let number = execution_number(call.query("executionNumber"))?;
+    let number = call.number("executionNumber")?;
     let jobs = service(c)?;
     let now = jobs.now_ms();
     jobs.read(|j| {
@@ -503,7 +487,10 @@ pub(super) async fn cancel_execution(c: &Control, call: &Call<'_>) -> Result<Res
 pub(super) async fn delete_execution(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
     let jobs = service(c)?;
     let (thing, id) = (call.label(0).to_owned(), call.label(1).to_owned());
-    let number = execution_number(Some(call.label(2).to_owned()))?.unwrap_or(0);
+    let number: u64 = call
+        .label(2)
+        .parse()
+        .map_err(|_| AwsError::invalid_request("executionNumber must be a number"))?;
     let force = call.flag("force")?;
     jobs.change(|j, now| {
         j.delete_execution(&thing, &id, number, force, now)

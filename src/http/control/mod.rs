@@ -599,6 +599,16 @@ impl Call<'_> {
         }
     }
 
+    /// A numeric query parameter, if given.
+    fn number(&self, name: &str) -> Result<Option<u64>, AwsError> {
+        self.query(name)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| AwsError::invalid_request(format!("{name} must be a number")))
+            })
+            .transpose()
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }

@@ -102,14 +102,8 @@ pub(super) fn update(c: &Control, call: &Call<'_>) -> Result<Response, AwsError>
 }
 
 pub(super) fn delete(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
-    let expected = call
-        .query("expectedVersion")
-        .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| AwsError::invalid_request("expectedVersion must be a number"))
-        })
-        .transpose()?;
-    c.registry.delete_thing(call.label(0), expected)?;
+    c.registry
+        .delete_thing(call.label(0), call.number("expectedVersion")?)?;
     done()
 }
 
