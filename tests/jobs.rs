@@ -302,6 +302,35 @@ async fn a_continuous_job_reaches_things_that_join_its_group_later() {
         job["job"]["status"], "IN_PROGRESS",
         "a continuous job never completes"
     );
+
+    // Another group associated later brings its things in too.
+    assert_eq!(aws.post("/things/heater-1", "", json!({})).await.0, 200);
+    assert_eq!(
+        aws.post("/thing-groups/heaters", "", json!({})).await.0,
+        200
+    );
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/thing-groups/addThingToThingGroup",
+            "",
+            &[],
+            &json!({"thingGroupName": "heaters", "thingName": "heater-1"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, associated) = aws
+        .post(
+            "/jobs/tune/targets",
+            "",
+            json!({"targets": [arn("thinggroup", "heaters")]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{associated}");
+    let (_, execution) = aws.get("/things/heater-1/jobs/tune", "").await;
+    assert_eq!(execution["execution"]["status"], "QUEUED");
+    let (_, job) = aws.get("/jobs/tune", "").await;
+    assert_eq!(job["job"]["targets"].as_array().map(Vec::len), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

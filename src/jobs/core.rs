@@ -1052,6 +1052,40 @@ impl Jobs {
         fx
     }
 
+    /// AssociateTargetsWithJob: a continuous job in progress gains
+    /// `targets`; `things` are all its targets' things now.
+    pub fn associate(
+        &mut self,
+        job: &str,
+        targets: Vec<String>,
+        things: &BTreeSet<String>,
+        now: u64,
+    ) -> Result<Effects, Refusal> {
+        let j = self.jobs.get_mut(job).ok_or_else(|| no_job(job))?;
+        if j.selection != Selection::Continuous || j.status != JobStatus::InProgress {
+            return Err(refuse(
+                Code::InvalidRequest,
+                format!("Job {job} is not a continuous job in progress"),
+            ));
+        }
+        let mut added: Vec<String> = targets
+            .into_iter()
+            .filter(|t| !j.targets.contains(t))
+            .collect();
+        added.dedup();
+        if j.targets.len() + added.len() > MAX_TARGETS {
+            return Err(refuse(
+                Code::LimitExceeded,
+                format!("a job has at most {MAX_TARGETS} targets"),
+            ));
+        }
+        j.targets.extend(added);
+        j.updated_ms = now;
+        let mut fx = self.reconcile(job, things, now);
+        fx.jobs.insert(job.to_owned());
+        Ok(fx)
+    }
+
     /// How many executions are in each status.
     pub fn counts_all(&self) -> BTreeMap<ExecStatus, usize> {
         let mut out = BTreeMap::new();

@@ -124,16 +124,7 @@ pub(super) async fn create(c: &Control, call: &Call<'_>) -> Result<Response, Aws
     if serde_json::from_str::<Value>(&document).map_or(true, |d| !d.is_object()) {
         return Err(AwsError::invalid_request("document is not a JSON object"));
     }
-    let targets: Vec<String> = input["targets"]
-        .as_array()
-        .ok_or_else(|| AwsError::invalid_request("targets is required"))?
-        .iter()
-        .map(|t| {
-            t.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| AwsError::invalid_request("targets holds ARNs"))
-        })
-        .collect::<Result<_, _>>()?;
+    let targets = target_list(&input)?;
     let selection = match input["targetSelection"].as_str() {
         None | Some("SNAPSHOT") => Selection::Snapshot,
         Some("CONTINUOUS") => Selection::Continuous,
@@ -270,6 +261,50 @@ pub(super) fn list(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
         "nextToken",
         page.next,
     )))
+}
+
+/// AssociateTargetsWithJob: more thing groups for a continuous job.
+pub(super) async fn associate(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
+    let jobs = service(c)?;
+    let id = call.label(0).to_owned();
+    let input = call.json()?;
+    let added = target_list(&input)?;
+    let all: Vec<String> = jobs
+        .read(|j| j.job(&id).map(|j| j.targets.clone()))
+        .ok_or_else(|| no_job(&id))?
+        .into_iter()
+        .chain(added.iter().cloned())
+        .collect();
+    let things = jobs.targets(&all)?;
+    let description = jobs
+        .change(|j, now| {
+            let fx = j.associate(&id, added, &things, now)?;
+            let d = j
+                .job(&id)
+                .map(|j| j.description.clone())
+                .unwrap_or_default();
+            Ok((d, fx))
+        })
+        .await?;
+    Ok(ok(json!({
+        "jobArn": job_arn(c, &id),
+        "jobId": id,
+        "description": description,
+    })))
+}
+
+/// `targets`: ARNs.
+fn target_list(input: &Value) -> Result<Vec<String>, AwsError> {
+    input["targets"]
+        .as_array()
+        .ok_or_else(|| AwsError::invalid_request("targets is required"))?
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| AwsError::invalid_request("targets holds ARNs"))
+        })
+        .collect()
 }
 
 pub(super) async fn update(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {

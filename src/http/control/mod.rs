@@ -240,6 +240,7 @@ operations!(
     DescribeJobExecution,
     CancelJobExecution,
     DeleteJobExecution,
+    AssociateTargetsWithJob,
 );
 
 /// Method, path pattern (`{}` is one label), operation, and the kind of
@@ -313,6 +314,12 @@ pub const ROUTES: &[(&str, &str, Op, &str)] = &[
     ("PATCH", "jobs/{}", Op::UpdateJob, "job"),
     ("DELETE", "jobs/{}", Op::DeleteJob, "job"),
     ("PUT", "jobs/{}/cancel", Op::CancelJob, "job"),
+    (
+        "POST",
+        "jobs/{}/targets",
+        Op::AssociateTargetsWithJob,
+        "job",
+    ),
     ("GET", "jobs/{}/job-document", Op::GetJobDocument, "job"),
     ("GET", "jobs/{}/things", Op::ListJobExecutionsForJob, "job"),
     (
@@ -1040,6 +1047,7 @@ impl Control {
             DescribeJobExecution => jobs::describe_execution(self, call),
             CancelJobExecution => jobs::cancel_execution(self, call).await,
             DeleteJobExecution => jobs::delete_execution(self, call).await,
+            AssociateTargetsWithJob => jobs::associate(self, call).await,
         }
     }
 
