@@ -689,3 +689,38 @@ async fn job_and_execution_events_are_published_once_enabled() {
     );
     assert_eq!(completed["jobProcessDetails"]["numberOfSucceededThings"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_aborted_when_its_failures_pass_the_threshold() {
+    let t = gateway().await;
+    let aws = admin(&t);
+    for thing in ["f1", "f2"] {
+        assert_eq!(
+            aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
+            200
+        );
+    }
+    let abort = json!({"criteriaList": [{"failureType": "FAILED", "action": "CANCEL",
+                                          "thresholdPercentage": 50.0,
+                                          "minNumberOfExecutedThings": 1}]});
+    let (status, made) = create_job(
+        &aws,
+        "risky",
+        json!({"targets": [arn("thing", "f1"), arn("thing", "f2")], "document": "{}",
+               "abortConfig": abort}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let mut d = device(&t, "f1").await;
+    let (answer, _) = ask(&mut d, "f1", "risky/update", json!({"status": "FAILED"})).await;
+    assert_eq!(answer, "accepted");
+    let (_, described) = aws.get("/jobs/risky", "").await;
+    let job = &described["job"];
+    assert_eq!(
+        (&job["status"], &job["reasonCode"]),
+        (&json!("CANCELED"), &json!("ABORTED"))
+    );
+    assert_eq!(job["abortConfig"], abort);
+    let (_, other) = aws.get("/things/f2/jobs/risky", "").await;
+    assert_eq!(other["execution"]["status"], "CANCELED");
+}

@@ -146,6 +146,44 @@ pub struct Retry {
     pub retries: u32,
 }
 
+/// Which ended executions an abort criterion counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AbortType {
+    /// FAILED.
+    Failed,
+    /// REJECTED.
+    Rejected,
+    /// TIMED_OUT.
+    TimedOut,
+    /// Any of the three.
+    All,
+}
+
+impl AbortType {
+    fn counts(self, status: ExecStatus) -> bool {
+        matches!(
+            (self, status),
+            (Self::Failed | Self::All, ExecStatus::Failed)
+                | (Self::Rejected | Self::All, ExecStatus::Rejected)
+                | (Self::TimedOut | Self::All, ExecStatus::TimedOut)
+        )
+    }
+}
+
+/// `abortConfig.criteriaList[]` (action CANCEL): the job is canceled once
+/// at least `min_executed` executions have ended and the ones counted are
+/// at least the threshold's share of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abort {
+    /// What it counts.
+    pub failure_type: AbortType,
+    /// `thresholdPercentage`, in hundredths of a percent.
+    pub threshold_basis_points: u32,
+    /// `minNumberOfExecutedThings`.
+    pub min_executed: u64,
+}
+
 /// What CreateJob asks for, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJob {
@@ -161,6 +199,8 @@ pub struct NewJob {
     pub in_progress_minutes: Option<u64>,
     /// `jobExecutionsRetryConfig.criteriaList`.
     pub retries: Vec<Retry>,
+    /// `abortConfig.criteriaList`.
+    pub aborts: Vec<Abort>,
 }
 
 /// A job.
@@ -182,6 +222,9 @@ pub struct Job {
     pub in_progress_minutes: Option<u64>,
     /// Retry criteria.
     pub retries: Vec<Retry>,
+    /// Abort criteria.
+    #[serde(default)]
+    pub aborts: Vec<Abort>,
     /// When it was made, ms since the epoch.
     pub created_ms: u64,
     /// When it last changed.
@@ -303,6 +346,19 @@ pub struct Effects {
     pub touched: BTreeSet<String>,
     /// Job and execution events.
     pub events: Vec<Event>,
+}
+
+impl Effects {
+    /// Adds what another change touched.
+    pub fn merge(&mut self, other: Effects) {
+        self.jobs.extend(other.jobs);
+        self.deleted_jobs.extend(other.deleted_jobs);
+        self.executions.extend(other.executions);
+        self.deleted_executions.extend(other.deleted_executions);
+        self.notify.extend(other.notify);
+        self.touched.extend(other.touched);
+        self.events.extend(other.events);
+    }
 }
 
 /// A device's update of its execution (UpdateJobExecution).
@@ -524,6 +580,7 @@ impl Jobs {
             status: JobStatus::InProgress,
             in_progress_minutes: new.in_progress_minutes,
             retries: new.retries,
+            aborts: new.aborts,
             created_ms: now,
             updated_ms: now,
             completed_ms: None,
@@ -618,7 +675,38 @@ impl Jobs {
         fx.executions.insert(key.clone());
         fx.touched.insert(key.0.clone());
         self.retry_if_allowed(key, now, fx);
+        self.abort_if_due(&key.1, now, fx);
         self.complete_if_done(&key.1, now, fx);
+    }
+
+    /// Cancels a job in progress whose abort criteria are met, as AWS
+    /// does (without force: executions in progress run on).
+    fn abort_if_due(&mut self, job: &str, now: u64, fx: &mut Effects) {
+        let Some(j) = self
+            .jobs
+            .get(job)
+            .filter(|j| j.status == JobStatus::InProgress)
+        else {
+            return;
+        };
+        let ended: Vec<ExecStatus> = self
+            .executions_of_job(job)
+            .map(|e| e.status)
+            .filter(|s| s.is_terminal())
+            .collect();
+        let due = j.aborts.iter().find(|a| {
+            let counted = ended.iter().filter(|s| a.failure_type.counts(**s)).count() as u64;
+            let executed = ended.len() as u64;
+            executed >= a.min_executed.max(1)
+                && counted * 10_000 >= u64::from(a.threshold_basis_points) * executed
+        });
+        if due.is_none() {
+            return;
+        }
+        let comment = "The job was canceled because its abort criteria were met".to_owned();
+        if let Ok(more) = self.cancel(job, false, Some("ABORTED".into()), Some(comment), now) {
+            fx.merge(more);
+        }
     }
 
     /// Queues a FAILED or TIMED_OUT execution again if the job's retry
@@ -782,14 +870,14 @@ impl Jobs {
         Ok(fx)
     }
 
-    /// UpdateJob: the description, the retry criteria, and the in-progress
-    /// timeout until an execution has started.
+    /// UpdateJob: the description, the retry and abort criteria, and the
+    /// in-progress timeout until an execution has started.
     pub fn update_job(
         &mut self,
         job: &str,
         description: Option<String>,
         in_progress_minutes: Option<u64>,
-        retries: Option<Vec<Retry>>,
+        (retries, aborts): (Option<Vec<Retry>>, Option<Vec<Abort>>),
         now: u64,
     ) -> Result<Effects, Refusal> {
         if let Some(m) = in_progress_minutes {
@@ -811,9 +899,13 @@ impl Jobs {
         if let Some(r) = retries {
             j.retries = r;
         }
+        if let Some(a) = aborts {
+            j.aborts = a;
+        }
         j.updated_ms = now;
         let mut fx = Effects::default();
         fx.jobs.insert(job.to_owned());
+        self.abort_if_due(job, now, &mut fx);
         Ok(fx)
     }
 
@@ -1128,6 +1220,7 @@ mod tests {
             selection,
             in_progress_minutes: None,
             retries: Vec::new(),
+            aborts: Vec::new(),
         }
     }
 
@@ -1398,5 +1491,45 @@ mod tests {
         assert!(check_details(&BTreeMap::from([("bad key".into(), "v".into())])).is_err());
         assert!(check_details(&BTreeMap::from([("step".into(), "2 of 3".into())])).is_ok());
         assert!(!valid_job_id("has space") && !valid_job_id("") && valid_job_id("update-2_a"));
+    }
+
+    #[test]
+    fn a_job_whose_failures_pass_its_threshold_is_canceled() {
+        let mut j = Jobs::default();
+        let mut aborted = new(Selection::Snapshot);
+        aborted.aborts = vec![Abort {
+            failure_type: AbortType::Failed,
+            threshold_basis_points: 5_000,
+            min_executed: 2,
+        }];
+        j.create("a", aborted, &things(&["t1", "t2", "t3", "t4"]), 0)
+            .expect("create");
+        let fx = j.update("t1", "a", update("FAILED"), 1).expect("fail");
+        assert_eq!(
+            j.job("a").map(|j| j.status),
+            Some(JobStatus::InProgress),
+            "one ended: below the minimum"
+        );
+        assert!(fx.events.iter().all(|e| !matches!(e, Event::Job(..))));
+        j.start_next("t4", None, None, 2).expect("start");
+        let fx = j
+            .update("t2", "a", update("SUCCEEDED"), 3)
+            .expect("succeed");
+        // Two ended, one failed: 50 %, the threshold.
+        let job = j.job("a").expect("job");
+        assert_eq!(
+            (job.status, job.reason_code.as_deref()),
+            (JobStatus::Canceled, Some("ABORTED"))
+        );
+        assert!(fx.events.contains(&Event::Job("a".into(), "canceled")));
+        assert_eq!(
+            j.execution("t3", "a").map(|e| e.status),
+            Some(ExecStatus::Canceled)
+        );
+        assert_eq!(
+            j.execution("t4", "a").map(|e| e.status),
+            Some(ExecStatus::InProgress),
+            "not forced"
+        );
     }
 }

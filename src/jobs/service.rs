@@ -742,6 +742,7 @@ mod tests {
             selection: Selection::Snapshot,
             in_progress_minutes: Some(20),
             retries: Vec::new(),
+            aborts: Vec::new(),
         };
         let things = BTreeSet::from(["lamp".to_owned()]);
         service

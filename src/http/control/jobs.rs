@@ -6,7 +6,8 @@ use super::things::{optional_str, with_next};
 use super::{Call, Control, done, paginate, secs};
 use crate::http::aws::{AwsError, ok};
 use crate::jobs::core::{
-    Code, ExecStatus, Execution, FailureType, Job, NewJob, Refusal, Retry, Selection,
+    Abort, AbortType, Code, ExecStatus, Execution, FailureType, Job, NewJob, Refusal, Retry,
+    Selection,
 };
 use crate::jobs::service::{Failure, Service, process_details};
 use axum::http::StatusCode;
@@ -59,14 +60,59 @@ fn job_arn(c: &Control, id: &str) -> String {
 }
 
 /// Configuration AWS has that this gateway does not run: refused, not ignored.
-const NOT_SERVED: [&str; 6] = [
+const NOT_SERVED: [&str; 5] = [
     "documentSource",
     "presignedUrlConfig",
     "jobExecutionsRolloutConfig",
-    "abortConfig",
     "schedulingConfig",
     "jobTemplateArn",
 ];
+
+/// `abortConfig.criteriaList`, if given.
+fn aborts(input: &Value) -> Result<Option<Vec<Abort>>, AwsError> {
+    let Some(list) = input["abortConfig"].get("criteriaList") else {
+        return Ok(None);
+    };
+    let list = list
+        .as_array()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| AwsError::invalid_request("abortConfig.criteriaList holds criteria"))?;
+    list.iter()
+        .map(|c| {
+            let failure_type = match c["failureType"].as_str() {
+                Some("FAILED") => AbortType::Failed,
+                Some("REJECTED") => AbortType::Rejected,
+                Some("TIMED_OUT") => AbortType::TimedOut,
+                Some("ALL") => AbortType::All,
+                _ => {
+                    return Err(AwsError::invalid_request(
+                        "failureType is FAILED, REJECTED, TIMED_OUT or ALL",
+                    ));
+                }
+            };
+            if c["action"].as_str() != Some("CANCEL") {
+                return Err(AwsError::invalid_request("action is CANCEL"));
+            }
+            let threshold = c["thresholdPercentage"]
+                .as_f64()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .ok_or_else(|| AwsError::invalid_request("thresholdPercentage is 0 to 100"))?;
+            let min_executed = c["minNumberOfExecutedThings"]
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    AwsError::invalid_request("minNumberOfExecutedThings is at least 1")
+                })?;
+            Ok(Abort {
+                failure_type,
+                // Hundredths of a percent: AWS's two decimals, exactly.
+                threshold_basis_points: (threshold * 100.0).round() as u32,
+                min_executed,
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
 
 fn timeout(input: &Value) -> Result<Option<u64>, AwsError> {
     match &input["timeoutConfig"]["inProgressTimeoutInMinutes"] {
@@ -142,6 +188,7 @@ pub(super) async fn create(c: &Control, call: &Call<'_>) -> Result<Response, Aws
         selection,
         in_progress_minutes: timeout(&input)?,
         retries: retries(&input)?.unwrap_or_default(),
+        aborts: aborts(&input)?.unwrap_or_default(),
     };
     let things = jobs.targets(&targets)?;
     jobs.change(|j, now| j.create(&id, new, &things, now).map(|fx| ((), fx)))
@@ -182,6 +229,19 @@ fn job_json(c: &Control, j: &Job, details: Value) -> Value {
                 FailureType::All => "ALL",
             },
             "numberOfRetries": r.retries,
+        })).collect::<Vec<_>>()});
+    }
+    if !j.aborts.is_empty() {
+        v["abortConfig"] = json!({"criteriaList": j.aborts.iter().map(|a| json!({
+            "failureType": match a.failure_type {
+                AbortType::Failed => "FAILED",
+                AbortType::Rejected => "REJECTED",
+                AbortType::TimedOut => "TIMED_OUT",
+                AbortType::All => "ALL",
+            },
+            "action": "CANCEL",
+            "thresholdPercentage": f64::from(a.threshold_basis_points) / 100.0,
+            "minNumberOfExecutedThings": a.min_executed,
         })).collect::<Vec<_>>()});
     }
     if let Some(ms) = j.completed_ms {
@@ -317,9 +377,9 @@ pub(super) async fn update(c: &Control, call: &Call<'_>) -> Result<Response, Aws
         )));
     }
     let description = optional_str(&input, "description")?;
-    let (minutes, retries) = (timeout(&input)?, retries(&input)?);
+    let (minutes, criteria) = (timeout(&input)?, (retries(&input)?, aborts(&input)?));
     jobs.change(|j, now| {
-        j.update_job(&id, description, minutes, retries, now)
+        j.update_job(&id, description, minutes, criteria, now)
             .map(|fx| ((), fx))
     })
     .await?;
