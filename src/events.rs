@@ -16,7 +16,7 @@ use crate::metrics::{DropReason, EventKind, Metrics};
 use crate::policy::compile::ArnHead;
 use crate::policy::versions::{PolicyChange, Versions};
 use crate::registry::{Change, Operation, Registry};
-use crate::router::{Message, Origin, Router};
+use crate::router::{Message, Router};
 use serde_json::{Map, Value, json};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -493,17 +493,8 @@ impl Service {
 
     /// Routes one event as the gateway, at QoS 1, like AWS's.
     fn publish(&self, kind: EventKind, topic: String, payload: Vec<u8>) {
-        let now = Instant::now();
-        let msg = Arc::new(Message::new(
-            topic.into(),
-            payload.into(),
-            crate::codec::QoS::AtLeastOnce,
-            false,
-            Default::default(),
-            now,
-            Origin::gateway(),
-        ));
-        match self.router.publish(&msg, now) {
+        let msg = Message::from_gateway(topic, payload);
+        match self.router.publish(&msg, Instant::now()) {
             Ok(_) => self.metrics.event_published(kind),
             Err(e) => tracing::warn!(topic = %msg.topic, error = %e, "event not published"),
         }

@@ -49,6 +49,8 @@ label_enum!(
         JobsBusy => "jobs_busy",
         /// A shadow answer could not be published (the store stayed busy).
         ShadowAnswer => "shadow_answer",
+        /// A jobs notification or event could not be published.
+        JobsNotice => "jobs_notice",
         /// A Basic Ingest message named a rule that does not exist or is disabled.
         RuleNotFound => "rule_not_found",
         /// A subscription or registry event met a full events queue.

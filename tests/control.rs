@@ -1530,22 +1530,13 @@ async fn registry_events_are_published_once_their_type_is_enabled() {
 async fn certificate_and_policy_events_follow_every_change_once_enabled() {
     let t = gateway(&[], &[]).await;
     let aws = client(&t, "AKIDADMIN");
-    let mut w = t.v4("watcher", true).await;
-    for filter in ["$aws/events/certificates/#", "$aws/events/policy/#"] {
-        w.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
-    }
-    let enable = json!({"eventConfigurations": {
-        "CERTIFICATE": {"Enabled": true}, "POLICY": {"Enabled": true}}});
-    let (status, _) = aws
-        .call(
-            "PATCH",
-            "/event-configurations",
-            "",
-            &[],
-            &enable.to_string(),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let mut w = watch_events(
+        &t,
+        &aws,
+        &["CERTIFICATE", "POLICY"],
+        &["$aws/events/certificates/#", "$aws/events/policy/#"],
+    )
+    .await;
 
     let id = register(&aws, &t.device("evented").cert).await;
     let (status, _) = aws
@@ -1634,28 +1625,21 @@ async fn certificate_and_policy_events_follow_every_change_once_enabled() {
 async fn thing_groups_nest_hold_things_and_announce_their_changes() {
     let t = gateway(&[], &[]).await;
     let aws = client(&t, "AKIDADMIN");
-    let mut w = t.v4("watcher", true).await;
-    for filter in [
-        "$aws/events/thingGroup/#",
-        "$aws/events/thingGroupMembership/#",
-        "$aws/events/thingGroupHierarchy/#",
-    ] {
-        w.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
-    }
-    let enable = json!({"eventConfigurations": {
-        "THING_GROUP": {"Enabled": true},
-        "THING_GROUP_MEMBERSHIP": {"Enabled": true},
-        "THING_GROUP_HIERARCHY": {"Enabled": true}}});
-    let (status, _) = aws
-        .call(
-            "PATCH",
-            "/event-configurations",
-            "",
-            &[],
-            &enable.to_string(),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let mut w = watch_events(
+        &t,
+        &aws,
+        &[
+            "THING_GROUP",
+            "THING_GROUP_MEMBERSHIP",
+            "THING_GROUP_HIERARCHY",
+        ],
+        &[
+            "$aws/events/thingGroup/#",
+            "$aws/events/thingGroupMembership/#",
+            "$aws/events/thingGroupHierarchy/#",
+        ],
+    )
+    .await;
 
     let (status, site) = aws
         .post(

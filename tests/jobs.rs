@@ -620,22 +620,13 @@ async fn job_and_execution_events_are_published_once_enabled() {
     let t = gateway().await;
     let aws = admin(&t);
     assert_eq!(aws.post("/things/ev", "", json!({})).await.0, 200);
-    let mut w = t.v4("watcher", true).await;
-    for filter in ["$aws/events/job/#", "$aws/events/jobExecution/#"] {
-        w.subscribe(filter, QoS::AtLeastOnce).await;
-    }
-    let enable = json!({"eventConfigurations": {
-        "JOB": {"Enabled": true}, "JOB_EXECUTION": {"Enabled": true}}});
-    let (status, _) = aws
-        .call(
-            "PATCH",
-            "/event-configurations",
-            "",
-            &[],
-            &enable.to_string(),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let mut w = watch_events(
+        &t,
+        &aws,
+        &["JOB", "JOB_EXECUTION"],
+        &["$aws/events/job/#", "$aws/events/jobExecution/#"],
+    )
+    .await;
     let mut d = device(&t, "ev").await;
     let (status, _) = create_job(
         &aws,

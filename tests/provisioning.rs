@@ -70,6 +70,32 @@ async fn gateway_with(extra: &str) -> TestServer {
     t
 }
 
+/// Makes an enabled template through the control plane.
+async fn enabled_template(aws: &Aws, name: &str, body: &str) {
+    let (status, made) = aws
+        .post(
+            "/provisioning-templates",
+            "",
+            json!({"templateName": name, "templateBody": body, "enabled": true,
+                   "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+}
+
+/// Subscribes `c` to the answers of `request`.
+async fn hear(c: &mut V4, request: &str) {
+    for answer in ["accepted", "rejected"] {
+        let codes = c
+            .subscribe(&format!("{request}/{answer}"), QoS::AtLeastOnce)
+            .await;
+        assert!(
+            matches!(codes[..], [rumqttc::SubscribeReasonCode::Success(_)]),
+            "{request}: {codes:?}"
+        );
+    }
+}
+
 /// A claim device subscribed to the answers of `requests`.
 async fn claim(t: &TestServer, id: &str, requests: &[&str]) -> V4 {
     claim_as(t, id, &t.device(id), requests).await
@@ -79,15 +105,7 @@ async fn claim(t: &TestServer, id: &str, requests: &[&str]) -> V4 {
 async fn claim_as(t: &TestServer, id: &str, pem: &Pem, requests: &[&str]) -> V4 {
     let mut c = V4::connect_as(t, id, pem).await;
     for r in requests {
-        for answer in ["accepted", "rejected"] {
-            let codes = c
-                .subscribe(&format!("{r}/{answer}"), QoS::AtLeastOnce)
-                .await;
-            assert!(
-                matches!(codes[..], [rumqttc::SubscribeReasonCode::Success(_)]),
-                "{r}: {codes:?}"
-            );
-        }
+        hear(&mut c, r).await;
     }
     c
 }
@@ -674,15 +692,7 @@ async fn templates_made_through_the_api_provision_devices_and_persist() {
         "\"ThingName\"",
         "\"ThingTypeName\": \"no-such-type\", \"ThingName\"",
     );
-    let (status, made) = aws
-        .post(
-            "/provisioning-templates",
-            "",
-            json!({"templateName": "Typed", "templateBody": typed, "enabled": true,
-                   "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{made}");
+    enabled_template(&aws, "Typed", &typed).await;
     let typed_topic = "$aws/provisioning-templates/Typed/provision/json";
     let mut d = claim(&t, "claim-typed", &[CREATE, typed_topic]).await;
     let (_, created) = ask(&mut d, CREATE, json!({})).await;
@@ -761,16 +771,7 @@ async fn a_template_may_bring_its_policy_as_a_document() {
                      "Resource": "arn:aws:iot:*:*:topic/things/${iot:Connection.Thing.ThingName}/*"}]}}}
         }
     });
-    let (status, made) = aws
-        .post(
-            "/provisioning-templates",
-            "",
-            json!({"templateName": "Documented", "templateBody": template.to_string(),
-                   "enabled": true,
-                   "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{made}");
+    enabled_template(&aws, "Documented", &template.to_string()).await;
     let topic = "$aws/provisioning-templates/Documented/provision/json";
     let mut c = claim(&t, "claim-doc", &[CREATE, topic]).await;
     let (_, created) = ask(&mut c, CREATE, json!({})).await;
@@ -871,20 +872,9 @@ async fn override_settings_decide_what_becomes_of_an_existing_thing() {
                     "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}}
             }
         });
-        let (status, made) = aws
-            .post(
-                "/provisioning-templates",
-                "",
-                json!({"templateName": name, "templateBody": template.to_string(), "enabled": true,
-                       "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
-            )
-            .await;
-        assert_eq!(status, 200, "{made}");
+        enabled_template(&aws, name, &template.to_string()).await;
         let topic = format!("$aws/provisioning-templates/{name}/provision/json");
-        for answer in ["accepted", "rejected"] {
-            c.subscribe(&format!("{topic}/{answer}"), QoS::AtLeastOnce)
-                .await;
-        }
+        hear(&mut c, &topic).await;
         let token_now = token(&mut c).await;
         let serial = match setting {
             "MERGE" => "1",
@@ -1010,20 +1000,9 @@ async fn a_template_puts_its_thing_in_thing_groups() {
             "rejected",
         ),
     ] {
-        let (status, made) = aws
-            .post(
-                "/provisioning-templates",
-                "",
-                json!({"templateName": name, "templateBody": template(groups), "enabled": true,
-                       "provisioningRoleArn": "arn:aws:iam::000000000000:role/Provisioning"}),
-            )
-            .await;
-        assert_eq!(status, 200, "{made}");
+        enabled_template(&aws, name, &template(groups)).await;
         let topic = format!("$aws/provisioning-templates/{name}/provision/json");
-        for answer in ["accepted", "rejected"] {
-            c.subscribe(&format!("{topic}/{answer}"), QoS::AtLeastOnce)
-                .await;
-        }
+        hear(&mut c, &topic).await;
         let token_now = token(&mut c).await;
         let (answer, body) = ask(
             &mut c,

@@ -11,7 +11,7 @@ use super::{REQUEST_FILTERS, Request, documents};
 use crate::metrics::{DropReason, EventKind, Metrics};
 use crate::policy::compile::ArnHead;
 use crate::registry::{Change, Registry};
-use crate::router::{FilterIndex, Message, Origin, Router, Tapped};
+use crate::router::{FilterIndex, Message, Router, Tapped, release};
 use crate::store::{Op, Store};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -328,17 +328,9 @@ impl Service {
 
     /// Publishes as the gateway, at QoS 1.
     fn publish(&self, topic: &str, doc: &Value) {
-        let msg = Arc::new(Message::new(
-            topic.into(),
-            doc.to_string().into_bytes().into(),
-            crate::codec::QoS::AtLeastOnce,
-            false,
-            Default::default(),
-            Instant::now(),
-            Origin::gateway(),
-        ));
+        let msg = Message::from_gateway(topic.to_owned(), doc.to_string().into_bytes());
         if let Err(e) = self.router.publish(&msg, Instant::now()) {
-            self.metrics.count_drop(DropReason::JobsBusy);
+            self.metrics.count_drop(DropReason::JobsNotice);
             tracing::warn!(topic, error = %e, "a jobs notification was not published");
         }
     }
@@ -434,23 +426,10 @@ impl Service {
         if let Some(token) = client_token {
             doc["clientToken"] = token.into();
         }
-        let reply = Arc::new(Message::new(
-            format!("{topic}/{suffix}").into(),
-            doc.to_string().into_bytes().into(),
-            crate::codec::QoS::AtLeastOnce,
-            false,
-            Default::default(),
-            Instant::now(),
-            Origin::gateway(),
-        ));
+        let reply =
+            Message::from_gateway(format!("{topic}/{suffix}"), doc.to_string().into_bytes());
         self.router.answer(&reply, msg.origin.session);
-        if let Some(done) = done {
-            let written = match durable {
-                Some(commit) => commit.await.unwrap_or(Ok(())),
-                None => Ok(()),
-            };
-            let _ = done.send(written);
-        }
+        release(durable, done).await;
     }
 
     /// The accepted document of one device request (over MQTT, or the

@@ -15,16 +15,14 @@ use crate::policy::Enforce;
 use crate::policy::compile::ArnHead;
 use crate::policy::versions::Versions;
 use crate::registry::{CertStatus, ClientIdentity, Registry, RegistryError, ThingUpdate};
-use crate::router::{FilterIndex, Message, Origin, Router, Tapped};
-use crate::store::{Commit, Store};
+use crate::router::{FilterIndex, Message, Router, Tapped, release};
+use crate::store::Store;
 use crate::transport::pki::Ca;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinSet};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,9 +32,6 @@ const TURN: usize = 16;
 /// RegisterThing requests waiting for their template's hook at once; more
 /// wait in the tap, whose bound holds their publishers back.
 const HOOKS_IN_FLIGHT: usize = 64;
-
-/// Told when a publish's acknowledgement may go.
-type Done = oneshot::Sender<Result<(), Arc<crate::store::StoreError>>>;
 
 /// Longest CSR accepted, as AWS's control plane allows.
 const MAX_CSR: usize = 4096;
@@ -312,15 +307,8 @@ impl Service {
             }
         };
         self.metrics.provisioning_request(outcome);
-        let answer = Arc::new(Message::new(
-            format!("{topic}/{suffix}").into(),
-            body.to_string().into_bytes().into(),
-            crate::codec::QoS::AtLeastOnce,
-            false,
-            Default::default(),
-            Instant::now(),
-            Origin::gateway(),
-        ));
+        let answer =
+            Message::from_gateway(format!("{topic}/{suffix}"), body.to_string().into_bytes());
         self.router.answer(&answer, msg.origin.session);
     }
 
@@ -741,17 +729,6 @@ struct Asked {
     msg: Arc<Message>,
     registration: Registration,
     verdict: Result<BTreeMap<String, String>, String>,
-}
-
-/// Lets a publisher's acknowledgement go once its publish is durable.
-async fn release(durable: Option<Commit>, done: Option<Done>) {
-    if let Some(done) = done {
-        let written = match durable {
-            Some(commit) => commit.await.unwrap_or(Ok(())),
-            None => Ok(()),
-        };
-        let _ = done.send(written);
-    }
 }
 
 /// 32 random bytes, hex: nobody guesses another device's token.

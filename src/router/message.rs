@@ -53,6 +53,20 @@ impl Origin {
 }
 
 impl Message {
+    /// What the gateway's own services publish: QoS 1, not retained, from
+    /// the gateway, now.
+    pub fn from_gateway(topic: String, payload: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self::new(
+            topic.into(),
+            payload.into(),
+            QoS::AtLeastOnce,
+            false,
+            PublishProperties::default(),
+            Instant::now(),
+            Origin::gateway(),
+        ))
+    }
+
     /// A message as published now by `origin`; its expiry counts from now.
     pub fn new(
         topic: ByteStr,

@@ -25,7 +25,7 @@ pub mod trie;
 
 pub use mailbox::{Mailbox, MailboxLimits, Pushed};
 pub use message::{Delivery, Message, Origin, delivery_from_record, read_retained_record};
-pub use tap::{FilterIndex, Tap, Tapped};
+pub use tap::{FilterIndex, Tap, Tapped, release};
 
 use crate::codec::{QoS, SubOptions};
 use crate::metrics::{DropReason, LimitKind, Metrics};

@@ -25,6 +25,21 @@ pub struct Tapped {
     pub done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
 }
 
+/// Lets a publisher's acknowledgement go once its publish is durable: what
+/// an internal client does with a [`Tapped`] message it has answered.
+pub async fn release(
+    durable: Option<Commit>,
+    done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+) {
+    if let Some(done) = done {
+        let written = match durable {
+            Some(commit) => commit.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        let _ = done.send(written);
+    }
+}
+
 /// Topic filters (the rules' FROM clauses, the shadow service's request
 /// topics) in a trie like subscriptions, so that finding the ones a topic
 /// matches costs the same for ten filters as for thousands.

@@ -938,6 +938,25 @@ impl Aws {
     }
 }
 
+/// A watcher subscribed to the event `filters`, connected before the
+/// event `types` are enabled through the control plane.
+pub async fn watch_events(t: &TestServer, aws: &Aws, types: &[&str], filters: &[&str]) -> V4 {
+    let mut w = t.v4("watcher", true).await;
+    for filter in filters {
+        w.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
+    }
+    let enabled: serde_json::Map<String, serde_json::Value> = types
+        .iter()
+        .map(|t| ((*t).to_owned(), serde_json::json!({"Enabled": true})))
+        .collect();
+    let body = serde_json::json!({ "eventConfigurations": enabled });
+    let (status, answer) = aws
+        .call("PATCH", "/event-configurations", "", &[], &body.to_string())
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    w
+}
+
 /// Runs `edgegate ARGS --config CONFIG`: success, stdout, stderr.
 pub fn run_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgegate"))

@@ -66,6 +66,28 @@ def operator_client(gateway, service, secret=ADMIN_SECRET):
     )
 
 
+def sdk_connect(gateway, client_id, cert, key, wait=10):
+    """An AWS IoT Device SDK v2 MQTT connection over mutual TLS, connected."""
+    from awsiot import mqtt_connection_builder
+    conn = mqtt_connection_builder.mtls_from_path(
+        endpoint="localhost", port=gateway.port, cert_filepath=cert, pri_key_filepath=key,
+        ca_filepath=gateway.ca, client_id=client_id, clean_session=True, keep_alive_secs=30,
+    )
+    conn.connect().result(wait)
+    return conn
+
+
+def sdk_subscribed(subscribe, request, qos, wait=10):
+    """Subscribes an SDK service client to an operation's accepted and
+    rejected answers; their queues."""
+    import queue
+    accepted, rejected = queue.Queue(), queue.Queue()
+    for sub, q in zip(subscribe, (accepted, rejected)):
+        future, _ = sub(request, qos, q.put)
+        future.result(wait)
+    return accepted, rejected
+
+
 class Gateway:
     def __init__(self, workdir: Path, open_policies: bool, extra: str = ""):
         self.dir = workdir

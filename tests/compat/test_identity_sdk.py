@@ -3,16 +3,15 @@
 CreateCertificateFromCsr), then RegisterThing, then a connection with the
 new certificate; and templates made by boto3, with a pre-provisioning hook."""
 import json
-import queue
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from awscrt import mqtt
-from awsiot import iotidentity, mqtt_connection_builder
+from awsiot import iotidentity
 
-from conftest import Gateway, operator_client
+from conftest import Gateway, operator_client, sdk_connect, sdk_subscribed
 
 WAIT = 10
 QOS1 = mqtt.QoS.AT_LEAST_ONCE
@@ -40,29 +39,11 @@ def fleet_gateway(tmp_path):
     g.stop()
 
 
-def connect(gateway, client_id, cert, key):
-    conn = mqtt_connection_builder.mtls_from_path(
-        endpoint="localhost", port=gateway.port, cert_filepath=cert, pri_key_filepath=key,
-        ca_filepath=gateway.ca, client_id=client_id, clean_session=True, keep_alive_secs=30,
-    )
-    conn.connect().result(WAIT)
-    return conn
-
-
-def subscribed(subscribe, request):
-    """Subscribes to accepted and rejected; their queues."""
-    accepted, rejected = queue.Queue(), queue.Queue()
-    for sub, q in zip(subscribe, (accepted, rejected)):
-        future, _ = sub(request, QOS1, q.put)
-        future.result(WAIT)
-    return accepted, rejected
-
-
 def ask_register(identity, token, serial, template="SdkFleet"):
     """RegisterThing; the accepted and rejected queues."""
-    accepted, rejected = subscribed(
+    accepted, rejected = sdk_subscribed(
         (identity.subscribe_to_register_thing_accepted, identity.subscribe_to_register_thing_rejected),
-        iotidentity.RegisterThingSubscriptionRequest(template_name=template))
+        iotidentity.RegisterThingSubscriptionRequest(template_name=template), QOS1)
     identity.publish_register_thing(iotidentity.RegisterThingRequest(
         template_name=template, certificate_ownership_token=token,
         parameters={"SerialNumber": serial}), QOS1).result(WAIT)
@@ -77,10 +58,10 @@ def register(identity, token, serial, template="SdkFleet"):
 
 
 def create_keys(identity):
-    accepted, rejected = subscribed(
+    accepted, rejected = sdk_subscribed(
         (identity.subscribe_to_create_keys_and_certificate_accepted,
          identity.subscribe_to_create_keys_and_certificate_rejected),
-        iotidentity.CreateKeysAndCertificateSubscriptionRequest())
+        iotidentity.CreateKeysAndCertificateSubscriptionRequest(), QOS1)
     identity.publish_create_keys_and_certificate(
         iotidentity.CreateKeysAndCertificateRequest(), QOS1).result(WAIT)
     created = accepted.get(timeout=WAIT)
@@ -91,7 +72,7 @@ def create_keys(identity):
 def test_create_keys_and_certificate_then_register_thing(fleet_gateway, tmp_path):
     gateway = fleet_gateway
     cert, key = gateway.device("claim")
-    claim = connect(gateway, "claim", cert, key)
+    claim = sdk_connect(gateway, "claim", cert, key)
     identity = iotidentity.IotIdentityClient(claim)
     created = create_keys(identity)
     assert len(created.certificate_id) == 64 and created.private_key
@@ -103,7 +84,7 @@ def test_create_keys_and_certificate_then_register_thing(fleet_gateway, tmp_path
 
     (tmp_path / "new.pem").write_text(created.certificate_pem)
     (tmp_path / "new.key").write_text(created.private_key)
-    device = connect(gateway, "sdk-lamp-1", str(tmp_path / "new.pem"), str(tmp_path / "new.key"))
+    device = sdk_connect(gateway, "sdk-lamp-1", str(tmp_path / "new.pem"), str(tmp_path / "new.key"))
     device.disconnect().result(WAIT)
 
 
@@ -114,12 +95,12 @@ def test_create_certificate_from_csr_then_register_thing(fleet_gateway, tmp_path
                     "-nodes", "-keyout", str(key_file), "-out", str(csr_file), "-subj", "/CN=sdk-lamp-2"],
                    check=True, capture_output=True, timeout=60)
     cert, key = gateway.device("claim-csr")
-    claim = connect(gateway, "claim-csr", cert, key)
+    claim = sdk_connect(gateway, "claim-csr", cert, key)
     identity = iotidentity.IotIdentityClient(claim)
-    accepted, rejected = subscribed(
+    accepted, rejected = sdk_subscribed(
         (identity.subscribe_to_create_certificate_from_csr_accepted,
          identity.subscribe_to_create_certificate_from_csr_rejected),
-        iotidentity.CreateCertificateFromCsrSubscriptionRequest())
+        iotidentity.CreateCertificateFromCsrSubscriptionRequest(), QOS1)
     identity.publish_create_certificate_from_csr(iotidentity.CreateCertificateFromCsrRequest(
         certificate_signing_request=csr_file.read_text()), QOS1).result(WAIT)
     created = accepted.get(timeout=WAIT)
@@ -130,7 +111,7 @@ def test_create_certificate_from_csr_then_register_thing(fleet_gateway, tmp_path
     claim.disconnect().result(WAIT)
 
     (tmp_path / "own.pem").write_text(created.certificate_pem)
-    device = connect(gateway, "sdk-lamp-2", str(tmp_path / "own.pem"), str(key_file))
+    device = sdk_connect(gateway, "sdk-lamp-2", str(tmp_path / "own.pem"), str(key_file))
     device.disconnect().result(WAIT)
 
 
@@ -177,7 +158,7 @@ def test_boto3_makes_a_template_with_a_hook_and_the_sdk_provisions_under_it(gate
         assert [t["templateName"] for t in listed] == ["HookedFleet"]
 
         cert, key = gateway.device("claim-hooked")
-        claim = connect(gateway, "claim-hooked", cert, key)
+        claim = sdk_connect(gateway, "claim-hooked", cert, key)
         identity = iotidentity.IotIdentityClient(claim)
         registered = register(identity, create_keys(identity).certificate_ownership_token,
                               "3", "HookedFleet")

@@ -6,9 +6,9 @@ import json
 import queue
 
 from awscrt import mqtt
-from awsiot import iotjobs, mqtt_connection_builder
+from awsiot import iotjobs
 
-from conftest import operator_client
+from conftest import operator_client, sdk_connect, sdk_subscribed
 
 WAIT = 10
 QOS1 = mqtt.QoS.AT_LEAST_ONCE
@@ -16,44 +16,25 @@ JOB = "sdk-update-1"
 DOCUMENT = {"operation": "update", "version": "2"}
 
 
-def connect(gateway, thing):
-    cert, key = gateway.device(thing)
-    conn = mqtt_connection_builder.mtls_from_path(
-        endpoint="localhost", port=gateway.port, cert_filepath=cert, pri_key_filepath=key,
-        ca_filepath=gateway.ca, client_id=thing, clean_session=True, keep_alive_secs=30,
-    )
-    conn.connect().result(WAIT)
-    return conn
-
-
-def subscribed(subscribe, request):
-    """Subscribes to accepted and rejected; their queues."""
-    accepted, rejected = queue.Queue(), queue.Queue()
-    for sub, q in zip(subscribe, (accepted, rejected)):
-        future, _ = sub(request, QOS1, q.put)
-        future.result(WAIT)
-    return accepted, rejected
-
-
 class Device:
     """One device's jobs client, subscribed as the SDK's jobs sample does."""
 
     def __init__(self, gateway, thing):
         self.thing = thing
-        self.conn = connect(gateway, thing)
+        self.conn = sdk_connect(gateway, thing, *gateway.device(thing))
         self.jobs = iotjobs.IotJobsClient(self.conn)
         self.next = queue.Queue()
         future, _ = self.jobs.subscribe_to_next_job_execution_changed_events(
             iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=thing), QOS1, self.next.put)
         future.result(WAIT)
-        self.started = subscribed(
+        self.started = sdk_subscribed(
             (self.jobs.subscribe_to_start_next_pending_job_execution_accepted,
              self.jobs.subscribe_to_start_next_pending_job_execution_rejected),
-            iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name=thing))
-        self.updated = subscribed(
+            iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name=thing), QOS1)
+        self.updated = sdk_subscribed(
             (self.jobs.subscribe_to_update_job_execution_accepted,
              self.jobs.subscribe_to_update_job_execution_rejected),
-            iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=thing, job_id=JOB))
+            iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=thing, job_id=JOB), QOS1)
 
     def start_next(self, details):
         self.jobs.publish_start_next_pending_job_execution(

@@ -6,7 +6,7 @@ use super::things::{optional_str, with_next};
 use super::{Call, Control, done, paginate, secs};
 use crate::http::aws::{AwsError, ok};
 use crate::jobs::core::{
-    Abort, AbortType, Code, ExecStatus, Execution, FailureType, Job, NewJob, Refusal, Retry,
+    Abort, AbortType, Code, ExecStatus, Execution, FailureType, Job, Jobs, NewJob, Refusal, Retry,
     Selection,
 };
 use crate::jobs::service::{Failure, Service, process_details};
@@ -57,6 +57,21 @@ fn service(c: &Control) -> Result<&Arc<Service>, AwsError> {
 
 fn job_arn(c: &Control, id: &str) -> String {
     c.arn("job", id)
+}
+
+/// What CreateJob, CancelJob and AssociateTargetsWithJob answer.
+fn job_reply(c: &Control, id: &str, description: &str) -> Response {
+    ok(json!({
+        "jobArn": job_arn(c, id),
+        "jobId": id,
+        "description": description,
+    }))
+}
+
+fn description_of(jobs: &Jobs, id: &str) -> String {
+    jobs.job(id)
+        .map(|j| j.description.clone())
+        .unwrap_or_default()
 }
 
 /// Configuration AWS has that this gateway does not run: refused, not ignored.
@@ -193,11 +208,7 @@ pub(super) async fn create(c: &Control, call: &Call<'_>) -> Result<Response, Aws
     let things = jobs.targets(&targets)?;
     jobs.change(|j, now| j.create(&id, new, &things, now).map(|fx| ((), fx)))
         .await?;
-    Ok(ok(json!({
-        "jobArn": job_arn(c, &id),
-        "jobId": id,
-        "description": description,
-    })))
+    Ok(job_reply(c, &id, &description))
 }
 
 fn job_json(c: &Control, j: &Job, details: Value) -> Value {
@@ -339,18 +350,10 @@ pub(super) async fn associate(c: &Control, call: &Call<'_>) -> Result<Response, 
     let description = jobs
         .change(|j, now| {
             let fx = j.associate(&id, added, &things, now)?;
-            let d = j
-                .job(&id)
-                .map(|j| j.description.clone())
-                .unwrap_or_default();
-            Ok((d, fx))
+            Ok((description_of(j, &id), fx))
         })
         .await?;
-    Ok(ok(json!({
-        "jobArn": job_arn(c, &id),
-        "jobId": id,
-        "description": description,
-    })))
+    Ok(job_reply(c, &id, &description))
 }
 
 /// `targets`: ARNs.
@@ -406,18 +409,10 @@ pub(super) async fn cancel(c: &Control, call: &Call<'_>) -> Result<Response, Aws
     let description = jobs
         .change(|j, now| {
             let fx = j.cancel(&id, force, reason, comment, now)?;
-            let d = j
-                .job(&id)
-                .map(|j| j.description.clone())
-                .unwrap_or_default();
-            Ok((d, fx))
+            Ok((description_of(j, &id), fx))
         })
         .await?;
-    Ok(ok(json!({
-        "jobArn": job_arn(c, &id),
-        "jobId": id,
-        "description": description,
-    })))
+    Ok(job_reply(c, &id, &description))
 }
 
 pub(super) async fn delete(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
