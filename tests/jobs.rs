@@ -715,3 +715,78 @@ async fn a_job_is_aborted_when_its_failures_pass_the_threshold() {
     let (_, other) = aws.get("/things/f2/jobs/risky", "").await;
     assert_eq!(other["execution"]["status"], "CANCELED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_gives_the_job_to_no_more_things_a_minute_than_it_allows() {
+    let t = gateway().await;
+    let aws = admin(&t);
+    for thing in ["r1", "r2", "r3"] {
+        assert_eq!(
+            aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
+            200
+        );
+    }
+    let targets = json!([arn("thing", "r1"), arn("thing", "r2"), arn("thing", "r3")]);
+    let (status, refused) = create_job(
+        &aws,
+        "hasty",
+        json!({"targets": targets, "document": "{}",
+               "jobExecutionsRolloutConfig": {"exponentialRate": {
+                   "baseRatePerMinute": 1, "incrementFactor": 1.55,
+                   "rateIncreaseCriteria": {"numberOfSucceededThings": 1}}}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &refused["__type"]),
+        (400, &json!("InvalidRequestException")),
+        "{refused}"
+    );
+    let rollout = json!({"maximumPerMinute": 2, "exponentialRate": {
+        "baseRatePerMinute": 1, "incrementFactor": 2.0,
+        "rateIncreaseCriteria": {"numberOfSucceededThings": 1}}});
+    let (status, made) = create_job(
+        &aws,
+        "staged",
+        json!({"targets": targets, "document": "{}", "jobExecutionsRolloutConfig": rollout}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let (_, described) = aws.get("/jobs/staged", "").await;
+    assert_eq!(described["job"]["jobExecutionsRolloutConfig"], rollout);
+    assert_eq!(
+        described["job"]["jobProcessDetails"]["numberOfQueuedThings"], 1,
+        "one thing in the first minute: {described}"
+    );
+    // Things are given the job in turn: r1 now, the others later.
+    let (_, listed) = aws.get("/jobs/staged/things", "").await;
+    let summaries = listed["executionSummaries"].as_array().expect("list");
+    assert_eq!(summaries.len(), 1, "{listed}");
+    assert_eq!(summaries[0]["thingArn"], arn("thing", "r1"));
+    let mut d = device(&t, "r1").await;
+    let (answer, doc) = ask(&mut d, "r1", "start-next", json!({})).await;
+    assert_eq!(answer, "accepted");
+    assert_eq!(doc["execution"]["jobId"], "staged");
+    let mut waiting = device(&t, "r2").await;
+    let (answer, doc) = ask(&mut waiting, "r2", "get", json!({})).await;
+    assert_eq!(answer, "accepted");
+    assert_eq!(
+        (&doc["queuedJobs"], &doc["inProgressJobs"]),
+        (&json!([]), &json!([])),
+        "{doc}"
+    );
+    // Slower still through UpdateJob; shown as changed.
+    let slower = json!({"maximumPerMinute": 1});
+    let (status, _) = aws
+        .call(
+            "PATCH",
+            "/jobs/staged",
+            "",
+            &[],
+            &json!({"jobExecutionsRolloutConfig": slower}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, described) = aws.get("/jobs/staged", "").await;
+    assert_eq!(described["job"]["jobExecutionsRolloutConfig"], slower);
+    assert_eq!(described["job"]["status"], "IN_PROGRESS");
+}

@@ -4,7 +4,7 @@
 //! notify and announce.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Longest job document, as AWS allows.
 pub const MAX_DOCUMENT: usize = 32_768;
@@ -19,6 +19,8 @@ pub const MAX_JOBS: usize = 10_000;
 pub const MAX_PENDING_LISTED: usize = 10;
 /// `statusDetails` pairs.
 pub const MAX_DETAILS: usize = 10;
+/// Things a minute a rollout may reach, as AWS allows.
+pub const MAX_ROLLOUT_PER_MINUTE: u32 = 1_000;
 /// Longest step or in-progress timeout: seven days.
 pub const MAX_TIMEOUT_MINUTES: u64 = 10_080;
 
@@ -184,9 +186,73 @@ pub struct Abort {
     pub min_executed: u64,
 }
 
-/// What CreateJob asks for, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewJob {
+/// `jobExecutionsRolloutConfig.exponentialRate`: the rate starts at the
+/// base and grows by the factor, from the next minute on, each time the
+/// criterion is met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exponential {
+    /// `baseRatePerMinute`.
+    pub base_per_minute: u32,
+    /// `incrementFactor` in tenths: AWS takes one decimal, 1.1 to 5.0.
+    pub factor_tenths: u32,
+    /// `rateIncreaseCriteria.numberOfNotifiedThings`.
+    pub notified: Option<u64>,
+    /// `rateIncreaseCriteria.numberOfSucceededThings`.
+    pub succeeded: Option<u64>,
+}
+
+/// `jobExecutionsRolloutConfig`: how many things a minute are given the
+/// job. A job without one is still given out at AWS's 1,000 a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// `maximumPerMinute`.
+    pub maximum_per_minute: u32,
+    /// `exponentialRate`.
+    pub exponential: Option<Exponential>,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            maximum_per_minute: MAX_ROLLOUT_PER_MINUTE,
+            exponential: None,
+        }
+    }
+}
+
+impl Rollout {
+    /// The rate a rollout starts at.
+    fn start(&self) -> u32 {
+        self.exponential.map_or(self.maximum_per_minute, |x| {
+            x.base_per_minute.min(self.maximum_per_minute)
+        })
+    }
+
+    fn check(&self) -> Result<(), Refusal> {
+        let per_minute = 1..=MAX_ROLLOUT_PER_MINUTE;
+        let fine = per_minute.contains(&self.maximum_per_minute)
+            && self.exponential.is_none_or(|x| {
+                per_minute.contains(&x.base_per_minute)
+                    && (11..=50).contains(&x.factor_tenths)
+                    && x.notified.is_none_or(|n| n >= 1)
+                    && x.succeeded.is_none_or(|n| n >= 1)
+            });
+        if fine {
+            Ok(())
+        } else {
+            Err(refuse(
+                Code::InvalidRequest,
+                format!(
+                    "maximumPerMinute and baseRatePerMinute are 1 to {MAX_ROLLOUT_PER_MINUTE}, incrementFactor 1.1 to 5.0 with one decimal, and the rate increase criteria at least 1"
+                ),
+            ))
+        }
+    }
+}
+
+/// What CreateJob asks for, checked; a job keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
     /// The job document (JSON text).
     pub document: String,
     /// `description`.
@@ -198,9 +264,45 @@ pub struct NewJob {
     /// `timeoutConfig.inProgressTimeoutInMinutes`.
     pub in_progress_minutes: Option<u64>,
     /// `jobExecutionsRetryConfig.criteriaList`.
+    #[serde(default)]
     pub retries: Vec<Retry>,
     /// `abortConfig.criteriaList`.
+    #[serde(default)]
     pub aborts: Vec<Abort>,
+    /// `jobExecutionsRolloutConfig`, if given.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+}
+
+/// Where a job's rollout is: the things still to be given it, and this
+/// minute's count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pace {
+    /// Things still to be given the job, in turn.
+    pub waiting: VecDeque<String>,
+    /// Things a minute now.
+    pub rate: u32,
+    /// When this minute began, ms.
+    pub window_ms: u64,
+    /// Things given the job this minute.
+    pub sent: u32,
+    /// Things given the job since the rate last grew.
+    pub notified: u64,
+    /// Executions succeeded since the rate last grew.
+    pub succeeded: u64,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            waiting: VecDeque::new(),
+            rate: MAX_ROLLOUT_PER_MINUTE,
+            window_ms: 0,
+            sent: 0,
+            notified: 0,
+            succeeded: 0,
+        }
+    }
 }
 
 /// A job.
@@ -208,23 +310,11 @@ pub struct NewJob {
 pub struct Job {
     /// `jobId`.
     pub id: String,
-    /// The document (JSON text).
-    pub document: String,
-    /// `description`.
-    pub description: String,
-    /// The target ARNs.
-    pub targets: Vec<String>,
-    /// `targetSelection`.
-    pub selection: Selection,
+    /// What it was created with, as UpdateJob left it.
+    #[serde(flatten)]
+    pub spec: Spec,
     /// Its status.
     pub status: JobStatus,
-    /// `timeoutConfig.inProgressTimeoutInMinutes`.
-    pub in_progress_minutes: Option<u64>,
-    /// Retry criteria.
-    pub retries: Vec<Retry>,
-    /// Abort criteria.
-    #[serde(default)]
-    pub aborts: Vec<Abort>,
     /// When it was made, ms since the epoch.
     pub created_ms: u64,
     /// When it last changed.
@@ -240,6 +330,38 @@ pub struct Job {
     /// The last execution number given to each thing.
     #[serde(default)]
     pub numbers: BTreeMap<String, u64>,
+    /// Its rollout.
+    #[serde(default)]
+    pub pace: Pace,
+}
+
+impl Job {
+    /// A new minute of the rollout: the rate grows first if an
+    /// exponential rollout's criterion was met.
+    fn next_minute(&mut self, now: u64) {
+        let rollout = self.spec.rollout.unwrap_or_default();
+        let p = &mut self.pace;
+        if let Some(x) = rollout.exponential {
+            let due = x.notified.is_some_and(|n| p.notified >= n)
+                || x.succeeded.is_some_and(|n| p.succeeded >= n);
+            if due {
+                // At least one more: 1.1 times 1 is still 1 rounded down.
+                p.rate = (p.rate.saturating_mul(x.factor_tenths).div_ceil(10))
+                    .min(rollout.maximum_per_minute);
+                p.notified = 0;
+                p.succeeded = 0;
+            }
+        }
+        p.window_ms = now;
+        p.sent = 0;
+    }
+
+    /// When the rollout can go on, if things wait for their minute.
+    fn next_minute_at(&self) -> Option<u64> {
+        let p = &self.pace;
+        (self.status == JobStatus::InProgress && !p.waiting.is_empty() && p.sent >= p.rate)
+            .then(|| p.window_ms.saturating_add(60_000))
+    }
 }
 
 /// One job's execution on one thing.
@@ -374,6 +496,21 @@ pub struct Update {
     pub execution_number: Option<u64>,
     /// `stepTimeoutInMinutes`; -1 stops the step timer.
     pub step_minutes: Option<i64>,
+}
+
+/// What UpdateJob changes; `None` leaves it as it is.
+#[derive(Debug, Clone, Default)]
+pub struct JobChange {
+    /// `description`.
+    pub description: Option<String>,
+    /// `timeoutConfig.inProgressTimeoutInMinutes`.
+    pub in_progress_minutes: Option<u64>,
+    /// `jobExecutionsRetryConfig.criteriaList`.
+    pub retries: Option<Vec<Retry>>,
+    /// `abortConfig.criteriaList`.
+    pub aborts: Option<Vec<Abort>>,
+    /// `jobExecutionsRolloutConfig`.
+    pub rollout: Option<Rollout>,
 }
 
 /// Every job and execution.
@@ -523,11 +660,11 @@ impl Jobs {
     }
 
     /// CreateJob: queues an execution for each of `things` (the targets,
-    /// groups expanded).
+    /// groups expanded), as fast as the rollout allows.
     pub fn create(
         &mut self,
         id: &str,
-        new: NewJob,
+        new: Spec,
         things: &BTreeSet<String>,
         now: u64,
     ) -> Result<Effects, Refusal> {
@@ -558,6 +695,9 @@ impl Jobs {
         if let Some(m) = new.in_progress_minutes {
             check_timeout(m)?;
         }
+        if let Some(r) = &new.rollout {
+            r.check()?;
+        }
         let active = self
             .jobs
             .values()
@@ -571,16 +711,16 @@ impl Jobs {
                 ),
             ));
         }
+        let pace = Pace {
+            waiting: things.iter().cloned().collect(),
+            rate: new.rollout.unwrap_or_default().start(),
+            window_ms: now,
+            ..Pace::default()
+        };
         let job = Job {
             id: id.to_owned(),
-            document: new.document,
-            description: new.description,
-            targets: new.targets,
-            selection: new.selection,
+            spec: new,
             status: JobStatus::InProgress,
-            in_progress_minutes: new.in_progress_minutes,
-            retries: new.retries,
-            aborts: new.aborts,
             created_ms: now,
             updated_ms: now,
             completed_ms: None,
@@ -588,15 +728,36 @@ impl Jobs {
             reason_code: None,
             comment: None,
             numbers: BTreeMap::new(),
+            pace,
         };
         self.jobs.insert(id.to_owned(), job);
         let mut fx = Effects::default();
         fx.jobs.insert(id.to_owned());
-        for thing in things {
-            self.queue(id, thing, now, &mut fx);
-        }
+        self.roll_out(id, now, &mut fx);
         self.complete_if_done(id, now, &mut fx);
         Ok(fx)
+    }
+
+    /// Gives waiting things the job, as many as this minute allows.
+    fn roll_out(&mut self, job: &str, now: u64, fx: &mut Effects) {
+        while let Some(j) = self
+            .jobs
+            .get_mut(job)
+            .filter(|j| j.status == JobStatus::InProgress)
+        {
+            if now >= j.pace.window_ms.saturating_add(60_000) {
+                j.next_minute(now);
+            }
+            if j.pace.sent >= j.pace.rate {
+                return;
+            }
+            let Some(thing) = j.pace.waiting.pop_front() else {
+                return;
+            };
+            j.pace.sent += 1;
+            j.pace.notified += 1;
+            self.queue(job, &thing, now, fx);
+        }
     }
 
     /// A new execution of `job` on `thing` (its number one more than the last).
@@ -634,7 +795,8 @@ impl Jobs {
         let done = self.executions_of_job(job).all(|e| e.status.is_terminal());
         if let Some(j) = self.jobs.get_mut(job)
             && j.status == JobStatus::InProgress
-            && j.selection == Selection::Snapshot
+            && j.spec.selection == Selection::Snapshot
+            && j.pace.waiting.is_empty()
             && done
         {
             j.status = JobStatus::Completed;
@@ -674,6 +836,12 @@ impl Jobs {
         }
         fx.executions.insert(key.clone());
         fx.touched.insert(key.0.clone());
+        if status == ExecStatus::Succeeded
+            && let Some(j) = self.jobs.get_mut(&key.1)
+        {
+            j.pace.succeeded += 1;
+            fx.jobs.insert(key.1.clone());
+        }
         self.retry_if_allowed(key, now, fx);
         self.abort_if_due(&key.1, now, fx);
         self.complete_if_done(&key.1, now, fx);
@@ -694,7 +862,7 @@ impl Jobs {
             .map(|e| e.status)
             .filter(|s| s.is_terminal())
             .collect();
-        let due = j.aborts.iter().find(|a| {
+        let due = j.spec.aborts.iter().find(|a| {
             let counted = ended.iter().filter(|s| a.failure_type.counts(**s)).count() as u64;
             let executed = ended.len() as u64;
             executed >= a.min_executed.max(1)
@@ -722,6 +890,7 @@ impl Jobs {
             return;
         }
         let allowed: u32 = job
+            .spec
             .retries
             .iter()
             .filter(|r| {
@@ -771,7 +940,10 @@ impl Jobs {
             return Ok((Some(next.clone()), fx));
         }
         let key = (thing.to_owned(), next.job_id.clone());
-        let job_minutes = self.jobs.get(&key.1).and_then(|j| j.in_progress_minutes);
+        let job_minutes = self
+            .jobs
+            .get(&key.1)
+            .and_then(|j| j.spec.in_progress_minutes);
         if let Some(e) = self.executions.get_mut(&key) {
             if let Some(d) = details {
                 e.details = d;
@@ -850,7 +1022,7 @@ impl Jobs {
             Some(-1) => Some(None),
             Some(m) => Some(Some(check_timeout(u64::try_from(m).unwrap_or(0))?)),
         };
-        let job_minutes = self.jobs.get(job).and_then(|j| j.in_progress_minutes);
+        let job_minutes = self.jobs.get(job).and_then(|j| j.spec.in_progress_minutes);
         let mut fx = Effects::default();
         if let Some(e) = self.executions.get_mut(&key) {
             if let Some(d) = details {
@@ -870,17 +1042,10 @@ impl Jobs {
         Ok(fx)
     }
 
-    /// UpdateJob: the description, the retry and abort criteria, and the
-    /// in-progress timeout until an execution has started.
-    pub fn update_job(
-        &mut self,
-        job: &str,
-        description: Option<String>,
-        in_progress_minutes: Option<u64>,
-        (retries, aborts): (Option<Vec<Retry>>, Option<Vec<Abort>>),
-        now: u64,
-    ) -> Result<Effects, Refusal> {
-        if let Some(m) = in_progress_minutes {
+    /// UpdateJob: the description, the retry, abort and rollout criteria,
+    /// and the in-progress timeout until an execution has started.
+    pub fn update_job(&mut self, job: &str, c: JobChange, now: u64) -> Result<Effects, Refusal> {
+        if let Some(m) = c.in_progress_minutes {
             check_timeout(m)?;
             if self.executions_of_job(job).any(|e| e.started_ms.is_some()) {
                 return Err(refuse(
@@ -889,22 +1054,31 @@ impl Jobs {
                 ));
             }
         }
+        if let Some(r) = &c.rollout {
+            r.check()?;
+        }
         let j = self.jobs.get_mut(job).ok_or_else(|| no_job(job))?;
-        if let Some(d) = description {
-            j.description = d;
+        if let Some(d) = c.description {
+            j.spec.description = d;
         }
-        if in_progress_minutes.is_some() {
-            j.in_progress_minutes = in_progress_minutes;
+        if c.in_progress_minutes.is_some() {
+            j.spec.in_progress_minutes = c.in_progress_minutes;
         }
-        if let Some(r) = retries {
-            j.retries = r;
+        if let Some(r) = c.retries {
+            j.spec.retries = r;
         }
-        if let Some(a) = aborts {
-            j.aborts = a;
+        if let Some(a) = c.aborts {
+            j.spec.aborts = a;
+        }
+        if let Some(r) = c.rollout {
+            // The rollout goes on at the new configuration's rate.
+            j.spec.rollout = Some(r);
+            j.pace.rate = r.start();
         }
         j.updated_ms = now;
         let mut fx = Effects::default();
         fx.jobs.insert(job.to_owned());
+        self.roll_out(job, now, &mut fx);
         self.abort_if_due(job, now, &mut fx);
         Ok(fx)
     }
@@ -931,6 +1105,7 @@ impl Jobs {
             }
         }
         j.status = JobStatus::Canceled;
+        j.pace.waiting.clear();
         j.force_canceled |= force;
         j.reason_code = reason_code.or(j.reason_code.take());
         j.comment = comment.or(j.comment.take());
@@ -1088,16 +1263,19 @@ impl Jobs {
         Ok(fx)
     }
 
-    /// The earliest timer of any execution.
+    /// The earliest timer of any execution, or minute of a rollout.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.executions
+        let executions = self
+            .executions
             .values()
             .filter(|e| e.status == ExecStatus::InProgress)
-            .filter_map(Execution::deadline)
-            .min()
+            .filter_map(Execution::deadline);
+        let rollouts = self.jobs.values().filter_map(Job::next_minute_at);
+        executions.chain(rollouts).min()
     }
 
-    /// Times out every IN_PROGRESS execution whose timer ran out by `now`.
+    /// Times out every IN_PROGRESS execution whose timer ran out by `now`,
+    /// and goes on with the rollouts whose next minute has come.
     pub fn expire(&mut self, now: u64) -> Effects {
         let keys: Vec<(String, String)> = self
             .executions
@@ -1110,27 +1288,46 @@ impl Jobs {
         for key in keys {
             self.set_status(&key, ExecStatus::TimedOut, now, &mut fx);
         }
+        let due: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| j.next_minute_at().is_some_and(|at| at <= now))
+            .map(|j| j.id.clone())
+            .collect();
+        for job in due {
+            self.roll_out(&job, now, &mut fx);
+        }
         fx
     }
 
     /// For a continuous job in progress: `things` are its targets now.
-    /// Those new to it get an execution; those that left have their
-    /// pending one REMOVED.
+    /// Those new to it are given the job in turn; those that left have
+    /// their pending execution REMOVED, or are given it no more.
     pub fn reconcile(&mut self, job: &str, things: &BTreeSet<String>, now: u64) -> Effects {
         let mut fx = Effects::default();
-        let Some(j) = self.jobs.get(job) else {
-            return fx;
-        };
-        if j.selection != Selection::Continuous || j.status != JobStatus::InProgress {
-            return fx;
-        }
         let have: BTreeMap<String, ExecStatus> = self
             .executions_of_job(job)
             .map(|e| (e.thing.clone(), e.status))
             .collect();
-        for thing in things.iter().filter(|t| !have.contains_key(*t)) {
-            self.queue(job, thing, now, &mut fx);
+        let Some(j) = self.jobs.get_mut(job) else {
+            return fx;
+        };
+        if j.spec.selection != Selection::Continuous || j.status != JobStatus::InProgress {
+            return fx;
         }
+        let before = j.pace.waiting.len();
+        j.pace.waiting.retain(|t| things.contains(t));
+        let waiting: BTreeSet<&String> = j.pace.waiting.iter().collect();
+        let new: Vec<String> = things
+            .iter()
+            .filter(|t| !have.contains_key(*t) && !waiting.contains(t))
+            .cloned()
+            .collect();
+        if before != j.pace.waiting.len() || !new.is_empty() {
+            fx.jobs.insert(job.to_owned());
+        }
+        j.pace.waiting.extend(new);
+        self.roll_out(job, now, &mut fx);
         for (thing, status) in &have {
             if !things.contains(thing) && !status.is_terminal() {
                 self.set_status(
@@ -1154,7 +1351,7 @@ impl Jobs {
         now: u64,
     ) -> Result<Effects, Refusal> {
         let j = self.jobs.get_mut(job).ok_or_else(|| no_job(job))?;
-        if j.selection != Selection::Continuous || j.status != JobStatus::InProgress {
+        if j.spec.selection != Selection::Continuous || j.status != JobStatus::InProgress {
             return Err(refuse(
                 Code::InvalidRequest,
                 format!("Job {job} is not a continuous job in progress"),
@@ -1162,16 +1359,16 @@ impl Jobs {
         }
         let mut added: Vec<String> = targets
             .into_iter()
-            .filter(|t| !j.targets.contains(t))
+            .filter(|t| !j.spec.targets.contains(t))
             .collect();
         added.dedup();
-        if j.targets.len() + added.len() > MAX_TARGETS {
+        if j.spec.targets.len() + added.len() > MAX_TARGETS {
             return Err(refuse(
                 Code::LimitExceeded,
                 format!("a job has at most {MAX_TARGETS} targets"),
             ));
         }
-        j.targets.extend(added);
+        j.spec.targets.extend(added);
         j.updated_ms = now;
         let mut fx = self.reconcile(job, things, now);
         fx.jobs.insert(job.to_owned());
@@ -1212,8 +1409,8 @@ fn no_execution(thing: &str, job: &str) -> Refusal {
 mod tests {
     use super::*;
 
-    fn new(selection: Selection) -> NewJob {
-        NewJob {
+    fn new(selection: Selection) -> Spec {
+        Spec {
             document: r#"{"operation": "reboot"}"#.into(),
             description: String::new(),
             targets: vec!["arn:aws:iot:us-east-1:1:thing/lamp".into()],
@@ -1221,6 +1418,7 @@ mod tests {
             in_progress_minutes: None,
             retries: Vec::new(),
             aborts: Vec::new(),
+            rollout: None,
         }
     }
 
@@ -1531,5 +1729,125 @@ mod tests {
             Some(ExecStatus::InProgress),
             "not forced"
         );
+    }
+
+    fn queued(j: &Jobs, job: &str) -> usize {
+        j.executions_of_job(job).count()
+    }
+
+    #[test]
+    fn a_rollout_gives_the_job_to_so_many_things_a_minute() {
+        let mut j = Jobs::default();
+        let mut paced = new(Selection::Snapshot);
+        paced.rollout = Some(Rollout {
+            maximum_per_minute: 2,
+            exponential: None,
+        });
+        let five = things(&["a", "b", "c", "d", "e"]);
+        let fx = j.create("r", paced, &five, 0).expect("create");
+        assert_eq!(fx.notify, things(&["a", "b"]), "two this minute");
+        assert_eq!(j.next_deadline(), Some(60_000));
+        assert!(
+            j.expire(59_999).executions.is_empty(),
+            "not before its minute"
+        );
+        let fx = j.expire(60_000);
+        assert_eq!(fx.notify, things(&["c", "d"]));
+        // Finishing early does not complete a job whose rollout goes on.
+        for t in ["a", "b", "c", "d"] {
+            j.update(t, "r", update("SUCCEEDED"), 61_000).expect("done");
+        }
+        assert_eq!(j.job("r").map(|j| j.status), Some(JobStatus::InProgress));
+        j.expire(120_000);
+        j.update("e", "r", update("SUCCEEDED"), 121_000)
+            .expect("done");
+        assert_eq!(j.job("r").map(|j| j.status), Some(JobStatus::Completed));
+        assert_eq!(j.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_exponential_rollout_grows_each_minute_its_criterion_is_met() {
+        let mut j = Jobs::default();
+        let mut paced = new(Selection::Snapshot);
+        paced.rollout = Some(Rollout {
+            maximum_per_minute: 5,
+            exponential: Some(Exponential {
+                base_per_minute: 1,
+                factor_tenths: 20,
+                notified: None,
+                succeeded: Some(1),
+            }),
+        });
+        let names: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
+        let all: BTreeSet<String> = names.iter().cloned().collect();
+        j.create("x", paced, &all, 0).expect("create");
+        assert_eq!(queued(&j, "x"), 1, "the base rate");
+        // Nothing succeeded: the rate stays.
+        j.expire(60_000);
+        assert_eq!(queued(&j, "x"), 2);
+        j.update("t00", "x", update("SUCCEEDED"), 61_000)
+            .expect("done");
+        j.expire(120_000);
+        assert_eq!(queued(&j, "x"), 4, "doubled");
+        j.update("t01", "x", update("SUCCEEDED"), 121_000)
+            .expect("done");
+        j.expire(180_000);
+        assert_eq!(queued(&j, "x"), 8, "doubled again");
+        j.update("t02", "x", update("SUCCEEDED"), 181_000)
+            .expect("done");
+        j.expire(240_000);
+        assert_eq!(queued(&j, "x"), 13, "never past the maximum");
+        // Canceled, the rest are never given the job.
+        j.cancel("x", false, None, None, 241_000).expect("cancel");
+        assert_eq!(j.next_deadline(), None);
+        j.expire(300_000);
+        assert_eq!(queued(&j, "x"), 13);
+    }
+
+    #[test]
+    fn rollouts_are_checked_and_can_change() {
+        let mut j = Jobs::default();
+        let mut bad = new(Selection::Snapshot);
+        bad.rollout = Some(Rollout {
+            maximum_per_minute: 1_001,
+            exponential: None,
+        });
+        let refused = j
+            .create("b", bad, &things(&["a"]), 0)
+            .expect_err("too fast");
+        assert_eq!(refused.code, Code::InvalidRequest);
+        let mut slow = new(Selection::Continuous);
+        slow.rollout = Some(Rollout {
+            maximum_per_minute: 1,
+            exponential: None,
+        });
+        j.create("c", slow, &things(&["a", "b", "c"]), 0)
+            .expect("create");
+        // A thing that leaves its group while it waits is never given the job.
+        j.reconcile("c", &things(&["a", "c"]), 1);
+        let faster = JobChange {
+            rollout: Some(Rollout {
+                maximum_per_minute: 10,
+                exponential: None,
+            }),
+            ..JobChange::default()
+        };
+        let fx = j.update_job("c", faster, 2).expect("update");
+        assert_eq!(fx.notify, things(&["c"]), "at once, within this minute");
+        assert!(j.execution("b", "c").is_none());
+    }
+
+    #[test]
+    fn a_job_stored_before_rollouts_reads_back_at_the_default_rate() {
+        let stored = r#"{"id":"old","document":"{}","description":"","targets":["arn:aws:iot:us-east-1:1:thing/a"],
+            "selection":"CONTINUOUS","status":"IN_PROGRESS","in_progress_minutes":null,"retries":[],
+            "created_ms":0,"updated_ms":0,"completed_ms":null,"force_canceled":false,
+            "reason_code":null,"comment":null}"#;
+        let job: Job = serde_json::from_str(stored).expect("reads");
+        assert_eq!(job.spec.rollout, None);
+        assert_eq!(job.pace.rate, MAX_ROLLOUT_PER_MINUTE);
+        let again: Job =
+            serde_json::from_slice(&serde_json::to_vec(&job).expect("writes")).expect("reads back");
+        assert_eq!(again, job);
     }
 }

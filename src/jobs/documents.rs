@@ -12,7 +12,8 @@ fn secs(ms: u64) -> u64 {
 
 /// A job's document as JSON (it was checked to be JSON when made).
 pub fn document(job: &Job) -> Value {
-    serde_json::from_str(&job.document).unwrap_or_else(|_| Value::String(job.document.clone()))
+    serde_json::from_str(&job.spec.document)
+        .unwrap_or_else(|_| Value::String(job.spec.document.clone()))
 }
 
 /// `JobExecutionSummary`.
@@ -60,7 +61,7 @@ pub fn execution(e: &Execution, job: Option<&Job>, api: Api) -> Value {
 pub fn job_document(job: &Job, api: Api) -> Value {
     match api {
         Api::Mqtt => document(job),
-        Api::Https => job.document.as_str().into(),
+        Api::Https => job.spec.document.as_str().into(),
     }
 }
 

@@ -278,9 +278,9 @@ impl Service {
                     "status": operation.to_ascii_uppercase(),
                 });
                 if let Some(j) = jobs.job(job) {
-                    doc["targetSelection"] = j.selection.name().into();
-                    doc["targets"] = json!(j.targets);
-                    doc["description"] = j.description.clone().into();
+                    doc["targetSelection"] = j.spec.selection.name().into();
+                    doc["targets"] = json!(j.spec.targets);
+                    doc["description"] = j.spec.description.clone().into();
                     doc["createdAt"] = j.created_ms.into();
                     doc["lastUpdatedAt"] = j.updated_ms.into();
                     if *operation == "completed" {
@@ -557,10 +557,10 @@ impl Service {
             let continuous: Vec<(String, Vec<String>)> = self.read(|jobs| {
                 jobs.jobs()
                     .filter(|j| {
-                        j.selection == super::core::Selection::Continuous
+                        j.spec.selection == super::core::Selection::Continuous
                             && j.status == JobStatus::InProgress
                     })
-                    .map(|j| (j.id.clone(), j.targets.clone()))
+                    .map(|j| (j.id.clone(), j.spec.targets.clone()))
                     .collect()
             });
             for (job, targets) in continuous {
@@ -683,11 +683,18 @@ fn minutes(body: &Value) -> Result<Option<i64>, Answer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::core::{NewJob, Selection};
+    use crate::jobs::core::{Rollout, Selection, Spec};
     use std::time::Duration;
 
-    #[tokio::test(start_paused = true)]
-    async fn an_execution_times_out_on_the_tokio_clock_when_its_timer_runs_out() {
+    /// A jobs service over a fresh store and registry, with `things`.
+    fn started(
+        things: &[&str],
+    ) -> (
+        Arc<Service>,
+        CancellationToken,
+        TaskTracker,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().expect("dir");
         let metrics = Arc::new(Metrics::new());
         let (store, _) =
@@ -698,9 +705,11 @@ mod tests {
             Default::default(),
         ));
         let registry = Arc::new(Registry::new(store.clone(), Vec::new(), Vec::new(), false));
-        registry
-            .create_thing("lamp", None, BTreeMap::new())
-            .expect("thing");
+        for t in things {
+            registry
+                .create_thing(t, None, BTreeMap::new())
+                .expect("thing");
+        }
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let service = start(
             router,
@@ -714,15 +723,36 @@ mod tests {
             shutdown.clone(),
             &tracker,
         );
-        let job = NewJob {
+        (service, shutdown, tracker, dir)
+    }
+
+    fn job(things: &[&str]) -> Spec {
+        Spec {
             document: "{}".into(),
             description: String::new(),
-            targets: vec!["arn:aws:iot:us-east-1:000000000000:thing/lamp".into()],
+            targets: things
+                .iter()
+                .map(|t| format!("arn:aws:iot:us-east-1:000000000000:thing/{t}"))
+                .collect(),
             selection: Selection::Snapshot,
-            in_progress_minutes: Some(20),
+            in_progress_minutes: None,
             retries: Vec::new(),
             aborts: Vec::new(),
-        };
+            rollout: None,
+        }
+    }
+
+    async fn stop(shutdown: CancellationToken, tracker: TaskTracker) {
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_execution_times_out_on_the_tokio_clock_when_its_timer_runs_out() {
+        let (service, shutdown, tracker, _dir) = started(&["lamp"]);
+        let mut job = job(&["lamp"]);
+        job.in_progress_minutes = Some(20);
         let things = BTreeSet::from(["lamp".to_owned()]);
         service
             .change(|j, now| j.create("t", job, &things, now).map(|fx| ((), fx)))
@@ -740,8 +770,45 @@ mod tests {
         assert_eq!(e.status, ExecStatus::TimedOut);
         let started = e.started_ms.expect("started");
         assert_eq!(e.updated_ms - started, 20 * 60_000, "at the job's deadline");
-        shutdown.cancel();
-        tracker.close();
-        tracker.wait().await;
+        stop(shutdown, tracker).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollout_goes_on_each_minute_on_the_tokio_clock() {
+        let names = ["a", "b", "c"];
+        let (service, shutdown, tracker, _dir) = started(&names);
+        let mut job = job(&names);
+        job.rollout = Some(Rollout {
+            maximum_per_minute: 1,
+            exponential: None,
+        });
+        let things: BTreeSet<String> = names.iter().map(|t| (*t).to_owned()).collect();
+        service
+            .change(|j, now| j.create("r", job, &things, now).map(|fx| ((), fx)))
+            .await
+            .expect("created");
+        // Paused time moves on by itself while the store syncs, so the test
+        // steps until all were given the job, then reads when each was.
+        let queued = || {
+            service.read(|j| {
+                let mut at: Vec<u64> = j.executions_of_job("r").map(|e| e.queued_ms).collect();
+                at.sort_unstable();
+                at
+            })
+        };
+        for _ in 0..100_000 {
+            if queued().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let queued = queued();
+        assert_eq!(queued.len(), 3);
+        // A minute at least: the service may come late, never early.
+        assert!(
+            queued[1] - queued[0] >= 60_000 && queued[2] - queued[1] >= 60_000,
+            "one a minute: {queued:?}"
+        );
+        stop(shutdown, tracker).await;
     }
 }

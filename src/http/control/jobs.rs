@@ -6,8 +6,8 @@ use super::things::{optional_str, with_next};
 use super::{Call, Control, done, paginate, secs};
 use crate::http::aws::{AwsError, ok};
 use crate::jobs::core::{
-    Abort, AbortType, Code, ExecStatus, Execution, FailureType, Job, Jobs, NewJob, Refusal, Retry,
-    Selection,
+    Abort, AbortType, Code, ExecStatus, Execution, Exponential, FailureType, Job, JobChange, Jobs,
+    Refusal, Retry, Rollout, Selection, Spec,
 };
 use crate::jobs::service::{Failure, Service, process_details};
 use axum::http::StatusCode;
@@ -70,15 +70,14 @@ fn job_reply(c: &Control, id: &str, description: &str) -> Response {
 
 fn description_of(jobs: &Jobs, id: &str) -> String {
     jobs.job(id)
-        .map(|j| j.description.clone())
+        .map(|j| j.spec.description.clone())
         .unwrap_or_default()
 }
 
 /// Configuration AWS has that this gateway does not run: refused, not ignored.
-const NOT_SERVED: [&str; 5] = [
+const NOT_SERVED: [&str; 4] = [
     "documentSource",
     "presignedUrlConfig",
-    "jobExecutionsRolloutConfig",
     "schedulingConfig",
     "jobTemplateArn",
 ];
@@ -127,6 +126,82 @@ fn aborts(input: &Value) -> Result<Option<Vec<Abort>>, AwsError> {
         })
         .collect::<Result<_, _>>()
         .map(Some)
+}
+
+/// `jobExecutionsRolloutConfig`, if given; its ranges are the core's to check.
+fn rollout(input: &Value) -> Result<Option<Rollout>, AwsError> {
+    let config = &input["jobExecutionsRolloutConfig"];
+    if config.is_null() {
+        return Ok(None);
+    }
+    let count = |v: &Value, name: &str| match v {
+        Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| AwsError::invalid_request(format!("{name} is a whole number"))),
+    };
+    let per_minute = |v: &Value, name: &str| {
+        count(v, name).map(|n| n.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
+    };
+    let maximum_per_minute = per_minute(&config["maximumPerMinute"], "maximumPerMinute")?;
+    let exponential = match &config["exponentialRate"] {
+        Value::Null => None,
+        x => {
+            let base = per_minute(&x["baseRatePerMinute"], "baseRatePerMinute")?
+                .ok_or_else(|| AwsError::invalid_request("baseRatePerMinute is required"))?;
+            let factor = x["incrementFactor"]
+                .as_f64()
+                .ok_or_else(|| AwsError::invalid_request("incrementFactor is required"))?;
+            let tenths = (factor * 10.0).round();
+            if (factor * 10.0 - tenths).abs() > 1e-6 {
+                return Err(AwsError::invalid_request(
+                    "incrementFactor has at most one digit after the decimal point",
+                ));
+            }
+            let criteria = &x["rateIncreaseCriteria"];
+            if !criteria.is_object() {
+                return Err(AwsError::invalid_request(
+                    "rateIncreaseCriteria is required",
+                ));
+            }
+            Some(Exponential {
+                base_per_minute: base,
+                factor_tenths: tenths.clamp(0.0, f64::from(u32::MAX)) as u32,
+                notified: count(
+                    &criteria["numberOfNotifiedThings"],
+                    "numberOfNotifiedThings",
+                )?,
+                succeeded: count(
+                    &criteria["numberOfSucceededThings"],
+                    "numberOfSucceededThings",
+                )?,
+            })
+        }
+    };
+    Ok(Some(Rollout {
+        maximum_per_minute: maximum_per_minute.unwrap_or(Rollout::default().maximum_per_minute),
+        exponential,
+    }))
+}
+
+fn rollout_json(r: &Rollout) -> Value {
+    let mut v = json!({ "maximumPerMinute": r.maximum_per_minute });
+    if let Some(x) = &r.exponential {
+        let mut criteria = json!({});
+        if let Some(n) = x.notified {
+            criteria["numberOfNotifiedThings"] = n.into();
+        }
+        if let Some(n) = x.succeeded {
+            criteria["numberOfSucceededThings"] = n.into();
+        }
+        v["exponentialRate"] = json!({
+            "baseRatePerMinute": x.base_per_minute,
+            "incrementFactor": f64::from(x.factor_tenths) / 10.0,
+            "rateIncreaseCriteria": criteria,
+        });
+    }
+    v
 }
 
 fn timeout(input: &Value) -> Result<Option<u64>, AwsError> {
@@ -196,7 +271,7 @@ pub(super) async fn create(c: &Control, call: &Call<'_>) -> Result<Response, Aws
         }
     };
     let description = optional_str(&input, "description")?.unwrap_or_default();
-    let new = NewJob {
+    let new = Spec {
         document,
         description: description.clone(),
         targets: targets.clone(),
@@ -204,6 +279,7 @@ pub(super) async fn create(c: &Control, call: &Call<'_>) -> Result<Response, Aws
         in_progress_minutes: timeout(&input)?,
         retries: retries(&input)?.unwrap_or_default(),
         aborts: aborts(&input)?.unwrap_or_default(),
+        rollout: rollout(&input)?,
     };
     let things = jobs.targets(&targets)?;
     jobs.change(|j, now| j.create(&id, new, &things, now).map(|fx| ((), fx)))
@@ -215,11 +291,11 @@ fn job_json(c: &Control, j: &Job, details: Value) -> Value {
     let mut v = json!({
         "jobArn": job_arn(c, &j.id),
         "jobId": j.id,
-        "targetSelection": j.selection.name(),
+        "targetSelection": j.spec.selection.name(),
         "status": j.status.name(),
         "forceCanceled": j.force_canceled,
-        "targets": j.targets,
-        "description": j.description,
+        "targets": j.spec.targets,
+        "description": j.spec.description,
         "createdAt": secs(j.created_ms),
         "lastUpdatedAt": secs(j.updated_ms),
         "jobProcessDetails": details,
@@ -229,11 +305,14 @@ fn job_json(c: &Control, j: &Job, details: Value) -> Value {
         "timeoutConfig": {},
         "isConcurrent": false,
     });
-    if let Some(m) = j.in_progress_minutes {
+    if let Some(r) = &j.spec.rollout {
+        v["jobExecutionsRolloutConfig"] = rollout_json(r);
+    }
+    if let Some(m) = j.spec.in_progress_minutes {
         v["timeoutConfig"] = json!({"inProgressTimeoutInMinutes": m});
     }
-    if !j.retries.is_empty() {
-        v["jobExecutionsRetryConfig"] = json!({"criteriaList": j.retries.iter().map(|r| json!({
+    if !j.spec.retries.is_empty() {
+        v["jobExecutionsRetryConfig"] = json!({"criteriaList": j.spec.retries.iter().map(|r| json!({
             "failureType": match r.failure_type {
                 FailureType::Failed => "FAILED",
                 FailureType::TimedOut => "TIMED_OUT",
@@ -242,8 +321,8 @@ fn job_json(c: &Control, j: &Job, details: Value) -> Value {
             "numberOfRetries": r.retries,
         })).collect::<Vec<_>>()});
     }
-    if !j.aborts.is_empty() {
-        v["abortConfig"] = json!({"criteriaList": j.aborts.iter().map(|a| json!({
+    if !j.spec.aborts.is_empty() {
+        v["abortConfig"] = json!({"criteriaList": j.spec.aborts.iter().map(|a| json!({
             "failureType": match a.failure_type {
                 AbortType::Failed => "FAILED",
                 AbortType::Rejected => "REJECTED",
@@ -285,7 +364,7 @@ pub(super) fn document(c: &Control, call: &Call<'_>) -> Result<Response, AwsErro
     let id = call.label(0);
     service(c)?.read(|jobs| {
         let j = jobs.job(id).ok_or_else(|| no_job(id))?;
-        Ok(ok(json!({ "document": j.document })))
+        Ok(ok(json!({ "document": j.spec.document })))
     })
 }
 
@@ -296,18 +375,22 @@ pub(super) fn list(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
     let listed: Vec<Value> = service(c)?.read(|jobs| {
         jobs.jobs()
             .filter(|j| status.as_deref().is_none_or(|s| s == j.status.name()))
-            .filter(|j| selection.as_deref().is_none_or(|s| s == j.selection.name()))
+            .filter(|j| {
+                selection
+                    .as_deref()
+                    .is_none_or(|s| s == j.spec.selection.name())
+            })
             .filter(|j| {
                 group.as_deref().is_none_or(|g| {
                     let arn = c.arn("thinggroup", g);
-                    j.targets.contains(&arn)
+                    j.spec.targets.contains(&arn)
                 })
             })
             .map(|j| {
                 let mut v = json!({
                     "jobArn": job_arn(c, &j.id),
                     "jobId": j.id,
-                    "targetSelection": j.selection.name(),
+                    "targetSelection": j.spec.selection.name(),
                     "status": j.status.name(),
                     "createdAt": secs(j.created_ms),
                     "lastUpdatedAt": secs(j.updated_ms),
@@ -341,7 +424,7 @@ pub(super) async fn associate(c: &Control, call: &Call<'_>) -> Result<Response, 
     let input = call.json()?;
     let added = target_list(&input)?;
     let all: Vec<String> = jobs
-        .read(|j| j.job(&id).map(|j| j.targets.clone()))
+        .read(|j| j.job(&id).map(|j| j.spec.targets.clone()))
         .ok_or_else(|| no_job(&id))?
         .into_iter()
         .chain(added.iter().cloned())
@@ -379,13 +462,15 @@ pub(super) async fn update(c: &Control, call: &Call<'_>) -> Result<Response, Aws
             "{key} is not supported by this gateway"
         )));
     }
-    let description = optional_str(&input, "description")?;
-    let (minutes, criteria) = (timeout(&input)?, (retries(&input)?, aborts(&input)?));
-    jobs.change(|j, now| {
-        j.update_job(&id, description, minutes, criteria, now)
-            .map(|fx| ((), fx))
-    })
-    .await?;
+    let change = JobChange {
+        description: optional_str(&input, "description")?,
+        in_progress_minutes: timeout(&input)?,
+        retries: retries(&input)?,
+        aborts: aborts(&input)?,
+        rollout: rollout(&input)?,
+    };
+    jobs.change(|j, now| j.update_job(&id, change, now).map(|fx| ((), fx)))
+        .await?;
     done()
 }
 
