@@ -11,8 +11,9 @@
 //! - [`audit`]: the audit log of what changes identities and configuration:
 //!   control-plane calls and fleet provisioning requests.
 //! - [`config`]: `config.toml`, defaults, validation reporting every problem.
-//! - [`transport`]: TLS configuration, the server's TLS stream, and
-//!   certificate generation; it imports only [`config`] and [`metrics`].
+//! - [`transport`]: TLS configuration, the server's TLS stream, MQTT over
+//!   WebSocket frames, and certificate generation; it imports only
+//!   [`config`] and [`metrics`].
 //! - [`codec`] (P): MQTT 3.1.1 and 5.0 packets to and from bytes.
 //! - [`store`]: the redb database and its group-commit writer.
 //! - [`spool`]: the durable at-least-once queue for rule actions and the bridge.

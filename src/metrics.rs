@@ -83,6 +83,21 @@ label_enum!(
         Refused => "refused",
         /// The connection limit was reached.
         ConnectionLimit => "connection_limit",
+        /// An HTTP request on an MQTT port that is no WebSocket upgrade the
+        /// gateway serves.
+        BadUpgrade => "bad_upgrade",
+    }
+);
+
+label_enum!(
+    /// What a connection speaks once its transport is up.
+    Transport {
+        /// MQTT straight over TLS (or the plaintext listener).
+        Mqtt => "mqtt",
+        /// MQTT over WebSockets.
+        WebSocket => "websocket",
+        /// The device HTTPS endpoint.
+        Https => "https",
     }
 );
 
@@ -310,6 +325,8 @@ pub struct Metrics {
     pub connections_total: Counter,
     /// `edgegate_handshake_failures_total{reason}`.
     pub handshake_failures: Family,
+    /// `edgegate_transport_connections_total{transport}`.
+    transports: Family,
     /// `edgegate_packets_received_total{type}`.
     packets_in: Family,
     /// `edgegate_packets_sent_total{type}`.
@@ -565,6 +582,12 @@ impl Metrics {
                     .iter()
                     .map(|v| v.label())
                     .collect::<Vec<_>>(),
+            ),
+            transports: family(
+                "edgegate_transport_connections_total",
+                "Connections routed to a protocol once TLS was up, by what they speak.",
+                "transport",
+                &Transport::ALL.iter().map(|v| v.label()).collect::<Vec<_>>(),
             ),
             packets_in: family(
                 "edgegate_packets_received_total",
@@ -893,6 +916,11 @@ impl Metrics {
     /// Counts a handshake failure.
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
         self.handshake_failures.get(reason as usize).increment(1);
+    }
+
+    /// Counts a connection routed to what it speaks.
+    pub fn routed(&self, transport: Transport) {
+        self.transports.get(transport as usize).increment(1);
     }
 
     /// Counts a dropped message.

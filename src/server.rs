@@ -7,7 +7,7 @@
 //! within a grace period, then flush and close the store.
 
 use crate::config::Config;
-use crate::metrics::{HandshakeFailure, Metrics};
+use crate::metrics::Metrics;
 use crate::policy::versions::Versions;
 use crate::policy::{self, PolicyStore, compile::ArnHead};
 use crate::registry::ClientIdentity;
@@ -15,23 +15,22 @@ use crate::registry::{CertStatus, Registry};
 use crate::router::{MailboxLimits, Router};
 use crate::rules::engine::{Engine, EngineError, Gateway};
 use crate::session::Sessions;
-use crate::session::admission;
 use crate::session::conn::{self, Bulletin, Shared};
 use crate::session::state::rate::Table;
 use crate::spool::{self, Spool};
 use crate::store::{Store, StoreError};
 use crate::transport::pki::{self, FirstRun, PkiError};
-use crate::transport::stream;
 use crate::transport::tls::{self, Acceptor, TlsError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod listen;
 
 /// Device HTTPS connections handshaken and not yet taken by the server.
 const HANDSHAKEN: usize = 64;
@@ -177,9 +176,7 @@ impl Server {
         if let Some(first) = &first_run {
             register_first_run(&registry, &config, first);
         }
-        let (mqtt_tls, https_tls) = tls_configs(&config.tls, &registry)?;
-        let acceptor = Arc::new(Acceptor::new(mqtt_tls));
-        let https_acceptor = Arc::new(Acceptor::new(https_tls));
+        let acceptor = Arc::new(Acceptor::new(tls_config(&config.tls, &registry)?));
         let mut watches = Vec::new();
         {
             let (store, versions, metrics, dir) = (
@@ -213,17 +210,15 @@ impl Server {
                 .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
                 .collect();
         let retrust = {
-            let (acceptor, https, metrics, tls, registry) = (
+            let (acceptor, metrics, tls, registry) = (
                 acceptor.clone(),
-                https_acceptor.clone(),
                 metrics.clone(),
                 config.tls.clone(),
                 registry.clone(),
             );
-            Arc::new(move || match tls_configs(&tls, &registry) {
-                Ok((mqtt, device)) => {
-                    acceptor.swap(mqtt);
-                    https.swap(device);
+            Arc::new(move || match tls_config(&tls, &registry) {
+                Ok(config) => {
+                    acceptor.swap(config);
                     tracing::info!("TLS trust reloaded");
                 }
                 Err(e) => {
@@ -435,7 +430,7 @@ impl Server {
         for addr in &config.mqtt.listen {
             tls_listeners.push(bind(addr).await?);
         }
-        let plaintext = match &config.mqtt.plaintext_listen {
+        let plaintext_listener = match &config.mqtt.plaintext_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
@@ -443,67 +438,65 @@ impl Server {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let mqtt = tls_listeners
+            .iter()
+            .map(local)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The HTTPS listener is a TLS listener like the others (see `listen`).
         let https = match &config.https.listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let addr = local(&l)?;
+                tls_listeners.push(l);
+                Some(addr)
+            }
             None => None,
         };
+        let plaintext = plaintext_listener.as_ref().map(local).transpose()?;
 
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
-        let mut mqtt = Vec::new();
+        // Every TLS listener may hand a connection to the device HTTPS
+        // endpoint (see `listen`), so its server runs whatever is configured.
+        let (handed, rx) = tokio::sync::mpsc::channel(HANDSHAKEN);
+        {
+            let device = Arc::new(crate::http::device::Device {
+                data: data.clone(),
+                jobs: jobs.clone(),
+                shared: shared.clone(),
+            });
+            let app = crate::http::device::router(device)
+                .into_make_service_with_connect_info::<crate::http::device::Peer>();
+            let local = https.or(mqtt.first().copied());
+            let local = local.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            let listener = crate::http::device::Handshaken::new(rx, local);
+            spawn_served(
+                &tracker,
+                "device HTTPS endpoint",
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned()),
+            );
+        }
+        let routes = listen::Routes {
+            shared: shared.clone(),
+            https: handed,
+        };
         for l in tls_listeners {
-            mqtt.push(local(&l)?);
-            tracker.spawn(mqtt_accept_loop(
+            tracker.spawn(listen::tls_listener(
                 l,
-                Some(acceptor.clone()),
+                acceptor.clone(),
+                routes.clone(),
+                permits.clone(),
+                tracker.clone(),
+            ));
+        }
+        if let Some(l) = plaintext_listener {
+            tracker.spawn(listen::plaintext_listener(
+                l,
                 shared.clone(),
                 permits.clone(),
                 tracker.clone(),
             ));
         }
-        let plaintext = match plaintext {
-            Some(l) => {
-                let addr = local(&l)?;
-                tracker.spawn(mqtt_accept_loop(
-                    l,
-                    None,
-                    shared.clone(),
-                    permits.clone(),
-                    tracker.clone(),
-                ));
-                Some(addr)
-            }
-            None => None,
-        };
-        let https = match https {
-            Some(l) => {
-                let addr = local(&l)?;
-                let device = Arc::new(crate::http::device::Device {
-                    data: data.clone(),
-                    jobs: jobs.clone(),
-                    shared: shared.clone(),
-                });
-                let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKEN);
-                tracker.spawn(https_accept_loop(
-                    l,
-                    https_acceptor,
-                    shared.clone(),
-                    permits.clone(),
-                    tracker.clone(),
-                    tx,
-                ));
-                let app = crate::http::device::router(device)
-                    .into_make_service_with_connect_info::<crate::http::device::Peer>();
-                let listener = crate::http::device::Handshaken::new(rx, addr);
-                spawn_served(
-                    &tracker,
-                    "device HTTPS listener",
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown.clone().cancelled_owned()),
-                );
-                Some(addr)
-            }
-            None => None,
-        };
         let control = Arc::new(crate::http::control::Control {
             rules: book,
             templates: catalog,
@@ -666,22 +659,17 @@ fn endpoint_host(config: &Config) -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// The MQTT and HTTPS server configurations for the `[tls]` files and the
-/// CAs registered through the control plane.
-/// The TLS configurations of the MQTT and HTTPS listeners, trusting the
-/// configured and the registered CAs; the registry takes the revocation
-/// lists at the same time, so that live connections of listed certificates
-/// close when a list changes.
-fn tls_configs(
+/// The TLS configuration of every listener, trusting the configured and
+/// the registered CAs; the registry takes the revocation lists at the same
+/// time, so that live connections of listed certificates close when a list
+/// changes.
+fn tls_config(
     tls: &crate::config::Tls,
     registry: &Registry,
-) -> Result<(rustls::ServerConfig, rustls::ServerConfig), TlsError> {
+) -> Result<rustls::ServerConfig, TlsError> {
     let registered = registry.registered_roots();
     registry.apply_revocation_lists(&tls::Revoked::read(tls.crl.as_deref())?);
-    Ok((
-        tls::server_config(tls, tls::ALPN, &registered)?,
-        tls::server_config(tls, tls::HTTPS_ALPN, &registered)?,
-    ))
+    tls::server_config(tls, tls::ALPN, &registered)
 }
 
 /// Watches `dir`, keeping the watch in `watches`; a directory that cannot be
@@ -794,221 +782,10 @@ fn local(l: &TcpListener) -> Result<SocketAddr, ServerError> {
     })
 }
 
-/// Accepts connections and spawns `serve` for each in a task of its own,
-/// with one of the connection permits; past the limit a connection is
-/// refused and counted.
-async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-    serve: F,
-) where
-    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let limits = &shared.config.limits;
-        let address = || peer.ip().to_canonical().to_string();
-        if limits.connections_per_second_per_address > 0
-            && !shared.arrivals.lock().admit(
-                Instant::now(),
-                &address(),
-                limits.connections_per_second_per_address,
-                limits.connection_burst_per_address,
-            )
-        {
-            shared
-                .metrics
-                .refused(crate::metrics::LimitKind::ConnectionRate);
-            crate::refusal!(
-                &address(),
-                "connection_rate",
-                %peer,
-                "too many new connections a second from this address"
-            );
-            continue;
-        }
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            shared
-                .metrics
-                .handshake_failed(HandshakeFailure::ConnectionLimit);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tracker.spawn(serve(stream, peer, permit));
-    }
-}
-
-/// Serves MQTT connections; the handshake runs in the connection's task.
-async fn mqtt_accept_loop(
-    listener: TcpListener,
-    acceptor: Option<Arc<Acceptor>>,
-    shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-) {
-    let timeout = shared.config.tls.handshake_timeout();
-    let session = shared.clone();
-    accept_loop(
-        listener,
-        shared,
-        permits,
-        tracker,
-        move |stream, peer, permit| {
-            let (shared, acceptor) = (session.clone(), acceptor.clone());
-            async move {
-                let _permit = permit;
-                let deadline = Instant::now() + timeout;
-                match acceptor {
-                    Some(a) => handshake(stream, peer, &a, shared, deadline).await,
-                    None => conn::serve(stream, conn::Peer::plain(peer), shared, deadline).await,
-                }
-            }
-        },
-    )
-    .await;
-}
-
-/// Serves device HTTPS connections: each handshake runs in its own task
-/// under the same deadline as MQTT, and a finished one whose certificate is
-/// admitted is handed to the HTTP server with its permit.
-async fn https_accept_loop(
-    listener: TcpListener,
-    acceptor: Arc<Acceptor>,
-    shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-    ready: tokio::sync::mpsc::Sender<(crate::http::device::Conn, crate::http::device::Peer)>,
-) {
-    let timeout = shared.config.tls.handshake_timeout();
-    let idle = Duration::from_secs(shared.config.https.idle_timeout_secs);
-    let session = shared.clone();
-    accept_loop(
-        listener,
-        shared,
-        permits,
-        tracker,
-        move |stream, peer, permit| {
-            let (acceptor, shared, ready) = (acceptor.clone(), session.clone(), ready.clone());
-            async move {
-                let deadline = Instant::now() + timeout;
-                let Some((tls, identity, domain_name)) =
-                    tls_accept(stream, peer, &acceptor, &shared.metrics, deadline).await
-                else {
-                    return;
-                };
-                if admission::admit(&shared, &identity, "").is_none() {
-                    return;
-                }
-                let peer = crate::http::device::Peer {
-                    addr: peer,
-                    identity: Some(Arc::new(identity)),
-                    domain_name: domain_name.map(Arc::from),
-                };
-                let _ = ready
-                    .send((crate::http::device::Conn::new(tls, permit, idle), peer))
-                    .await;
-            }
-        },
-    )
-    .await;
-}
-
-/// The TLS handshake, the client certificate's identity and the server
-/// name the client asked for, by `deadline`; a failure is counted and
-/// logged.
-async fn tls_accept(
-    stream: TcpStream,
-    peer: SocketAddr,
-    acceptor: &Acceptor,
-    metrics: &Metrics,
-    deadline: Instant,
-) -> Option<(Box<stream::TlsStream>, ClientIdentity, Option<Box<str>>)> {
-    // Boxed, and the stream after it: the handshake's state is freed once it
-    // is done, and the connection's future holds a pointer to the stream.
-    let accept = Box::pin(stream::accept(stream, acceptor.current()));
-    let mut tls = match tokio::time::timeout_at(deadline, accept).await {
-        Err(_) => {
-            metrics.handshake_failed(HandshakeFailure::Timeout);
-            refused_handshake(peer, HandshakeFailure::Timeout, &"");
-            return None;
-        }
-        Ok(Err(e)) => {
-            let reason = tls::classify(&e);
-            metrics.handshake_failed(reason);
-            refused_handshake(peer, reason, &e);
-            return None;
-        }
-        Ok(Ok(s)) => Box::new(s),
-    };
-    let domain_name = tls.take_server_name();
-    let identity = tls
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|der| ClientIdentity::from_der(der));
-    let Some(identity) = identity else {
-        metrics.handshake_failed(HandshakeFailure::BadCertificate);
-        refused_handshake(
-            peer,
-            HandshakeFailure::BadCertificate,
-            &"unreadable certificate",
-        );
-        return None;
-    };
-    Some((tls, identity, domain_name))
-}
-
 /// Where the CA's certificate and key are, to issue certificates with.
 fn ca_dir(config: &Config) -> std::path::PathBuf {
     config.tls.ca.parent().map_or_else(
         || std::path::PathBuf::from("."),
         std::path::Path::to_path_buf,
     )
-}
-
-/// The operator's line for a refused handshake: the source address, the
-/// reason in words, and what TLS said.
-fn refused_handshake(peer: SocketAddr, failure: HandshakeFailure, detail: &dyn std::fmt::Display) {
-    let who = peer.ip().to_string();
-    crate::refusal!(
-        &who,
-        failure.label(),
-        %peer,
-        why = tls::in_words(failure),
-        detail = %detail,
-        "TLS handshake refused"
-    );
-}
-
-async fn handshake(
-    stream: TcpStream,
-    peer: SocketAddr,
-    acceptor: &Acceptor,
-    shared: Arc<Shared>,
-    deadline: Instant,
-) {
-    if let Some((tls, identity, domain_name)) =
-        tls_accept(stream, peer, acceptor, &shared.metrics, deadline).await
-    {
-        let origin = conn::Peer {
-            addr: peer,
-            identity: Some(Box::new(identity)),
-            domain_name,
-        };
-        conn::serve(tls, origin, shared, deadline).await;
-    }
 }

@@ -8,3 +8,4 @@ pub mod device;
 pub mod jobs_data;
 pub mod operators;
 pub mod sigv4;
+pub mod upgrade;

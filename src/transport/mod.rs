@@ -1,5 +1,6 @@
-//! How bytes reach a session: listeners, TLS, and client identity.
+//! How bytes reach a session: listeners, TLS, WebSockets, and client identity.
 
 pub mod pki;
 pub mod stream;
 pub mod tls;
+pub mod ws;

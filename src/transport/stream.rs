@@ -187,6 +187,22 @@ impl TlsStream {
         self.server_name.take()
     }
 
+    /// The application protocol agreed in the handshake (ALPN), if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.conn.alpn_protocol()
+    }
+
+    /// Puts `bytes` back in front of what is still to be read: a listener
+    /// that read the start of a connection to route it hands it on whole.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        let r = &mut self.tls.received;
+        let mut plain = Vec::with_capacity(bytes.len() + r.plain.len() - r.taken);
+        plain.extend_from_slice(bytes);
+        plain.extend_from_slice(&r.plain[r.taken..]);
+        r.plain = plain;
+        r.taken = 0;
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_send(cx))?;

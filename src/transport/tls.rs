@@ -5,8 +5,8 @@
 //! static-RSA suites), TLS 1.2 and 1.3, client certificates required and
 //! verified against the configured CA(s) with webpki (chain, validity,
 //! key usage) and, when `tls.crl` names a file, against its certificate
-//! revocation lists. ALPN `x-amzn-mqtt-ca` and `mqtt` are accepted as AWS IoT does;
-//! clients that offer no ALPN are served too. Session tickets are off, as on
+//! revocation lists. ALPN protocols are accepted as AWS IoT's port 443 does
+//! (see [`ALPN`]); clients that offer no ALPN are served too. Session tickets are off, as on
 //! AWS IoT.
 
 use crate::config::Tls;
@@ -20,11 +20,15 @@ use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
 
-/// ALPN protocols the MQTT listeners accept, as on AWS IoT.
-pub const ALPN: &[&[u8]] = &[b"x-amzn-mqtt-ca", b"mqtt"];
+/// ALPN protocols every TLS listener accepts, as AWS IoT's port 443 does:
+/// MQTT (`x-amzn-mqtt-ca`, `mqtt`), then HTTP (`x-amzn-http-ca`,
+/// `http/1.1`: the device HTTPS endpoint, or MQTT over WebSockets).
+pub const ALPN: &[&[u8]] = &[b"x-amzn-mqtt-ca", b"mqtt", b"x-amzn-http-ca", b"http/1.1"];
 
-/// ALPN protocols the device HTTPS endpoint accepts, as on AWS IoT.
-pub const HTTPS_ALPN: &[&[u8]] = &[b"x-amzn-http-ca", b"http/1.1"];
+/// Whether an agreed ALPN protocol is MQTT's.
+pub fn is_mqtt_alpn(protocol: &[u8]) -> bool {
+    ALPN[..2].contains(&protocol)
+}
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +254,7 @@ pub fn in_words(failure: HandshakeFailure) -> &'static str {
         HandshakeFailure::BadConnect => "the first packet was not a valid CONNECT",
         HandshakeFailure::Refused => "the CONNECT was refused",
         HandshakeFailure::ConnectionLimit => "the gateway is at its connection limit",
+        HandshakeFailure::BadUpgrade => "the HTTP request was no WebSocket upgrade to serve",
     }
 }
 

@@ -342,6 +342,22 @@ impl V4 {
             opts.set_last_will(w);
         }
         tweak(&mut opts);
+        Self::start(opts).await
+    }
+
+    /// Connects as client `id` with its certificate over `wss://` to `port`.
+    pub async fn wss(t: &TestServer, port: u16, id: &str) -> Self {
+        let url = format!("wss://localhost:{port}/mqtt");
+        let mut opts = rumqttc::MqttOptions::new(id, url, port);
+        opts.set_transport(rumqttc::Transport::wss_with_config(
+            rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&t.device(id)))),
+        ));
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(256 * 1024, 256 * 1024);
+        Self::start(opts).await
+    }
+
+    async fn start(opts: rumqttc::MqttOptions) -> Self {
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
         let (tx, mut events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -515,6 +531,22 @@ impl V5 {
         ));
         opts.set_keep_alive(Duration::from_secs(30));
         tweak(&mut opts);
+        Self::start(opts).await
+    }
+
+    /// Connects as client `id` with its certificate over `wss://` to `port`.
+    pub async fn wss(t: &TestServer, port: u16, id: &str) -> Self {
+        let url = format!("wss://localhost:{port}/mqtt");
+        let mut opts = rumqttc::v5::MqttOptions::new(id, url, port);
+        opts.set_transport(rumqttc::Transport::wss_with_config(
+            rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&t.device(id)))),
+        ));
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(Some(256 * 1024));
+        Self::start(opts).await
+    }
+
+    async fn start(opts: rumqttc::v5::MqttOptions) -> Self {
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 100);
         let (tx, mut events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {

@@ -1,0 +1,377 @@
+//! The listeners: accepting connections within the gateway's limits, the
+//! TLS handshake, and routing each connection to what it speaks, as AWS
+//! IoT's port 443 does.
+//!
+//! Every TLS listener serves everything: ALPN `x-amzn-mqtt-ca` or `mqtt`
+//! is MQTT; any other protocol, or none, is decided by the first byte the
+//! client sends (an MQTT CONNECT begins with 0x10, an HTTP request with a
+//! method name). HTTP is an upgrade to MQTT over WebSockets on `/mqtt`, or
+//! a request for the device HTTPS endpoint, handed to its server whole. So
+//! an MQTT listener without ALPN speaks MQTT and the HTTPS listener HTTPS,
+//! as before, and one port can serve all three. The plaintext listener
+//! serves MQTT and, for an upgrade, MQTT over `ws://`.
+//!
+//! One deadline covers TLS, the upgrade and CONNECT.
+
+use crate::http::device;
+use crate::http::upgrade::{self, Opening};
+use crate::metrics::{HandshakeFailure, LimitKind, Metrics, Transport};
+use crate::registry::ClientIdentity;
+use crate::session::admission;
+use crate::session::conn::{self, Shared};
+use crate::transport::stream::{self, TlsStream};
+use crate::transport::tls::{self, Acceptor};
+use crate::transport::ws::WsStream;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+/// The first byte of an MQTT CONNECT (packet type 1, no flags).
+const CONNECT: u8 = 0x10;
+
+/// Where connections go once their transport is up.
+#[derive(Debug, Clone)]
+pub(super) struct Routes {
+    /// Sessions, the registry, configuration and metrics.
+    pub(super) shared: Arc<Shared>,
+    /// The device HTTPS endpoint's queue of connections.
+    pub(super) https: mpsc::Sender<(device::Conn, device::Peer)>,
+}
+
+/// Accepts connections and spawns `serve` for each in a task of its own,
+/// with one of the connection permits; past the limit a connection is
+/// refused and counted.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let limits = &shared.config.limits;
+        let address = || peer.ip().to_canonical().to_string();
+        if limits.connections_per_second_per_address > 0
+            && !shared.arrivals.lock().admit(
+                Instant::now(),
+                &address(),
+                limits.connections_per_second_per_address,
+                limits.connection_burst_per_address,
+            )
+        {
+            shared.metrics.refused(LimitKind::ConnectionRate);
+            crate::refusal!(
+                &address(),
+                "connection_rate",
+                %peer,
+                "too many new connections a second from this address"
+            );
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .handshake_failed(HandshakeFailure::ConnectionLimit);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tracker.spawn(serve(stream, peer, permit));
+    }
+}
+
+/// Serves a TLS listener: each connection's handshake and routing run in
+/// its own task.
+pub(super) async fn tls_listener(
+    listener: TcpListener,
+    acceptor: Arc<Acceptor>,
+    routes: Routes,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let timeout = routes.shared.config.tls.handshake_timeout();
+    let shared = routes.shared.clone();
+    accept_loop(
+        listener,
+        shared,
+        permits,
+        tracker,
+        move |stream, peer, permit| {
+            let (acceptor, routes) = (acceptor.clone(), routes.clone());
+            async move {
+                let deadline = Instant::now() + timeout;
+                let metrics = &routes.shared.metrics;
+                let Some((mut tls, identity, domain_name)) =
+                    tls_accept(stream, peer, &acceptor, metrics, deadline).await
+                else {
+                    return;
+                };
+                let mqtt = match tls.alpn() {
+                    Some(p) if tls::is_mqtt_alpn(p) => true,
+                    _ => match first_byte(&mut tls, peer, metrics, deadline).await {
+                        Some(b) => {
+                            tls.unread(&[b]);
+                            b == CONNECT
+                        }
+                        None => return,
+                    },
+                };
+                let origin = conn::Peer {
+                    addr: peer,
+                    identity: Some(Box::new(identity)),
+                    domain_name,
+                };
+                if mqtt {
+                    metrics.routed(Transport::Mqtt);
+                    conn::serve(tls, origin, routes.shared, deadline).await;
+                    return;
+                }
+                let Some((opening, tls)) = open(tls, peer, metrics, deadline).await else {
+                    return;
+                };
+                match opening {
+                    Opening::Http(read) => https(tls, read, origin, permit, &routes).await,
+                    opening => websocket(tls, opening, origin, &routes.shared, deadline).await,
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Serves the plaintext listener: MQTT, or MQTT over `ws://`.
+pub(super) async fn plaintext_listener(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let timeout = shared.config.tls.handshake_timeout();
+    let session = shared.clone();
+    accept_loop(
+        listener,
+        shared,
+        permits,
+        tracker,
+        move |stream, peer, permit| {
+            let shared = session.clone();
+            async move {
+                let _permit = permit;
+                let deadline = Instant::now() + timeout;
+                let mut first = [0; 1];
+                let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
+                let origin = conn::Peer::plain(peer);
+                match peeked {
+                    Ok(Ok(1)) if first[0] != CONNECT => {
+                        if let Some((opening, stream)) =
+                            open(stream, peer, &shared.metrics, deadline).await
+                        {
+                            websocket(stream, opening, origin, &shared, deadline).await;
+                        }
+                    }
+                    _ => {
+                        shared.metrics.routed(Transport::Mqtt);
+                        conn::serve(stream, origin, shared, deadline).await;
+                    }
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// The client's first byte, read by `deadline`; a failure is counted.
+async fn first_byte(
+    tls: &mut TlsStream,
+    peer: SocketAddr,
+    metrics: &Metrics,
+    deadline: Instant,
+) -> Option<u8> {
+    let mut b = [0; 1];
+    match tokio::time::timeout_at(deadline, tls.read(&mut b)).await {
+        Ok(Ok(1)) => Some(b[0]),
+        Ok(_) => {
+            metrics.handshake_failed(HandshakeFailure::Io);
+            None
+        }
+        Err(_) => {
+            metrics.handshake_failed(HandshakeFailure::Timeout);
+            refused_handshake(peer, HandshakeFailure::Timeout, &"");
+            None
+        }
+    }
+}
+
+/// Reads the first HTTP request's head by `deadline`; a failure is counted.
+async fn open<S: AsyncRead + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    metrics: &Metrics,
+    deadline: Instant,
+) -> Option<(Opening, S)> {
+    match tokio::time::timeout_at(deadline, upgrade::open(&mut stream)).await {
+        Ok(Ok(Some(opening))) => Some((opening, stream)),
+        Ok(_) => {
+            metrics.handshake_failed(HandshakeFailure::Io);
+            None
+        }
+        Err(_) => {
+            metrics.handshake_failed(HandshakeFailure::Timeout);
+            refused_handshake(peer, HandshakeFailure::Timeout, &"");
+            None
+        }
+    }
+}
+
+/// Serves MQTT over a WebSocket upgrade, or answers a refused request.
+async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    opening: Opening,
+    origin: conn::Peer,
+    shared: &Arc<Shared>,
+    deadline: Instant,
+) {
+    let metrics = &shared.metrics;
+    let peer = origin.addr;
+    match opening {
+        Opening::WebSocket { request, early } => {
+            let answered =
+                tokio::time::timeout_at(deadline, upgrade::accept(&mut stream, &request));
+            if !matches!(answered.await, Ok(Ok(()))) {
+                metrics.handshake_failed(HandshakeFailure::Io);
+                return;
+            }
+            metrics.routed(Transport::WebSocket);
+            let max = shared.config.limits.max_packet_bytes;
+            let ws = WsStream::new(stream, early, max);
+            conn::serve(ws, origin, shared.clone(), deadline).await;
+        }
+        Opening::Refused { status, why } => {
+            metrics.handshake_failed(HandshakeFailure::BadUpgrade);
+            crate::refusal!(
+                &peer.ip().to_string(),
+                HandshakeFailure::BadUpgrade.label(),
+                %peer,
+                status,
+                why,
+                "HTTP request refused"
+            );
+            let refused = upgrade::refuse(&mut stream, status, why);
+            let _ = tokio::time::timeout_at(deadline, refused).await;
+        }
+        Opening::Http(_) => {
+            metrics.handshake_failed(HandshakeFailure::BadUpgrade);
+            let refused =
+                upgrade::refuse(&mut stream, 404, "only MQTT over WebSockets is served here");
+            let _ = tokio::time::timeout_at(deadline, refused).await;
+        }
+    }
+}
+
+/// Hands an HTTP connection to the device HTTPS endpoint, with what was
+/// read of it, once its certificate is admitted.
+async fn https(
+    mut tls: Box<TlsStream>,
+    read: Vec<u8>,
+    origin: conn::Peer,
+    permit: OwnedSemaphorePermit,
+    routes: &Routes,
+) {
+    let shared = &routes.shared;
+    let Some(identity) = origin.identity else {
+        return;
+    };
+    if admission::admit(shared, &identity, "").is_none() {
+        return;
+    }
+    shared.metrics.routed(Transport::Https);
+    tls.unread(&read);
+    let peer = device::Peer {
+        addr: origin.addr,
+        identity: Some(Arc::from(identity)),
+        domain_name: origin.domain_name.map(Arc::from),
+    };
+    let idle = Duration::from_secs(shared.config.https.idle_timeout_secs);
+    let _ = routes
+        .https
+        .send((device::Conn::new(tls, permit, idle), peer))
+        .await;
+}
+
+/// The TLS handshake, the client certificate's identity and the server
+/// name the client asked for, by `deadline`; a failure is counted and
+/// logged.
+async fn tls_accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &Acceptor,
+    metrics: &Metrics,
+    deadline: Instant,
+) -> Option<(Box<TlsStream>, ClientIdentity, Option<Box<str>>)> {
+    // Boxed, and the stream after it: the handshake's state is freed once it
+    // is done, and the connection's future holds a pointer to the stream.
+    let accept = Box::pin(stream::accept(stream, acceptor.current()));
+    let mut tls = match tokio::time::timeout_at(deadline, accept).await {
+        Err(_) => {
+            metrics.handshake_failed(HandshakeFailure::Timeout);
+            refused_handshake(peer, HandshakeFailure::Timeout, &"");
+            return None;
+        }
+        Ok(Err(e)) => {
+            let reason = tls::classify(&e);
+            metrics.handshake_failed(reason);
+            refused_handshake(peer, reason, &e);
+            return None;
+        }
+        Ok(Ok(s)) => Box::new(s),
+    };
+    let domain_name = tls.take_server_name();
+    let identity = tls
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| ClientIdentity::from_der(der));
+    let Some(identity) = identity else {
+        metrics.handshake_failed(HandshakeFailure::BadCertificate);
+        refused_handshake(
+            peer,
+            HandshakeFailure::BadCertificate,
+            &"unreadable certificate",
+        );
+        return None;
+    };
+    Some((tls, identity, domain_name))
+}
+
+/// The operator's line for a refused handshake: the source address, the
+/// reason in words, and what TLS said.
+fn refused_handshake(peer: SocketAddr, failure: HandshakeFailure, detail: &dyn std::fmt::Display) {
+    let who = peer.ip().to_string();
+    crate::refusal!(
+        &who,
+        failure.label(),
+        %peer,
+        why = tls::in_words(failure),
+        detail = %detail,
+        "TLS handshake refused"
+    );
+}

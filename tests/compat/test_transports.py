@@ -1,0 +1,80 @@
+"""One port for every transport: paho-mqtt over WebSockets with a client
+certificate, the AWS IoT Device SDK's CRT offering ALPN x-amzn-mqtt-ca as on
+port 443, and the README's curl line reaching the device HTTPS endpoint on
+the MQTT port."""
+import json
+import queue
+import subprocess
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import published
+from test_paho import PROTOCOLS, client, subscribe
+from test_readme import readme_lines
+
+WAIT = 10
+
+
+def ws_connect(c, gateway):
+    c.ws_set_options(path="/mqtt")
+    connected = queue.Queue()
+    c.on_connect = lambda _c, _u, _f, rc, _p=None: connected.put(rc)
+    c.connect("localhost", gateway.port, keepalive=30)
+    c.loop_start()
+    rc = connected.get(timeout=WAIT)
+    assert not rc.is_failure, rc
+    return c
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=["v311", "v5"])
+def test_paho_over_websockets_with_a_client_certificate(gateway, protocol):
+    sub = ws_connect(client(gateway, f"ws-sub-{protocol}", protocol, transport="websockets"), gateway)
+    subscribe(sub, "ws/+/data", 1)
+    pub = ws_connect(client(gateway, f"ws-pub-{protocol}", protocol, transport="websockets"), gateway)
+    for qos in (0, 1):
+        published(pub.publish(f"ws/q{qos}/data", f"over ws {qos}", qos=qos), WAIT)
+        msg = sub.messages.get(timeout=WAIT)
+        assert (msg.topic, msg.payload, msg.qos) == (f"ws/q{qos}/data", f"over ws {qos}".encode(), qos)
+    for c in (sub, pub):
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_the_device_sdk_offering_alpn_x_amzn_mqtt_ca_as_on_port_443(gateway):
+    # The SDK's builder offers the ALPN only when the port is 443, which a
+    # test cannot bind; its CRT is given the same options the builder gives.
+    from awscrt import io, mqtt as crt
+    cert, key = gateway.device("alpn-device")
+    options = io.TlsContextOptions.create_client_with_mtls_from_path(cert, key)
+    options.override_default_trust_store_from_path(None, gateway.ca)
+    options.alpn_list = ["x-amzn-mqtt-ca"]
+    crt_client = crt.Client(io.ClientBootstrap.get_or_create_static_default(), io.ClientTlsContext(options))
+    conn = crt.Connection(client=crt_client, host_name="localhost", port=gateway.port,
+                          client_id="alpn-device", clean_session=True, keep_alive_secs=30)
+    conn.connect().result(WAIT)
+    got = queue.Queue()
+    future, _ = conn.subscribe("alpn/echo", crt.QoS.AT_LEAST_ONCE,
+                               lambda topic, payload, **_: got.put((topic, payload)))
+    future.result(WAIT)
+    future, _ = conn.publish("alpn/echo", b"via 443's ALPN", crt.QoS.AT_LEAST_ONCE)
+    future.result(WAIT)
+    assert got.get(timeout=WAIT) == ("alpn/echo", b"via 443's ALPN")
+    conn.disconnect().result(WAIT)
+
+
+def test_the_readme_curl_line_reaches_the_shadow_on_the_mqtt_port(default_gateway):
+    gateway = default_gateway
+    certs = gateway.certs
+    auth = ["--cacert", str(certs / "ca.pem"), "--cert", str(certs / "device-1.pem"),
+            "--key", str(certs / "device-1.key")]
+    update = subprocess.run(
+        ["curl", "-sS", "-f", *auth, "-d", '{"state":{"reported":{"port":"one"}}}',
+         f"https://localhost:{gateway.https.split(':')[1]}/things/device-1/shadow"],
+        capture_output=True, text=True, timeout=WAIT + 5)
+    assert update.returncode == 0, update.stderr
+    (line,) = [l for l in readme_lines("curl --cacert") if "localhost:8883" in l]
+    line = line.replace("data/certs/", f"{certs}/").replace("localhost:8883", f"localhost:{gateway.port}")
+    done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=WAIT + 5)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"]["reported"] == {"port": "one"}

@@ -1,0 +1,217 @@
+//! MQTT over WebSockets and one port for everything: rumqttc over `wss://`
+//! with a client certificate, raw frames for what no client library sends
+//! (fragments, pings, closes), and each TLS listener routing MQTT, HTTPS
+//! and WebSockets by ALPN as AWS IoT's port 443 does.
+
+mod common;
+
+use common::*;
+use rumqttc::QoS;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A client frame, masked as RFC 6455 requires.
+fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    assert!(payload.len() < 126, "test frames are small");
+    out.push(0x80 | payload.len() as u8);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+const UPGRADE: &str = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+
+/// Sends `request` and reads the response head.
+async fn ask_http<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, request: &str) -> String {
+    s.write_all(request.as_bytes()).await.expect("write");
+    s.flush().await.expect("flush");
+    let mut head = Vec::new();
+    let mut b = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut b))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    String::from_utf8(head).expect("ASCII")
+}
+
+/// Reads exactly `n` bytes.
+async fn read_n<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<u8> {
+    let mut out = vec![0; n];
+    tokio::time::timeout(WAIT, s.read_exact(&mut out))
+        .await
+        .expect("bytes in time")
+        .expect("read");
+    out
+}
+
+/// A TLS connection offering `alpn`, with a certificate for `cn`.
+async fn tls(t: &TestServer, addr: SocketAddr, cn: &str, alpn: &[&[u8]]) -> Raw {
+    let mut config = (*t.tls_config(Some(&t.device(cn)))).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Raw::connect(addr, Arc::new(config)).await.expect("TLS")
+}
+
+const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_311_and_5_travel_over_wss_with_a_client_certificate() {
+    let t = TestServer::start().await;
+    let port = t.addr().port();
+    let mut v4 = V4::wss(&t, port, "ws-four").await;
+    let mut v5 = V5::wss(&t, port, "ws-five").await;
+    let tcp = t.v4("plain-tls", true).await;
+    v4.subscribe("ws/+", QoS::AtLeastOnce).await;
+    v5.client
+        .subscribe("ws/+", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    v5.suback().await;
+    tcp.publish("ws/a", QoS::AtLeastOnce, false, b"from TLS")
+        .await;
+    assert_eq!(&v4.recv().await.payload[..], b"from TLS");
+    assert_eq!(&v5.recv().await.payload[..], b"from TLS");
+    // Larger than one frame's worth of a small write, and both ways.
+    let big = vec![7u8; 100_000];
+    v4.publish("ws/b", QoS::AtLeastOnce, false, &big).await;
+    assert_eq!(v5.recv().await.payload.len(), big.len());
+    let metrics = t.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "edgegate_transport_connections_total{transport=\"websocket\"}"
+        ),
+        2.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "edgegate_transport_connections_total{transport=\"mqtt\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_pings_and_closes_are_handled_as_rfc_6455_says() {
+    let t = TestServer::start().await;
+    let mut c = tls(&t, t.addr(), "frames", &[]).await;
+    let head = ask_http(&mut c.stream, UPGRADE).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(lower.contains("sec-websocket-protocol: mqtt"), "{head}");
+    // CONNECT in two fragments with a ping between them.
+    let connect = connect_bytes(4, "frames", 30);
+    let (a, b) = connect.split_at(5);
+    let mut sent = frame(false, 0x2, a);
+    sent.extend(frame(true, 0x9, b"are you there"));
+    sent.extend(frame(true, 0x0, b));
+    c.send(&sent).await;
+    assert_eq!(read_n(&mut c.stream, 15).await, b"\x8a\x0dare you there");
+    let connack = read_n(&mut c.stream, 6).await;
+    assert_eq!(connack[..2], [0x82, 0x04]);
+    assert_eq!(connack[2..], CONNACK_OK);
+    // PINGREQ, as a frame of its own, is answered in one.
+    c.send(&frame(true, 0x2, &[0xc0, 0x00])).await;
+    assert_eq!(read_n(&mut c.stream, 4).await, [0x82, 0x02, 0xd0, 0x00]);
+    // The client closes: the gateway answers with the same code and goes.
+    c.send(&frame(true, 0x8, &1000u16.to_be_bytes())).await;
+    let rest = c.read_to_close().await;
+    assert_eq!(rest, [0x88, 0x02, 0x03, 0xe8]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_frame_ends_the_connection_with_close_1003() {
+    let t = TestServer::start().await;
+    let mut c = tls(&t, t.addr(), "texter", &[]).await;
+    let head = ask_http(&mut c.stream, UPGRADE).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    c.send(&frame(true, 0x1, b"\x10")).await;
+    let rest = c.read_to_close().await;
+    assert_eq!(rest, [0x88, 0x02, 0x03, 0xeb]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tls_listener_routes_mqtt_https_and_websockets_by_alpn() {
+    let t = TestServer::start().await;
+    let ports = [t.addr(), t.server().https.expect("https listener")];
+    let shadow = "GET /things/lamp/shadow HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for addr in ports {
+        for (i, alpn) in [&b"x-amzn-mqtt-ca"[..], b"mqtt"].into_iter().enumerate() {
+            let id = format!("router-{}-{i}", addr.port());
+            let mut c = tls(&t, addr, &id, &[alpn]).await;
+            c.send(&connect_bytes(4, &id, 30)).await;
+            assert_eq!(c.read_n(4).await, CONNACK_OK, "{addr} {alpn:?}");
+        }
+        for alpn in [&[&b"x-amzn-http-ca"[..]][..], &[b"http/1.1"], &[]] {
+            let mut c = tls(&t, addr, "router", alpn).await;
+            let head = ask_http(&mut c.stream, shadow).await;
+            assert!(head.starts_with("HTTP/1.1 404 "), "{addr} {alpn:?}: {head}");
+            let mut c = tls(&t, addr, "router", alpn).await;
+            let head = ask_http(&mut c.stream, UPGRADE).await;
+            assert!(head.starts_with("HTTP/1.1 101 "), "{addr} {alpn:?}: {head}");
+        }
+        // No ALPN and MQTT: MQTT, as on 8883.
+        let id = format!("router-{}", addr.port());
+        let mut c = tls(&t, addr, &id, &[]).await;
+        c.send(&connect_bytes(5, &id, 30)).await;
+        let connack = c.read_n(4).await;
+        assert_eq!((connack[0], connack[3]), (0x20, 0x00), "{addr}");
+    }
+    let metrics = t.metrics().await;
+    for (transport, want) in [("mqtt", 6.0), ("https", 6.0), ("websocket", 6.0)] {
+        let series = format!("edgegate_transport_connections_total{{transport=\"{transport}\"}}");
+        assert_eq!(metric(&metrics, &series), want, "{transport}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_upgrades_get_http_errors_and_are_counted() {
+    let t = TestServer::start().await;
+    for (request, status) in [
+        (UPGRADE.replace("/mqtt", "/chat"), "404"),
+        (UPGRADE.replace("Protocol: mqtt", "Protocol: wamp"), "400"),
+        (UPGRADE.replace("Version: 13", "Version: 8"), "426"),
+    ] {
+        let mut c = tls(&t, t.addr(), "refused", &[]).await;
+        let head = ask_http(&mut c.stream, &request).await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+    }
+    let metrics = t.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "edgegate_handshake_failures_total{reason=\"bad_upgrade\"}"
+        ),
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_listener_serves_mqtt_over_ws_too() {
+    let t = TestServer::start_with(
+        "[mqtt]\nlisten = [\"127.0.0.1:0\"]\nplaintext_listen = \"127.0.0.1:0\"\n\
+         [auth]\nanonymous_policies = [\"open\"]\n",
+    )
+    .await;
+    let addr = t.server().plaintext.expect("plaintext listener");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let head = ask_http(&mut s, UPGRADE).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    s.write_all(&frame(true, 0x2, &connect_bytes(4, "plain-ws", 30)))
+        .await
+        .expect("write");
+    let connack = read_n(&mut s, 6).await;
+    assert_eq!(connack[2..], CONNACK_OK);
+}
