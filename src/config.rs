@@ -32,6 +32,8 @@ pub struct Config {
     pub mqtt: Mqtt,
     /// The device HTTPS endpoint (mutual TLS).
     pub https: Https,
+    /// More TLS listeners, each with options of its own.
+    pub listeners: Vec<Listener>,
     /// The loopback admin listener (metrics, health).
     pub admin: Admin,
     /// Protocol limits, AWS IoT's by default.
@@ -147,6 +149,31 @@ impl Default for Mqtt {
             topic_alias_maximum: 8,
         }
     }
+}
+
+/// `[[listeners]]`: a TLS listener with options of its own; it serves
+/// what every TLS listener does (MQTT, MQTT over WebSockets, HTTPS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// The address.
+    pub listen: String,
+    /// Whether a client must present a certificate.
+    #[serde(default)]
+    pub client_cert: ClientCert,
+}
+
+/// Whether a listener requires client certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    /// Every client presents one, verified during the handshake.
+    #[default]
+    Required,
+    /// A client may present none and authenticate another way (a
+    /// SigV4-signed WebSocket upgrade); one it presents is still verified,
+    /// and a client that authenticates no way at all is refused.
+    Optional,
 }
 
 /// `[https]`
@@ -486,8 +513,9 @@ impl Config {
                     Some(s) => data_dir = s.into(),
                     None => problems.push("data_dir: expected a string".into()),
                 },
-                "aws" | "tls" | "mqtt" | "https" | "admin" | "limits" | "store" | "policies"
-                | "auth" | "actions" | "events" | "provisioning" | "rules" | "upstream" => {}
+                "aws" | "tls" | "mqtt" | "https" | "listeners" | "admin" | "limits" | "store"
+                | "policies" | "auth" | "actions" | "events" | "provisioning" | "rules"
+                | "upstream" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -497,6 +525,7 @@ impl Config {
             tls: section(&table, "tls", &mut problems),
             mqtt: section(&table, "mqtt", &mut problems),
             https: section(&table, "https", &mut problems),
+            listeners: tables(&table, "listeners", "listen", &mut problems),
             admin: section(&table, "admin", &mut problems),
             limits: section(&table, "limits", &mut problems),
             store: section(&table, "store", &mut problems),
@@ -505,7 +534,7 @@ impl Config {
             actions: section(&table, "actions", &mut problems),
             events: section(&table, "events", &mut problems),
             provisioning: section(&table, "provisioning", &mut problems),
-            rules: rules(&table, &mut problems),
+            rules: tables(&table, "rules", "name", &mut problems),
             upstream: table
                 .contains_key("upstream")
                 .then(|| section::<Upstream>(&table, "upstream", &mut problems)),
@@ -595,7 +624,10 @@ impl Config {
     /// Semantic checks that serde cannot express; returns every problem.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.mqtt.listen.is_empty() && self.mqtt.plaintext_listen.is_none() {
+        if self.mqtt.listen.is_empty()
+            && self.mqtt.plaintext_listen.is_none()
+            && self.listeners.is_empty()
+        {
             problems.push("mqtt.listen: at least one listener is needed".into());
         }
         for addr in &self.mqtt.listen {
@@ -607,6 +639,11 @@ impl Config {
             && let Err(e) = resolve(addr)
         {
             problems.push(format!("https.listen: `{addr}`: {e}"));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Err(e) = resolve(&l.listen) {
+                problems.push(format!("listeners[{i}].listen: `{}`: {e}", l.listen));
+            }
         }
         check_exposure(
             "mqtt.plaintext_listen",
@@ -1114,21 +1151,28 @@ pub struct FileAction {
 
 /// Reads `[[rules]]` one rule at a time, so one broken rule names itself
 /// and does not hide the others' problems.
-fn rules(table: &toml::Table, problems: &mut Vec<String>) -> Vec<Rule> {
-    let Some(value) = table.get("rules") else {
+/// Reads `[[key]]` tables, each on its own so that one's errors do not
+/// hide the others'; a problem names the table by its `label` key.
+fn tables<T: DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    label: &str,
+    problems: &mut Vec<String>,
+) -> Vec<T> {
+    let Some(value) = table.get(key) else {
         return Vec::new();
     };
     let Some(array) = value.as_array() else {
-        problems.push("rules: expected [[rules]] tables".into());
+        problems.push(format!("{key}: expected [[{key}]] tables"));
         return Vec::new();
     };
     let mut out = Vec::new();
     for (i, v) in array.iter().enumerate() {
-        match v.clone().try_into::<Rule>() {
+        match v.clone().try_into::<T>() {
             Ok(r) => out.push(r),
             Err(e) => {
-                let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-                problems.push(format!("rules[{i}] `{name}`: {}", e.to_string().trim()));
+                let name = v.get(label).and_then(|n| n.as_str()).unwrap_or("?");
+                problems.push(format!("{key}[{i}] `{name}`: {}", e.to_string().trim()));
             }
         }
     }

@@ -71,10 +71,10 @@ impl Client {
                         https_port: None,
                     },
                     data: None,
-                    operators: Operators::none(ArnHead::new(
+                    operators: std::sync::Arc::new(Operators::none(ArnHead::new(
                         &config.aws.region,
                         &config.aws.account_id,
-                    )),
+                    ))),
                     audit: None,
                     metrics,
                     store: store.clone(),

@@ -36,7 +36,8 @@ pub struct Connection {
     pub client_id: Arc<str>,
     /// Unique to this connection (`sessionIdentifier`).
     pub session: String,
-    /// The certificate id (`principalIdentifier`), if the client has one.
+    /// The principal's id (`principalIdentifier`): its certificate id, or
+    /// the operator whose signature admitted it.
     pub principal: Option<Arc<str>>,
     /// The thing the connection is associated with (`thingName`).
     pub thing: Option<String>,

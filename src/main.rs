@@ -508,6 +508,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(addr) = server.https {
         tracing::info!(%addr, "device HTTPS listener (mutual TLS: publish, shadows)");
     }
+    for (addr, l) in server.listeners.iter().zip(&config.listeners) {
+        let client_cert = match l.client_cert {
+            edgegate::config::ClientCert::Required => "required",
+            edgegate::config::ClientCert::Optional => "optional",
+        };
+        tracing::info!(%addr, client_cert, "TLS listener (MQTT, MQTT over WebSockets, HTTPS)");
+    }
     if let Some(addr) = server.admin {
         tracing::info!(%addr, "admin listener (/metrics, /healthz, control plane)");
     }
@@ -788,6 +795,7 @@ fn test_authorization(config: &Config, r: TestArgs) -> anyhow::Result<bool> {
                 .contains(&ConnectAttribute::PersistentConnect),
             will_topic,
             domain_name: r.domain_name.as_deref(),
+            vars: &[],
         },
         &head,
     );

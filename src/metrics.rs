@@ -86,6 +86,9 @@ label_enum!(
         /// An HTTP request on an MQTT port that is no WebSocket upgrade the
         /// gateway serves.
         BadUpgrade => "bad_upgrade",
+        /// A WebSocket upgrade whose SigV4 signature is not good: unknown
+        /// key, wrong signature, expired.
+        BadSignature => "bad_signature",
     }
 );
 
@@ -478,6 +481,9 @@ label_enum!(
         CaInactive => "ca_inactive",
         /// A configured revocation list names it.
         Listed => "revocation_list",
+        /// No certificate, on a listener where it is optional, and no
+        /// other credentials.
+        Unauthenticated => "unauthenticated",
     }
 );
 

@@ -89,6 +89,8 @@ pub struct Server {
     pub plaintext: Option<SocketAddr>,
     /// Bound device HTTPS listener, if configured.
     pub https: Option<SocketAddr>,
+    /// Bound `[[listeners]]`, in configuration order.
+    pub listeners: Vec<SocketAddr>,
     /// Bound admin listener, if configured.
     pub admin: Option<SocketAddr>,
     /// Certificates created on this start (first run), if any.
@@ -176,7 +178,7 @@ impl Server {
         if let Some(first) = &first_run {
             register_first_run(&registry, &config, first);
         }
-        let acceptor = Arc::new(Acceptor::new(tls_config(&config.tls, &registry)?));
+        let acceptor = Arc::new(Acceptor::new(tls_configs(&config.tls, &registry)?));
         let mut watches = Vec::new();
         {
             let (store, versions, metrics, dir) = (
@@ -190,7 +192,7 @@ impl Server {
                 versions.sync();
             });
         }
-        let operators = crate::http::operators::Operators::from_config(&config);
+        let operators = Arc::new(crate::http::operators::Operators::from_config(&config));
         if config.admin.policies_dir.is_dir() {
             let (store, metrics, dir) = (
                 operators.policies.clone(),
@@ -216,9 +218,9 @@ impl Server {
                 config.tls.clone(),
                 registry.clone(),
             );
-            Arc::new(move || match tls_config(&tls, &registry) {
-                Ok(config) => {
-                    acceptor.swap(config);
+            Arc::new(move || match tls_configs(&tls, &registry) {
+                Ok(configs) => {
+                    acceptor.swap(configs);
                     tracing::info!("TLS trust reloaded");
                 }
                 Err(e) => {
@@ -452,6 +454,13 @@ impl Server {
             }
             None => None,
         };
+        let mut listeners = Vec::new();
+        let mut configured = Vec::new();
+        for l in &config.listeners {
+            let bound = bind(&l.listen).await?;
+            listeners.push(local(&bound)?);
+            configured.push((bound, l.client_cert));
+        }
         let plaintext = plaintext_listener.as_ref().map(local).transpose()?;
 
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
@@ -479,11 +488,16 @@ impl Server {
         let routes = listen::Routes {
             shared: shared.clone(),
             https: handed,
+            operators: operators.clone(),
         };
-        for l in tls_listeners {
+        let required = tls_listeners
+            .into_iter()
+            .map(|l| (l, crate::config::ClientCert::Required));
+        for (l, client_cert) in required.chain(configured) {
             tracker.spawn(listen::tls_listener(
                 l,
                 acceptor.clone(),
+                client_cert,
                 routes.clone(),
                 permits.clone(),
                 tracker.clone(),
@@ -492,7 +506,7 @@ impl Server {
         if let Some(l) = plaintext_listener {
             tracker.spawn(listen::plaintext_listener(
                 l,
-                shared.clone(),
+                routes.clone(),
                 permits.clone(),
                 tracker.clone(),
             ));
@@ -553,6 +567,7 @@ impl Server {
             mqtt,
             plaintext,
             https,
+            listeners,
             admin,
             first_run,
             metrics,
@@ -659,17 +674,14 @@ fn endpoint_host(config: &Config) -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// The TLS configuration of every listener, trusting the configured and
+/// The TLS configurations of the listeners, trusting the configured and
 /// the registered CAs; the registry takes the revocation lists at the same
 /// time, so that live connections of listed certificates close when a list
 /// changes.
-fn tls_config(
-    tls: &crate::config::Tls,
-    registry: &Registry,
-) -> Result<rustls::ServerConfig, TlsError> {
+fn tls_configs(tls: &crate::config::Tls, registry: &Registry) -> Result<tls::Configs, TlsError> {
     let registered = registry.registered_roots();
     registry.apply_revocation_lists(&tls::Revoked::read(tls.crl.as_deref())?);
-    tls::server_config(tls, tls::ALPN, &registered)
+    tls::Configs::build(tls, &registered)
 }
 
 /// Watches `dir`, keeping the watch in `watches`; a directory that cannot be

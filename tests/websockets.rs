@@ -66,8 +66,9 @@ const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 async fn mqtt_311_and_5_travel_over_wss_with_a_client_certificate() {
     let t = TestServer::start().await;
     let port = t.addr().port();
-    let mut v4 = V4::wss(&t, port, "ws-four").await;
-    let mut v5 = V5::wss(&t, port, "ws-five").await;
+    let url = format!("wss://localhost:{port}/mqtt");
+    let mut v4 = V4::wss(&t, &url, port, "ws-four", Some(&t.device("ws-four"))).await;
+    let mut v5 = V5::wss(&t, &url, port, "ws-five", Some(&t.device("ws-five"))).await;
     let tcp = t.v4("plain-tls", true).await;
     v4.subscribe("ws/+", QoS::AtLeastOnce).await;
     v5.client
@@ -214,4 +215,217 @@ async fn the_plaintext_listener_serves_mqtt_over_ws_too() {
         .expect("write");
     let connack = read_n(&mut s, 6).await;
     assert_eq!(connack[2..], CONNACK_OK);
+}
+
+/// A gateway with a listener where certificates are optional, and two
+/// operators: `AKIDWS` may use `ws/*` topics, `AKIDLOOK` may connect only.
+async fn signing_gateway() -> (TestServer, SocketAddr) {
+    let mut t = TestServer::prepare(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nclient_cert = \"optional\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
+         [[admin.users]]\naccess_key_id = \"AKIDWS\"\nsecret_file = \"ws.secret\"\npolicies = [\"WebSocketClients\"]\n\
+         [[admin.users]]\naccess_key_id = \"AKIDLOOK\"\nsecret_file = \"look.secret\"\npolicies = [\"ConnectOnly\"]\n",
+    );
+    let dir = t.dir.path().join("operator-policies");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let arn = "arn:aws:iot:us-east-1:000000000000";
+    std::fs::write(
+        dir.join("WebSocketClients.json"),
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[
+                {{"Effect":"Allow","Action":"iot:Connect","Resource":"{arn}:client/${{aws:username}}-*"}},
+                {{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"{arn}:topic/ws/*"}},
+                {{"Effect":"Allow","Action":"iot:Subscribe","Resource":"{arn}:topicfilter/ws/*"}}]}}"#
+        ),
+    )
+    .expect("policy");
+    std::fs::write(
+        dir.join("ConnectOnly.json"),
+        format!(r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"iot:Connect","Resource":"{arn}:client/*"}}]}}"#),
+    )
+    .expect("policy");
+    std::fs::write(t.dir.path().join("ws.secret"), "secret-of-ws\n").expect("secret");
+    std::fs::write(t.dir.path().join("look.secret"), "secret-of-look\n").expect("secret");
+    t.boot().await;
+    let addr = t.server().listeners[0];
+    (t, addr)
+}
+
+/// A URL presigned as the Device SDK signs it (`host` signed, service
+/// `iotdevicegateway`), `age` seconds ago, with `extra` query parameters.
+fn presigned(addr: SocketAddr, key: &str, secret: &str, age: i64, extra: &str) -> String {
+    let host = format!("localhost:{}", addr.port());
+    let when = time::OffsetDateTime::now_utc() - time::Duration::seconds(age);
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let date = when.format(&format).expect("date");
+    let query = edgegate::http::sigv4::presign(
+        &edgegate::http::sigv4::Request {
+            method: "GET",
+            path: "/mqtt",
+            query: extra,
+            headers: &[("host", &host)],
+            body: b"",
+        },
+        key,
+        secret,
+        ("us-east-1", "iotdevicegateway"),
+        &date,
+    );
+    format!("wss://{host}/mqtt?{query}")
+}
+
+/// The upgrade request for `url`, without a client certificate: the
+/// status line of the answer.
+async fn upgrade_status(t: &TestServer, addr: SocketAddr, url: &str) -> String {
+    let target = url.split_once(&format!("{}", addr.port())).expect("port").1;
+    let mut c = Raw::connect(addr, t.tls_config(None)).await.expect("TLS");
+    let request = UPGRADE.replacen("/mqtt", target, 1).replace(
+        "Host: localhost",
+        &format!("Host: localhost:{}", addr.port()),
+    );
+    let head = ask_http(&mut c.stream, &request).await;
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigv4_signed_url_connects_as_its_operator_under_its_policies() {
+    let (t, addr) = signing_gateway().await;
+    let url = presigned(addr, "AKIDWS", "secret-of-ws", 0, "");
+    let mut v4 = V4::wss(&t, &url, addr.port(), "AKIDWS-one", None).await;
+    let mut v5 = V5::wss(&t, &url, addr.port(), "AKIDWS-two", None).await;
+    v4.subscribe("ws/news", QoS::AtLeastOnce).await;
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    assert_eq!(
+        v5.publish_qos1("ws/news", false, "signed").await,
+        PubAckReason::Success
+    );
+    assert_eq!(&v4.recv().await.payload[..], b"signed");
+    // Outside its policy: refused as AWS refuses.
+    assert_eq!(
+        v5.publish_qos1("elsewhere/x", false, "no").await,
+        PubAckReason::NotAuthorized
+    );
+    // A client id its policy does not allow.
+    let mut c = Raw::connect(addr, t.tls_config(None)).await.expect("TLS");
+    let target = url.split_once(&addr.port().to_string()).expect("port").1;
+    let head = ask_http(
+        &mut c.stream,
+        &UPGRADE.replacen("/mqtt", target, 1).replace(
+            "Host: localhost",
+            &format!("Host: localhost:{}", addr.port()),
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    c.send(&frame(true, 0x2, &connect_bytes(4, "someone-else", 30)))
+        .await;
+    let connack = read_n(&mut c.stream, 6).await;
+    assert_eq!(connack[2..], [0x20, 0x02, 0x00, 0x05], "not authorized");
+    let metrics = t.metrics().await;
+    assert!(metric(&metrics, "edgegate_authz_denied_total{action=\"connect\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_wrong_and_unknown_signatures_get_403_before_any_mqtt() {
+    let (t, addr) = signing_gateway().await;
+    let good = presigned(addr, "AKIDWS", "secret-of-ws", 0, "");
+    assert!(
+        upgrade_status(&t, addr, &good)
+            .await
+            .starts_with("HTTP/1.1 101")
+    );
+    for (why, url) in [
+        (
+            "wrong secret",
+            presigned(addr, "AKIDWS", "not-the-secret", 0, ""),
+        ),
+        (
+            "unknown key",
+            presigned(addr, "AKIDNOBODY", "secret-of-ws", 0, ""),
+        ),
+        (
+            "too old",
+            presigned(addr, "AKIDWS", "secret-of-ws", 20 * 60, ""),
+        ),
+        (
+            "expired",
+            presigned(addr, "AKIDWS", "secret-of-ws", 120, "X-Amz-Expires=60"),
+        ),
+        ("tampered", good.replace("X-Amz-Date=", "X-Amz-Date=1")),
+    ] {
+        let status = upgrade_status(&t, addr, &url).await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{why}: {status}");
+    }
+    // Within its X-Amz-Expires, an older URL still serves.
+    let lasting = presigned(
+        addr,
+        "AKIDWS",
+        "secret-of-ws",
+        20 * 60,
+        "X-Amz-Expires=3600",
+    );
+    assert!(
+        upgrade_status(&t, addr, &lasting)
+            .await
+            .starts_with("HTTP/1.1 101")
+    );
+    let metrics = t.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "edgegate_handshake_failures_total{reason=\"bad_signature\"}"
+        ),
+        5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_certificate_or_a_signature_nothing_is_served() {
+    let (t, addr) = signing_gateway().await;
+    // MQTT straight over TLS: refused at CONNECT.
+    assert_eq!(connack_code_at(&t, addr, "anon").await, Some(0x05));
+    // An unsigned upgrade: the WebSocket opens, CONNECT is refused.
+    let mut c = Raw::connect(addr, t.tls_config(None)).await.expect("TLS");
+    let head = ask_http(&mut c.stream, UPGRADE).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    c.send(&frame(true, 0x2, &connect_bytes(4, "anon-ws", 30)))
+        .await;
+    assert_eq!(
+        read_n(&mut c.stream, 6).await[2..],
+        [0x20, 0x02, 0x00, 0x05]
+    );
+    // HTTPS: 403.
+    let mut c = Raw::connect(addr, t.tls_config(None)).await.expect("TLS");
+    let head = ask_http(
+        &mut c.stream,
+        "GET /things/lamp/shadow HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    // A certificate still serves there, and is still required elsewhere.
+    let mut c = tls(&t, addr, "with-cert", &[]).await;
+    c.send(&connect_bytes(4, "with-cert", 30)).await;
+    assert_eq!(c.read_n(4).await, CONNACK_OK);
+    assert_eq!(connack_code_at(&t, t.addr(), "anon-required").await, None);
+    let metrics = t.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "edgegate_connections_refused_total{reason=\"unauthenticated\"}"
+        ),
+        3.0
+    );
+}
+
+/// The CONNACK code for a 3.1.1 CONNECT without a certificate at `addr`;
+/// none if the connection was refused before.
+async fn connack_code_at(t: &TestServer, addr: SocketAddr, id: &str) -> Option<u8> {
+    let mut raw = Raw::connect(addr, t.tls_config(None)).await.ok()?;
+    raw.send(&connect_bytes(4, id, 30)).await;
+    let mut got = [0; 4];
+    tokio::time::timeout(WAIT, raw.stream.read_exact(&mut got))
+        .await
+        .expect("an answer or a close in time")
+        .ok()?;
+    Some(got[3])
 }

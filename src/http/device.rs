@@ -203,12 +203,13 @@ async fn serve(device: &Device, peer: Peer, req: Request) -> Result<Response, Aw
         persistent: false,
         will_topic: None,
         domain_name: peer.domain_name.as_deref(),
+        vars: &[],
     };
     let mut authz = Authz::new(
         Some(&identity),
         principal,
         facts,
-        &shared.policies,
+        shared.policies.clone(),
         &shared.arn_head,
     )
     .ok_or_else(data::forbidden)?;

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::policy::PolicyStore;
 use crate::policy::compile::{ArnHead, Context};
 use crate::policy::eval::Decision;
+use crate::session::authz::Grant;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -42,7 +43,24 @@ pub struct Operators {
     users: Vec<Operator>,
     /// The operator policies in force, reloaded from `admin.policies_dir`.
     pub policies: Arc<PolicyStore>,
+    /// What the full-access key is granted on a connection: everything.
+    everything: Arc<PolicyStore>,
     head: ArnHead,
+}
+
+/// The name of the full-access key's one policy on a connection.
+const EVERYTHING: &str = "edgegate-full-access";
+
+/// A store holding one policy that allows every `iot:` action.
+fn everything() -> Arc<PolicyStore> {
+    let text = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
+    // Built in: it parses. Were it not to, the store is empty and denies.
+    let documents = crate::policy::document::parse(text)
+        .ok()
+        .map(|d| (Arc::from(EVERYTHING), Arc::new(d)))
+        .into_iter()
+        .collect();
+    Arc::new(PolicyStore::new(documents))
 }
 
 impl Operators {
@@ -95,6 +113,7 @@ impl Operators {
         Self {
             users,
             policies: Arc::new(PolicyStore::new(loaded.documents)),
+            everything: everything(),
             head: ArnHead::new(&config.aws.region, &config.aws.account_id),
         }
     }
@@ -104,6 +123,7 @@ impl Operators {
         Self {
             users: Vec::new(),
             policies: Arc::new(PolicyStore::new(Default::default())),
+            everything: everything(),
             head,
         }
     }
@@ -137,6 +157,40 @@ impl Operators {
             Err(e) => Err(e),
             Ok(()) => Ok(op),
         }
+    }
+
+    /// The policies an operator's presigned WebSocket upgrade (service
+    /// `iotdevicegateway`, as the Device SDK signs it) grants the
+    /// connection: its operator policies, deciding `iot:Connect`,
+    /// `iot:Publish`, `iot:Subscribe` and `iot:Receive` as IAM policies do
+    /// on AWS, with `aws:username` set. Refusals look alike from outside,
+    /// as in [`Self::authenticate`].
+    pub fn grant(&self, request: &sigv4::Request<'_>, now: i64) -> Result<Grant, sigv4::SigError> {
+        let key = sigv4::presigned_key(request.query).ok_or(sigv4::SigError::Missing)?;
+        let op = self
+            .users
+            .iter()
+            .find(|u| u.access_key_id == key)
+            .ok_or(sigv4::SigError::Mismatch)?;
+        let scope = sigv4::Scope {
+            region: &self.head.region,
+            service: "iotdevicegateway",
+        };
+        match sigv4::verify_presigned(request, &op.access_key_id, &op.secret, now, scope) {
+            Err(sigv4::SigError::UnknownKey) => return Err(sigv4::SigError::Mismatch),
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        let (store, policies) = match &op.policies {
+            Some(names) => (self.policies.clone(), names.clone()),
+            None => (self.everything.clone(), vec![EVERYTHING.to_owned()]),
+        };
+        Ok(Grant {
+            principal: op.access_key_id.clone(),
+            store,
+            policies,
+            vars: vec![("aws:username", op.access_key_id.clone())],
+        })
     }
 
     /// Decides `action` (lowercase, `iot:updatecertificate`) on the resource

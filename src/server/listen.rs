@@ -13,12 +13,15 @@
 //!
 //! One deadline covers TLS, the upgrade and CONNECT.
 
-use crate::http::device;
+use crate::config::ClientCert;
+use crate::http::operators::Operators;
 use crate::http::upgrade::{self, Opening};
-use crate::metrics::{HandshakeFailure, LimitKind, Metrics, Transport};
+use crate::http::{device, sigv4};
+use crate::metrics::{HandshakeFailure, LimitKind, Metrics, Refused, Transport};
 use crate::registry::ClientIdentity;
 use crate::session::admission;
-use crate::session::conn::{self, Shared};
+use crate::session::authz::Grant;
+use crate::session::conn::{self, Credentials, Shared};
 use crate::transport::stream::{self, TlsStream};
 use crate::transport::tls::{self, Acceptor};
 use crate::transport::ws::WsStream;
@@ -41,6 +44,8 @@ pub(super) struct Routes {
     pub(super) shared: Arc<Shared>,
     /// The device HTTPS endpoint's queue of connections.
     pub(super) https: mpsc::Sender<(device::Conn, device::Peer)>,
+    /// Who may sign a WebSocket upgrade.
+    pub(super) operators: Arc<Operators>,
 }
 
 /// Accepts connections and spawns `serve` for each in a task of its own,
@@ -105,6 +110,7 @@ async fn accept_loop<F, Fut>(
 pub(super) async fn tls_listener(
     listener: TcpListener,
     acceptor: Arc<Acceptor>,
+    client_cert: ClientCert,
     routes: Routes,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -121,8 +127,9 @@ pub(super) async fn tls_listener(
             async move {
                 let deadline = Instant::now() + timeout;
                 let metrics = &routes.shared.metrics;
+                let config = acceptor.current(client_cert);
                 let Some((mut tls, identity, domain_name)) =
-                    tls_accept(stream, peer, &acceptor, metrics, deadline).await
+                    tls_accept(stream, peer, config, metrics, deadline).await
                 else {
                     return;
                 };
@@ -138,7 +145,9 @@ pub(super) async fn tls_listener(
                 };
                 let origin = conn::Peer {
                     addr: peer,
-                    identity: Some(Box::new(identity)),
+                    credentials: identity.map_or(Credentials::Unauthenticated, |id| {
+                        Credentials::Certificate(Box::new(id))
+                    }),
                     domain_name,
                 };
                 if mqtt {
@@ -150,8 +159,10 @@ pub(super) async fn tls_listener(
                     return;
                 };
                 match opening {
-                    Opening::Http(read) => https(tls, read, origin, permit, &routes).await,
-                    opening => websocket(tls, opening, origin, &routes.shared, deadline).await,
+                    Opening::Http(read) => {
+                        https(tls, read, origin, permit, &routes, deadline).await
+                    }
+                    opening => websocket(tls, opening, origin, &routes, deadline).await,
                 }
             }
         },
@@ -162,19 +173,19 @@ pub(super) async fn tls_listener(
 /// Serves the plaintext listener: MQTT, or MQTT over `ws://`.
 pub(super) async fn plaintext_listener(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    routes: Routes,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
 ) {
-    let timeout = shared.config.tls.handshake_timeout();
-    let session = shared.clone();
+    let timeout = routes.shared.config.tls.handshake_timeout();
+    let shared = routes.shared.clone();
     accept_loop(
         listener,
         shared,
         permits,
         tracker,
         move |stream, peer, permit| {
-            let shared = session.clone();
+            let routes = routes.clone();
             async move {
                 let _permit = permit;
                 let deadline = Instant::now() + timeout;
@@ -184,14 +195,14 @@ pub(super) async fn plaintext_listener(
                 match peeked {
                     Ok(Ok(1)) if first[0] != CONNECT => {
                         if let Some((opening, stream)) =
-                            open(stream, peer, &shared.metrics, deadline).await
+                            open(stream, peer, &routes.shared.metrics, deadline).await
                         {
-                            websocket(stream, opening, origin, &shared, deadline).await;
+                            websocket(stream, opening, origin, &routes, deadline).await;
                         }
                     }
                     _ => {
-                        shared.metrics.routed(Transport::Mqtt);
-                        conn::serve(stream, origin, shared, deadline).await;
+                        routes.shared.metrics.routed(Transport::Mqtt);
+                        conn::serve(stream, origin, routes.shared, deadline).await;
                     }
                 }
             }
@@ -243,18 +254,42 @@ async fn open<S: AsyncRead + Unpin>(
     }
 }
 
-/// Serves MQTT over a WebSocket upgrade, or answers a refused request.
+/// Serves MQTT over a WebSocket upgrade, or answers a refused request. An
+/// upgrade signed with SigV4 in its URL is its operator's, whose policies
+/// the connection gets; a bad signature is refused with 403 before any
+/// MQTT.
 async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     opening: Opening,
-    origin: conn::Peer,
-    shared: &Arc<Shared>,
+    mut origin: conn::Peer,
+    routes: &Routes,
     deadline: Instant,
 ) {
+    let shared = &routes.shared;
     let metrics = &shared.metrics;
     let peer = origin.addr;
-    match opening {
+    let (status, why, failure) = match opening {
         Opening::WebSocket { request, early } => {
+            if sigv4::is_presigned(&request.query) {
+                match presigned(&request, &routes.operators) {
+                    Ok(grant) => origin.credentials = Credentials::Granted(Box::new(grant)),
+                    Err(e) => {
+                        metrics.handshake_failed(HandshakeFailure::BadSignature);
+                        crate::refusal!(
+                            &peer.ip().to_string(),
+                            HandshakeFailure::BadSignature.label(),
+                            %peer,
+                            key = sigv4::presigned_key(&request.query).as_deref().unwrap_or(""),
+                            why = %e,
+                            "WebSocket upgrade refused"
+                        );
+                        let why = e.to_string();
+                        let refused = upgrade::refuse(&mut stream, 403, &why);
+                        let _ = tokio::time::timeout_at(deadline, refused).await;
+                        return;
+                    }
+                }
+            }
             let answered =
                 tokio::time::timeout_at(deadline, upgrade::accept(&mut stream, &request));
             if !matches!(answered.await, Ok(Ok(()))) {
@@ -265,27 +300,46 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
             let max = shared.config.limits.max_packet_bytes;
             let ws = WsStream::new(stream, early, max);
             conn::serve(ws, origin, shared.clone(), deadline).await;
+            return;
         }
-        Opening::Refused { status, why } => {
-            metrics.handshake_failed(HandshakeFailure::BadUpgrade);
-            crate::refusal!(
-                &peer.ip().to_string(),
-                HandshakeFailure::BadUpgrade.label(),
-                %peer,
-                status,
-                why,
-                "HTTP request refused"
-            );
-            let refused = upgrade::refuse(&mut stream, status, why);
-            let _ = tokio::time::timeout_at(deadline, refused).await;
-        }
-        Opening::Http(_) => {
-            metrics.handshake_failed(HandshakeFailure::BadUpgrade);
-            let refused =
-                upgrade::refuse(&mut stream, 404, "only MQTT over WebSockets is served here");
-            let _ = tokio::time::timeout_at(deadline, refused).await;
-        }
-    }
+        Opening::Refused { status, why } => (status, why, HandshakeFailure::BadUpgrade),
+        Opening::Http(_) => (
+            404,
+            "only MQTT over WebSockets is served here",
+            HandshakeFailure::BadUpgrade,
+        ),
+    };
+    metrics.handshake_failed(failure);
+    crate::refusal!(
+        &peer.ip().to_string(),
+        failure.label(),
+        %peer,
+        status,
+        why,
+        "HTTP request refused"
+    );
+    let refused = upgrade::refuse(&mut stream, status, why);
+    let _ = tokio::time::timeout_at(deadline, refused).await;
+}
+
+/// The grant of a presigned upgrade, checked against the operators' keys.
+fn presigned(request: &upgrade::Upgrade, operators: &Operators) -> Result<Grant, sigv4::SigError> {
+    let headers: Vec<(&str, &str)> = request
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let signed = sigv4::Request {
+        method: "GET",
+        path: &request.path,
+        query: &request.query,
+        headers: &headers,
+        body: b"",
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    operators.grant(&signed, now)
 }
 
 /// Hands an HTTP connection to the device HTTPS endpoint, with what was
@@ -296,9 +350,16 @@ async fn https(
     origin: conn::Peer,
     permit: OwnedSemaphorePermit,
     routes: &Routes,
+    deadline: Instant,
 ) {
     let shared = &routes.shared;
-    let Some(identity) = origin.identity else {
+    let Credentials::Certificate(identity) = origin.credentials else {
+        let peer = origin.addr;
+        let why = "the device HTTPS endpoint needs a client certificate";
+        shared.metrics.principal_refused(Refused::Unauthenticated);
+        crate::refusal!(&peer.ip().to_string(), "unauthenticated", %peer, why, "HTTP request refused");
+        let refused = upgrade::refuse(&mut tls, 403, why);
+        let _ = tokio::time::timeout_at(deadline, refused).await;
         return;
     };
     if admission::admit(shared, &identity, "").is_none() {
@@ -324,13 +385,13 @@ async fn https(
 async fn tls_accept(
     stream: TcpStream,
     peer: SocketAddr,
-    acceptor: &Acceptor,
+    config: Arc<rustls::ServerConfig>,
     metrics: &Metrics,
     deadline: Instant,
-) -> Option<(Box<TlsStream>, ClientIdentity, Option<Box<str>>)> {
+) -> Option<(Box<TlsStream>, Option<ClientIdentity>, Option<Box<str>>)> {
     // Boxed, and the stream after it: the handshake's state is freed once it
     // is done, and the connection's future holds a pointer to the stream.
-    let accept = Box::pin(stream::accept(stream, acceptor.current()));
+    let accept = Box::pin(stream::accept(stream, config));
     let mut tls = match tokio::time::timeout_at(deadline, accept).await {
         Err(_) => {
             metrics.handshake_failed(HandshakeFailure::Timeout);
@@ -346,11 +407,11 @@ async fn tls_accept(
         Ok(Ok(s)) => Box::new(s),
     };
     let domain_name = tls.take_server_name();
-    let identity = tls
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|der| ClientIdentity::from_der(der));
-    let Some(identity) = identity else {
+    // None only where certificates are optional: rustls verified the rest.
+    let Some(leaf) = tls.peer_certificates().and_then(|chain| chain.first()) else {
+        return Some((tls, None, domain_name));
+    };
+    let Some(identity) = ClientIdentity::from_der(leaf) else {
         metrics.handshake_failed(HandshakeFailure::BadCertificate);
         refused_handshake(
             peer,
@@ -359,7 +420,7 @@ async fn tls_accept(
         );
         return None;
     };
-    Some((tls, identity, domain_name))
+    Some((tls, Some(identity), domain_name))
 }
 
 /// The operator's line for a refused handshake: the source address, the

@@ -5,7 +5,7 @@
 //! (JITR).
 
 use super::authz::{Authz, ConnectFacts};
-use super::conn::Shared;
+use super::conn::{Credentials, Shared};
 use super::state::connect::Refused;
 use crate::codec;
 use crate::policy::eval::{Action, ResourceType};
@@ -53,7 +53,7 @@ pub fn admit(shared: &Shared, id: &ClientIdentity, client_id: &str) -> Option<Pr
 /// will's `iot:Publish`); on refusal, the CONNACK reason code.
 pub fn connect(
     shared: &Shared,
-    identity: Option<&ClientIdentity>,
+    credentials: &Credentials,
     domain_name: Option<&str>,
     client_id: &str,
     peer: SocketAddr,
@@ -62,9 +62,35 @@ pub fn connect(
 ) -> Result<Authz, Refused> {
     let auth = &shared.config.auth;
     let metrics = &shared.metrics;
-    let principal = match identity {
-        None => Principal::anonymous(&auth.anonymous_policies),
-        Some(id) => admit(shared, id, client_id).ok_or(Refused::NOT_AUTHORIZED)?,
+    let devices = || shared.policies.clone();
+    let (identity, principal, store, vars) = match credentials {
+        Credentials::Certificate(id) => {
+            let principal = admit(shared, id, client_id).ok_or(Refused::NOT_AUTHORIZED)?;
+            (Some(&**id), principal, devices(), &[][..])
+        }
+        Credentials::Anonymous => (
+            None,
+            Principal::anonymous(&auth.anonymous_policies),
+            devices(),
+            &[][..],
+        ),
+        Credentials::Granted(g) => (
+            None,
+            Principal::anonymous(&g.policies),
+            g.store.clone(),
+            &g.vars[..],
+        ),
+        Credentials::Unauthenticated => {
+            metrics.principal_refused(crate::metrics::Refused::Unauthenticated);
+            crate::refusal!(
+                &peer.ip().to_string(),
+                "unauthenticated",
+                client_id,
+                %peer,
+                "no certificate and no other credentials"
+            );
+            return Err(Refused::NOT_AUTHORIZED);
+        }
     };
     let facts = ConnectFacts {
         client_id: Some(client_id),
@@ -72,16 +98,14 @@ pub fn connect(
         persistent,
         will_topic: will.map(|w| w.topic.as_str()),
         domain_name,
+        vars,
     };
-    let Some(mut authz) = Authz::new(
-        identity,
-        principal,
-        facts,
-        &shared.policies,
-        &shared.arn_head,
-    ) else {
+    let Some(mut authz) = Authz::new(identity, principal, facts, store, &shared.arn_head) else {
         return Err(Refused::NO_POLICY_CONTEXT);
     };
+    if let Credentials::Granted(g) = credentials {
+        authz = authz.granted_to(&g.principal);
+    }
     let mut ok = authz.allows(
         metrics,
         client_id,

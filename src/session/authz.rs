@@ -26,6 +26,23 @@ pub struct ConnectFacts<'a> {
     pub will_topic: Option<&'a str>,
     /// The domain name the client connected to (`iot:DomainName`), when known.
     pub domain_name: Option<&'a str>,
+    /// Variables a [`Grant`] brings (`aws:username`).
+    pub vars: &'a [(&'static str, String)],
+}
+
+/// Policies granted to a connection by something other than a
+/// certificate: an operator's SigV4 signature on a WebSocket upgrade.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Who, for the operator's log: the operator's access key id.
+    pub principal: String,
+    /// The store its policies are read from, and recompiled from when it
+    /// changes.
+    pub store: Arc<PolicyStore>,
+    /// The policies' names in it.
+    pub policies: Vec<String>,
+    /// Variables of the policy context (`aws:username`).
+    pub vars: Vec<(&'static str, String)>,
 }
 
 /// The policy context of a connection, or of a request evaluated as one
@@ -51,6 +68,9 @@ pub fn context(
         // A v4 client of a dual-stack listener is its v4 address.
         ctx.set("aws:SourceIp", ip.to_canonical().to_string());
     }
+    for (name, value) in facts.vars {
+        ctx.set(name, value.clone());
+    }
     let mut attributes = Vec::new();
     if facts.persistent {
         attributes.push("PersistentConnect".to_owned());
@@ -68,6 +88,10 @@ pub fn context(
 #[derive(Debug)]
 pub struct Authz {
     principal: Principal,
+    /// Who a [`Grant`] was given to, for a principal without a certificate.
+    grantee: Option<Arc<str>>,
+    /// Where its policies come from: the device policies, or a grant's.
+    store: Arc<PolicyStore>,
     ctx: PackedContext,
     snapshot: Arc<Snapshot>,
     set: PolicySet,
@@ -82,14 +106,16 @@ impl Authz {
         identity: Option<&ClientIdentity>,
         principal: Principal,
         facts: ConnectFacts<'_>,
-        policies: &PolicyStore,
+        store: Arc<PolicyStore>,
         head: &ArnHead,
     ) -> Option<Self> {
         let ctx = context(identity, &principal, facts, head);
-        let snapshot = policies.current();
+        let snapshot = store.current();
         let set = snapshot.compile(&principal.policies, head, &ctx);
         Some(Self {
             principal,
+            grantee: None,
+            store,
             ctx: PackedContext::pack(&ctx)?,
             snapshot,
             set,
@@ -97,9 +123,22 @@ impl Authz {
         })
     }
 
+    /// Marks the connection's policies as granted to `who` (an operator's
+    /// access key id), which then names its principal.
+    pub fn granted_to(mut self, who: &str) -> Self {
+        self.grantee = Some(Arc::from(who));
+        self
+    }
+
     /// The certificate id of this connection's principal.
     pub fn certificate_id(&self) -> Option<&str> {
         self.principal.certificate_id.as_deref()
+    }
+
+    /// Who this connection's principal is: its certificate id, or whom its
+    /// policies were granted to (`principalIdentifier`, `principal()`).
+    pub fn principal_id(&self) -> Option<&str> {
+        self.certificate_id().or(self.grantee.as_deref())
     }
 
     /// The thing associated with this connection, if any.
@@ -127,11 +166,11 @@ impl Authz {
     }
 
     /// Recompiles if the policies changed since; returns whether they did.
-    pub fn refresh(&mut self, policies: &PolicyStore, head: &ArnHead) -> bool {
-        if policies.is_current(&self.snapshot) {
+    pub fn refresh(&mut self, head: &ArnHead) -> bool {
+        if self.store.is_current(&self.snapshot) {
             return false;
         }
-        self.snapshot = policies.current();
+        self.snapshot = self.store.current();
         self.set = self
             .snapshot
             .compile(&self.principal.policies, head, &self.ctx.unpack());
@@ -170,10 +209,7 @@ impl Authz {
             Action::UpdateJobExecution => AuthzAction::UpdateJobExecution,
         });
         crate::refusal!(
-            self.principal
-                .certificate_id
-                .as_deref()
-                .unwrap_or(client_id),
+            self.principal_id().unwrap_or(client_id),
             "denied",
             client_id,
             action = action.name(),

@@ -11,7 +11,7 @@
 //! publish made durable.
 
 use super::admission;
-use super::authz::Authz;
+use super::authz::{Authz, Grant};
 use super::state::connect::Refused;
 use super::state::end::End;
 use super::state::inbound::{self, Admission};
@@ -211,11 +211,25 @@ fn wait_held(mut held: Option<&mut Held>) -> impl Future<Output = Event> + '_ {
 pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
-    /// The client certificate's identity (none on a plaintext listener).
-    pub identity: Option<Box<ClientIdentity>>,
+    /// How it authenticated.
+    pub credentials: Credentials,
     /// The server name the client asked for in its ClientHello
     /// (`iot:DomainName`).
     pub domain_name: Option<Box<str>>,
+}
+
+/// How a client authenticated before CONNECT.
+#[derive(Debug)]
+pub enum Credentials {
+    /// A verified client certificate.
+    Certificate(Box<ClientIdentity>),
+    /// A client of the plaintext listener: the anonymous policies.
+    Anonymous,
+    /// Policies granted another way (a SigV4-signed WebSocket upgrade).
+    Granted(Box<Grant>),
+    /// No certificate, on a listener where it is optional, and no other
+    /// way: refused at CONNECT.
+    Unauthenticated,
 }
 
 impl Peer {
@@ -223,7 +237,7 @@ impl Peer {
     pub fn plain(addr: SocketAddr) -> Self {
         Self {
             addr,
-            identity: None,
+            credentials: Credentials::Anonymous,
             domain_name: None,
         }
     }
@@ -434,7 +448,7 @@ impl Conn {
         let notices_seen = shared.bulletin.posted();
         let authz = admission::connect(
             shared,
-            from.identity.as_deref(),
+            &from.credentials,
             from.domain_name.as_deref(),
             &client_id,
             from.addr,
@@ -479,8 +493,7 @@ impl Conn {
     /// Checks a request against the connection's policies (recompiled first
     /// if they changed); denials are counted and logged.
     fn allows(&mut self, action: Action, ty: ResourceType, name: &str) -> bool {
-        self.authz
-            .refresh(&self.shared.policies, &self.shared.arn_head);
+        self.authz.refresh(&self.shared.arn_head);
         self.authz
             .allows(&self.shared.metrics, &self.client_id, action, ty, name)
     }
@@ -493,7 +506,7 @@ impl Conn {
 
     /// Who this connection is, for the operator's log.
     fn who(&self) -> &str {
-        self.authz.certificate_id().unwrap_or(&self.client_id)
+        self.authz.principal_id().unwrap_or(&self.client_id)
     }
 
     fn send(&mut self, p: &Packet) {
@@ -542,7 +555,7 @@ impl Conn {
             client_id = %self.client_id,
             conn = self.id,
             peer = %self.peer,
-            certificate_id = self.authz.certificate_id(),
+            principal = self.authz.principal_id(),
             "session started"
         );
         // Resend what was in flight when the client went away [MQTT-4.4.0-1].
@@ -938,7 +951,7 @@ impl Conn {
         let unacked = self.acks.iter().filter(|a| !a.qos2).count();
         let (authz, client_id) = (&mut self.authz, &self.client_id);
         let allowed = |topic: &str, retain: bool| {
-            authz.refresh(&shared.policies, &shared.arn_head);
+            authz.refresh(&shared.arn_head);
             authz.allows(
                 metrics,
                 client_id,
@@ -1060,7 +1073,7 @@ impl Conn {
         let o = Arc::new(Origin {
             session,
             client_id: Some(self.client_id.clone()),
-            principal: self.authz.certificate_id().map(Arc::from),
+            principal: self.authz.principal_id().map(Arc::from),
             ..Origin::default()
         });
         self.origin = Some(o.clone());
@@ -1213,7 +1226,7 @@ impl Conn {
         events::Connection {
             client_id: self.client_id.clone(),
             session: self.shared.events.session_identifier(self.id),
-            principal: self.authz.certificate_id().map(Arc::from),
+            principal: self.authz.principal_id().map(Arc::from),
             thing: self.authz.thing_name().map(str::to_owned),
             ip: self.peer.ip(),
             version: self.id,

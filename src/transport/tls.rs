@@ -9,7 +9,7 @@
 //! (see [`ALPN`]); clients that offer no ALPN are served too. Session tickets are off, as on
 //! AWS IoT.
 
-use crate::config::Tls;
+use crate::config::{ClientCert, Tls};
 use crate::metrics::HandshakeFailure;
 use crate::transport::stream::NotesServerName;
 use arc_swap::ArcSwap;
@@ -170,16 +170,17 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Builds the server configuration from the `[tls]` files, offering `alpn`
-/// and trusting, besides `tls.ca`, the CA certificates in `registered`
-/// (PEM; the CAs registered through the control plane).
+/// Builds the server configuration from the `[tls]` files, offering
+/// [`ALPN`], requiring client certificates or not, and trusting, besides
+/// `tls.ca`, the CA certificates in `registered` (PEM; the CAs registered
+/// through the control plane).
 ///
 /// Revocation lists are checked for device certificates only, and a
 /// certificate whose CA published no list is accepted: a gateway trusting
 /// several CAs need not hold a list for each.
 pub fn server_config(
     tls: &Tls,
-    alpn: &[&[u8]],
+    client_cert: ClientCert,
     registered: &[String],
 ) -> Result<ServerConfig, TlsError> {
     let (ca, cert, key) = (&tls.ca, &tls.cert, &tls.key);
@@ -200,6 +201,9 @@ pub fn server_config(
             .only_check_end_entity_revocation()
             .allow_unknown_revocation_status();
     }
+    if client_cert == ClientCert::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
     let verifier = verifier
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
@@ -211,30 +215,59 @@ pub fn server_config(
             read_key(key)?,
             &provider,
         )?)));
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     config.send_tls13_tickets = 0;
     Ok(config)
 }
 
-/// The acceptor in use; swapped whole when certificates change, so live
-/// connections keep the configuration they started with.
+/// A server configuration for each client-certificate mode.
 #[derive(Debug)]
-pub struct Acceptor(ArcSwap<ServerConfig>);
+pub struct Configs {
+    /// For listeners that require a client certificate.
+    pub required: ServerConfig,
+    /// For listeners where it is optional.
+    pub optional: ServerConfig,
+}
+
+impl Configs {
+    /// Both configurations (see [`server_config`]).
+    pub fn build(tls: &Tls, registered: &[String]) -> Result<Self, TlsError> {
+        Ok(Self {
+            required: server_config(tls, ClientCert::Required, registered)?,
+            optional: server_config(tls, ClientCert::Optional, registered)?,
+        })
+    }
+}
+
+/// The configurations in use; swapped whole when certificates change, so
+/// live connections keep the configuration they started with.
+#[derive(Debug)]
+pub struct Acceptor {
+    required: ArcSwap<ServerConfig>,
+    optional: ArcSwap<ServerConfig>,
+}
 
 impl Acceptor {
-    /// Wraps a configuration.
-    pub fn new(config: ServerConfig) -> Self {
-        Self(ArcSwap::from_pointee(config))
+    /// Wraps the configurations.
+    pub fn new(configs: Configs) -> Self {
+        Self {
+            required: ArcSwap::from_pointee(configs.required),
+            optional: ArcSwap::from_pointee(configs.optional),
+        }
     }
 
     /// The configuration for one new connection (one `Arc` clone).
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.0.load_full()
+    pub fn current(&self, client_cert: ClientCert) -> Arc<ServerConfig> {
+        match client_cert {
+            ClientCert::Required => self.required.load_full(),
+            ClientCert::Optional => self.optional.load_full(),
+        }
     }
 
-    /// Replaces the configuration for connections accepted from now on.
-    pub fn swap(&self, config: ServerConfig) {
-        self.0.store(Arc::new(config));
+    /// Replaces the configurations for connections accepted from now on.
+    pub fn swap(&self, configs: Configs) {
+        self.required.store(Arc::new(configs.required));
+        self.optional.store(Arc::new(configs.optional));
     }
 }
 
@@ -255,6 +288,7 @@ pub fn in_words(failure: HandshakeFailure) -> &'static str {
         HandshakeFailure::Refused => "the CONNECT was refused",
         HandshakeFailure::ConnectionLimit => "the gateway is at its connection limit",
         HandshakeFailure::BadUpgrade => "the HTTP request was no WebSocket upgrade to serve",
+        HandshakeFailure::BadSignature => "the WebSocket upgrade's signature is not good",
     }
 }
 

@@ -345,12 +345,12 @@ impl V4 {
         Self::start(opts).await
     }
 
-    /// Connects as client `id` with its certificate over `wss://` to `port`.
-    pub async fn wss(t: &TestServer, port: u16, id: &str) -> Self {
-        let url = format!("wss://localhost:{port}/mqtt");
+    /// Connects as client `id` over WebSockets to `url` (`wss://...` on
+    /// `port`), with `pem` as its certificate if given.
+    pub async fn wss(t: &TestServer, url: &str, port: u16, id: &str, pem: Option<&Pem>) -> Self {
         let mut opts = rumqttc::MqttOptions::new(id, url, port);
         opts.set_transport(rumqttc::Transport::wss_with_config(
-            rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&t.device(id)))),
+            rumqttc::TlsConfiguration::Rustls(t.tls_config(pem)),
         ));
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
@@ -534,12 +534,12 @@ impl V5 {
         Self::start(opts).await
     }
 
-    /// Connects as client `id` with its certificate over `wss://` to `port`.
-    pub async fn wss(t: &TestServer, port: u16, id: &str) -> Self {
-        let url = format!("wss://localhost:{port}/mqtt");
+    /// Connects as client `id` over WebSockets to `url` (`wss://...` on
+    /// `port`), with `pem` as its certificate if given.
+    pub async fn wss(t: &TestServer, url: &str, port: u16, id: &str, pem: Option<&Pem>) -> Self {
         let mut opts = rumqttc::v5::MqttOptions::new(id, url, port);
         opts.set_transport(rumqttc::Transport::wss_with_config(
-            rumqttc::TlsConfiguration::Rustls(t.tls_config(Some(&t.device(id)))),
+            rumqttc::TlsConfiguration::Rustls(t.tls_config(pem)),
         ));
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(Some(256 * 1024));

@@ -114,6 +114,9 @@ class Gateway:
         self.port = None
         self.admin = None
         self.https = None
+        # The [[listeners]] of `extra`, in order, once started.
+        self.listeners = []
+        expected_listeners = extra.count("[[listeners]]")
         # A thread drains stderr (so the gateway never blocks on a full pipe)
         # and hands lines over only until the listeners are known; the wait
         # for them is bounded, so a silent gateway fails the test instead
@@ -129,7 +132,8 @@ class Gateway:
 
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + 30
-        while not (self.port and self.admin and self.https):
+        while not (self.port and self.admin and self.https
+                   and len(self.listeners) == expected_listeners):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -145,6 +149,9 @@ class Gateway:
             m = re.search(r"device HTTPS listener .* addr=(127\.0\.0\.1:\d+)", line)
             if m:
                 self.https = m.group(1)
+            m = re.search(r"TLS listener .* addr=127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.listeners.append(int(m.group(1)))
             m = re.search(r"admin listener .* addr=(127\.0\.0\.1:\d+)", line)
             if m:
                 self.admin = m.group(1)

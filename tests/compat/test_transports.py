@@ -78,3 +78,35 @@ def test_the_readme_curl_line_reaches_the_shadow_on_the_mqtt_port(default_gatewa
     done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=WAIT + 5)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"]["reported"] == {"port": "one"}
+
+
+def test_the_device_sdk_signs_its_websocket_url_with_an_operator_key(tmp_path):
+    from awscrt import auth, mqtt as crt
+    from awsiot import mqtt_connection_builder
+    from conftest import ADMIN_KEY, ADMIN_SECRET, Gateway
+    g = Gateway(tmp_path, open_policies=True,
+                extra='[[listeners]]\nlisten = "127.0.0.1:0"\nclient_cert = "optional"\n')
+    try:
+        def connection(client_id, secret, token=None):
+            creds = auth.AwsCredentialsProvider.new_static(ADMIN_KEY, secret, token)
+            return mqtt_connection_builder.websockets_with_default_aws_signing(
+                endpoint="localhost", port=g.listeners[0], region="us-east-1",
+                credentials_provider=creds, ca_filepath=g.ca, client_id=client_id,
+                clean_session=True, keep_alive_secs=30)
+
+        # A session token travels unsigned, as the SDK sends it.
+        conn = connection("sdk-sigv4", ADMIN_SECRET, token="session-token/with+chars")
+        conn.connect().result(WAIT)
+        got = queue.Queue()
+        future, _ = conn.subscribe("sigv4/echo", crt.QoS.AT_LEAST_ONCE, lambda topic, payload, **_: got.put((topic, payload)))
+        future.result(WAIT)
+        future, _ = conn.publish("sigv4/echo", b"signed by the SDK", crt.QoS.AT_LEAST_ONCE)
+        future.result(WAIT)
+        assert got.get(timeout=WAIT) == ("sigv4/echo", b"signed by the SDK")
+        conn.disconnect().result(WAIT)
+        # A wrong secret is refused at the upgrade.
+        wrong = connection("sdk-wrong", "not-the-secret")
+        with pytest.raises(Exception):
+            wrong.connect().result(WAIT)
+    finally:
+        g.stop()

@@ -65,7 +65,7 @@ pub struct Control {
     /// The `iot-data` API; only while the gateway runs.
     pub data: Option<DataPlane>,
     /// Who may sign, and their policies.
-    pub operators: Operators,
+    pub operators: Arc<Operators>,
     /// Where calls are recorded; none for the in-process CLI.
     pub audit: Option<Audit>,
     /// Counts calls.

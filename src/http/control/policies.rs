@@ -328,6 +328,7 @@ pub(super) fn test_authorization(c: &Control, call: &Call<'_>) -> Result<Respons
         persistent: false,
         will_topic: None,
         domain_name: None,
+        vars: &[],
     };
     let ctx = context(identity.as_ref(), &principal, facts, &c.head);
     let mut names = principal.policies;
