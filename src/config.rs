@@ -12,7 +12,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -161,6 +161,75 @@ pub struct Listener {
     /// Whether a client must present a certificate.
     #[serde(default)]
     pub client_cert: ClientCert,
+    /// Whether each connection begins with a PROXY protocol header (v1 or
+    /// v2) from a load balancer, whose source address is then the
+    /// client's for policies, limits and logs.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The proxies trusted to send that header: addresses or CIDR blocks.
+    /// A connection from anywhere else is refused.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Listener {
+    /// The trusted proxies (checked when the configuration was read).
+    pub fn trusted(&self) -> Vec<Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+/// An address block (`10.0.0.0/8`, `2001:db8::/32`) or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The block's first address.
+    pub addr: IpAddr,
+    /// Its prefix length.
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block (a v4 address mapped into v6 is v4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| match a.to_canonical() {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        };
+        let ((net, width), (ip, ip_width)) = (bits(self.addr), bits(ip));
+        if width != ip_width {
+            return false;
+        }
+        let shift = width - u32::from(self.len);
+        shift >= width || (net >> shift) == (ip >> shift)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("`{s}` is not an address or a CIDR block"))?;
+        let max = if addr.to_canonical().is_ipv4() {
+            32
+        } else {
+            128
+        };
+        let len = match len {
+            "" => max,
+            n => n
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix length is 0 to {max}"))?,
+        };
+        Ok(Self { addr, len })
+    }
 }
 
 /// Whether a listener requires client certificates.
@@ -643,6 +712,16 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             if let Err(e) = resolve(&l.listen) {
                 problems.push(format!("listeners[{i}].listen: `{}`: {e}", l.listen));
+            }
+            for p in &l.trusted_proxies {
+                if let Err(e) = p.parse::<Cidr>() {
+                    problems.push(format!("listeners[{i}].trusted_proxies: {e}"));
+                }
+            }
+            if l.proxy_protocol && l.trusted_proxies.is_empty() {
+                problems.push(format!(
+                    "listeners[{i}].trusted_proxies: name the proxies that send the PROXY header"
+                ));
             }
         }
         check_exposure(
@@ -1333,6 +1412,42 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_blocks_hold_what_they_should() {
+        let cidr = |s: &str| s.parse::<Cidr>().expect(s);
+        let ip = |s: &str| s.parse::<IpAddr>().expect(s);
+        assert!(cidr("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!cidr("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(
+            cidr("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")),
+            "v4 mapped"
+        );
+        assert!(!cidr("10.0.0.0/8").contains(ip("::1")));
+        assert!(cidr("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(cidr("2001:db8::/32").contains(ip("2001:db8:1::7")));
+        assert!(cidr("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!cidr("127.0.0.1").contains(ip("127.0.0.2")));
+        for bad in ["10.0.0.0/33", "nowhere", "::/129", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let problems = Config::parse(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+             [[listeners]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/99\"]\n",
+            Path::new("."),
+        )
+        .expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("listeners[0].trusted_proxies: name"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("listeners[1].trusted_proxies: `10.0.0.0/99`"))
+        );
+    }
 
     #[test]
     fn every_problem_is_reported_with_its_line_and_column() {

@@ -89,6 +89,11 @@ label_enum!(
         /// A WebSocket upgrade whose SigV4 signature is not good: unknown
         /// key, wrong signature, expired.
         BadSignature => "bad_signature",
+        /// A connection to a PROXY protocol listener from an address not
+        /// among its trusted proxies.
+        UntrustedProxy => "untrusted_proxy",
+        /// A PROXY protocol header missing or malformed.
+        BadProxyHeader => "bad_proxy_header",
     }
 );
 

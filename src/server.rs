@@ -459,7 +459,7 @@ impl Server {
         for l in &config.listeners {
             let bound = bind(&l.listen).await?;
             listeners.push(local(&bound)?);
-            configured.push((bound, l.client_cert));
+            configured.push((bound, l.client_cert, proxies(l)));
         }
         let plaintext = plaintext_listener.as_ref().map(local).transpose()?;
 
@@ -492,14 +492,13 @@ impl Server {
         };
         let required = tls_listeners
             .into_iter()
-            .map(|l| (l, crate::config::ClientCert::Required));
-        for (l, client_cert) in required.chain(configured) {
+            .map(|l| (l, crate::config::ClientCert::Required, None));
+        for (l, client_cert, proxies) in required.chain(configured) {
             tracker.spawn(listen::tls_listener(
                 l,
-                acceptor.clone(),
-                client_cert,
+                (acceptor.clone(), client_cert),
                 routes.clone(),
-                permits.clone(),
+                (permits.clone(), proxies),
                 tracker.clone(),
             ));
         }
@@ -672,6 +671,11 @@ fn endpoint_host(config: &Config) -> String {
         .and_then(|der| ClientIdentity::from_der(&der))
         .and_then(|id| id.subject.common_name)
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The proxies a listener trusts to send a PROXY header, if it reads one.
+fn proxies(l: &crate::config::Listener) -> Option<Arc<[crate::config::Cidr]>> {
+    l.proxy_protocol.then(|| l.trusted().into())
 }
 
 /// The TLS configurations of the listeners, trusting the configured and

@@ -13,7 +13,7 @@
 //!
 //! One deadline covers TLS, the upgrade and CONNECT.
 
-use crate::config::ClientCert;
+use crate::config::{Cidr, ClientCert};
 use crate::http::operators::Operators;
 use crate::http::upgrade::{self, Opening};
 use crate::http::{device, sigv4};
@@ -22,6 +22,7 @@ use crate::registry::ClientIdentity;
 use crate::session::admission;
 use crate::session::authz::Grant;
 use crate::session::conn::{self, Credentials, Shared};
+use crate::transport::proxy;
 use crate::transport::stream::{self, TlsStream};
 use crate::transport::tls::{self, Acceptor};
 use crate::transport::ws::WsStream;
@@ -49,24 +50,28 @@ pub(super) struct Routes {
 }
 
 /// Accepts connections and spawns `serve` for each in a task of its own,
-/// with one of the connection permits; past the limit a connection is
-/// refused and counted.
+/// with one of the connection permits and the connection's deadline; past
+/// the limit a connection is refused and counted. Behind trusted proxies
+/// (`proxies`), the PROXY header is read first, within the deadline, and
+/// the address it names is the client's from then on.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
+    (permits, proxies): (Arc<Semaphore>, Option<Arc<[Cidr]>>),
     tracker: TaskTracker,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit, Instant) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
+    let timeout = shared.config.tls.handshake_timeout();
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -75,23 +80,7 @@ async fn accept_loop<F, Fut>(
                 continue;
             }
         };
-        let limits = &shared.config.limits;
-        let address = || peer.ip().to_canonical().to_string();
-        if limits.connections_per_second_per_address > 0
-            && !shared.arrivals.lock().admit(
-                Instant::now(),
-                &address(),
-                limits.connections_per_second_per_address,
-                limits.connection_burst_per_address,
-            )
-        {
-            shared.metrics.refused(LimitKind::ConnectionRate);
-            crate::refusal!(
-                &address(),
-                "connection_rate",
-                %peer,
-                "too many new connections a second from this address"
-            );
+        if proxies.is_none() && !arrival(&shared, peer) {
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -101,7 +90,78 @@ async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tracker.spawn(serve(stream, peer, permit));
+        let deadline = Instant::now() + timeout;
+        let Some(proxies) = proxies.clone() else {
+            tracker.spawn(serve(stream, peer, permit, deadline));
+            continue;
+        };
+        let (shared, serve) = (shared.clone(), serve.clone());
+        tracker.spawn(async move {
+            let Some(client) =
+                proxied(&mut stream, peer, &proxies, &shared.metrics, deadline).await
+            else {
+                return;
+            };
+            if arrival(&shared, client) {
+                serve(stream, client, permit, deadline).await;
+            }
+        });
+    }
+}
+
+/// Whether a new connection from `peer` is within its address's rate; a
+/// refusal is counted and logged.
+fn arrival(shared: &Shared, peer: SocketAddr) -> bool {
+    let limits = &shared.config.limits;
+    let address = || peer.ip().to_canonical().to_string();
+    if limits.connections_per_second_per_address == 0
+        || shared.arrivals.lock().admit(
+            Instant::now(),
+            &address(),
+            limits.connections_per_second_per_address,
+            limits.connection_burst_per_address,
+        )
+    {
+        return true;
+    }
+    shared.metrics.refused(LimitKind::ConnectionRate);
+    crate::refusal!(
+        &address(),
+        "connection_rate",
+        %peer,
+        "too many new connections a second from this address"
+    );
+    false
+}
+
+/// The client's address from the PROXY header of a connection from a
+/// trusted proxy, by `deadline`; a connection from anywhere else, or
+/// without a good header, is counted, logged and closed.
+async fn proxied(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    trusted: &[Cidr],
+    metrics: &Metrics,
+    deadline: Instant,
+) -> Option<SocketAddr> {
+    let refused = |failure: HandshakeFailure, why: &dyn std::fmt::Display| {
+        metrics.handshake_failed(failure);
+        crate::refusal!(&peer.ip().to_string(), failure.label(), %peer, why = %why, "PROXY header refused");
+    };
+    if !trusted.iter().any(|c| c.contains(peer.ip())) {
+        refused(HandshakeFailure::UntrustedProxy, &"not a trusted proxy");
+        return None;
+    }
+    match tokio::time::timeout_at(deadline, proxy::read(stream)).await {
+        Ok(Ok(client)) => Some(client.unwrap_or(peer)),
+        Ok(Err(e)) => {
+            refused(HandshakeFailure::BadProxyHeader, &e);
+            None
+        }
+        Err(_) => {
+            refused(HandshakeFailure::Timeout, &"no PROXY header in time");
+            None
+        }
     }
 }
 
@@ -109,23 +169,20 @@ async fn accept_loop<F, Fut>(
 /// its own task.
 pub(super) async fn tls_listener(
     listener: TcpListener,
-    acceptor: Arc<Acceptor>,
-    client_cert: ClientCert,
+    (acceptor, client_cert): (Arc<Acceptor>, ClientCert),
     routes: Routes,
-    permits: Arc<Semaphore>,
+    (permits, proxies): (Arc<Semaphore>, Option<Arc<[Cidr]>>),
     tracker: TaskTracker,
 ) {
-    let timeout = routes.shared.config.tls.handshake_timeout();
     let shared = routes.shared.clone();
     accept_loop(
         listener,
         shared,
-        permits,
+        (permits, proxies),
         tracker,
-        move |stream, peer, permit| {
+        move |stream, peer, permit, deadline| {
             let (acceptor, routes) = (acceptor.clone(), routes.clone());
             async move {
-                let deadline = Instant::now() + timeout;
                 let metrics = &routes.shared.metrics;
                 let config = acceptor.current(client_cert);
                 let Some((mut tls, identity, domain_name)) =
@@ -177,18 +234,16 @@ pub(super) async fn plaintext_listener(
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
 ) {
-    let timeout = routes.shared.config.tls.handshake_timeout();
     let shared = routes.shared.clone();
     accept_loop(
         listener,
         shared,
-        permits,
+        (permits, None),
         tracker,
-        move |stream, peer, permit| {
+        move |stream, peer, permit, deadline| {
             let routes = routes.clone();
             async move {
                 let _permit = permit;
-                let deadline = Instant::now() + timeout;
                 let mut first = [0; 1];
                 let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
                 let origin = conn::Peer::plain(peer);

@@ -289,6 +289,8 @@ pub fn in_words(failure: HandshakeFailure) -> &'static str {
         HandshakeFailure::ConnectionLimit => "the gateway is at its connection limit",
         HandshakeFailure::BadUpgrade => "the HTTP request was no WebSocket upgrade to serve",
         HandshakeFailure::BadSignature => "the WebSocket upgrade's signature is not good",
+        HandshakeFailure::UntrustedProxy => "the connection is not from a trusted proxy",
+        HandshakeFailure::BadProxyHeader => "the PROXY protocol header is missing or malformed",
     }
 }
 

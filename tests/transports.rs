@@ -1,7 +1,8 @@
-//! MQTT over WebSockets and one port for everything: rumqttc over `wss://`
-//! with a client certificate, raw frames for what no client library sends
-//! (fragments, pings, closes), and each TLS listener routing MQTT, HTTPS
-//! and WebSockets by ALPN as AWS IoT's port 443 does.
+//! Every way a device reaches the gateway: rumqttc over `wss://` with a
+//! client certificate or a SigV4-signed URL, raw frames for what no client
+//! library sends (fragments, pings, closes), each TLS listener routing
+//! MQTT, HTTPS and WebSockets by ALPN as AWS IoT's port 443 does, and
+//! PROXY protocol headers from load balancers.
 
 mod common;
 
@@ -428,4 +429,100 @@ async fn connack_code_at(t: &TestServer, addr: SocketAddr, id: &str) -> Option<u
         .expect("an answer or a close in time")
         .ok()?;
     Some(got[3])
+}
+
+/// A TLS connection that sends `header` first, as a load balancer does.
+async fn behind_proxy(t: &TestServer, addr: SocketAddr, header: &[u8], cn: &str) -> Raw {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    tcp.write_all(header).await.expect("header");
+    let connector = tokio_rustls::TlsConnector::from(t.tls_config(Some(&t.device(cn))));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut stream = connector.connect(name, tcp).await.expect("TLS");
+    stream.flush().await.expect("flush");
+    Raw { stream }
+}
+
+/// A v2 header for a TCP over IPv4 client.
+fn v2_header(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x21, 0x11, 0, 12]);
+    h.extend(client);
+    h.extend([127, 0, 0, 1]);
+    h.extend(port.to_be_bytes());
+    h.extend(8883u16.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_gives_policies_the_clients_real_address() {
+    let mut t = TestServer::prepare(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         [[listeners]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+         [auth]\nprovisioning = { policies = [\"site\"] }\n",
+    );
+    // Only clients from 203.0.113.0/24 may connect.
+    t.write_policy(
+        "site",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*",
+            "Condition":{"IpAddress":{"aws:SourceIp":"203.0.113.0/24"}}}]}"#,
+    );
+    t.boot().await;
+    let (proxied, untrusting) = (t.server().listeners[0], t.server().listeners[1]);
+    for (header, id) in [
+        (
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 8883\r\n".to_vec(),
+            "v1-in",
+        ),
+        (v2_header([203, 0, 113, 9], 51001), "v2-in"),
+    ] {
+        let mut c = behind_proxy(&t, proxied, &header, id).await;
+        c.send(&connect_bytes(4, id, 30)).await;
+        assert_eq!(c.read_n(4).await, CONNACK_OK, "{id}");
+    }
+    for (header, id) in [
+        (
+            b"PROXY TCP4 198.51.100.7 127.0.0.1 51000 8883\r\n".to_vec(),
+            "v1-out",
+        ),
+        (v2_header([198, 51, 100, 9], 51001), "v2-out"),
+    ] {
+        let mut c = behind_proxy(&t, proxied, &header, id).await;
+        c.send(&connect_bytes(4, id, 30)).await;
+        assert_eq!(c.read_n(4).await, [0x20, 0x02, 0x00, 0x05], "{id}");
+    }
+    // No header where one is required; a header from an untrusted address;
+    // a header where none is read.
+    let mut tcp = tokio::net::TcpStream::connect(proxied).await.expect("tcp");
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed");
+    let mut tcp = tokio::net::TcpStream::connect(untrusting)
+        .await
+        .expect("tcp");
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 8883\r\n")
+        .await
+        .expect("write");
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed");
+    let mut plain = tokio::net::TcpStream::connect(t.addr()).await.expect("tcp");
+    plain
+        .write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 8883\r\n")
+        .await
+        .expect("write");
+    let read = tokio::time::timeout(WAIT, plain.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "closed");
+    let metrics = t.metrics().await;
+    for (reason, want) in [("bad_proxy_header", 1.0), ("untrusted_proxy", 1.0)] {
+        let series = format!("edgegate_handshake_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&metrics, &series), want, "{reason}");
+    }
+    assert!(
+        metric(
+            &metrics,
+            "edgegate_handshake_failures_total{reason=\"tls\"}"
+        ) >= 1.0
+    );
 }
