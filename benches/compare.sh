@@ -16,6 +16,9 @@
 #   SCENARIOS=flood benches/compare.sh
 #       # a well-behaved client's p99 next to 4 flooding clients over its p99 alone;
 #       # edgegate runs with its default rate limits for this one
+#   BROKERS="edgegate mosquitto" SCENARIOS="conn conn_ws fanin0 fanin0_ws" benches/compare.sh
+#       # MQTT over WebSockets (wss, client certificates) beside MQTT over TLS;
+#       # Mosquitto serves it on a listener of its own (WSPORT), rumqttd not at all
 #
 # Everything listens on 127.0.0.1 only, every run is bounded in count and
 # time, and every broker is stopped when the script ends.
@@ -26,6 +29,7 @@ RUNS=${RUNS:-3}
 BROKERS=${BROKERS:-"edgegate mosquitto rumqttd"}
 SCENARIOS=${SCENARIOS:-"conn rss fanin0 fanin1 fanout latency"}
 PORT=${PORT:-18883}
+WSPORT=${WSPORT:-18884}
 FSYNC=${FSYNC:-false}
 EG=target/release/edgegate
 
@@ -103,6 +107,13 @@ keyfile $certs/server.key
 require_certificate true
 use_identity_as_username true
 allow_anonymous true
+listener $WSPORT 127.0.0.1
+protocol websockets
+cafile $certs/ca.pem
+certfile $certs/server.pem
+keyfile $certs/server.key
+require_certificate true
+use_identity_as_username true
 EOF
 
 cat > "$work/rumqttd.toml" <<EOF
@@ -167,6 +178,8 @@ args_for() {
         rss) echo "conn --connections 10000 --concurrency 32 --hold-secs 6" ;;
         scale) echo "conn --connections ${SCALE:-19900} --concurrency 32 --hold-secs 6" ;;
         fanin0) echo "fanin --publishers 4 --messages 100000 --qos 0" ;;
+        fanin0_ws) echo "fanin --publishers 4 --messages 100000 --qos 0 --transport ws" ;;
+        conn_ws) echo "conn --connections 2000 --concurrency 32 --transport ws" ;;
         fanin1) echo "fanin --publishers 4 --messages 100000 --qos 1" ;;
         fanout) echo "fanout --subscribers 50 --messages 20000 --qos 0" ;;
         latency) echo "latency --rate 1000 --duration-secs 10" ;;
@@ -184,15 +197,18 @@ for run in $(seq "$RUNS"); do
     (( run % 2 == 0 )) && order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' ')
     for scenario in $SCENARIOS; do
         for broker in $order; do
-            # Only edgegate has a shadow service.
+            # Only edgegate has a shadow service; rumqttd serves no WebSockets.
             [[ $scenario == shadow* ]] && [ "$broker" != edgegate ] && continue
+            [[ $scenario == *_ws ]] && [ "$broker" = rumqttd ] && continue
+            port=$PORT
+            [[ $scenario == *_ws ]] && [ "$broker" = mosquitto ] && port=$WSPORT
             config=edgegate.toml
             [ "$scenario" = flood ] && config=edgegate-limited.toml
             start_broker "$broker" "$config" || continue
             pid=$(broker_proc)
             rss0=$(rss_kib "$pid"); cpu0=$(cpu_s "$pid")
             # shellcheck disable=SC2046
-            taskset -c 1 "$EG" bench $(args_for "$scenario") --broker "127.0.0.1:$PORT" \
+            taskset -c 1 "$EG" bench $(args_for "$scenario") --broker "127.0.0.1:$port" \
                 --ca "$certs/ca.pem" --cert "$certs/bench.pem" --key "$certs/bench.key" \
                 --timeout-secs 120 > "$work/out.json" &
             bench_pid=$!
@@ -230,6 +246,8 @@ figures = {
     "scale": ("idle mTLS connections held",
               lambda r: r["report"].get("connections", 0) - r["report"].get("failed", 0), True),
     "fanin0": ("fan-in QoS 0 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
+    "conn_ws": ("wss connections/s", lambda r: r["report"].get("connections_per_s"), True),
+    "fanin0_ws": ("wss fan-in QoS 0 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
     "fanin1": ("fan-in QoS 1 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
     "fanout": ("fan-out 1 to 50 deliveries/s", lambda r: r["report"].get("deliveries_per_s"), True),
     "latency": ("latency p99 us at 1,000 msg/s",

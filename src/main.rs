@@ -83,6 +83,10 @@ struct BenchArgs {
     /// MQTT 5 instead of 3.1.1.
     #[arg(long)]
     v5: bool,
+    /// `mqtt` (over TLS, or TCP without certificates) or `ws` (MQTT over
+    /// WebSockets: `wss` with certificates).
+    #[arg(long, default_value = "mqtt")]
+    transport: String,
     /// conn: connections to make.
     #[arg(long, default_value_t = 2000)]
     connections: usize,
@@ -598,6 +602,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             addr: a.broker,
             tls,
             protocol: if a.v5 { Protocol::V5 } else { Protocol::V4 },
+            websocket: match a.transport.as_str() {
+                "mqtt" => false,
+                "ws" | "wss" => true,
+                other => anyhow::bail!("--transport `{other}` is not mqtt, ws or wss"),
+            },
         },
         connections: a.connections,
         concurrency: a.concurrency,

@@ -17,6 +17,7 @@ fn options(t: &TestServer, scenario: &str, qos: QoS) -> Options {
             addr: t.addr(),
             tls: Some(t.tls_config(Some(&pem))),
             protocol: Protocol::V4,
+            websocket: false,
         },
         connections: 20,
         concurrency: 4,
@@ -238,5 +239,28 @@ async fn flood_measures_a_well_behaved_client_alone_then_next_to_flooders() {
     assert!(
         metric(&m, "edgegate_limit_refusals_total{limit=\"publish_rate\"}") > 0.0,
         "{m}"
+    );
+}
+
+#[tokio::test]
+async fn every_scenario_runs_over_websockets_too() {
+    let t = TestServer::start().await;
+    for scenario in ["conn", "fanin", "latency"] {
+        let mut o = options(&t, scenario, QoS::AtLeastOnce);
+        o.target.websocket = true;
+        let r = loadgen::run(&o).await.expect("runs");
+        if scenario == "fanin" {
+            assert_eq!(r["messages"], o.publishers * o.messages, "{r}");
+        } else {
+            assert_eq!(r["failed"].as_u64().unwrap_or(0), 0, "{r}");
+        }
+        assert_eq!(r["websocket"], true, "{r}");
+    }
+    let metrics = t.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "edgegate_transport_connections_total{transport=\"websocket\"}"
+        ) >= 20.0
     );
 }

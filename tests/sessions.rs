@@ -506,6 +506,7 @@ async fn lean(t: &TestServer, id: &str) -> edgegate::loadgen::client::Client {
         addr: t.addr(),
         tls: Some(t.tls_config(Some(&pem))),
         protocol: Protocol::V4,
+        websocket: false,
     };
     Client::connect(&target, id).await.expect("connect")
 }

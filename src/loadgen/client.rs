@@ -3,6 +3,7 @@
 //! one call, so that the tool costs little next to the broker it measures.
 
 use crate::codec::{self, Connect, Packet, Properties, Protocol};
+use crate::transport::ws::{Role, WsStream};
 use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct Target {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// MQTT version.
     pub protocol: Protocol,
+    /// MQTT over WebSockets (`/mqtt`), over TLS or not.
+    pub websocket: bool,
 }
 
 impl std::fmt::Debug for Target {
@@ -35,6 +38,7 @@ impl std::fmt::Debug for Target {
         f.debug_struct("Target")
             .field("addr", &self.addr)
             .field("tls", &self.tls.is_some())
+            .field("websocket", &self.websocket)
             .finish()
     }
 }
@@ -66,6 +70,11 @@ impl Client {
                         .map_err(|e| format!("TLS: {e}"))?,
                 )
             }
+        };
+        let io = if target.websocket {
+            upgrade(io, target.addr).await?
+        } else {
+            io
         };
         let mut c = Self {
             io,
@@ -143,4 +152,49 @@ impl Client {
             Err(e) => Err(format!("read: {e}")),
         }
     }
+}
+
+/// Opens MQTT over WebSockets on `io`: the upgrade request, and the
+/// stream once the broker switched protocols.
+async fn upgrade(mut io: Box<dyn Io>, addr: std::net::SocketAddr) -> Result<Box<dyn Io>, String> {
+    // The tool is no browser: one fixed key serves, checked all the same.
+    const KEY: &str = "ZWRnZWdhdGUgYmVuY2ggIQ==";
+    let request = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    io.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    io.flush().await.map_err(|e| format!("upgrade: {e}"))?;
+    let mut head = Vec::new();
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() > 8 * 1024 {
+            return Err("upgrade: the answer's head is too long".into());
+        }
+        if io
+            .read_buf(&mut head)
+            .await
+            .map_err(|e| format!("upgrade: {e}"))?
+            == 0
+        {
+            return Err("upgrade: closed by the broker".into());
+        }
+    };
+    let answer = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+    let accept = crate::http::upgrade::accept_key(KEY).to_ascii_lowercase();
+    if !answer.starts_with("http/1.1 101") || !answer.contains(&accept) {
+        let line = answer.lines().next().unwrap_or_default().to_owned();
+        return Err(format!("upgrade refused: {line}"));
+    }
+    let early = head[end..].to_vec();
+    Ok(Box::new(WsStream::new(
+        io,
+        Role::Client([0x5a, 0x17, 0xc3, 0x08]),
+        early,
+        MAX_PACKET,
+    )))
 }

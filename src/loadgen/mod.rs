@@ -107,6 +107,7 @@ pub async fn run(o: &Options) -> Result<Value, String> {
         .map_err(|_| "the broker did not answer before the deadline".to_owned())??;
     report["scenario"] = json!(o.scenario);
     report["tls"] = json!(o.target.tls.is_some());
+    report["websocket"] = json!(o.target.websocket);
     report["qos"] = json!(o.qos as u8);
     report["tool_cpu_s"] = json!(round3(cpu_seconds() - cpu));
     Ok(report)

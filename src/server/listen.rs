@@ -25,7 +25,7 @@ use crate::session::conn::{self, Credentials, Shared};
 use crate::transport::proxy;
 use crate::transport::stream::{self, TlsStream};
 use crate::transport::tls::{self, Acceptor};
-use crate::transport::ws::WsStream;
+use crate::transport::ws::{Role, WsStream};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -353,7 +353,7 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
             }
             metrics.routed(Transport::WebSocket);
             let max = shared.config.limits.max_packet_bytes;
-            let ws = WsStream::new(stream, early, max);
+            let ws = WsStream::new(stream, Role::Server, early, max);
             conn::serve(ws, origin, shared.clone(), deadline).await;
             return;
         }

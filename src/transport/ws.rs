@@ -9,7 +9,9 @@
 //! frame ends the connection (MQTT-6.0.0-1), and so do frames or
 //! fragmented messages larger than the packet limit.
 //!
-//! The upgrade itself is HTTP's, and lives in `http::upgrade`.
+//! The same stream serves the load tool as a client, which masks what it
+//! sends and expects nothing masked. The upgrade itself is HTTP's, and
+//! lives in `http::upgrade`.
 
 use std::io;
 use std::pin::Pin;
@@ -41,15 +43,25 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
-/// A client frame's header.
+/// Which end of the connection a stream is: a server's peer masks every
+/// frame, a client's never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The gateway.
+    Server,
+    /// A client, masking what it sends with this key.
+    Client([u8; 4]),
+}
+
+/// A frame's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// The last frame of its message.
     pub fin: bool,
     /// The opcode.
     pub opcode: u8,
-    /// The masking key (client frames are always masked).
-    pub mask: [u8; 4],
+    /// The masking key, if masked.
+    pub mask: Option<[u8; 4]>,
     /// Payload length.
     pub len: u64,
     /// Bytes the header took.
@@ -82,17 +94,21 @@ impl FrameError {
     }
 }
 
-/// Reads a client frame's header from the front of `buf`: `None` until it
-/// is all there.
-pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+/// Reads a frame's header from the front of `buf`, as `role` receives it
+/// (a server only masked frames, a client only unmasked ones): `None`
+/// until it is all there.
+pub fn parse_header(buf: &[u8], role: Role) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
     if b0 & 0x70 != 0 {
         return Err(FrameError::Protocol("reserved bits set"));
     }
-    if b1 & 0x80 == 0 {
-        return Err(FrameError::Protocol("a client frame is not masked"));
+    let masked = b1 & 0x80 != 0;
+    match (role, masked) {
+        (Role::Server, false) => return Err(FrameError::Protocol("a client frame is not masked")),
+        (Role::Client(_), true) => return Err(FrameError::Protocol("a server frame is masked")),
+        _ => {}
     }
     let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
     let (len, at) = match b1 & 0x7f {
@@ -110,8 +126,13 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
         },
         n => (u64::from(n), 2),
     };
-    let Some(m) = buf.get(at..at + 4) else {
-        return Ok(None);
+    let mask = if masked {
+        match buf.get(at..at + 4) {
+            Some(m) => Some([m[0], m[1], m[2], m[3]]),
+            None => return Ok(None),
+        }
+    } else {
+        None
     };
     match opcode {
         CONTINUATION | TEXT | BINARY => {}
@@ -127,13 +148,14 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     Ok(Some(Header {
         fin,
         opcode,
-        mask: [m[0], m[1], m[2], m[3]],
+        mask,
         len,
-        size: at + 4,
+        size: at + if masked { 4 } else { 0 },
     }))
 }
 
-/// Unmasks `data`, the payload bytes from `offset` on, eight at a time.
+/// Masks or unmasks `data`, the payload bytes from `offset` on, eight at a
+/// time.
 fn unmask(data: &mut [u8], mask: [u8; 4], offset: u64) {
     let mut key = mask;
     key.rotate_left((offset % 4) as usize);
@@ -151,27 +173,39 @@ fn unmask(data: &mut [u8], mask: [u8; 4], offset: u64) {
     }
 }
 
-/// Appends a server frame (unmasked) holding `payload`.
-pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+/// Appends a frame holding `payload`, as `role` sends it (a client's
+/// masked).
+pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], role: Role) {
     out.push(0x80 | opcode);
+    let masked = match role {
+        Role::Server => 0,
+        Role::Client(_) => 0x80,
+    };
     match payload.len() {
-        n @ 0..=125 => out.push(n as u8),
+        n @ 0..=125 => out.push(masked | n as u8),
         n @ 126..=0xffff => {
-            out.push(126);
+            out.push(masked | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(127);
+            out.push(masked | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(payload);
+    let start = out.len();
+    if let Role::Client(mask) = role {
+        out.extend_from_slice(&mask);
+        out.extend_from_slice(payload);
+        unmask(&mut out[start + 4..], mask, 0);
+    } else {
+        out.extend_from_slice(payload);
+    }
 }
 
 /// The data frame being read.
 #[derive(Debug, Default)]
 struct Frame {
-    mask: [u8; 4],
+    mask: Option<[u8; 4]>,
     /// Payload bytes not yet read.
     left: u64,
     /// Payload bytes read so far.
@@ -182,6 +216,7 @@ struct Frame {
 #[derive(Debug)]
 pub struct WsStream<S> {
     inner: S,
+    role: Role,
     /// Socket bytes read but not yet taken: a partial header, a control
     /// frame, or payload read along with a header. Freed once empty.
     rbuf: Vec<u8>,
@@ -203,11 +238,12 @@ pub struct WsStream<S> {
 }
 
 impl<S> WsStream<S> {
-    /// The stream after a completed upgrade; `early` holds whatever the
-    /// client sent after its request, already read.
-    pub fn new(inner: S, early: Vec<u8>, max_message: usize) -> Self {
+    /// The stream after a completed upgrade, as `role`; `early` holds
+    /// whatever the peer sent after the handshake, already read.
+    pub fn new(inner: S, role: Role, early: Vec<u8>, max_message: usize) -> Self {
         Self {
             inner,
+            role,
             rbuf: early,
             rpos: 0,
             frame: Frame::default(),
@@ -237,7 +273,7 @@ impl<S> WsStream<S> {
     fn queue_close(&mut self, code: u16) {
         if !self.close_sent {
             self.close_sent = true;
-            put_frame(&mut self.wbuf, CLOSE, &code.to_be_bytes());
+            put_frame(&mut self.wbuf, CLOSE, &code.to_be_bytes(), self.role);
         }
     }
 }
@@ -282,10 +318,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     fn control(&mut self, h: Header) -> Option<io::Result<()>> {
         let len = h.len as usize;
         let mut payload = self.buffered()[h.size..h.size + len].to_vec();
-        unmask(&mut payload, h.mask, 0);
+        if let Some(mask) = h.mask {
+            unmask(&mut payload, mask, 0);
+        }
         self.consume(h.size + len);
         match h.opcode {
-            PING if !self.close_sent => put_frame(&mut self.wbuf, PONG, &payload),
+            PING if !self.close_sent => put_frame(&mut self.wbuf, PONG, &payload, self.role),
             CLOSE => {
                 // Echo the client's code (none if it gave none), then end.
                 let code = match *payload.as_slice() {
@@ -342,13 +380,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                         return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                     }
                     buf.advance(n);
-                    unmask(&mut buf.filled_mut()[start..], mask, offset);
+                    if let Some(mask) = mask {
+                        unmask(&mut buf.filled_mut()[start..], mask, offset);
+                    }
                     n
                 } else {
                     let n = want.min(this.buffered().len());
                     let start = buf.filled().len();
                     buf.put_slice(&this.buffered()[..n]);
-                    unmask(&mut buf.filled_mut()[start..], mask, offset);
+                    if let Some(mask) = mask {
+                        unmask(&mut buf.filled_mut()[start..], mask, offset);
+                    }
                     this.consume(n);
                     n
                 };
@@ -356,7 +398,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 this.frame.done += n as u64;
                 return Poll::Ready(Ok(()));
             }
-            let header = match parse_header(this.buffered()) {
+            let header = match parse_header(this.buffered(), this.role) {
                 Err(e) => return Poll::Ready(Err(this.refuse(cx, e))),
                 Ok(h) => h,
             };
@@ -421,7 +463,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let part = &data[..data.len().min(WRITE_CHUNK)];
-        put_frame(&mut this.wbuf, BINARY, part);
+        put_frame(&mut this.wbuf, BINARY, part, this.role);
         // What the socket does not take now is sent before the next write,
         // or by flush.
         if let Poll::Ready(Err(e)) = this.poll_send(cx) {
@@ -473,22 +515,24 @@ mod tests {
     fn headers_are_read_whole_or_not_at_all_and_bad_ones_refused() {
         let f = frame(true, BINARY, &[0; 300]);
         for cut in 0..8 {
-            assert_eq!(parse_header(&f[..cut]), Ok(None), "{cut}");
+            assert_eq!(parse_header(&f[..cut], Role::Server), Ok(None), "{cut}");
         }
-        let h = parse_header(&f).expect("valid").expect("whole");
+        let h = parse_header(&f, Role::Server)
+            .expect("valid")
+            .expect("whole");
         assert_eq!((h.fin, h.opcode, h.len, h.size), (true, BINARY, 300, 8));
         let mut unmasked = frame(true, BINARY, b"x");
         unmasked[1] &= 0x7f;
         assert!(matches!(
-            parse_header(&unmasked),
+            parse_header(&unmasked, Role::Server),
             Err(FrameError::Protocol(_))
         ));
-        assert!(parse_header(&frame(false, PING, b"")).is_err());
-        assert!(parse_header(&frame(true, PING, &[0; 126])).is_err());
-        assert!(parse_header(&frame(true, 0x3, b"")).is_err());
+        assert!(parse_header(&frame(false, PING, b""), Role::Server).is_err());
+        assert!(parse_header(&frame(true, PING, &[0; 126]), Role::Server).is_err());
+        assert!(parse_header(&frame(true, 0x3, b""), Role::Server).is_err());
         let mut reserved = frame(true, BINARY, b"x");
         reserved[0] |= 0x40;
-        assert!(parse_header(&reserved).is_err());
+        assert!(parse_header(&reserved, Role::Server).is_err());
     }
 
     #[test]
@@ -510,7 +554,7 @@ mod tests {
     async fn fragments_and_pings_give_one_byte_stream_and_pongs_go_back() {
         let (mut client, server) = duplex(64 * 1024);
         let early = frame(false, BINARY, b"ab");
-        let mut ws = WsStream::new(server, early, 1024);
+        let mut ws = WsStream::new(server, Role::Server, early, 1024);
         let mut sent = frame(true, PING, b"hi");
         sent.extend(frame(true, CONTINUATION, b"cd"));
         sent.extend(frame(true, BINARY, b""));
@@ -552,7 +596,7 @@ mod tests {
             (frame(true, CONTINUATION, b"x"), close::PROTOCOL),
         ] {
             let (mut client, server) = duplex(64 * 1024);
-            let mut ws = WsStream::new(server, Vec::new(), 1024);
+            let mut ws = WsStream::new(server, Role::Server, Vec::new(), 1024);
             client.write_all(&sent).await.expect("write");
             let mut sink = vec![0; 4096];
             let mut result = Ok(0);
@@ -572,5 +616,30 @@ mod tests {
             assert_eq!(closed[..2], [0x88, 2]);
             assert_eq!(u16::from_be_bytes([closed[2], closed[3]]), code);
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_stream_and_a_server_stream_talk() {
+        let (a, b) = duplex(64 * 1024);
+        let mut client = WsStream::new(a, Role::Client([9, 8, 7, 6]), Vec::new(), 1 << 20);
+        let mut server = WsStream::new(b, Role::Server, Vec::new(), 1 << 20);
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let send = async {
+            client.write_all(&big).await.expect("write");
+            client.flush().await.expect("flush");
+            let mut back = [0; 5];
+            client.read_exact(&mut back).await.expect("read");
+            back
+        };
+        let echo = async {
+            let mut got = vec![0; big.len()];
+            server.read_exact(&mut got).await.expect("read");
+            server.write_all(b"thank").await.expect("write");
+            server.flush().await.expect("flush");
+            got
+        };
+        let (back, got) = tokio::join!(send, echo);
+        assert_eq!(got, big);
+        assert_eq!(&back, b"thank");
     }
 }
