@@ -3,6 +3,7 @@
 //! `edgegate` CLI signs its own. Canonicalization follows
 //! spec/aws-iot-auth.md §6.2 (non-S3 services: the path is encoded twice).
 
+use super::aws::{percent_decode, query_param};
 use crate::registry::identity::hex;
 use ring::{digest, hmac};
 use std::fmt::Write;
@@ -90,36 +91,6 @@ fn sha256_hex(data: &[u8]) -> String {
 
 pub use crate::sql::template::uri_encode;
 
-fn uri_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let h = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match h {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn canonical_query(query: &str) -> String {
     let mut pairs: Vec<(String, String)> = query
         .split('&')
@@ -127,8 +98,8 @@ fn canonical_query(query: &str) -> String {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             (
-                uri_encode(&uri_decode(k), false),
-                uri_encode(&uri_decode(v), false),
+                uri_encode(&percent_decode(k), false),
+                uri_encode(&percent_decode(v), false),
             )
         })
         .collect();
@@ -319,18 +290,10 @@ fn check_scope(scope: &str, amz_date: &str, expected: Scope<'_>) -> Result<(), S
     Ok(())
 }
 
-/// A query parameter's decoded value (the first of that name).
-fn param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        (uri_decode(k) == name).then(|| uri_decode(v))
-    })
-}
-
 /// The access key id a presigned request says it is signed with
 /// (unverified).
 pub fn presigned_key(query: &str) -> Option<String> {
-    param(query, "X-Amz-Credential")?
+    query_param(query, "X-Amz-Credential")?
         .split('/')
         .next()
         .map(str::to_owned)
@@ -338,7 +301,7 @@ pub fn presigned_key(query: &str) -> Option<String> {
 
 /// Whether a request carries its signature in the query.
 pub fn is_presigned(query: &str) -> bool {
-    param(query, "X-Amz-Signature").is_some()
+    query_param(query, "X-Amz-Signature").is_some()
 }
 
 /// Checks a presigned request, whose signature is in its query, as the
@@ -355,7 +318,7 @@ pub fn verify_presigned(
     now: i64,
     expected: Scope<'_>,
 ) -> Result<(), SigError> {
-    let get = |name| param(r.query, name);
+    let get = |name| query_param(r.query, name);
     if get("X-Amz-Algorithm").as_deref() != Some("AWS4-HMAC-SHA256") {
         return Err(SigError::Missing);
     }
@@ -395,7 +358,7 @@ pub fn verify_presigned(
             .query
             .split('&')
             .filter(|p| {
-                let k = uri_decode(p.split_once('=').map_or(*p, |(k, _)| k));
+                let k = percent_decode(p.split_once('=').map_or(*p, |(k, _)| k));
                 k != "X-Amz-Signature" && (with_token || k != "X-Amz-Security-Token")
             })
             .collect();
