@@ -11,6 +11,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,8 @@ pub struct Config {
     pub https: Https,
     /// More TLS listeners, each with options of its own.
     pub listeners: Vec<Listener>,
+    /// Custom authorizers, in file order.
+    pub authorizers: Vec<Authorizer>,
     /// The loopback admin listener (metrics, health).
     pub admin: Admin,
     /// Protocol limits, AWS IoT's by default.
@@ -180,6 +183,40 @@ impl Listener {
             .filter_map(|p| p.parse().ok())
             .collect()
     }
+}
+
+/// `[[authorizers]]`: a custom authorizer, AWS's, with an HTTPS endpoint
+/// in place of its Lambda function.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorizer {
+    /// `authorizerName`.
+    pub name: String,
+    /// The endpoint sent AWS's request document (`https://`, or `http://`
+    /// to a loopback host unless `actions.allow_plaintext_http`).
+    pub endpoint: String,
+    /// `tokenKeyName`: the parameter (header, query or MQTT username key)
+    /// that holds the token.
+    #[serde(default)]
+    pub token_key_name: Option<String>,
+    /// `tokenSigningPublicKeys`: names and PEM files of the RSA public keys
+    /// a token's signature may verify with.
+    #[serde(default)]
+    pub token_signing_public_keys: BTreeMap<String, PathBuf>,
+    /// `signingDisabled`: tokens are passed on unsigned.
+    #[serde(default)]
+    pub signing_disabled: bool,
+    /// `status` ACTIVE (true) or INACTIVE.
+    #[serde(default = "active")]
+    pub active: bool,
+    /// The default authorizer (`SetDefaultAuthorizer`): asked when a client
+    /// names none.
+    #[serde(default)]
+    pub default: bool,
+}
+
+fn active() -> bool {
+    true
 }
 
 /// An address block (`10.0.0.0/8`, `2001:db8::/32`) or one address.
@@ -582,9 +619,9 @@ impl Config {
                     Some(s) => data_dir = s.into(),
                     None => problems.push("data_dir: expected a string".into()),
                 },
-                "aws" | "tls" | "mqtt" | "https" | "listeners" | "admin" | "limits" | "store"
-                | "policies" | "auth" | "actions" | "events" | "provisioning" | "rules"
-                | "upstream" => {}
+                "aws" | "tls" | "mqtt" | "https" | "listeners" | "authorizers" | "admin"
+                | "limits" | "store" | "policies" | "auth" | "actions" | "events"
+                | "provisioning" | "rules" | "upstream" => {}
                 other => problems.push(format!("unknown key `{other}`")),
             }
         }
@@ -595,6 +632,7 @@ impl Config {
             mqtt: section(&table, "mqtt", &mut problems),
             https: section(&table, "https", &mut problems),
             listeners: tables(&table, "listeners", "listen", &mut problems),
+            authorizers: tables(&table, "authorizers", "name", &mut problems),
             admin: section(&table, "admin", &mut problems),
             limits: section(&table, "limits", &mut problems),
             store: section(&table, "store", &mut problems),
@@ -646,10 +684,56 @@ impl Config {
                 .flat_map(|u| [&mut u.ca, &mut u.cert, &mut u.key]),
         )
         .chain(self.provisioning.templates.iter_mut().map(|t| &mut t.file))
-        {
+        .chain(
+            self.authorizers
+                .iter_mut()
+                .flat_map(|a| a.token_signing_public_keys.values_mut()),
+        ) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+    }
+
+    /// Authorizers have AWS's names, unique, what signing needs, and one
+    /// default at most.
+    fn validate_authorizers(&self, problems: &mut Vec<String>) {
+        let mut seen = Vec::new();
+        for (i, a) in self.authorizers.iter().enumerate() {
+            let at = format!("authorizers[{i}]");
+            let name_ok = (1..=128).contains(&a.name.len())
+                && a.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_=,@-".contains(c));
+            if !name_ok {
+                problems.push(format!(
+                    "{at}.name: `{}` is not 1 to 128 of [\\w=,@-]",
+                    a.name
+                ));
+            } else if seen.contains(&&a.name) {
+                problems.push(format!("{at}.name: `{}` is used twice", a.name));
+            }
+            seen.push(&a.name);
+            if !a.signing_disabled
+                && (a.token_key_name.is_none() || a.token_signing_public_keys.is_empty())
+            {
+                problems.push(format!(
+                    "{at}: with signing on, token_key_name and token_signing_public_keys are required"
+                ));
+            }
+            if let Some(key) = &a.token_key_name
+                && !((1..=128).contains(&key.len())
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)))
+            {
+                problems.push(format!(
+                    "{at}.token_key_name: `{key}` is not 1 to 128 of [a-zA-Z0-9_-]"
+                ));
+            }
+        }
+        if self.authorizers.iter().filter(|a| a.default).count() > 1 {
+            problems.push("authorizers: at most one is the default".into());
         }
     }
 
@@ -739,6 +823,7 @@ impl Config {
             &mut problems,
         );
         self.validate_users(&mut problems);
+        self.validate_authorizers(&mut problems);
         let l = &self.limits;
         if l.max_qos > 2 {
             problems.push(format!("limits.max_qos: {} is not 0, 1 or 2", l.max_qos));

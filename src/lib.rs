@@ -35,6 +35,8 @@
 //! - [`jobs`]: AWS IoT Jobs: jobs, executions and their state machine (pure).
 //! - [`events`]: lifecycle events: their documents and the service that
 //!   publishes them on `$aws/events/...`.
+//! - [`authorizers`]: custom authorizers: tokens, their signatures, the
+//!   endpoints that decide, and their answers as a connection's policies.
 //! - [`session`]: the session table, wills, and the connection task.
 //! - [`http`]: the admin listener and socket, the AWS IoT control plane
 //!   with operators, the `iot-data` API, the device endpoint.
@@ -43,6 +45,7 @@
 //!   it uses only [`codec`].
 
 pub mod audit;
+pub mod authorizers;
 pub mod bridge;
 pub mod codec;
 pub mod config;

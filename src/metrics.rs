@@ -98,6 +98,24 @@ label_enum!(
 );
 
 label_enum!(
+    /// What a custom authorizer decided about a client.
+    AuthorizerOutcome {
+        /// It authenticated the client.
+        Allowed => "allowed",
+        /// It said `isAuthenticated: false`.
+        NotAuthenticated => "not_authenticated",
+        /// Its endpoint failed: down, late, an error, an invalid answer.
+        Failed => "failed",
+        /// The token's signature did not verify (the endpoint was not asked).
+        BadSignature => "bad_signature",
+        /// The client named no authorizer there is, and there is no default.
+        Unknown => "unknown",
+        /// The authorizer is INACTIVE.
+        Inactive => "inactive",
+    }
+);
+
+label_enum!(
     /// What a connection speaks once its transport is up.
     Transport {
         /// MQTT straight over TLS (or the plaintext listener).
@@ -335,6 +353,8 @@ pub struct Metrics {
     pub handshake_failures: Family,
     /// `edgegate_transport_connections_total{transport}`.
     transports: Family,
+    /// `edgegate_authorizer_decisions_total{outcome}`.
+    authorizer_decisions: Family,
     /// `edgegate_packets_received_total{type}`.
     packets_in: Family,
     /// `edgegate_packets_sent_total{type}`.
@@ -590,6 +610,15 @@ impl Metrics {
                 "Connections that failed before their session started, by reason.",
                 "reason",
                 &HandshakeFailure::ALL
+                    .iter()
+                    .map(|v| v.label())
+                    .collect::<Vec<_>>(),
+            ),
+            authorizer_decisions: family(
+                "edgegate_authorizer_decisions_total",
+                "Custom authorizer decisions about clients, by outcome.",
+                "outcome",
+                &AuthorizerOutcome::ALL
                     .iter()
                     .map(|v| v.label())
                     .collect::<Vec<_>>(),
@@ -927,6 +956,11 @@ impl Metrics {
     /// Counts a handshake failure.
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
         self.handshake_failures.get(reason as usize).increment(1);
+    }
+
+    /// Counts a custom authorizer's decision.
+    pub fn authorizer_decided(&self, outcome: AuthorizerOutcome) {
+        self.authorizer_decisions.get(outcome as usize).increment(1);
     }
 
     /// Counts a connection routed to what it speaks.

@@ -67,9 +67,13 @@ pub enum ServerError {
     /// A provisioning template could not be read or is not valid.
     #[error(transparent)]
     Template(#[from] crate::provisioning::catalog::FileError),
-    /// The client for pre-provisioning hooks could not be made (`actions.http_ca`).
-    #[error("pre-provisioning hooks: {0}")]
+    /// The client for pre-provisioning hooks and custom authorizers could
+    /// not be made (`actions.http_ca`).
+    #[error("pre-provisioning hooks and custom authorizers: {0}")]
     HookClient(String),
+    /// A custom authorizer cannot serve (its endpoint, its keys).
+    #[error("{0}")]
+    Authorizer(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -342,6 +346,14 @@ impl Server {
                 reload_policies(&store, &metrics, &dir);
             })
         };
+        // Pre-provisioning hooks and custom authorizers: endpoints that
+        // stand in for Lambda functions, trusted as HTTP actions are.
+        let lambdas = crate::rules::actions::http::client(config.actions.http_ca.as_deref())
+            .map_err(ServerError::HookClient)?;
+        let authorizers = Arc::new(
+            crate::authorizers::Authorizers::from_config(&config, lambdas.clone(), metrics.clone())
+                .map_err(ServerError::Authorizer)?,
+        );
         crate::provisioning::service::start(
             router.clone(),
             registry.clone(),
@@ -351,8 +363,7 @@ impl Server {
                 ca_dir: ca_dir(&config),
                 catalog: catalog.clone(),
                 head: ArnHead::new(&config.aws.region, &config.aws.account_id),
-                http: crate::rules::actions::http::client(config.actions.http_ca.as_deref())
-                    .map_err(ServerError::HookClient)?,
+                http: lambdas,
                 audit: audit.clone(),
                 policies: versions.clone(),
                 enforce: enforce.clone(),
@@ -417,6 +428,7 @@ impl Server {
             connects: parking_lot::Mutex::new(Table::new(conn::RATE_KEYS)),
             arrivals: parking_lot::Mutex::new(Table::new(conn::RATE_KEYS)),
             events,
+            authorizers,
         });
         tracker.spawn({
             let (shared, policies, registry) =

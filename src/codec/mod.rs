@@ -493,6 +493,7 @@ pub mod reason {
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
     pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
+    pub const MAXIMUM_CONNECT_TIME: u8 = 0xA0;
     pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
 
     /// The MQTT 3.1.1 CONNACK return code for an MQTT 5 CONNACK reason code.

@@ -190,6 +190,7 @@ impl Operators {
             store,
             policies,
             vars: vec![("aws:username", op.access_key_id.clone())],
+            custom: None,
         })
     }
 

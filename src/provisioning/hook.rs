@@ -71,41 +71,15 @@ pub async fn ask(
     hook: &Hook,
     asked: &Asked<'_>,
 ) -> Result<BTreeMap<String, String>, String> {
-    let call = async {
-        let mut response = client
-            .post(&hook.target)
-            .header("content-type", "application/json")
-            .body(request(asked).to_string())
-            .send()
-            .await
-            .map_err(|e| format!("the pre-provisioning hook is unreachable: {e}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("the pre-provisioning hook answered HTTP {status}"));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("the pre-provisioning hook's answer broke off: {e}"))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(format!(
-                    "the pre-provisioning hook's answer is longer than {MAX_ANSWER} bytes"
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        answer(&body)
-    };
-    tokio::time::timeout(DEADLINE, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "the pre-provisioning hook did not answer within {} s",
-                DEADLINE.as_secs()
-            ))
-        })
+    let body = crate::rules::actions::http::call_json(
+        client,
+        &hook.target,
+        request(asked).to_string(),
+        (MAX_ANSWER, DEADLINE),
+        "pre-provisioning hook",
+    )
+    .await?;
+    answer(&body)
 }
 
 #[cfg(test)]

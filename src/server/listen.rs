@@ -13,6 +13,8 @@
 //!
 //! One deadline covers TLS, the upgrade and CONNECT.
 
+use crate::authorizers::Asked;
+use crate::authorizers::request::{Connection, Presented};
 use crate::config::{Cidr, ClientCert};
 use crate::http::operators::Operators;
 use crate::http::upgrade::{self, Opening};
@@ -325,7 +327,46 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     let peer = origin.addr;
     let (status, why, failure) = match opening {
         Opening::WebSocket { request, early } => {
-            if sigv4::is_presigned(&request.query) {
+            let presented = Presented::from_http(&request.headers, &request.query);
+            if matches!(origin.credentials, Credentials::Unauthenticated)
+                && presented.authorizer().is_some()
+            {
+                let asked = Asked {
+                    presented,
+                    connection: Connection {
+                        server_name: origin.domain_name.as_deref().map(str::to_owned),
+                        http: Some((request.headers.clone(), request.query.clone())),
+                        mqtt: None,
+                        id: crate::registry::identity::uuid_v4(),
+                    },
+                };
+                let asking = shared
+                    .authorizers
+                    .authorize(&asked.presented, &asked.connection);
+                match tokio::time::timeout_at(deadline, asking).await {
+                    Ok(Ok(verdict)) => {
+                        let grant = Grant::custom(&verdict, asked);
+                        origin.credentials = Credentials::Granted(Box::new(grant));
+                    }
+                    refused => {
+                        let why = match refused {
+                            Ok(Err(r)) => r.to_string(),
+                            _ => "the custom authorizer did not decide in time".to_owned(),
+                        };
+                        metrics.handshake_failed(HandshakeFailure::Refused);
+                        crate::refusal!(
+                            &peer.ip().to_string(),
+                            "custom_auth",
+                            %peer,
+                            why,
+                            "WebSocket upgrade refused"
+                        );
+                        let refused = upgrade::refuse(&mut stream, 403, &why);
+                        let _ = tokio::time::timeout_at(deadline, refused).await;
+                        return;
+                    }
+                }
+            } else if sigv4::is_presigned(&request.query) {
                 match presigned(&request, &routes.operators) {
                     Ok(grant) => origin.credentials = Credentials::Granted(Box::new(grant)),
                     Err(e) => {

@@ -4,6 +4,7 @@
 //! Every check that fails is counted in `edgegate_authz_denied_total{action}`
 //! and logged once, with certificate id, client id, action and resource.
 
+use crate::authorizers::{Asked, Verdict};
 use crate::metrics::{AuthzAction, Metrics};
 use crate::policy::compile::{ArnHead, Context, PackedContext};
 use crate::policy::eval::{Action, DecisionCache, PolicySet, ResourceType};
@@ -43,6 +44,37 @@ pub struct Grant {
     pub policies: Vec<String>,
     /// Variables of the policy context (`aws:username`).
     pub vars: Vec<(&'static str, String)>,
+    /// For a custom authorizer's grant: what to ask it again at each
+    /// refresh, and how long the connection may last.
+    pub custom: Option<Box<Custom>>,
+}
+
+/// A custom authorizer's terms.
+#[derive(Debug, Clone)]
+pub struct Custom {
+    /// What the authorizer was asked.
+    pub asked: Asked,
+    /// `refreshAfterInSeconds`.
+    pub refresh_after: std::time::Duration,
+    /// `disconnectAfterInSeconds`.
+    pub disconnect_after: std::time::Duration,
+}
+
+impl Grant {
+    /// A custom authorizer's grant: its principal and policies.
+    pub fn custom(verdict: &Verdict, asked: Asked) -> Self {
+        Self {
+            principal: verdict.principal_id.clone(),
+            store: verdict.store.clone(),
+            policies: verdict.policies.clone(),
+            vars: Vec::new(),
+            custom: Some(Box::new(Custom {
+                asked,
+                refresh_after: verdict.refresh_after,
+                disconnect_after: verdict.disconnect_after,
+            })),
+        }
+    }
 }
 
 /// The policy context of a connection, or of a request evaluated as one
@@ -163,6 +195,17 @@ impl Authz {
         self.cache.clear();
         self.principal = principal;
         true
+    }
+
+    /// Takes a custom authorizer's refreshed answer: its policies from now on.
+    pub fn regrant(&mut self, verdict: &Verdict, head: &ArnHead) {
+        self.store = verdict.store.clone();
+        self.principal.policies = verdict.policies.clone();
+        self.snapshot = self.store.current();
+        self.set = self
+            .snapshot
+            .compile(&self.principal.policies, head, &self.ctx.unpack());
+        self.cache.clear();
     }
 
     /// Recompiles if the policies changed since; returns whether they did.

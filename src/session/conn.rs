@@ -11,7 +11,7 @@
 //! publish made durable.
 
 use super::admission;
-use super::authz::{Authz, Grant};
+use super::authz::{Authz, Custom, Grant};
 use super::state::connect::Refused;
 use super::state::end::End;
 use super::state::inbound::{self, Admission};
@@ -20,6 +20,8 @@ use super::state::outbound::{self, Acked, ClientAck};
 use super::state::subscribe::{self, Decision};
 use super::state::{self, Judge};
 use super::{Control, SessionData, Sessions};
+use crate::authorizers::request::{Connection, Presented};
+use crate::authorizers::{Asked, Authorizers, Refusal, Verdict};
 use crate::codec::{
     self, Ack, ConnAck, Connect, Packet, Properties, Protocol, ProtocolError, Publish, QoS, SubAck,
     Subscribe, UnsubAck, Unsubscribe, reason,
@@ -167,6 +169,8 @@ pub struct Shared {
     pub arrivals: parking_lot::Mutex<state::rate::Table>,
     /// The lifecycle events service.
     pub events: Arc<Events>,
+    /// Custom authorizers.
+    pub authorizers: Arc<Authorizers>,
 }
 
 /// Client ids, and source addresses, whose rates are tracked at once.
@@ -244,7 +248,7 @@ impl Peer {
 }
 
 /// Reads CONNECT (within `deadline`), then serves the session until it ends.
-pub async fn serve<S>(mut stream: S, from: Peer, shared: Arc<Shared>, deadline: Instant)
+pub async fn serve<S>(mut stream: S, mut from: Peer, shared: Arc<Shared>, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -284,6 +288,35 @@ where
         }
         Ok(Ok(Some(c))) => c,
     };
+    if matches!(from.credentials, Credentials::Unauthenticated) {
+        let authorized = tokio::time::timeout_at(deadline, custom_auth(&shared, &connect, &from));
+        match authorized.await {
+            Ok(None) => {}
+            Ok(Some(Ok(grant))) => from.credentials = Credentials::Granted(Box::new(grant)),
+            refused => {
+                let why = match refused {
+                    Ok(Some(Err(r))) => r.to_string(),
+                    _ => "the custom authorizer did not decide in time".to_owned(),
+                };
+                shared.metrics.handshake_failed(HandshakeFailure::Refused);
+                crate::refusal!(
+                    &peer.ip().to_string(),
+                    "custom_auth",
+                    %peer,
+                    client_id = connect.client_id,
+                    why,
+                    "custom authorizer refused the client"
+                );
+                let _ = refuse(
+                    &mut stream,
+                    connect.protocol,
+                    reason::BAD_USER_NAME_OR_PASSWORD,
+                )
+                .await;
+                return;
+            }
+        }
+    }
     let (mut conn, connack) = match Conn::accept(&shared, connect, from) {
         Ok(accepted) => accepted,
         Err((proto, code)) => {
@@ -300,6 +333,39 @@ where
         }
     };
     conn.run(stream, rbuf, connack).await;
+}
+
+/// A client without a certificate or a signature, for a custom authorizer
+/// (its username names one, or there is a default): the authorizer's grant,
+/// or why not; `None` if no authorizer is for it.
+async fn custom_auth(
+    shared: &Shared,
+    c: &codec::Connect,
+    from: &Peer,
+) -> Option<Result<Grant, crate::authorizers::Refusal>> {
+    let username = c.username.as_deref();
+    let presented = Presented::from_username(username.unwrap_or_default());
+    if !shared.authorizers.applies(&presented) {
+        return None;
+    }
+    let asked = Asked {
+        presented,
+        connection: Connection {
+            server_name: from.domain_name.as_deref().map(str::to_owned),
+            http: None,
+            mqtt: Some((
+                username.map(str::to_owned),
+                c.password.as_ref().map(|p| p.to_vec()),
+                c.client_id.clone(),
+            )),
+            id: crate::registry::identity::uuid_v4(),
+        },
+    };
+    let verdict = shared
+        .authorizers
+        .authorize(&asked.presented, &asked.connection)
+        .await;
+    Some(verdict.map(|v| Grant::custom(&v, asked)))
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(
@@ -398,6 +464,72 @@ struct Conn {
     /// Over a rate that slows rather than refuses: nothing is read from the
     /// client until this sleep ends.
     throttle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A custom authorizer's terms: when to ask it again, when to end.
+    lifetime: Option<Box<Lifetime>>,
+}
+
+/// The life of a connection a custom authorizer admitted: refreshed every
+/// `refreshAfterInSeconds` (the connection goes on while the authorizer is
+/// asked), ended after `disconnectAfterInSeconds`.
+struct Lifetime {
+    terms: Box<Custom>,
+    ends_at: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    asking: Option<Asking>,
+}
+
+/// A refresh under way: the authorizer's answer to come.
+type Asking = Pin<Box<dyn Future<Output = Result<Arc<Verdict>, Refusal>> + Send>>;
+
+impl Lifetime {
+    fn new(terms: Box<Custom>, now: Instant) -> Box<Self> {
+        let ends_at = now + terms.disconnect_after;
+        let next = (now + terms.refresh_after).min(ends_at);
+        Box::new(Self {
+            terms,
+            ends_at,
+            timer: Box::pin(tokio::time::sleep_until(next)),
+            asking: None,
+        })
+    }
+}
+
+/// Resolves when a custom authorizer's refresh is answered or the
+/// connection's time is up (never without an authorizer).
+fn lifetime_event<'a>(
+    lifetime: Option<&'a mut Box<Lifetime>>,
+    authorizers: &'a Arc<Authorizers>,
+) -> impl Future<Output = Event> + 'a {
+    let mut lifetime = lifetime;
+    std::future::poll_fn(move |cx| {
+        let Some(l) = lifetime.as_deref_mut() else {
+            return Poll::Pending;
+        };
+        if let Some(asking) = l.asking.as_mut()
+            && let Poll::Ready(answer) = asking.as_mut().poll(cx)
+        {
+            l.asking = None;
+            return Poll::Ready(Event::Refreshed(answer));
+        }
+        if l.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let now = Instant::now();
+        if now >= l.ends_at {
+            return Poll::Ready(Event::AuthExpired);
+        }
+        let (authorizers, asked) = (authorizers.clone(), l.terms.asked.clone());
+        l.asking = Some(Box::pin(async move {
+            authorizers
+                .authorize(&asked.presented, &asked.connection)
+                .await
+        }));
+        let next = (now + l.terms.refresh_after).min(l.ends_at);
+        l.timer.as_mut().reset(next);
+        // The new call and timer are polled on the next turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
 }
 
 impl Conn {
@@ -456,6 +588,13 @@ impl Conn {
             c.will.as_ref(),
         )
         .map_err(|r| (c.protocol, r.code))?;
+        let lifetime = match &from.credentials {
+            Credentials::Granted(g) => g
+                .custom
+                .clone()
+                .map(|terms| Lifetime::new(terms, Instant::now())),
+            _ => None,
+        };
         let connack = Box::new(ConnAck {
             session_present: false,
             code: reason::SUCCESS,
@@ -486,6 +625,7 @@ impl Conn {
             takeover: None,
             rates: None,
             throttle: None,
+            lifetime,
         });
         Ok((conn, connack))
     }
@@ -717,6 +857,7 @@ impl Conn {
                     self.throttle = None;
                     Event::Turn
                 }
+                ev = lifetime_event(self.lifetime.as_mut(), &shared.authorizers) => ev,
                 res = read_some(stream, rbuf), if reading => Event::Read(res),
                 _ = mailbox.notified(), if !mail_ready => Event::Mail,
                 _ = std::future::ready(()), if window_open && mail_ready => Event::Mail,
@@ -758,6 +899,22 @@ impl Conn {
                     }
                 }
                 Event::Notice => noticed = true,
+                Event::AuthExpired => return End::AuthExpired,
+                Event::Refreshed(Ok(verdict)) => {
+                    self.authz.regrant(&verdict, &shared.arn_head);
+                    // Its new policies must still allow the connection.
+                    noticed = true;
+                }
+                Event::Refreshed(Err(refusal)) => {
+                    crate::refusal!(
+                        self.who(),
+                        "custom_auth",
+                        client_id = %self.client_id,
+                        why = %refusal,
+                        "custom authorizer refused on refresh"
+                    );
+                    return End::NotAuthorized("the custom authorizer refused on refresh");
+                }
             }
         }
     }
@@ -1376,6 +1533,10 @@ enum Event {
     Slow,
     /// A bulletin notice: look again at what the connection was admitted under.
     Notice,
+    /// A custom authorizer answered a refresh.
+    Refreshed(Result<Arc<Verdict>, Refusal>),
+    /// A custom authorizer's `disconnectAfterInSeconds` passed.
+    AuthExpired,
 }
 
 /// A client id for a client that sent none: random, so it is unique across restarts too.
@@ -1384,4 +1545,49 @@ fn assigned_client_id() -> String {
     let mut bytes = [0u8; 12];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
     format!("edgegate-{}", crate::registry::identity::hex(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_custom_authorizers_connection_is_refreshed_then_ended_on_time() {
+        let config = Config::parse("", std::path::Path::new(".")).expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let authorizers = Arc::new(
+            Authorizers::from_config(
+                &config,
+                crate::rules::actions::http::client(None).expect("client"),
+                metrics,
+            )
+            .expect("none"),
+        );
+        // An authorizer that is gone: every refresh is refused at once.
+        let terms = Box::new(Custom {
+            asked: Asked {
+                presented: Presented::from_username("u?x-amz-customauthorizer-name=Gone"),
+                connection: Connection::default(),
+            },
+            refresh_after: Duration::from_secs(300),
+            disconnect_after: Duration::from_secs(700),
+        });
+        let start = Instant::now();
+        let mut lifetime = Some(Lifetime::new(terms, start));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let event = lifetime_event(lifetime.as_mut(), &authorizers).await;
+            let at = (Instant::now() - start).as_secs();
+            seen.push(match event {
+                Event::Refreshed(Err(Refusal::Unknown)) => ("refreshed", at),
+                Event::AuthExpired => ("expired", at),
+                _ => ("other", at),
+            });
+        }
+        assert_eq!(
+            seen,
+            [("refreshed", 300), ("refreshed", 600), ("expired", 700)]
+        );
+    }
 }

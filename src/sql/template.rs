@@ -136,6 +136,33 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// Decodes `%XX` escapes, [`uri_encode`]'s inverse; botocore escapes every
+/// reserved character of a path label (a topic's `/` and `$` included), so
+/// split first, then decode.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(v) => {
+                out.push(v);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Length of the expression up to its matching `}`, skipping quoted strings and nested braces.
 fn closing_brace(s: &str) -> Option<usize> {
     let mut depth = 0usize;

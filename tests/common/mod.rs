@@ -546,7 +546,7 @@ impl V5 {
         Self::start(opts).await
     }
 
-    async fn start(opts: rumqttc::v5::MqttOptions) -> Self {
+    pub async fn start(opts: rumqttc::v5::MqttOptions) -> Self {
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 100);
         let (tx, mut events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {

@@ -110,3 +110,91 @@ def test_the_device_sdk_signs_its_websocket_url_with_an_operator_key(tmp_path):
             wrong.connect().result(WAIT)
     finally:
         g.stop()
+
+
+class _Authorizer:
+    """A custom authorizer endpoint on 127.0.0.1: allows the token
+    `good-token` with a policy for `sdk-*` clients and `custom/*` topics."""
+
+    def __init__(self):
+        import http.server
+        import json as _json
+        import threading
+        asked = self.asked = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                doc = _json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                asked.append(doc)
+                arn = "arn:aws:iot:us-east-1:000000000000"
+                if doc.get("token") == "good-token":
+                    answer = {"isAuthenticated": True, "principalId": "SdkDevice",
+                              "disconnectAfterInSeconds": 3600, "refreshAfterInSeconds": 300,
+                              "policyDocuments": [{"Version": "2012-10-17", "Statement": [
+                                  {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/sdk-*"},
+                                  {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+                                   "Resource": f"{arn}:topic/custom/*"},
+                                  {"Effect": "Allow", "Action": "iot:Subscribe",
+                                   "Resource": f"{arn}:topicfilter/custom/*"}]}]}
+                else:
+                    answer = {"isAuthenticated": False}
+                body = _json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/authorize"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_the_device_sdk_connects_through_a_custom_authorizer(tmp_path):
+    from awscrt import mqtt5
+    from awsiot import mqtt5_client_builder
+    from conftest import Gateway
+    authorizer = _Authorizer()
+    g = Gateway(tmp_path, open_policies=True, extra=(
+        '[[listeners]]\nlisten = "127.0.0.1:0"\nclient_cert = "optional"\n'
+        f'[[authorizers]]\nname = "TokenAuth"\nendpoint = "{authorizer.url}"\n'
+        'token_key_name = "tok"\nsigning_disabled = true\n'))
+    try:
+        def client(token):
+            connected, received = queue.Queue(), queue.Queue()
+            c = mqtt5_client_builder.direct_with_custom_authorizer(
+                endpoint="localhost", port=g.listeners[0], ca_filepath=g.ca, client_id="sdk-custom",
+                auth_username="device", auth_authorizer_name="TokenAuth", auth_password=b"secret",
+                auth_token_key_name="tok", auth_token_value=token,
+                on_lifecycle_connection_success=lambda data: connected.put(None),
+                on_lifecycle_connection_failure=lambda data: connected.put(data.exception),
+                on_publish_received=lambda data: received.put(data.publish_packet))
+            c.start()
+            return c, connected.get(timeout=WAIT), received
+
+        c, failure, received = client("good-token")
+        assert failure is None, failure
+        c.subscribe(mqtt5.SubscribePacket(subscriptions=[
+            mqtt5.Subscription(topic_filter="custom/echo", qos=mqtt5.QoS.AT_LEAST_ONCE)])).result(WAIT)
+        c.publish(mqtt5.PublishPacket(topic="custom/echo", payload=b"authorized",
+                                      qos=mqtt5.QoS.AT_LEAST_ONCE)).result(WAIT)
+        got = received.get(timeout=WAIT)
+        assert (got.topic, got.payload) == ("custom/echo", b"authorized")
+        c.stop()
+        # The authorizer was told what the SDK sent.
+        asked = authorizer.asked[0]
+        assert asked["token"] == "good-token"
+        assert asked["protocolData"]["mqtt"]["clientId"] == "sdk-custom"
+        assert asked["protocolData"]["mqtt"]["username"].startswith("device?")
+        # A token it does not authenticate: refused.
+        c, failure, _ = client("bad-token")
+        assert failure is not None
+        c.stop()
+    finally:
+        g.stop()
+        authorizer.close()

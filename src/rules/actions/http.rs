@@ -115,6 +115,52 @@ impl Http {
     }
 }
 
+/// POSTs a JSON document to an endpoint that stands in for an AWS Lambda
+/// function (a pre-provisioning hook, a custom authorizer) and reads its
+/// answer: a success status and at most `max` bytes, all within
+/// `deadline`. An error says why in words that name `what`.
+pub async fn call_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+    (max, deadline): (usize, std::time::Duration),
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let call = async {
+        let mut response = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("the {what} is unreachable: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("the {what} answered HTTP {status}"));
+        }
+        let mut answer = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("the {what}'s answer broke off: {e}"))?
+        {
+            if answer.len() + chunk.len() > max {
+                return Err(format!("the {what}'s answer is longer than {max} bytes"));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        Ok(answer)
+    };
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the {what} did not answer within {} s",
+                deadline.as_secs()
+            ))
+        })
+}
+
 /// An absolute `https://` URL, or `http://` to a loopback host (or anywhere
 /// with `actions.allow_plaintext_http`).
 pub fn check_url(url: &str, allow_plaintext: bool) -> Result<(), String> {

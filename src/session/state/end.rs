@@ -31,6 +31,8 @@ pub enum End {
     NotAuthorized(&'static str),
     /// The certificate was revoked or deactivated: its will is not published.
     Revoked,
+    /// The custom authorizer's `disconnectAfterInSeconds` passed.
+    AuthExpired,
 }
 
 impl End {
@@ -46,6 +48,7 @@ impl End {
             End::SlowConsumer => Some(reason::QUOTA_EXCEEDED),
             End::Store => Some(reason::UNSPECIFIED_ERROR),
             End::NotAuthorized(_) | End::Revoked => Some(reason::NOT_AUTHORIZED),
+            End::AuthExpired => Some(reason::MAXIMUM_CONNECT_TIME),
         }
     }
 
@@ -81,6 +84,7 @@ impl End {
             End::Revoked => Some("certificate_inactive"),
             End::SlowConsumer => Some("slow_consumer"),
             End::KeepAlive => Some("keep_alive"),
+            End::AuthExpired => Some("custom_auth_expired"),
             End::Client { .. } | End::Io | End::TakenOver | End::Shutdown | End::Store => None,
         }
     }
@@ -99,6 +103,7 @@ impl End {
             End::SlowConsumer => "THROTTLED",
             End::Store => "SERVER_ERROR",
             End::NotAuthorized(_) | End::Revoked => "AUTH_ERROR",
+            End::AuthExpired => "CUSTOMAUTH_TTL_EXPIRATION",
         }
     }
 
@@ -119,6 +124,7 @@ impl End {
             End::SlowConsumer => "client too slow",
             End::Store => "store failure",
             End::Revoked => "certificate no longer active",
+            End::AuthExpired => "the custom authorizer's disconnectAfterInSeconds passed",
         }
     }
 
@@ -286,6 +292,7 @@ mod tests {
             (End::Store, "SERVER_ERROR"),
             (End::NotAuthorized("x"), "AUTH_ERROR"),
             (End::Revoked, "AUTH_ERROR"),
+            (End::AuthExpired, "CUSTOMAUTH_TTL_EXPIRATION"),
         ];
         for (end, aws) in cases {
             assert_eq!(end.disconnect_reason(), aws, "{end:?}");
