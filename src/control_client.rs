@@ -71,6 +71,7 @@ impl Client {
                         https_port: None,
                     },
                     data: None,
+                    authorizers: None,
                     operators: std::sync::Arc::new(Operators::none(ArnHead::new(
                         &config.aws.region,
                         &config.aws.account_id,

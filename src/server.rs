@@ -172,6 +172,19 @@ impl Server {
             &snapshot.registry,
             crate::store::now_ms(),
         )?);
+        // Pre-provisioning hooks and custom authorizers: endpoints that
+        // stand in for Lambda functions, trusted as HTTP actions are.
+        let lambdas = crate::rules::actions::http::client(config.actions.http_ca.as_deref())
+            .map_err(ServerError::HookClient)?;
+        let authorizers = Arc::new(
+            crate::authorizers::Authorizers::load(
+                &config,
+                (Some(store.clone()), &snapshot.registry),
+                lambdas.clone(),
+                metrics.clone(),
+            )
+            .map_err(ServerError::Authorizer)?,
+        );
         let job_records = crate::jobs::service::records(&snapshot.registry);
         let registry = Arc::new(Registry::new(
             store.clone(),
@@ -346,14 +359,6 @@ impl Server {
                 reload_policies(&store, &metrics, &dir);
             })
         };
-        // Pre-provisioning hooks and custom authorizers: endpoints that
-        // stand in for Lambda functions, trusted as HTTP actions are.
-        let lambdas = crate::rules::actions::http::client(config.actions.http_ca.as_deref())
-            .map_err(ServerError::HookClient)?;
-        let authorizers = Arc::new(
-            crate::authorizers::Authorizers::from_config(&config, lambdas.clone(), metrics.clone())
-                .map_err(ServerError::Authorizer)?,
-        );
         crate::provisioning::service::start(
             router.clone(),
             registry.clone(),
@@ -428,7 +433,7 @@ impl Server {
             connects: parking_lot::Mutex::new(Table::new(conn::RATE_KEYS)),
             arrivals: parking_lot::Mutex::new(Table::new(conn::RATE_KEYS)),
             events,
-            authorizers,
+            authorizers: authorizers.clone(),
         });
         tracker.spawn({
             let (shared, policies, registry) =
@@ -526,6 +531,7 @@ impl Server {
             rules: book,
             templates: catalog,
             jobs: Some(jobs),
+            authorizers: Some(authorizers.clone()),
             registry: registry.clone(),
             policies: versions,
             head: ArnHead::new(&config.aws.region, &config.aws.account_id),

@@ -326,3 +326,123 @@ async fn head(c: &mut Raw, request: &str) -> String {
     }
     String::from_utf8(head).expect("ascii")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_authorizers_through_the_control_plane() {
+    let (e, url) = endpoint().await;
+    let mut t = TestServer::prepare(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nclient_cert = \"optional\"\n{}\
+         [admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
+         [[admin.users]]\naccess_key_id = \"AKIDADMIN\"\nsecret_file = \"admin.secret\"\npolicies = [\"Everything\"]\n",
+        authorizer("FromFile", &url, "signing_disabled = true\n")
+    ));
+    let dir = t.dir.path().join("operator-policies");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("Everything.json"),
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
+    )
+    .expect("policy");
+    std::fs::write(t.dir.path().join("admin.secret"), "secret-of-admin\n").expect("secret");
+    t.boot().await;
+    let aws = Aws::new(t.admin(), "AKIDADMIN", "secret-of-admin");
+    let made =
+        json!({"authorizerFunctionArn": url, "tokenKeyName": "tok", "signingDisabled": true});
+    let (status, body) = aws.post("/authorizer/ApiAuth", "", made.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["authorizerArn"],
+        "arn:aws:iot:us-east-1:000000000000:authorizer/ApiAuth"
+    );
+    assert_eq!(aws.post("/authorizer/ApiAuth", "", made).await.0, 409);
+    let (_, listed) = aws.get("/authorizers", "").await;
+    let names: Vec<&str> = listed["authorizers"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|a| a["authorizerName"].as_str())
+        .collect();
+    assert_eq!(names, ["ApiAuth", "FromFile"]);
+    let (_, described) = aws.get("/authorizer/FromFile", "").await;
+    assert_eq!(described["authorizerDescription"]["source"], "config.toml");
+    let (status, _) = aws
+        .call(
+            "PUT",
+            "/authorizer/FromFile",
+            "",
+            &[],
+            r#"{"status":"INACTIVE"}"#,
+        )
+        .await;
+    assert_eq!(status, 409, "config.toml's is changed there");
+    // The default answers clients that name no authorizer.
+    let addr = t.server().listeners[0];
+    assert_eq!(
+        connack(&t, addr, &connect_with(4, "dev-d", "dev?tok=allow", b"")).await,
+        5,
+        "no default yet"
+    );
+    let (status, _) = aws
+        .post(
+            "/default-authorizer",
+            "",
+            json!({"authorizerName": "ApiAuth"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        connack(&t, addr, &connect_with(4, "dev-d", "dev?tok=allow", b"")).await,
+        0
+    );
+    assert_eq!(
+        aws.call("DELETE", "/authorizer/ApiAuth", "", &[], "")
+            .await
+            .0,
+        409
+    );
+    // TestInvokeAuthorizer shows the answer, its policies as strings.
+    let (status, tested) = aws
+        .post(
+            "/authorizer/ApiAuth/test",
+            "",
+            json!({"token": "allow", "mqttContext": {"username": "u", "password": "cHc=", "clientId": "c"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(tested["isAuthenticated"], true);
+    assert!(tested["policyDocuments"][0].is_string(), "{tested}");
+    let asked = e.asked.lock().last().cloned().expect("asked");
+    assert_eq!(asked["protocolData"]["mqtt"]["password"], "cHc=");
+    let (_, denied) = aws
+        .post("/authorizer/ApiAuth/test", "", json!({"token": "deny"}))
+        .await;
+    assert_eq!(denied["isAuthenticated"], false);
+    let (status, broken) = aws
+        .post("/authorizer/ApiAuth/test", "", json!({"token": "garbage"}))
+        .await;
+    assert_eq!(
+        (status, broken["__type"].as_str()),
+        (400, Some("InvalidResponseException"))
+    );
+    // Kept across a restart.
+    t.restart().await;
+    let aws = Aws::new(t.admin(), "AKIDADMIN", "secret-of-admin");
+    let (_, default) = aws.get("/default-authorizer", "").await;
+    assert_eq!(
+        default["authorizerDescription"]["authorizerName"],
+        "ApiAuth"
+    );
+    assert_eq!(
+        aws.call("DELETE", "/default-authorizer", "", &[], "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        aws.call("DELETE", "/authorizer/ApiAuth", "", &[], "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(aws.get("/authorizer/ApiAuth", "").await.0, 404);
+}

@@ -139,6 +139,8 @@ pub struct Answer {
     pub principal_id: String,
     /// `policyDocuments`, parsed.
     pub documents: Vec<Document>,
+    /// ... as text.
+    pub texts: Vec<String>,
     /// `disconnectAfterInSeconds`.
     pub disconnect_after: u64,
     /// `refreshAfterInSeconds`.
@@ -176,22 +178,25 @@ pub fn answer(body: &[u8]) -> Result<Answer, AnswerError> {
     };
     let disconnect_after = seconds("disconnectAfterInSeconds")?;
     let refresh_after = seconds("refreshAfterInSeconds")?;
+    // The Lambda returns objects; TestInvokeAuthorizer shows strings.
     let list = doc["policyDocuments"]
         .as_array()
         .filter(|l| l.len() <= MAX_DOCUMENTS)
         .ok_or_else(|| invalid("policyDocuments is a list of at most 10"))?;
-    let documents = list
+    let texts: Vec<String> = list
         .iter()
-        .map(|d| {
-            // The Lambda returns objects; TestInvokeAuthorizer shows strings.
-            let text = match d {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
+        .map(|d| match d {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    let documents = texts
+        .iter()
+        .map(|text| {
             if text.chars().count() > MAX_DOCUMENT_CHARS {
                 return Err(invalid("a policy document is longer than 2048 characters"));
             }
-            document::parse(&text).map_err(|e| {
+            document::parse(text).map_err(|e| {
                 let first = e.first().map(ToString::to_string).unwrap_or_default();
                 AnswerError::Invalid(format!("a policy document is invalid: {first}"))
             })
@@ -200,6 +205,7 @@ pub fn answer(body: &[u8]) -> Result<Answer, AnswerError> {
     Ok(Answer {
         principal_id,
         documents,
+        texts,
         disconnect_after,
         refresh_after,
     })

@@ -1557,8 +1557,9 @@ mod tests {
         let config = Config::parse("", std::path::Path::new(".")).expect("config");
         let metrics = Arc::new(Metrics::new());
         let authorizers = Arc::new(
-            Authorizers::from_config(
+            Authorizers::load(
                 &config,
+                (None, &[]),
                 crate::rules::actions::http::client(None).expect("client"),
                 metrics,
             )

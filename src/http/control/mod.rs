@@ -10,6 +10,7 @@
 //! anything runs, and every call, allowed or not, is written to the audit
 //! log.
 
+mod authorizers;
 mod certificates;
 mod events;
 mod groups;
@@ -54,6 +55,9 @@ pub struct Control {
     pub templates: Arc<crate::provisioning::catalog::Catalog>,
     /// Jobs; only while the gateway runs.
     pub jobs: Option<Arc<crate::jobs::service::Service>>,
+    /// The custom authorizers; `None` in the command line's control plane,
+    /// which runs without the gateway.
+    pub authorizers: Option<Arc<crate::authorizers::Authorizers>>,
     /// Certificates, CAs, things and thing types.
     pub registry: Arc<Registry>,
     /// Policies and their versions.
@@ -218,6 +222,15 @@ operations!(
     DescribeProvisioningTemplateVersion,
     ListProvisioningTemplateVersions,
     DeleteProvisioningTemplateVersion,
+    CreateAuthorizer,
+    DescribeAuthorizer,
+    ListAuthorizers,
+    UpdateAuthorizer,
+    DeleteAuthorizer,
+    SetDefaultAuthorizer,
+    DescribeDefaultAuthorizer,
+    ClearDefaultAuthorizer,
+    TestInvokeAuthorizer,
     CreateThingGroup,
     DescribeThingGroup,
     UpdateThingGroup,
@@ -547,6 +560,40 @@ pub const ROUTES: &[(&str, &str, Op, &str)] = &[
         "provisioning-templates/{}/versions/{}",
         Op::DeleteProvisioningTemplateVersion,
         "provisioningtemplate",
+    ),
+    ("POST", "authorizer/{}", Op::CreateAuthorizer, "authorizer"),
+    ("GET", "authorizer/{}", Op::DescribeAuthorizer, "authorizer"),
+    ("GET", "authorizers", Op::ListAuthorizers, "authorizer"),
+    ("PUT", "authorizer/{}", Op::UpdateAuthorizer, "authorizer"),
+    (
+        "DELETE",
+        "authorizer/{}",
+        Op::DeleteAuthorizer,
+        "authorizer",
+    ),
+    (
+        "POST",
+        "default-authorizer",
+        Op::SetDefaultAuthorizer,
+        "authorizer",
+    ),
+    (
+        "GET",
+        "default-authorizer",
+        Op::DescribeDefaultAuthorizer,
+        "authorizer",
+    ),
+    (
+        "DELETE",
+        "default-authorizer",
+        Op::ClearDefaultAuthorizer,
+        "authorizer",
+    ),
+    (
+        "POST",
+        "authorizer/{}/test",
+        Op::TestInvokeAuthorizer,
+        "authorizer",
     ),
 ];
 
@@ -1025,6 +1072,15 @@ impl Control {
             DescribeProvisioningTemplateVersion => provisioning::describe_version(self, call),
             ListProvisioningTemplateVersions => provisioning::list_versions(self, call),
             DeleteProvisioningTemplateVersion => provisioning::delete_version(self, call),
+            CreateAuthorizer => authorizers::create(self, call),
+            DescribeAuthorizer => authorizers::describe(self, call),
+            ListAuthorizers => authorizers::list(self, call),
+            UpdateAuthorizer => authorizers::update(self, call),
+            DeleteAuthorizer => authorizers::delete(self, call),
+            SetDefaultAuthorizer => authorizers::set_default(self, call),
+            DescribeDefaultAuthorizer => authorizers::describe_default(self),
+            ClearDefaultAuthorizer => authorizers::clear_default(self),
+            TestInvokeAuthorizer => authorizers::test_invoke(self, call).await,
             CreateThingGroup => groups::create(self, call),
             DescribeThingGroup => groups::describe(self, call),
             UpdateThingGroup => groups::update(self, call),
