@@ -134,8 +134,6 @@ impl Operators {
     }
 
     /// The operator whose key signed the request, if the signature holds.
-    /// An unknown key and a wrong signature look the same from outside, so
-    /// that key ids cannot be probed.
     pub fn authenticate(
         &self,
         request: &sigv4::Request<'_>,
@@ -143,6 +141,20 @@ impl Operators {
         service: &'static str,
     ) -> Result<&Operator, sigv4::SigError> {
         let key = request.access_key().ok_or(sigv4::SigError::Missing)?;
+        self.verified(key, service, |op, scope| {
+            sigv4::verify(request, &op.access_key_id, &op.secret, now, scope)
+        })
+    }
+
+    /// The operator of `key`, once `verify` holds for its secret and the
+    /// gateway's scope for `service`. An unknown key and a wrong signature
+    /// look the same from outside, so that key ids cannot be probed.
+    fn verified(
+        &self,
+        key: &str,
+        service: &'static str,
+        verify: impl FnOnce(&Operator, sigv4::Scope<'_>) -> Result<(), sigv4::SigError>,
+    ) -> Result<&Operator, sigv4::SigError> {
         let op = self
             .users
             .iter()
@@ -152,7 +164,7 @@ impl Operators {
             region: &self.head.region,
             service,
         };
-        match sigv4::verify(request, &op.access_key_id, &op.secret, now, scope) {
+        match verify(op, scope) {
             Err(sigv4::SigError::UnknownKey) => Err(sigv4::SigError::Mismatch),
             Err(e) => Err(e),
             Ok(()) => Ok(op),
@@ -163,24 +175,12 @@ impl Operators {
     /// `iotdevicegateway`, as the Device SDK signs it) grants the
     /// connection: its operator policies, deciding `iot:Connect`,
     /// `iot:Publish`, `iot:Subscribe` and `iot:Receive` as IAM policies do
-    /// on AWS, with `aws:username` set. Refusals look alike from outside,
-    /// as in [`Self::authenticate`].
+    /// on AWS, with `aws:username` set.
     pub fn grant(&self, request: &sigv4::Request<'_>, now: i64) -> Result<Grant, sigv4::SigError> {
         let key = sigv4::presigned_key(request.query).ok_or(sigv4::SigError::Missing)?;
-        let op = self
-            .users
-            .iter()
-            .find(|u| u.access_key_id == key)
-            .ok_or(sigv4::SigError::Mismatch)?;
-        let scope = sigv4::Scope {
-            region: &self.head.region,
-            service: "iotdevicegateway",
-        };
-        match sigv4::verify_presigned(request, &op.access_key_id, &op.secret, now, scope) {
-            Err(sigv4::SigError::UnknownKey) => return Err(sigv4::SigError::Mismatch),
-            Err(e) => return Err(e),
-            Ok(()) => {}
-        }
+        let op = self.verified(&key, "iotdevicegateway", |op, scope| {
+            sigv4::verify_presigned(request, &op.access_key_id, &op.secret, now, scope)
+        })?;
         let (store, policies) = match &op.policies {
             Some(names) => (self.policies.clone(), names.clone()),
             None => (self.everything.clone(), vec![EVERYTHING.to_owned()]),

@@ -172,16 +172,13 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// The `Authorization` header value for a request (which must carry `host`
-/// and `x-amz-date` headers), signing every header given.
-pub fn sign(
+/// What a signer signs a request for: the credential scope, and the names
+/// of every header given, lowercased and sorted.
+fn signing_scope(
     r: &Request<'_>,
-    access_key: &str,
-    secret: &str,
-    region: &str,
-    service: &str,
-) -> String {
-    let amz_date = r.header("x-amz-date").unwrap_or_default();
+    (region, service): (&str, &str),
+    amz_date: &str,
+) -> (String, Vec<String>) {
     let scope = format!(
         "{}/{region}/{service}/aws4_request",
         amz_date.get(..8).unwrap_or_default()
@@ -193,6 +190,20 @@ pub fn sign(
         .collect();
     names.sort();
     names.dedup();
+    (scope, names)
+}
+
+/// The `Authorization` header value for a request (which must carry `host`
+/// and `x-amz-date` headers), signing every header given.
+pub fn sign(
+    r: &Request<'_>,
+    access_key: &str,
+    secret: &str,
+    region: &str,
+    service: &str,
+) -> String {
+    let amz_date = r.header("x-amz-date").unwrap_or_default();
+    let (scope, names) = signing_scope(r, (region, service), amz_date);
     let signed: Vec<&str> = names.iter().map(String::as_str).collect();
     let (key, string_to_sign) = to_sign(r, &signed, amz_date, &scope, secret);
     format!(
@@ -385,17 +396,7 @@ pub fn presign(
     (region, service): (&str, &str),
     amz_date: &str,
 ) -> String {
-    let scope = format!(
-        "{}/{region}/{service}/aws4_request",
-        amz_date.get(..8).unwrap_or_default()
-    );
-    let mut names: Vec<String> = r
-        .headers
-        .iter()
-        .map(|(n, _)| n.to_ascii_lowercase())
-        .collect();
-    names.sort();
-    names.dedup();
+    let (scope, names) = signing_scope(r, (region, service), amz_date);
     let signed: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut query = format!(
         "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={}&X-Amz-Date={amz_date}&X-Amz-SignedHeaders={}",

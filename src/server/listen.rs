@@ -276,18 +276,8 @@ async fn first_byte(
     deadline: Instant,
 ) -> Option<u8> {
     let mut b = [0; 1];
-    match tokio::time::timeout_at(deadline, tls.read(&mut b)).await {
-        Ok(Ok(1)) => Some(b[0]),
-        Ok(_) => {
-            metrics.handshake_failed(HandshakeFailure::Io);
-            None
-        }
-        Err(_) => {
-            metrics.handshake_failed(HandshakeFailure::Timeout);
-            refused_handshake(peer, HandshakeFailure::Timeout, &"");
-            None
-        }
-    }
+    let read = async { Ok((tls.read(&mut b).await? == 1).then_some(b[0])) };
+    in_time(read, peer, metrics, deadline).await
 }
 
 /// Reads the first HTTP request's head by `deadline`; a failure is counted.
@@ -297,8 +287,20 @@ async fn open<S: AsyncRead + Unpin>(
     metrics: &Metrics,
     deadline: Instant,
 ) -> Option<(Opening, S)> {
-    match tokio::time::timeout_at(deadline, upgrade::open(&mut stream)).await {
-        Ok(Ok(Some(opening))) => Some((opening, stream)),
+    let opening = in_time(upgrade::open(&mut stream), peer, metrics, deadline).await?;
+    Some((opening, stream))
+}
+
+/// What `read` gives by `deadline`; a connection that fails or ends
+/// before is counted, one too slow logged as well.
+async fn in_time<T>(
+    read: impl Future<Output = std::io::Result<Option<T>>>,
+    peer: SocketAddr,
+    metrics: &Metrics,
+    deadline: Instant,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(Some(v))) => Some(v),
         Ok(_) => {
             metrics.handshake_failed(HandshakeFailure::Io);
             None

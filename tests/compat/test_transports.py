@@ -10,7 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import published
-from test_paho import PROTOCOLS, client, subscribe
+from test_paho import PROTOCOLS, client, connect, subscribe
 from test_readme import readme_lines
 
 WAIT = 10
@@ -18,13 +18,7 @@ WAIT = 10
 
 def ws_connect(c, gateway):
     c.ws_set_options(path="/mqtt")
-    connected = queue.Queue()
-    c.on_connect = lambda _c, _u, _f, rc, _p=None: connected.put(rc)
-    c.connect("localhost", gateway.port, keepalive=30)
-    c.loop_start()
-    rc = connected.get(timeout=WAIT)
-    assert not rc.is_failure, rc
-    return c
+    return connect(c, gateway)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS, ids=["v311", "v5"])
