@@ -48,6 +48,9 @@ pub struct Operators {
     head: ArnHead,
 }
 
+/// How long AWS keeps a connection over a SigV4-signed WebSocket URL.
+const WEBSOCKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The name of the full-access key's one policy on a connection.
 const EVERYTHING: &str = "edgegate-full-access";
 
@@ -191,6 +194,7 @@ impl Operators {
             policies,
             vars: vec![("aws:username", op.access_key_id.clone())],
             custom: None,
+            lasts: Some(WEBSOCKET_LIFETIME),
         })
     }
 

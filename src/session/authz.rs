@@ -47,6 +47,9 @@ pub struct Grant {
     /// For a custom authorizer's grant: what to ask it again at each
     /// refresh, and how long the connection may last.
     pub custom: Option<Box<Custom>>,
+    /// How long a connection under it may last, if bounded otherwise (a
+    /// signed WebSocket URL's 24 hours).
+    pub lasts: Option<std::time::Duration>,
 }
 
 /// A custom authorizer's terms.
@@ -73,6 +76,7 @@ impl Grant {
                 refresh_after: verdict.refresh_after,
                 disconnect_after: verdict.disconnect_after,
             })),
+            lasts: None,
         }
     }
 }

@@ -468,11 +468,14 @@ struct Conn {
     lifetime: Option<Box<Lifetime>>,
 }
 
-/// The life of a connection a custom authorizer admitted: refreshed every
-/// `refreshAfterInSeconds` (the connection goes on while the authorizer is
-/// asked), ended after `disconnectAfterInSeconds`.
+/// The life of a connection a grant bounds: one a custom authorizer
+/// admitted is refreshed every `refreshAfterInSeconds` (the connection goes
+/// on while the authorizer is asked) and ended after
+/// `disconnectAfterInSeconds`; one over a signed WebSocket URL is ended
+/// after 24 hours.
 struct Lifetime {
-    terms: Box<Custom>,
+    /// The authorizer's terms; none for a signed URL, which only ends.
+    terms: Option<Box<Custom>>,
     ends_at: Instant,
     timer: Pin<Box<tokio::time::Sleep>>,
     asking: Option<Asking>,
@@ -482,20 +485,29 @@ struct Lifetime {
 type Asking = Pin<Box<dyn Future<Output = Result<Arc<Verdict>, Refusal>> + Send>>;
 
 impl Lifetime {
-    fn new(terms: Box<Custom>, now: Instant) -> Box<Self> {
-        let ends_at = now + terms.disconnect_after;
-        let next = (now + terms.refresh_after).min(ends_at);
-        Box::new(Self {
+    /// The lifetime a grant gives, if it bounds one.
+    fn of(grant: &Grant, now: Instant) -> Option<Box<Self>> {
+        let lasts = grant
+            .custom
+            .as_ref()
+            .map(|c| c.disconnect_after)
+            .or(grant.lasts)?;
+        let terms = grant.custom.clone();
+        let ends_at = now + lasts;
+        let next = terms
+            .as_ref()
+            .map_or(ends_at, |t| (now + t.refresh_after).min(ends_at));
+        Some(Box::new(Self {
             terms,
             ends_at,
             timer: Box::pin(tokio::time::sleep_until(next)),
             asking: None,
-        })
+        }))
     }
 }
 
 /// Resolves when a custom authorizer's refresh is answered or the
-/// connection's time is up (never without an authorizer).
+/// connection's time is up (never for a connection without a lifetime).
 fn lifetime_event<'a>(
     lifetime: Option<&'a mut Box<Lifetime>>,
     authorizers: &'a Arc<Authorizers>,
@@ -515,16 +527,20 @@ fn lifetime_event<'a>(
             return Poll::Pending;
         }
         let now = Instant::now();
-        if now >= l.ends_at {
-            return Poll::Ready(Event::AuthExpired);
-        }
-        let (authorizers, asked) = (authorizers.clone(), l.terms.asked.clone());
+        let Some(terms) = l.terms.as_ref().filter(|_| now < l.ends_at) else {
+            return Poll::Ready(Event::Expired(if l.terms.is_some() {
+                End::AuthExpired
+            } else {
+                End::WebSocketExpired
+            }));
+        };
+        let (authorizers, asked) = (authorizers.clone(), terms.asked.clone());
         l.asking = Some(Box::pin(async move {
             authorizers
                 .authorize(&asked.presented, &asked.connection)
                 .await
         }));
-        let next = (now + l.terms.refresh_after).min(l.ends_at);
+        let next = (now + terms.refresh_after).min(l.ends_at);
         l.timer.as_mut().reset(next);
         // The new call and timer are polled on the next turn.
         cx.waker().wake_by_ref();
@@ -589,10 +605,7 @@ impl Conn {
         )
         .map_err(|r| (c.protocol, r.code))?;
         let lifetime = match &from.credentials {
-            Credentials::Granted(g) => g
-                .custom
-                .clone()
-                .map(|terms| Lifetime::new(terms, Instant::now())),
+            Credentials::Granted(g) => Lifetime::of(g, Instant::now()),
             _ => None,
         };
         let connack = Box::new(ConnAck {
@@ -899,7 +912,7 @@ impl Conn {
                     }
                 }
                 Event::Notice => noticed = true,
-                Event::AuthExpired => return End::AuthExpired,
+                Event::Expired(end) => return end,
                 Event::Refreshed(Ok(verdict)) => {
                     self.authz.regrant(&verdict, &shared.arn_head);
                     // Its new policies must still allow the connection.
@@ -1535,8 +1548,8 @@ enum Event {
     Notice,
     /// A custom authorizer answered a refresh.
     Refreshed(Result<Arc<Verdict>, Refusal>),
-    /// A custom authorizer's `disconnectAfterInSeconds` passed.
-    AuthExpired,
+    /// The connection's lifetime is over: how it ends.
+    Expired(End),
 }
 
 /// A client id for a client that sent none: random, so it is unique across restarts too.
@@ -1552,19 +1565,52 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_custom_authorizers_connection_is_refreshed_then_ended_on_time() {
+    /// The events of a grant's lifetime, each with when it came (seconds
+    /// from the start), until it ends.
+    async fn lived(grant: &Grant) -> Vec<(&'static str, u64)> {
         let config = Config::parse("", std::path::Path::new(".")).expect("config");
-        let metrics = Arc::new(Metrics::new());
         let authorizers = Arc::new(
             Authorizers::load(
                 &config,
                 (None, &[]),
                 crate::rules::actions::http::client(None).expect("client"),
-                metrics,
+                Arc::new(Metrics::new()),
             )
             .expect("none"),
         );
+        let start = Instant::now();
+        let mut lifetime = Lifetime::of(grant, start);
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let event = lifetime_event(lifetime.as_mut(), &authorizers).await;
+            let at = (Instant::now() - start).as_secs();
+            match event {
+                Event::Refreshed(Err(Refusal::Unknown)) => seen.push(("refreshed", at)),
+                Event::Expired(End::AuthExpired) => {
+                    return [seen, vec![("auth expired", at)]].concat();
+                }
+                Event::Expired(End::WebSocketExpired) => {
+                    return [seen, vec![("websocket expired", at)]].concat();
+                }
+                _ => seen.push(("other", at)),
+            }
+        }
+        seen
+    }
+
+    fn grant(custom: Option<Box<Custom>>, lasts: Option<Duration>) -> Grant {
+        Grant {
+            principal: "p".into(),
+            store: Arc::new(PolicyStore::new(Default::default())),
+            policies: Vec::new(),
+            vars: Vec::new(),
+            custom,
+            lasts,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_custom_authorizers_connection_is_refreshed_then_ended_on_time() {
         // An authorizer that is gone: every refresh is refused at once.
         let terms = Box::new(Custom {
             asked: Asked {
@@ -1574,21 +1620,22 @@ mod tests {
             refresh_after: Duration::from_secs(300),
             disconnect_after: Duration::from_secs(700),
         });
-        let start = Instant::now();
-        let mut lifetime = Some(Lifetime::new(terms, start));
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            let event = lifetime_event(lifetime.as_mut(), &authorizers).await;
-            let at = (Instant::now() - start).as_secs();
-            seen.push(match event {
-                Event::Refreshed(Err(Refusal::Unknown)) => ("refreshed", at),
-                Event::AuthExpired => ("expired", at),
-                _ => ("other", at),
-            });
-        }
         assert_eq!(
-            seen,
-            [("refreshed", 300), ("refreshed", 600), ("expired", 700)]
+            lived(&grant(Some(terms), None)).await,
+            [
+                ("refreshed", 300),
+                ("refreshed", 600),
+                ("auth expired", 700)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signed_websocket_connection_ends_after_a_day() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(
+            lived(&grant(None, Some(day))).await,
+            [("websocket expired", 86_400)]
         );
     }
 }

@@ -33,6 +33,8 @@ pub enum End {
     Revoked,
     /// The custom authorizer's `disconnectAfterInSeconds` passed.
     AuthExpired,
+    /// A connection over a SigV4-signed WebSocket URL reached AWS's 24 hours.
+    WebSocketExpired,
 }
 
 impl End {
@@ -48,7 +50,7 @@ impl End {
             End::SlowConsumer => Some(reason::QUOTA_EXCEEDED),
             End::Store => Some(reason::UNSPECIFIED_ERROR),
             End::NotAuthorized(_) | End::Revoked => Some(reason::NOT_AUTHORIZED),
-            End::AuthExpired => Some(reason::MAXIMUM_CONNECT_TIME),
+            End::AuthExpired | End::WebSocketExpired => Some(reason::MAXIMUM_CONNECT_TIME),
         }
     }
 
@@ -85,6 +87,7 @@ impl End {
             End::SlowConsumer => Some("slow_consumer"),
             End::KeepAlive => Some("keep_alive"),
             End::AuthExpired => Some("custom_auth_expired"),
+            End::WebSocketExpired => Some("websocket_expired"),
             End::Client { .. } | End::Io | End::TakenOver | End::Shutdown | End::Store => None,
         }
     }
@@ -104,6 +107,7 @@ impl End {
             End::Store => "SERVER_ERROR",
             End::NotAuthorized(_) | End::Revoked => "AUTH_ERROR",
             End::AuthExpired => "CUSTOMAUTH_TTL_EXPIRATION",
+            End::WebSocketExpired => "WEBSOCKET_TTL_EXPIRATION",
         }
     }
 
@@ -125,6 +129,7 @@ impl End {
             End::Store => "store failure",
             End::Revoked => "certificate no longer active",
             End::AuthExpired => "the custom authorizer's disconnectAfterInSeconds passed",
+            End::WebSocketExpired => "a signed WebSocket connection lasts 24 hours",
         }
     }
 
@@ -293,6 +298,7 @@ mod tests {
             (End::NotAuthorized("x"), "AUTH_ERROR"),
             (End::Revoked, "AUTH_ERROR"),
             (End::AuthExpired, "CUSTOMAUTH_TTL_EXPIRATION"),
+            (End::WebSocketExpired, "WEBSOCKET_TTL_EXPIRATION"),
         ];
         for (end, aws) in cases {
             assert_eq!(end.disconnect_reason(), aws, "{end:?}");
