@@ -330,22 +330,12 @@ async fn head(c: &mut Raw, request: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_manage_authorizers_through_the_control_plane() {
     let (e, url) = endpoint().await;
-    let mut t = TestServer::prepare(&format!(
-        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nclient_cert = \"optional\"\n{}\
-         [admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
-         [[admin.users]]\naccess_key_id = \"AKIDADMIN\"\nsecret_file = \"admin.secret\"\npolicies = [\"Everything\"]\n",
+    let mut t = TestServer::prepare_with_operator(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nclient_cert = \"optional\"\n{}",
         authorizer("FromFile", &url, "signing_disabled = true\n")
     ));
-    let dir = t.dir.path().join("operator-policies");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("Everything.json"),
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
-    )
-    .expect("policy");
-    std::fs::write(t.dir.path().join("admin.secret"), "secret-of-admin\n").expect("secret");
     t.boot().await;
-    let aws = Aws::new(t.admin(), "AKIDADMIN", "secret-of-admin");
+    let aws = t.operator();
     let made =
         json!({"authorizerFunctionArn": url, "tokenKeyName": "tok", "signingDisabled": true});
     let (status, body) = aws.post("/authorizer/ApiAuth", "", made.clone()).await;
@@ -426,7 +416,7 @@ async fn operators_manage_authorizers_through_the_control_plane() {
     );
     // Kept across a restart.
     t.restart().await;
-    let aws = Aws::new(t.admin(), "AKIDADMIN", "secret-of-admin");
+    let aws = t.operator();
     let (_, default) = aws.get("/default-authorizer", "").await;
     assert_eq!(
         default["authorizerDescription"]["authorizerName"],

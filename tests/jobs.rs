@@ -14,27 +14,27 @@ async fn gateway() -> TestServer {
 
 /// [`gateway`] with `extra` configuration and device `policies`.
 async fn gateway_with(extra: &str, policies: &[(&str, &str)]) -> TestServer {
-    let mut t = TestServer::prepare(&format!(
-        "{extra}[admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
-         [[admin.users]]\naccess_key_id = \"AKIDADMIN\"\nsecret_file = \"admin.secret\"\npolicies = [\"Everything\"]\n",
-    ));
+    let mut t = TestServer::prepare_with_operator(extra);
     for (name, text) in policies {
         t.write_policy(name, text);
     }
-    let dir = t.dir.path().join("operator-policies");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("Everything.json"),
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
-    )
-    .expect("policy");
-    std::fs::write(t.dir.path().join("admin.secret"), "secret-of-admin\n").expect("secret");
     t.boot().await;
     t
 }
 
-fn admin(t: &TestServer) -> Aws {
-    Aws::new(t.admin(), "AKIDADMIN", "secret-of-admin")
+/// Adds `thing` to `group` or removes it (`operation` is the path's last
+/// segment: `addThingToThingGroup`, `removeThingFromThingGroup`).
+async fn membership(aws: &Aws, operation: &str, group: &str, thing: &str) {
+    let (status, body) = aws
+        .call(
+            "PUT",
+            &format!("/thing-groups/{operation}"),
+            "",
+            &[],
+            &json!({"thingGroupName": group, "thingName": thing}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 fn arn(kind: &str, name: &str) -> String {
@@ -116,7 +116,7 @@ async fn create_job(aws: &Aws, id: &str, body: Value) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_take_report_and_finish_a_job_for_a_thing_and_a_group() {
     let t = gateway().await;
-    let aws = admin(&t);
+    let aws = t.operator();
     for thing in ["lamp-1", "lamp-2"] {
         assert_eq!(
             aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
@@ -124,16 +124,7 @@ async fn devices_take_report_and_finish_a_job_for_a_thing_and_a_group() {
         );
     }
     assert_eq!(aws.post("/thing-groups/floor", "", json!({})).await.0, 200);
-    let (status, _) = aws
-        .call(
-            "PUT",
-            "/thing-groups/addThingToThingGroup",
-            "",
-            &[],
-            &json!({"thingGroupName": "floor", "thingName": "lamp-2"}).to_string(),
-        )
-        .await;
-    assert_eq!(status, 200);
+    membership(&aws, "addThingToThingGroup", "floor", "lamp-2").await;
     let mut one = device(&t, "lamp-1").await;
     let mut two = device(&t, "lamp-2").await;
 
@@ -257,7 +248,7 @@ async fn devices_take_report_and_finish_a_job_for_a_thing_and_a_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuous_job_reaches_things_that_join_its_group_later() {
     let t = gateway().await;
-    let aws = admin(&t);
+    let aws = t.operator();
     assert_eq!(aws.post("/things/fan-1", "", json!({})).await.0, 200);
     assert_eq!(aws.post("/thing-groups/fans", "", json!({})).await.0, 200);
     let mut fan = device(&t, "fan-1").await;
@@ -269,30 +260,10 @@ async fn a_continuous_job_reaches_things_that_join_its_group_later() {
     )
     .await;
     assert_eq!(status, 200, "{made}");
-    let membership =
-        |add: &str| json!({"thingGroupName": "fans", "thingName": "fan-1"}).to_string() + add;
-    let (status, _) = aws
-        .call(
-            "PUT",
-            "/thing-groups/addThingToThingGroup",
-            "",
-            &[],
-            &membership(""),
-        )
-        .await;
-    assert_eq!(status, 200);
+    membership(&aws, "addThingToThingGroup", "fans", "fan-1").await;
     let next = next_on(&mut fan, "$aws/things/fan-1/jobs/notify-next").await;
     assert_eq!(next["execution"]["jobId"], "tune", "{next}");
-    let (status, _) = aws
-        .call(
-            "PUT",
-            "/thing-groups/removeThingFromThingGroup",
-            "",
-            &[],
-            &membership(""),
-        )
-        .await;
-    assert_eq!(status, 200);
+    membership(&aws, "removeThingFromThingGroup", "fans", "fan-1").await;
     let next = next_on(&mut fan, "$aws/things/fan-1/jobs/notify-next").await;
     assert!(next.get("execution").is_none(), "{next}");
     let (_, execution) = aws.get("/things/fan-1/jobs/tune", "").await;
@@ -309,16 +280,7 @@ async fn a_continuous_job_reaches_things_that_join_its_group_later() {
         aws.post("/thing-groups/heaters", "", json!({})).await.0,
         200
     );
-    let (status, _) = aws
-        .call(
-            "PUT",
-            "/thing-groups/addThingToThingGroup",
-            "",
-            &[],
-            &json!({"thingGroupName": "heaters", "thingName": "heater-1"}).to_string(),
-        )
-        .await;
-    assert_eq!(status, 200);
+    membership(&aws, "addThingToThingGroup", "heaters", "heater-1").await;
     let (status, associated) = aws
         .post(
             "/jobs/tune/targets",
@@ -336,7 +298,7 @@ async fn a_continuous_job_reaches_things_that_join_its_group_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_needs_force_for_running_executions_and_delete_needs_a_finished_job() {
     let mut t = gateway().await;
-    let aws = admin(&t);
+    let aws = t.operator();
     for thing in ["a", "b"] {
         assert_eq!(
             aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
@@ -387,7 +349,7 @@ async fn cancel_needs_force_for_running_executions_and_delete_needs_a_finished_j
 
     // What was made survives a restart.
     t.restart().await;
-    let aws = admin(&t);
+    let aws = t.operator();
     let (_, job) = aws.get("/jobs/long", "").await;
     assert_eq!(
         (&job["job"]["status"], &job["job"]["reasonCode"]),
@@ -459,7 +421,7 @@ async fn a_device_runs_its_job_over_https_with_its_certificate() {
         )],
     )
     .await;
-    let aws = admin(&t);
+    let aws = t.operator();
     for thing in ["web-lamp", "other"] {
         assert_eq!(
             aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
@@ -618,7 +580,7 @@ async fn no_answered_transition_is_lost_on_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_and_execution_events_are_published_once_enabled() {
     let t = gateway().await;
-    let aws = admin(&t);
+    let aws = t.operator();
     assert_eq!(aws.post("/things/ev", "", json!({})).await.0, 200);
     let mut w = watch_events(
         &t,
@@ -684,7 +646,7 @@ async fn job_and_execution_events_are_published_once_enabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_is_aborted_when_its_failures_pass_the_threshold() {
     let t = gateway().await;
-    let aws = admin(&t);
+    let aws = t.operator();
     for thing in ["f1", "f2"] {
         assert_eq!(
             aws.post(&format!("/things/{thing}"), "", json!({})).await.0,
@@ -719,7 +681,7 @@ async fn a_job_is_aborted_when_its_failures_pass_the_threshold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_gives_the_job_to_no_more_things_a_minute_than_it_allows() {
     let t = gateway().await;
-    let aws = admin(&t);
+    let aws = t.operator();
     for thing in ["r1", "r2", "r3"] {
         assert_eq!(
             aws.post(&format!("/things/{thing}"), "", json!({})).await.0,

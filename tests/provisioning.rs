@@ -49,14 +49,7 @@ async fn gateway_with(extra: &str) -> TestServer {
         "[auth]\nprovisioning = {{ policies = [\"claim\"] }}\n\
          [[provisioning.templates]]\nname = \"Fleet\"\nfile = \"templates/fleet.json\"\n{extra}"
     ));
-    let operators = t.dir.path().join("operator-policies");
-    std::fs::create_dir_all(&operators).expect("dir");
-    std::fs::write(
-        operators.join("Everything.json"),
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
-    )
-    .expect("operator policy");
-    std::fs::write(t.dir.path().join("admin.secret"), "secret-of-admin\n").expect("secret");
+    t.write_operator_files("secret-of-admin");
     t.write_policy("claim", CLAIM_POLICY);
     let device = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/device.json");
     t.write_policy(

@@ -314,9 +314,8 @@ async fn in_time<T>(
 }
 
 /// Serves MQTT over a WebSocket upgrade, or answers a refused request. An
-/// upgrade signed with SigV4 in its URL is its operator's, whose policies
-/// the connection gets; a bad signature is refused with 403 before any
-/// MQTT.
+/// upgrade carrying a custom authorizer's token, or signed with SigV4 in
+/// its URL, is authenticated first, and refused with 403 before any MQTT.
 async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     opening: Opening,
@@ -327,95 +326,96 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     let shared = &routes.shared;
     let metrics = &shared.metrics;
     let peer = origin.addr;
-    let (status, why, failure) = match opening {
-        Opening::WebSocket { request, early } => {
-            let presented = Presented::from_http(&request.headers, &request.query);
-            if matches!(origin.credentials, Credentials::Unauthenticated)
-                && presented.authorizer().is_some()
-            {
-                let asked = Asked {
-                    presented,
-                    connection: Connection {
-                        server_name: origin.domain_name.as_deref().map(str::to_owned),
-                        http: Some((request.headers.clone(), request.query.clone())),
-                        mqtt: None,
-                        id: crate::registry::identity::uuid_v4(),
-                    },
-                };
-                let asking = shared
-                    .authorizers
-                    .authorize(&asked.presented, &asked.connection);
-                match tokio::time::timeout_at(deadline, asking).await {
-                    Ok(Ok(verdict)) => {
-                        let grant = Grant::custom(&verdict, asked);
-                        origin.credentials = Credentials::Granted(Box::new(grant));
-                    }
-                    refused => {
-                        let why = match refused {
-                            Ok(Err(r)) => r.to_string(),
-                            _ => "the custom authorizer did not decide in time".to_owned(),
-                        };
-                        metrics.handshake_failed(HandshakeFailure::Refused);
-                        crate::refusal!(
-                            &peer.ip().to_string(),
-                            "custom_auth",
-                            %peer,
-                            why,
-                            "WebSocket upgrade refused"
-                        );
-                        let refused = upgrade::refuse(&mut stream, 403, &why);
-                        let _ = tokio::time::timeout_at(deadline, refused).await;
-                        return;
-                    }
-                }
-            } else if sigv4::is_presigned(&request.query) {
-                match presigned(&request, &routes.operators) {
-                    Ok(grant) => origin.credentials = Credentials::Granted(Box::new(grant)),
-                    Err(e) => {
-                        metrics.handshake_failed(HandshakeFailure::BadSignature);
-                        crate::refusal!(
-                            &peer.ip().to_string(),
-                            HandshakeFailure::BadSignature.label(),
-                            %peer,
-                            key = sigv4::presigned_key(&request.query).as_deref().unwrap_or(""),
-                            why = %e,
-                            "WebSocket upgrade refused"
-                        );
-                        let why = e.to_string();
-                        let refused = upgrade::refuse(&mut stream, 403, &why);
-                        let _ = tokio::time::timeout_at(deadline, refused).await;
-                        return;
-                    }
-                }
-            }
-            let answered =
-                tokio::time::timeout_at(deadline, upgrade::accept(&mut stream, &request));
-            if !matches!(answered.await, Ok(Ok(()))) {
-                metrics.handshake_failed(HandshakeFailure::Io);
-                return;
-            }
-            metrics.routed(Transport::WebSocket);
-            let max = shared.config.limits.max_packet_bytes;
-            let ws = WsStream::new(stream, Role::Server, early, max);
-            conn::serve(ws, origin, shared.clone(), deadline).await;
-            return;
+    let (request, early) = match opening {
+        Opening::WebSocket { request, early } => (request, early),
+        Opening::Refused { status, why } => {
+            return bad_upgrade(stream, peer, metrics, (status, why), deadline).await;
         }
-        Opening::Refused { status, why } => (status, why, HandshakeFailure::BadUpgrade),
-        Opening::Http(_) => (
-            404,
-            "only MQTT over WebSockets is served here",
-            HandshakeFailure::BadUpgrade,
-        ),
+        Opening::Http(_) => {
+            let why = "only MQTT over WebSockets is served here";
+            return bad_upgrade(stream, peer, metrics, (404, why), deadline).await;
+        }
     };
+    match upgrade_grant(&request, &origin, routes, deadline).await {
+        Ok(Some(grant)) => origin.credentials = Credentials::Granted(Box::new(grant)),
+        Ok(None) => {}
+        Err((label, why)) => return refuse_http(stream, peer, label, (403, &why), deadline).await,
+    }
+    let answered = tokio::time::timeout_at(deadline, upgrade::accept(&mut stream, &request));
+    if !matches!(answered.await, Ok(Ok(()))) {
+        metrics.handshake_failed(HandshakeFailure::Io);
+        return;
+    }
+    metrics.routed(Transport::WebSocket);
+    let max = shared.config.limits.max_packet_bytes;
+    let ws = WsStream::new(stream, Role::Server, early, max);
+    conn::serve(ws, origin, shared.clone(), deadline).await;
+}
+
+/// What an upgrade's credentials grant, if it carries any: a custom
+/// authorizer's token (for a client without a certificate) or a SigV4
+/// signature. A refusal is counted, and its log label and why returned.
+async fn upgrade_grant(
+    request: &upgrade::Upgrade,
+    origin: &conn::Peer,
+    routes: &Routes,
+    deadline: Instant,
+) -> Result<Option<Grant>, (&'static str, String)> {
+    let presented = Presented::from_http(&request.headers, &request.query);
+    if matches!(origin.credentials, Credentials::Unauthenticated)
+        && presented.authorizer().is_some()
+    {
+        let asked = Asked {
+            presented,
+            connection: Connection {
+                server_name: origin.domain_name.as_deref().map(str::to_owned),
+                http: Some((request.headers.clone(), request.query.clone())),
+                mqtt: None,
+                id: crate::registry::identity::uuid_v4(),
+            },
+        };
+        // Counted and logged there.
+        return admission::custom(&routes.shared, asked, origin.addr, deadline)
+            .await
+            .map(Some)
+            .map_err(|why| ("custom_auth", why));
+    }
+    if !sigv4::is_presigned(&request.query) {
+        return Ok(None);
+    }
+    presigned(request, &routes.operators)
+        .map(Some)
+        .map_err(|e| {
+            let failure = HandshakeFailure::BadSignature;
+            routes.shared.metrics.handshake_failed(failure);
+            let key = sigv4::presigned_key(&request.query).unwrap_or_default();
+            (failure.label(), format!("{e} (access key `{key}`)"))
+        })
+}
+
+/// Answers an HTTP request that is no upgrade to serve, counted as such.
+async fn bad_upgrade<S: AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    metrics: &Metrics,
+    refused: (u16, &str),
+    deadline: Instant,
+) {
+    let failure = HandshakeFailure::BadUpgrade;
     metrics.handshake_failed(failure);
-    crate::refusal!(
-        &peer.ip().to_string(),
-        failure.label(),
-        %peer,
-        status,
-        why,
-        "HTTP request refused"
-    );
+    refuse_http(stream, peer, failure.label(), refused, deadline).await;
+}
+
+/// Answers a request that cannot be served with `status`, logged with
+/// `label` and why, and closes.
+async fn refuse_http<S: AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    label: &'static str,
+    (status, why): (u16, &str),
+    deadline: Instant,
+) {
+    crate::refusal!(&peer.ip().to_string(), label, %peer, status, why, "HTTP request refused");
     let refused = upgrade::refuse(&mut stream, status, why);
     let _ = tokio::time::timeout_at(deadline, refused).await;
 }
@@ -452,13 +452,9 @@ async fn https(
 ) {
     let shared = &routes.shared;
     let Credentials::Certificate(identity) = origin.credentials else {
-        let peer = origin.addr;
-        let why = "the device HTTPS endpoint needs a client certificate";
         shared.metrics.principal_refused(Refused::Unauthenticated);
-        crate::refusal!(&peer.ip().to_string(), "unauthenticated", %peer, why, "HTTP request refused");
-        let refused = upgrade::refuse(&mut tls, 403, why);
-        let _ = tokio::time::timeout_at(deadline, refused).await;
-        return;
+        let why = "the device HTTPS endpoint needs a client certificate";
+        return refuse_http(tls, origin.addr, "unauthenticated", (403, why), deadline).await;
     };
     if admission::admit(shared, &identity, "").is_none() {
         return;

@@ -4,10 +4,12 @@
 //! is counted and logged; a certificate waiting for activation is announced
 //! (JITR).
 
-use super::authz::{Authz, ConnectFacts};
+use super::authz::{Authz, ConnectFacts, Grant};
 use super::conn::{Credentials, Shared};
 use super::state::connect::Refused;
+use crate::authorizers::Asked;
 use crate::codec;
+use crate::metrics::HandshakeFailure;
 use crate::policy::eval::{Action, ResourceType};
 use crate::registry::{CertStatus, ClientIdentity, Principal, Refusal};
 use std::net::SocketAddr;
@@ -139,6 +141,34 @@ pub fn connect(
     } else {
         Err(Refused::NOT_AUTHORIZED)
     }
+}
+
+/// Asks the custom authorizer of `asked` about a client, by `deadline`: its
+/// grant, or why not, counted and logged, for the caller to answer as its
+/// protocol does.
+pub async fn custom(
+    shared: &Shared,
+    asked: Asked,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<Grant, String> {
+    let asking = shared
+        .authorizers
+        .authorize(&asked.presented, &asked.connection);
+    let why = match tokio::time::timeout_at(deadline, asking).await {
+        Ok(Ok(verdict)) => return Ok(Grant::custom(&verdict, asked)),
+        Ok(Err(refusal)) => refusal.to_string(),
+        Err(_) => "the custom authorizer did not decide in time".to_owned(),
+    };
+    shared.metrics.handshake_failed(HandshakeFailure::Refused);
+    crate::refusal!(
+        &peer.ip().to_string(),
+        "custom_auth",
+        %peer,
+        why,
+        "custom authorizer refused the client"
+    );
+    Err(why)
 }
 
 /// JITR: every connect of a certificate waiting for activation announces it

@@ -44,23 +44,20 @@ pub struct Grant {
     pub policies: Vec<String>,
     /// Variables of the policy context (`aws:username`).
     pub vars: Vec<(&'static str, String)>,
-    /// For a custom authorizer's grant: what to ask it again at each
-    /// refresh, and how long the connection may last.
+    /// For a custom authorizer's grant: what to ask it again, and when.
     pub custom: Option<Box<Custom>>,
-    /// How long a connection under it may last, if bounded otherwise (a
-    /// signed WebSocket URL's 24 hours).
+    /// How long a connection under it may last: a custom authorizer's
+    /// `disconnectAfterInSeconds`, a signed WebSocket URL's 24 hours.
     pub lasts: Option<std::time::Duration>,
 }
 
-/// A custom authorizer's terms.
+/// What a custom authorizer is asked again at each refresh.
 #[derive(Debug, Clone)]
 pub struct Custom {
     /// What the authorizer was asked.
     pub asked: Asked,
     /// `refreshAfterInSeconds`.
     pub refresh_after: std::time::Duration,
-    /// `disconnectAfterInSeconds`.
-    pub disconnect_after: std::time::Duration,
 }
 
 impl Grant {
@@ -74,9 +71,8 @@ impl Grant {
             custom: Some(Box::new(Custom {
                 asked,
                 refresh_after: verdict.refresh_after,
-                disconnect_after: verdict.disconnect_after,
             })),
-            lasts: None,
+            lasts: Some(verdict.disconnect_after),
         }
     }
 }

@@ -288,31 +288,14 @@ where
         }
         Ok(Ok(Some(c))) => c,
     };
-    if matches!(from.credentials, Credentials::Unauthenticated) {
-        let authorized = tokio::time::timeout_at(deadline, custom_auth(&shared, &connect, &from));
-        match authorized.await {
-            Ok(None) => {}
-            Ok(Some(Ok(grant))) => from.credentials = Credentials::Granted(Box::new(grant)),
-            refused => {
-                let why = match refused {
-                    Ok(Some(Err(r))) => r.to_string(),
-                    _ => "the custom authorizer did not decide in time".to_owned(),
-                };
-                shared.metrics.handshake_failed(HandshakeFailure::Refused);
-                crate::refusal!(
-                    &peer.ip().to_string(),
-                    "custom_auth",
-                    %peer,
-                    client_id = connect.client_id,
-                    why,
-                    "custom authorizer refused the client"
-                );
-                let _ = refuse(
-                    &mut stream,
-                    connect.protocol,
-                    reason::BAD_USER_NAME_OR_PASSWORD,
-                )
-                .await;
+    if matches!(from.credentials, Credentials::Unauthenticated)
+        && let Some(asked) = for_authorizer(&shared, &connect, &from)
+    {
+        match admission::custom(&shared, asked, peer, deadline).await {
+            Ok(grant) => from.credentials = Credentials::Granted(Box::new(grant)),
+            Err(_) => {
+                let code = reason::BAD_USER_NAME_OR_PASSWORD;
+                let _ = refuse(&mut stream, connect.protocol, code).await;
                 return;
             }
         }
@@ -335,20 +318,16 @@ where
     conn.run(stream, rbuf, connack).await;
 }
 
-/// A client without a certificate or a signature, for a custom authorizer
-/// (its username names one, or there is a default): the authorizer's grant,
-/// or why not; `None` if no authorizer is for it.
-async fn custom_auth(
-    shared: &Shared,
-    c: &codec::Connect,
-    from: &Peer,
-) -> Option<Result<Grant, crate::authorizers::Refusal>> {
+/// What a custom authorizer is to be asked about a client without a
+/// certificate or a signature; none if no authorizer is for it (its
+/// username names none, and there is no default).
+fn for_authorizer(shared: &Shared, c: &codec::Connect, from: &Peer) -> Option<Asked> {
     let username = c.username.as_deref();
     let presented = Presented::from_username(username.unwrap_or_default());
     if !shared.authorizers.applies(&presented) {
         return None;
     }
-    let asked = Asked {
+    Some(Asked {
         presented,
         connection: Connection {
             server_name: from.domain_name.as_deref().map(str::to_owned),
@@ -360,12 +339,7 @@ async fn custom_auth(
             )),
             id: crate::registry::identity::uuid_v4(),
         },
-    };
-    let verdict = shared
-        .authorizers
-        .authorize(&asked.presented, &asked.connection)
-        .await;
-    Some(verdict.map(|v| Grant::custom(&v, asked)))
+    })
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(
@@ -487,13 +461,8 @@ type Asking = Pin<Box<dyn Future<Output = Result<Arc<Verdict>, Refusal>> + Send>
 impl Lifetime {
     /// The lifetime a grant gives, if it bounds one.
     fn of(grant: &Grant, now: Instant) -> Option<Box<Self>> {
-        let lasts = grant
-            .custom
-            .as_ref()
-            .map(|c| c.disconnect_after)
-            .or(grant.lasts)?;
         let terms = grant.custom.clone();
-        let ends_at = now + lasts;
+        let ends_at = now + grant.lasts?;
         let next = terms
             .as_ref()
             .map_or(ends_at, |t| (now + t.refresh_after).min(ends_at));
@@ -1618,10 +1587,9 @@ mod tests {
                 connection: Connection::default(),
             },
             refresh_after: Duration::from_secs(300),
-            disconnect_after: Duration::from_secs(700),
         });
         assert_eq!(
-            lived(&grant(Some(terms), None)).await,
+            lived(&grant(Some(terms), Some(Duration::from_secs(700)))).await,
             [
                 ("refreshed", 300),
                 ("refreshed", 600),

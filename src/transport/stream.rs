@@ -196,10 +196,8 @@ impl TlsStream {
     /// that read the start of a connection to route it hands it on whole.
     pub fn unread(&mut self, bytes: &[u8]) {
         let r = &mut self.tls.received;
-        let mut plain = Vec::with_capacity(bytes.len() + r.plain.len() - r.taken);
-        plain.extend_from_slice(bytes);
-        plain.extend_from_slice(&r.plain[r.taken..]);
-        r.plain = plain;
+        // In place of what was taken: no new buffer when it has the room.
+        r.plain.splice(..r.taken, bytes.iter().copied());
         r.taken = 0;
     }
 

@@ -315,7 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     }
 
     /// Answers a control frame whose payload is all in the buffer.
-    fn control(&mut self, h: Header) -> Option<io::Result<()>> {
+    fn control(&mut self, h: Header) {
         let len = h.len as usize;
         let mut payload = self.buffered()[h.size..h.size + len].to_vec();
         if let Some(mask) = h.mask {
@@ -332,11 +332,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 };
                 self.queue_close(code);
                 self.read_done = true;
-                return Some(Ok(()));
             }
             _ => {}
         }
-        None
     }
 
     /// Ends the stream for a frame it refuses: the close that says why is
@@ -419,9 +417,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                         }
                         continue;
                     }
-                    if let Some(done) = this.control(h) {
-                        done?;
-                    }
+                    this.control(h);
                     continue;
                 }
                 TEXT => return Poll::Ready(Err(this.refuse(cx, FrameError::Text))),

@@ -24,6 +24,9 @@ pub const OPEN_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": {"Effect
 /// of other things that publish faster than AWS IoT's 100 a second.
 pub const NO_RATE_LIMITS: &str = "publishes_per_second = 0\npublish_bytes_per_second = 0\n";
 
+/// The key and secret of [`TestServer::prepare_with_operator`]'s operator.
+pub const OPERATOR: (&str, &str) = ("AKIDADMIN", "secret-of-admin");
+
 /// How long any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -106,6 +109,37 @@ impl TestServer {
             text,
         )
         .expect("write policy");
+    }
+
+    /// [`Self::prepare`] with the admin listener and one operator of full
+    /// access, whose key and secret are [`OPERATOR`].
+    pub fn prepare_with_operator(extra_toml: &str) -> Self {
+        let (key, secret) = OPERATOR;
+        let t = Self::prepare(&format!(
+            "{extra_toml}[admin]\nlisten = \"127.0.0.1:0\"\npolicies_dir = \"operator-policies\"\n\
+             [[admin.users]]\naccess_key_id = \"{key}\"\nsecret_file = \"admin.secret\"\npolicies = [\"Everything\"]\n",
+        ));
+        t.write_operator_files(secret);
+        t
+    }
+
+    /// The operator policy `Everything` (all of `iot:*`) in
+    /// `operator-policies/`, and `secret` in `admin.secret`.
+    pub fn write_operator_files(&self, secret: &str) {
+        let dir = self.dir.path().join("operator-policies");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("Everything.json"),
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
+        )
+        .expect("policy");
+        std::fs::write(self.dir.path().join("admin.secret"), format!("{secret}\n"))
+            .expect("secret");
+    }
+
+    /// The control plane, signed by the operator of [`Self::prepare_with_operator`].
+    pub fn operator(&self) -> Aws {
+        Aws::new(self.admin(), OPERATOR.0, OPERATOR.1)
     }
 
     pub fn server(&self) -> &Server {

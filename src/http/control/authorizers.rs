@@ -1,7 +1,7 @@
 //! Custom authorizers through the control plane, as AWS's API has them:
 //! those of `config.toml` are listed and described but not changed.
 
-use super::things::{optional_str, with_next};
+use super::things::{optional_bool, optional_str, with_next};
 use super::{Call, Control, done, paginate, secs};
 use crate::authorizers::request::{Connection, Presented, SIGNATURE_KEY};
 use crate::authorizers::{Authorizer, Authorizers, ChangeError, Record, Refusal};
@@ -43,9 +43,9 @@ fn no_authorizer(name: &str) -> AwsError {
     AwsError::not_found(format!("Authorizer {name} does not exist"))
 }
 
-/// `status`, if given.
-fn status(input: &Value) -> Result<Option<bool>, AwsError> {
-    match optional_str(input, "status")?.as_deref() {
+/// A `status` (of the body or the query), if given: whether ACTIVE.
+fn status(given: Option<&str>) -> Result<Option<bool>, AwsError> {
+    match given {
         None => Ok(None),
         Some("ACTIVE") => Ok(Some(true)),
         Some("INACTIVE") => Ok(Some(false)),
@@ -72,16 +72,6 @@ fn keys(input: &Value) -> Result<Option<BTreeMap<String, String>>, AwsError> {
         _ => Err(AwsError::invalid_request(
             "tokenSigningPublicKeys is a map of names to PEM keys",
         )),
-    }
-}
-
-fn flag(input: &Value, key: &str) -> Result<Option<bool>, AwsError> {
-    match &input[key] {
-        Value::Null => Ok(None),
-        v => v
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| AwsError::invalid_request(format!("{key} is true or false"))),
     }
 }
 
@@ -113,9 +103,9 @@ pub(super) fn create(c: &Control, call: &Call<'_>) -> Result<Response, AwsError>
         endpoint,
         token_key_name: optional_str(&input, "tokenKeyName")?,
         keys: keys(&input)?.unwrap_or_default(),
-        signing_disabled: flag(&input, "signingDisabled")?.unwrap_or(false),
-        active: status(&input)?.unwrap_or(true),
-        caching_for_http: flag(&input, "enableCachingForHttp")?.unwrap_or(false),
+        signing_disabled: optional_bool(&input, "signingDisabled")?.unwrap_or(false),
+        active: status(optional_str(&input, "status")?.as_deref())?.unwrap_or(true),
+        caching_for_http: optional_bool(&input, "enableCachingForHttp")?.unwrap_or(false),
         created_ms: now,
         modified_ms: now,
     })?;
@@ -151,16 +141,7 @@ pub(super) fn describe(c: &Control, call: &Call<'_>) -> Result<Response, AwsErro
 }
 
 pub(super) fn list(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
-    let wanted = match call.query("status").as_deref() {
-        None => None,
-        Some("ACTIVE") => Some(true),
-        Some("INACTIVE") => Some(false),
-        Some(other) => {
-            return Err(AwsError::invalid_request(format!(
-                "status `{other}` is not ACTIVE or INACTIVE"
-            )));
-        }
-    };
+    let wanted = status(call.query("status").as_deref())?;
     let listed: Vec<Value> = service(c)?
         .list()
         .iter()
@@ -197,8 +178,8 @@ pub(super) fn update(c: &Control, call: &Call<'_>) -> Result<Response, AwsError>
     let endpoint = optional_str(&input, "authorizerFunctionArn")?;
     let token_key = optional_str(&input, "tokenKeyName")?;
     let new_keys = keys(&input)?;
-    let active = status(&input)?;
-    let caching = flag(&input, "enableCachingForHttp")?;
+    let active = status(optional_str(&input, "status")?.as_deref())?;
+    let caching = optional_bool(&input, "enableCachingForHttp")?;
     service(c)?.update(&name, |r| {
         if let Some(e) = endpoint {
             r.endpoint = e;

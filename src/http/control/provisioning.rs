@@ -2,7 +2,7 @@
 //! which persist and take effect at once, and those of `config.toml`,
 //! listed but changed only there.
 
-use super::things::with_next;
+use super::things::{optional_bool, with_next};
 use super::{Call, Control, done, paginate, secs};
 use crate::http::aws::{AwsError, ok};
 use crate::provisioning::catalog::{CatalogError, Create, Entry, Hook, Source, Update};
@@ -52,7 +52,7 @@ pub(super) fn create(c: &Control, call: &Call<'_>) -> Result<Response, AwsError>
     let request = Create {
         body,
         description: description(&input)?.unwrap_or_default(),
-        enabled: flag(&input, "enabled")?.unwrap_or(false),
+        enabled: optional_bool(&input, "enabled")?.unwrap_or(false),
         role_arn: role(role_arn)?,
         hook: hook(c, &input["preProvisioningHook"])?,
     };
@@ -118,7 +118,7 @@ fn summary(c: &Control, e: &Entry) -> Value {
 
 pub(super) fn update(c: &Control, call: &Call<'_>) -> Result<Response, AwsError> {
     let input = call.json()?;
-    let remove = flag(&input, "removePreProvisioningHook")?.unwrap_or(false);
+    let remove = optional_bool(&input, "removePreProvisioningHook")?.unwrap_or(false);
     let given = hook(c, &input["preProvisioningHook"])?;
     if remove && given.is_some() {
         return Err(AwsError::invalid_request(
@@ -131,7 +131,7 @@ pub(super) fn update(c: &Control, call: &Call<'_>) -> Result<Response, AwsError>
     };
     let update = Update {
         description: description(&input)?,
-        enabled: flag(&input, "enabled")?,
+        enabled: optional_bool(&input, "enabled")?,
         default_version,
         role_arn: string(&input, "provisioningRoleArn")?
             .map(role)
@@ -220,15 +220,6 @@ fn string(input: &Value, key: &str) -> Result<Option<String>, AwsError> {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
         _ => Err(AwsError::invalid_request(format!("{key} is not a string"))),
-    }
-}
-
-/// A boolean member, if present.
-fn flag(input: &Value, key: &str) -> Result<Option<bool>, AwsError> {
-    match &input[key] {
-        Value::Null => Ok(None),
-        Value::Bool(b) => Ok(Some(*b)),
-        _ => Err(AwsError::invalid_request(format!("{key} is not a boolean"))),
     }
 }
 

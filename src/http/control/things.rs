@@ -37,6 +37,15 @@ pub(super) fn optional_str(v: &Value, key: &str) -> Result<Option<String>, AwsEr
     }
 }
 
+/// A boolean member, if present.
+pub(super) fn optional_bool(v: &Value, key: &str) -> Result<Option<bool>, AwsError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(AwsError::invalid_request(format!("{key} is not a boolean"))),
+    }
+}
+
 pub(super) fn version(v: Option<&Value>) -> Result<Option<u64>, AwsError> {
     match v {
         None | Some(Value::Null) => Ok(None),
