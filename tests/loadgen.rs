@@ -52,6 +52,45 @@ async fn conn_reports_rate_and_handshake_percentiles() {
 }
 
 #[tokio::test]
+async fn conn_counts_failed_connections_by_why_they_failed() {
+    let mut t = TestServer::prepare("");
+    // Clients bench-conn-1 and bench-conn-10 to -19 may not connect.
+    t.write_policy(
+        "open",
+        r#"{"Version":"2012-10-17","Statement":[
+            {"Effect":"Allow","Action":"iot:*","Resource":"*"},
+            {"Effect":"Deny","Action":"iot:Connect","Resource":"arn:aws:iot:*:*:client/bench-conn-1*"}]}"#,
+    );
+    t.boot().await;
+    let r = loadgen::run(&options(&t, "conn", QoS::AtMostOnce))
+        .await
+        .expect("runs");
+    assert_eq!(r["connections"], 9, "{r}");
+    assert_eq!(r["failed"], 11, "{r}");
+    assert_eq!(
+        r["failures"],
+        serde_json::json!({"connack 0x87": 11}),
+        "{r}"
+    );
+
+    // A certificate of a CA the gateway does not know.
+    let stranger = edgegate::transport::pki::Ca::generate("stranger CA")
+        .expect("ca")
+        .issue_device("bench", edgegate::transport::pki::KeyKind::EcdsaP256)
+        .expect("device cert");
+    let mut o = options(&t, "conn", QoS::AtMostOnce);
+    o.target.tls = Some(t.tls_config(Some(&stranger)));
+    o.connections = 3;
+    let r = loadgen::run(&o).await.expect("runs");
+    assert_eq!(r["connections"], 0, "{r}");
+    let failures = r["failures"].as_object().expect("failures by kind");
+    assert_eq!(failures.len(), 1, "{r}");
+    let (kind, count) = failures.iter().next().expect("one kind");
+    assert!(kind.starts_with("tls alert "), "{r}");
+    assert_eq!(count, 3, "{r}");
+}
+
+#[tokio::test]
 async fn fanin_at_every_qos_loses_and_reorders_nothing() {
     let t = TestServer::start().await;
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {

@@ -43,6 +43,64 @@ impl std::fmt::Debug for Target {
     }
 }
 
+/// Why a connection was not made, so that a run can say how its
+/// connections failed and count them by kind.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("TCP: {0}")]
+    Tcp(std::io::Error),
+    /// The handshake, or a read before CONNACK that brought a TLS alert.
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("WebSocket upgrade: {0}")]
+    Upgrade(String),
+    #[error("CONNECT refused: CONNACK {0:#04x}")]
+    Refused(u8),
+    #[error("no CONNACK: {0}")]
+    NoConnAck(String),
+}
+
+impl ConnectError {
+    /// The failure's kind, what a run counts: `connack 0x87`, `tls alert
+    /// BadCertificate`, `tcp ConnectionRefused`, `upgrade 403`.
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Tcp(e) => format!("tcp {:?}", e.kind()),
+            Self::Tls(e) => tls_kind(e),
+            Self::Upgrade(status) => format!("upgrade {status}"),
+            Self::Refused(code) => format!("connack {code:#04x}"),
+            Self::NoConnAck(_) => "no connack".to_owned(),
+        }
+    }
+}
+
+/// A TLS failure by what rustls says of it: the alert the broker sent, the
+/// certificate problem found, or the error's variant without its details.
+fn tls_kind(e: &std::io::Error) -> String {
+    let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        return format!("tls {:?}", e.kind());
+    };
+    match tls {
+        rustls::Error::AlertReceived(alert) => format!("tls alert {alert:?}"),
+        rustls::Error::InvalidCertificate(why) => format!("tls certificate {why:?}"),
+        other => {
+            let name = format!("{other:?}");
+            let end = name.find(['(', '{', ' ']).unwrap_or(name.len());
+            format!("tls {}", &name[..end])
+        }
+    }
+}
+
+/// An IO error after the TLS handshake: under TLS 1.3 the broker judges the
+/// client's certificate once the client's handshake is done, so its alert
+/// comes with the first read; anything else is what `or` makes of it.
+fn after_handshake(e: std::io::Error, or: fn(String) -> ConnectError) -> ConnectError {
+    match e.get_ref() {
+        Some(inner) if inner.is::<rustls::Error>() => ConnectError::Tls(e),
+        _ => or(e.to_string()),
+    }
+}
+
 /// One connection.
 pub struct Client {
     io: Box<dyn Io>,
@@ -54,11 +112,11 @@ pub struct Client {
 
 impl Client {
     /// TCP (no Nagle), TLS if configured, CONNECT and CONNACK.
-    pub async fn connect(target: &Target, client_id: &str) -> Result<Self, String> {
+    pub async fn connect(target: &Target, client_id: &str) -> Result<Self, ConnectError> {
         let tcp = TcpStream::connect(target.addr)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            .map_err(ConnectError::Tcp)?;
+        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
         let io: Box<dyn Io> = match &target.tls {
             None => Box::new(tcp),
             Some(tls) => {
@@ -67,7 +125,7 @@ impl Client {
                     tokio_rustls::TlsConnector::from(tls.clone())
                         .connect(name, tcp)
                         .await
-                        .map_err(|e| format!("TLS: {e}"))?,
+                        .map_err(ConnectError::Tls)?,
                 )
             }
         };
@@ -92,14 +150,23 @@ impl Client {
             password: None,
             properties: Properties::default(),
         })));
-        c.flush().await?;
-        match c.next().await? {
+        let io_failure = |e| after_handshake(e, ConnectError::NoConnAck);
+        c.write().await.map_err(io_failure)?;
+        let packet = loop {
+            if let Some(p) = c.try_next().map_err(ConnectError::NoConnAck)? {
+                break p;
+            }
+            if c.read_some().await.map_err(io_failure)? == 0 {
+                return Err(ConnectError::NoConnAck("closed by the broker".into()));
+            }
+        };
+        match packet {
             Packet::ConnAck(a) if a.code == 0 => Ok(c),
-            Packet::ConnAck(a) => Err(format!("CONNECT refused: {:#04x}", a.code)),
-            other => Err(format!(
-                "expected CONNACK, got type {}",
+            Packet::ConnAck(a) => Err(ConnectError::Refused(a.code)),
+            other => Err(ConnectError::NoConnAck(format!(
+                "got packet type {}",
                 other.type_number()
-            )),
+            ))),
         }
     }
 
@@ -115,12 +182,13 @@ impl Client {
 
     /// Writes the buffer.
     pub async fn flush(&mut self) -> Result<(), String> {
+        self.write().await.map_err(|e| format!("write: {e}"))
+    }
+
+    async fn write(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.io
-                .write_all(&self.wbuf)
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            self.io.flush().await.map_err(|e| format!("write: {e}"))?;
+            self.io.write_all(&self.wbuf).await?;
+            self.io.flush().await?;
             self.wbuf.clear();
         }
         Ok(())
@@ -143,52 +211,56 @@ impl Client {
 
     /// Reads what the socket has (at least one byte).
     pub async fn read(&mut self) -> Result<(), String> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        match self.io.read_buf(&mut self.rbuf).await {
+        match self.read_some().await {
             Ok(0) => Err("closed by the broker".into()),
             Ok(_) => Ok(()),
             Err(e) => Err(format!("read: {e}")),
         }
     }
+
+    /// Reads what the socket has; 0 at its end.
+    async fn read_some(&mut self) -> std::io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        self.io.read_buf(&mut self.rbuf).await
+    }
 }
 
 /// Opens MQTT over WebSockets on `io`: the upgrade request, and the
 /// stream once the broker switched protocols.
-async fn upgrade(mut io: Box<dyn Io>, addr: std::net::SocketAddr) -> Result<Box<dyn Io>, String> {
+async fn upgrade(
+    mut io: Box<dyn Io>,
+    addr: std::net::SocketAddr,
+) -> Result<Box<dyn Io>, ConnectError> {
     // The tool is no browser: one fixed key serves, checked all the same.
     const KEY: &str = "ZWRnZWdhdGUgYmVuY2ggIQ==";
     let request = format!(
         "GET /mqtt HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
     );
-    io.write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("upgrade: {e}"))?;
-    io.flush().await.map_err(|e| format!("upgrade: {e}"))?;
+    let io_failure = |e| after_handshake(e, ConnectError::Upgrade);
+    io.write_all(request.as_bytes()).await.map_err(io_failure)?;
+    io.flush().await.map_err(io_failure)?;
     let mut head = Vec::new();
     let end = loop {
         if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
         if head.len() > 8 * 1024 {
-            return Err("upgrade: the answer's head is too long".into());
+            return Err(ConnectError::Upgrade(
+                "the answer's head is too long".into(),
+            ));
         }
-        if io
-            .read_buf(&mut head)
-            .await
-            .map_err(|e| format!("upgrade: {e}"))?
-            == 0
-        {
-            return Err("upgrade: closed by the broker".into());
+        if io.read_buf(&mut head).await.map_err(io_failure)? == 0 {
+            return Err(ConnectError::Upgrade("closed by the broker".into()));
         }
     };
     let answer = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
     let accept = crate::http::upgrade::accept_key(KEY).to_ascii_lowercase();
     if !answer.starts_with("http/1.1 101") || !answer.contains(&accept) {
-        let line = answer.lines().next().unwrap_or_default().to_owned();
-        return Err(format!("upgrade refused: {line}"));
+        let status = answer.split_whitespace().nth(1).unwrap_or_default();
+        return Err(ConnectError::Upgrade(format!("HTTP {status}")));
     }
     let early = head[end..].to_vec();
     Ok(Box::new(WsStream::new(
@@ -197,4 +269,11 @@ async fn upgrade(mut io: Box<dyn Io>, addr: std::net::SocketAddr) -> Result<Box<
         early,
         MAX_PACKET,
     )))
+}
+
+/// The scenarios report failures as text.
+impl From<ConnectError> for String {
+    fn from(e: ConnectError) -> Self {
+        e.to_string()
+    }
 }

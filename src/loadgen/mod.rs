@@ -4,7 +4,8 @@
 //!
 //! Scenarios:
 //! - `conn`: N connections at concurrency C; connections per second and
-//!   handshake (TCP + TLS + CONNECT/CONNACK) p50/p99; optionally held open.
+//!   handshake (TCP + TLS + CONNECT/CONNACK) p50/p99; optionally held open;
+//!   failures counted by kind (the CONNACK code, the TLS alert).
 //! - `fanin`: P publishers x M messages of S bytes at QoS q, each to its own
 //!   topic, one wildcard subscriber; delivered/s, acked/s, loss, reordering.
 //! - `fanout`: one publisher, K subscribers of one topic; deliveries/s.
@@ -161,30 +162,32 @@ async fn conn(o: &Options, deadline: Instant) -> Result<Value, String> {
     for i in 0..o.connections {
         let (permits, target) = (permits.clone(), o.target.clone());
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await.ok()?;
+            let _permit = permits.acquire_owned().await;
             let t0 = Instant::now();
-            let c = timeout_at(
+            match timeout_at(
                 deadline,
                 Client::connect(&target, &format!("bench-conn-{i}")),
             )
             .await
-            .ok()?
-            .ok()?;
-            Some((t0.elapsed(), c))
+            {
+                Ok(Ok(c)) => Ok((t0.elapsed(), c)),
+                Ok(Err(e)) => Err(e.kind()),
+                Err(_) => Err("timeout".to_owned()),
+            }
         });
     }
     let mut times = Vec::with_capacity(o.connections);
     let mut held = Vec::new();
-    let mut failed = 0;
+    let mut failures = std::collections::BTreeMap::<String, usize>::new();
     while let Some(r) = tasks.join_next().await {
-        match r.ok().flatten() {
-            Some((d, c)) => {
+        match r.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok((d, c)) => {
                 times.push(d);
                 if o.hold_secs > 0 {
                     held.push(c);
                 }
             }
-            None => failed += 1,
+            Err(kind) => *failures.entry(kind).or_default() += 1,
         }
     }
     let elapsed = start.elapsed();
@@ -196,7 +199,8 @@ async fn conn(o: &Options, deadline: Instant) -> Result<Value, String> {
     drop(held);
     Ok(json!({
         "connections": times.len(),
-        "failed": failed,
+        "failed": failures.values().sum::<usize>(),
+        "failures": failures,
         "concurrency": o.concurrency,
         "elapsed_s": round3(elapsed.as_secs_f64()),
         "connections_per_s": per_second(times.len(), elapsed),
