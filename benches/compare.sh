@@ -19,6 +19,9 @@
 #   BROKERS="edgegate mosquitto" SCENARIOS="conn conn_ws fanin0 fanin0_ws" benches/compare.sh
 #       # MQTT over WebSockets (wss, client certificates) beside MQTT over TLS;
 #       # Mosquitto serves it on a listener of its own (WSPORT), rumqttd not at all
+#   BROKERS="edgegate mosquitto" SCENARIOS=release benches/compare.sh
+#       # memory given back: 10,000 connections held, closed, then RSS sampled
+#       # every second for RELEASE_SECS (30) against RSS before they opened
 #
 # Everything listens on 127.0.0.1 only, every run is bounded in count and
 # time, and every broker is stopped when the script ends.
@@ -27,10 +30,11 @@ cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
 BROKERS=${BROKERS:-"edgegate mosquitto rumqttd"}
-SCENARIOS=${SCENARIOS:-"conn rss fanin0 fanin1 fanout latency"}
+SCENARIOS=${SCENARIOS:-"conn rss release fanin0 fanin1 fanout latency"}
 PORT=${PORT:-18883}
 WSPORT=${WSPORT:-18884}
 FSYNC=${FSYNC:-false}
+RELEASE_SECS=${RELEASE_SECS:-30}
 EG=target/release/edgegate
 
 # Peers, installed if missing.
@@ -175,7 +179,7 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 args_for() {
     case $1 in
         conn) echo "conn --connections 2000 --concurrency 32" ;;
-        rss) echo "conn --connections 10000 --concurrency 32 --hold-secs 6" ;;
+        rss|release) echo "conn --connections 10000 --concurrency 32 --hold-secs 6" ;;
         scale) echo "conn --connections ${SCALE:-19900} --concurrency 32 --hold-secs 6" ;;
         fanin0) echo "fanin --publishers 4 --messages 100000 --qos 0" ;;
         fanin0_ws) echo "fanin --publishers 4 --messages 100000 --qos 0 --transport ws" ;;
@@ -219,16 +223,28 @@ for run in $(seq "$RUNS"); do
             done
             wait "$bench_pid" || true
             cpu1=$(cpu_s "$pid")
-            python3 - "$broker" "$scenario" "$run" "$cpu0" "$cpu1" "$rss0" "$peak" "$work/out.json" >> "$results" <<'PY'
+            # release: RSS once a second after the connections closed, and
+            # the first second it is back within 20% of RSS before they opened.
+            after=$peak; returned=-1
+            if [ "$scenario" = release ]; then
+                for s in $(seq "$RELEASE_SECS"); do
+                    sleep 1
+                    after=$(rss_kib "$pid" 2>/dev/null || echo 0)
+                    (( returned < 0 && after * 10 <= rss0 * 12 )) && returned=$s
+                done
+            fi
+            python3 - "$broker" "$scenario" "$run" "$cpu0" "$cpu1" "$rss0" "$peak" "$work/out.json" \
+                "$after" "$returned" >> "$results" <<'PY'
 import json, sys
-broker, scenario, run, cpu0, cpu1, rss0, peak, out = sys.argv[1:]
+broker, scenario, run, cpu0, cpu1, rss0, peak, out, after, returned = sys.argv[1:]
 try:
     report = json.load(open(out))
 except Exception:
     report = {}
 print(json.dumps({"broker": broker, "scenario": scenario, "run": int(run),
                   "broker_cpu_s": float(cpu1) - float(cpu0),
-                  "rss0_kib": int(rss0), "rss_peak_kib": int(peak), "report": report}))
+                  "rss0_kib": int(rss0), "rss_peak_kib": int(peak),
+                  "rss_after_kib": int(after), "returned_s": int(returned), "report": report}))
 PY
             stop_broker
         done
@@ -243,6 +259,10 @@ figures = {
     "conn": ("mTLS connections/s", lambda r: r["report"].get("connections_per_s"), True),
     "rss": ("RSS KiB per idle mTLS connection",
             lambda r: (r["rss_peak_kib"] - r["rss0_kib"]) / max(r["report"].get("connections", 0), 1), False),
+    "release": ("RSS after 10k closed / before",
+                lambda r: r["rss_after_kib"] / r["rss0_kib"] if r["rss0_kib"] else None, False),
+    "release_s": ("seconds until RSS within 20% of before",
+                  lambda r: r["returned_s"] if r["returned_s"] >= 0 else None, False),
     "scale": ("idle mTLS connections held",
               lambda r: r["report"].get("connections", 0) - r["report"].get("failed", 0), True),
     "fanin0": ("fan-in QoS 0 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
@@ -265,6 +285,8 @@ figures = {
 }
 for r in [r for r in rows if r["scenario"] in ("shadow", "shadow1")]:
     rows.append({**r, "scenario": r["scenario"] + "_p99"})
+for r in [r for r in rows if r["scenario"] == "release"]:
+    rows.append({**r, "scenario": "release_s"})
 def messages(r):
     rep = r["report"]
     return rep.get("delivered") or rep.get("deliveries") or rep.get("messages") or 0
@@ -279,7 +301,8 @@ for scenario, (name, value, higher) in figures.items():
             cells.append(f"{'-':>26}")
             continue
         med[b] = statistics.median(vals)
-        cells.append(f"{med[b]:>12.1f} ({min(vals):.1f}-{max(vals):.1f})")
+        d = 2 if med[b] < 10 else 1
+        cells.append(f"{med[b]:>12.{d}f} ({min(vals):.{d}f}-{max(vals):.{d}f})")
     ratios = [f"{b}: {med['edgegate'] / med[b]:.2f}x" for b in brokers
               if b != "edgegate" and "edgegate" in med and med.get(b)]
     if med:
@@ -292,6 +315,12 @@ for b in brokers:
         peak = statistics.median(r["rss_peak_kib"] for r in rs) / 1024
         per = statistics.median((r["rss_peak_kib"] - r["rss0_kib"]) / max(r["report"].get("connections", 0), 1) for r in rs)
         print(f"held connections: {b} peak RSS {peak:.1f} MiB, {per:.1f} KiB per connection")
+for b in brokers:
+    rs = [r for r in rows if r["broker"] == b and r["scenario"] == "release"]
+    if rs:
+        mib = lambda key: statistics.median(r[key] for r in rs) / 1024
+        print(f"10k connections released: {b} RSS before {mib('rss0_kib'):.1f} MiB, "
+              f"holding {mib('rss_peak_kib'):.1f} MiB, after closing {mib('rss_after_kib'):.1f} MiB")
 print("broker CPU seconds per million messages, peak RSS MiB (medians):")
 for scenario in ("fanin0", "fanin1", "fanout"):
     for b in brokers:

@@ -204,9 +204,8 @@ pub(super) async fn tls_listener(
                 };
                 let origin = conn::Peer {
                     addr: peer,
-                    credentials: identity.map_or(Credentials::Unauthenticated, |id| {
-                        Credentials::Certificate(Box::new(id))
-                    }),
+                    credentials: identity
+                        .map_or(Credentials::Unauthenticated, Credentials::Certificate),
                     domain_name,
                 };
                 if mqtt {
@@ -214,19 +213,32 @@ pub(super) async fn tls_listener(
                     conn::serve(tls, origin, routes.shared, deadline).await;
                     return;
                 }
-                let Some((opening, tls)) = open(tls, peer, metrics, deadline).await else {
-                    return;
-                };
-                match opening {
-                    Opening::Http(read) => {
-                        https(tls, read, origin, permit, &routes, deadline).await
-                    }
-                    opening => websocket(tls, opening, origin, &routes, deadline).await,
-                }
+                // Boxed: an MQTT connection's task, which lives long, then
+                // has no room for the larger futures of HTTP's paths.
+                Box::pin(http(tls, origin, permit, &routes, deadline)).await;
             }
         },
     )
     .await;
+}
+
+/// Serves a TLS connection that opened with HTTP: a WebSocket upgrade, or
+/// a request to the device HTTPS endpoint.
+async fn http(
+    tls: Box<TlsStream>,
+    origin: conn::Peer,
+    permit: OwnedSemaphorePermit,
+    routes: &Routes,
+    deadline: Instant,
+) {
+    let Some((opening, tls)) = open(tls, origin.addr, &routes.shared.metrics, deadline).await
+    else {
+        return;
+    };
+    match opening {
+        Opening::Http(read) => https(tls, read, origin, permit, routes, deadline).await,
+        opening => websocket(tls, opening, origin, routes, deadline).await,
+    }
 }
 
 /// Serves the plaintext listener: MQTT, or MQTT over `ws://`.
@@ -251,11 +263,16 @@ pub(super) async fn plaintext_listener(
                 let origin = conn::Peer::plain(peer);
                 match peeked {
                     Ok(Ok(1)) if first[0] != CONNECT => {
-                        if let Some((opening, stream)) =
-                            open(stream, peer, &routes.shared.metrics, deadline).await
-                        {
-                            websocket(stream, opening, origin, &routes, deadline).await;
-                        }
+                        // Boxed as on the TLS listeners.
+                        Box::pin(async {
+                            let metrics = &routes.shared.metrics;
+                            if let Some((opening, stream)) =
+                                open(stream, peer, metrics, deadline).await
+                            {
+                                websocket(stream, opening, origin, &routes, deadline).await;
+                            }
+                        })
+                        .await;
                     }
                     _ => {
                         routes.shared.metrics.routed(Transport::Mqtt);
@@ -482,7 +499,11 @@ async fn tls_accept(
     config: Arc<rustls::ServerConfig>,
     metrics: &Metrics,
     deadline: Instant,
-) -> Option<(Box<TlsStream>, Option<ClientIdentity>, Option<Box<str>>)> {
+) -> Option<(
+    Box<TlsStream>,
+    Option<Box<ClientIdentity>>,
+    Option<Box<str>>,
+)> {
     // Boxed, and the stream after it: the handshake's state is freed once it
     // is done, and the connection's future holds a pointer to the stream.
     let accept = Box::pin(stream::accept(stream, config));
@@ -514,7 +535,7 @@ async fn tls_accept(
         );
         return None;
     };
-    Some((tls, Some(identity), domain_name))
+    Some((tls, Some(Box::new(identity)), domain_name))
 }
 
 /// The operator's line for a refused handshake: the source address, the

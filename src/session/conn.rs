@@ -248,7 +248,29 @@ impl Peer {
 }
 
 /// Reads CONNECT (within `deadline`), then serves the session until it ends.
-pub async fn serve<S>(mut stream: S, mut from: Peer, shared: Arc<Shared>, deadline: Instant)
+pub async fn serve<S>(mut stream: S, from: Peer, shared: Arc<Shared>, deadline: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Each phase boxed: admission's state is freed once the session runs,
+    // and the connection's task, which lives as long as the session, holds
+    // a pointer to the session's future instead of room for every phase.
+    let Some((mut conn, connack, rbuf)) =
+        Box::pin(admit(&mut stream, from, &shared, deadline)).await
+    else {
+        return;
+    };
+    Box::pin(conn.run(stream, rbuf, connack)).await;
+}
+
+/// Reads CONNECT (within `deadline`) and decides on it; a refused client
+/// is told why, and counted.
+async fn admit<S>(
+    stream: &mut S,
+    mut from: Peer,
+    shared: &Arc<Shared>,
+    deadline: Instant,
+) -> Option<(Box<Conn>, Box<ConnAck>, BytesMut)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -257,19 +279,14 @@ where
     let mut rbuf = BytesMut::new();
     let connect = match tokio::time::timeout_at(
         deadline,
-        read_connect(
-            &mut stream,
-            &mut rbuf,
-            limits.max_packet_bytes,
-            &shared.metrics,
-        ),
+        read_connect(stream, &mut rbuf, limits.max_packet_bytes, &shared.metrics),
     )
     .await
     {
         Err(_) => {
             shared.metrics.handshake_failed(HandshakeFailure::Timeout);
             crate::refusal!(&peer.ip().to_string(), "connect_timeout", %peer, "no CONNECT in time");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             shared
@@ -278,30 +295,30 @@ where
             crate::refusal!(&peer.ip().to_string(), "bad_connect", %peer, error = %e, "bad CONNECT");
             if let ProtocolError::UnsupportedProtocol(_) = e {
                 let (proto, code) = state::connect::UNKNOWN_LEVEL;
-                let _ = refuse(&mut stream, proto, code).await;
+                let _ = refuse(stream, proto, code).await;
             }
-            return;
+            return None;
         }
         Ok(Ok(None)) => {
             shared.metrics.handshake_failed(HandshakeFailure::Io);
-            return;
+            return None;
         }
         Ok(Ok(Some(c))) => c,
     };
     if matches!(from.credentials, Credentials::Unauthenticated)
-        && let Some(asked) = for_authorizer(&shared, &connect, &from)
+        && let Some(asked) = for_authorizer(shared, &connect, &from)
     {
-        match admission::custom(&shared, asked, peer, deadline).await {
+        match admission::custom(shared, asked, peer, deadline).await {
             Ok(grant) => from.credentials = Credentials::Granted(Box::new(grant)),
             Err(_) => {
                 let code = reason::BAD_USER_NAME_OR_PASSWORD;
-                let _ = refuse(&mut stream, connect.protocol, code).await;
-                return;
+                let _ = refuse(stream, connect.protocol, code).await;
+                return None;
             }
         }
     }
-    let (mut conn, connack) = match Conn::accept(&shared, connect, from) {
-        Ok(accepted) => accepted,
+    match Conn::accept(shared, connect, from) {
+        Ok((conn, connack)) => Some((conn, connack, rbuf)),
         Err((proto, code)) => {
             shared.metrics.handshake_failed(HandshakeFailure::Refused);
             crate::refusal!(
@@ -311,11 +328,10 @@ where
                 code = format_args!("{code:#04x}"),
                 "CONNECT refused"
             );
-            let _ = refuse(&mut stream, proto, code).await;
-            return;
+            let _ = refuse(stream, proto, code).await;
+            None
         }
-    };
-    conn.run(stream, rbuf, connack).await;
+    }
 }
 
 /// What a custom authorizer is to be asked about a client without a
@@ -669,7 +685,8 @@ impl Conn {
         // comes before anything the client publishes.
         if shared.events.presence() {
             let event = events::Event::Connected(self.described());
-            shared.events.announce(event).await;
+            // Boxed: the connection's future has no room for it.
+            Box::pin(shared.events.announce(event)).await;
         }
         metrics.connections.increment(1.0);
         metrics.connections_total.increment(1);
