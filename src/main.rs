@@ -13,6 +13,17 @@ use std::process::ExitCode;
 
 mod control_client;
 
+/// jemalloc, not glibc's malloc: after 10,000 connections closed, glibc kept
+/// every page they had used (RSS 9x what it was before they opened, 30 s
+/// later, even with one arena and a low trim threshold: the live
+/// allocations left among the freed ones pin the heap), and mimalloc 8.5x;
+/// jemalloc with its background thread purging freed pages (see `serve`)
+/// was back within 1.25x, at the same throughput. Measured with
+/// `benches/compare.sh`'s `release` scenario; PERFORMANCE.md has the figures.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for a configuration that cannot be used (sysexits EX_USAGE).
 const EX_CONFIG: u8 = 64;
 
@@ -446,6 +457,13 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         };
         eprintln!("error: {e}");
         return ExitCode::from(EX_CONFIG);
+    }
+    // Without its background thread jemalloc purges freed pages only when
+    // the thread that freed them allocates again: a gateway gone quiet after
+    // a burst would keep the burst's memory.
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("warning: freed memory is returned to the system only under load: {e}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
