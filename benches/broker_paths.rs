@@ -97,7 +97,7 @@ fn fan_out(c: &mut Criterion) {
                 .router
                 .publish(&fan.msg, Instant::now())
                 .expect("routed");
-            fan.drain(&mut out);
+            fan.drain_each(&mut out, Vec::clear);
             routed.matched
         })
     });

@@ -64,11 +64,16 @@ impl FanOut {
         }
     }
 
-    /// Empties every mailbox into `out` (reused, as a connection does).
-    pub(crate) fn drain(&self, out: &mut Vec<Delivery>) {
+    /// Empties each mailbox into `out` (reused, as a connection does) in
+    /// turn and hands it to `each`, which leaves it empty.
+    pub(crate) fn drain_each(
+        &self,
+        out: &mut Vec<Delivery>,
+        mut each: impl FnMut(&mut Vec<Delivery>),
+    ) {
         for m in &self.mailboxes {
             m.drain(out, usize::MAX);
-            out.clear();
+            each(out);
         }
     }
 }
