@@ -10,6 +10,8 @@
 #
 #   benches/compare.sh                     # everything
 #   BROKERS="edgegate mosquitto" SCENARIOS="fanin0 latency" RUNS=5 benches/compare.sh
+#   BROKERS="edgegate mosquitto" SCENARIOS="latency latency1 latency_10k latency1_10k latency_50k latency1_50k" RUNS=9 benches/compare.sh
+#       # p99 and p99.9 from publish to delivery at 1,000, 10,000 and 50,000 msg/s, QoS 0 and 1
 #   BROKERS=edgegate SCENARIOS=scale RUNS=1 benches/compare.sh   # SCALE (19,900) held connections
 #   FSYNC=true BROKERS=edgegate SCENARIOS="fanin1 latency1 shadow shadow1" benches/compare.sh
 #       # device shadows (edgegate only) beside QoS 1 fan-in and latency, every commit flushed
@@ -188,6 +190,10 @@ args_for() {
         fanout) echo "fanout --subscribers 50 --messages 20000 --qos 0" ;;
         latency) echo "latency --rate 1000 --duration-secs 10" ;;
         latency1) echo "latency --rate 1000 --duration-secs 10 --qos 1" ;;
+        latency_10k) echo "latency --rate 10000 --duration-secs 5" ;;
+        latency1_10k) echo "latency --rate 10000 --duration-secs 5 --qos 1" ;;
+        latency_50k) echo "latency --rate 50000 --duration-secs 5" ;;
+        latency1_50k) echo "latency --rate 50000 --duration-secs 5 --qos 1" ;;
         shadow) echo "shadow --publishers 256 --messages 100" ;;
         shadow1) echo "shadow --publishers 1 --messages 3000" ;;
         flood) echo "flood --publishers 4 --rate 100 --duration-secs 10" ;;
@@ -270,10 +276,6 @@ figures = {
     "fanin0_ws": ("wss fan-in QoS 0 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
     "fanin1": ("fan-in QoS 1 delivered/s", lambda r: r["report"].get("delivered_per_s"), True),
     "fanout": ("fan-out 1 to 50 deliveries/s", lambda r: r["report"].get("deliveries_per_s"), True),
-    "latency": ("latency p99 us at 1,000 msg/s",
-                lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
-    "latency1": ("QoS 1 latency p99 us at 1,000 msg/s",
-                 lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
     "shadow": ("shadow updates/s (256 devices)", lambda r: r["report"].get("updates_per_s"), True),
     "shadow_p99": ("shadow update p99 us (256 devices)",
                    lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
@@ -283,6 +285,15 @@ figures = {
     "shadow1_p99": ("shadow update p99 us (1 device)",
                     lambda r: r["report"]["p99_ms"] * 1000 if "p99_ms" in r["report"] else None, False),
 }
+# Latency at each rate and QoS: p99 and p99.9 rows of their own.
+def micros(key):
+    return lambda r: r["report"][key] * 1000 if key in r["report"] else None
+for scenario, (qos, rate) in {"latency": (0, "1,000"), "latency1": (1, "1,000"),
+                               "latency_10k": (0, "10,000"), "latency1_10k": (1, "10,000"),
+                               "latency_50k": (0, "50,000"), "latency1_50k": (1, "50,000")}.items():
+    for key, label in (("p99_ms", "p99"), ("p999_ms", "p99.9")):
+        figures[f"{scenario}_{label}"] = (f"QoS {qos} latency {label} us at {rate} msg/s", micros(key), False)
+        rows.extend({**r, "scenario": f"{scenario}_{label}"} for r in list(rows) if r["scenario"] == scenario)
 for r in [r for r in rows if r["scenario"] in ("shadow", "shadow1")]:
     rows.append({**r, "scenario": r["scenario"] + "_p99"})
 for r in [r for r in rows if r["scenario"] == "release"]:
