@@ -217,12 +217,17 @@ pub fn missing<'a>(
     documents: impl IntoIterator<Item = &'a Document>,
     ctx: &Context,
 ) -> Vec<String> {
+    let mut out = used_keys(documents);
+    out.retain(|key| ctx.get(key).is_none());
+    out
+}
+
+/// Every policy variable and condition key the documents use, once each,
+/// as first written: all a compilation can read of a context.
+pub fn used_keys<'a>(documents: impl IntoIterator<Item = &'a Document>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut note = |key: &str| {
-        if ctx.get(key).is_none()
-            && !["*", "?", "$"].contains(&key)
-            && !out.iter().any(|k| k == key)
-        {
+        if !["*", "?", "$"].contains(&key) && !out.iter().any(|k| k == key) {
             out.push(key.to_owned());
         }
     };

@@ -17,10 +17,10 @@ pub mod watch;
 /// returns (the directory watcher would apply it too, a moment later).
 pub type Enforce = std::sync::Arc<dyn Fn() + Send + Sync>;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// A problem in one policy file.
 #[derive(Debug, Clone)]
@@ -117,6 +117,69 @@ mod tests {
     }
 
     #[test]
+    fn connections_that_agree_on_what_their_policies_read_share_one_set() {
+        let doc = |text: &str| Arc::new(document::parse(text).expect("valid policy"));
+        let mut documents = BTreeMap::new();
+        documents.insert(
+            Arc::from("own"),
+            doc(r#"{"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/things/${iot:Connection.Thing.ThingName}/*"},
+                {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/site/*",
+                 "Condition": {"StringEquals": {"iot:Connection.Thing.Attributes[site]": "berlin"}}}]}"#),
+        );
+        documents.insert(
+            Arc::from("open"),
+            doc(r#"{"Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}"#),
+        );
+        let store = PolicyStore::new(documents);
+        let head = compile::ArnHead::new("us-east-1", "000000000000");
+        let ctx = |client: &str, thing: &str, site: Option<&str>| {
+            let mut ctx = compile::Context::new();
+            ctx.set("iot:ClientId", client)
+                .set("iot:Connection.Thing.ThingName", thing);
+            if let Some(site) = site {
+                ctx.set("iot:Connection.Thing.Attributes[site]", site);
+            }
+            ctx
+        };
+        let own = ["own".to_owned()];
+        let snapshot = store.current();
+        let a = snapshot.compile(&own, &head, &ctx("c-1", "lamp", Some("berlin")));
+        // Another client id, which these policies do not read: the same set.
+        let b = snapshot.compile(&own, &head, &ctx("c-2", "lamp", Some("berlin")));
+        assert!(Arc::ptr_eq(&a, &b));
+        // Another thing, or another site, or none: sets of their own.
+        let other_thing = snapshot.compile(&own, &head, &ctx("c-1", "fan", Some("berlin")));
+        let other_site = snapshot.compile(&own, &head, &ctx("c-1", "lamp", Some("paris")));
+        let no_site = snapshot.compile(&own, &head, &ctx("c-1", "lamp", None));
+        for set in [&other_thing, &other_site, &no_site] {
+            assert!(!Arc::ptr_eq(&a, set));
+        }
+        let publish = |set: &eval::PolicySet, topic: &str| {
+            set.decide(eval::Action::Publish, eval::ResourceType::Topic, topic)
+                .is_allowed()
+        };
+        assert!(publish(&a, "things/lamp/state") && publish(&a, "site/x"));
+        assert!(
+            !publish(&other_thing, "things/lamp/state") && publish(&other_thing, "things/fan/x")
+        );
+        assert!(!publish(&other_site, "site/x") && !publish(&no_site, "site/x"));
+        // Other policies, the same context: another set.
+        let open = snapshot.compile(
+            &["open".to_owned()],
+            &head,
+            &ctx("c-1", "lamp", Some("berlin")),
+        );
+        assert!(!Arc::ptr_eq(&a, &open) && publish(&open, "anything"));
+        // A set goes with the last connection that held it.
+        let weak = Arc::downgrade(&other_thing);
+        drop(other_thing);
+        assert!(weak.upgrade().is_none());
+        let again = snapshot.compile(&own, &head, &ctx("c-9", "fan", Some("berlin")));
+        assert!(publish(&again, "things/fan/x"));
+    }
+
+    #[test]
     fn a_directory_reports_every_bad_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ok = r#"{"Statement": {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}}"#;
@@ -146,24 +209,74 @@ pub struct Snapshot {
     pub generation: u64,
     /// Documents by policy name.
     pub documents: BTreeMap<Arc<str>, Arc<document::Document>>,
+    /// Sets compiled from this generation, for connections to share.
+    shared: parking_lot::Mutex<SharedSets>,
 }
 
+/// Most distinct compiled sets a generation keeps for sharing; past it a
+/// connection whose set matches none kept compiles one of its own.
+const SHARED_SETS: usize = 16_384;
+
+/// Compiled sets by what they were compiled from: the policies' names and
+/// the context's values of every key those policies use. Two connections
+/// that agree on both compile to the same set, so they hold one between
+/// them (devices under policies without variables, or with variables of
+/// the same values): a set is most of what an idle connection holds of its
+/// own. Weak, so that a set goes with the last connection holding it.
+#[derive(Debug, Default)]
+struct SharedSets {
+    /// The keys each list of policy names uses.
+    keys: HashMap<Box<[String]>, Arc<[String]>>,
+    sets: HashMap<SetKey, Weak<eval::PolicySet>>,
+}
+
+/// Policy names, and the values of the keys they use (absent or not).
+type SetKey = (Box<[String]>, Box<[Option<Box<[String]>>]>);
+
 impl Snapshot {
-    /// Compiles the named policies (unknown names are skipped) for a connection.
+    /// Compiles the named policies (unknown names are skipped) for a
+    /// connection, or gives the set a connection of the same policies and
+    /// the same values of the keys they use compiled already.
     pub fn compile(
         &self,
         names: &[String],
         head: &compile::ArnHead,
         ctx: &compile::Context,
-    ) -> eval::PolicySet {
-        compile::compile(
+    ) -> Arc<eval::PolicySet> {
+        let documents = || {
             names
                 .iter()
                 .filter_map(|n| self.documents.get_key_value(n.as_str()))
-                .map(|(k, d)| (k, &**d)),
-            head,
-            ctx,
-        )
+                .map(|(k, d)| (k, &**d))
+        };
+        let key = {
+            let mut shared = self.shared.lock();
+            if shared.keys.len() >= SHARED_SETS {
+                shared.keys.clear();
+            }
+            let keys = shared
+                .keys
+                .entry(names.into())
+                .or_insert_with(|| compile::used_keys(documents().map(|(_, d)| d)).into())
+                .clone();
+            let values = keys.iter().map(|k| ctx.get(k).map(Box::from)).collect();
+            let key: SetKey = (names.into(), values);
+            if let Some(set) = shared.sets.get(&key).and_then(Weak::upgrade) {
+                return set;
+            }
+            key
+        };
+        // Compiled outside the lock: two connections may compile the same
+        // set at once, and one of the two is kept.
+        let set = Arc::new(compile::compile(documents(), head, ctx));
+        let mut shared = self.shared.lock();
+        if shared.sets.len() >= SHARED_SETS {
+            shared.sets.retain(|_, set| set.strong_count() > 0);
+        }
+        if shared.sets.len() < SHARED_SETS {
+            shared.sets.insert(key, Arc::downgrade(&set));
+        }
+        set
     }
 }
 
@@ -182,6 +295,7 @@ impl PolicyStore {
             current: arc_swap::ArcSwap::from_pointee(Snapshot {
                 generation: 1,
                 documents,
+                shared: Default::default(),
             }),
             changed: tokio::sync::watch::channel(1).0,
         }
@@ -229,6 +343,7 @@ impl PolicyStore {
         self.current.store(Arc::new(Snapshot {
             generation,
             documents,
+            shared: Default::default(),
         }));
         self.changed.send_replace(generation);
         loaded.errors

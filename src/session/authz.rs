@@ -126,7 +126,8 @@ pub struct Authz {
     store: Arc<PolicyStore>,
     ctx: PackedContext,
     snapshot: Arc<Snapshot>,
-    set: PolicySet,
+    /// Shared with every connection of the same policies and values.
+    set: Arc<PolicySet>,
     cache: DecisionCache,
 }
 
