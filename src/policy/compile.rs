@@ -68,21 +68,66 @@ impl Context {
 /// change, where a [`Context`] holds an allocation per key and per value.
 #[derive(Debug, Clone, Default)]
 pub struct PackedContext {
-    /// Every key and value, one after another.
+    /// Every key kept as text and every value, one after another.
     text: Box<str>,
-    /// Per key: its length, its number of values, then each value's length.
+    /// Per key: its length (or, with [`NUMBERED`], its number in [`KEYS`]),
+    /// its number of values, then each value's length.
     lens: Box<[u32]>,
 }
 
+/// Keys a packed context names by number. Every connection's context has
+/// the same few dozen keys (`iot:certificate.subject.commonname.list`,
+/// `iot:connection.thing.thingname`, ...): as text they were most of what
+/// it held. Process-wide; at most [`KEYS_MAX`] of them, since thing
+/// attributes' names are the registry's to choose, and a key past that is
+/// kept as text.
+static KEYS: std::sync::LazyLock<parking_lot::RwLock<Keys>> =
+    std::sync::LazyLock::new(Default::default);
+
+const KEYS_MAX: usize = if cfg!(test) { 256 } else { 4096 };
+
+/// A key's length with this bit set is the key's number instead.
+const NUMBERED: u32 = 1 << 31;
+
+#[derive(Default)]
+struct Keys {
+    names: Vec<Arc<str>>,
+    numbers: std::collections::HashMap<Arc<str>, u32>,
+}
+
+/// `key`'s number, given it now if it has none and there is room.
+fn key_number(key: &str) -> Option<u32> {
+    if let Some(&n) = KEYS.read().numbers.get(key) {
+        return Some(n);
+    }
+    let mut keys = KEYS.write();
+    if let Some(&n) = keys.numbers.get(key) {
+        return Some(n);
+    }
+    if keys.names.len() >= KEYS_MAX {
+        return None;
+    }
+    let n = u32::try_from(keys.names.len()).ok()?;
+    let name: Arc<str> = key.into();
+    keys.names.push(name.clone());
+    keys.numbers.insert(name, n);
+    Some(n)
+}
+
 impl PackedContext {
-    /// Packs `ctx`; `None` if a key or value is longer than `u32::MAX` bytes.
+    /// Packs `ctx`; `None` if a key is 2 GiB long or a value 4 GiB.
     pub fn pack(ctx: &Context) -> Option<Self> {
         let mut text = String::new();
         let mut lens = Vec::new();
         for (key, values) in &ctx.vars {
-            lens.push(len32(key.len())?);
+            match key_number(key) {
+                Some(n) => lens.push(NUMBERED | n),
+                None => {
+                    lens.push(len32(key.len()).filter(|n| n & NUMBERED == 0)?);
+                    text.push_str(key);
+                }
+            }
             lens.push(len32(values.len())?);
-            text.push_str(key);
             for v in values {
                 lens.push(len32(v.len())?);
                 text.push_str(v);
@@ -105,7 +150,13 @@ impl PackedContext {
         };
         let mut lens = self.lens.iter().copied();
         while let (Some(key), Some(count)) = (lens.next(), lens.next()) {
-            let key = take(key);
+            let key = if key & NUMBERED == 0 {
+                take(key)
+            } else {
+                let keys = KEYS.read();
+                let name = keys.names.get((key & !NUMBERED) as usize);
+                name.map(|k| k.to_string()).unwrap_or_default()
+            };
             let values = lens.by_ref().take(count as usize).map(&mut take).collect();
             vars.push((key, values));
         }

@@ -499,6 +499,37 @@ fn arn_conditions_match_field_by_field() {
     ));
 }
 
+/// Keys are numbered up to a bound, process-wide; past it they are kept as
+/// text, and a context with both unpacks the same.
+#[test]
+fn a_context_of_more_keys_than_are_numbered_unpacks_the_same() {
+    let mut ctx = Context::new();
+    for i in 0..600 {
+        ctx.set(
+            &format!("iot:connection.thing.attributes[key-{i}]"),
+            format!("v{i}"),
+        );
+    }
+    let packed = PackedContext::pack(&ctx).expect("small");
+    let back = packed.unpack();
+    assert_eq!(
+        back.keys().collect::<Vec<_>>(),
+        ctx.keys().collect::<Vec<_>>()
+    );
+    for key in ctx.keys() {
+        assert_eq!(back.get(key), ctx.get(key));
+    }
+    // Keys numbered are not kept as text.
+    let keys: usize = ctx.keys().map(str::len).sum();
+    let values: usize = ctx
+        .keys()
+        .filter_map(|k| ctx.get(k))
+        .flatten()
+        .map(String::len)
+        .sum();
+    assert!(packed.text.len() < keys + values);
+}
+
 proptest! {
     /// A packed context gives back every key with all its values, in order,
     /// whatever they hold (empty, multi-byte, several values or none).
