@@ -22,7 +22,6 @@ use edgegate::transport::pki::Ca;
 use iai_callgrind::{library_benchmark, library_benchmark_group, main};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConnection, ServerConnection};
-use serde_json::{Map, json};
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -31,6 +30,10 @@ use tokio::time::Instant;
 #[path = "support/fan_out.rs"]
 mod fan_out;
 use fan_out::FanOut;
+
+#[path = "support/shadow_update.rs"]
+mod shadow_update;
+use shadow_update::shadow_and_update;
 
 /// A device's policy as AWS's examples write them: its own topics by
 /// thing name, a broadcast topic by attribute.
@@ -282,24 +285,6 @@ fn cached_policy_decision(
 ) -> Authorizer {
     assert_eq!(black_box(auth.allows(Action::Publish, topic)), allowed);
     auth
-}
-
-/// A 1 KiB shadow and a 100-byte update, as `benches/shadow_merge.rs`
-/// has them.
-fn shadow_and_update() -> (Shadow, &'static [u8], Limits) {
-    let limits = Limits::default();
-    let mut fields = Map::new();
-    for i in 0..28 {
-        fields.insert(format!("sensor_{i:02}"), json!({"value": i, "unit": "C"}));
-    }
-    let document = json!({"state": {"desired": {"mode": "eco", "target": 21}, "reported": fields}});
-    let created = parse_update(document.to_string().as_bytes(), &limits).expect("valid");
-    let shadow = Shadow::default()
-        .update(&created, 1, &limits)
-        .expect("accepted")
-        .shadow;
-    let update: &[u8] = br#"{"state":{"reported":{"sensor_03":{"value":22.5,"unit":"F"},"mode":"eco"}},"clientToken":"tok-0001"}"#;
-    (shadow, update, limits)
 }
 
 #[library_benchmark]

@@ -5,29 +5,15 @@
 //! depends on subscribers: the service publishes each response once.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use edgegate::shadow::document::{Limits, Shadow, parse_update};
-use serde_json::{Map, json};
+use edgegate::shadow::document::parse_update;
 use std::hint::black_box;
 
+#[path = "support/shadow_update.rs"]
+mod shadow_update;
+use shadow_update::shadow_and_update;
+
 fn bench(c: &mut Criterion) {
-    let limits = Limits::default();
-    let mut fields = Map::new();
-    for i in 0..28 {
-        fields.insert(format!("sensor_{i:02}"), json!({"value": i, "unit": "C"}));
-    }
-    let document = json!({"state": {"desired": {"mode": "eco", "target": 21}, "reported": fields}});
-    let created = parse_update(document.to_string().as_bytes(), &limits).expect("valid");
-    let shadow = Shadow::default()
-        .update(&created, 1, &limits)
-        .expect("accepted")
-        .shadow;
-    assert!(
-        (900..=1200).contains(&shadow.state_bytes()),
-        "{}",
-        shadow.state_bytes()
-    );
-    let update = br#"{"state":{"reported":{"sensor_03":{"value":22.5,"unit":"F"},"mode":"eco"}},"clientToken":"tok-0001"}"#;
-    assert!((90..=110).contains(&update.len()));
+    let (shadow, update, limits) = shadow_and_update();
     let mut group = c.benchmark_group("shadow_merge");
     group.noise_threshold(0.2);
     group.bench_function("parse_update", |b| {
