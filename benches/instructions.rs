@@ -140,15 +140,7 @@ impl PublishPath {
         };
         assert!(self.publisher.allows(Action::Publish, p.topic.as_str()));
         let now = Instant::now();
-        let msg = Arc::new(Message::new(
-            p.topic,
-            p.payload,
-            p.qos,
-            p.retain,
-            p.properties,
-            now,
-            Origin::gateway(),
-        ));
+        let msg = Arc::new(Message::published(p, now, Origin::gateway()));
         let routed = self.fan.router.publish(&msg, now).expect("routed");
         assert_eq!(routed.matched as u64, SUBSCRIBERS);
         self.out.clear();
