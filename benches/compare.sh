@@ -21,6 +21,10 @@
 #   BROKERS="edgegate mosquitto" SCENARIOS="conn conn_ws fanin0 fanin0_ws" benches/compare.sh
 #       # MQTT over WebSockets (wss, client certificates) beside MQTT over TLS;
 #       # Mosquitto serves it on a listener of its own (WSPORT), rumqttd not at all
+#   STAGES=true BROKERS="edgegate mosquitto" SCENARIOS="latency latency1" RUNS=9 benches/compare.sh
+#       # edgegate built with the stage-timing feature: beside each latency figure,
+#       # p50, p99 and p99.9 of every stage of a message's way through it
+#       # (edgegate_stage_seconds, read from /metrics on ADMINPORT)
 #   BROKERS="edgegate mosquitto" SCENARIOS=release benches/compare.sh
 #       # memory given back: 10,000 connections held, closed, then RSS sampled
 #       # every second for RELEASE_SECS (30) against RSS before they opened
@@ -37,6 +41,8 @@ PORT=${PORT:-18883}
 WSPORT=${WSPORT:-18884}
 FSYNC=${FSYNC:-false}
 RELEASE_SECS=${RELEASE_SECS:-30}
+STAGES=${STAGES:-false}
+ADMINPORT=${ADMINPORT:-18885}
 EG=target/release/edgegate
 
 # Peers, installed if missing.
@@ -46,7 +52,13 @@ fi
 if [[ " $BROKERS " == *" rumqttd "* ]] && ! command -v rumqttd >/dev/null; then
     cargo install rumqttd
 fi
-cargo build --release --quiet
+if [ "$STAGES" = true ]; then
+    cargo build --release --quiet --features stage-timing
+    admin=127.0.0.1:$ADMINPORT
+else
+    cargo build --release --quiet
+    admin=127.0.0.1:0
+fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
@@ -69,7 +81,7 @@ data_dir = "data"
 [mqtt]
 listen = ["127.0.0.1:$PORT"]
 [admin]
-listen = "127.0.0.1:0"
+listen = "$admin"
 [policies]
 dir = "policies"
 [auth]
@@ -177,6 +189,7 @@ stop_broker
 
 cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 args_for() {
     case $1 in
@@ -220,15 +233,18 @@ for run in $(seq "$RUNS"); do
             # shellcheck disable=SC2046
             taskset -c 1 "$EG" bench $(args_for "$scenario") --broker "127.0.0.1:$port" \
                 --ca "$certs/ca.pem" --cert "$certs/bench.pem" --key "$certs/bench.key" \
-                --timeout-secs 120 > "$work/out.json" &
-            bench_pid=$!
-            peak=$rss0
-            while kill -0 "$bench_pid" 2>/dev/null; do
-                r=$(rss_kib "$pid" 2>/dev/null || echo 0); (( r > peak )) && peak=$r
-                sleep 0.5
-            done
-            wait "$bench_pid" || true
+                --timeout-secs 120 > "$work/out.json" || true
+            # Peak RSS is the kernel's high-water mark, read once the load is
+            # over: sampling it meanwhile would fork onto the broker's CPU
+            # twice a second, and those forks were a good part of the
+            # latency tail being measured.
+            peak=$(hwm_kib "$pid"); (( peak > rss0 )) || peak=$rss0
             cpu1=$(cpu_s "$pid")
+            stages=""
+            if [ "$STAGES" = true ] && [ "$broker" = edgegate ]; then
+                stages=$(python3 -c 'import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=10).read().decode())' \
+                    "http://$admin/metrics" | grep '^edgegate_stage_seconds_bucket{' || true)
+            fi
             # release: RSS once a second after the connections closed, and
             # the first second it is back within 20% of RSS before they opened.
             after=$peak; returned=-1
@@ -240,17 +256,36 @@ for run in $(seq "$RUNS"); do
                 done
             fi
             python3 - "$broker" "$scenario" "$run" "$cpu0" "$cpu1" "$rss0" "$peak" "$work/out.json" \
-                "$after" "$returned" >> "$results" <<'PY'
-import json, sys
-broker, scenario, run, cpu0, cpu1, rss0, peak, out, after, returned = sys.argv[1:]
+                "$after" "$returned" "$stages" >> "$results" <<'PY'
+import json, re, sys
+broker, scenario, run, cpu0, cpu1, rss0, peak, out, after, returned, stage_lines = sys.argv[1:]
 try:
     report = json.load(open(out))
 except Exception:
     report = {}
+# edgegate_stage_seconds_bucket{stage="route",le="0.0000123"} 4711: quantiles
+# interpolated within the bucket they fall in.
+buckets = {}
+for m in re.finditer(r'_bucket\{stage="(\w+)",le="([^"]+)"\} (\d+)', stage_lines):
+    buckets.setdefault(m[1], []).append((float(m[2]), int(m[3])))
+stages = {}
+for stage, counts in buckets.items():
+    counts.sort()
+    total = counts[-1][1]
+    for q in ("0.5", "0.99", "0.999"):
+        rank, low, below = float(q) * total, 0.0, 0
+        for le, n in counts:
+            if n >= rank and n > below:
+                # Past the last bound, the last bound is what can be said.
+                value = low if le == float("inf") else low + (le - low) * (rank - below) / (n - below)
+                stages.setdefault(stage, {})[q] = value * 1e6
+                break
+            low, below = le, n
 print(json.dumps({"broker": broker, "scenario": scenario, "run": int(run),
                   "broker_cpu_s": float(cpu1) - float(cpu0),
                   "rss0_kib": int(rss0), "rss_peak_kib": int(peak),
-                  "rss_after_kib": int(after), "returned_s": int(returned), "report": report}))
+                  "rss_after_kib": int(after), "returned_s": int(returned), "report": report,
+                  "stages_us": stages}))
 PY
             stop_broker
         done
@@ -332,6 +367,15 @@ for b in brokers:
         mib = lambda key: statistics.median(r[key] for r in rs) / 1024
         print(f"10k connections released: {b} RSS before {mib('rss0_kib'):.1f} MiB, "
               f"holding {mib('rss_peak_kib'):.1f} MiB, after closing {mib('rss_after_kib'):.1f} MiB")
+staged = [r for r in rows if r.get("stages_us") and "_p99" not in r["scenario"]]
+if staged:
+    print("edgegate stages, us (medians over runs of each quantile): p50 / p99 / p99.9")
+    for scenario in dict.fromkeys(r["scenario"] for r in staged):
+        rs = [r for r in staged if r["scenario"] == scenario]
+        for stage in ("route", "handoff", "write"):
+            qs = [statistics.median(r["stages_us"].get(stage, {}).get(q, 0) for r in rs)
+                  for q in ("0.5", "0.99", "0.999")]
+            print(f"  {scenario:13} {stage:8} " + " / ".join(f"{q:7.1f}" for q in qs))
 print("broker CPU seconds per million messages, peak RSS MiB (medians):")
 for scenario in ("fanin0", "fanin1", "fanout"):
     for b in brokers:

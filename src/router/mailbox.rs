@@ -55,6 +55,9 @@ pub struct Mailbox {
 struct Inbox {
     queue: VecDeque<Delivery>,
     slow: bool,
+    /// When the oldest delivery not yet taken began to wait.
+    #[cfg(feature = "stage-timing")]
+    since: Option<tokio::time::Instant>,
 }
 
 impl Mailbox {
@@ -150,7 +153,13 @@ impl Mailbox {
             Pushed::Queued
         };
         match verdict {
-            Pushed::Queued => inbox.queue.push_back(d),
+            Pushed::Queued => {
+                inbox.queue.push_back(d);
+                #[cfg(feature = "stage-timing")]
+                if inbox.since.is_none() {
+                    inbox.since = Some(tokio::time::Instant::now());
+                }
+            }
             Pushed::Dropped(reason) => metrics.count_drop(reason),
         }
         let len = inbox.queue.len();
@@ -188,10 +197,20 @@ impl Mailbox {
             }
         }
         let below = inbox.queue.len() < Pacing::watermark(self.limits);
+        #[cfg(feature = "stage-timing")]
+        {
+            inbox.since = (!inbox.queue.is_empty()).then(tokio::time::Instant::now);
+        }
         drop(inbox);
         if below && !out.is_empty() {
             self.pace.drained();
         }
+    }
+
+    /// When the oldest delivery not yet taken began to wait.
+    #[cfg(feature = "stage-timing")]
+    pub fn waiting_since(&self) -> Option<tokio::time::Instant> {
+        self.state.lock().since
     }
 
     /// Number of queued deliveries.

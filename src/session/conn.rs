@@ -28,6 +28,8 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::events::{self, Events};
+#[cfg(feature = "stage-timing")]
+use crate::metrics::Stage;
 use crate::metrics::{HandshakeFailure, LimitKind, Metrics, PacketType, QosLabel};
 use crate::policy::PolicyStore;
 use crate::policy::compile::ArnHead;
@@ -755,8 +757,14 @@ impl Conn {
                     Ok(Some(p)) => {
                         let now = *read_at.get_or_insert_with(Instant::now);
                         idle.heard(now);
+                        #[cfg(feature = "stage-timing")]
+                        let publish = matches!(p, Packet::Publish(_));
                         if let Err(end) = self.handle(&shared, p, data, now) {
                             return end;
+                        }
+                        #[cfg(feature = "stage-timing")]
+                        if publish {
+                            metrics.stage(Stage::Route, now.elapsed());
                         }
                     }
                     Ok(None) => break,
@@ -770,14 +778,25 @@ impl Conn {
             }
             // Move mail into the write buffer while the window has room,
             // up to a buffer's worth per turn so reads are not starved.
+            #[cfg(feature = "stage-timing")]
+            let mut taken_at = None;
             if mail_ready {
                 while self.wbuf.len() < WRITE_BATCH {
                     let room = data.inflight.room(self.send_window);
+                    #[cfg(feature = "stage-timing")]
+                    let since = mailbox.waiting_since();
                     mailbox.drain(&mut batch, room);
                     if batch.is_empty() {
                         break;
                     }
                     let now = Instant::now();
+                    #[cfg(feature = "stage-timing")]
+                    {
+                        if let Some(since) = since {
+                            metrics.stage(Stage::Handoff, now - since);
+                        }
+                        taken_at.get_or_insert(now);
+                    }
                     for d in batch.drain(..) {
                         self.deliver(d, data, now);
                     }
@@ -820,7 +839,13 @@ impl Conn {
                     }
                 };
                 match written {
-                    Ok(Ok(())) => metrics.bytes_out.increment(n as u64),
+                    Ok(Ok(())) => {
+                        metrics.bytes_out.increment(n as u64);
+                        #[cfg(feature = "stage-timing")]
+                        if let Some(taken_at) = taken_at {
+                            metrics.stage(Stage::Write, taken_at.elapsed());
+                        }
+                    }
                     _ => return End::Io,
                 }
                 self.wbuf.clear();
