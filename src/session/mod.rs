@@ -292,7 +292,22 @@ impl Sessions {
                 }
             }
         }
-        self.metrics.sessions.set(self.map.len() as f64);
+        self.removed();
+    }
+
+    /// After sessions left: sets their gauge, and once three quarters of the
+    /// table stand empty (a burst of clients gone) gives the room back, which
+    /// the table would otherwise keep at its largest for good. Shrinking
+    /// halves the room at least, so it is paid for by the removals before it.
+    fn removed(&self) {
+        /// Below this much room the table is left alone.
+        const KEEP: usize = 1024;
+        let len = self.map.len();
+        self.metrics.sessions.set(len as f64);
+        let room = self.map.capacity();
+        if room > KEEP && len * 4 < room {
+            self.map.shrink_to_fit();
+        }
     }
 
     fn expire_later(
@@ -317,7 +332,7 @@ impl Sessions {
             if let Slot::Offline { data, .. } = o.remove() {
                 sessions.discard(*data);
             }
-            sessions.metrics.sessions.set(sessions.map.len() as f64);
+            sessions.removed();
         })
         .abort_handle()
     }
@@ -520,4 +535,50 @@ fn record(data: &SessionData, disconnected_ms: Option<u64>) -> Vec<u8> {
         disconnected_ms,
     };
     serde_json::to_vec(&rec).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_gone_after_a_burst_give_the_table_room_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let metrics = Arc::new(Metrics::new());
+        let (store, _) =
+            Store::open(&dir.path().join("s.redb"), false, metrics.clone()).expect("store");
+        let router = Arc::new(Router::new(
+            store.clone(),
+            metrics.clone(),
+            router::retained::Quota::default(),
+        ));
+        let limits = MailboxLimits {
+            queued: 10,
+            stored: 10,
+        };
+        let sessions = Arc::new(Sessions::new(router, store, metrics, limits));
+        let mut open = Vec::new();
+        for i in 0..5000 {
+            let (tx, rx) = oneshot::channel();
+            let conn = sessions.new_id();
+            let opened = sessions
+                .open(format!("c{i}").into(), true, 0, Protocol::V4, conn, tx)
+                .await;
+            open.push((conn, opened.data, rx));
+        }
+        let busy = sessions.map.capacity();
+        // One stays: the table shrinks around what is left, not to nothing.
+        let (conn, data, mut rx) = open.pop().expect("a session");
+        for (conn, data, mut rx) in open {
+            sessions.close(conn, data, &mut rx);
+        }
+        assert_eq!(sessions.map.len(), 1);
+        assert!(
+            sessions.map.capacity() * 8 < busy,
+            "room for {} sessions kept of {busy}",
+            sessions.map.capacity()
+        );
+        sessions.close(conn, data, &mut rx);
+        assert_eq!(sessions.map.len(), 0);
+    }
 }
