@@ -192,15 +192,17 @@ pub(super) async fn tls_listener(
                 else {
                     return;
                 };
-                let mqtt = match tls.alpn() {
-                    Some(p) if tls::is_mqtt_alpn(p) => true,
-                    _ => match first_byte(&mut tls, peer, metrics, deadline).await {
-                        Some(b) => {
-                            tls.unread(&[b]);
-                            b == CONNECT
-                        }
-                        None => return,
-                    },
+                let mqtt = if tls.alpn().is_some_and(tls::is_mqtt_alpn) {
+                    true
+                } else {
+                    // Boxed, apart from its await: the connection's task
+                    // would otherwise keep room for this read all its life.
+                    let first = Box::pin(first_byte(&mut tls, peer, metrics, deadline));
+                    let Some(b) = first.await else {
+                        return;
+                    };
+                    tls.unread(&[b]);
+                    b == CONNECT
                 };
                 let origin = conn::Peer {
                     addr: peer,
@@ -213,9 +215,11 @@ pub(super) async fn tls_listener(
                     conn::serve(tls, origin, routes.shared, deadline).await;
                     return;
                 }
-                // Boxed: an MQTT connection's task, which lives long, then
-                // has no room for the larger futures of HTTP's paths.
-                Box::pin(http(tls, origin, permit, &routes, deadline)).await;
+                // Boxed, apart from its await: an MQTT connection's task,
+                // which lives long, then has no room for the larger futures
+                // of HTTP's paths.
+                let served = Box::pin(http(tls, origin, permit, &routes, deadline));
+                served.await;
             }
         },
     )

@@ -257,12 +257,14 @@ where
     // Each phase boxed: admission's state is freed once the session runs,
     // and the connection's task, which lives as long as the session, holds
     // a pointer to the session's future instead of room for every phase.
-    let Some((mut conn, connack, rbuf)) =
-        Box::pin(admit(&mut stream, from, &shared, deadline)).await
-    else {
+    // Each is boxed in a statement of its own: a future made in the
+    // statement that awaits it keeps room in the caller's future too.
+    let admission = Box::pin(admit(&mut stream, from, &shared, deadline));
+    let Some((mut conn, connack, rbuf)) = admission.await else {
         return;
     };
-    Box::pin(conn.run(stream, rbuf, connack)).await;
+    let session = Box::pin(conn.run(stream, rbuf, connack));
+    session.await;
 }
 
 /// Reads CONNECT (within `deadline`) and decides on it; a refused client
@@ -690,8 +692,10 @@ impl Conn {
         // comes before anything the client publishes.
         if shared.events.presence() {
             let event = events::Event::Connected(self.described());
-            // Boxed: the connection's future has no room for it.
-            Box::pin(shared.events.announce(event)).await;
+            // Boxed, apart from its await: the connection's future has no
+            // room for it.
+            let announced = Box::pin(shared.events.announce(event));
+            announced.await;
         }
         metrics.connections.increment(1.0);
         metrics.connections_total.increment(1);
