@@ -696,14 +696,7 @@ mod tests {
         tempfile::TempDir,
     ) {
         let dir = tempfile::tempdir().expect("dir");
-        let metrics = Arc::new(Metrics::new());
-        let (store, _) =
-            Store::open(&dir.path().join("s.redb"), false, metrics.clone()).expect("store");
-        let router = Arc::new(Router::new(
-            store.clone(),
-            metrics.clone(),
-            Default::default(),
-        ));
+        let (router, store, metrics) = crate::router::on_fresh_store(dir.path());
         let registry = Arc::new(Registry::new(store.clone(), Vec::new(), Vec::new(), false));
         for t in things {
             registry

@@ -520,6 +520,16 @@ impl Router {
     }
 }
 
+/// A router over a fresh store in `dir`, with that store and the metrics
+/// both count in: what every test of the router and its clients starts from.
+#[cfg(test)]
+pub(crate) fn on_fresh_store(dir: &std::path::Path) -> (Arc<Router>, Store, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let (store, _) = Store::open(&dir.join("store.redb"), false, metrics.clone()).expect("store");
+    let router = Router::new(store.clone(), metrics.clone(), retained::Quota::default());
+    (Arc::new(router), store, metrics)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,11 +589,8 @@ mod tests {
         }
     }
 
-    fn router(dir: &tempfile::TempDir) -> Router {
-        let metrics = Arc::new(Metrics::new());
-        let (store, _) =
-            Store::open(&dir.path().join("db"), false, metrics.clone()).expect("store");
-        Router::new(store, metrics, retained::Quota::default())
+    fn router(dir: &tempfile::TempDir) -> Arc<Router> {
+        on_fresh_store(dir.path()).0
     }
 
     #[test]

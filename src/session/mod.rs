@@ -544,14 +544,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_gone_after_a_burst_give_the_table_room_back() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let metrics = Arc::new(Metrics::new());
-        let (store, _) =
-            Store::open(&dir.path().join("s.redb"), false, metrics.clone()).expect("store");
-        let router = Arc::new(Router::new(
-            store.clone(),
-            metrics.clone(),
-            router::retained::Quota::default(),
-        ));
+        let (router, store, metrics) = router::on_fresh_store(dir.path());
         let limits = MailboxLimits {
             queued: 10,
             stored: 10,
