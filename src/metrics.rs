@@ -301,6 +301,7 @@ impl QosLabel {
     }
 }
 
+#[cfg(feature = "stage-timing")]
 label_enum!(
     /// A stage of a message's way through the gateway, timed only in builds
     /// with the `stage-timing` feature (profiling, not production).

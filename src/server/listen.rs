@@ -267,16 +267,16 @@ pub(super) async fn plaintext_listener(
                 let origin = conn::Peer::plain(peer);
                 match peeked {
                     Ok(Ok(1)) if first[0] != CONNECT => {
-                        // Boxed as on the TLS listeners.
-                        Box::pin(async {
+                        // Boxed apart from its await, as on the TLS listeners.
+                        let served = Box::pin(async {
                             let metrics = &routes.shared.metrics;
                             if let Some((opening, stream)) =
                                 open(stream, peer, metrics, deadline).await
                             {
                                 websocket(stream, opening, origin, &routes, deadline).await;
                             }
-                        })
-                        .await;
+                        });
+                        served.await;
                     }
                     _ => {
                         routes.shared.metrics.routed(Transport::Mqtt);

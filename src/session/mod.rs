@@ -541,29 +541,62 @@ fn record(data: &SessionData, disconnected_ms: Option<u64>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn sessions_gone_after_a_burst_give_the_table_room_back() {
-        let dir = tempfile::tempdir().expect("temp dir");
+    fn sessions(dir: &tempfile::TempDir) -> Arc<Sessions> {
         let (router, store, metrics) = router::on_fresh_store(dir.path());
         let limits = MailboxLimits {
             queued: 10,
             stored: 10,
         };
-        let sessions = Arc::new(Sessions::new(router, store, metrics, limits));
+        Arc::new(Sessions::new(router, store, metrics, limits))
+    }
+
+    /// A session opened for `client_id` by a new connection, as that
+    /// connection holds it.
+    async fn connect(
+        sessions: &Arc<Sessions>,
+        client_id: &str,
+        clean_start: bool,
+        expiry: u32,
+    ) -> (u64, Opened, oneshot::Receiver<Control>) {
+        let (tx, rx) = oneshot::channel();
+        let conn = sessions.new_id();
+        let opened = sessions
+            .open(
+                client_id.into(),
+                clean_start,
+                expiry,
+                Protocol::V4,
+                conn,
+                tx,
+            )
+            .await;
+        (conn, opened, rx)
+    }
+
+    /// Opens `n` clean sessions and closes them all.
+    async fn burst(sessions: &Arc<Sessions>, n: usize) {
         let mut open = Vec::new();
-        for i in 0..5000 {
-            let (tx, rx) = oneshot::channel();
-            let conn = sessions.new_id();
-            let opened = sessions
-                .open(format!("c{i}").into(), true, 0, Protocol::V4, conn, tx)
-                .await;
-            open.push((conn, opened.data, rx));
+        for i in 0..n {
+            open.push(connect(sessions, &format!("burst-{i}"), true, 0).await);
+        }
+        for (conn, opened, mut rx) in open {
+            sessions.close(conn, opened.data, &mut rx);
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_gone_after_a_burst_give_the_table_room_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sessions = sessions(&dir);
+        // One stays: the table shrinks around what is left, not to nothing.
+        let (conn, opened, mut rx) = connect(&sessions, "stays", true, 0).await;
+        let mut open = Vec::new();
+        for i in 0..4999 {
+            open.push(connect(&sessions, &format!("c{i}"), true, 0).await);
         }
         let busy = sessions.map.capacity();
-        // One stays: the table shrinks around what is left, not to nothing.
-        let (conn, data, mut rx) = open.pop().expect("a session");
-        for (conn, data, mut rx) in open {
-            sessions.close(conn, data, &mut rx);
+        for (conn, opened, mut rx) in open {
+            sessions.close(conn, opened.data, &mut rx);
         }
         assert_eq!(sessions.map.len(), 1);
         assert!(
@@ -571,7 +604,20 @@ mod tests {
             "room for {} sessions kept of {busy}",
             sessions.map.capacity()
         );
-        sessions.close(conn, data, &mut rx);
+        sessions.close(conn, opened.data, &mut rx);
         assert_eq!(sessions.map.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_offline_session_resumes_after_the_table_gave_room_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sessions = sessions(&dir);
+        let (conn, opened, mut rx) = connect(&sessions, "device-1", false, 3600).await;
+        assert!(!opened.present);
+        sessions.close(conn, opened.data, &mut rx);
+        burst(&sessions, 5000).await;
+        assert!(sessions.map.capacity() < 1024, "the table gave room back");
+        let (_, resumed, _rx) = connect(&sessions, "device-1", false, 3600).await;
+        assert!(resumed.present, "the offline session survived the shrink");
     }
 }
