@@ -187,12 +187,12 @@ pub(super) async fn tls_listener(
             async move {
                 let metrics = &routes.shared.metrics;
                 let config = acceptor.current(client_cert);
-                let Some((mut tls, identity, domain_name)) =
+                let Some((mut tls, identity, domain_name, mqtt_alpn)) =
                     tls_accept(stream, peer, config, metrics, deadline).await
                 else {
                     return;
                 };
-                let mqtt = if tls.alpn().is_some_and(tls::is_mqtt_alpn) {
+                let mqtt = if mqtt_alpn {
                     true
                 } else {
                     // Boxed, apart from its await: the connection's task
@@ -494,9 +494,9 @@ async fn https(
         .await;
 }
 
-/// The TLS handshake, the client certificate's identity and the server
-/// name the client asked for, by `deadline`; a failure is counted and
-/// logged.
+/// The TLS handshake, the client certificate's identity, the server name
+/// the client asked for and whether it chose MQTT by ALPN, by `deadline`;
+/// a failure is counted and logged.
 async fn tls_accept(
     stream: TcpStream,
     peer: SocketAddr,
@@ -507,11 +507,12 @@ async fn tls_accept(
     Box<TlsStream>,
     Option<Box<ClientIdentity>>,
     Option<Box<str>>,
+    bool,
 )> {
     // Boxed, and the stream after it: the handshake's state is freed once it
     // is done, and the connection's future holds a pointer to the stream.
     let accept = Box::pin(stream::accept(stream, config));
-    let mut tls = match tokio::time::timeout_at(deadline, accept).await {
+    let (tls, handshake) = match tokio::time::timeout_at(deadline, accept).await {
         Err(_) => {
             metrics.handshake_failed(HandshakeFailure::Timeout);
             refused_handshake(peer, HandshakeFailure::Timeout, &"");
@@ -523,12 +524,13 @@ async fn tls_accept(
             refused_handshake(peer, reason, &e);
             return None;
         }
-        Ok(Ok(s)) => Box::new(s),
+        Ok(Ok((s, handshake))) => (Box::new(s), handshake),
     };
-    let domain_name = tls.take_server_name();
+    let domain_name = handshake.server_name;
+    let mqtt_alpn = handshake.alpn.as_deref().is_some_and(tls::is_mqtt_alpn);
     // None only where certificates are optional: rustls verified the rest.
-    let Some(leaf) = tls.peer_certificates().and_then(|chain| chain.first()) else {
-        return Some((tls, None, domain_name));
+    let Some(leaf) = handshake.certificates.first() else {
+        return Some((tls, None, domain_name, mqtt_alpn));
     };
     let Some(identity) = ClientIdentity::from_der(leaf) else {
         metrics.handshake_failed(HandshakeFailure::BadCertificate);
@@ -539,7 +541,7 @@ async fn tls_accept(
         );
         return None;
     };
-    Some((tls, Some(Box::new(identity)), domain_name))
+    Some((tls, Some(Box::new(identity)), domain_name, mqtt_alpn))
 }
 
 /// The operator's line for a refused handshake: the source address, the

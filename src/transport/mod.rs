@@ -2,6 +2,7 @@
 
 pub mod pki;
 pub mod proxy;
+pub mod record;
 pub mod stream;
 pub mod tls;
 pub mod ws;

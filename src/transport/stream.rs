@@ -10,8 +10,13 @@
 //! the socket. The connection keeps only what could not move on: a partial
 //! record, plaintext its reader had no room for, bytes the socket would not
 //! take. Each is freed once empty.
+//!
+//! Once a TLS 1.3 handshake is done, rustls itself goes too: its keys and
+//! sequence numbers, and the traffic secrets it notes on the way (see
+//! [`NotesTrafficSecrets`]), move to `transport::record`, which is all a
+//! connection needs from then on. TLS 1.2 connections keep rustls.
 
-use rustls::ServerConfig;
+use crate::transport::record::{Content, MAX_PLAINTEXT, Records, Secret, Suite};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{
     ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection,
@@ -20,6 +25,7 @@ use rustls::sign::CertifiedKey;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
 };
+use rustls::{KeyLog, ProtocolVersion, ServerConfig};
 use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
@@ -35,10 +41,9 @@ const READ_CHUNK: usize = 32 * 1024;
 /// batches, as a handful of records.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// Largest plaintext per record, and a bound on what a record adds to it
+/// A bound on what a record adds to its plaintext under any suite
 /// (header, explicit nonce, content type, tag), to size the output before
-/// encrypting; rustls says how much it needs if that was too little.
-const RECORD_PLAINTEXT: usize = 16 * 1024;
+/// rustls encrypts; it says how much it needs if that was too little.
 const RECORD_OVERHEAD: usize = 64;
 
 thread_local! {
@@ -50,6 +55,49 @@ thread_local! {
     /// The server name of the ClientHello this thread's handshake just
     /// processed, from [`NotesServerName`] to the stream that called rustls.
     static SERVER_NAME: Cell<Option<Box<str>>> = const { Cell::new(None) };
+    /// The client's and the server's first application traffic secrets of
+    /// the TLS 1.3 handshake this thread just processed, from
+    /// [`NotesTrafficSecrets`] to the stream that called rustls.
+    static TRAFFIC_SECRETS: Cell<[Option<Secret>; 2]> = const { Cell::new([None, None]) };
+}
+
+/// Notes a TLS 1.3 handshake's application traffic secrets for its stream.
+///
+/// rustls hands its keys over once the handshake is done
+/// (`dangerous_into_kernel_connection`), but not the secrets they came
+/// from, which a key update rolls forward. rustls shows those secrets to
+/// one thing only, the configuration's key log, and it does so inside the
+/// `process_tls_records` call of the stream being handshaken, on its
+/// thread; the stream takes the note as soon as that call returns, as it
+/// takes the server name. Nothing is written anywhere.
+#[derive(Debug)]
+pub struct NotesTrafficSecrets;
+
+const CLIENT_TRAFFIC_SECRET: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_TRAFFIC_SECRET: &str = "SERVER_TRAFFIC_SECRET_0";
+
+impl KeyLog for NotesTrafficSecrets {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let side = match label {
+            CLIENT_TRAFFIC_SECRET => 0,
+            SERVER_TRAFFIC_SECRET => 1,
+            _ => return,
+        };
+        let mut noted = TRAFFIC_SECRETS.take();
+        noted[side] = Secret::new(secret);
+        TRAFFIC_SECRETS.set(noted);
+    }
+
+    fn will_log(&self, label: &str) -> bool {
+        matches!(label, CLIENT_TRAFFIC_SECRET | SERVER_TRAFFIC_SECRET)
+    }
+}
+
+/// Has streams accepted with `config` leave rustls behind once a TLS 1.3
+/// handshake is done.
+pub fn records_after_handshake(config: &mut ServerConfig) {
+    config.enable_secret_extraction = true;
+    config.key_log = Arc::new(NotesTrafficSecrets);
 }
 
 /// The gateway's one certificate, resolved for every handshake, which
@@ -82,31 +130,68 @@ impl ResolvesServerCert for NotesServerName {
 pub struct TlsStream {
     tcp: TcpStream,
     tls: Tls,
-    /// Received bytes rustls has not consumed: a partial record, or the
-    /// records of a handshake message still being joined.
+    /// Received bytes not yet consumed: a partial record, or the records
+    /// of a handshake message still being joined.
     incoming: Vec<u8>,
     /// Records the socket has not taken yet, from `sent` on.
     outgoing: Vec<u8>,
     sent: usize,
-    /// The name the client asked for in its ClientHello, until taken.
-    server_name: Option<Box<str>>,
+}
+
+/// What the handshake settled about the client, for the listener to use
+/// once: the stream itself keeps none of it.
+#[derive(Debug, Default)]
+pub struct Handshake {
+    /// The client's certificate chain, leaf first (empty if it sent none).
+    pub certificates: Vec<CertificateDer<'static>>,
+    /// The application protocol agreed (ALPN), if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The name the client asked for in its ClientHello (SNI), if it sent
+    /// one and the configuration resolves its certificate with
+    /// [`NotesServerName`].
+    pub server_name: Option<Box<str>>,
 }
 
 /// The TLS state and its decrypted output, apart from the buffers so both
 /// can be borrowed at once.
 struct Tls {
+    engine: Engine,
+    data: Data,
+    /// The socket reached its end (without close_notify, a truncation).
+    eof: bool,
+    /// The records were refused: the engine is not called again (after an
+    /// error its state no longer matches the bytes kept), and the stream
+    /// only sends what is queued (the alert) and closes.
+    failed: bool,
+}
+
+/// What protects the records.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a connection's stream is boxed once whole; its records live there, not in a box of their own"
+)]
+enum Engine {
+    /// rustls: the handshake, and a TLS 1.2 connection's whole life.
+    Rustls(Box<Handshaking>),
+    /// A TLS 1.3 connection once its handshake is done.
+    Records(Records),
+}
+
+struct Handshaking {
     conn: UnbufferedServerConnection,
+    /// The traffic secrets [`NotesTrafficSecrets`] noted, client's first.
+    secrets: [Option<Secret>; 2],
+    server_name: Option<Box<str>>,
+}
+
+/// The application's side of the records.
+#[derive(Default)]
+struct Data {
     received: Received,
     /// The peer sent close_notify.
     read_closed: bool,
-    /// The socket reached its end (without close_notify, a truncation).
-    eof: bool,
     /// close_notify is queued; nothing more may be written.
     write_closed: bool,
-    /// rustls reported an error: it is not called again (after an error
-    /// its state no longer matches the bytes kept), and the stream only
-    /// sends what is queued (the alert) and closes.
-    failed: bool,
 }
 
 /// Decrypted bytes the reader had no room for, from `taken` on.
@@ -149,25 +234,29 @@ impl std::fmt::Debug for TlsStream {
 /// Runs the server handshake on `tcp`. A failure carries the
 /// `rustls::Error` inside the `io::Error` (see `tls::classify`); the alert
 /// that says why is sent when the socket takes it at once.
-pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+pub async fn accept(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+) -> io::Result<(TlsStream, Handshake)> {
     let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
     let mut stream = TlsStream {
         tcp,
         tls: Tls {
-            conn,
-            received: Received::default(),
-            read_closed: false,
+            engine: Engine::Rustls(Box::new(Handshaking {
+                conn,
+                secrets: [None, None],
+                server_name: None,
+            })),
+            data: Data::default(),
             eof: false,
-            write_closed: false,
             failed: false,
         },
         incoming: Vec::new(),
         outgoing: Vec::new(),
         sent: 0,
-        server_name: None,
     };
     match std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
-        Ok(()) => Ok(stream),
+        Ok(()) => stream.settle(),
         Err(e) => {
             let _ = std::future::poll_fn(|cx| Poll::Ready(stream.poll_send(cx))).await;
             Err(e)
@@ -176,26 +265,62 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Tls
 }
 
 impl TlsStream {
-    /// The client's certificate chain, leaf first.
-    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
-        self.tls.conn.peer_certificates()
-    }
-
-    /// The server name (SNI) the client asked for, if it sent one and the
-    /// configuration resolves its certificate with [`NotesServerName`].
-    pub fn take_server_name(&mut self) -> Option<Box<str>> {
-        self.server_name.take()
-    }
-
-    /// The application protocol agreed in the handshake (ALPN), if any.
-    pub fn alpn(&self) -> Option<&[u8]> {
-        self.tls.conn.alpn_protocol()
+    /// What the client settled in the handshake, and the stream with
+    /// rustls left behind where the protocol allows (TLS 1.3 with one of
+    /// [`Suite`]'s suites and its secrets noted).
+    fn settle(self) -> io::Result<(Self, Handshake)> {
+        let Self {
+            tcp,
+            tls,
+            incoming,
+            outgoing,
+            sent,
+        } = self;
+        let Engine::Rustls(mut hs) = tls.engine else {
+            return Err(io::Error::other("the TLS handshake was settled twice"));
+        };
+        let handshake = Handshake {
+            certificates: hs
+                .conn
+                .peer_certificates()
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+            alpn: hs.conn.alpn_protocol().map(<[u8]>::to_vec),
+            server_name: hs.server_name.take(),
+        };
+        let suite = hs.conn.negotiated_cipher_suite().and_then(Suite::of);
+        let engine = match (suite, hs.secrets) {
+            (Some(suite), [Some(client), Some(server)])
+                if hs.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3) =>
+            {
+                let (secrets, _) = hs
+                    .conn
+                    .dangerous_into_kernel_connection()
+                    .map_err(tls_error)?;
+                let records = Records::new(suite, secrets.rx, secrets.tx, client, server)
+                    .ok_or_else(|| io::Error::other("TLS keys do not match the suite"))?;
+                Engine::Records(records)
+            }
+            (_, secrets) => {
+                hs.secrets = secrets;
+                Engine::Rustls(hs)
+            }
+        };
+        let tls = Tls { engine, ..tls };
+        let stream = Self {
+            tcp,
+            tls,
+            incoming,
+            outgoing,
+            sent,
+        };
+        Ok((stream, handshake))
     }
 
     /// Puts `bytes` back in front of what is still to be read: a listener
     /// that read the start of a connection to route it hands it on whole.
     pub fn unread(&mut self, bytes: &[u8]) {
-        let r = &mut self.tls.received;
+        let r = &mut self.tls.data.received;
         // In place of what was taken: no new buffer when it has the room.
         r.plain.splice(..r.taken, bytes.iter().copied());
         r.taken = 0;
@@ -204,16 +329,25 @@ impl TlsStream {
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_send(cx))?;
-            if !self.tls.conn.is_handshaking() {
+            let Engine::Rustls(hs) = &self.tls.engine else {
+                return Poll::Ready(Ok(()));
+            };
+            if !hs.conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            if self.tls.read_closed || self.tls.eof {
+            if self.tls.data.read_closed || self.tls.eof {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
             let read = self.poll_read_tls(cx, None);
             // Taken whatever the outcome, so no note outlives its handshake.
-            if let Some(name) = SERVER_NAME.take() {
-                self.server_name = Some(name);
+            let (name, secrets) = (SERVER_NAME.take(), TRAFFIC_SECRETS.take());
+            if let Engine::Rustls(hs) = &mut self.tls.engine {
+                hs.server_name = name.or(hs.server_name.take());
+                for (kept, noted) in hs.secrets.iter_mut().zip(secrets) {
+                    if noted.is_some() {
+                        *kept = noted;
+                    }
+                }
             }
             if ready!(read)? == Step::Closed {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
@@ -331,9 +465,9 @@ impl TlsStream {
 }
 
 impl Tls {
-    /// Runs rustls over `buf` until it has nothing more to do with it, then
+    /// Opens the records in `buf` until it holds no whole one, then
     /// performs `act` if the connection is open. Returns how many bytes of
-    /// `buf` rustls is done with. After an error, fails at once.
+    /// `buf` are done with. After an error, fails at once.
     fn process(
         &mut self,
         buf: &mut [u8],
@@ -344,25 +478,26 @@ impl Tls {
         if self.failed {
             return Err(failed());
         }
-        let processed = self.process_records(buf, sink, out, act);
+        let processed = match &mut self.engine {
+            Engine::Rustls(hs) => hs.process(&mut self.data, buf, sink, out, act),
+            Engine::Records(records) => traffic(records, &mut self.data, buf, sink, out, act),
+        };
         self.failed = processed.is_err();
         processed
     }
+}
 
-    fn process_records(
+impl Handshaking {
+    /// Runs rustls over `buf` until it has nothing more to do with it.
+    fn process(
         &mut self,
+        data: &mut Data,
         buf: &mut [u8],
         mut sink: Option<&mut ReadBuf<'_>>,
         out: &mut Vec<u8>,
         act: Act<'_>,
     ) -> io::Result<(usize, Step)> {
-        let Tls {
-            conn,
-            received,
-            read_closed,
-            write_closed,
-            ..
-        } = self;
+        let conn = &mut self.conn;
         let mut at = 0;
         loop {
             let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[at..]);
@@ -375,7 +510,7 @@ impl Tls {
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
                     while let Some(record) = traffic.next_record() {
                         let record = record.map_err(tls_error)?;
-                        received.deliver(record.payload, sink.as_deref_mut());
+                        data.received.deliver(record.payload, sink.as_deref_mut());
                     }
                     None
                 }
@@ -389,13 +524,13 @@ impl Tls {
                     None
                 }
                 Ok(ConnectionState::PeerClosed) => {
-                    *read_closed = true;
+                    data.read_closed = true;
                     None
                 }
                 Ok(ConnectionState::Closed) => Some(Step::Closed),
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => {
                     if let Act::CloseNotify = act {
-                        *write_closed = true;
+                        data.write_closed = true;
                     }
                     perform(&mut traffic, act, out)?;
                     Some(Step::Open)
@@ -410,6 +545,43 @@ impl Tls {
     }
 }
 
+/// Opens the whole records in `buf` (what the peer must hear goes to
+/// `out`), then performs `act`. What follows the peer's close_notify is
+/// dropped unread.
+fn traffic(
+    records: &mut Records,
+    data: &mut Data,
+    buf: &mut [u8],
+    mut sink: Option<&mut ReadBuf<'_>>,
+    out: &mut Vec<u8>,
+    act: Act<'_>,
+) -> io::Result<(usize, Step)> {
+    let mut at = 0;
+    while !data.read_closed {
+        let Some((taken, content)) = records.open(&mut buf[at..], out).map_err(tls_error)? else {
+            break;
+        };
+        at += taken;
+        match content {
+            Content::Data(plain) => data.received.deliver(plain, sink.as_deref_mut()),
+            Content::Closed => data.read_closed = true,
+            Content::Nothing => {}
+        }
+    }
+    if data.read_closed {
+        at = buf.len();
+    }
+    match act {
+        Act::Nothing => {}
+        Act::Encrypt(plain) => records.seal(plain, out).map_err(tls_error)?,
+        Act::CloseNotify => {
+            data.write_closed = true;
+            records.seal_close_notify(out).map_err(tls_error)?;
+        }
+    }
+    Ok((at, Step::Open))
+}
+
 /// Encrypts what `act` says into `out`.
 fn perform(
     traffic: &mut WriteTraffic<'_, ServerConnectionData>,
@@ -418,7 +590,7 @@ fn perform(
 ) -> io::Result<()> {
     let need = match act {
         Act::Nothing => return Ok(()),
-        Act::Encrypt(data) => data.len() + (data.len() / RECORD_PLAINTEXT + 1) * RECORD_OVERHEAD,
+        Act::Encrypt(data) => data.len() + (data.len() / MAX_PLAINTEXT + 1) * RECORD_OVERHEAD,
         Act::CloseNotify => RECORD_OVERHEAD,
     };
     append(out, need, |buf| {
@@ -545,7 +717,7 @@ impl AsyncRead for TlsStream {
             if this.tls.failed {
                 return Poll::Ready(Err(failed()));
             }
-            if this.tls.received.take_plain(buf) || this.tls.read_closed {
+            if this.tls.data.received.take_plain(buf) || this.tls.data.read_closed {
                 return Poll::Ready(Ok(()));
             }
             if this.tls.eof {
@@ -568,7 +740,7 @@ impl AsyncWrite for TlsStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.tls.write_closed || this.tls.failed {
+        if this.tls.data.write_closed || this.tls.failed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         ready!(this.poll_send(cx))?;
@@ -583,7 +755,7 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.tls.write_closed && !this.tls.failed {
+        if !this.tls.data.write_closed && !this.tls.failed {
             ready!(this.poll_send(cx))?;
             this.act(cx, Act::CloseNotify)?;
         }
@@ -643,6 +815,7 @@ mod tests {
             .with_single_cert(certs(&server), key(&server))
             .expect("server config");
         server.send_tls13_tickets = 0;
+        records_after_handshake(&mut server);
         let client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[version])
             .expect("versions")
@@ -663,7 +836,7 @@ mod tests {
     async fn handshake(
         server: Arc<ServerConfig>,
         client: ClientConfig,
-    ) -> (io::Result<Client>, io::Result<TlsStream>) {
+    ) -> (io::Result<Client>, io::Result<(TlsStream, Handshake)>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connect = async {
@@ -684,13 +857,11 @@ mod tests {
         .expect("handshake in time")
     }
 
-    async fn pair(version: &'static SupportedProtocolVersion) -> (TlsStream, Client) {
+    async fn pair(version: &'static SupportedProtocolVersion) -> (TlsStream, Handshake, Client) {
         let (server, client) = configs(version);
         let (client, server) = handshake(server, client).await;
-        (
-            server.expect("server handshake"),
-            client.expect("client handshake"),
-        )
+        let (server, handshake) = server.expect("server handshake");
+        (server, handshake, client.expect("client handshake"))
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -704,11 +875,16 @@ mod tests {
     /// record, so decrypted bytes wait in the stream), and each side's
     /// close_notify ends the other's reading cleanly.
     async fn round_trip(version: &'static SupportedProtocolVersion) {
-        let (mut server, mut client) = pair(version).await;
+        let (mut server, handshake, mut client) = pair(version).await;
         assert_eq!(
-            server.peer_certificates().map(<[_]>::len),
-            Some(1),
+            handshake.certificates.len(),
+            1,
             "the client's certificate is known"
+        );
+        assert_eq!(
+            matches!(server.tls.engine, Engine::Records(_)),
+            version == &rustls::version::TLS13,
+            "rustls is left behind once a TLS 1.3 handshake is done"
         );
         let up = pattern(200_000, 1);
         let down = pattern(300_000, 7);
@@ -769,7 +945,7 @@ mod tests {
     /// (which the handshake metrics classify) and tell the peer with an alert.
     #[tokio::test]
     async fn garbage_fails_the_read_and_the_peer_hears_why() {
-        let (mut server, client) = pair(&rustls::version::TLS13).await;
+        let (mut server, _, client) = pair(&rustls::version::TLS13).await;
         let (mut tcp, _) = client.into_inner();
         tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20])
             .await
@@ -804,7 +980,7 @@ mod tests {
     /// goes on talking both ways: the update is answered on the read path.
     #[tokio::test]
     async fn a_key_update_from_the_client_keeps_the_connection_going() {
-        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        let (mut server, _, mut client) = pair(&rustls::version::TLS13).await;
         for round in 0..3u8 {
             client
                 .get_mut()
@@ -831,7 +1007,7 @@ mod tests {
     /// end of data: the read fails, after the data that came before it.
     #[tokio::test]
     async fn an_end_without_close_notify_is_an_error() {
-        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        let (mut server, _, mut client) = pair(&rustls::version::TLS13).await;
         client.write_all(b"last words").await.expect("write");
         client.flush().await.expect("flush");
         let (mut tcp, _) = client.into_inner();

@@ -11,7 +11,7 @@
 
 use crate::config::{ClientCert, Tls};
 use crate::metrics::HandshakeFailure;
-use crate::transport::stream::NotesServerName;
+use crate::transport::stream::{self, NotesServerName};
 use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -217,6 +217,7 @@ pub fn server_config(
         )?)));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     config.send_tls13_tickets = 0;
+    stream::records_after_handshake(&mut config);
     Ok(config)
 }
 

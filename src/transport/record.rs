@@ -1,0 +1,466 @@
+//! TLS 1.3 records once the handshake is done: application data sealed and
+//! opened, alerts, and key updates (RFC 8446 §5, §4.6.3, §7.2).
+//!
+//! rustls keeps its whole connection for the connection's life: the
+//! handshake's reassembly room, the boxed ciphers, the peer's certificates,
+//! the key schedule, about 2.5 KiB that a gateway's idle device connection
+//! never uses again. What TLS 1.3 needs after the handshake is two AEAD keys,
+//! their nonces and sequence numbers, and the two traffic secrets to roll
+//! them forward when the peer sends a KeyUpdate. This is that state and the
+//! rules for using it, with no IO: the stream (`transport::stream`) reads
+//! and writes the bytes.
+
+use ring::{aead, hkdf};
+use rustls::{
+    AlertDescription, ConnectionTrafficSecrets, Error, HandshakeType, InvalidMessage,
+    PeerMisbehaved,
+};
+use zeroize::Zeroize;
+
+/// A record's header: content type, legacy version, length.
+const HEADER: usize = 5;
+/// Every TLS 1.3 suite's AEAD tag.
+const TAG: usize = 16;
+/// Largest plaintext a record carries.
+pub const MAX_PLAINTEXT: usize = 1 << 14;
+/// Largest encrypted payload a record may carry (§5.2).
+const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+/// What sealing adds to a record's plaintext: header, content type, tag.
+const OVERHEAD: usize = HEADER + 1 + TAG;
+
+const CHANGE_CIPHER_SPEC: u8 = 20;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const APPLICATION_DATA: u8 = 23;
+
+const KEY_UPDATE: u8 = 24;
+const UPDATE_NOT_REQUESTED: u8 = 0;
+const UPDATE_REQUESTED: u8 = 1;
+
+const WARNING: u8 = 1;
+const FATAL: u8 = 2;
+
+/// The AEAD of a TLS 1.3 cipher suite, and the hash its key schedule uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    Aes128GcmSha256,
+    Aes256GcmSha384,
+    Chacha20Poly1305Sha256,
+}
+
+impl Suite {
+    /// The suite rustls negotiated, if it is one of these.
+    pub fn of(suite: rustls::SupportedCipherSuite) -> Option<Self> {
+        use rustls::CipherSuite::*;
+        match suite.suite() {
+            TLS13_AES_128_GCM_SHA256 => Some(Self::Aes128GcmSha256),
+            TLS13_AES_256_GCM_SHA384 => Some(Self::Aes256GcmSha384),
+            TLS13_CHACHA20_POLY1305_SHA256 => Some(Self::Chacha20Poly1305Sha256),
+            _ => None,
+        }
+    }
+
+    fn aead(self) -> &'static aead::Algorithm {
+        match self {
+            Self::Aes128GcmSha256 => &aead::AES_128_GCM,
+            Self::Aes256GcmSha384 => &aead::AES_256_GCM,
+            Self::Chacha20Poly1305Sha256 => &aead::CHACHA20_POLY1305,
+        }
+    }
+
+    fn hkdf(self) -> hkdf::Algorithm {
+        match self {
+            Self::Aes256GcmSha384 => hkdf::HKDF_SHA384,
+            _ => hkdf::HKDF_SHA256,
+        }
+    }
+
+    /// Records one key may seal before it is rolled: rustls's figures for
+    /// these AEADs (AES-GCM's from the CFRG's AEAD limits draft; ChaCha20's
+    /// is bounded only by the sequence number).
+    fn confidentiality_limit(self) -> u64 {
+        match self {
+            Self::Chacha20Poly1305Sha256 => u64::MAX - 1,
+            _ => 1 << 24,
+        }
+    }
+}
+
+/// A traffic secret: the hash's length of bytes, wiped when dropped.
+pub struct Secret {
+    bytes: [u8; 48],
+    len: u8,
+}
+
+impl Secret {
+    /// `None` if `bytes` is longer than any TLS 1.3 hash.
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        let mut secret = Self {
+            bytes: [0; 48],
+            len: u8::try_from(bytes.len()).ok()?,
+        };
+        secret.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(secret)
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+/// A length for ring's HKDF output.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand-Label (§7.1) with an empty context.
+fn expand_label(suite: Suite, secret: &Secret, label: &[u8], out: &mut [u8]) -> Result<(), Error> {
+    let prk = hkdf::Prk::new_less_safe(suite.hkdf(), secret.as_bytes());
+    let length = u16::try_from(out.len()).map_err(|_| derivation_failed())?;
+    let label_len = u8::try_from(b"tls13 ".len() + label.len()).map_err(|_| derivation_failed())?;
+    let info: [&[u8]; 5] = [&length.to_be_bytes(), &[label_len], b"tls13 ", label, &[0]];
+    prk.expand(&info, Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .map_err(|_| derivation_failed())
+}
+
+fn derivation_failed() -> Error {
+    Error::General("TLS key derivation failed".into())
+}
+
+/// One direction's key, where it stands, and the secret it came from.
+struct Keys {
+    key: aead::LessSafeKey,
+    iv: [u8; aead::NONCE_LEN],
+    seq: u64,
+    secret: Secret,
+}
+
+impl Keys {
+    /// The key and nonce rustls derived, at its sequence number.
+    fn extracted(
+        suite: Suite,
+        (seq, secrets): (u64, ConnectionTrafficSecrets),
+        secret: Secret,
+    ) -> Option<Self> {
+        let (key, iv) = match (suite, secrets) {
+            (Suite::Aes128GcmSha256, ConnectionTrafficSecrets::Aes128Gcm { key, iv })
+            | (Suite::Aes256GcmSha384, ConnectionTrafficSecrets::Aes256Gcm { key, iv })
+            | (
+                Suite::Chacha20Poly1305Sha256,
+                ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv },
+            ) => (key, iv),
+            _ => return None,
+        };
+        let key = aead::UnboundKey::new(suite.aead(), key.as_ref()).ok()?;
+        Some(Self {
+            key: aead::LessSafeKey::new(key),
+            iv: iv.as_ref().try_into().ok()?,
+            seq,
+            secret,
+        })
+    }
+
+    /// The key and nonce `secret` makes (§7.3), from sequence number 0.
+    fn derive(suite: Suite, secret: Secret) -> Result<Self, Error> {
+        let mut key = [0u8; 32];
+        let key = &mut key[..suite.aead().key_len()];
+        let mut iv = [0u8; aead::NONCE_LEN];
+        let unbound = expand_label(suite, &secret, b"key", key)
+            .and_then(|()| expand_label(suite, &secret, b"iv", &mut iv))
+            .and_then(|()| {
+                aead::UnboundKey::new(suite.aead(), key).map_err(|_| derivation_failed())
+            });
+        key.zeroize();
+        Ok(Self {
+            key: aead::LessSafeKey::new(unbound?),
+            iv,
+            seq: 0,
+            secret,
+        })
+    }
+
+    /// The next generation of keys (§7.2).
+    fn roll(&mut self, suite: Suite) -> Result<(), Error> {
+        let mut next = Secret {
+            bytes: [0; 48],
+            len: self.secret.len,
+        };
+        let len = usize::from(next.len);
+        expand_label(suite, &self.secret, b"traffic upd", &mut next.bytes[..len])?;
+        *self = Self::derive(suite, next)?;
+        Ok(())
+    }
+
+    /// The nonce of the record at `seq` (§5.3).
+    fn nonce(&self) -> aead::Nonce {
+        let mut nonce = self.iv;
+        for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        aead::Nonce::assume_unique_for_key(nonce)
+    }
+}
+
+/// What a record brought.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Content<'a> {
+    /// Application data (possibly none).
+    Data(&'a [u8]),
+    /// The peer is done sending (close_notify).
+    Closed,
+    /// A key update or a user_canceled warning: nothing for the reader.
+    Nothing,
+}
+
+/// Key updates a peer may send in a row with no application data between
+/// them, and warnings it may send in all: a peer looping on them is
+/// refused, as rustls and BoringSSL refuse it.
+const KEY_UPDATES_IN_A_ROW: u8 = 32;
+const WARNINGS: u8 = 4;
+
+/// Both directions of an established TLS 1.3 connection.
+pub struct Records {
+    suite: Suite,
+    rx: Keys,
+    tx: Keys,
+    key_updates_left: u8,
+    warnings_left: u8,
+}
+
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Records {
+    /// Takes over from rustls: its keys and sequence numbers (`rx` and `tx`
+    /// from `dangerous_into_kernel_connection`) and the traffic secrets
+    /// they came from, the client's and the server's. `None` if they do
+    /// not belong to `suite`.
+    pub fn new(
+        suite: Suite,
+        rx: (u64, ConnectionTrafficSecrets),
+        tx: (u64, ConnectionTrafficSecrets),
+        client_secret: Secret,
+        server_secret: Secret,
+    ) -> Option<Self> {
+        Some(Self {
+            suite,
+            rx: Keys::extracted(suite, rx, client_secret)?,
+            tx: Keys::extracted(suite, tx, server_secret)?,
+            key_updates_left: KEY_UPDATES_IN_A_ROW,
+            warnings_left: WARNINGS,
+        })
+    }
+
+    /// Opens the record at the start of `buf` in place. `Ok(None)` if `buf`
+    /// does not hold a whole record yet; else how many bytes it took and
+    /// what it brought. What the peer must hear (our key update, or the
+    /// alert that says why its record was refused) is sealed onto `reply`.
+    pub fn open<'b>(
+        &mut self,
+        buf: &'b mut [u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<Option<(usize, Content<'b>)>, Error> {
+        match self.open_record(buf, reply) {
+            Err((error, alert)) => {
+                if let Some(alert) = alert {
+                    // A failure to seal it leaves the peer to its timeout.
+                    let _ = self.seal_record(ALERT, &[FATAL, u8::from(alert)], reply);
+                }
+                Err(error)
+            }
+            Ok(opened) => Ok(opened),
+        }
+    }
+
+    fn open_record<'b>(
+        &mut self,
+        buf: &'b mut [u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<Option<(usize, Content<'b>)>, Refusal> {
+        use AlertDescription::*;
+        let Some(header) = buf.first_chunk::<HEADER>().copied() else {
+            return Ok(None);
+        };
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if len > MAX_CIPHERTEXT {
+            return Err((Error::PeerSentOversizedRecord, Some(RecordOverflow)));
+        }
+        // Every record after the handshake is protected, so it says
+        // application_data outside (§5.2); the version is to be ignored.
+        if header[0] != APPLICATION_DATA {
+            let error = InvalidMessage::InvalidContentType.into();
+            return Err((error, Some(UnexpectedMessage)));
+        }
+        let Some(payload) = buf.get_mut(HEADER..HEADER + len) else {
+            return Ok(None);
+        };
+        if len < TAG || self.rx.seq == u64::MAX {
+            return Err((Error::DecryptError, Some(BadRecordMac)));
+        }
+        let nonce = self.rx.nonce();
+        let plain = self
+            .rx
+            .key
+            .open_in_place(nonce, aead::Aad::from(header), payload)
+            .map_err(|_| (Error::DecryptError, Some(BadRecordMac)))?;
+        self.rx.seq += 1;
+        // The content type is the last byte that is not padding (§5.4).
+        let Some(end) = plain.iter().rposition(|&b| b != 0) else {
+            let error = PeerMisbehaved::IllegalTlsInnerPlaintext.into();
+            return Err((error, Some(UnexpectedMessage)));
+        };
+        let (content, typ) = (&plain[..end], plain[end]);
+        if content.len() > MAX_PLAINTEXT {
+            return Err((Error::PeerSentOversizedRecord, Some(RecordOverflow)));
+        }
+        let content = match typ {
+            APPLICATION_DATA => {
+                self.key_updates_left = KEY_UPDATES_IN_A_ROW;
+                Content::Data(content)
+            }
+            ALERT => self.alert(content)?,
+            HANDSHAKE => {
+                self.key_update(content, reply)?;
+                Content::Nothing
+            }
+            CHANGE_CIPHER_SPEC => {
+                let error = PeerMisbehaved::IllegalMiddleboxChangeCipherSpec.into();
+                return Err((error, Some(UnexpectedMessage)));
+            }
+            _ => {
+                let error = InvalidMessage::InvalidContentType.into();
+                return Err((error, Some(UnexpectedMessage)));
+            }
+        };
+        Ok(Some((HEADER + len, content)))
+    }
+
+    /// What an alert means for the reader: close_notify ends its data, a
+    /// few user_canceled warnings mean nothing, and every other alert is
+    /// fatal in TLS 1.3 (§6).
+    fn alert(&mut self, content: &[u8]) -> Result<Content<'static>, Refusal> {
+        use AlertDescription::*;
+        let [level, description] = *content else {
+            return Err((InvalidMessage::MessageTooShort.into(), Some(DecodeError)));
+        };
+        let description = AlertDescription::from(description);
+        let error = Error::AlertReceived(description);
+        match (level, description) {
+            (WARNING | FATAL, CloseNotify) => Ok(Content::Closed),
+            (WARNING, UserCanceled) if self.warnings_left > 0 => {
+                self.warnings_left -= 1;
+                Ok(Content::Nothing)
+            }
+            (WARNING, UserCanceled) => Err((
+                PeerMisbehaved::TooManyWarningAlertsReceived.into(),
+                Some(UnexpectedMessage),
+            )),
+            (WARNING, _) => Err((error, Some(DecodeError))),
+            (FATAL, _) => Err((error, None)),
+            _ => Err((error, Some(IllegalParameter))),
+        }
+    }
+
+    /// The one handshake message a server takes once the handshake is
+    /// done: a KeyUpdate, alone in its record as a key change needs
+    /// (§5.1). Our own update goes out first if the peer asked for one.
+    fn key_update(&mut self, message: &[u8], reply: &mut Vec<u8>) -> Result<(), Refusal> {
+        use AlertDescription::*;
+        let request = match *message {
+            [KEY_UPDATE, 0, 0, 1, request] => request,
+            [typ, ..] if typ != KEY_UPDATE => {
+                let error = Error::InappropriateHandshakeMessage {
+                    expect_types: vec![HandshakeType::KeyUpdate],
+                    got_type: HandshakeType::from(typ),
+                };
+                return Err((error, Some(UnexpectedMessage)));
+            }
+            _ => return Err((InvalidMessage::InvalidKeyUpdate.into(), Some(DecodeError))),
+        };
+        if self.key_updates_left == 0 {
+            let error = PeerMisbehaved::TooManyKeyUpdateRequests.into();
+            return Err((error, Some(UnexpectedMessage)));
+        }
+        self.key_updates_left -= 1;
+        match request {
+            UPDATE_NOT_REQUESTED => {}
+            UPDATE_REQUESTED => self.update_ours(reply).map_err(|e| (e, None))?,
+            _ => {
+                let error = InvalidMessage::InvalidKeyUpdate.into();
+                return Err((error, Some(IllegalParameter)));
+            }
+        }
+        self.rx.roll(self.suite).map_err(|e| (e, None))
+    }
+
+    /// Tells the peer our keys change, and changes them.
+    fn update_ours(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        let message = [KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED];
+        self.seal_record(HANDSHAKE, &message, out)?;
+        self.tx.roll(self.suite)
+    }
+
+    /// Appends `data` to `out` as application data records.
+    pub fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        out.reserve(data.len() + data.len().div_ceil(MAX_PLAINTEXT) * OVERHEAD);
+        data.chunks(MAX_PLAINTEXT)
+            .try_for_each(|chunk| self.seal_record(APPLICATION_DATA, chunk, out))
+    }
+
+    /// Appends a close_notify alert to `out`.
+    pub fn seal_close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        let close_notify = [WARNING, u8::from(AlertDescription::CloseNotify)];
+        self.seal_record(ALERT, &close_notify, out)
+    }
+
+    /// Seals one record of `typ` holding `content` (at most a record's
+    /// plaintext) onto `out`. Our keys roll first once they have sealed as
+    /// many records as their AEAD safely may.
+    fn seal_record(&mut self, typ: u8, content: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.tx.seq >= self.suite.confidentiality_limit() && typ != HANDSHAKE {
+            self.update_ours(out)?;
+        }
+        let len = u16::try_from(content.len() + 1 + TAG).map_err(|_| Error::EncryptError)?;
+        let [hi, lo] = len.to_be_bytes();
+        let header = [APPLICATION_DATA, 3, 3, hi, lo];
+        let start = out.len();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(content);
+        out.push(typ);
+        let nonce = self.tx.nonce();
+        let aad = aead::Aad::from(header);
+        match self
+            .tx
+            .key
+            .seal_in_place_separate_tag(nonce, aad, &mut out[start + HEADER..])
+        {
+            Ok(tag) => out.extend_from_slice(tag.as_ref()),
+            Err(_) => {
+                out.truncate(start);
+                return Err(Error::EncryptError);
+            }
+        }
+        self.tx.seq += 1;
+        Ok(())
+    }
+}
+
+/// Why a record was refused, and the alert that tells the peer (none for
+/// an alert of its own).
+type Refusal = (Error, Option<AlertDescription>);
