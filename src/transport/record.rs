@@ -11,10 +11,7 @@
 //! and writes the bytes.
 
 use ring::{aead, hkdf};
-use rustls::{
-    AlertDescription, ConnectionTrafficSecrets, Error, HandshakeType, InvalidMessage,
-    PeerMisbehaved,
-};
+use rustls::{AlertDescription, Error, HandshakeType, InvalidMessage, PeerMisbehaved};
 use zeroize::Zeroize;
 
 /// A record's header: content type, legacy version, length.
@@ -147,32 +144,8 @@ struct Keys {
 }
 
 impl Keys {
-    /// The key and nonce rustls derived, at its sequence number.
-    fn extracted(
-        suite: Suite,
-        (seq, secrets): (u64, ConnectionTrafficSecrets),
-        secret: Secret,
-    ) -> Option<Self> {
-        let (key, iv) = match (suite, secrets) {
-            (Suite::Aes128GcmSha256, ConnectionTrafficSecrets::Aes128Gcm { key, iv })
-            | (Suite::Aes256GcmSha384, ConnectionTrafficSecrets::Aes256Gcm { key, iv })
-            | (
-                Suite::Chacha20Poly1305Sha256,
-                ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv },
-            ) => (key, iv),
-            _ => return None,
-        };
-        let key = aead::UnboundKey::new(suite.aead(), key.as_ref()).ok()?;
-        Some(Self {
-            key: aead::LessSafeKey::new(key),
-            iv: iv.as_ref().try_into().ok()?,
-            seq,
-            secret,
-        })
-    }
-
-    /// The key and nonce `secret` makes (§7.3), from sequence number 0.
-    fn derive(suite: Suite, secret: Secret) -> Result<Self, Error> {
+    /// The key and nonce `secret` makes (§7.3), at sequence number `seq`.
+    fn derive(suite: Suite, secret: Secret, seq: u64) -> Result<Self, Error> {
         let mut key = [0u8; 32];
         let key = &mut key[..suite.aead().key_len()];
         let mut iv = [0u8; aead::NONCE_LEN];
@@ -185,7 +158,7 @@ impl Keys {
         Ok(Self {
             key: aead::LessSafeKey::new(unbound?),
             iv,
-            seq: 0,
+            seq,
             secret,
         })
     }
@@ -198,7 +171,7 @@ impl Keys {
         };
         let len = usize::from(next.len);
         expand_label(suite, &self.secret, b"traffic upd", &mut next.bytes[..len])?;
-        *self = Self::derive(suite, next)?;
+        *self = Self::derive(suite, next, 0)?;
         Ok(())
     }
 
@@ -247,21 +220,13 @@ impl std::fmt::Debug for Records {
 }
 
 impl Records {
-    /// Takes over from rustls: its keys and sequence numbers (`rx` and `tx`
-    /// from `dangerous_into_kernel_connection`) and the traffic secrets
-    /// they came from, the client's and the server's. `None` if they do
-    /// not belong to `suite`.
-    pub fn new(
-        suite: Suite,
-        rx: (u64, ConnectionTrafficSecrets),
-        tx: (u64, ConnectionTrafficSecrets),
-        client_secret: Secret,
-        server_secret: Secret,
-    ) -> Option<Self> {
-        Some(Self {
+    /// Takes over from a handshake: the sequence number each direction
+    /// stands at and its traffic secret, the peer's (`rx`) and ours (`tx`).
+    pub fn new(suite: Suite, rx: (u64, Secret), tx: (u64, Secret)) -> Result<Self, Error> {
+        Ok(Self {
             suite,
-            rx: Keys::extracted(suite, rx, client_secret)?,
-            tx: Keys::extracted(suite, tx, server_secret)?,
+            rx: Keys::derive(suite, rx.1, rx.0)?,
+            tx: Keys::derive(suite, tx.1, tx.0)?,
             key_updates_left: KEY_UPDATES_IN_A_ROW,
             warnings_left: WARNINGS,
         })
@@ -464,3 +429,321 @@ impl Records {
 /// Why a record was refused, and the alert that tells the peer (none for
 /// an alert of its own).
 type Refusal = (Error, Option<AlertDescription>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUITES: [Suite; 3] = [
+        Suite::Aes128GcmSha256,
+        Suite::Aes256GcmSha384,
+        Suite::Chacha20Poly1305Sha256,
+    ];
+
+    fn secret(suite: Suite, seed: u8) -> Secret {
+        let len = hkdf::KeyType::len(&suite.hkdf());
+        let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
+        Secret::new(&bytes).expect("a secret")
+    }
+
+    /// The server's records and the client's, as after one handshake.
+    fn pair(suite: Suite) -> (Records, Records) {
+        let side = |rx, tx| Records::new(suite, (0, secret(suite, rx)), (0, secret(suite, tx)));
+        let server = side(1, 2).expect("server");
+        let client = side(2, 1).expect("client");
+        (server, client)
+    }
+
+    /// Opens every record in `wire`: what each brought, owned, or the error
+    /// that stopped it, and what was sealed in reply.
+    fn open_all(records: &mut Records, mut wire: Vec<u8>) -> (Vec<Result<Opened, Error>>, Vec<u8>) {
+        let (mut at, mut got, mut reply) = (0, Vec::new(), Vec::new());
+        loop {
+            match records.open(&mut wire[at..], &mut reply) {
+                Ok(None) => break,
+                Ok(Some((taken, content))) => {
+                    at += taken;
+                    got.push(Ok(match content {
+                        Content::Data(d) => Opened::Data(d.to_vec()),
+                        Content::Closed => Opened::Closed,
+                        Content::Nothing => Opened::Nothing,
+                    }));
+                }
+                Err(e) => {
+                    got.push(Err(e));
+                    return (got, reply);
+                }
+            }
+        }
+        assert_eq!(at, wire.len(), "every whole record was taken");
+        (got, reply)
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Opened {
+        Data(Vec<u8>),
+        Closed,
+        Nothing,
+    }
+
+    fn data(records: &[Result<Opened, Error>]) -> Vec<u8> {
+        records
+            .iter()
+            .flat_map(|r| match r {
+                Ok(Opened::Data(d)) => d.clone(),
+                other => panic!("not data: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_travels_both_ways_under_every_suite() {
+        for suite in SUITES {
+            let (mut server, mut client) = pair(suite);
+            let up: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+            let mut wire = Vec::new();
+            client.seal(&up, &mut wire).expect("seal");
+            assert_eq!(
+                wire.len(),
+                up.len() + 3 * OVERHEAD,
+                "{suite:?}: three records"
+            );
+            let (got, reply) = open_all(&mut server, wire);
+            assert_eq!(data(&got), up, "{suite:?}");
+            assert!(reply.is_empty());
+            let mut wire = Vec::new();
+            server.seal(b"down", &mut wire).expect("seal");
+            server.seal(b"", &mut wire).expect("seal nothing");
+            // An empty record is allowed (§5.1), though we seal none.
+            server
+                .seal_record(APPLICATION_DATA, b"", &mut wire)
+                .expect("seal");
+            let (got, _) = open_all(&mut client, wire);
+            assert_eq!(
+                got,
+                [Ok(Opened::Data(b"down".to_vec())), Ok(Opened::Data(vec![]))]
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_waits_until_it_is_whole() {
+        let (mut server, mut client) = pair(Suite::Aes128GcmSha256);
+        let mut wire = Vec::new();
+        client.seal(b"hello", &mut wire).expect("seal");
+        let mut reply = Vec::new();
+        for cut in [0, 3, HEADER, wire.len() - 1] {
+            let mut part = wire[..cut].to_vec();
+            assert_eq!(server.open(&mut part, &mut reply), Ok(None), "cut at {cut}");
+        }
+        let opened = server.open(&mut wire, &mut reply).expect("whole");
+        assert_eq!(
+            opened,
+            Some((HEADER + 5 + 1 + TAG, Content::Data(b"hello")))
+        );
+    }
+
+    /// A client that asks for our update gets it before our next data, and
+    /// both directions go on under the new keys.
+    #[test]
+    fn a_key_update_asked_for_is_answered_and_both_sides_roll() {
+        for suite in SUITES {
+            let (mut server, mut client) = pair(suite);
+            let mut wire = Vec::new();
+            let update = [KEY_UPDATE, 0, 0, 1, UPDATE_REQUESTED];
+            client
+                .seal_record(HANDSHAKE, &update, &mut wire)
+                .expect("seal");
+            client.tx.roll(suite).expect("roll");
+            client.seal(b"after", &mut wire).expect("seal");
+            let (got, mut reply) = open_all(&mut server, wire);
+            assert_eq!(
+                got,
+                [Ok(Opened::Nothing), Ok(Opened::Data(b"after".to_vec()))]
+            );
+            server.seal(b"back", &mut reply).expect("seal");
+            let (got, _) = open_all(&mut client, reply);
+            assert_eq!(
+                got,
+                [Ok(Opened::Nothing), Ok(Opened::Data(b"back".to_vec()))],
+                "{suite:?}: our key update, then data under the new key"
+            );
+        }
+    }
+
+    #[test]
+    fn our_keys_roll_before_the_aead_limit() {
+        let (mut server, mut client) = pair(Suite::Aes256GcmSha384);
+        server.tx.seq = Suite::Aes256GcmSha384.confidentiality_limit();
+        client.rx.seq = server.tx.seq;
+        let mut wire = Vec::new();
+        server.seal(b"one", &mut wire).expect("seal");
+        server.seal(b"two", &mut wire).expect("seal");
+        assert_eq!(server.tx.seq, 2, "a new key, from sequence number 0");
+        let (got, _) = open_all(&mut client, wire);
+        assert_eq!(
+            got,
+            [
+                Ok(Opened::Nothing),
+                Ok(Opened::Data(b"one".to_vec())),
+                Ok(Opened::Data(b"two".to_vec())),
+            ]
+        );
+    }
+
+    #[test]
+    fn close_notify_ends_the_data_and_user_canceled_is_let_pass_a_few_times() {
+        let (mut server, mut client) = pair(Suite::Chacha20Poly1305Sha256);
+        let mut wire = Vec::new();
+        for _ in 0..WARNINGS {
+            let user_canceled = [WARNING, u8::from(AlertDescription::UserCanceled)];
+            client
+                .seal_record(ALERT, &user_canceled, &mut wire)
+                .expect("seal");
+        }
+        client.seal_close_notify(&mut wire).expect("seal");
+        let (got, reply) = open_all(&mut server, wire);
+        assert_eq!(got.len(), usize::from(WARNINGS) + 1);
+        assert!(
+            got[..usize::from(WARNINGS)]
+                .iter()
+                .all(|r| r == &Ok(Opened::Nothing))
+        );
+        assert_eq!(got.last(), Some(&Ok(Opened::Closed)));
+        assert!(reply.is_empty());
+        let mut wire = Vec::new();
+        let user_canceled = [WARNING, u8::from(AlertDescription::UserCanceled)];
+        client
+            .seal_record(ALERT, &user_canceled, &mut wire)
+            .expect("seal");
+        let (got, _) = open_all(&mut server, wire);
+        assert_eq!(
+            got,
+            [Err(PeerMisbehaved::TooManyWarningAlertsReceived.into())]
+        );
+    }
+
+    #[test]
+    fn a_peer_looping_on_key_updates_is_refused() {
+        let suite = Suite::Aes128GcmSha256;
+        let (mut server, mut client) = pair(suite);
+        let update = |client: &mut Records, wire: &mut Vec<u8>| {
+            let message = [KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED];
+            client.seal_record(HANDSHAKE, &message, wire).expect("seal");
+            client.tx.roll(suite).expect("roll");
+        };
+        let mut wire = Vec::new();
+        for _ in 0..KEY_UPDATES_IN_A_ROW {
+            update(&mut client, &mut wire);
+        }
+        client.seal(b"data", &mut wire).expect("seal");
+        update(&mut client, &mut wire);
+        let (got, _) = open_all(&mut server, wire);
+        assert_eq!(
+            got.len(),
+            usize::from(KEY_UPDATES_IN_A_ROW) + 2,
+            "data resets the count"
+        );
+        let mut wire = Vec::new();
+        for _ in 0..KEY_UPDATES_IN_A_ROW {
+            update(&mut client, &mut wire);
+        }
+        let (got, reply) = open_all(&mut server, wire);
+        assert_eq!(
+            got.last(),
+            Some(&Err(PeerMisbehaved::TooManyKeyUpdateRequests.into()))
+        );
+        let (told, _) = open_all(&mut client, reply);
+        assert_eq!(
+            told,
+            [Err(Error::AlertReceived(
+                AlertDescription::UnexpectedMessage
+            ))]
+        );
+    }
+
+    /// Each kind of bad record fails with its error, and the peer hears the
+    /// alert that says why, sealed so that it can read it.
+    #[test]
+    fn refused_records_tell_the_peer_why() {
+        use AlertDescription::*;
+        type Forge = fn(&mut Records, &mut Vec<u8>);
+        let cases: [(&str, Forge, Error, AlertDescription); 7] = [
+            (
+                "tampered",
+                |c, w| {
+                    c.seal(b"hello", w).expect("seal");
+                    w[HEADER + 1] ^= 1;
+                },
+                Error::DecryptError,
+                BadRecordMac,
+            ),
+            (
+                "oversized",
+                |_, w| w.extend_from_slice(&[APPLICATION_DATA, 3, 3, 0x41, 0x01]),
+                Error::PeerSentOversizedRecord,
+                RecordOverflow,
+            ),
+            (
+                "not protected",
+                |_, w| w.extend_from_slice(&[ALERT, 3, 3, 0, 2, FATAL, 0]),
+                InvalidMessage::InvalidContentType.into(),
+                UnexpectedMessage,
+            ),
+            (
+                "only padding",
+                |c, w| c.seal_record(0, &[0, 0], w).expect("seal"),
+                PeerMisbehaved::IllegalTlsInnerPlaintext.into(),
+                UnexpectedMessage,
+            ),
+            (
+                "change_cipher_spec",
+                |c, w| c.seal_record(CHANGE_CIPHER_SPEC, &[1], w).expect("seal"),
+                PeerMisbehaved::IllegalMiddleboxChangeCipherSpec.into(),
+                UnexpectedMessage,
+            ),
+            (
+                "a handshake message other than KeyUpdate",
+                |c, w| c.seal_record(HANDSHAKE, &[4, 0, 0, 0], w).expect("seal"),
+                Error::InappropriateHandshakeMessage {
+                    expect_types: vec![HandshakeType::KeyUpdate],
+                    got_type: HandshakeType::NewSessionTicket,
+                },
+                UnexpectedMessage,
+            ),
+            (
+                "a KeyUpdate with a bad request",
+                |c, w| {
+                    c.seal_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 7], w)
+                        .expect("seal")
+                },
+                InvalidMessage::InvalidKeyUpdate.into(),
+                IllegalParameter,
+            ),
+        ];
+        for (what, forge, error, alert) in cases {
+            let (mut server, mut client) = pair(Suite::Aes128GcmSha256);
+            let mut wire = Vec::new();
+            forge(&mut client, &mut wire);
+            let (got, reply) = open_all(&mut server, wire);
+            assert_eq!(got, [Err(error)], "{what}");
+            let (told, _) = open_all(&mut client, reply);
+            assert_eq!(told, [Err(Error::AlertReceived(alert))], "{what}");
+        }
+    }
+
+    /// A fatal alert from the peer ends the connection without a reply.
+    #[test]
+    fn a_fatal_alert_is_an_error_and_gets_no_reply() {
+        let (mut server, mut client) = pair(Suite::Aes128GcmSha256);
+        let mut wire = Vec::new();
+        let alert = [FATAL, u8::from(AlertDescription::BadCertificate)];
+        client.seal_record(ALERT, &alert, &mut wire).expect("seal");
+        let (got, reply) = open_all(&mut server, wire);
+        assert_eq!(
+            got,
+            [Err(Error::AlertReceived(AlertDescription::BadCertificate))]
+        );
+        assert!(reply.is_empty());
+    }
+}

@@ -11,8 +11,8 @@
 //! record, plaintext its reader had no room for, bytes the socket would not
 //! take. Each is freed once empty.
 //!
-//! Once a TLS 1.3 handshake is done, rustls itself goes too: its keys and
-//! sequence numbers, and the traffic secrets it notes on the way (see
+//! Once a TLS 1.3 handshake is done, rustls itself goes too: its sequence
+//! numbers, and the traffic secrets it notes on the way (see
 //! [`NotesTrafficSecrets`]), move to `transport::record`, which is all a
 //! connection needs from then on. TLS 1.2 connections keep rustls.
 
@@ -63,9 +63,9 @@ thread_local! {
 
 /// Notes a TLS 1.3 handshake's application traffic secrets for its stream.
 ///
-/// rustls hands its keys over once the handshake is done
-/// (`dangerous_into_kernel_connection`), but not the secrets they came
-/// from, which a key update rolls forward. rustls shows those secrets to
+/// rustls hands over its sequence numbers and keys once the handshake is
+/// done (`dangerous_into_kernel_connection`), but not the secrets the keys
+/// came from, which a key update rolls forward. rustls shows those to
 /// one thing only, the configuration's key log, and it does so inside the
 /// `process_tls_records` call of the stream being handshaken, on its
 /// thread; the stream takes the note as soon as that call returns, as it
@@ -293,13 +293,14 @@ impl TlsStream {
             (Some(suite), [Some(client), Some(server)])
                 if hs.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3) =>
             {
+                // Only the sequence numbers are taken: the keys are the
+                // secrets', derived again as a key update derives them.
                 let (secrets, _) = hs
                     .conn
                     .dangerous_into_kernel_connection()
                     .map_err(tls_error)?;
-                let records = Records::new(suite, secrets.rx, secrets.tx, client, server)
-                    .ok_or_else(|| io::Error::other("TLS keys do not match the suite"))?;
-                Engine::Records(records)
+                let (rx, tx) = ((secrets.rx.0, client), (secrets.tx.0, server));
+                Engine::Records(Records::new(suite, rx, tx).map_err(tls_error)?)
             }
             (_, secrets) => {
                 hs.secrets = secrets;
@@ -796,6 +797,16 @@ mod tests {
         version: &'static SupportedProtocolVersion,
         present: bool,
     ) -> (Arc<ServerConfig>, ClientConfig) {
+        configs_offering(version, present, rustls::crypto::ring::default_provider())
+    }
+
+    /// As [`configs_presenting`], with a client that offers only the cipher
+    /// suites of `client_provider`.
+    fn configs_offering(
+        version: &'static SupportedProtocolVersion,
+        present: bool,
+        client_provider: rustls::crypto::CryptoProvider,
+    ) -> (Arc<ServerConfig>, ClientConfig) {
         let ca = Ca::generate("stream test CA").expect("ca");
         let server = ca.issue_server(&["localhost"]).expect("server");
         let device = ca
@@ -816,7 +827,7 @@ mod tests {
             .expect("server config");
         server.send_tls13_tickets = 0;
         records_after_handshake(&mut server);
-        let client = ClientConfig::builder_with_provider(provider)
+        let client = ClientConfig::builder_with_provider(Arc::new(client_provider))
             .with_protocol_versions(&[version])
             .expect("versions")
             .with_root_certificates(roots.as_ref().clone());
@@ -977,10 +988,31 @@ mod tests {
     }
 
     /// A client that rolls its keys (TLS 1.3 KeyUpdate, asking for ours too)
-    /// goes on talking both ways: the update is answered on the read path.
+    /// goes on talking both ways under each TLS 1.3 suite: the update is
+    /// answered on the read path, and both sides' next keys agree.
     #[tokio::test]
     async fn a_key_update_from_the_client_keeps_the_connection_going() {
-        let (mut server, _, mut client) = pair(&rustls::version::TLS13).await;
+        for suite in rustls::crypto::ring::DEFAULT_CIPHER_SUITES
+            .iter()
+            .filter(|s| s.version() == &rustls::version::TLS13)
+        {
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![*suite],
+                ..rustls::crypto::ring::default_provider()
+            };
+            let (server, client) = configs_offering(&rustls::version::TLS13, true, provider);
+            let (client, server) = handshake(server, client).await;
+            let (server, _) = server.expect("server handshake");
+            let client = client.expect("client handshake");
+            assert!(
+                matches!(server.tls.engine, Engine::Records(_)),
+                "{suite:?}: rustls left behind"
+            );
+            talk_across_key_updates(server, client).await;
+        }
+    }
+
+    async fn talk_across_key_updates(mut server: TlsStream, mut client: Client) {
         for round in 0..3u8 {
             client
                 .get_mut()
