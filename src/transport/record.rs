@@ -74,10 +74,10 @@ impl Suite {
 
     /// Records one key may seal before it is rolled: rustls's figures for
     /// these AEADs (AES-GCM's from the CFRG's AEAD limits draft; ChaCha20's
-    /// is bounded only by the sequence number).
+    /// is bounded only by the sequence number, which rustls stops short of).
     fn confidentiality_limit(self) -> u64 {
         match self {
-            Self::Chacha20Poly1305Sha256 => u64::MAX - 1,
+            Self::Chacha20Poly1305Sha256 => 0xffff_ffff_ffff_0000,
             _ => 1 << 24,
         }
     }
@@ -209,6 +209,13 @@ pub struct Records {
     tx: Keys,
     key_updates_left: u8,
     warnings_left: u8,
+    /// The peer asked for our key update: it goes out before the next
+    /// record we seal (§4.6.3), one for any number of requests, as rustls
+    /// sends it, so that a peer that asks and never reads is answered by
+    /// no more than one record.
+    update_due: bool,
+    /// close_notify is sealed: nothing more is (§6.1).
+    closed: bool,
 }
 
 impl std::fmt::Debug for Records {
@@ -229,21 +236,23 @@ impl Records {
             tx: Keys::derive(suite, tx.1, tx.0)?,
             key_updates_left: KEY_UPDATES_IN_A_ROW,
             warnings_left: WARNINGS,
+            update_due: false,
+            closed: false,
         })
     }
 
     /// Opens the record at the start of `buf` in place. `Ok(None)` if `buf`
     /// does not hold a whole record yet; else how many bytes it took and
-    /// what it brought. What the peer must hear (our key update, or the
-    /// alert that says why its record was refused) is sealed onto `reply`.
+    /// what it brought. A refused record's alert, which tells the peer why,
+    /// is sealed onto `reply`.
     pub fn open<'b>(
         &mut self,
         buf: &'b mut [u8],
         reply: &mut Vec<u8>,
     ) -> Result<Option<(usize, Content<'b>)>, Error> {
-        match self.open_record(buf, reply) {
+        match self.open_record(buf) {
             Err((error, alert)) => {
-                if let Some(alert) = alert {
+                if let Some(alert) = alert.filter(|_| !self.closed) {
                     // A failure to seal it leaves the peer to its timeout.
                     let _ = self.seal_record(ALERT, &[FATAL, u8::from(alert)], reply);
                 }
@@ -256,7 +265,6 @@ impl Records {
     fn open_record<'b>(
         &mut self,
         buf: &'b mut [u8],
-        reply: &mut Vec<u8>,
     ) -> Result<Option<(usize, Content<'b>)>, Refusal> {
         use AlertDescription::*;
         let Some(header) = buf.first_chunk::<HEADER>().copied() else {
@@ -285,6 +293,9 @@ impl Records {
             .open_in_place(nonce, aead::Aad::from(header), payload)
             .map_err(|_| (Error::DecryptError, Some(BadRecordMac)))?;
         self.rx.seq += 1;
+        if plain.len() > MAX_PLAINTEXT + 1 {
+            return Err((Error::PeerSentOversizedRecord, Some(RecordOverflow)));
+        }
         // The content type is the last byte that is not padding (§5.4).
         let Some(end) = plain.iter().rposition(|&b| b != 0) else {
             let error = PeerMisbehaved::IllegalTlsInnerPlaintext.into();
@@ -301,7 +312,7 @@ impl Records {
             }
             ALERT => self.alert(content)?,
             HANDSHAKE => {
-                self.key_update(content, reply)?;
+                self.key_update(content)?;
                 Content::Nothing
             }
             CHANGE_CIPHER_SPEC => {
@@ -343,9 +354,10 @@ impl Records {
     }
 
     /// The one handshake message a server takes once the handshake is
-    /// done: a KeyUpdate, alone in its record as a key change needs
-    /// (§5.1). Our own update goes out first if the peer asked for one.
-    fn key_update(&mut self, message: &[u8], reply: &mut Vec<u8>) -> Result<(), Refusal> {
+    /// done: a KeyUpdate, alone in its record (§5.1 has a key change end
+    /// its record; one split across records, legal but never seen, is
+    /// refused). Our own update is due if the peer asked for one.
+    fn key_update(&mut self, message: &[u8]) -> Result<(), Refusal> {
         use AlertDescription::*;
         let request = match *message {
             [KEY_UPDATE, 0, 0, 1, request] => request,
@@ -365,7 +377,7 @@ impl Records {
         self.key_updates_left -= 1;
         match request {
             UPDATE_NOT_REQUESTED => {}
-            UPDATE_REQUESTED => self.update_ours(reply).map_err(|e| (e, None))?,
+            UPDATE_REQUESTED => self.update_due = true,
             _ => {
                 let error = InvalidMessage::InvalidKeyUpdate.into();
                 return Err((error, Some(IllegalParameter)));
@@ -388,17 +400,25 @@ impl Records {
             .try_for_each(|chunk| self.seal_record(APPLICATION_DATA, chunk, out))
     }
 
-    /// Appends a close_notify alert to `out`.
+    /// Appends a close_notify alert to `out`; nothing is sealed after it.
     pub fn seal_close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         let close_notify = [WARNING, u8::from(AlertDescription::CloseNotify)];
-        self.seal_record(ALERT, &close_notify, out)
+        self.seal_record(ALERT, &close_notify, out)?;
+        self.closed = true;
+        Ok(())
     }
 
     /// Seals one record of `typ` holding `content` (at most a record's
-    /// plaintext) onto `out`. Our keys roll first once they have sealed as
-    /// many records as their AEAD safely may.
+    /// plaintext) onto `out`. Our keys roll first if the peer asked, or
+    /// once they have sealed as many records as their AEAD safely may.
     fn seal_record(&mut self, typ: u8, content: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        if self.tx.seq >= self.suite.confidentiality_limit() && typ != HANDSHAKE {
+        if self.closed {
+            return Err(Error::General("the TLS connection is closed".into()));
+        }
+        if typ != HANDSHAKE
+            && (self.update_due || self.tx.seq >= self.suite.confidentiality_limit())
+        {
+            self.update_due = false;
             self.update_ours(out)?;
         }
         let len = u16::try_from(content.len() + 1 + TAG).map_err(|_| Error::EncryptError)?;
@@ -571,6 +591,55 @@ mod tests {
         }
     }
 
+    /// However often a peer asks for our update without reading, it gets
+    /// one, with the next record we seal.
+    #[test]
+    fn key_updates_asked_for_are_answered_once_with_our_next_record() {
+        let suite = Suite::Aes128GcmSha256;
+        let (mut server, mut client) = pair(suite);
+        let mut wire = Vec::new();
+        for _ in 0..5 {
+            let update = [KEY_UPDATE, 0, 0, 1, UPDATE_REQUESTED];
+            client
+                .seal_record(HANDSHAKE, &update, &mut wire)
+                .expect("seal");
+            client.tx.roll(suite).expect("roll");
+        }
+        let (got, reply) = open_all(&mut server, wire);
+        assert_eq!(got.len(), 5);
+        assert!(reply.is_empty(), "nothing sealed until we send");
+        let mut wire = Vec::new();
+        server.seal(b"one", &mut wire).expect("seal");
+        server.seal(b"two", &mut wire).expect("seal");
+        let (got, _) = open_all(&mut client, wire);
+        assert_eq!(
+            got,
+            [
+                Ok(Opened::Nothing),
+                Ok(Opened::Data(b"one".to_vec())),
+                Ok(Opened::Data(b"two".to_vec())),
+            ]
+        );
+    }
+
+    /// Once our close_notify is sealed nothing more is: no data, and no
+    /// alert for a record refused afterwards.
+    #[test]
+    fn nothing_is_sealed_after_close_notify() {
+        let (mut server, mut client) = pair(Suite::Aes128GcmSha256);
+        let mut wire = Vec::new();
+        server.seal_close_notify(&mut wire).expect("close");
+        assert!(server.seal(b"late", &mut wire).is_err());
+        let (got, _) = open_all(&mut client, wire);
+        assert_eq!(got, [Ok(Opened::Closed)]);
+        let mut wire = Vec::new();
+        client.seal(b"hello", &mut wire).expect("seal");
+        wire[HEADER] ^= 1;
+        let (got, reply) = open_all(&mut server, wire);
+        assert_eq!(got, [Err(Error::DecryptError)]);
+        assert!(reply.is_empty(), "no alert after close_notify");
+    }
+
     #[test]
     fn our_keys_roll_before_the_aead_limit() {
         let (mut server, mut client) = pair(Suite::Aes256GcmSha384);
@@ -592,27 +661,22 @@ mod tests {
     }
 
     #[test]
-    fn close_notify_ends_the_data_and_user_canceled_is_let_pass_a_few_times() {
+    fn user_canceled_is_let_pass_a_few_times_and_close_notify_ends_the_data() {
         let (mut server, mut client) = pair(Suite::Chacha20Poly1305Sha256);
+        let user_canceled = [WARNING, u8::from(AlertDescription::UserCanceled)];
         let mut wire = Vec::new();
         for _ in 0..WARNINGS {
-            let user_canceled = [WARNING, u8::from(AlertDescription::UserCanceled)];
             client
                 .seal_record(ALERT, &user_canceled, &mut wire)
                 .expect("seal");
         }
-        client.seal_close_notify(&mut wire).expect("seal");
+        client.seal(b"still here", &mut wire).expect("seal");
         let (got, reply) = open_all(&mut server, wire);
-        assert_eq!(got.len(), usize::from(WARNINGS) + 1);
-        assert!(
-            got[..usize::from(WARNINGS)]
-                .iter()
-                .all(|r| r == &Ok(Opened::Nothing))
-        );
-        assert_eq!(got.last(), Some(&Ok(Opened::Closed)));
+        let mut expected: Vec<_> = (0..WARNINGS).map(|_| Ok(Opened::Nothing)).collect();
+        expected.push(Ok(Opened::Data(b"still here".to_vec())));
+        assert_eq!(got, expected);
         assert!(reply.is_empty());
         let mut wire = Vec::new();
-        let user_canceled = [WARNING, u8::from(AlertDescription::UserCanceled)];
         client
             .seal_record(ALERT, &user_canceled, &mut wire)
             .expect("seal");
@@ -621,6 +685,17 @@ mod tests {
             got,
             [Err(PeerMisbehaved::TooManyWarningAlertsReceived.into())]
         );
+
+        let (mut server, mut client) = pair(Suite::Chacha20Poly1305Sha256);
+        let mut wire = Vec::new();
+        client.seal(b"last", &mut wire).expect("seal");
+        client.seal_close_notify(&mut wire).expect("close");
+        let (got, reply) = open_all(&mut server, wire);
+        assert_eq!(
+            got,
+            [Ok(Opened::Data(b"last".to_vec())), Ok(Opened::Closed)]
+        );
+        assert!(reply.is_empty());
     }
 
     #[test]

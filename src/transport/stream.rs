@@ -272,8 +272,8 @@ impl TlsStream {
         let Self {
             tcp,
             tls,
-            incoming,
-            outgoing,
+            mut incoming,
+            mut outgoing,
             sent,
         } = self;
         let Engine::Rustls(mut hs) = tls.engine else {
@@ -289,7 +289,7 @@ impl TlsStream {
             server_name: hs.server_name.take(),
         };
         let suite = hs.conn.negotiated_cipher_suite().and_then(Suite::of);
-        let engine = match (suite, hs.secrets) {
+        let engine = match (suite, std::mem::take(&mut hs.secrets)) {
             (Some(suite), [Some(client), Some(server)])
                 if hs.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3) =>
             {
@@ -302,12 +302,15 @@ impl TlsStream {
                 let (rx, tx) = ((secrets.rx.0, client), (secrets.tx.0, server));
                 Engine::Records(Records::new(suite, rx, tx).map_err(tls_error)?)
             }
-            (_, secrets) => {
-                hs.secrets = secrets;
-                Engine::Rustls(hs)
-            }
+            _ => Engine::Rustls(hs),
         };
-        let tls = Tls { engine, ..tls };
+        let mut tls = Tls { engine, ..tls };
+        // What came after the client's Finished was left for this engine,
+        // and the client may send nothing more until it is answered. A
+        // refused record fails the stream; its alert goes out on shutdown.
+        if let Ok((consumed, _)) = tls.process(&mut incoming, None, &mut outgoing, Act::Nothing) {
+            incoming.drain(..consumed);
+        }
         let stream = Self {
             tcp,
             tls,
@@ -339,8 +342,11 @@ impl TlsStream {
             if self.tls.data.read_closed || self.tls.eof {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
+            // Cleared before and taken after, whatever the outcome, so no
+            // note outlives the call that made it.
+            SERVER_NAME.take();
+            TRAFFIC_SECRETS.take();
             let read = self.poll_read_tls(cx, None);
-            // Taken whatever the outcome, so no note outlives its handshake.
             let (name, secrets) = (SERVER_NAME.take(), TRAFFIC_SECRETS.take());
             if let Engine::Rustls(hs) = &mut self.tls.engine {
                 hs.server_name = name.or(hs.server_name.take());
@@ -490,6 +496,12 @@ impl Tls {
 
 impl Handshaking {
     /// Runs rustls over `buf` until it has nothing more to do with it.
+    ///
+    /// While the handshake runs, rustls is given one more record at a time,
+    /// so that it stops at the client's Finished: in the call that takes
+    /// the Finished it would go on to whatever follows (a key update, say),
+    /// and what follows is for the engine that takes over
+    /// ([`TlsStream::settle`]).
     fn process(
         &mut self,
         data: &mut Data,
@@ -500,8 +512,13 @@ impl Handshaking {
     ) -> io::Result<(usize, Step)> {
         let conn = &mut self.conn;
         let mut at = 0;
+        let mut end = if conn.is_handshaking() {
+            record_end(buf, 0)
+        } else {
+            buf.len()
+        };
         loop {
-            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[at..]);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[at..end]);
             let step = match state {
                 Err(e) => {
                     at += discard;
@@ -539,10 +556,21 @@ impl Handshaking {
                 Ok(_) => Some(Step::Blocked),
             };
             at += discard;
-            if let Some(step) = step {
-                return Ok((at, step));
+            match step {
+                Some(Step::Blocked) if end < buf.len() => end = record_end(buf, end),
+                Some(step) => return Ok((at, step)),
+                None => {}
             }
         }
+    }
+}
+
+/// Where the record that starts at `from` in `buf` ends, or the end of
+/// `buf` if it is not whole there.
+fn record_end(buf: &[u8], from: usize) -> usize {
+    match buf.get(from + 3..from + 5) {
+        Some(&[hi, lo]) => (from + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(buf.len()),
+        _ => buf.len(),
     }
 }
 
@@ -1033,6 +1061,88 @@ mod tests {
             client.read_exact(&mut back).await.expect("client read");
             assert_eq!(back, [round + 10; 50]);
         }
+    }
+
+    /// A client may roll its keys, and ask for ours to roll, in the very
+    /// flight that ends its handshake. rustls is stopped at the Finished,
+    /// so the key update and the data after it reach the engine that takes
+    /// over, which opens them under the client's next keys.
+    #[tokio::test]
+    async fn a_key_update_in_the_flight_that_ends_the_handshake_is_followed() {
+        use std::io::{Read, Write};
+        let (server_config, client_config) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = async {
+            let mut tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut tls =
+                rustls::ClientConnection::new(Arc::new(client_config), name).expect("client");
+            let mut buf = vec![0; 64 * 1024];
+            let mut wire = Vec::new();
+            // Until the client has read the server's Finished; its own last
+            // flight waits.
+            while tls.is_handshaking() {
+                wire.clear();
+                while tls.wants_write() {
+                    tls.write_tls(&mut wire).expect("flight");
+                }
+                tcp.write_all(&wire).await.expect("send");
+                let n = tcp.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the server's flight");
+                tls.read_tls(&mut &buf[..n]).expect("to client");
+                tls.process_new_packets().expect("client");
+            }
+            tls.refresh_traffic_keys().expect("key update");
+            tls.writer().write_all(b"right after").expect("data");
+            wire.clear();
+            while tls.wants_write() {
+                tls.write_tls(&mut wire).expect("last flight");
+            }
+            // Certificate, CertificateVerify, Finished, KeyUpdate and data
+            // in one write; then more data once answered.
+            tcp.write_all(&wire).await.expect("send");
+            let mut got = Vec::new();
+            for (want, next) in [(5, Some(&b"again"[..])), (7, None)] {
+                while got.len() < want {
+                    let n = tcp.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "the server's answer");
+                    tls.read_tls(&mut &buf[..n]).expect("to client");
+                    tls.process_new_packets().expect("client");
+                    let mut plain = [0u8; 64];
+                    while let Ok(n @ 1..) = tls.reader().read(&mut plain) {
+                        got.extend_from_slice(&plain[..n]);
+                    }
+                }
+                if let Some(next) = next {
+                    tls.writer().write_all(next).expect("data");
+                    wire.clear();
+                    tls.write_tls(&mut wire).expect("record");
+                    tcp.write_all(&wire).await.expect("send");
+                }
+            }
+            got
+        };
+        let server = async {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let (mut server, _) = accept(tcp, server_config).await.expect("handshake");
+            assert!(matches!(server.tls.engine, Engine::Records(_)));
+            let mut got = [0u8; 16];
+            server.read_exact(&mut got[..11]).await.expect("read");
+            server.write_all(b"back!").await.expect("write");
+            server.flush().await.expect("flush");
+            server.read_exact(&mut got[11..]).await.expect("read more");
+            server.write_all(b"ok").await.expect("write");
+            server.flush().await.expect("flush");
+            (server, got)
+        };
+        let (back, (_server, got)) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(client, server)
+        })
+        .await
+        .expect("in time");
+        assert_eq!(&got, b"right afteragain");
+        assert_eq!(back, b"back!ok");
     }
 
     /// A connection that ends without close_notify is a truncation, not an

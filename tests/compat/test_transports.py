@@ -1,10 +1,12 @@
 """One port for every transport: paho-mqtt over WebSockets with a client
 certificate, the AWS IoT Device SDK's CRT offering ALPN x-amzn-mqtt-ca as on
-port 443, and the README's curl line reaching the device HTTPS endpoint on
-the MQTT port."""
+port 443, the README's curl line reaching the device HTTPS endpoint on
+the MQTT port, and OpenSSL's client rolling its TLS 1.3 keys midway."""
 import json
 import queue
 import subprocess
+import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -72,6 +74,62 @@ def test_the_readme_curl_line_reaches_the_shadow_on_the_mqtt_port(default_gatewa
     done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=WAIT + 5)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"]["reported"] == {"port": "one"}
+
+
+def test_openssl_rolling_its_tls13_keys_midway_gets_its_answer(default_gateway):
+    """OpenSSL's client asks for a TLS 1.3 key update (s_client's `K`
+    command) and then updates device-1's shadow over HTTPS on the MQTT port:
+    the gateway rolls both directions' keys, and OpenSSL reads the answer
+    sealed under the gateway's new key."""
+    gateway = default_gateway
+    certs = gateway.certs
+    proc = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{gateway.port}", "-tls1_3",
+         "-servername", "localhost", "-alpn", "http/1.1", "-CAfile", str(certs / "ca.pem"),
+         "-cert", str(certs / "device-1.pem"), "-key", str(certs / "device-1.key")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = queue.Queue()
+
+    def read():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen = []
+
+    def until(what):
+        deadline = time.monotonic() + WAIT
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            seen.append(line)
+            if what(line):
+                return
+        raise AssertionError("".join(seen))
+
+    try:
+        until(lambda l: l.startswith("Verify return code"))
+        assert any("TLSv1.3" in l for l in seen), "".join(seen)
+        proc.stdin.write("K\n")
+        proc.stdin.flush()
+        until(lambda l: l.strip() == "KEYUPDATE")
+        body = '{"state":{"reported":{"keys":"rolled"}}}'
+        proc.stdin.write(
+            "POST /things/device-1/shadow HTTP/1.1\r\nHost: localhost\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n{body}")
+        proc.stdin.flush()
+        until(lambda l: l.startswith("HTTP/1.1"))
+        assert seen[-1].startswith("HTTP/1.1 200"), "".join(seen)
+        until(lambda l: '"keys":"rolled"' in l)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_the_device_sdk_signs_its_websocket_url_with_an_operator_key(tmp_path):
