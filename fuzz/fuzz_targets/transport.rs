@@ -1,10 +1,14 @@
 //! What reaches a listener before MQTT: a WebSocket's frames as a client
-//! sends them, a PROXY protocol header, the first HTTP request's head. The
-//! first byte picks which; none may panic or loop, whatever follows.
+//! sends them, a PROXY protocol header, the first HTTP request's head; and
+//! TLS 1.3 records after the handshake, sealed by a peer, cut anywhere and
+//! tampered with. The first byte picks which; none may panic or loop,
+//! whatever follows, and records open to what was sealed until the first
+//! tampered one.
 #![no_main]
 
 use edgegate::http::upgrade;
 use edgegate::transport::proxy;
+use edgegate::transport::record::{Content, Records, Secret, Suite};
 use edgegate::transport::ws::{Role, WsStream};
 use libfuzzer_sys::fuzz_target;
 use std::pin::{Pin, pin};
@@ -62,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, input)) = data.split_first() else {
         return;
     };
-    match which % 3 {
+    match which % 4 {
         0 => {
             let mut ws = WsStream::new(Peer { input, written: 0 }, Role::Server, Vec::new(), 4096);
             let mut buf = [0; 512];
@@ -80,9 +84,67 @@ fuzz_target!(|data: &[u8]| {
             let mut s = input;
             let _ = run(proxy::read(&mut s));
         }
-        _ => {
+        2 => {
             let mut s = input;
             let _ = run(upgrade::open(&mut s));
         }
+        _ => records(input),
     }
 });
+
+/// Input in steps of three bytes: what the peer seals (that many bytes of
+/// data, or close_notify), then a byte to flip (if any) and where the
+/// reader's input is cut. The gateway's side opens what arrives and seals
+/// an answer after each record.
+fn records(input: &[u8]) {
+    let suites = [
+        Suite::Aes128GcmSha256,
+        Suite::Aes256GcmSha384,
+        Suite::Chacha20Poly1305Sha256,
+    ];
+    let Some((&pick, steps)) = input.split_first() else {
+        return;
+    };
+    let suite = suites[usize::from(pick) % suites.len()];
+    let secret = |seed| Secret::new(&[seed; 32]).expect("a secret");
+    let side = |rx, tx| Records::new(suite, (0, secret(rx)), (0, secret(tx)));
+    let (Ok(mut server), Ok(mut peer)) = (side(1, 2), side(2, 1)) else {
+        return;
+    };
+    let (mut wire, mut sealed, mut opened, mut reply) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tampered = false;
+    for step in steps.chunks_exact(3) {
+        let start = wire.len();
+        match step[0] {
+            0 => {
+                let _ = peer.seal_close_notify(&mut wire);
+            }
+            n => {
+                let data = vec![n; usize::from(n) * 97];
+                if peer.seal(&data, &mut wire).is_ok() && !tampered {
+                    sealed.extend_from_slice(&data);
+                }
+            }
+        }
+        if step[1] != 0 && wire.len() > start {
+            let at = start + usize::from(step[1]) % (wire.len() - start);
+            wire[at] ^= step[1];
+            tampered = true;
+        }
+        let cut = usize::from(step[2]) * wire.len() / 255;
+        let mut at = 0;
+        while let Ok(Some((taken, content))) = server.open(&mut wire[at..cut], &mut reply) {
+            at += taken;
+            if let Content::Data(plain) = content {
+                opened.extend_from_slice(plain);
+            }
+            let _ = server.seal(b"ack", &mut reply);
+        }
+        wire.drain(..at);
+    }
+    assert!(
+        sealed.starts_with(&opened),
+        "a record opened to something that was not sealed"
+    );
+}
