@@ -3,12 +3,12 @@
 //!
 //! rustls keeps its whole connection for the connection's life: the
 //! handshake's reassembly room, the boxed ciphers, the peer's certificates,
-//! the key schedule, about 2.5 KiB that a gateway's idle device connection
-//! never uses again. What TLS 1.3 needs after the handshake is two AEAD keys,
-//! their nonces and sequence numbers, and the two traffic secrets to roll
-//! them forward when the peer sends a KeyUpdate. This is that state and the
-//! rules for using it, with no IO: the stream (`transport::stream`) reads
-//! and writes the bytes.
+//! the key schedule; 3.7 KiB, of which a gateway's idle device connection
+//! needs only the keys. What TLS 1.3 needs after the handshake is two AEAD
+//! keys, their nonces and sequence numbers, and the two traffic secrets to
+//! roll them forward on a key update. This is that state and the rules for
+//! using it, with no IO: the stream (`transport::stream`) reads and writes
+//! the bytes.
 
 use ring::{aead, hkdf};
 use rustls::{AlertDescription, Error, HandshakeType, InvalidMessage, PeerMisbehaved};
