@@ -15,7 +15,7 @@ use rustls::{AlertDescription, Error, HandshakeType, InvalidMessage, PeerMisbeha
 use zeroize::Zeroize;
 
 /// A record's header: content type, legacy version, length.
-const HEADER: usize = 5;
+pub const HEADER: usize = 5;
 /// Every TLS 1.3 suite's AEAD tag.
 const TAG: usize = 16;
 /// Largest plaintext a record carries.
@@ -36,6 +36,11 @@ const UPDATE_REQUESTED: u8 = 1;
 
 const WARNING: u8 = 1;
 const FATAL: u8 = 2;
+
+/// The length of the payload a record's header announces (any TLS version's).
+pub fn payload_len(header: &[u8; HEADER]) -> usize {
+    usize::from(u16::from_be_bytes([header[3], header[4]]))
+}
 
 /// The AEAD of a TLS 1.3 cipher suite, and the hash its key schedule uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,7 +275,7 @@ impl Records {
         let Some(header) = buf.first_chunk::<HEADER>().copied() else {
             return Ok(None);
         };
-        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let len = payload_len(&header);
         if len > MAX_CIPHERTEXT {
             return Err((Error::PeerSentOversizedRecord, Some(RecordOverflow)));
         }

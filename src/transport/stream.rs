@@ -16,7 +16,7 @@
 //! [`NotesTrafficSecrets`]), move to `transport::record`, which is all a
 //! connection needs from then on. TLS 1.2 connections keep rustls.
 
-use crate::transport::record::{Content, MAX_PLAINTEXT, Records, Secret, Suite};
+use crate::transport::record::{self, Content, MAX_PLAINTEXT, Records, Secret, Suite};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{
     ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection,
@@ -52,13 +52,43 @@ thread_local! {
     static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Where records are encrypted before they go to the socket.
     static WRITE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The server name of the ClientHello this thread's handshake just
-    /// processed, from [`NotesServerName`] to the stream that called rustls.
-    static SERVER_NAME: Cell<Option<Box<str>>> = const { Cell::new(None) };
-    /// The client's and the server's first application traffic secrets of
-    /// the TLS 1.3 handshake this thread just processed, from
-    /// [`NotesTrafficSecrets`] to the stream that called rustls.
-    static TRAFFIC_SECRETS: Cell<[Option<Secret>; 2]> = const { Cell::new([None, None]) };
+    /// What rustls showed of the handshake this thread just processed,
+    /// from [`NotesServerName`] and [`NotesTrafficSecrets`] to the stream
+    /// that called rustls.
+    static NOTES: Cell<Notes> = const { Cell::new(Notes::NONE) };
+}
+
+/// What rustls shows of a handshake only to the configuration's hooks, on
+/// the thread and inside the `process_tls_records` call of the stream being
+/// handshaken; the stream clears the notes before each call and takes them
+/// after it.
+#[derive(Default)]
+struct Notes {
+    server_name: Option<Box<str>>,
+    client_secret: Option<Secret>,
+    server_secret: Option<Secret>,
+}
+
+impl Notes {
+    const NONE: Self = Self {
+        server_name: None,
+        client_secret: None,
+        server_secret: None,
+    };
+
+    /// Changes this thread's notes with `note`.
+    fn note(note: impl FnOnce(&mut Self)) {
+        let mut notes = NOTES.take();
+        note(&mut notes);
+        NOTES.set(notes);
+    }
+
+    /// Keeps what `later` noted, and what it did not from before.
+    fn update(&mut self, later: Self) {
+        self.server_name = later.server_name.or(self.server_name.take());
+        self.client_secret = later.client_secret.or(self.client_secret.take());
+        self.server_secret = later.server_secret.or(self.server_secret.take());
+    }
 }
 
 /// Notes a TLS 1.3 handshake's application traffic secrets for its stream.
@@ -66,10 +96,8 @@ thread_local! {
 /// rustls hands over its sequence numbers and keys once the handshake is
 /// done (`dangerous_into_kernel_connection`), but not the secrets the keys
 /// came from, which a key update rolls forward. rustls shows those to
-/// one thing only, the configuration's key log, and it does so inside the
-/// `process_tls_records` call of the stream being handshaken, on its
-/// thread; the stream takes the note as soon as that call returns, as it
-/// takes the server name. Nothing is written anywhere.
+/// one thing only, the configuration's key log, which notes them for the
+/// stream ([`Notes`]). Nothing is written anywhere.
 #[derive(Debug)]
 pub struct NotesTrafficSecrets;
 
@@ -78,14 +106,12 @@ const SERVER_TRAFFIC_SECRET: &str = "SERVER_TRAFFIC_SECRET_0";
 
 impl KeyLog for NotesTrafficSecrets {
     fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
-        let side = match label {
-            CLIENT_TRAFFIC_SECRET => 0,
-            SERVER_TRAFFIC_SECRET => 1,
-            _ => return,
-        };
-        let mut noted = TRAFFIC_SECRETS.take();
-        noted[side] = Secret::new(secret);
-        TRAFFIC_SECRETS.set(noted);
+        let secret = Secret::new(secret);
+        match label {
+            CLIENT_TRAFFIC_SECRET => Notes::note(|n| n.client_secret = secret),
+            SERVER_TRAFFIC_SECRET => Notes::note(|n| n.server_secret = secret),
+            _ => {}
+        }
     }
 
     fn will_log(&self, label: &str) -> bool {
@@ -105,10 +131,8 @@ pub fn records_after_handshake(config: &mut ServerConfig) {
 ///
 /// rustls's unbuffered connection does not say which name the client asked
 /// for, and `iot:DomainName` needs it. Certificate resolution is the one
-/// place rustls hands out the ClientHello, and it runs inside the
-/// `process_tls_records` call of the stream being handshaken, on its
-/// thread, for every full or resumed handshake; the stream takes the note
-/// as soon as that call returns.
+/// place rustls hands out the ClientHello, for every full or resumed
+/// handshake; it notes the name for the stream ([`Notes`]).
 #[derive(Debug)]
 pub struct NotesServerName(Arc<CertifiedKey>);
 
@@ -121,7 +145,8 @@ impl NotesServerName {
 
 impl ResolvesServerCert for NotesServerName {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        SERVER_NAME.set(hello.server_name().map(Box::from));
+        let name = hello.server_name().map(Box::from);
+        Notes::note(|n| n.server_name = name);
         Some(self.0.clone())
     }
 }
@@ -140,7 +165,7 @@ pub struct TlsStream {
 
 /// What the handshake settled about the client, for the listener to use
 /// once: the stream itself keeps none of it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Handshake {
     /// The client's certificate chain, leaf first (empty if it sent none).
     pub certificates: Vec<CertificateDer<'static>>,
@@ -179,9 +204,7 @@ enum Engine {
 
 struct Handshaking {
     conn: UnbufferedServerConnection,
-    /// The traffic secrets [`NotesTrafficSecrets`] noted, client's first.
-    secrets: [Option<Secret>; 2],
-    server_name: Option<Box<str>>,
+    notes: Notes,
 }
 
 /// The application's side of the records.
@@ -244,8 +267,7 @@ pub async fn accept(
         tls: Tls {
             engine: Engine::Rustls(Box::new(Handshaking {
                 conn,
-                secrets: [None, None],
-                server_name: None,
+                notes: Notes::NONE,
             })),
             data: Data::default(),
             eof: false,
@@ -286,11 +308,12 @@ impl TlsStream {
                 .map(<[_]>::to_vec)
                 .unwrap_or_default(),
             alpn: hs.conn.alpn_protocol().map(<[u8]>::to_vec),
-            server_name: hs.server_name.take(),
+            server_name: hs.notes.server_name.take(),
         };
         let suite = hs.conn.negotiated_cipher_suite().and_then(Suite::of);
-        let engine = match (suite, std::mem::take(&mut hs.secrets)) {
-            (Some(suite), [Some(client), Some(server)])
+        let secrets = (hs.notes.client_secret.take(), hs.notes.server_secret.take());
+        let engine = match (suite, secrets) {
+            (Some(suite), (Some(client), Some(server)))
                 if hs.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3) =>
             {
                 // Only the sequence numbers are taken: the keys are the
@@ -344,17 +367,11 @@ impl TlsStream {
             }
             // Cleared before and taken after, whatever the outcome, so no
             // note outlives the call that made it.
-            SERVER_NAME.take();
-            TRAFFIC_SECRETS.take();
+            NOTES.take();
             let read = self.poll_read_tls(cx, None);
-            let (name, secrets) = (SERVER_NAME.take(), TRAFFIC_SECRETS.take());
+            let noted = NOTES.take();
             if let Engine::Rustls(hs) = &mut self.tls.engine {
-                hs.server_name = name.or(hs.server_name.take());
-                for (kept, noted) in hs.secrets.iter_mut().zip(secrets) {
-                    if noted.is_some() {
-                        *kept = noted;
-                    }
-                }
+                hs.notes.update(noted);
             }
             if ready!(read)? == Step::Closed {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
@@ -568,10 +585,9 @@ impl Handshaking {
 /// Where the record that starts at `from` in `buf` ends, or the end of
 /// `buf` if it is not whole there.
 fn record_end(buf: &[u8], from: usize) -> usize {
-    match buf.get(from + 3..from + 5) {
-        Some(&[hi, lo]) => (from + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(buf.len()),
-        _ => buf.len(),
-    }
+    buf[from..].first_chunk().map_or(buf.len(), |header| {
+        (from + record::HEADER + record::payload_len(header)).min(buf.len())
+    })
 }
 
 /// Opens the whole records in `buf` (what the peer must hear goes to
